@@ -1,0 +1,433 @@
+//! The ladder agent: the daemon on a GPU box.
+//!
+//! - [`Agent::run`] keeps one long-lived bidirectional gRPC session with the coordinator
+//!   (connecting OUT, so nodes behind NAT work), reconnecting with exponential backoff
+//!   and jitter when it drops.
+//! - [`runner`] executes each assigned attempt as a subprocess and reports what it does.
+//!
+//! Every event of an attempt gets a sequence number and stays buffered until the
+//! coordinator acknowledges it (it acknowledges only what it has durably stored). After
+//! a reconnect the agent registers the attempts it still holds, so a restarted
+//! coordinator re-adopts them, and resends everything unacknowledged. An attempt whose
+//! lease the coordinator rejects is killed and forgotten.
+
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ladder_proto::v1 as pb;
+use ladder_proto::v1::agent_service_client::AgentServiceClient;
+use ladder_shared::types::Gpu;
+use rand::Rng;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tracing::{debug, info, warn};
+
+use crate::runner::{Control, Execution, RunnerEvent, RunnerEventKind};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("invalid coordinator address {url:?}: {message}")]
+    InvalidCoordinator { url: String, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How an agent identifies itself and what it offers.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    pub name: String,
+    pub slots: u32,
+    pub labels: BTreeMap<String, String>,
+    pub gpus: Vec<Gpu>,
+    /// Runs execute in `work_dir/runs/<run id>/`.
+    pub work_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL when a run is stopped.
+    pub stop_grace: Duration,
+    /// Longest wait between two connection attempts.
+    pub max_backoff: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(coordinator: impl Into<String>, name: impl Into<String>, work_dir: PathBuf) -> Self {
+        AgentConfig {
+            coordinator: coordinator.into(),
+            name: name.into(),
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            labels: BTreeMap::new(),
+            gpus: Vec::new(),
+            work_dir,
+            stop_grace: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An attempt this agent holds: running, or finished with events not yet acknowledged.
+struct HeldAttempt {
+    lease: pb::Lease,
+    next_seq: u64,
+    /// Sent or not, every event not yet acknowledged, in order.
+    unacked: VecDeque<pb::RunEvent>,
+    finished: bool,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// One open session with the coordinator.
+struct Connection {
+    outgoing: mpsc::UnboundedSender<pb::AgentMessage>,
+    incoming: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    held: HashMap<String, HeldAttempt>,
+    runner_tx: mpsc::UnboundedSender<RunnerEvent>,
+    runner_rx: mpsc::UnboundedReceiver<RunnerEvent>,
+    heartbeat_interval: Duration,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Self {
+        let (runner_tx, runner_rx) = mpsc::unbounded_channel();
+        Agent {
+            config,
+            held: HashMap::new(),
+            runner_tx,
+            runner_rx,
+            heartbeat_interval: Duration::from_secs(3),
+        }
+    }
+
+    /// Serves the coordinator until `shutdown` completes; then stops every run it holds.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.config.coordinator.clone())
+            .map_err(|e| AgentError::InvalidCoordinator {
+                url: self.config.coordinator.clone(),
+                message: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20));
+        std::fs::create_dir_all(&self.config.work_dir).map_err(|source| AgentError::Io {
+            context: format!(
+                "cannot create work directory {}",
+                self.config.work_dir.display()
+            ),
+            source,
+        })?;
+        tokio::pin!(shutdown);
+        let mut connection: Option<Connection> = None;
+        let mut backoff = Duration::from_millis(200);
+        let mut next_connect = tokio::time::Instant::now();
+        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        loop {
+            if connection.is_none() && tokio::time::Instant::now() >= next_connect {
+                match self.connect(&endpoint).await {
+                    Ok(opened) => {
+                        info!(coordinator = %self.config.coordinator, "connected");
+                        connection = Some(opened);
+                        backoff = Duration::from_millis(200);
+                    }
+                    Err(error) => {
+                        // Exponential backoff with full jitter, so that a fleet of agents
+                        // does not reconnect in lockstep after a coordinator restart.
+                        let wait = rand::rng().random_range(backoff / 2..=backoff);
+                        debug!(%error, wait_ms = wait.as_millis() as u64, "cannot connect to the coordinator");
+                        next_connect = tokio::time::Instant::now() + wait;
+                        backoff = (backoff * 2).min(self.config.max_backoff);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = self.runner_rx.recv() => {
+                    let event = event.expect("the agent holds a sender");
+                    self.on_runner_event(event, connection.as_ref());
+                }
+                message = async { connection.as_mut().expect("guarded").incoming.message().await }, if connection.is_some() => {
+                    match message {
+                        Ok(Some(message)) => {
+                            let keep = self.on_coordinator_message(message, connection.as_ref().expect("connected"));
+                            if let Some(new_interval) = keep {
+                                heartbeat = tokio::time::interval(new_interval);
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            warn!("session with the coordinator ended; reconnecting");
+                            connection = None;
+                            next_connect = tokio::time::Instant::now() + rand::rng().random_range(Duration::ZERO..=backoff);
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Some(connection) = &connection {
+                        let _ = connection.outgoing.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {})) });
+                    }
+                }
+                _ = tokio::time::sleep_until(next_connect), if connection.is_none() => {}
+            }
+        }
+        self.stop_all().await;
+        Ok(())
+    }
+
+    async fn connect(
+        &mut self,
+        endpoint: &tonic::transport::Endpoint,
+    ) -> Result<Connection, tonic::Status> {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
+        let register = pb::Register {
+            name: self.config.name.clone(),
+            labels: self.config.labels.clone().into_iter().collect(),
+            slots: self.config.slots,
+            gpus: self
+                .config
+                .gpus
+                .iter()
+                .map(|g| pb::Gpu {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    name: g.name.clone(),
+                    memory_mib: g.memory_mib,
+                })
+                .collect(),
+            held: self.held.values().map(|h| h.lease.clone()).collect(),
+            hostname: hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let _ = outgoing.send(pb::AgentMessage {
+            kind: Some(pb::agent_message::Kind::Register(register)),
+        });
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.session(UnboundedReceiverStream::new(outgoing_rx)),
+        )
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("session did not open in 10s"))??;
+        Ok(Connection {
+            outgoing,
+            incoming: response.into_inner(),
+        })
+    }
+
+    fn send_event(connection: Option<&Connection>, event: &pb::RunEvent) {
+        if let Some(connection) = connection {
+            let _ = connection.outgoing.send(pb::AgentMessage {
+                kind: Some(pb::agent_message::Kind::RunEvent(event.clone())),
+            });
+        }
+    }
+
+    fn on_runner_event(&mut self, event: RunnerEvent, connection: Option<&Connection>) {
+        let Some(held) = self.held.get_mut(&event.run_id) else {
+            return;
+        };
+        if held.lease.attempt != event.attempt {
+            return;
+        }
+        let kind = match event.kind {
+            RunnerEventKind::Started { pid, work_dir } => {
+                pb::run_event::Kind::Started(pb::RunStarted { pid, work_dir })
+            }
+            RunnerEventKind::Output { metrics, logs } => {
+                pb::run_event::Kind::Output(pb::RunOutput { metrics, logs })
+            }
+            RunnerEventKind::Finished(finished) => {
+                held.finished = true;
+                info!(run_id = %event.run_id, reason = %finished.reason, "run finished");
+                pb::run_event::Kind::Finished(finished)
+            }
+        };
+        let run_event = pb::RunEvent {
+            lease: Some(held.lease.clone()),
+            seq: held.next_seq,
+            kind: Some(kind),
+        };
+        held.next_seq += 1;
+        Self::send_event(connection, &run_event);
+        held.unacked.push_back(run_event);
+    }
+
+    /// Handles one message; returns a new heartbeat interval when the coordinator set one.
+    fn on_coordinator_message(
+        &mut self,
+        message: pb::CoordinatorMessage,
+        connection: &Connection,
+    ) -> Option<Duration> {
+        use pb::coordinator_message::Kind;
+        match message.kind? {
+            Kind::Registered(registered) => {
+                // Resend what the previous session left unacknowledged.
+                for held in self.held.values() {
+                    for event in &held.unacked {
+                        Self::send_event(Some(connection), event);
+                    }
+                }
+                let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+                self.heartbeat_interval = interval;
+                return Some(interval);
+            }
+            Kind::Assign(assign) => self.start(assign),
+            Kind::Stop(stop) => {
+                let run_id = stop
+                    .lease
+                    .as_ref()
+                    .map(|l| l.run_id.clone())
+                    .unwrap_or_default();
+                if let Some(held) = self.held.get(&run_id) {
+                    if Some(&held.lease) == stop.lease.as_ref() {
+                        info!(run_id, reason = %stop.reason, "stopping run");
+                        let _ = held.control.send(Control::Stop);
+                    }
+                }
+            }
+            Kind::Ack(ack) => {
+                let Some(lease) = ack.lease else { return None };
+                if let Some(held) = self.held.get_mut(&lease.run_id) {
+                    if held.lease == lease {
+                        while held.unacked.front().is_some_and(|e| e.seq <= ack.seq) {
+                            held.unacked.pop_front();
+                        }
+                        if held.finished && held.unacked.is_empty() {
+                            self.held.remove(&lease.run_id);
+                        }
+                    }
+                }
+            }
+            Kind::Reject(reject) => {
+                let Some(lease) = reject.lease else {
+                    return None;
+                };
+                if let Some(held) = self.held.get(&lease.run_id) {
+                    if held.lease == lease {
+                        warn!(run_id = %lease.run_id, attempt = lease.attempt, reason = %reject.reason, "lease rejected; killing the attempt");
+                        let _ = held.control.send(Control::Kill);
+                        self.held.remove(&lease.run_id);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn start(&mut self, assign: pb::Assign) {
+        let Some(lease) = assign.lease else { return };
+        if let Some(previous) = self.held.get(&lease.run_id) {
+            if previous.lease == lease {
+                return;
+            }
+            // A newer attempt of a run we still hold: the old one is stale.
+            let _ = previous.control.send(Control::Kill);
+        }
+        let run_dir = self
+            .config
+            .work_dir
+            .join("runs")
+            .join(sanitize(&lease.run_id));
+        let mut env = assign.env;
+        env.insert("LADDER_RUN_ID".into(), lease.run_id.clone());
+        env.insert("LADDER_SWEEP_ID".into(), assign.sweep_id.clone());
+        env.insert("LADDER_ATTEMPT".into(), lease.attempt.to_string());
+        env.insert("LADDER_PARAMS".into(), assign.params_json.clone());
+        env.insert("LADDER_RUN_DIR".into(), run_dir.display().to_string());
+        if !self.config.gpus.is_empty() {
+            let visible: Vec<String> = assign.gpus.iter().map(|g| g.to_string()).collect();
+            env.insert("CUDA_VISIBLE_DEVICES".into(), visible.join(","));
+        }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let execution = Execution {
+            run_id: lease.run_id.clone(),
+            attempt: lease.attempt,
+            argv: assign.argv,
+            env: env.into_iter().collect(),
+            run_dir,
+            stop_grace: self.config.stop_grace,
+        };
+        info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
+        self.held.insert(
+            lease.run_id.clone(),
+            HeldAttempt {
+                lease,
+                next_seq: 1,
+                unacked: VecDeque::new(),
+                finished: false,
+                control,
+            },
+        );
+        tokio::spawn(runner::execute(
+            execution,
+            self.runner_tx.clone(),
+            control_rx,
+        ));
+    }
+
+    async fn stop_all(&mut self) {
+        let controls: Vec<mpsc::UnboundedSender<Control>> = self
+            .held
+            .values()
+            .filter(|h| !h.finished)
+            .map(|h| h.control.clone())
+            .collect();
+        if controls.is_empty() {
+            return;
+        }
+        info!(runs = controls.len(), "stopping runs before exit");
+        for control in &controls {
+            let _ = control.send(Control::Stop);
+        }
+        let deadline =
+            tokio::time::Instant::now() + self.config.stop_grace + Duration::from_secs(1);
+        let mut open = controls.len();
+        while open > 0 {
+            match tokio::time::timeout_at(deadline, self.runner_rx.recv()).await {
+                Ok(Some(RunnerEvent {
+                    kind: RunnerEventKind::Finished(_),
+                    ..
+                })) => open -= 1,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A run id as a directory name.
+fn sanitize(run_id: &str) -> String {
+    run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

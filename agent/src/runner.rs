@@ -1,0 +1,395 @@
+//! Executes one attempt of a run as a subprocess and turns what it does into
+//! [`RunnerEvent`]s: started, output (metric points from `@ladder {...}` lines and log
+//! lines), finished.
+//!
+//! The command is an argv list executed directly (never through a shell), in its own
+//! process group so that stopping a run also stops whatever it spawned.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ladder_proto::v1 as pb;
+use ladder_shared::metric_line::parse_metric_line;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Longest log line kept; longer lines are cut and marked.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Most log lines of one attempt forwarded to the coordinator; the rest stay in the
+/// attempt's log file in the run directory.
+pub const MAX_FORWARDED_LOG_LINES: u64 = 1_000_000;
+/// Output is sent at least this often while a run prints.
+const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// ... or as soon as this many lines are waiting.
+const OUTPUT_FLUSH_LINES: usize = 512;
+
+/// What the agent asks of a running attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    /// SIGTERM, then SIGKILL after the grace period; ends as `stopped`.
+    Stop,
+    /// SIGKILL now (the attempt's lease is gone).
+    Kill,
+}
+
+/// Everything needed to execute one attempt.
+#[derive(Debug, Clone)]
+pub struct Execution {
+    pub run_id: String,
+    pub attempt: u32,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub run_dir: PathBuf,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug)]
+pub enum RunnerEventKind {
+    Started {
+        pid: u32,
+        work_dir: String,
+    },
+    Output {
+        metrics: Vec<pb::MetricPoint>,
+        logs: Vec<pb::LogLine>,
+    },
+    Finished(pb::RunFinished),
+}
+
+#[derive(Debug)]
+pub struct RunnerEvent {
+    pub run_id: String,
+    pub attempt: u32,
+    pub kind: RunnerEventKind,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+enum Line {
+    Out(Vec<u8>),
+    Err(Vec<u8>),
+}
+
+async fn read_lines(reader: impl AsyncRead + Unpin, stderr: bool, lines: mpsc::Sender<Line>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        match reader.read_until(b'\n', &mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = std::mem::take(&mut buffer);
+                let line = if stderr {
+                    Line::Err(line)
+                } else {
+                    Line::Out(line)
+                };
+                if lines.send(line).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Output read from the process and not yet sent.
+struct OutputBuffer {
+    metrics: Vec<pb::MetricPoint>,
+    logs: Vec<pb::LogLine>,
+    forwarded: u64,
+    cap_reported: bool,
+    log_file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    log_path: PathBuf,
+}
+
+impl OutputBuffer {
+    fn pending(&self) -> usize {
+        self.metrics.len() + self.logs.len()
+    }
+
+    fn take(&mut self) -> RunnerEventKind {
+        RunnerEventKind::Output {
+            metrics: std::mem::take(&mut self.metrics),
+            logs: std::mem::take(&mut self.logs),
+        }
+    }
+
+    /// Writes the line to the attempt's log file, then keeps it as a metric point
+    /// (`@ladder {...}` on stdout) or as a log line.
+    async fn absorb(&mut self, line: Line) {
+        let (stream, mut bytes) = match line {
+            Line::Out(bytes) => ("stdout", bytes),
+            Line::Err(bytes) => ("stderr", bytes),
+        };
+        if let Some(file) = self.log_file.as_mut() {
+            let _ = file.write_all(&bytes).await;
+        }
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        let truncated = bytes.len() > MAX_LINE_BYTES;
+        bytes.truncate(MAX_LINE_BYTES);
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        if truncated {
+            text.push_str(" [line truncated by ladder]");
+        }
+        let time_ms = now_ms();
+        if stream == "stdout" {
+            match parse_metric_line(&text) {
+                Some(Ok(point)) => {
+                    self.metrics.push(pb::MetricPoint {
+                        step: point.step,
+                        values: point.values.into_iter().collect(),
+                        time_ms,
+                    });
+                    return;
+                }
+                Some(Err(error)) => self.logs.push(pb::LogLine {
+                    time_ms,
+                    stream: "ladder".into(),
+                    text: format!("ignored metric line: {error}"),
+                }),
+                None => {}
+            }
+        }
+        if self.forwarded < MAX_FORWARDED_LOG_LINES {
+            self.forwarded += 1;
+            self.logs.push(pb::LogLine {
+                time_ms,
+                stream: stream.into(),
+                text,
+            });
+        } else if !self.cap_reported {
+            self.cap_reported = true;
+            self.logs.push(pb::LogLine {
+                time_ms,
+                stream: "ladder".into(),
+                text: format!(
+                    "log cap of {MAX_FORWARDED_LOG_LINES} lines reached; the rest is only in {}",
+                    self.log_path.display()
+                ),
+            });
+        }
+    }
+}
+
+fn describe_signal(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGINT => "SIGINT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+fn signal_group(pid: u32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created.
+    unsafe {
+        libc::kill(-(pid as i32), signal);
+    }
+}
+
+/// Executes the attempt to its end, reporting on `events`, obeying `control`.
+pub async fn execute(
+    execution: Execution,
+    events: mpsc::UnboundedSender<RunnerEvent>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+) {
+    let emit = |kind: RunnerEventKind| {
+        let _ = events.send(RunnerEvent {
+            run_id: execution.run_id.clone(),
+            attempt: execution.attempt,
+            kind,
+        });
+    };
+    let finish_failed = |reason: String| {
+        RunnerEventKind::Finished(pb::RunFinished {
+            outcome: pb::RunOutcome::Failed as i32,
+            exit_code: None,
+            signal: None,
+            reason,
+        })
+    };
+    if let Err(error) = tokio::fs::create_dir_all(&execution.run_dir).await {
+        emit(finish_failed(format!(
+            "cannot create run directory {}: {error}",
+            execution.run_dir.display()
+        )));
+        return;
+    }
+    let log_path = execution
+        .run_dir
+        .join(format!("attempt-{}.log", execution.attempt));
+    let log_file = match tokio::fs::File::create(&log_path).await {
+        Ok(file) => Some(tokio::io::BufWriter::new(file)),
+        Err(error) => {
+            warn!(path = %log_path.display(), %error, "cannot write the run's log file");
+            None
+        }
+    };
+    let Some(program) = execution.argv.first() else {
+        emit(finish_failed("empty command".into()));
+        return;
+    };
+    let mut command = Command::new(program);
+    command
+        .args(&execution.argv[1..])
+        .current_dir(&execution.run_dir)
+        .envs(&execution.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            emit(finish_failed(format!("cannot start {program:?}: {error}")));
+            return;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    emit(RunnerEventKind::Started {
+        pid,
+        work_dir: execution.run_dir.display().to_string(),
+    });
+    debug!(run_id = %execution.run_id, pid, "process started");
+
+    let (line_tx, mut line_rx) = mpsc::channel::<Line>(1024);
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(read_lines(stdout, false, line_tx.clone()));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(read_lines(stderr, true, line_tx.clone()));
+    }
+    drop(line_tx);
+
+    let mut output = OutputBuffer {
+        metrics: Vec::new(),
+        logs: Vec::new(),
+        forwarded: 0,
+        cap_reported: false,
+        log_file,
+        log_path,
+    };
+    let mut flush_timer = tokio::time::interval(OUTPUT_FLUSH_INTERVAL);
+    let mut stop_requested = false;
+    let mut kill_deadline: Option<tokio::time::Instant> = None;
+    let mut exit_status = None;
+    let mut lines_open = true;
+    let mut control_open = true;
+
+    loop {
+        if exit_status.is_some() && !lines_open {
+            break;
+        }
+        tokio::select! {
+            line = line_rx.recv(), if lines_open => {
+                let Some(line) = line else { lines_open = false; continue };
+                output.absorb(line).await;
+                if output.pending() >= OUTPUT_FLUSH_LINES {
+                    emit(output.take());
+                }
+            }
+            status = child.wait(), if exit_status.is_none() => {
+                exit_status = Some(status);
+                kill_deadline = None;
+                // Give the pipes a moment to drain; a grandchild may hold them open.
+                let drain = tokio::time::sleep(Duration::from_secs(2));
+                tokio::pin!(drain);
+                while lines_open {
+                    tokio::select! {
+                        line = line_rx.recv() => match line {
+                            Some(line) => output.absorb(line).await,
+                            None => lines_open = false,
+                        },
+                        _ = &mut drain => lines_open = false,
+                    }
+                }
+            }
+            request = control.recv(), if control_open => match request {
+                Some(Control::Stop) => {
+                    if !stop_requested {
+                        stop_requested = true;
+                        signal_group(pid, libc::SIGTERM);
+                        kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
+                    }
+                }
+                Some(Control::Kill) => {
+                    stop_requested = true;
+                    signal_group(pid, libc::SIGKILL);
+                }
+                None => control_open = false,
+            },
+            _ = async { tokio::time::sleep_until(kill_deadline.expect("guarded")).await }, if kill_deadline.is_some() => {
+                signal_group(pid, libc::SIGKILL);
+                kill_deadline = None;
+            }
+            _ = flush_timer.tick() => {
+                if output.pending() > 0 {
+                    emit(output.take());
+                }
+            }
+        }
+    }
+    // Whatever the process left behind in its group goes with it.
+    signal_group(pid, libc::SIGKILL);
+    if let Some(file) = output.log_file.as_mut() {
+        let _ = file.flush().await;
+    }
+    if output.pending() > 0 {
+        emit(output.take());
+    }
+    let finished = match exit_status {
+        Some(Ok(status)) => {
+            let exit_code = status.code();
+            let signal = status.signal();
+            let (outcome, reason) = if stop_requested {
+                (pb::RunOutcome::Stopped, "stopped on request".to_string())
+            } else if exit_code == Some(0) {
+                (pb::RunOutcome::Completed, "exit code 0".to_string())
+            } else if let Some(code) = exit_code {
+                (pb::RunOutcome::Failed, format!("exit code {code}"))
+            } else if let Some(signal) = signal {
+                (
+                    pb::RunOutcome::Failed,
+                    format!("killed by signal {signal} ({})", describe_signal(signal)),
+                )
+            } else {
+                (
+                    pb::RunOutcome::Failed,
+                    "ended without an exit status".to_string(),
+                )
+            };
+            pb::RunFinished {
+                outcome: outcome as i32,
+                exit_code,
+                signal,
+                reason,
+            }
+        }
+        Some(Err(error)) => pb::RunFinished {
+            outcome: pb::RunOutcome::Failed as i32,
+            exit_code: None,
+            signal: None,
+            reason: format!("cannot wait for the process: {error}"),
+        },
+        None => unreachable!("loop ends only after exit"),
+    };
+    emit(RunnerEventKind::Finished(finished));
+}

@@ -1,0 +1,170 @@
+//! `ladder run FILE`: the whole system on one machine. An embedded coordinator (store in
+//! `--data`, `./.ladder` by default) and a local agent serve one sweep; progress is drawn
+//! on stderr and the runs are ranked by the sweep's metric at the end.
+
+use std::path::Path;
+
+use anyhow::Context;
+use ladder_agent::{Agent, AgentConfig};
+use ladder_coordinator::{Coordinator, CoordinatorConfig, LeaseConfig};
+use ladder_proto::v1 as pb;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::output::{self, format_number};
+use crate::{client, ExitError, RunArgs};
+
+/// A coordinator and agents running inside this process, on a loopback port.
+pub struct Embedded {
+    pub url: String,
+    stops: Vec<oneshot::Sender<()>>,
+    agents: Vec<tokio::task::JoinHandle<Result<(), ladder_agent::AgentError>>>,
+    server: tokio::task::JoinHandle<Result<(), ladder_coordinator::CoordinatorError>>,
+    server_stop: oneshot::Sender<()>,
+}
+
+impl Embedded {
+    /// Starts a coordinator on `data` and one agent per entry of `agents` (name, slots).
+    pub async fn start(data: &Path, agents: &[(String, u32)]) -> anyhow::Result<Embedded> {
+        let coordinator = Coordinator::open(CoordinatorConfig {
+            data_dir: data.to_path_buf(),
+            lease: LeaseConfig::default(),
+        })
+        .with_context(|| format!("failed to open the store in {}", data.display()))?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("failed to bind a loopback port")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (server_stop, server_stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(coordinator.serve(listener, async move {
+            let _ = server_stopped.await;
+        }));
+        let mut stops = Vec::new();
+        let mut handles = Vec::new();
+        for (name, slots) in agents {
+            let mut config =
+                AgentConfig::new(url.clone(), name.clone(), data.join("work").join(name));
+            config.slots = *slots;
+            let (stop, stopped) = oneshot::channel::<()>();
+            stops.push(stop);
+            handles.push(tokio::spawn(Agent::new(config).run(async move {
+                let _ = stopped.await;
+            })));
+        }
+        Ok(Embedded {
+            url,
+            stops,
+            agents: handles,
+            server,
+            server_stop,
+        })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for agent in self.agents {
+            agent.await??;
+        }
+        let _ = self.server_stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Validate before starting anything.
+    let (_, _, spec) = client::read_sweep(&args.file)?;
+    let slots = match args.slots {
+        Some(0) => {
+            return Err(ExitError {
+                code: 2,
+                message: "--slots must be at least 1".into(),
+            }
+            .into())
+        }
+        Some(slots) => slots,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+    };
+    let embedded = Embedded::start(&args.data, &[("local".to_string(), slots)]).await?;
+    let sweep = client::submit(&embedded.url, &args.file).await?;
+    eprintln!(
+        "sweep {} \"{}\": {} runs ({}), {} at a time on {} local slots; store in {}",
+        sweep.id,
+        spec.name,
+        sweep.planned_runs,
+        sweep.method,
+        sweep.parallel,
+        slots,
+        args.data.display()
+    );
+    let finished = tokio::select! {
+        result = client::watch(&embedded.url, &sweep.id, false) => result?,
+        _ = crate::shutdown_signal() => {
+            eprintln!("\ninterrupted: cancelling sweep {}", sweep.id);
+            let channel = client::channel(&embedded.url).await?;
+            let _ = pb::sweep_service_client::SweepServiceClient::new(channel)
+                .cancel_sweep(pb::CancelSweepRequest { sweep_id: sweep.id.clone() })
+                .await;
+            embedded.stop().await?;
+            return Err(ExitError { code: 130, message: "interrupted".into() }.into());
+        }
+    };
+    let runs = client::list_runs(&embedded.url, Some(sweep.id.clone()), &[], 0).await?;
+    embedded.stop().await?;
+    print_ranking(&finished, &runs, args.json);
+    Ok(())
+}
+
+fn print_ranking(sweep: &pb::Sweep, runs: &[pb::Run], json: bool) {
+    let ranked = client::rank(sweep, runs);
+    if json {
+        let value = json!({
+            "sweep": output::sweep_json(sweep),
+            "ranking": ranked.iter().map(|run| output::run_json(run)).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        return;
+    }
+    let metric_header = if sweep.metric_name.is_empty() {
+        "METRIC".to_string()
+    } else {
+        format!(
+            "{} ({})",
+            sweep.metric_name,
+            if sweep.metric_goal == "minimize" {
+                "min"
+            } else {
+                "max"
+            }
+        )
+    };
+    let rows: Vec<Vec<String>> = ranked
+        .iter()
+        .enumerate()
+        .map(|(i, run)| {
+            vec![
+                (i + 1).to_string(),
+                run.id.clone(),
+                output::run_status_name(run.status).into(),
+                run.last_metrics
+                    .get(&sweep.metric_name)
+                    .map(|v| format_number(*v))
+                    .unwrap_or_else(|| "-".into()),
+                output::params_text(run),
+            ]
+        })
+        .collect();
+    println!();
+    output::print_table(&["RANK", "RUN", "STATUS", &metric_header, "PARAMS"], &rows);
+    let counts = sweep.counts.unwrap_or_default();
+    println!(
+        "\nsweep {} {}: {}",
+        sweep.id,
+        output::sweep_status_name(sweep.status),
+        output::counts_text(&counts)
+    );
+}

@@ -1,0 +1,527 @@
+//! The client verbs: each calls the coordinator over gRPC and prints a table, or one
+//! JSON document with `--json`.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use ladder_proto::v1 as pb;
+use ladder_proto::v1::agent_service_client::AgentServiceClient;
+use ladder_proto::v1::run_service_client::RunServiceClient;
+use ladder_proto::v1::sweep_service_client::SweepServiceClient;
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::output::{self, format_number, print_table};
+use crate::{ClientArgs, ExitError};
+
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+pub async fn channel(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid coordinator URL {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    endpoint.connect().await.with_context(|| {
+        format!("cannot reach the coordinator at {url} (is `ladder coordinator` running there? set --coordinator or LADDER_COORDINATOR)")
+    })
+}
+
+/// Turns a gRPC status into an error for the user; invalid input exits with code 2.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::InvalidArgument => ExitError {
+            code: 2,
+            message: status.message().to_string(),
+        }
+        .into(),
+        tonic::Code::NotFound | tonic::Code::FailedPrecondition => ExitError {
+            code: 1,
+            message: format!("error: {}", status.message()),
+        }
+        .into(),
+        _ => anyhow::anyhow!(
+            "coordinator answered {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("json"));
+}
+
+/// Reads and validates a sweep file locally; invalid files exit with code 2.
+pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared::spec::SweepSpec)> {
+    let file_name = file.display().to_string();
+    let yaml = std::fs::read_to_string(file).map_err(|error| ExitError {
+        code: 2,
+        message: format!("{file_name}: cannot read the sweep file: {error}"),
+    })?;
+    let spec = ladder_shared::spec::parse_sweep(&file_name, &yaml).map_err(|errors| ExitError {
+        code: 2,
+        message: errors.to_string(),
+    })?;
+    Ok((file_name, yaml, spec))
+}
+
+pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
+    let (file_name, yaml, _spec) = read_sweep(file)?;
+    let mut client = SweepServiceClient::new(channel(url).await?);
+    let response = client
+        .submit_sweep(pb::SubmitSweepRequest { file_name, yaml })
+        .await
+        .map_err(status_error)?;
+    Ok(response.into_inner().sweep.unwrap_or_default())
+}
+
+pub async fn sweep_submit(args: &ClientArgs, file: &Path) -> anyhow::Result<()> {
+    let sweep = submit(&args.coordinator, file).await?;
+    if args.json {
+        print_json(&output::sweep_json(&sweep));
+    } else {
+        println!("{}", sweep.id);
+    }
+    Ok(())
+}
+
+pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Result<()> {
+    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?);
+    let sweeps = client
+        .list_sweeps(pb::ListSweepsRequest {
+            project: project.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .sweeps;
+    if args.json {
+        print_json(&json!({ "sweeps": sweeps.iter().map(output::sweep_json).collect::<Vec<_>>() }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = sweeps
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.project.clone(),
+                s.method.clone(),
+                output::sweep_status_name(s.status).into(),
+                format!("{}/{}", s.created_runs, s.planned_runs),
+                output::counts_text(&s.counts.unwrap_or_default()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "NAME", "PROJECT", "METHOD", "STATUS", "RUNS", "STATES",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn get_sweep(url: &str, id: &str) -> anyhow::Result<pb::Sweep> {
+    let mut client = SweepServiceClient::new(channel(url).await?);
+    Ok(client
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .sweep
+        .unwrap_or_default())
+}
+
+fn print_sweep(sweep: &pb::Sweep) {
+    let counts = sweep.counts.unwrap_or_default();
+    println!("sweep     {}", sweep.id);
+    println!("name      {}", sweep.name);
+    println!("project   {}", sweep.project);
+    println!("method    {}", sweep.method);
+    println!("status    {}", output::sweep_status_name(sweep.status));
+    if !sweep.metric_name.is_empty() {
+        println!("metric    {} ({})", sweep.metric_name, sweep.metric_goal);
+    }
+    println!("parallel  {}", sweep.parallel);
+    println!(
+        "runs      {} of {} created: {}",
+        sweep.created_runs,
+        sweep.planned_runs,
+        output::counts_text(&counts)
+    );
+}
+
+pub async fn sweep_show(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
+    let sweep = get_sweep(&args.coordinator, id).await?;
+    if args.json {
+        print_json(&output::sweep_json(&sweep));
+    } else {
+        print_sweep(&sweep);
+    }
+    Ok(())
+}
+
+/// One line of progress: `[8/24] 4 running, 8 completed · best loss=0.31`.
+pub fn progress_line(sweep: &pb::Sweep, best: Option<(String, f64)>) -> String {
+    let counts = sweep.counts.unwrap_or_default();
+    let ended = counts.completed + counts.failed + counts.stopped + counts.cancelled;
+    let mut line = format!(
+        "{} [{}/{}] {}",
+        sweep.name,
+        ended,
+        sweep.planned_runs,
+        output::counts_text(&counts)
+    );
+    if let Some((run, value)) = best {
+        line.push_str(&format!(
+            " · best {}={} ({run})",
+            sweep.metric_name,
+            format_number(value)
+        ));
+    }
+    line
+}
+
+/// Follows a sweep until it ends, drawing progress on stderr. Returns the final snapshot.
+pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep> {
+    let channel = channel(url).await?;
+    let mut sweeps = SweepServiceClient::new(channel.clone());
+    let mut runs = RunServiceClient::new(channel);
+    let mut stream = sweeps
+        .watch_sweep(pb::WatchSweepRequest {
+            sweep_id: id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let tty = std::io::stderr().is_terminal();
+    let mut last = None;
+    let mut last_line = String::new();
+    while let Some(update) = stream.message().await.map_err(status_error)? {
+        let Some(sweep) = update.sweep else { continue };
+        if !quiet {
+            let best = if sweep.metric_name.is_empty() {
+                None
+            } else {
+                let listed = runs
+                    .list_runs(pb::ListRunsRequest {
+                        sweep_id: id.to_string(),
+                        statuses: vec![],
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .runs;
+                best_run(&sweep, &listed)
+            };
+            let line = progress_line(&sweep, best);
+            if line != last_line {
+                let mut stderr = std::io::stderr();
+                if tty {
+                    let _ = write!(stderr, "\r\x1b[2K{line}");
+                } else {
+                    let _ = writeln!(stderr, "{line}");
+                }
+                let _ = stderr.flush();
+                last_line = line;
+            }
+        }
+        let ended = output::sweep_ended(&sweep);
+        last = Some(sweep);
+        if ended {
+            break;
+        }
+    }
+    if tty && !quiet {
+        eprintln!();
+    }
+    last.ok_or_else(|| {
+        anyhow::anyhow!("the coordinator closed the watch of sweep {id} without an update")
+    })
+}
+
+pub async fn sweep_watch(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
+    let sweep = watch(&args.coordinator, id, false).await?;
+    if args.json {
+        print_json(&output::sweep_json(&sweep));
+    } else {
+        print_sweep(&sweep);
+    }
+    Ok(())
+}
+
+pub async fn sweep_action(args: &ClientArgs, id: &str, action: Action) -> anyhow::Result<()> {
+    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?);
+    let sweep = match action {
+        Action::Pause => {
+            client
+                .pause_sweep(pb::PauseSweepRequest {
+                    sweep_id: id.into(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .sweep
+        }
+        Action::Resume => {
+            client
+                .resume_sweep(pb::ResumeSweepRequest {
+                    sweep_id: id.into(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .sweep
+        }
+        Action::Cancel => {
+            client
+                .cancel_sweep(pb::CancelSweepRequest {
+                    sweep_id: id.into(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .sweep
+        }
+    }
+    .unwrap_or_default();
+    if args.json {
+        print_json(&output::sweep_json(&sweep));
+    } else {
+        println!("{} {}", sweep.id, output::sweep_status_name(sweep.status));
+    }
+    Ok(())
+}
+
+pub async fn list_runs(
+    url: &str,
+    sweep: Option<String>,
+    statuses: &[String],
+    limit: u32,
+) -> anyhow::Result<Vec<pb::Run>> {
+    let mut status_filter = Vec::new();
+    for status in statuses {
+        let parsed: ladder_shared::types::RunStatus =
+            status.parse().map_err(|message: String| ExitError {
+                code: 2,
+                message: format!("--status: {message}"),
+            })?;
+        let proto = match parsed {
+            ladder_shared::types::RunStatus::Queued => pb::RunStatus::Queued,
+            ladder_shared::types::RunStatus::Running => pb::RunStatus::Running,
+            ladder_shared::types::RunStatus::Completed => pb::RunStatus::Completed,
+            ladder_shared::types::RunStatus::Failed => pb::RunStatus::Failed,
+            ladder_shared::types::RunStatus::Stopped => pb::RunStatus::Stopped,
+            ladder_shared::types::RunStatus::Cancelled => pb::RunStatus::Cancelled,
+        };
+        status_filter.push(proto as i32);
+    }
+    let mut client = RunServiceClient::new(channel(url).await?);
+    Ok(client
+        .list_runs(pb::ListRunsRequest {
+            sweep_id: sweep.unwrap_or_default(),
+            statuses: status_filter,
+            limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .runs)
+}
+
+pub async fn runs_ls(
+    args: &ClientArgs,
+    sweep: Option<String>,
+    statuses: &[String],
+    limit: u32,
+) -> anyhow::Result<()> {
+    let runs = list_runs(&args.coordinator, sweep, statuses, limit).await?;
+    if args.json {
+        print_json(&json!({ "runs": runs.iter().map(output::run_json).collect::<Vec<_>>() }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            vec![
+                run.id.clone(),
+                output::run_status_name(run.status).into(),
+                run.agent.clone(),
+                run.attempts.len().to_string(),
+                output::exit_text(run),
+                output::params_text(run),
+                output::metrics_text(run),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "RUN", "STATUS", "AGENT", "ATTEMPTS", "EXIT", "PARAMS", "METRICS",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyhow::Result<()> {
+    let mut client = RunServiceClient::new(channel(&args.coordinator).await?);
+    let detail = client
+        .get_run(pb::GetRunRequest {
+            run_id: run_id.to_string(),
+            log_tail: log_lines.max(1),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.json {
+        print_json(&output::run_detail_json(&detail));
+        return Ok(());
+    }
+    let run = detail.run.clone().unwrap_or_default();
+    println!("run       {}", run.id);
+    println!("sweep     {}", run.sweep_id);
+    println!("status    {}", output::run_status_name(run.status));
+    println!("params    {}", output::params_text(&run));
+    println!(
+        "command   {}",
+        run.argv
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("metrics   {}", output::metrics_text(&run));
+    println!();
+    let attempts: Vec<Vec<String>> = run
+        .attempts
+        .iter()
+        .map(|a| {
+            vec![
+                a.number.to_string(),
+                a.agent.clone(),
+                a.outcome.clone(),
+                a.exit_code
+                    .map(|c| c.to_string())
+                    .or(a.signal.map(|s| format!("signal {s}")))
+                    .unwrap_or_default(),
+                a.reason.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ATTEMPT", "AGENT", "OUTCOME", "EXIT", "REASON"],
+        &attempts,
+    );
+    for history in &detail.metrics {
+        if history.points.is_empty() {
+            continue;
+        }
+        println!(
+            "\nmetrics of attempt {} ({} points)",
+            history.attempt,
+            history.points.len()
+        );
+        let rows: Vec<Vec<String>> = history
+            .points
+            .iter()
+            .map(|p| {
+                vec![
+                    p.step.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    output::sorted(&p.values)
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={}", format_number(*v)))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ]
+            })
+            .collect();
+        print_table(&["STEP", "VALUES"], &rows);
+    }
+    println!(
+        "\nlog ({} lines, last {} shown)",
+        detail.log_lines,
+        detail.log_tail.len()
+    );
+    for line in &detail.log_tail {
+        println!("  {}", line.text);
+    }
+    Ok(())
+}
+
+pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?);
+    let agents = client
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .agents;
+    if args.json {
+        print_json(&json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                if a.connected {
+                    "connected".into()
+                } else {
+                    "disconnected".into()
+                },
+                format!("{}/{}", a.slots - a.free_slots.min(a.slots), a.slots),
+                if a.gpus.is_empty() {
+                    "-".into()
+                } else {
+                    a.gpus.len().to_string()
+                },
+                output::sorted(&a.labels)
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                a.runs.join(" "),
+            ]
+        })
+        .collect();
+    print_table(&["AGENT", "STATE", "BUSY", "GPUS", "LABELS", "RUNS"], &rows);
+    Ok(())
+}
+
+/// The best run by the sweep's metric (last reported value).
+pub fn best_run(sweep: &pb::Sweep, runs: &[pb::Run]) -> Option<(String, f64)> {
+    rank(sweep, runs).first().and_then(|run| {
+        run.last_metrics
+            .get(&sweep.metric_name)
+            .map(|v| (run.id.clone(), *v))
+    })
+}
+
+/// Runs ordered by the sweep's metric (best first; runs without it last, by index).
+pub fn rank<'a>(sweep: &pb::Sweep, runs: &'a [pb::Run]) -> Vec<&'a pb::Run> {
+    let maximize = sweep.metric_goal != "minimize";
+    let mut ranked: Vec<&pb::Run> = runs.iter().collect();
+    ranked.sort_by(|a, b| {
+        let va = a.last_metrics.get(&sweep.metric_name);
+        let vb = b.last_metrics.get(&sweep.metric_name);
+        match (va, vb) {
+            (Some(x), Some(y)) => {
+                let order = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+                (if maximize { order.reverse() } else { order }).then(a.index.cmp(&b.index))
+            }
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.index.cmp(&b.index),
+        }
+    });
+    ranked
+}

@@ -1,0 +1,380 @@
+//! `ladder`: every role and verb in one binary.
+//!
+//! - roles: `coordinator`, `agent`, and `run` (all-in-one: an embedded coordinator plus a
+//!   local agent, for one machine);
+//! - client verbs (`sweep`, `runs`, `agents`) talk gRPC to the coordinator named by
+//!   `--coordinator` / `LADDER_COORDINATOR`;
+//! - `bench` measures the system.
+//!
+//! Modules: [`client`] (verbs), [`output`] (tables and the documented `--json` forms),
+//! [`allinone`] (`ladder run`), [`bench`].
+
+mod allinone;
+mod bench;
+mod client;
+mod output;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ladder_agent::{Agent, AgentConfig};
+use ladder_coordinator::{Coordinator, CoordinatorConfig, LeaseConfig};
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
+
+#[derive(Parser)]
+#[command(
+    name = "ladder",
+    version,
+    about = "Distributed experiment sweeps: run, track and rank trials across GPU boxes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Coordinator URL.
+    #[arg(long, global = true, env = "LADDER_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+    /// Print one JSON document instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a sweep on this machine: embedded coordinator + local agent, live progress, ranked table at the end.
+    Run(RunArgs),
+    /// Serve the coordinator.
+    Coordinator(CoordinatorArgs),
+    /// Serve an agent that executes runs for a coordinator.
+    Agent(AgentArgs),
+    /// Submit, list, follow, pause, resume and cancel sweeps.
+    #[command(subcommand)]
+    Sweep(SweepCommand),
+    /// List and show runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// List agents.
+    #[command(subcommand)]
+    Agents(AgentsCommand),
+    /// Measure the system.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The sweep file.
+    file: PathBuf,
+    /// Store directory.
+    #[arg(long, default_value = ".ladder")]
+    data: PathBuf,
+    /// Runs executed at once by the local agent (default: the number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Print the final ranking as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// Address to listen on; port 0 picks a free port (the line `listening on HOST:PORT` says which).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Store directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Seconds an agent may stay silent before its runs are requeued.
+    #[arg(long, default_value_t = 15.0)]
+    lease_timeout: f64,
+    /// Seconds between agent heartbeats.
+    #[arg(long, default_value_t = 3.0)]
+    heartbeat_interval: f64,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[arg(long, env = "LADDER_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+    /// Unique name of this agent (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Runs without GPUs executed at once (default: the number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Runs execute in WORK_DIR/runs/RUN_ID.
+    #[arg(long, default_value = "ladder-work")]
+    work_dir: PathBuf,
+    /// Labels runs can ask for: k=v,k=v.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL when a run is stopped.
+    #[arg(long, default_value_t = 10.0)]
+    stop_grace: f64,
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// Validate and submit a sweep file; prints the sweep id.
+    Submit {
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List sweeps.
+    Ls {
+        #[arg(long)]
+        project: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one sweep.
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a sweep until it ends.
+    Watch {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop proposing new runs; running ones continue.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resume a paused sweep.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel queued runs and stop running ones.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// List runs with their parameters, status, agent, attempts and last metric values.
+    Ls {
+        #[arg(long)]
+        sweep: Option<String>,
+        /// Only runs in this status (repeatable).
+        #[arg(long)]
+        status: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a run: params, status, attempts, metric history, log tail.
+    Show {
+        run: String,
+        /// How many log lines to show.
+        #[arg(long, default_value_t = 50)]
+        log_lines: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// List agents with their slots, GPUs, runs and connection state.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// An error that carries its own exit code (2: the input was invalid).
+#[derive(Debug)]
+pub struct ExitError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitError {}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{what} must be a positive number of seconds, got {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for item in raw {
+        let Some((key, value)) = item.split_once('=') else {
+            bail!("--labels: {item:?} is not key=value");
+        };
+        if key.is_empty() {
+            bail!("--labels: {item:?} has an empty key");
+        }
+        labels.insert(key.to_string(), value.to_string());
+    }
+    Ok(labels)
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let lease = LeaseConfig {
+        lease_timeout: seconds(args.lease_timeout, "--lease-timeout")?,
+        heartbeat_interval: seconds(args.heartbeat_interval, "--heartbeat-interval")?,
+    };
+    if lease.heartbeat_interval >= lease.lease_timeout {
+        bail!("--heartbeat-interval must be shorter than --lease-timeout");
+    }
+    let coordinator = Coordinator::open(CoordinatorConfig {
+        data_dir: args.data.clone(),
+        lease,
+    })
+    .with_context(|| {
+        format!(
+            "failed to open the coordinator store in {}",
+            args.data.display()
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!("ladder coordinator listening on {address}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    coordinator.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "agent".into())
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut config = AgentConfig::new(
+        args.coordinator,
+        args.name.unwrap_or_else(default_name),
+        args.work_dir,
+    );
+    if let Some(slots) = args.slots {
+        if slots == 0 {
+            bail!("--slots must be at least 1");
+        }
+        config.slots = slots;
+    }
+    config.labels = parse_labels(&args.labels)?;
+    config.stop_grace = seconds(args.stop_grace, "--stop-grace")?;
+    Agent::new(config).run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => allinone::run(args).await,
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Agent(args) => agent(args).await,
+        Command::Sweep(command) => match command {
+            SweepCommand::Submit { file, client } => client::sweep_submit(&client, &file).await,
+            SweepCommand::Ls { project, client } => client::sweep_ls(&client, project).await,
+            SweepCommand::Show { id, client } => client::sweep_show(&client, &id).await,
+            SweepCommand::Watch { id, client } => client::sweep_watch(&client, &id).await,
+            SweepCommand::Pause { id, client } => {
+                client::sweep_action(&client, &id, client::Action::Pause).await
+            }
+            SweepCommand::Resume { id, client } => {
+                client::sweep_action(&client, &id, client::Action::Resume).await
+            }
+            SweepCommand::Cancel { id, client } => {
+                client::sweep_action(&client, &id, client::Action::Cancel).await
+            }
+        },
+        Command::Runs(command) => match command {
+            RunsCommand::Ls {
+                sweep,
+                status,
+                limit,
+                client,
+            } => client::runs_ls(&client, sweep, &status, limit).await,
+            RunsCommand::Show {
+                run,
+                log_lines,
+                client,
+            } => client::runs_show(&client, &run, log_lines).await,
+        },
+        Command::Agents(AgentsCommand::Ls { client }) => client::agents_ls(&client).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match &cli.command {
+        Command::Coordinator(_) | Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(exit) = error.downcast_ref::<ExitError>() {
+                eprintln!("{}", exit.message);
+                return ExitCode::from(exit.code);
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

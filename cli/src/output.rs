@@ -1,0 +1,321 @@
+//! Human tables and the documented `--json` forms of every read verb.
+//!
+//! The JSON field names are stable (README, "JSON output"). Times are milliseconds since
+//! the Unix epoch; absent values are `null`.
+
+use ladder_proto::v1 as pb;
+use serde_json::{json, Map, Value};
+
+pub fn param_json(value: &pb::ParamValue) -> Value {
+    use pb::param_value::Kind;
+    match &value.kind {
+        Some(Kind::IntValue(i)) => json!(i),
+        Some(Kind::FloatValue(f)) => json!(f),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::BoolValue(b)) => json!(b),
+        None => Value::Null,
+    }
+}
+
+pub fn param_text(value: &pb::ParamValue) -> String {
+    use pb::param_value::Kind;
+    match &value.kind {
+        Some(Kind::IntValue(i)) => i.to_string(),
+        Some(Kind::FloatValue(f)) => format_number(*f),
+        Some(Kind::StringValue(s)) => s.clone(),
+        Some(Kind::BoolValue(b)) => b.to_string(),
+        None => String::new(),
+    }
+}
+
+/// A metric or parameter value in at most ~7 significant characters.
+pub fn format_number(value: f64) -> String {
+    if value == 0.0 {
+        return "0".into();
+    }
+    let magnitude = value.abs();
+    if !(1e-3..1e6).contains(&magnitude) {
+        return format!("{value:.3e}");
+    }
+    let text = format!("{value:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    text.to_string()
+}
+
+fn ms_or_null(ms: i64) -> Value {
+    if ms == 0 {
+        Value::Null
+    } else {
+        json!(ms)
+    }
+}
+
+pub fn run_status_name(status: i32) -> &'static str {
+    match pb::RunStatus::try_from(status) {
+        Ok(pb::RunStatus::Queued) => "queued",
+        Ok(pb::RunStatus::Running) => "running",
+        Ok(pb::RunStatus::Completed) => "completed",
+        Ok(pb::RunStatus::Failed) => "failed",
+        Ok(pb::RunStatus::Stopped) => "stopped",
+        Ok(pb::RunStatus::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+pub fn sweep_status_name(status: i32) -> &'static str {
+    match pb::SweepStatus::try_from(status) {
+        Ok(pb::SweepStatus::Running) => "running",
+        Ok(pb::SweepStatus::Paused) => "paused",
+        Ok(pb::SweepStatus::Completed) => "completed",
+        Ok(pb::SweepStatus::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+pub fn sweep_ended(sweep: &pb::Sweep) -> bool {
+    matches!(
+        pb::SweepStatus::try_from(sweep.status),
+        Ok(pb::SweepStatus::Completed) | Ok(pb::SweepStatus::Cancelled)
+    )
+}
+
+pub fn counts_json(counts: &pb::RunCounts) -> Value {
+    json!({
+        "queued": counts.queued,
+        "running": counts.running,
+        "completed": counts.completed,
+        "failed": counts.failed,
+        "stopped": counts.stopped,
+        "cancelled": counts.cancelled,
+    })
+}
+
+pub fn sweep_json(sweep: &pb::Sweep) -> Value {
+    let counts = sweep.counts.unwrap_or_default();
+    let metric = if sweep.metric_name.is_empty() {
+        Value::Null
+    } else {
+        json!({"name": sweep.metric_name, "goal": sweep.metric_goal})
+    };
+    json!({
+        "id": sweep.id,
+        "name": sweep.name,
+        "project": sweep.project,
+        "method": sweep.method,
+        "status": sweep_status_name(sweep.status),
+        "metric": metric,
+        "parallel": sweep.parallel,
+        "planned_runs": sweep.planned_runs,
+        "created_runs": sweep.created_runs,
+        "counts": counts_json(&counts),
+        "created_ms": sweep.created_ms,
+        "ended_ms": ms_or_null(sweep.ended_ms),
+        "file_name": sweep.file_name,
+    })
+}
+
+pub fn run_json(run: &pb::Run) -> Value {
+    let params: Map<String, Value> = sorted(&run.params)
+        .into_iter()
+        .map(|(k, v)| (k.clone(), param_json(v)))
+        .collect();
+    let metrics: Map<String, Value> = sorted(&run.last_metrics)
+        .into_iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    json!({
+        "id": run.id,
+        "sweep_id": run.sweep_id,
+        "project": run.project,
+        "index": run.index,
+        "status": run_status_name(run.status),
+        "params": params,
+        "agent": if run.agent.is_empty() { Value::Null } else { json!(run.agent) },
+        "attempts": run.attempts.len(),
+        "metrics": metrics,
+        "last_step": run.last_step,
+        "exit_code": run.exit_code,
+        "signal": run.signal,
+        "created_ms": run.created_ms,
+        "ended_ms": ms_or_null(run.ended_ms),
+    })
+}
+
+pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
+    let run = detail.run.clone().unwrap_or_default();
+    let mut value = run_json(&run);
+    let object = value.as_object_mut().expect("run json is an object");
+    object.insert("argv".into(), json!(run.argv));
+    object.insert(
+        "attempt_history".into(),
+        Value::Array(
+            run.attempts
+                .iter()
+                .map(|a| {
+                    json!({
+                        "number": a.number,
+                        "agent": a.agent,
+                        "outcome": a.outcome,
+                        "exit_code": a.exit_code,
+                        "signal": a.signal,
+                        "reason": a.reason,
+                        "started_ms": a.started_ms,
+                        "ended_ms": ms_or_null(a.ended_ms),
+                    })
+                })
+                .collect(),
+        ),
+    );
+    object.insert(
+        "metric_history".into(),
+        Value::Array(
+            detail
+                .metrics
+                .iter()
+                .map(|m| {
+                    json!({
+                        "attempt": m.attempt,
+                        "points": m.points.iter().map(|p| json!({
+                            "step": p.step,
+                            "time_ms": p.time_ms,
+                            "values": sorted(&p.values).into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        ),
+    );
+    object.insert(
+        "log_tail".into(),
+        Value::Array(
+            detail
+                .log_tail
+                .iter()
+                .map(|l| json!({"time_ms": l.time_ms, "stream": l.stream, "text": l.text}))
+                .collect(),
+        ),
+    );
+    object.insert("log_lines".into(), json!(detail.log_lines));
+    value
+}
+
+pub fn agent_json(agent: &pb::Agent) -> Value {
+    json!({
+        "name": agent.name,
+        "hostname": agent.hostname,
+        "connected": agent.connected,
+        "slots": agent.slots,
+        "free_slots": agent.free_slots,
+        "labels": sorted(&agent.labels).into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
+        "gpus": agent.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_mib": g.memory_mib})).collect::<Vec<_>>(),
+        "runs": agent.runs,
+        "last_seen_ms": ms_or_null(agent.last_seen_ms),
+        "version": agent.version,
+    })
+}
+
+pub fn sorted<K: Ord, V>(map: &std::collections::HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<(&K, &V)> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
+/// Prints an aligned table; the last column is not padded.
+pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table(headers, rows));
+}
+
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `lr=0.001 layers=4`.
+pub fn params_text(run: &pb::Run) -> String {
+    sorted(&run.params)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", param_text(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn metrics_text(run: &pb::Run) -> String {
+    sorted(&run.last_metrics)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", format_number(*v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn counts_text(counts: &pb::RunCounts) -> String {
+    let mut parts = Vec::new();
+    for (name, value) in [
+        ("queued", counts.queued),
+        ("running", counts.running),
+        ("completed", counts.completed),
+        ("failed", counts.failed),
+        ("stopped", counts.stopped),
+        ("cancelled", counts.cancelled),
+    ] {
+        if value > 0 {
+            parts.push(format!("{value} {name}"));
+        }
+    }
+    if parts.is_empty() {
+        "no runs yet".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub fn exit_text(run: &pb::Run) -> String {
+    match (run.exit_code, run.signal) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_short_and_exact_enough() {
+        assert_eq!(format_number(0.5), "0.5");
+        assert_eq!(format_number(3.0), "3");
+        assert_eq!(format_number(0.0001), "1.000e-4");
+        assert_eq!(format_number(123.456789), "123.4568");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let text = table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]);
+        assert_eq!(text, "a    bb\nxxx  y\n");
+    }
+}

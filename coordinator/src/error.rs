@@ -1,0 +1,42 @@
+//! The coordinator's error type and its one mapping to gRPC statuses.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CoordinatorError {
+    #[error("{0}")]
+    InvalidSweep(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("store error: {0}")]
+    Store(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(error: CoordinatorError) -> Self {
+        let message = error.to_string();
+        match error {
+            CoordinatorError::InvalidSweep(_) | CoordinatorError::InvalidArgument(_) => {
+                tonic::Status::invalid_argument(message)
+            }
+            CoordinatorError::NotFound { .. } => tonic::Status::not_found(message),
+            CoordinatorError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            CoordinatorError::ShuttingDown => tonic::Status::unavailable(message),
+            CoordinatorError::Store(_) | CoordinatorError::Io { .. } => {
+                tonic::Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The ladder coordinator: stores sweeps and runs, hands runs to agents, and answers
+//! queries, over gRPC.
+//!
+//! - [`service`]: thin tonic adapters for `SweepService`, `RunService`, `AgentService`.
+//! - [`scheduler`]: one thread owning all mutable state; applies events (submissions,
+//!   agent reports, lease expiry), places runs with [`placement`], group-commits the
+//!   [`store`] and only then acknowledges.
+//! - [`store`]: the durable truth behind the [`store::Store`] trait (sled).
+//! - [`queries`]: read-only views over the store for listing and showing.
+//! - [`convert`]: the only mapping between `ladder.v1` messages and domain types.
+//!
+//! Data flow: a submitted sweep is validated, stored, and its trials are created lazily
+//! as agent slots free up; agents connect over a bidirectional stream, receive
+//! assignments with leases, and report events that are stored before they are
+//! acknowledged. On start the scheduler rebuilds its view from the store.
+
+pub mod convert;
+pub mod error;
+pub mod model;
+pub mod placement;
+pub mod protocol;
+pub mod queries;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ladder_proto::v1 as pb;
+use ladder_shared::types::RunStatus;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+pub use error::CoordinatorError;
+pub use scheduler::LeaseConfig;
+
+use crate::queries::Queries;
+use crate::scheduler::{Event, Scheduler};
+use crate::service::{AgentServiceImpl, RunServiceImpl, Shared, SweepServiceImpl};
+use crate::store::{SledStore, Store};
+
+/// A run status used as a query filter.
+pub struct RunStatusFilter(pub RunStatus);
+
+/// Where the coordinator keeps its data and how it times agents.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub data_dir: PathBuf,
+    pub lease: LeaseConfig,
+}
+
+/// A coordinator with its store open and its scheduler running, ready to serve.
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    scheduler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Opens the store, rebuilds state from it and starts the scheduler thread.
+    pub fn open(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let (changes, _) = broadcast::channel(1024);
+        let scheduler = Scheduler::recover(store.clone(), config.lease, changes.clone())?;
+        let (events, receiver) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("ladder-scheduler".into())
+            .spawn(move || scheduler.run(receiver))
+            .map_err(|source| CoordinatorError::Io {
+                context: "failed to start the scheduler thread".into(),
+                source,
+            })?;
+        Ok(Coordinator {
+            shared: Arc::new(Shared {
+                events,
+                queries: Queries::new(store),
+                changes,
+                next_session: AtomicU64::new(1),
+            }),
+            scheduler: Some(handle),
+        })
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes, then closes agent sessions,
+    /// commits and stops the scheduler.
+    pub async fn serve(
+        mut self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), CoordinatorError> {
+        let events = self.shared.events.clone();
+        let shutdown = async move {
+            shutdown.await;
+            info!("shutting down");
+            // Agent sessions are long-lived streams: end them so the server can stop.
+            let _ = events.send(Event::CloseSessions);
+        };
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(pb::sweep_service_server::SweepServiceServer::new(
+                SweepServiceImpl(self.shared.clone()),
+            ))
+            .add_service(pb::run_service_server::RunServiceServer::new(
+                RunServiceImpl(self.shared.clone()),
+            ))
+            .add_service(pb::agent_service_server::AgentServiceServer::new(
+                AgentServiceImpl(self.shared.clone()),
+            ))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+        let result = server
+            .await
+            .map_err(|e| CoordinatorError::Store(format!("server failed: {e}")));
+        let _ = self.shared.events.send(Event::Shutdown);
+        if let Some(handle) = self.scheduler.take() {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        result
+    }
+}

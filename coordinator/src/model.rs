@@ -1,0 +1,144 @@
+//! Records the coordinator keeps in its store: sweeps, runs with their attempts, agents,
+//! and the metric points and log lines of each attempt.
+
+use std::collections::BTreeMap;
+
+use ladder_shared::search::Params;
+use ladder_shared::spec::SweepSpec;
+use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A submitted sweep. `spec` never changes after submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRecord {
+    pub id: String,
+    pub spec: SweepSpec,
+    pub file_name: String,
+    /// The sweep file exactly as submitted.
+    pub yaml: String,
+    pub status: SweepStatus,
+    pub created_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// How many runs the sweep creates in all.
+    pub planned_runs: u64,
+    /// How many runs it has created so far; the next trial index.
+    pub created_runs: u64,
+}
+
+/// How one attempt of a run ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Running,
+    Completed,
+    Failed,
+    Stopped,
+    Cancelled,
+    /// The agent went silent past the lease timeout, or no longer held the run.
+    Lost,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Stopped => "stopped",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+        }
+    }
+}
+
+/// One execution of a run on one agent, identified by its lease `(run, number, epoch)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub number: u32,
+    /// Fencing token, unique across the store's history.
+    pub epoch: u64,
+    pub agent: String,
+    pub gpus: Vec<u32>,
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// Highest event sequence number stored for this attempt.
+    pub acked_seq: u64,
+    pub log_lines: u64,
+    pub metric_points: u64,
+}
+
+/// A trial of a sweep. `params` and `argv` never change once created; restarts add
+/// attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub sweep_id: String,
+    pub project: String,
+    /// 0-based trial index within the sweep.
+    pub index: u64,
+    pub params: Params,
+    pub argv: Vec<String>,
+    pub status: RunStatus,
+    pub attempts: Vec<AttemptRecord>,
+    /// Last reported value of every metric.
+    pub last_metrics: BTreeMap<String, f64>,
+    pub last_step: Option<i64>,
+    pub created_ms: i64,
+    pub ended_ms: Option<i64>,
+}
+
+impl RunRecord {
+    pub fn current_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts.last()
+    }
+
+    pub fn current_attempt_mut(&mut self) -> Option<&mut AttemptRecord> {
+        self.attempts.last_mut()
+    }
+
+    /// The agent of the latest attempt.
+    pub fn agent(&self) -> Option<&str> {
+        self.attempts.last().map(|a| a.agent.as_str())
+    }
+}
+
+/// What the coordinator remembers of an agent across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    pub gpus: Vec<Gpu>,
+    pub hostname: String,
+    pub version: String,
+    pub last_seen_ms: i64,
+}
+
+/// A metric point as stored: what the program printed, and when the agent read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPoint {
+    pub step: Option<i64>,
+    pub values: BTreeMap<String, f64>,
+    pub time_ms: i64,
+}
+
+/// A log line as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLogLine {
+    pub time_ms: i64,
+    pub stream: String,
+    pub text: String,
+}

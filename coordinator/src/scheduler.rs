@@ -1,0 +1,1078 @@
+//! The scheduler: one thread that owns all mutable coordinator state and is the only
+//! writer of the store.
+//!
+//! gRPC handlers send [`Event`]s over a channel. The loop takes every event waiting,
+//! applies them (store writes are buffered), checks leases, places queued runs (asking
+//! search methods for new trials only when a slot is free), then commits the store once
+//! and only then releases what it decided: replies to clients, acknowledgements and
+//! assignments to agents. So everything acknowledged is durable, and the cost of a
+//! durable commit is shared by every event of the batch (group commit).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ladder_shared::search;
+use ladder_shared::spec::SweepSpec;
+use ladder_shared::types::{RunStatus, SweepStatus};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::error::CoordinatorError;
+use crate::model::{
+    now_ms, AgentRecord, AttemptOutcome, AttemptRecord, RunRecord, StoredPoint, SweepRecord,
+};
+use crate::placement::{self, Capacity, Demand};
+use crate::protocol::{
+    Assignment, Finish, FinishOutcome, FromAgent, Lease, Registration, RunEvent, ToAgent,
+};
+use crate::store::Store;
+
+/// Timing of the agent protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseConfig {
+    /// An agent silent for longer loses its runs: they go back to the queue.
+    pub lease_timeout: Duration,
+    /// How often agents are asked to heartbeat.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            lease_timeout: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(3),
+        }
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, CoordinatorError>>;
+
+/// What a sweep action asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepAction {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// An agent as shown by `agents ls`.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub record: AgentRecord,
+    pub connected: bool,
+    pub runs: Vec<String>,
+    pub free_slots: u32,
+}
+
+/// Everything the scheduler reacts to.
+pub enum Event {
+    Submit {
+        spec: Box<SweepSpec>,
+        file_name: String,
+        yaml: String,
+        reply: Reply<SweepRecord>,
+    },
+    SweepAction {
+        sweep_id: String,
+        action: SweepAction,
+        reply: Reply<SweepRecord>,
+    },
+    ListAgents {
+        reply: Reply<Vec<AgentView>>,
+    },
+    AgentConnected {
+        session: u64,
+        registration: Registration,
+        outbox: mpsc::UnboundedSender<ToAgent>,
+    },
+    AgentMessage {
+        session: u64,
+        message: FromAgent,
+    },
+    AgentDisconnected {
+        session: u64,
+    },
+    /// Close every agent session (the server is stopping).
+    CloseSessions,
+    /// Commit and stop the loop.
+    Shutdown,
+}
+
+/// Something decided in this batch, released only after the commit.
+enum Deferred {
+    Sweep(Reply<SweepRecord>, Result<SweepRecord, CoordinatorError>),
+    Agents(Reply<Vec<AgentView>>, Vec<AgentView>),
+    Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
+}
+
+struct Session {
+    id: u64,
+    outbox: mpsc::UnboundedSender<ToAgent>,
+}
+
+struct AgentState {
+    record: AgentRecord,
+    session: Option<Session>,
+    last_seen: Instant,
+    /// Runs whose current attempt this agent holds, with the GPUs each uses.
+    runs: HashMap<String, Vec<u32>>,
+}
+
+impl AgentState {
+    fn free_slots(&self) -> u32 {
+        self.record.slots.saturating_sub(self.runs.len() as u32)
+    }
+
+    fn free_gpus(&self) -> Vec<u32> {
+        let used: HashSet<u32> = self.runs.values().flatten().copied().collect();
+        self.record
+            .gpus
+            .iter()
+            .map(|gpu| gpu.index)
+            .filter(|index| !used.contains(index))
+            .collect()
+    }
+}
+
+struct SweepState {
+    record: SweepRecord,
+    /// Runs of the sweep that are queued or running.
+    active: u64,
+}
+
+/// The state machine. Construct with [`Scheduler::recover`], drive with [`Scheduler::run`].
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    config: LeaseConfig,
+    /// Sweeps that have not ended.
+    sweeps: HashMap<String, SweepState>,
+    /// Runs that are queued or running.
+    runs: HashMap<String, RunRecord>,
+    /// Queued runs, oldest first.
+    queue: VecDeque<String>,
+    agents: HashMap<String, AgentState>,
+    sessions: HashMap<u64, String>,
+    deferred: Vec<Deferred>,
+    changed: HashSet<String>,
+    changes: broadcast::Sender<String>,
+    stopping: bool,
+}
+
+impl Scheduler {
+    /// Rebuilds the in-memory view from the store: unfinished sweeps, queued and running
+    /// runs, known agents. Agents are all disconnected; those holding runs get one lease
+    /// timeout from now to come back and re-adopt them.
+    pub fn recover(
+        store: Arc<dyn Store>,
+        config: LeaseConfig,
+        changes: broadcast::Sender<String>,
+    ) -> Result<Self, CoordinatorError> {
+        let now = Instant::now();
+        let mut scheduler = Scheduler {
+            store,
+            config,
+            sweeps: HashMap::new(),
+            runs: HashMap::new(),
+            queue: VecDeque::new(),
+            agents: HashMap::new(),
+            sessions: HashMap::new(),
+            deferred: Vec::new(),
+            changed: HashSet::new(),
+            changes,
+            stopping: false,
+        };
+        for record in scheduler.store.list_agents()? {
+            scheduler.agents.insert(
+                record.name.clone(),
+                AgentState {
+                    record,
+                    session: None,
+                    last_seen: now,
+                    runs: HashMap::new(),
+                },
+            );
+        }
+        let mut queued: Vec<(i64, String)> = Vec::new();
+        for sweep in scheduler.store.list_sweeps()? {
+            if sweep.status.is_terminal() {
+                continue;
+            }
+            let mut active = 0;
+            for run in scheduler.store.list_runs(Some(&sweep.id))? {
+                if run.status.is_terminal() {
+                    continue;
+                }
+                active += 1;
+                if run.status == RunStatus::Queued {
+                    queued.push((run.created_ms, run.id.clone()));
+                } else if let Some(attempt) = run.current_attempt() {
+                    let agent = scheduler
+                        .agents
+                        .entry(attempt.agent.clone())
+                        .or_insert_with(|| AgentState {
+                            record: AgentRecord {
+                                name: attempt.agent.clone(),
+                                labels: BTreeMap::new(),
+                                slots: 0,
+                                gpus: Vec::new(),
+                                hostname: String::new(),
+                                version: String::new(),
+                                last_seen_ms: 0,
+                            },
+                            session: None,
+                            last_seen: now,
+                            runs: HashMap::new(),
+                        });
+                    agent.runs.insert(run.id.clone(), attempt.gpus.clone());
+                }
+                scheduler.runs.insert(run.id.clone(), run);
+            }
+            info!(sweep_id = %sweep.id, active, "recovered sweep");
+            scheduler.sweeps.insert(
+                sweep.id.clone(),
+                SweepState {
+                    record: sweep,
+                    active,
+                },
+            );
+        }
+        queued.sort();
+        scheduler.queue = queued.into_iter().map(|(_, id)| id).collect();
+        let sweep_ids: Vec<String> = scheduler.sweeps.keys().cloned().collect();
+        for sweep_id in sweep_ids {
+            scheduler.maybe_finish_sweep(&sweep_id)?;
+        }
+        scheduler.store.commit()?;
+        Ok(scheduler)
+    }
+
+    /// Runs the loop until [`Event::Shutdown`] or until every sender is gone.
+    pub fn run(mut self, events: Receiver<Event>) {
+        let tick = (self.config.heartbeat_interval / 2)
+            .clamp(Duration::from_millis(20), Duration::from_millis(500));
+        loop {
+            match events.recv_timeout(tick) {
+                Ok(event) => {
+                    self.handle(event);
+                    // Take whatever else is waiting into the same commit.
+                    for _ in 0..4096 {
+                        match events.try_recv() {
+                            Ok(event) => self.handle(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.stopping = true,
+            }
+            self.check_leases(Instant::now());
+            if !self.stopping {
+                self.schedule();
+            }
+            self.commit_and_release();
+            if self.stopping {
+                info!("scheduler stopped");
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit {
+                spec,
+                file_name,
+                yaml,
+                reply,
+            } => {
+                let result = self.submit(*spec, file_name, yaml);
+                self.deferred.push(Deferred::Sweep(reply, result));
+            }
+            Event::SweepAction {
+                sweep_id,
+                action,
+                reply,
+            } => {
+                let result = self.sweep_action(&sweep_id, action);
+                self.deferred.push(Deferred::Sweep(reply, result));
+            }
+            Event::ListAgents { reply } => {
+                let views = self.agent_views();
+                self.deferred.push(Deferred::Agents(reply, views));
+            }
+            Event::AgentConnected {
+                session,
+                registration,
+                outbox,
+            } => {
+                if let Err(error) = self.agent_connected(session, registration, outbox) {
+                    error!(%error, "failed to register agent");
+                }
+            }
+            Event::AgentMessage { session, message } => {
+                if let Err(error) = self.agent_message(session, message) {
+                    error!(%error, "failed to apply agent message");
+                }
+            }
+            Event::AgentDisconnected { session } => self.agent_disconnected(session),
+            Event::CloseSessions => {
+                for agent in self.agents.values_mut() {
+                    agent.session = None;
+                }
+                self.sessions.clear();
+            }
+            Event::Shutdown => self.stopping = true,
+        }
+    }
+
+    // ----- sweeps -----
+
+    fn submit(
+        &mut self,
+        spec: SweepSpec,
+        file_name: String,
+        yaml: String,
+    ) -> Result<SweepRecord, CoordinatorError> {
+        let mut id = new_sweep_id();
+        while self.store.get_sweep(&id)?.is_some() {
+            id = new_sweep_id();
+        }
+        let planned_runs = search::trial_count(&spec);
+        let record = SweepRecord {
+            id: id.clone(),
+            spec,
+            file_name,
+            yaml,
+            status: SweepStatus::Running,
+            created_ms: now_ms(),
+            ended_ms: None,
+            planned_runs,
+            created_runs: 0,
+        };
+        self.store.put_sweep(&record)?;
+        info!(sweep_id = %id, name = %record.spec.name, planned_runs, "sweep submitted");
+        self.sweeps.insert(
+            id.clone(),
+            SweepState {
+                record: record.clone(),
+                active: 0,
+            },
+        );
+        self.changed.insert(id.clone());
+        self.maybe_finish_sweep(&id)?;
+        Ok(record)
+    }
+
+    fn sweep_action(
+        &mut self,
+        sweep_id: &str,
+        action: SweepAction,
+    ) -> Result<SweepRecord, CoordinatorError> {
+        let Some(state) = self.sweeps.get_mut(sweep_id) else {
+            return match self.store.get_sweep(sweep_id)? {
+                Some(record) => Err(CoordinatorError::FailedPrecondition(format!(
+                    "sweep {sweep_id} has already ended ({})",
+                    record.status
+                ))),
+                None => Err(CoordinatorError::NotFound {
+                    kind: "sweep",
+                    id: sweep_id.to_string(),
+                }),
+            };
+        };
+        match action {
+            SweepAction::Pause => state.record.status = SweepStatus::Paused,
+            SweepAction::Resume => state.record.status = SweepStatus::Running,
+            SweepAction::Cancel => {
+                state.record.status = SweepStatus::Cancelled;
+                state.record.ended_ms = Some(now_ms());
+            }
+        }
+        let record = state.record.clone();
+        self.store.put_sweep(&record)?;
+        self.changed.insert(sweep_id.to_string());
+        if action == SweepAction::Cancel {
+            info!(sweep_id, "sweep cancelled");
+            self.cancel_runs(sweep_id)?;
+        }
+        Ok(record)
+    }
+
+    fn cancel_runs(&mut self, sweep_id: &str) -> Result<(), CoordinatorError> {
+        let run_ids: Vec<String> = self
+            .runs
+            .values()
+            .filter(|run| run.sweep_id == sweep_id)
+            .map(|run| run.id.clone())
+            .collect();
+        for run_id in run_ids {
+            let run = &self.runs[&run_id];
+            if run.status == RunStatus::Queued {
+                let mut run = self.runs.remove(&run_id).expect("run present");
+                self.queue.retain(|id| id != &run_id);
+                run.status = RunStatus::Cancelled;
+                run.ended_ms = Some(now_ms());
+                self.retire(run)?;
+                continue;
+            }
+            // Running: ask its agent to stop it; it ends as cancelled when the agent
+            // reports, or when the agent's lease expires.
+            let Some(attempt) = run.current_attempt() else {
+                continue;
+            };
+            let lease = Lease {
+                run_id: run_id.clone(),
+                attempt: attempt.number,
+                epoch: attempt.epoch,
+            };
+            if let Some(outbox) = self
+                .agents
+                .get(&attempt.agent)
+                .and_then(|a| a.session.as_ref())
+                .map(|s| s.outbox.clone())
+            {
+                self.deferred.push(Deferred::Send(
+                    outbox,
+                    ToAgent::Stop {
+                        lease,
+                        reason: "sweep cancelled".into(),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the sweep when it has created all its runs and none is active.
+    fn maybe_finish_sweep(&mut self, sweep_id: &str) -> Result<(), CoordinatorError> {
+        let Some(state) = self.sweeps.get_mut(sweep_id) else {
+            return Ok(());
+        };
+        if state.active > 0 {
+            return Ok(());
+        }
+        let exhausted = state.record.created_runs >= state.record.planned_runs;
+        if state.record.status == SweepStatus::Cancelled || exhausted {
+            if state.record.status != SweepStatus::Cancelled {
+                state.record.status = SweepStatus::Completed;
+            }
+            if state.record.ended_ms.is_none() {
+                state.record.ended_ms = Some(now_ms());
+            }
+            let record = state.record.clone();
+            self.store.put_sweep(&record)?;
+            self.sweeps.remove(sweep_id);
+            self.changed.insert(sweep_id.to_string());
+            info!(sweep_id, status = %record.status, "sweep ended");
+        }
+        Ok(())
+    }
+
+    /// Stores a run that reached a terminal state and forgets it.
+    fn retire(&mut self, run: RunRecord) -> Result<(), CoordinatorError> {
+        debug_assert!(run.status.is_terminal());
+        self.store.put_run(&run)?;
+        self.changed.insert(run.sweep_id.clone());
+        if let Some(sweep) = self.sweeps.get_mut(&run.sweep_id) {
+            sweep.active = sweep.active.saturating_sub(1);
+        }
+        self.maybe_finish_sweep(&run.sweep_id)
+    }
+
+    // ----- placement -----
+
+    fn schedule(&mut self) {
+        if let Err(error) = self.try_schedule() {
+            error!(%error, "scheduling failed");
+        }
+    }
+
+    fn try_schedule(&mut self) -> Result<(), CoordinatorError> {
+        let capacities: Vec<Capacity> = self
+            .agents
+            .values()
+            .filter(|agent| agent.session.is_some())
+            .map(|agent| Capacity {
+                agent: agent.record.name.clone(),
+                free_slots: agent.free_slots(),
+                free_gpus: agent.free_gpus(),
+                labels: agent.record.labels.clone(),
+            })
+            .filter(|capacity| capacity.free_slots > 0)
+            .collect();
+        let total_free: u64 = capacities.iter().map(|c| u64::from(c.free_slots)).sum();
+        if total_free == 0 {
+            return Ok(());
+        }
+
+        enum Entry {
+            Queued(String),
+            NewTrial(String),
+        }
+        let mut entries = Vec::new();
+        let mut demands = Vec::new();
+        for run_id in &self.queue {
+            let run = &self.runs[run_id];
+            let Some(sweep) = self.sweeps.get(&run.sweep_id) else {
+                continue;
+            };
+            if sweep.record.status != SweepStatus::Running {
+                continue;
+            }
+            entries.push(Entry::Queued(run_id.clone()));
+            demands.push(demand_of(&sweep.record.spec));
+        }
+        let mut sweeps: Vec<&SweepState> = self
+            .sweeps
+            .values()
+            .filter(|s| s.record.status == SweepStatus::Running)
+            .collect();
+        sweeps.sort_by(|a, b| {
+            (a.record.created_ms, &a.record.id).cmp(&(b.record.created_ms, &b.record.id))
+        });
+        for sweep in sweeps {
+            let room = u64::from(sweep.record.spec.parallel).saturating_sub(sweep.active);
+            let remaining = sweep
+                .record
+                .planned_runs
+                .saturating_sub(sweep.record.created_runs);
+            let count = room.min(remaining).min(total_free);
+            for _ in 0..count {
+                entries.push(Entry::NewTrial(sweep.record.id.clone()));
+                demands.push(demand_of(&sweep.record.spec));
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let placements = placement::place(&capacities, &demands);
+        for placed in placements {
+            let run_id = match &entries[placed.demand] {
+                Entry::Queued(run_id) => {
+                    self.queue.retain(|id| id != run_id);
+                    run_id.clone()
+                }
+                Entry::NewTrial(sweep_id) => match self.create_run(sweep_id)? {
+                    Some(run_id) => run_id,
+                    None => continue,
+                },
+            };
+            self.start_attempt(&run_id, &placed.agent, placed.gpus)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the sweep's next trial as a queued run. `None` when the sweep has no more.
+    fn create_run(&mut self, sweep_id: &str) -> Result<Option<String>, CoordinatorError> {
+        let state = self.sweeps.get_mut(sweep_id).expect("sweep present");
+        let index = state.record.created_runs;
+        let Some(params) = search::trial(&state.record.spec, index) else {
+            state.record.planned_runs = index;
+            return Ok(None);
+        };
+        let now = now_ms();
+        let mut run = RunRecord {
+            id: format!("{sweep_id}-{index:06}"),
+            sweep_id: sweep_id.to_string(),
+            project: state.record.spec.project.clone(),
+            index,
+            params,
+            argv: Vec::new(),
+            status: RunStatus::Queued,
+            attempts: Vec::new(),
+            last_metrics: BTreeMap::new(),
+            last_step: None,
+            created_ms: now,
+            ended_ms: None,
+        };
+        state.record.created_runs += 1;
+        self.store.put_sweep(&state.record)?;
+        self.changed.insert(sweep_id.to_string());
+        match search::render_command(&state.record.spec.command, &run.params) {
+            Ok(argv) => run.argv = argv,
+            Err(error) => {
+                // Validation makes this unreachable; keep the sweep going regardless.
+                warn!(run_id = %run.id, %error, "cannot render command");
+                run.status = RunStatus::Failed;
+                run.ended_ms = Some(now);
+                state.active += 1;
+                self.retire(run)?;
+                return Ok(None);
+            }
+        }
+        state.active += 1;
+        let run_id = run.id.clone();
+        self.store.put_run(&run)?;
+        self.runs.insert(run_id.clone(), run);
+        Ok(Some(run_id))
+    }
+
+    fn start_attempt(
+        &mut self,
+        run_id: &str,
+        agent_name: &str,
+        gpus: Vec<u32>,
+    ) -> Result<(), CoordinatorError> {
+        let epoch = self.store.next_epoch()?;
+        let run = self.runs.get_mut(run_id).expect("run present");
+        let number = run.attempts.len() as u32 + 1;
+        run.attempts.push(AttemptRecord {
+            number,
+            epoch,
+            agent: agent_name.to_string(),
+            gpus: gpus.clone(),
+            outcome: AttemptOutcome::Running,
+            exit_code: None,
+            signal: None,
+            reason: String::new(),
+            started_ms: now_ms(),
+            ended_ms: None,
+            acked_seq: 0,
+            log_lines: 0,
+            metric_points: 0,
+        });
+        run.status = RunStatus::Running;
+        self.store.put_run(run)?;
+        self.changed.insert(run.sweep_id.clone());
+        let sweep = &self.sweeps[&run.sweep_id];
+        let params_json = search::params_json(&run.params).to_string();
+        let assignment = Assignment {
+            lease: Lease {
+                run_id: run_id.to_string(),
+                attempt: number,
+                epoch,
+            },
+            sweep_id: run.sweep_id.clone(),
+            argv: run.argv.clone(),
+            params_json,
+            gpus: gpus.clone(),
+            env: BTreeMap::from([(
+                "LADDER_PROJECT".to_string(),
+                sweep.record.spec.project.clone(),
+            )]),
+        };
+        let agent = self.agents.get_mut(agent_name).expect("agent present");
+        agent.runs.insert(run_id.to_string(), gpus);
+        debug!(run_id, attempt = number, agent = agent_name, "run placed");
+        if let Some(session) = &agent.session {
+            self.deferred.push(Deferred::Send(
+                session.outbox.clone(),
+                ToAgent::Assign(assignment),
+            ));
+        }
+        Ok(())
+    }
+
+    // ----- agents -----
+
+    fn agent_views(&self) -> Vec<AgentView> {
+        let mut views: Vec<AgentView> = self
+            .agents
+            .values()
+            .map(|agent| {
+                let mut runs: Vec<String> = agent.runs.keys().cloned().collect();
+                runs.sort();
+                AgentView {
+                    record: agent.record.clone(),
+                    connected: agent.session.is_some(),
+                    runs,
+                    free_slots: agent.free_slots(),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        views
+    }
+
+    fn agent_connected(
+        &mut self,
+        session: u64,
+        registration: Registration,
+        outbox: mpsc::UnboundedSender<ToAgent>,
+    ) -> Result<(), CoordinatorError> {
+        let name = registration.name.clone();
+        let now = Instant::now();
+        let agent = self
+            .agents
+            .entry(name.clone())
+            .or_insert_with(|| AgentState {
+                record: AgentRecord {
+                    name: name.clone(),
+                    labels: BTreeMap::new(),
+                    slots: 0,
+                    gpus: Vec::new(),
+                    hostname: String::new(),
+                    version: String::new(),
+                    last_seen_ms: 0,
+                },
+                session: None,
+                last_seen: now,
+                runs: HashMap::new(),
+            });
+        if let Some(old) = agent.session.take() {
+            info!(agent = %name, old_session = old.id, "agent reconnected; replacing its previous session");
+            self.sessions.remove(&old.id);
+        }
+        agent.record.labels = registration.labels;
+        agent.record.slots = registration.slots;
+        agent.record.gpus = registration.gpus;
+        agent.record.hostname = registration.hostname;
+        agent.record.version = registration.version;
+        agent.record.last_seen_ms = now_ms();
+        agent.last_seen = now;
+        agent.session = Some(Session {
+            id: session,
+            outbox: outbox.clone(),
+        });
+        self.sessions.insert(session, name.clone());
+        self.store.put_agent(&agent.record)?;
+        info!(agent = %name, session, slots = agent.record.slots, held = registration.held.len(), "agent registered");
+        self.deferred.push(Deferred::Send(
+            outbox.clone(),
+            ToAgent::Registered {
+                heartbeat_interval: self.config.heartbeat_interval,
+                lease_timeout: self.config.lease_timeout,
+            },
+        ));
+
+        // Re-adopt what the agent still holds; reject what is no longer its.
+        let mut held_runs = HashSet::new();
+        for lease in registration.held {
+            if self.lease_is_current(&lease, &name) {
+                held_runs.insert(lease.run_id.clone());
+                let gpus = self.runs[&lease.run_id]
+                    .current_attempt()
+                    .map(|a| a.gpus.clone())
+                    .unwrap_or_default();
+                self.agents
+                    .get_mut(&name)
+                    .expect("agent")
+                    .runs
+                    .insert(lease.run_id.clone(), gpus);
+                continue;
+            }
+            if self.is_finished_attempt(&lease) {
+                // Its remaining events will be re-acknowledged as duplicates.
+                continue;
+            }
+            self.deferred.push(Deferred::Send(
+                outbox.clone(),
+                ToAgent::Reject {
+                    lease,
+                    reason: "the lease is no longer valid".into(),
+                },
+            ));
+        }
+        let lost: Vec<String> = self.agents[&name]
+            .runs
+            .keys()
+            .filter(|run_id| !held_runs.contains(*run_id))
+            .cloned()
+            .collect();
+        for run_id in lost {
+            self.lose_attempt(
+                &run_id,
+                "the agent reconnected without this attempt (agent restarted?)",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn lease_is_current(&self, lease: &Lease, agent: &str) -> bool {
+        let Some(run) = self.runs.get(&lease.run_id) else {
+            return false;
+        };
+        let Some(attempt) = run.current_attempt() else {
+            return false;
+        };
+        run.status == RunStatus::Running
+            && attempt.number == lease.attempt
+            && attempt.epoch == lease.epoch
+            && attempt.agent == agent
+            && attempt.outcome == AttemptOutcome::Running
+    }
+
+    /// Whether the lease names an attempt that has ended with every event stored.
+    fn is_finished_attempt(&self, lease: &Lease) -> bool {
+        match self.store.get_run(&lease.run_id) {
+            Ok(Some(run)) => run.attempts.iter().any(|a| {
+                a.number == lease.attempt
+                    && a.epoch == lease.epoch
+                    && a.outcome != AttemptOutcome::Running
+                    && a.outcome != AttemptOutcome::Lost
+            }),
+            _ => false,
+        }
+    }
+
+    fn agent_disconnected(&mut self, session: u64) {
+        let Some(name) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(agent) = self.agents.get_mut(&name) {
+            if agent.session.as_ref().map(|s| s.id) == Some(session) {
+                agent.session = None;
+                info!(agent = %name, session, "agent disconnected");
+            }
+        }
+    }
+
+    fn agent_message(&mut self, session: u64, message: FromAgent) -> Result<(), CoordinatorError> {
+        let Some(name) = self.sessions.get(&session).cloned() else {
+            debug!(session, "message from a closed session ignored");
+            return Ok(());
+        };
+        let agent = self.agents.get_mut(&name).expect("agent of session");
+        agent.last_seen = Instant::now();
+        let outbox = agent.session.as_ref().expect("session").outbox.clone();
+        match message {
+            FromAgent::Heartbeat => Ok(()),
+            FromAgent::RunEvent { lease, seq, event } => {
+                self.run_event(&name, outbox, lease, seq, event)
+            }
+        }
+    }
+
+    fn run_event(
+        &mut self,
+        agent: &str,
+        outbox: mpsc::UnboundedSender<ToAgent>,
+        lease: Lease,
+        seq: u64,
+        event: RunEvent,
+    ) -> Result<(), CoordinatorError> {
+        if !self.lease_is_current(&lease, agent) {
+            // A resent event of an attempt already stored is acknowledged again.
+            let duplicate = match self.store.get_run(&lease.run_id)? {
+                Some(run) => run.attempts.iter().any(|a| {
+                    a.number == lease.attempt
+                        && a.epoch == lease.epoch
+                        && a.agent == agent
+                        && a.acked_seq >= seq
+                }),
+                None => false,
+            };
+            let message = if duplicate {
+                ToAgent::Ack { lease, seq }
+            } else {
+                warn!(run_id = %lease.run_id, attempt = lease.attempt, epoch = lease.epoch, agent, "report with a stale lease rejected");
+                ToAgent::Reject {
+                    lease,
+                    reason: "stale lease: the run has a newer attempt or has ended".into(),
+                }
+            };
+            self.deferred.push(Deferred::Send(outbox, message));
+            return Ok(());
+        }
+        let run = self
+            .runs
+            .get_mut(&lease.run_id)
+            .expect("current lease has a run");
+        let attempt = run
+            .current_attempt_mut()
+            .expect("current lease has an attempt");
+        if seq <= attempt.acked_seq {
+            self.deferred
+                .push(Deferred::Send(outbox, ToAgent::Ack { lease, seq }));
+            return Ok(());
+        }
+        if seq != attempt.acked_seq + 1 {
+            warn!(run_id = %lease.run_id, seq, expected = attempt.acked_seq + 1, "event out of order ignored");
+            return Ok(());
+        }
+        attempt.acked_seq = seq;
+        let mut finished = None;
+        match event {
+            RunEvent::Started { pid, work_dir } => {
+                debug!(run_id = %lease.run_id, pid, work_dir, "run started");
+            }
+            RunEvent::Output { metrics, logs } => {
+                attempt.log_lines += logs.len() as u64;
+                attempt.metric_points += metrics.len() as u64;
+                apply_metrics(run, &metrics);
+                self.store
+                    .put_output(&lease.run_id, lease.attempt, seq, &metrics, &logs)?;
+            }
+            RunEvent::Finished(finish) => finished = Some(finish),
+        }
+        self.changed.insert(run.sweep_id.clone());
+        match finished {
+            Some(finish) => self.finish_attempt(&lease.run_id, finish)?,
+            None => self.store.put_run(&self.runs[&lease.run_id])?,
+        }
+        self.deferred
+            .push(Deferred::Send(outbox, ToAgent::Ack { lease, seq }));
+        Ok(())
+    }
+
+    fn finish_attempt(&mut self, run_id: &str, finish: Finish) -> Result<(), CoordinatorError> {
+        let mut run = self.runs.remove(run_id).expect("run present");
+        let cancelled = self
+            .sweeps
+            .get(&run.sweep_id)
+            .is_none_or(|s| s.record.status == SweepStatus::Cancelled);
+        let now = now_ms();
+        let attempt = run.current_attempt_mut().expect("attempt");
+        let (outcome, status) = match finish.outcome {
+            FinishOutcome::Completed => (AttemptOutcome::Completed, RunStatus::Completed),
+            FinishOutcome::Failed => (AttemptOutcome::Failed, RunStatus::Failed),
+            FinishOutcome::Stopped if cancelled => {
+                (AttemptOutcome::Cancelled, RunStatus::Cancelled)
+            }
+            FinishOutcome::Stopped => (AttemptOutcome::Stopped, RunStatus::Stopped),
+        };
+        attempt.outcome = outcome;
+        attempt.exit_code = finish.exit_code;
+        attempt.signal = finish.signal;
+        attempt.reason = finish.reason;
+        attempt.ended_ms = Some(now);
+        let agent = attempt.agent.clone();
+        run.status = status;
+        run.ended_ms = Some(now);
+        if let Some(agent) = self.agents.get_mut(&agent) {
+            agent.runs.remove(run_id);
+        }
+        debug!(run_id, status = %status, "run ended");
+        self.retire(run)
+    }
+
+    /// The current attempt of a running run is lost: requeue the run as a new attempt,
+    /// or fail it once `max_restarts` is spent.
+    fn lose_attempt(&mut self, run_id: &str, reason: &str) -> Result<(), CoordinatorError> {
+        let Some(mut run) = self.runs.remove(run_id) else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let (max_restarts, cancelled) = match self.sweeps.get(&run.sweep_id) {
+            Some(sweep) => (
+                sweep.record.spec.max_restarts,
+                sweep.record.status == SweepStatus::Cancelled,
+            ),
+            None => (0, true),
+        };
+        let restarts_done = run.attempts.len().saturating_sub(1) as u32;
+        if let Some(attempt) = run.current_attempt_mut() {
+            attempt.outcome = AttemptOutcome::Lost;
+            attempt.reason = reason.to_string();
+            attempt.ended_ms = Some(now);
+            if let Some(agent) = self.agents.get_mut(&attempt.agent) {
+                agent.runs.remove(run_id);
+            }
+        }
+        warn!(run_id, attempt = run.attempts.len(), reason, "attempt lost");
+        if cancelled {
+            run.status = RunStatus::Cancelled;
+            run.ended_ms = Some(now);
+            return self.retire(run);
+        }
+        if restarts_done >= max_restarts {
+            run.status = RunStatus::Failed;
+            run.ended_ms = Some(now);
+            if let Some(attempt) = run.current_attempt_mut() {
+                attempt.reason = format!("{reason}; max_restarts ({max_restarts}) reached");
+            }
+            return self.retire(run);
+        }
+        run.status = RunStatus::Queued;
+        self.store.put_run(&run)?;
+        self.changed.insert(run.sweep_id.clone());
+        self.queue.push_front(run_id.to_string());
+        self.runs.insert(run_id.to_string(), run);
+        Ok(())
+    }
+
+    /// Agents silent past the lease timeout lose their runs and their session.
+    fn check_leases(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .agents
+            .values()
+            .filter(|agent| now.duration_since(agent.last_seen) > self.config.lease_timeout)
+            .filter(|agent| agent.session.is_some() || !agent.runs.is_empty())
+            .map(|agent| agent.record.name.clone())
+            .collect();
+        for name in expired {
+            let agent = self.agents.get_mut(&name).expect("agent");
+            if let Some(session) = agent.session.take() {
+                self.sessions.remove(&session.id);
+            }
+            let run_ids: Vec<String> = agent.runs.keys().cloned().collect();
+            warn!(agent = %name, runs = run_ids.len(), "agent lease expired");
+            let reason = format!(
+                "agent {name} silent for more than the lease timeout ({:.1}s)",
+                self.config.lease_timeout.as_secs_f64()
+            );
+            for run_id in run_ids {
+                if let Err(error) = self.lose_attempt(&run_id, &reason) {
+                    error!(%error, run_id, "failed to requeue run");
+                }
+            }
+        }
+    }
+
+    fn commit_and_release(&mut self) {
+        if self.deferred.is_empty() && self.changed.is_empty() {
+            return;
+        }
+        let committed = self.store.commit();
+        if let Err(error) = &committed {
+            error!(%error, "store commit failed; nothing of this batch is acknowledged");
+        }
+        for deferred in self.deferred.drain(..) {
+            match deferred {
+                Deferred::Sweep(reply, result) => {
+                    let result = match &committed {
+                        Ok(()) => result,
+                        Err(error) => Err(CoordinatorError::Store(error.to_string())),
+                    };
+                    let _ = reply.send(result);
+                }
+                Deferred::Agents(reply, views) => {
+                    let _ = reply.send(Ok(views));
+                }
+                Deferred::Send(outbox, message) => {
+                    if committed.is_ok() {
+                        let _ = outbox.send(message);
+                    }
+                }
+            }
+        }
+        for sweep_id in self.changed.drain() {
+            let _ = self.changes.send(sweep_id);
+        }
+    }
+}
+
+fn demand_of(spec: &SweepSpec) -> Demand {
+    Demand {
+        gpus: spec.resources.gpus,
+        labels: spec
+            .resources
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn apply_metrics(run: &mut RunRecord, metrics: &[StoredPoint]) {
+    for point in metrics {
+        if point.step.is_some() {
+            run.last_step = point.step;
+        }
+        for (name, value) in &point.values {
+            run.last_metrics.insert(name.clone(), *value);
+        }
+    }
+}
+
+/// A short random id: 8 characters of lowercase letters and digits.
+fn new_sweep_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..8)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

@@ -1,0 +1,293 @@
+//! The coordinator's durable state, behind the small [`Store`] trait.
+//!
+//! [`SledStore`] is the real implementation. Trees:
+//!
+//! - `sweeps`: sweep id -> [`SweepRecord`] (JSON)
+//! - `runs`: run id -> [`RunRecord`] (JSON); run ids start with their sweep id, so the
+//!   runs of a sweep are one prefix scan
+//! - `metrics` / `logs`: `run id / attempt / seq / index` -> point or line (JSON). The
+//!   key is a pure function of the event that carried it, so storing a resent event
+//!   again rewrites the same keys instead of duplicating them.
+//! - `agents`: agent name -> [`AgentRecord`]
+//! - `meta`: counters (the lease epoch)
+//!
+//! Writes are buffered by sled until [`Store::commit`], which makes everything written
+//! before it durable: `flush` (survives `kill -9`) then `fsync` of the data file
+//! (survives power loss). The scheduler calls it once per batch of events, before it
+//! acknowledges any of them: a group commit.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::CoordinatorError;
+use crate::model::{AgentRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
+
+pub type Result<T> = std::result::Result<T, CoordinatorError>;
+
+/// Durable state of the coordinator. Implementations are used from the scheduler thread
+/// (the only writer) and from query handlers (readers) at the same time.
+pub trait Store: Send + Sync + 'static {
+    fn put_sweep(&self, sweep: &SweepRecord) -> Result<()>;
+    fn get_sweep(&self, id: &str) -> Result<Option<SweepRecord>>;
+    /// Every sweep, oldest first.
+    fn list_sweeps(&self) -> Result<Vec<SweepRecord>>;
+
+    fn put_run(&self, run: &RunRecord) -> Result<()>;
+    fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
+    /// Runs of one sweep (or all), in trial order within a sweep.
+    fn list_runs(&self, sweep_id: Option<&str>) -> Result<Vec<RunRecord>>;
+
+    /// Stores the output carried by event `seq` of an attempt. Idempotent per `(run,
+    /// attempt, seq)`.
+    fn put_output(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        seq: u64,
+        metrics: &[StoredPoint],
+        logs: &[StoredLogLine],
+    ) -> Result<()>;
+    /// Every metric point of an attempt, in the order reported.
+    fn metrics(&self, run_id: &str, attempt: u32) -> Result<Vec<StoredPoint>>;
+    /// The last `n` log lines of an attempt.
+    fn log_tail(&self, run_id: &str, attempt: u32, n: usize) -> Result<Vec<StoredLogLine>>;
+
+    fn put_agent(&self, agent: &AgentRecord) -> Result<()>;
+    fn list_agents(&self) -> Result<Vec<AgentRecord>>;
+
+    /// A new lease epoch, never handed out before (persisted with the next commit; the
+    /// scheduler commits before any lease leaves the coordinator).
+    fn next_epoch(&self) -> Result<u64>;
+
+    /// Makes every write so far durable.
+    fn commit(&self) -> Result<()>;
+}
+
+/// The sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    sweeps: sled::Tree,
+    runs: sled::Tree,
+    metrics: sled::Tree,
+    logs: sled::Tree,
+    agents: sled::Tree,
+    meta: sled::Tree,
+    /// sled's data file, fsynced after each flush.
+    data_file: Mutex<Option<File>>,
+    path: PathBuf,
+}
+
+const EPOCH_KEY: &[u8] = b"epoch";
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| CoordinatorError::Io {
+            context: format!("failed to create data directory {}", dir.display()),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| {
+                CoordinatorError::Store(format!("cannot open store in {}: {e}", dir.display()))
+            })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| CoordinatorError::Store(format!("cannot open tree {name}: {e}")))
+        };
+        let data_file = File::open(dir.join("db")).ok();
+        Ok(SledStore {
+            sweeps: open_tree("sweeps")?,
+            runs: open_tree("runs")?,
+            metrics: open_tree("metrics")?,
+            logs: open_tree("logs")?,
+            agents: open_tree("agents")?,
+            meta: open_tree("meta")?,
+            db,
+            data_file: Mutex::new(data_file),
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| CoordinatorError::Store(format!("cannot encode record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        CoordinatorError::Store(format!(
+            "corrupt record {:?} in tree {tree}: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+fn sled_err(e: sled::Error) -> CoordinatorError {
+    CoordinatorError::Store(e.to_string())
+}
+
+/// `run_id/` + attempt + seq + index, big-endian so keys sort in report order.
+fn event_key(run_id: &str, attempt: u32, seq: u64, index: u32) -> Vec<u8> {
+    let mut key = attempt_prefix(run_id, attempt);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn attempt_prefix(run_id: &str, attempt: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(run_id.len() + 1 + 16);
+    key.extend_from_slice(run_id.as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(&attempt.to_be_bytes());
+    key
+}
+
+fn scan_all<T: DeserializeOwned>(tree: &sled::Tree, name: &str, prefix: &[u8]) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for entry in tree.scan_prefix(prefix) {
+        let (key, value) = entry.map_err(sled_err)?;
+        out.push(decode(name, &key, &value)?);
+    }
+    Ok(out)
+}
+
+impl Store for SledStore {
+    fn put_sweep(&self, sweep: &SweepRecord) -> Result<()> {
+        self.sweeps
+            .insert(sweep.id.as_bytes(), encode(sweep)?)
+            .map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn get_sweep(&self, id: &str) -> Result<Option<SweepRecord>> {
+        match self.sweeps.get(id.as_bytes()).map_err(sled_err)? {
+            Some(bytes) => Ok(Some(decode("sweeps", id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_sweeps(&self) -> Result<Vec<SweepRecord>> {
+        let mut sweeps: Vec<SweepRecord> = scan_all(&self.sweeps, "sweeps", b"")?;
+        sweeps.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.id.cmp(&b.id)));
+        Ok(sweeps)
+    }
+
+    fn put_run(&self, run: &RunRecord) -> Result<()> {
+        self.runs
+            .insert(run.id.as_bytes(), encode(run)?)
+            .map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
+        match self.runs.get(id.as_bytes()).map_err(sled_err)? {
+            Some(bytes) => Ok(Some(decode("runs", id.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list_runs(&self, sweep_id: Option<&str>) -> Result<Vec<RunRecord>> {
+        let prefix = match sweep_id {
+            Some(id) => format!("{id}-"),
+            None => String::new(),
+        };
+        let mut runs: Vec<RunRecord> = scan_all(&self.runs, "runs", prefix.as_bytes())?;
+        runs.sort_by(|a, b| a.sweep_id.cmp(&b.sweep_id).then(a.index.cmp(&b.index)));
+        Ok(runs)
+    }
+
+    fn put_output(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        seq: u64,
+        metrics: &[StoredPoint],
+        logs: &[StoredLogLine],
+    ) -> Result<()> {
+        let mut metric_batch = sled::Batch::default();
+        for (i, point) in metrics.iter().enumerate() {
+            metric_batch.insert(event_key(run_id, attempt, seq, i as u32), encode(point)?);
+        }
+        let mut log_batch = sled::Batch::default();
+        for (i, line) in logs.iter().enumerate() {
+            log_batch.insert(event_key(run_id, attempt, seq, i as u32), encode(line)?);
+        }
+        self.metrics.apply_batch(metric_batch).map_err(sled_err)?;
+        self.logs.apply_batch(log_batch).map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn metrics(&self, run_id: &str, attempt: u32) -> Result<Vec<StoredPoint>> {
+        scan_all(&self.metrics, "metrics", &attempt_prefix(run_id, attempt))
+    }
+
+    fn log_tail(&self, run_id: &str, attempt: u32, n: usize) -> Result<Vec<StoredLogLine>> {
+        let mut lines = Vec::with_capacity(n);
+        for entry in self
+            .logs
+            .scan_prefix(attempt_prefix(run_id, attempt))
+            .rev()
+            .take(n)
+        {
+            let (key, value) = entry.map_err(sled_err)?;
+            lines.push(decode("logs", &key, &value)?);
+        }
+        lines.reverse();
+        Ok(lines)
+    }
+
+    fn put_agent(&self, agent: &AgentRecord) -> Result<()> {
+        self.agents
+            .insert(agent.name.as_bytes(), encode(agent)?)
+            .map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn list_agents(&self) -> Result<Vec<AgentRecord>> {
+        scan_all(&self.agents, "agents", b"")
+    }
+
+    fn next_epoch(&self) -> Result<u64> {
+        let previous = match self.meta.get(EPOCH_KEY).map_err(sled_err)? {
+            Some(bytes) => {
+                let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                    CoordinatorError::Store("corrupt epoch counter in tree meta".into())
+                })?;
+                u64::from_be_bytes(raw)
+            }
+            None => 0,
+        };
+        let next = previous + 1;
+        self.meta
+            .insert(EPOCH_KEY, &next.to_be_bytes())
+            .map_err(sled_err)?;
+        Ok(next)
+    }
+
+    fn commit(&self) -> Result<()> {
+        self.db.flush().map_err(sled_err)?;
+        let mut data_file = self.data_file.lock().unwrap_or_else(|e| e.into_inner());
+        if data_file.is_none() {
+            *data_file = File::open(self.path.join("db")).ok();
+        }
+        if let Some(file) = data_file.as_ref() {
+            file.sync_data().map_err(|source| CoordinatorError::Io {
+                context: "failed to fsync the store".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1799 @@
+//! Sweep specification: YAML text → validated [`SweepSpec`], or every problem found as a
+//! [`SpecError`] with `file:line:column`.
+//!
+//! Parsing happens in two layers: [`yaml`] builds a spanned tree (positions, duplicate
+//! keys, scalar types), then the [`Checker`] here walks it against the sweep schema,
+//! collecting all errors instead of stopping at the first. A [`SweepSpec`] is only
+//! returned when no error was found, so its invariants (documented per field) hold for
+//! every caller, and [`crate::search`] relies on them.
+//!
+//! The schema is extended by adding a key to the relevant `*_KEYS` list and a branch in the
+//! corresponding `Checker` method; distributions are dispatched on their name in
+//! [`Checker::distribution`] with an "expected one of" list in [`DISTRIBUTIONS`].
+
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::search::{parse_template, Segment};
+use yaml::{Entry, Node, NodeKind, Pos, Scalar};
+
+/// A validated sweep.
+///
+/// Invariants after [`parse_sweep`]: `name`, `project` non-empty; `command` non-empty and
+/// every `{{placeholder}}` in it names a parameter; parameter names are unique, valid
+/// (see [`is_parameter_name_char`]) and no name is a dotted prefix of another;
+/// `max_runs >= 1` when set and set for `random`; `parallel >= 1`; a `grid` sweep has only
+/// discrete parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    pub name: String,
+    /// Grouping of sweeps; `"default"` when not given.
+    pub project: String,
+    pub method: Method,
+    /// The metric the sweep optimises, if any.
+    pub metric: Option<MetricSpec>,
+    /// Parameters in file order (grid enumeration order depends on it).
+    pub parameters: Vec<(String, ParamSpec)>,
+    /// Upper bound on trials; required for `random`.
+    pub max_runs: Option<u64>,
+    /// Runs of this sweep allowed to execute at the same time.
+    pub parallel: u32,
+    /// Seed of random sampling; trials are reproducible from `(seed, index)`.
+    pub seed: u64,
+    /// argv template of each run; `{{name}}` is replaced by the parameter's value.
+    pub command: Vec<String>,
+    /// How many times a run whose agent was lost is re-queued.
+    pub max_restarts: u32,
+    pub resources: Resources,
+    pub description: Option<String>,
+}
+
+impl SweepSpec {
+    /// The spec of parameter `name`, if the sweep has one.
+    pub fn parameter(&self, name: &str) -> Option<&ParamSpec> {
+        self.parameters
+            .iter()
+            .find(|(candidate, _)| candidate == name)
+            .map(|(_, spec)| spec)
+    }
+}
+
+/// How trials are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Every combination of the (discrete) parameters, in mixed-radix order.
+    Grid,
+    /// Independent samples, `max_runs` of them.
+    Random,
+}
+
+impl Method {
+    pub const ALL: [Method; 2] = [Method::Grid, Method::Random];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Grid => "grid",
+            Method::Random => "random",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Method> {
+        Method::ALL
+            .into_iter()
+            .find(|method| method.as_str() == name)
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The metric a sweep optimises.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricSpec {
+    /// A metric name as reported on `@ladder` lines.
+    pub name: String,
+    pub goal: Goal,
+}
+
+/// Direction of optimisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    Minimize,
+    #[default]
+    Maximize,
+}
+
+impl Goal {
+    pub const ALL: [Goal; 2] = [Goal::Minimize, Goal::Maximize];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Minimize => "minimize",
+            Goal::Maximize => "maximize",
+        }
+    }
+
+    /// Whether `candidate` is strictly better than `incumbent` under this goal.
+    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
+        match self {
+            Goal::Minimize => candidate < incumbent,
+            Goal::Maximize => candidate > incumbent,
+        }
+    }
+}
+
+impl fmt::Display for Goal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a run needs from an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// GPUs each run gets exclusively.
+    pub gpus: u32,
+    /// Labels an agent must carry (exact match) to receive runs of this sweep.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How one parameter's values are chosen.
+///
+/// Serialized externally tagged: `{"value": 1}`, `{"values": [1, 2]}`,
+/// `{"uniform": {"min": 0.0, "max": 1.0}}`, `{"log_uniform": {..}}`, `{"int_uniform": {..}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamSpec {
+    /// A constant.
+    Value(ParamValue),
+    /// A choice among a non-empty list of distinct values.
+    Values(Vec<ParamValue>),
+    /// Real in `[min, max)`, `min < max`, both finite.
+    Uniform { min: f64, max: f64 },
+    /// Real in `[min, max]` sampled uniformly on a log scale, `0 < min < max`.
+    LogUniform { min: f64, max: f64 },
+    /// Integer in `min..=max`, `min < max`.
+    IntUniform { min: i64, max: i64 },
+}
+
+impl ParamSpec {
+    /// Whether the parameter has infinitely many values (so grid search cannot use it).
+    pub fn is_continuous(&self) -> bool {
+        matches!(
+            self,
+            ParamSpec::Uniform { .. } | ParamSpec::LogUniform { .. }
+        )
+    }
+}
+
+/// A concrete parameter value (finite when it is a float).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// The form substituted into commands: integers plain, floats in Rust's shortest
+/// round-trip form (`0.0001`, `1`), strings raw, booleans `true`/`false`.
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Bool(value) => write!(f, "{value}"),
+            ParamValue::Int(value) => write!(f, "{value}"),
+            ParamValue::Float(value) => write!(f, "{value}"),
+            ParamValue::Str(value) => f.write_str(value),
+        }
+    }
+}
+
+/// One problem in a sweep file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, counted in characters.
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Every problem found in a sweep file, sorted by position (never empty when returned by
+/// [`parse_sweep`]).
+#[derive(Debug, Clone)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// Characters allowed in parameter names (and thus in `{{placeholders}}`).
+pub fn is_parameter_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')
+}
+
+/// Parses and validates a sweep file. `file_name` only labels the errors.
+pub fn parse_sweep(file_name: &str, text: &str) -> Result<SweepSpec, SpecErrors> {
+    let mut checker = Checker {
+        file: file_name,
+        errors: Vec::new(),
+    };
+    let document = match yaml::parse(text) {
+        Ok(document) => document,
+        Err(syntax) => {
+            checker.error(syntax.pos, syntax.message);
+            return Err(checker.finish());
+        }
+    };
+    for diagnostic in document.diagnostics {
+        checker.error(diagnostic.pos, diagnostic.message);
+    }
+    let Some(root) = document.root.filter(|root| !root.is_null()) else {
+        checker.error(
+            Pos::START,
+            "sweep file is empty: expected a mapping with at least name, method and command",
+        );
+        return Err(checker.finish());
+    };
+    let spec = checker.sweep(&root);
+    match spec {
+        Some(spec) if checker.errors.is_empty() => Ok(spec),
+        _ => Err(checker.finish()),
+    }
+}
+
+const SWEEP_KEYS: &[&str] = &[
+    "name",
+    "project",
+    "description",
+    "method",
+    "metric",
+    "parameters",
+    "max_runs",
+    "parallel",
+    "seed",
+    "command",
+    "max_restarts",
+    "resources",
+];
+const METRIC_KEYS: &[&str] = &["name", "goal"];
+const PARAMETER_KEYS: &[&str] = &["value", "values", "distribution", "min", "max"];
+const RESOURCE_KEYS: &[&str] = &["gpus", "labels"];
+/// Distribution names accepted in `distribution:`.
+const DISTRIBUTIONS: &[&str] = &[
+    "uniform",
+    "log_uniform",
+    "log_uniform_values",
+    "int_uniform",
+];
+const METHOD_NAMES: &[&str] = &["grid", "random"];
+const GOAL_NAMES: &[&str] = &["minimize", "maximize"];
+const COMMAND_EXAMPLE: &str = "[python, train.py, --lr, \"{{lr}}\"]";
+
+/// The parameter sampling rules a `distribution:` name selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Distribution {
+    Uniform,
+    LogUniform,
+    IntUniform,
+}
+
+impl Distribution {
+    fn from_name(name: &str) -> Option<Distribution> {
+        match name {
+            "uniform" => Some(Distribution::Uniform),
+            // W&B's `log_uniform_values` meaning: min and max are the actual values.
+            "log_uniform" | "log_uniform_values" => Some(Distribution::LogUniform),
+            "int_uniform" => Some(Distribution::IntUniform),
+            _ => None,
+        }
+    }
+
+    fn is_continuous(self) -> bool {
+        matches!(self, Distribution::Uniform | Distribution::LogUniform)
+    }
+}
+
+/// A finite numeric bound as written.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Int(i128),
+    Float(f64),
+}
+
+impl Bound {
+    fn as_f64(self) -> f64 {
+        match self {
+            Bound::Int(value) => value as f64,
+            Bound::Float(value) => value,
+        }
+    }
+}
+
+/// Walks the spanned tree, collecting errors. Methods return `None` after reporting why.
+struct Checker<'f> {
+    file: &'f str,
+    errors: Vec<SpecError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.errors.push(SpecError {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        });
+    }
+
+    fn finish(mut self) -> SpecErrors {
+        if self.errors.is_empty() {
+            self.error(Pos::START, "invalid sweep");
+        }
+        self.errors.sort_by_key(|error| (error.line, error.column));
+        SpecErrors(self.errors)
+    }
+
+    fn sweep(&mut self, root: &Node) -> Option<SweepSpec> {
+        let NodeKind::Map(entries) = &root.kind else {
+            self.error(
+                root.pos,
+                format!(
+                    "a sweep must be a mapping of keys like name, method, parameters and command, not {}",
+                    root.type_name()
+                ),
+            );
+            return None;
+        };
+        self.check_keys(entries, "sweep", SWEEP_KEYS);
+
+        let name = self
+            .required(root, entries, "name", "sweep", "e.g. name: lr-sweep")
+            .and_then(|node| self.non_empty_text(node, "name"));
+        let project = match field(entries, "project") {
+            None => Some("default".to_string()),
+            Some(node) => self.non_empty_text(node, "project"),
+        };
+        let description = match field(entries, "description") {
+            Some(node) if !node.is_null() => self.text(node, "description").map(Some),
+            _ => Some(None),
+        };
+        let method = self
+            .required(root, entries, "method", "sweep", "grid or random")
+            .and_then(|node| self.method(node));
+        let metric = match field(entries, "metric") {
+            Some(node) if !node.is_null() => self.metric(node).map(Some),
+            _ => Some(None),
+        };
+        let (parameters, parameter_names) = match field(entries, "parameters") {
+            Some(node) if !node.is_null() => self.parameters(node, method.map(|(m, _)| m)),
+            _ => (Some(Vec::new()), Vec::new()),
+        };
+        let max_runs = match field(entries, "max_runs") {
+            Some(node) if !node.is_null() => self
+                .integer(node, "max_runs", 1, u64::MAX, "a positive integer")
+                .map(Some),
+            _ => Some(None),
+        };
+        let parallel = self.optional_integer(entries, "parallel", 1, 1, u32::MAX.into());
+        let seed = self.optional_integer(entries, "seed", 0, 0, u64::MAX);
+        let max_restarts = self.optional_integer(entries, "max_restarts", 3, 0, u32::MAX.into());
+        let command = self
+            .required(root, entries, "command", "sweep", COMMAND_EXAMPLE)
+            .and_then(|node| self.command(node, &parameter_names));
+        let resources = match field(entries, "resources") {
+            Some(node) if !node.is_null() => self.resources(node),
+            _ => Some(Resources::default()),
+        };
+
+        if let (Some((Method::Random, method_pos)), Some(None)) = (method, max_runs) {
+            self.error(
+                method_pos,
+                "random search needs max_runs (it would never end); add e.g. max_runs: 20",
+            );
+        }
+
+        Some(SweepSpec {
+            name: name?,
+            project: project?,
+            method: method?.0,
+            metric: metric?,
+            parameters: parameters?,
+            max_runs: max_runs?,
+            parallel: u32::try_from(parallel?).ok()?,
+            seed: seed?,
+            command: command?,
+            max_restarts: u32::try_from(max_restarts?).ok()?,
+            resources: resources?,
+            description: description?,
+        })
+    }
+
+    /// Reports keys of `entries` not in `known`, suggesting the closest known key.
+    fn check_keys(&mut self, entries: &[Entry], what: &str, known: &[&str]) {
+        for entry in entries {
+            if known.contains(&entry.key.as_str()) {
+                continue;
+            }
+            let message = unknown("key", &entry.key, &format!(" in {what}"), known);
+            self.error(entry.key_pos, message);
+        }
+    }
+
+    /// The value of a required key, or an error at the enclosing mapping's position.
+    fn required<'n>(
+        &mut self,
+        map: &Node,
+        entries: &'n [Entry],
+        key: &str,
+        what: &str,
+        hint: &str,
+    ) -> Option<&'n Node> {
+        let node = field(entries, key);
+        if node.is_none() {
+            self.error(
+                map.pos,
+                format!("missing required key \"{key}\" in {what} ({hint})"),
+            );
+        }
+        node
+    }
+
+    /// Any non-null scalar, as written.
+    fn text(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.kind {
+            NodeKind::Scalar { value, text } if *value != Scalar::Null => Some(text.clone()),
+            _ => {
+                self.error(
+                    node.pos,
+                    format!("{what} must be a string, not {}", node.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn non_empty_text(&mut self, node: &Node, what: &str) -> Option<String> {
+        let text = self.text(node, what)?;
+        if text.trim().is_empty() {
+            self.error(node.pos, format!("{what} must not be empty"));
+            return None;
+        }
+        Some(text)
+    }
+
+    /// An integer in `min..=max`; `expected` describes the type for messages.
+    fn integer(
+        &mut self,
+        node: &Node,
+        what: &str,
+        min: u64,
+        max: u64,
+        expected: &str,
+    ) -> Option<u64> {
+        let NodeKind::Scalar { value, text } = &node.kind else {
+            self.error(
+                node.pos,
+                format!("{what} must be {expected}, not {}", node.type_name()),
+            );
+            return None;
+        };
+        let Scalar::Int(int) = value else {
+            self.error(
+                node.pos,
+                format!(
+                    "{what} must be {expected} (got {} \"{text}\")",
+                    value.type_name()
+                ),
+            );
+            return None;
+        };
+        if *int < 0 {
+            self.error(node.pos, format!("{what} must be {expected} (got {int})"));
+            return None;
+        }
+        if *int < i128::from(min) {
+            self.error(
+                node.pos,
+                format!("{what} must be at least {min} (got {int})"),
+            );
+            return None;
+        }
+        if *int > i128::from(max) {
+            self.error(
+                node.pos,
+                format!("{what} must be at most {max} (got {int})"),
+            );
+            return None;
+        }
+        u64::try_from(*int).ok()
+    }
+
+    fn optional_integer(
+        &mut self,
+        entries: &[Entry],
+        key: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        let expected = if min == 0 {
+            "a non-negative integer"
+        } else {
+            "a positive integer"
+        };
+        match field(entries, key) {
+            Some(node) if !node.is_null() => self.integer(node, key, min, max, expected),
+            _ => Some(default),
+        }
+    }
+
+    /// A name from a fixed list, with "expected one of" and "did you mean" on error.
+    fn keyword(&mut self, node: &Node, what: &str, names: &[&str]) -> Option<String> {
+        let name = self.text(node, what)?;
+        if names.contains(&name.as_str()) {
+            return Some(name);
+        }
+        self.error(node.pos, unknown(what, &name, "", names));
+        None
+    }
+
+    fn method(&mut self, node: &Node) -> Option<(Method, Pos)> {
+        let name = self.keyword(node, "method", METHOD_NAMES)?;
+        Method::from_name(&name).map(|method| (method, node.pos))
+    }
+
+    fn metric(&mut self, node: &Node) -> Option<MetricSpec> {
+        let entries = self.mapping(
+            node,
+            "metric",
+            "e.g. metric: {name: val_loss, goal: minimize}",
+        )?;
+        self.check_keys(entries, "metric", METRIC_KEYS);
+        let name = self
+            .required(
+                node,
+                entries,
+                "name",
+                "metric",
+                "the metric to optimise, e.g. name: val_loss",
+            )
+            .and_then(|name| self.non_empty_text(name, "metric name"));
+        let goal = match field(entries, "goal") {
+            Some(goal) if !goal.is_null() => {
+                let goal = self.keyword(goal, "goal", GOAL_NAMES)?;
+                Goal::ALL
+                    .into_iter()
+                    .find(|candidate| candidate.as_str() == goal)
+            }
+            _ => Some(Goal::default()),
+        };
+        Some(MetricSpec {
+            name: name?,
+            goal: goal?,
+        })
+    }
+
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str, example: &str) -> Option<&'n [Entry]> {
+        let NodeKind::Map(entries) = &node.kind else {
+            self.error(
+                node.pos,
+                format!(
+                    "{what} must be a mapping ({example}), not {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        };
+        Some(entries)
+    }
+
+    /// The parameters in file order, plus every parameter name written (also those whose
+    /// spec is invalid) so placeholders can be checked without cascading errors.
+    fn parameters(
+        &mut self,
+        node: &Node,
+        method: Option<Method>,
+    ) -> (Option<Vec<(String, ParamSpec)>>, Vec<String>) {
+        let Some(entries) = self.mapping(
+            node,
+            "parameters",
+            "parameter name to {values: [...]}, {value: x} or {distribution: ..., min: ..., max: ...}",
+        ) else {
+            return (None, Vec::new());
+        };
+        let names: Vec<String> = entries.iter().map(|entry| entry.key.clone()).collect();
+        let mut parameters = Some(Vec::new());
+        for entry in entries {
+            let name_ok = self.parameter_name(entry, entries);
+            let spec = self.parameter(entry, method);
+            match (name_ok, spec, parameters.as_mut()) {
+                (true, Some(spec), Some(list)) => list.push((entry.key.clone(), spec)),
+                _ => parameters = None,
+            }
+        }
+        (parameters, names)
+    }
+
+    fn parameter_name(&mut self, entry: &Entry, all: &[Entry]) -> bool {
+        let name = &entry.key;
+        if name.is_empty() {
+            self.error(entry.key_pos, "parameter names must not be empty");
+            return false;
+        }
+        if let Some(bad) = name.chars().find(|c| !is_parameter_name_char(*c)) {
+            self.error(
+                entry.key_pos,
+                format!(
+                    "parameter name \"{name}\" contains {bad:?}; use only letters, digits, \"_\", \".\", \"-\" and \"/\""
+                ),
+            );
+            return false;
+        }
+        if name.split('.').any(str::is_empty) {
+            self.error(
+                entry.key_pos,
+                format!("parameter name \"{name}\" has an empty part around a \".\" (dotted names nest, e.g. lora.rank)"),
+            );
+            return false;
+        }
+        let parent = all.iter().find(|other| {
+            name.strip_prefix(other.key.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+        });
+        if let Some(parent) = parent {
+            self.error(
+                entry.key_pos,
+                format!(
+                    "parameter \"{name}\" nests under parameter \"{}\", which has a value itself (dotted names become nested objects in LADDER_PARAMS); rename one of them",
+                    parent.key
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn parameter(&mut self, entry: &Entry, method: Option<Method>) -> Option<ParamSpec> {
+        let what = format!("parameter \"{}\"", entry.key);
+        let node = &entry.value;
+        let entries = self.mapping(
+            node,
+            &what,
+            "like {value: 1}, {values: [1, 2]} or {distribution: uniform, min: 0, max: 1}",
+        )?;
+        self.check_keys(entries, &what, PARAMETER_KEYS);
+        let forms: Vec<&Entry> = ["value", "values", "distribution"]
+            .iter()
+            .filter_map(|key| entries.iter().find(|entry| entry.key == *key))
+            .collect();
+        let Some(form) = forms.first() else {
+            self.error(
+                node.pos,
+                format!("{what} needs one of value, values or distribution"),
+            );
+            return None;
+        };
+        if let Some(second) = forms.get(1) {
+            self.error(
+                second.key_pos,
+                format!(
+                    "{what} has both {} and {}; use exactly one of value, values, distribution",
+                    form.key, second.key
+                ),
+            );
+            return None;
+        }
+        match form.key.as_str() {
+            "value" => {
+                if let Some(bound) = ["min", "max"].iter().find_map(|key| entry_of(entries, key)) {
+                    self.error(
+                        bound.key_pos,
+                        format!("{what}: {} only applies with a distribution (e.g. distribution: uniform)", bound.key),
+                    );
+                    return None;
+                }
+                self.param_value(&form.value, &format!("{what} value"))
+                    .map(ParamSpec::Value)
+            }
+            "values" => {
+                if let Some(bound) = ["min", "max"].iter().find_map(|key| entry_of(entries, key)) {
+                    self.error(
+                        bound.key_pos,
+                        format!("{what}: {} only applies with a distribution (e.g. distribution: uniform)", bound.key),
+                    );
+                    return None;
+                }
+                self.values(&form.value, &what).map(ParamSpec::Values)
+            }
+            _ => self.distribution(node, entries, &form.value, &what, method),
+        }
+    }
+
+    /// A concrete value: a number (finite), string or boolean.
+    fn param_value(&mut self, node: &Node, what: &str) -> Option<ParamValue> {
+        let NodeKind::Scalar { value, text } = &node.kind else {
+            self.error(
+                node.pos,
+                format!(
+                    "{what} must be a number, string or boolean, not {} (nested values are not supported)",
+                    node.type_name()
+                ),
+            );
+            return None;
+        };
+        match value {
+            Scalar::Null => {
+                self.error(
+                    node.pos,
+                    format!("{what} must be a number, string or boolean, not null (quote it for the string \"null\")"),
+                );
+                None
+            }
+            Scalar::Bool(value) => Some(ParamValue::Bool(*value)),
+            Scalar::Int(int) => match i64::try_from(*int) {
+                Ok(int) => Some(ParamValue::Int(int)),
+                Err(_) => {
+                    self.error(
+                        node.pos,
+                        format!("{what} {text} does not fit a 64-bit integer"),
+                    );
+                    None
+                }
+            },
+            Scalar::Float(float) if float.is_finite() => Some(ParamValue::Float(*float)),
+            Scalar::Float(_) => {
+                self.error(node.pos, format!("{what} must be finite (got {text})"));
+                None
+            }
+            Scalar::Str(string) => Some(ParamValue::Str(string.clone())),
+        }
+    }
+
+    fn values(&mut self, node: &Node, what: &str) -> Option<Vec<ParamValue>> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.error(
+                node.pos,
+                format!(
+                    "{what} values must be a list like [1, 2, 3], not {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.error(node.pos, format!("{what} values must not be empty"));
+            return None;
+        }
+        let mut values = Some(Vec::with_capacity(items.len()));
+        for item in items {
+            let value = self.param_value(item, &format!("{what} values element"));
+            match (value, values.as_mut()) {
+                (Some(value), Some(list)) if list.contains(&value) => {
+                    self.error(item.pos, format!("{what} lists the value {value} twice"));
+                    values = None;
+                }
+                (Some(value), Some(list)) => list.push(value),
+                _ => values = None,
+            }
+        }
+        values
+    }
+
+    fn distribution(
+        &mut self,
+        node: &Node,
+        entries: &[Entry],
+        name_node: &Node,
+        what: &str,
+        method: Option<Method>,
+    ) -> Option<ParamSpec> {
+        let name = self.text(name_node, &format!("{what} distribution"))?;
+        let Some(distribution) = Distribution::from_name(&name) else {
+            self.error(
+                name_node.pos,
+                unknown(
+                    "distribution",
+                    &name,
+                    &format!(" for {what}"),
+                    DISTRIBUTIONS,
+                ),
+            );
+            return None;
+        };
+        let grid_conflict = method == Some(Method::Grid) && distribution.is_continuous();
+        if grid_conflict {
+            self.error(
+                name_node.pos,
+                format!(
+                    "grid search needs discrete parameters: {what} has the continuous distribution {name}; use values: [...] or method: random"
+                ),
+            );
+        }
+        let hint = format!("distribution {name} needs min and max");
+        let min = self
+            .required(node, entries, "min", what, &hint)
+            .and_then(|min| {
+                self.bound(min, &format!("{what} min"))
+                    .map(|bound| (bound, min.pos))
+            });
+        let max = self
+            .required(node, entries, "max", what, &hint)
+            .and_then(|max| {
+                self.bound(max, &format!("{what} max"))
+                    .map(|bound| (bound, max.pos))
+            });
+        let ((min, min_pos), (max, max_pos)) = (min?, max?);
+        let spec = match distribution {
+            Distribution::Uniform => ParamSpec::Uniform {
+                min: min.as_f64(),
+                max: max.as_f64(),
+            },
+            Distribution::LogUniform => ParamSpec::LogUniform {
+                min: min.as_f64(),
+                max: max.as_f64(),
+            },
+            Distribution::IntUniform => {
+                let min = self.int_bound(min, min_pos, what, "min");
+                let max = self.int_bound(max, max_pos, what, "max");
+                ParamSpec::IntUniform {
+                    min: min?,
+                    max: max?,
+                }
+            }
+        };
+        let (low, high) = (min.as_f64(), max.as_f64());
+        if low >= high {
+            self.error(
+                min_pos,
+                format!("{what}: min must be less than max (got min {low}, max {high})"),
+            );
+            return None;
+        }
+        if distribution == Distribution::LogUniform && low <= 0.0 {
+            self.error(
+                min_pos,
+                format!("{what}: {name} needs min > 0 (min and max are the actual values, sampled on a log scale; got min {low})"),
+            );
+            return None;
+        }
+        if grid_conflict {
+            return None;
+        }
+        Some(spec)
+    }
+
+    fn bound(&mut self, node: &Node, what: &str) -> Option<Bound> {
+        let NodeKind::Scalar { value, text } = &node.kind else {
+            self.error(
+                node.pos,
+                format!("{what} must be a number, not {}", node.type_name()),
+            );
+            return None;
+        };
+        match value {
+            Scalar::Int(int) => Some(Bound::Int(*int)),
+            Scalar::Float(float) if float.is_finite() => Some(Bound::Float(*float)),
+            Scalar::Float(_) => {
+                self.error(
+                    node.pos,
+                    format!("{what} must be a finite number (got {text})"),
+                );
+                None
+            }
+            other => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be a number (got {} \"{text}\")",
+                        other.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn int_bound(&mut self, bound: Bound, pos: Pos, what: &str, key: &str) -> Option<i64> {
+        match bound {
+            Bound::Int(int) => match i64::try_from(int) {
+                Ok(int) => Some(int),
+                Err(_) => {
+                    self.error(
+                        pos,
+                        format!("{what} {key} {int} does not fit a 64-bit integer"),
+                    );
+                    None
+                }
+            },
+            Bound::Float(float) => {
+                self.error(
+                    pos,
+                    format!("{what}: int_uniform bounds must be integers (got {key} {float}); use distribution: uniform for real values"),
+                );
+                None
+            }
+        }
+    }
+
+    fn command(&mut self, node: &Node, parameter_names: &[String]) -> Option<Vec<String>> {
+        let NodeKind::Seq(items) = &node.kind else {
+            self.error(
+                node.pos,
+                format!(
+                    "command is argv, a list like {COMMAND_EXAMPLE}, not {} (no shell is used)",
+                    node.type_name()
+                ),
+            );
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                node.pos,
+                format!("command must not be empty (a list like {COMMAND_EXAMPLE})"),
+            );
+            return None;
+        }
+        let names: Vec<&str> = parameter_names.iter().map(String::as_str).collect();
+        let mut command = Some(Vec::with_capacity(items.len()));
+        for item in items {
+            let element = self.command_element(item, &names);
+            match (element, command.as_mut()) {
+                (Some(element), Some(list)) => list.push(element),
+                _ => command = None,
+            }
+        }
+        command
+    }
+
+    fn command_element(&mut self, item: &Node, parameter_names: &[&str]) -> Option<String> {
+        let NodeKind::Scalar { value, text } = &item.kind else {
+            self.error(
+                item.pos,
+                format!(
+                    "command elements must be strings, not {} (command is argv, a list like {COMMAND_EXAMPLE})",
+                    item.type_name()
+                ),
+            );
+            return None;
+        };
+        if *value == Scalar::Null {
+            self.error(
+                item.pos,
+                "command elements must be strings, not null (quote \"\" for an empty argument)",
+            );
+            return None;
+        }
+        let segments = match parse_template(text) {
+            Ok(segments) => segments,
+            Err(error) => {
+                self.error(item.pos, format!("command element: {error}"));
+                return None;
+            }
+        };
+        let mut ok = true;
+        for segment in segments {
+            let Segment::Placeholder(name) = segment else {
+                continue;
+            };
+            if parameter_names.contains(&name) {
+                continue;
+            }
+            ok = false;
+            let help = match suggestion(name, parameter_names) {
+                Some(close) => format!("; did you mean \"{close}\"?"),
+                None if parameter_names.is_empty() => "; the sweep has no parameters".to_string(),
+                None => format!(" (parameters: {})", parameter_names.join(", ")),
+            };
+            self.error(
+                item.pos,
+                format!("command uses {{{{{name}}}}} but no parameter is named \"{name}\"{help}"),
+            );
+        }
+        ok.then(|| text.clone())
+    }
+
+    fn resources(&mut self, node: &Node) -> Option<Resources> {
+        let entries = self.mapping(
+            node,
+            "resources",
+            "e.g. resources: {gpus: 1, labels: {zone: a}}",
+        )?;
+        self.check_keys(entries, "resources", RESOURCE_KEYS);
+        let gpus = self.optional_integer(entries, "gpus", 0, 0, u32::MAX.into());
+        let labels = match field(entries, "labels") {
+            Some(labels) if !labels.is_null() => self.labels(labels),
+            _ => Some(BTreeMap::new()),
+        };
+        Some(Resources {
+            gpus: u32::try_from(gpus?).ok()?,
+            labels: labels?,
+        })
+    }
+
+    fn labels(&mut self, node: &Node) -> Option<BTreeMap<String, String>> {
+        let entries = self.mapping(
+            node,
+            "resources.labels",
+            "e.g. labels: {zone: a, gpu: a100}",
+        )?;
+        let mut labels = Some(BTreeMap::new());
+        for entry in entries {
+            let value = self.text(&entry.value, &format!("label \"{}\"", entry.key));
+            let key_ok = !entry.key.is_empty();
+            if !key_ok {
+                self.error(entry.key_pos, "label names must not be empty");
+            }
+            match (key_ok, value, labels.as_mut()) {
+                (true, Some(value), Some(map)) => {
+                    map.insert(entry.key.clone(), value);
+                }
+                _ => labels = None,
+            }
+        }
+        labels
+    }
+}
+
+fn entry_of<'e>(entries: &'e [Entry], key: &str) -> Option<&'e Entry> {
+    entries.iter().find(|entry| entry.key == key)
+}
+
+fn field<'e>(entries: &'e [Entry], key: &str) -> Option<&'e Node> {
+    entry_of(entries, key).map(|entry| &entry.value)
+}
+
+/// `unknown {kind} "{got}"{context} (expected one of: ...)` plus a suggestion if close.
+fn unknown(kind: &str, got: &str, context: &str, expected: &[&str]) -> String {
+    let mut message = format!(
+        "unknown {kind} \"{got}\"{context} (expected one of: {})",
+        expected.join(", ")
+    );
+    if let Some(close) = suggestion(got, expected) {
+        message.push_str(&format!("; did you mean \"{close}\"?"));
+    }
+    message
+}
+
+/// The candidate closest to `got` (case-insensitive edit distance), if close enough to be a
+/// likely typo: at most a third of the candidate's length.
+fn suggestion<'a>(got: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let got = got.to_lowercase();
+    candidates
+        .iter()
+        .map(|candidate| (edit_distance(&got, &candidate.to_lowercase()), *candidate))
+        .filter(|(distance, candidate)| distance * 3 <= candidate.chars().count().max(3))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Edit distance in characters where insertions, deletions, substitutions and swaps of
+/// adjacent characters (`gaol` → `goal`) each cost 1 (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<SpecError> {
+        match parse_sweep("sweep.yaml", text) {
+            Ok(spec) => panic!("expected errors, got {spec:?}"),
+            Err(SpecErrors(errors)) => errors,
+        }
+    }
+
+    /// Asserts that some error is at `line:column` and contains every fragment.
+    #[track_caller]
+    fn assert_error(text: &str, line: usize, column: usize, fragments: &[&str]) {
+        let errors = errors(text);
+        let found = errors.iter().any(|error| {
+            error.line == line
+                && error.column == column
+                && fragments
+                    .iter()
+                    .all(|fragment| error.message.contains(fragment))
+        });
+        assert!(
+            found,
+            "no error at {line}:{column} containing {fragments:?}; got:\n{}",
+            SpecErrors(errors)
+        );
+    }
+
+    /// 1-based line and column (in characters) of the first occurrence of `needle`.
+    fn locate(text: &str, needle: &str) -> (usize, usize) {
+        let offset = text.find(needle).expect("needle occurs in text");
+        let before = &text[..offset];
+        let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+        (
+            before.matches('\n').count() + 1,
+            before[line_start..].chars().count() + 1,
+        )
+    }
+
+    /// Asserts an error at the first occurrence of `needle`.
+    #[track_caller]
+    fn assert_error_at(text: &str, needle: &str, fragments: &[&str]) {
+        let (line, column) = locate(text, needle);
+        assert_error(text, line, column, fragments);
+    }
+
+    const BASE: &str = "name: s\nmethod: grid\ncommand: [python, train.py]\n";
+
+    fn with_base(extra: &str) -> String {
+        format!("{BASE}{extra}")
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+name: lr-sweep
+project: vision
+description: learning rate and width
+method: random
+metric:
+  name: val_loss
+  goal: minimize
+parameters:
+  lr:
+    distribution: log_uniform_values
+    min: 1e-5
+    max: 1.0e-1
+  dropout:
+    distribution: uniform
+    min: 0
+    max: 0.5
+  layers:
+    distribution: int_uniform
+    min: 2
+    max: 8
+  optimizer:
+    values: [adam, sgd, "1", 2, 2.5, 3.0, true]
+  lora.rank:
+    value: 8
+max_runs: 50
+parallel: 4
+seed: 42
+command: [python, train.py, --lr, "{{lr}}", "--layers={{ layers }}", 3, 1e-4]
+max_restarts: 1
+resources:
+  gpus: 2
+  labels: {zone: eu, tier: 1}
+"#;
+        let spec = parse_sweep("sweep.yaml", text).unwrap();
+        let expected = SweepSpec {
+            name: "lr-sweep".into(),
+            project: "vision".into(),
+            method: Method::Random,
+            metric: Some(MetricSpec {
+                name: "val_loss".into(),
+                goal: Goal::Minimize,
+            }),
+            parameters: vec![
+                (
+                    "lr".into(),
+                    ParamSpec::LogUniform {
+                        min: 1e-5,
+                        max: 0.1,
+                    },
+                ),
+                ("dropout".into(), ParamSpec::Uniform { min: 0.0, max: 0.5 }),
+                ("layers".into(), ParamSpec::IntUniform { min: 2, max: 8 }),
+                (
+                    "optimizer".into(),
+                    ParamSpec::Values(vec![
+                        ParamValue::Str("adam".into()),
+                        ParamValue::Str("sgd".into()),
+                        ParamValue::Str("1".into()),
+                        ParamValue::Int(2),
+                        ParamValue::Float(2.5),
+                        ParamValue::Float(3.0),
+                        ParamValue::Bool(true),
+                    ]),
+                ),
+                ("lora.rank".into(), ParamSpec::Value(ParamValue::Int(8))),
+            ],
+            max_runs: Some(50),
+            parallel: 4,
+            seed: 42,
+            command: [
+                "python",
+                "train.py",
+                "--lr",
+                "{{lr}}",
+                "--layers={{ layers }}",
+                "3",
+                "1e-4",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_restarts: 1,
+            resources: Resources {
+                gpus: 2,
+                labels: BTreeMap::from([
+                    ("tier".to_string(), "1".to_string()),
+                    ("zone".to_string(), "eu".to_string()),
+                ]),
+            },
+            description: Some("learning rate and width".into()),
+        };
+        assert_eq!(spec, expected);
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: SweepSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let spec = parse_sweep("s.yaml", BASE).unwrap();
+        assert_eq!(spec.project, "default");
+        assert_eq!(spec.metric, None);
+        assert!(spec.parameters.is_empty());
+        assert_eq!(spec.max_runs, None);
+        assert_eq!(spec.parallel, 1);
+        assert_eq!(spec.seed, 0);
+        assert_eq!(spec.max_restarts, 3);
+        assert_eq!(spec.resources, Resources::default());
+        assert_eq!(spec.description, None);
+        let spec = parse_sweep("s.yaml", &with_base("metric: {name: acc}\n")).unwrap();
+        assert_eq!(spec.metric.unwrap().goal, Goal::Maximize);
+    }
+
+    #[test]
+    fn anchors_aliases_and_merges_work() {
+        let text = "name: s\nmethod: grid\ncommand: [run, \"{{a}}\", \"{{b}}\"]\nparameters:\n  a: &small {values: [1, 2]}\n  b: *small\n";
+        let spec = parse_sweep("s.yaml", text).unwrap();
+        assert_eq!(spec.parameters[0].1, spec.parameters[1].1);
+        let text = "name: s\nmethod: grid\ncommand: [run]\nbase: &b {gpus: 1}\n";
+        assert_error(text, 4, 1, &["unknown key \"base\""]);
+        let text = "name: s\nmethod: grid\ncommand: [run]\nresources:\n  <<: {gpus: 1}\n  labels: {a: b}\n";
+        assert_eq!(parse_sweep("s.yaml", text).unwrap().resources.gpus, 1);
+    }
+
+    #[test]
+    fn errors_display_with_file_line_column() {
+        let error =
+            parse_sweep("conf/sweep.yaml", "name: s\nmethod: grd\ncommand: [a]\n").unwrap_err();
+        assert_eq!(error.0.len(), 1);
+        assert_eq!(
+            error.to_string(),
+            "conf/sweep.yaml:2:9: unknown method \"grd\" (expected one of: grid, random); did you mean \"grid\"?"
+        );
+        let boxed: Box<dyn std::error::Error> = Box::new(error);
+        assert!(boxed.to_string().starts_with("conf/sweep.yaml:2:9:"));
+    }
+
+    #[test]
+    fn all_errors_are_collected_in_position_order() {
+        let text = "name: \"\"\nmethod: grid\nparalel: 2\nseed: -1\ncommand: [a, \"{{nope}}\"]\n";
+        let errors = errors(text);
+        let positions: Vec<(usize, usize)> = errors.iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(
+            positions,
+            [(1, 7), (3, 1), (4, 7), (5, 14)],
+            "{}",
+            SpecErrors(errors.clone())
+        );
+        assert_eq!(SpecErrors(errors).to_string().lines().count(), 4);
+    }
+
+    #[test]
+    fn empty_and_non_mapping_files() {
+        assert_error("", 1, 1, &["sweep file is empty"]);
+        assert_error("# nothing\n", 1, 1, &["sweep file is empty"]);
+        assert_error("~\n", 1, 1, &["sweep file is empty"]);
+        assert_error("- a\n- b\n", 1, 1, &["must be a mapping", "not a list"]);
+        assert_error("name: s\n---\nname: t\n", 3, 1, &["single YAML document"]);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_positioned() {
+        let errors = errors("name: s\nmethod: grid\n  command: [a]\n");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 3);
+        assert!(errors[0].message.starts_with("YAML syntax error"));
+        let unclosed = super::tests::errors("name: s\ncommand: [a, b\n");
+        assert_eq!(unclosed.len(), 1);
+        assert!(unclosed[0].message.starts_with("YAML syntax error"));
+        assert!(unclosed[0].line >= 2);
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        assert_error(
+            &with_base("parallel: 2\nparallel: 3\n"),
+            5,
+            1,
+            &["duplicate key \"parallel\"", "line 4, column 1"],
+        );
+        assert_error(
+            &with_base("parameters:\n  a: {value: 1, value: 2}\n"),
+            5,
+            17,
+            &["duplicate key \"value\""],
+        );
+    }
+
+    #[test]
+    fn unknown_keys_everywhere() {
+        assert_error(
+            &with_base("paralel: 4\n"),
+            4,
+            1,
+            &[
+                "unknown key \"paralel\" in sweep",
+                "expected one of: name, project",
+                "did you mean \"parallel\"?",
+            ],
+        );
+        let far = errors(&with_base("zzzzzzzz: 4\n"));
+        assert!(!far[0].message.contains("did you mean"), "{}", far[0]);
+        assert_error(
+            &with_base("metric:\n  name: loss\n  gaol: minimize\n"),
+            6,
+            3,
+            &["unknown key \"gaol\" in metric", "did you mean \"goal\"?"],
+        );
+        assert_error(
+            &with_base("parameters:\n  lr:\n    valeus: [1, 2]\n"),
+            6,
+            5,
+            &[
+                "unknown key \"valeus\" in parameter \"lr\"",
+                "did you mean \"values\"?",
+            ],
+        );
+        assert_error(
+            &with_base("resources:\n  gpu: 1\n"),
+            5,
+            3,
+            &["unknown key \"gpu\" in resources", "did you mean \"gpus\"?"],
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_point_at_the_mapping() {
+        assert_error(
+            "method: grid\ncommand: [a]\n",
+            1,
+            1,
+            &["missing required key \"name\""],
+        );
+        assert_error(
+            "name: s\ncommand: [a]\n",
+            1,
+            1,
+            &["missing required key \"method\"", "grid or random"],
+        );
+        assert_error(
+            "name: s\nmethod: grid\n",
+            1,
+            1,
+            &["missing required key \"command\""],
+        );
+        assert_error(
+            &with_base("metric:\n  goal: minimize\n"),
+            5,
+            3,
+            &["missing required key \"name\" in metric"],
+        );
+        assert_error(
+            &with_base("metric: {goal: minimize}\n"),
+            4,
+            9,
+            &["missing required key \"name\" in metric"],
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_error(
+            &with_base("parallel: \"four\"\n"),
+            4,
+            11,
+            &["parallel must be a positive integer", "\"four\""],
+        );
+        assert_error(
+            &with_base("parallel: 1.5\n"),
+            4,
+            11,
+            &["parallel must be a positive integer", "a float"],
+        );
+        assert_error(
+            &with_base("parallel: 0\n"),
+            4,
+            11,
+            &["parallel must be at least 1"],
+        );
+        assert_error(
+            &with_base("parallel: 5000000000\n"),
+            4,
+            11,
+            &["parallel must be at most 4294967295"],
+        );
+        assert_error(
+            &with_base("max_runs: 0\n"),
+            4,
+            11,
+            &["max_runs must be at least 1"],
+        );
+        assert_error(
+            &with_base("max_runs: [1]\n"),
+            4,
+            11,
+            &["max_runs must be a positive integer", "not a list"],
+        );
+        assert_error(
+            &with_base("seed: -3\n"),
+            4,
+            7,
+            &["seed must be a non-negative integer"],
+        );
+        assert_error(
+            &with_base("max_restarts: x\n"),
+            4,
+            15,
+            &["max_restarts must be a non-negative integer"],
+        );
+        assert_error(
+            &with_base("resources: {gpus: -1}\n"),
+            4,
+            19,
+            &["gpus must be a non-negative integer"],
+        );
+        assert_error(
+            &with_base("resources: {labels: [a]}\n"),
+            4,
+            21,
+            &["resources.labels must be a mapping"],
+        );
+        assert_error(
+            &with_base("resources: 2\n"),
+            4,
+            12,
+            &["resources must be a mapping"],
+        );
+        assert_error(
+            &with_base("metric: loss\n"),
+            4,
+            9,
+            &["metric must be a mapping"],
+        );
+        assert_error(
+            &with_base("parameters: [lr]\n"),
+            4,
+            13,
+            &["parameters must be a mapping"],
+        );
+        assert_error(
+            "name: [a]\nmethod: grid\ncommand: [a]\n",
+            1,
+            7,
+            &["name must be a string"],
+        );
+        assert_error(
+            "name: ' '\nmethod: grid\ncommand: [a]\n",
+            1,
+            7,
+            &["name must not be empty"],
+        );
+    }
+
+    #[test]
+    fn unknown_method_goal_and_distribution() {
+        assert_error(
+            "name: s\nmethod: bayes\ncommand: [a]\n",
+            2,
+            9,
+            &["unknown method \"bayes\"", "expected one of: grid, random"],
+        );
+        let text = with_base("metric: {name: loss, goal: minimise}\n");
+        assert_error_at(
+            &text,
+            "minimise",
+            &["unknown goal \"minimise\"", "did you mean \"minimize\"?"],
+        );
+        let text = with_base("parameters:\n  lr: {distribution: loguniform, min: 1, max: 2}\n");
+        assert_error(
+            &text,
+            5,
+            22,
+            &[
+                "unknown distribution \"loguniform\" for parameter \"lr\"",
+                "expected one of: uniform, log_uniform, log_uniform_values, int_uniform",
+                "did you mean \"log_uniform\"?",
+            ],
+        );
+    }
+
+    #[test]
+    fn distribution_bounds() {
+        let random = "name: s\nmethod: random\nmax_runs: 3\ncommand: [a]\nparameters:\n";
+        let text = format!("{random}  x: {{distribution: uniform, min: 2, max: 1}}\n");
+        assert_error(
+            &text,
+            6,
+            35,
+            &["parameter \"x\": min must be less than max"],
+        );
+        let text = format!("{random}  x: {{distribution: int_uniform, min: 2, max: 2}}\n");
+        assert_error_at(&text, "2, max", &["min must be less than max"]);
+        let text = format!("{random}  x: {{distribution: log_uniform, min: 0, max: 1}}\n");
+        assert_error_at(&text, "0, max", &["needs min > 0"]);
+        let text = format!("{random}  x: {{distribution: log_uniform_values, min: -1, max: 1}}\n");
+        assert_error_at(&text, "-1, max", &["log_uniform_values needs min > 0"]);
+        let text = format!("{random}  x: {{distribution: int_uniform, min: 0.5, max: 4}}\n");
+        assert_error_at(&text, "0.5", &["int_uniform bounds must be integers"]);
+        let text = format!("{random}  x: {{distribution: int_uniform, min: 1, max: 4.0}}\n");
+        assert_error_at(&text, "4.0", &["int_uniform bounds must be integers"]);
+        let text = format!("{random}  x: {{distribution: uniform, min: .nan, max: 1}}\n");
+        assert_error_at(&text, ".nan", &["min must be a finite number"]);
+        let text = format!("{random}  x: {{distribution: uniform, min: 0, max: .inf}}\n");
+        assert_error_at(&text, ".inf", &["max must be a finite number"]);
+        let text = format!("{random}  x: {{distribution: uniform, min: 0, max: high}}\n");
+        assert_error_at(&text, "high", &["max must be a number", "a string"]);
+        let text = format!("{random}  x: {{distribution: uniform, min: 0}}\n");
+        assert_error_at(
+            &text,
+            "{distribution",
+            &["missing required key \"max\" in parameter \"x\""],
+        );
+        let text = format!("{random}  x:\n    distribution: uniform\n    max: 1\n");
+        assert_error(&text, 7, 5, &["missing required key \"min\""]);
+    }
+
+    #[test]
+    fn parameter_forms() {
+        let params = with_base("parameters:\n");
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("  x: {values: []}\n", "[]", &["values must not be empty"]),
+            ("  x: {values: 3}\n", "3}", &["values must be a list"]),
+            (
+                "  x: {values: [1, 2, 1]}\n",
+                "1]",
+                &["lists the value 1 twice"],
+            ),
+            ("  x: {values: [1, ~]}\n", "~", &["not null"]),
+            ("  x: {values: [1, [2]]}\n", "[2]", &["not a list"]),
+            ("  x: {value: .inf}\n", ".inf", &["must be finite"]),
+            (
+                "  x: {value: 99999999999999999999}\n",
+                "999",
+                &["does not fit a 64-bit integer"],
+            ),
+            (
+                "  x: {}\n",
+                "{}",
+                &["parameter \"x\" needs one of value, values or distribution"],
+            ),
+            (
+                "  x:\n    min: 1\n",
+                "min",
+                &["needs one of value, values or distribution"],
+            ),
+            (
+                "  x: {value: 1, values: [1, 2]}\n",
+                "values",
+                &["has both value and values", "exactly one of"],
+            ),
+            (
+                "  x: {values: [1], distribution: int_uniform}\n",
+                "distribution",
+                &["has both values and distribution"],
+            ),
+            (
+                "  x: {value: 1, min: 0}\n",
+                "min",
+                &["min only applies with a distribution"],
+            ),
+            (
+                "  x: 0.1\n",
+                "0.1",
+                &["parameter \"x\" must be a mapping", "{value: 1}"],
+            ),
+        ];
+        for (parameter, needle, fragments) in cases {
+            let text = format!("{params}{parameter}");
+            let (line, column) = locate(parameter, needle);
+            assert_error(&text, line + 4, column, fragments);
+        }
+    }
+
+    #[test]
+    fn parameter_names() {
+        let params = with_base("parameters:\n");
+        assert_error(
+            &format!("{params}  learning rate: {{value: 1}}\n"),
+            5,
+            3,
+            &["contains ' '", "letters, digits"],
+        );
+        assert_error(
+            &format!("{params}  \"\": {{value: 1}}\n"),
+            5,
+            3,
+            &["must not be empty"],
+        );
+        assert_error(
+            &format!("{params}  a..b: {{value: 1}}\n"),
+            5,
+            3,
+            &["empty part"],
+        );
+        assert_error(
+            &format!("{params}  lora: {{value: 1}}\n  lora.rank: {{value: 2}}\n"),
+            6,
+            3,
+            &["nests under parameter \"lora\""],
+        );
+        let ok = format!("{params}  opt/lr-x_1.y: {{value: 1}}\n  lora_a.rank: {{value: 2}}\n  lora: {{value: 3}}\n");
+        assert_eq!(parse_sweep("s.yaml", &ok).unwrap().parameters.len(), 3);
+    }
+
+    #[test]
+    fn method_constraints() {
+        let grid = "name: s\nmethod: grid\ncommand: [a]\nparameters:\n";
+        assert_error(
+            &format!("{grid}  lr: {{distribution: uniform, min: 0, max: 1}}\n"),
+            5,
+            22,
+            &[
+                "grid search needs discrete parameters",
+                "parameter \"lr\"",
+                "use values: [...] or method: random",
+            ],
+        );
+        let text = format!("{grid}  lr: {{distribution: log_uniform, min: 0.1, max: 1}}\n");
+        assert_error_at(
+            &text,
+            "log_uniform",
+            &["grid search needs discrete parameters"],
+        );
+        let int_grid = format!("{grid}  n: {{distribution: int_uniform, min: 1, max: 3}}\n");
+        assert_eq!(
+            parse_sweep("s.yaml", &int_grid).unwrap().parameters[0].1,
+            ParamSpec::IntUniform { min: 1, max: 3 }
+        );
+        assert_error(
+            "name: s\nmethod: random\ncommand: [a]\n",
+            2,
+            9,
+            &["random search needs max_runs (it would never end)"],
+        );
+    }
+
+    #[test]
+    fn command_checks() {
+        let head = "name: s\nmethod: grid\nparameters:\n  lr: {values: [0.1]}\n";
+        assert_error(
+            &format!("{head}command: python train.py --lr {{{{lr}}}}\n"),
+            5,
+            10,
+            &["command is argv, a list like [python, train.py, --lr, \"{{lr}}\"]"],
+        );
+        assert_error(
+            &format!("{head}command: []\n"),
+            5,
+            10,
+            &["command must not be empty"],
+        );
+        assert_error(
+            &format!("{head}command:\n  - python\n  - [x]\n"),
+            7,
+            5,
+            &["command elements must be strings"],
+        );
+        assert_error(
+            &format!("{head}command: [python, ~]\n"),
+            5,
+            19,
+            &["not null"],
+        );
+        assert_error(
+            &format!("{head}command: [python, \"--lr={{{{lrr}}}}\"]\n"),
+            5,
+            19,
+            &["no parameter is named \"lrr\"", "did you mean \"lr\"?"],
+        );
+        assert_error(
+            &format!("{head}command: [python, \"--lr={{{{lr}}\"]\n"),
+            5,
+            19,
+            &["unclosed placeholder"],
+        );
+        assert_error(
+            &format!("{head}command: [python, \"{{{{}}}}\"]\n"),
+            5,
+            19,
+            &["invalid placeholder"],
+        );
+        assert_error(
+            "name: s\nmethod: grid\ncommand: [\"{{x}}\"]\n",
+            3,
+            11,
+            &["the sweep has no parameters"],
+        );
+        let spec = parse_sweep(
+            "s.yaml",
+            &format!("{head}command: [python, 1, 2.50, true, 1e-4]\n"),
+        )
+        .unwrap();
+        assert_eq!(spec.command, ["python", "1", "2.50", "true", "1e-4"]);
+    }
+
+    #[test]
+    fn placeholders_to_parameters_with_errors_do_not_cascade() {
+        let text =
+            "name: s\nmethod: grid\nparameters:\n  lr: {values: []}\ncommand: [\"{{lr}}\"]\n";
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{}", SpecErrors(errors.clone()));
+        assert!(errors[0].message.contains("values must not be empty"));
+    }
+
+    #[test]
+    fn suggestions_need_to_be_close() {
+        assert_eq!(suggestion("paralel", SWEEP_KEYS), Some("parallel"));
+        assert_eq!(suggestion("Method", SWEEP_KEYS), Some("method"));
+        assert_eq!(suggestion("maxruns", SWEEP_KEYS), Some("max_runs"));
+        assert_eq!(suggestion("bayes", METHOD_NAMES), None);
+        assert_eq!(suggestion("x", &["lr"]), None);
+        assert_eq!(suggestion("gaol", METRIC_KEYS), Some("goal"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("gaol", "goal"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}
