@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub gpus: Vec<Gpu>,
     /// Runs execute in `work_dir/runs/<run id>/`.
     pub work_dir: PathBuf,
+    /// Where the sweep's code lives on this node: `{{ladder.code_dir}}` in commands.
+    pub code_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub stop_grace: Duration,
     /// Longest wait between two connection attempts.
@@ -69,6 +71,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             gpus: Vec::new(),
             work_dir,
+            code_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             stop_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(10),
         }
@@ -354,11 +357,24 @@ impl Agent {
             let visible: Vec<String> = assign.gpus.iter().map(|g| g.to_string()).collect();
             env.insert("CUDA_VISIBLE_DEVICES".into(), visible.join(","));
         }
+        let placeholders = BTreeMap::from([
+            (
+                "ladder.code_dir",
+                self.config.code_dir.display().to_string(),
+            ),
+            ("ladder.run_dir", run_dir.display().to_string()),
+            ("ladder.run_id", lease.run_id.clone()),
+        ]);
+        let argv = ladder_shared::search::render_agent_placeholders(&assign.argv, &placeholders);
+        env.insert(
+            "LADDER_CODE_DIR".into(),
+            self.config.code_dir.display().to_string(),
+        );
         let (control, control_rx) = mpsc::unbounded_channel();
         let execution = Execution {
             run_id: lease.run_id.clone(),
             attempt: lease.attempt,
-            argv: assign.argv,
+            argv,
             env: env.into_iter().collect(),
             run_dir,
             stop_grace: self.config.stop_grace,

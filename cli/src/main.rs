@@ -115,6 +115,9 @@ struct AgentArgs {
     /// Runs execute in WORK_DIR/runs/RUN_ID.
     #[arg(long, default_value = "ladder-work")]
     work_dir: PathBuf,
+    /// Where the sweeps' code lives on this node (`{{ladder.code_dir}}`; default: the current directory).
+    #[arg(long)]
+    code_dir: Option<PathBuf>,
     /// Labels runs can ask for: k=v,k=v.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
@@ -306,6 +309,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         config.slots = slots;
     }
     config.labels = parse_labels(&args.labels)?;
+    if let Some(code_dir) = args.code_dir {
+        config.code_dir = std::path::absolute(&code_dir)
+            .with_context(|| format!("--code-dir {}", code_dir.display()))?;
+    }
     config.stop_grace = seconds(args.stop_grace, "--stop-grace")?;
     Agent::new(config).run(shutdown_signal()).await?;
     Ok(())

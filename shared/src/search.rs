@@ -70,7 +70,15 @@ pub fn parse_template(element: &str) -> Result<Vec<Segment<'_>>, SearchError> {
     Ok(segments)
 }
 
+/// Placeholders filled in by the agent when it launches a run, not by the coordinator:
+/// - `{{ladder.code_dir}}`: the agent's code directory (`--code-dir`, by default the
+///   directory the agent was started in), where the sweep's scripts live;
+/// - `{{ladder.run_dir}}`: the run's own working directory on the agent;
+/// - `{{ladder.run_id}}`: the run's id.
+pub const AGENT_PLACEHOLDERS: &[&str] = &["ladder.code_dir", "ladder.run_dir", "ladder.run_id"];
+
 /// Substitutes `{{name}}` in each argv element with the parameter's [`Display`] form.
+/// [`AGENT_PLACEHOLDERS`] are left as they are, for the agent.
 ///
 /// Each element stays exactly one argument whatever the value contains (no shell is ever
 /// involved). Unknown names are an error; validation makes that impossible for trials of a
@@ -85,6 +93,11 @@ pub fn render_command(command: &[String], params: &Params) -> Result<Vec<String>
             for segment in parse_template(element)? {
                 match segment {
                     Segment::Literal(text) => rendered.push_str(text),
+                    Segment::Placeholder(name) if AGENT_PLACEHOLDERS.contains(&name) => {
+                        rendered.push_str("{{");
+                        rendered.push_str(name);
+                        rendered.push_str("}}");
+                    }
                     Segment::Placeholder(name) => {
                         let Some(value) = params.get(name) else {
                             return Err(SearchError::UnknownParameter {
@@ -96,6 +109,32 @@ pub fn render_command(command: &[String], params: &Params) -> Result<Vec<String>
                 }
             }
             Ok(rendered)
+        })
+        .collect()
+}
+
+/// Fills the [`AGENT_PLACEHOLDERS`] of an already rendered command; other text is kept.
+pub fn render_agent_placeholders(argv: &[String], values: &BTreeMap<&str, String>) -> Vec<String> {
+    argv.iter()
+        .map(|element| {
+            let Ok(segments) = parse_template(element) else {
+                return element.clone();
+            };
+            let mut rendered = String::with_capacity(element.len());
+            for segment in segments {
+                match segment {
+                    Segment::Literal(text) => rendered.push_str(text),
+                    Segment::Placeholder(name) => match values.get(name) {
+                        Some(value) => rendered.push_str(value),
+                        None => {
+                            rendered.push_str("{{");
+                            rendered.push_str(name);
+                            rendered.push_str("}}");
+                        }
+                    },
+                }
+            }
+            rendered
         })
         .collect()
 }
@@ -345,6 +384,33 @@ pub fn method_for(spec: &SweepSpec) -> Box<dyn SearchMethod + Send> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_placeholders_survive_the_coordinator_and_are_filled_by_the_agent() {
+        let params = Params::from([("lr".to_string(), ParamValue::Float(0.5))]);
+        let command = vec![
+            "{{ladder.code_dir}}/train.py".to_string(),
+            "--lr={{lr}}".to_string(),
+            "--out={{ladder.run_dir}}".to_string(),
+        ];
+        let rendered = render_command(&command, &params).unwrap();
+        assert_eq!(
+            rendered,
+            vec![
+                "{{ladder.code_dir}}/train.py",
+                "--lr=0.5",
+                "--out={{ladder.run_dir}}"
+            ]
+        );
+        let values = BTreeMap::from([
+            ("ladder.code_dir", "/src".to_string()),
+            ("ladder.run_dir", "/w/r1".to_string()),
+        ]);
+        assert_eq!(
+            render_agent_placeholders(&rendered, &values),
+            vec!["/src/train.py", "--lr=0.5", "--out=/w/r1"]
+        );
+    }
     use crate::spec::Resources;
     use proptest::prelude::*;
     use std::collections::BTreeSet;

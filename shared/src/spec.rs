@@ -1007,7 +1007,8 @@ impl Checker<'_> {
             let Segment::Placeholder(name) = segment else {
                 continue;
             };
-            if parameter_names.contains(&name) {
+            if parameter_names.contains(&name) || crate::search::AGENT_PLACEHOLDERS.contains(&name)
+            {
                 continue;
             }
             ok = false;
