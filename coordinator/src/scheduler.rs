@@ -267,16 +267,21 @@ impl Scheduler {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => self.stopping = true,
             }
-            self.check_leases(Instant::now());
-            if !self.stopping {
-                self.schedule();
-            }
-            self.commit_and_release();
+            self.step(Instant::now());
             if self.stopping {
                 info!("scheduler stopped");
                 return;
             }
         }
+    }
+
+    /// After a batch of events: expire leases as of `now`, place runs, commit, release.
+    fn step(&mut self, now: Instant) {
+        self.check_leases(now);
+        if !self.stopping {
+            self.schedule();
+        }
+        self.commit_and_release();
     }
 
     fn handle(&mut self, event: Event) {
@@ -1075,4 +1080,268 @@ fn new_sweep_id() -> String {
     (0..8)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler driven by virtual agents: events in, messages out, no network.
+
+    use super::*;
+    use crate::store::SledStore;
+    use ladder_shared::spec::parse_sweep;
+
+    struct VirtualAgent {
+        session: u64,
+        inbox: mpsc::UnboundedReceiver<ToAgent>,
+    }
+
+    impl VirtualAgent {
+        fn drain(&mut self) -> Vec<ToAgent> {
+            let mut messages = Vec::new();
+            while let Ok(message) = self.inbox.try_recv() {
+                messages.push(message);
+            }
+            messages
+        }
+
+        fn assignments(&mut self) -> Vec<Assignment> {
+            self.drain()
+                .into_iter()
+                .filter_map(|m| match m {
+                    ToAgent::Assign(a) => Some(a),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn scheduler(dir: &std::path::Path, lease_timeout: Duration) -> Scheduler {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
+        let (changes, _) = broadcast::channel(64);
+        let config = LeaseConfig {
+            lease_timeout,
+            heartbeat_interval: Duration::from_millis(100),
+        };
+        Scheduler::recover(store, config, changes).unwrap()
+    }
+
+    fn connect(
+        s: &mut Scheduler,
+        session: u64,
+        name: &str,
+        slots: u32,
+        held: Vec<Lease>,
+    ) -> VirtualAgent {
+        let (outbox, inbox) = mpsc::unbounded_channel();
+        let registration = Registration {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            slots,
+            gpus: vec![],
+            held,
+            hostname: "test".into(),
+            version: "0".into(),
+        };
+        s.handle(Event::AgentConnected {
+            session,
+            registration,
+            outbox,
+        });
+        s.step(Instant::now());
+        VirtualAgent { session, inbox }
+    }
+
+    fn submit(s: &mut Scheduler, yaml: &str) -> String {
+        let spec = parse_sweep("t.yaml", yaml).unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        s.handle(Event::Submit {
+            spec: Box::new(spec),
+            file_name: "t.yaml".into(),
+            yaml: yaml.into(),
+            reply,
+        });
+        s.step(Instant::now());
+        answer.try_recv().unwrap().unwrap().id
+    }
+
+    fn report(s: &mut Scheduler, agent: &VirtualAgent, lease: &Lease, seq: u64, event: RunEvent) {
+        s.handle(Event::AgentMessage {
+            session: agent.session,
+            message: FromAgent::RunEvent {
+                lease: lease.clone(),
+                seq,
+                event,
+            },
+        });
+        s.step(Instant::now());
+    }
+
+    fn finish(outcome: FinishOutcome, code: i32) -> RunEvent {
+        RunEvent::Finished(Finish {
+            outcome,
+            exit_code: Some(code),
+            signal: None,
+            reason: String::new(),
+        })
+    }
+
+    fn output(loss: f64) -> RunEvent {
+        RunEvent::Output {
+            metrics: vec![StoredPoint {
+                step: Some(1),
+                values: BTreeMap::from([("loss".into(), loss)]),
+                time_ms: 0,
+            }],
+            logs: vec![],
+        }
+    }
+
+    const GRID3: &str = "name: t\nmethod: grid\nparallel: 2\nparameters:\n  x: {values: [1, 2, 3]}\ncommand: [echo, \"{{x}}\"]\n";
+
+    #[test]
+    fn trials_are_created_as_slots_free_and_the_sweep_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut agent = connect(&mut s, 1, "a", 4, vec![]);
+        let sweep_id = submit(&mut s, GRID3);
+        let first = agent.assignments();
+        assert_eq!(first.len(), 2, "parallel: 2 caps the runs in flight");
+        assert_eq!(first[0].argv, vec!["echo", "1"]);
+        for a in &first {
+            report(
+                &mut s,
+                &agent,
+                &a.lease,
+                1,
+                finish(FinishOutcome::Completed, 0),
+            );
+        }
+        let second = agent.assignments();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].argv, vec!["echo", "3"]);
+        report(
+            &mut s,
+            &agent,
+            &second[0].lease,
+            1,
+            finish(FinishOutcome::Failed, 3),
+        );
+        let sweep = s.store.get_sweep(&sweep_id).unwrap().unwrap();
+        assert_eq!(sweep.status, SweepStatus::Completed);
+        let runs = s.store.list_runs(Some(&sweep_id)).unwrap();
+        let statuses: Vec<RunStatus> = runs.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                RunStatus::Completed,
+                RunStatus::Completed,
+                RunStatus::Failed
+            ]
+        );
+        assert_eq!(runs[2].attempts[0].exit_code, Some(3));
+    }
+
+    #[test]
+    fn a_silent_agent_loses_its_runs_and_its_late_reports_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(5));
+        let mut a = connect(&mut s, 1, "a", 1, vec![]);
+        submit(
+            &mut s,
+            "name: t\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
+        );
+        let assigned = a.assignments();
+        assert_eq!(assigned.len(), 1);
+        let old_lease = assigned[0].lease.clone();
+        // b stays alive; a goes silent past the lease timeout.
+        let mut b = connect(&mut s, 2, "b", 1, vec![]);
+        s.agents.get_mut("b").unwrap().last_seen = Instant::now() + Duration::from_secs(10);
+        s.step(Instant::now() + Duration::from_secs(6));
+        let moved = b.assignments();
+        assert_eq!(
+            moved.len(),
+            1,
+            "the run is requeued and placed on the live agent"
+        );
+        assert_eq!(moved[0].lease.attempt, 2);
+        assert!(moved[0].lease.epoch > old_lease.epoch);
+        let run = s.store.get_run(&old_lease.run_id).unwrap().unwrap();
+        assert_eq!(run.attempts[0].outcome, AttemptOutcome::Lost);
+        assert!(
+            run.attempts[0].reason.contains("lease timeout"),
+            "{}",
+            run.attempts[0].reason
+        );
+
+        // a comes back and reports with its old lease: rejected, nothing stored.
+        let mut a = connect(&mut s, 3, "a", 1, vec![old_lease.clone()]);
+        let rejected = a
+            .drain()
+            .into_iter()
+            .any(|m| matches!(m, ToAgent::Reject { lease, .. } if lease == old_lease));
+        assert!(rejected, "re-registering with a stale lease is rejected");
+        report(
+            &mut s,
+            &a,
+            &old_lease,
+            1,
+            finish(FinishOutcome::Completed, 0),
+        );
+        assert!(a
+            .drain()
+            .iter()
+            .any(|m| matches!(m, ToAgent::Reject { .. })));
+        let run = s.store.get_run(&old_lease.run_id).unwrap().unwrap();
+        assert_eq!(
+            run.status,
+            RunStatus::Running,
+            "the stale completion did not land"
+        );
+        assert_eq!(run.attempts.len(), 2);
+    }
+
+    #[test]
+    fn a_restarted_coordinator_re_adopts_running_runs_and_stores_each_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = {
+            let mut s = scheduler(dir.path(), Duration::from_secs(60));
+            let mut a = connect(&mut s, 1, "a", 1, vec![]);
+            submit(
+                &mut s,
+                "name: t\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
+            );
+            let lease = a.assignments()[0].lease.clone();
+            report(&mut s, &a, &lease, 1, output(0.5));
+            lease
+        };
+        // The scheduler is gone without any shutdown, as after kill -9.
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut a = connect(&mut s, 1, "a", 1, vec![lease.clone()]);
+        assert!(a
+            .drain()
+            .iter()
+            .all(|m| !matches!(m, ToAgent::Reject { .. } | ToAgent::Assign(_))));
+        // The agent resends event 1 (its ack was lost) and goes on.
+        report(&mut s, &a, &lease, 1, output(0.5));
+        report(&mut s, &a, &lease, 2, output(0.25));
+        report(&mut s, &a, &lease, 3, finish(FinishOutcome::Completed, 0));
+        let acks: Vec<u64> = a
+            .drain()
+            .into_iter()
+            .filter_map(|m| match m {
+                ToAgent::Ack { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, vec![1, 2, 3]);
+        let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Completed);
+        assert_eq!(run.attempts.len(), 1, "re-adopted, not restarted");
+        assert_eq!(run.last_metrics["loss"], 0.25);
+        assert_eq!(
+            s.store.metrics(&lease.run_id, 1).unwrap().len(),
+            2,
+            "the resent event was not stored twice"
+        );
+    }
 }
