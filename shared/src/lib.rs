@@ -18,6 +18,7 @@
 //! The crate's error enum is [`SearchError`]; spec problems are positioned diagnostics
 //! collected in [`SpecErrors`].
 
+pub mod early_stop;
 pub mod metric_line;
 pub mod search;
 pub mod spec;

@@ -341,12 +341,17 @@ fn sample(param: &ParamSpec, rng: &mut ChaCha8Rng) -> ParamValue {
     }
 }
 
-/// A finished (or failed) trial as a search method sees it.
+/// A trial as a search method sees it: finished, failed, or still in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     pub params: Params,
-    /// The sweep metric's final value; `None` when the run failed or never reported it.
+    /// The sweep metric's value (the run's last reported value, as the sweep's goal
+    /// says: larger is better for `maximize`); `None` when the run failed, never reported
+    /// it, or is still in flight.
     pub value: Option<f64>,
+    /// The trial is queued or running: learning methods must not propose it again
+    /// (e.g. treat it with a "constant liar" value).
+    pub pending: bool,
 }
 
 /// A source of trials. Stateless methods ignore `history`; learning methods use it.
