@@ -1,0 +1,239 @@
+//! Sweeps on a healthy cluster: one coordinator, real agents, real subprocess runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use ladder_e2e::{as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value};
+
+const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The objective of the grid test: prints `score` at steps 1..=3 and `loss` at steps 1
+/// and 2 only (so the last `loss` is from step 2), sleeping a little so both agents get
+/// work, then exits 0. All values are exact in binary floating point.
+const OBJECTIVE: &str = r#"
+import json, sys, time
+a = int(sys.argv[1])
+b = sys.argv[2]
+bonus = {"x": 0.25, "y": 0.5, "z": 0.75, "w": 1.0}[b]
+for step in (1, 2, 3):
+    point = {"step": step, "score": a * step + bonus}
+    if step < 3:
+        point["loss"] = 1.0 / (2 ** step) + a
+    print("@ladder " + json.dumps(point), flush=True)
+    print("log line at step %d" % step, flush=True)
+time.sleep(0.3)
+"#;
+
+fn expected_metrics(a: i64, b: &str) -> (f64, f64) {
+    let bonus = match b {
+        "x" => 0.25,
+        "y" => 0.5,
+        "z" => 0.75,
+        "w" => 1.0,
+        other => panic!("unexpected b {other}"),
+    };
+    let score = a as f64 * 3.0 + bonus;
+    let loss = 1.0 / 4.0 + a as f64;
+    (score, loss)
+}
+
+#[test]
+fn grid_sweep_runs_everywhere_once() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = Coordinator::start(
+        &dir.join("data"),
+        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
+    );
+    let _alpha = Agent::start(&coordinator.url(), "alpha", 2, &dir.join("alpha"), dir);
+    let _beta = Agent::start(&coordinator.url(), "beta", 2, &dir.join("beta"), dir);
+    coordinator.wait_for_agents(&["alpha", "beta"], Duration::from_secs(60));
+
+    write_script(dir, "objective.py", OBJECTIVE);
+    let sweep_file = write_file(
+        dir,
+        "grid.yaml",
+        r#"name: grid-e2e
+project: e2e
+method: grid
+metric: {name: score, goal: maximize}
+parallel: 4
+parameters:
+  a: {values: [1, 2, 3]}
+  b: {values: [x, y, z, w]}
+command: [python3, "{{ladder.code_dir}}/objective.py", "{{a}}", "{{b}}"]
+"#,
+    );
+    let sweep_id = coordinator.submit(&sweep_file);
+
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["id"], sweep_id.as_str(), "{sweep}");
+    assert_eq!(sweep["status"], "completed", "{sweep}");
+    assert_eq!(sweep["planned_runs"], 12, "{sweep}");
+    assert_eq!(sweep["created_runs"], 12, "{sweep}");
+    assert_eq!(sweep["counts"]["completed"], 12, "{sweep}");
+    assert_eq!(sweep["metric"]["name"], "score", "{sweep}");
+
+    let runs = coordinator.runs(&sweep_id);
+    assert_eq!(runs.len(), 12, "runs ls: {runs:#?}");
+    let mut seen = BTreeMap::new();
+    let mut agents = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for run in &runs {
+        let id = as_str(&run["id"], "run id");
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["sweep_id"], sweep_id.as_str(), "{run}");
+        assert_eq!(run["project"], "e2e", "{run}");
+        assert_eq!(run["attempts"], 1, "{run}");
+        assert_eq!(run["exit_code"], 0, "{run}");
+        assert_eq!(run["last_step"], 3, "{run}");
+        let index = run["index"].as_u64().expect("index");
+        assert_eq!(id, format!("{sweep_id}-{index:06}"), "run id format: {run}");
+        assert!(ids.insert(id.to_string()), "run id {id} listed twice");
+        let a = run["params"]["a"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("a: {run}"));
+        let b = as_str(&run["params"]["b"], "param b").to_string();
+        let (score, loss) = expected_metrics(a, &b);
+        assert_eq!(
+            as_f64(&run["metrics"]["score"], "score"),
+            score,
+            "last score of {run}"
+        );
+        assert_eq!(
+            as_f64(&run["metrics"]["loss"], "loss"),
+            loss,
+            "last loss of {run}"
+        );
+        if let Some(previous) = seen.insert((a, b.clone()), id.to_string()) {
+            panic!("params a={a} b={b} ran twice: {previous} and {id}");
+        }
+        agents.insert(as_str(&run["agent"], "agent").to_string());
+    }
+    let expected: BTreeSet<(i64, String)> = [1, 2, 3]
+        .into_iter()
+        .flat_map(|a| ["x", "y", "z", "w"].map(move |b| (a, b.to_string())))
+        .collect();
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "the runs' params are not the grid"
+    );
+    assert_eq!(
+        agents,
+        BTreeSet::from(["alpha".to_string(), "beta".to_string()]),
+        "runs did not spread over both agents"
+    );
+
+    // One run in detail: its metric history is exactly what the script printed.
+    let first = as_str(&runs[0]["id"], "id").to_string();
+    let detail = coordinator.run_detail(&first);
+    let history = detail["metric_history"].as_array().expect("metric_history");
+    assert_eq!(history.len(), 1, "{detail}");
+    let steps: Vec<i64> = history[0]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["step"].as_i64().expect("step"))
+        .collect();
+    assert_eq!(steps, [1, 2, 3], "{detail}");
+    let logs: Vec<&str> = detail["log_tail"]
+        .as_array()
+        .expect("log_tail")
+        .iter()
+        .map(|l| as_str(&l["text"], "log text"))
+        .collect();
+    assert_eq!(
+        logs,
+        [
+            "log line at step 1",
+            "log line at step 2",
+            "log line at step 3"
+        ],
+        "metric lines must not appear in the log: {detail}"
+    );
+}
+
+#[test]
+fn failing_command_is_failed_with_exit_code() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = Coordinator::start(
+        &dir.join("data"),
+        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
+    );
+    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
+    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+
+    // The argv is executed directly, so a shell is `sh -c SCRIPT sh ARGS...`.
+    let sweep_file = write_file(
+        dir,
+        "fail.yaml",
+        r#"name: fail-e2e
+method: grid
+parallel: 2
+parameters:
+  code: {values: [0, 1, 2, 3]}
+command:
+  - sh
+  - -c
+  - |
+    echo "@ladder {\"step\": 1, \"code\": $1}"
+    echo "working on code $1"
+    if [ "$1" = 3 ]; then
+      echo "fatal: code $1 requested" >&2
+      exit 3
+    fi
+  - sh
+  - "{{code}}"
+"#,
+    );
+    let sweep_id = coordinator.submit(&sweep_file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["status"], "completed", "{sweep}");
+    assert_eq!(sweep["counts"]["completed"], 3, "{sweep}");
+    assert_eq!(sweep["counts"]["failed"], 1, "{sweep}");
+    assert_eq!(sweep["counts"]["queued"], 0, "{sweep}");
+    assert_eq!(sweep["counts"]["running"], 0, "{sweep}");
+
+    let runs = coordinator.runs(&sweep_id);
+    assert_eq!(runs.len(), 4, "{runs:#?}");
+    let mut failed = Vec::new();
+    for run in &runs {
+        let code = run["params"]["code"].as_i64().expect("code param");
+        // A failed command is not retried.
+        assert_eq!(run["attempts"], 1, "{run}");
+        assert_eq!(as_f64(&run["metrics"]["code"], "code metric"), code as f64);
+        if code == 3 {
+            assert_eq!(run["status"], "failed", "{run}");
+            assert_eq!(run["exit_code"], 3, "{run}");
+            assert_eq!(run["signal"], Value::Null, "{run}");
+            failed.push(as_str(&run["id"], "id").to_string());
+        } else {
+            assert_eq!(run["status"], "completed", "{run}");
+            assert_eq!(run["exit_code"], 0, "{run}");
+        }
+    }
+    assert_eq!(failed.len(), 1);
+
+    let detail = coordinator.run_detail(&failed[0]);
+    assert_eq!(detail["status"], "failed", "{detail}");
+    assert_eq!(detail["exit_code"], 3, "{detail}");
+    let attempts = detail["attempt_history"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{detail}");
+    assert_eq!(attempts[0]["number"], 1, "{detail}");
+    assert_eq!(attempts[0]["outcome"], "failed", "{detail}");
+    assert_eq!(attempts[0]["exit_code"], 3, "{detail}");
+    assert_eq!(attempts[0]["agent"], "solo", "{detail}");
+    let logs = detail["log_tail"].as_array().expect("log_tail");
+    assert!(
+        logs.iter()
+            .any(|l| l["stream"] == "stderr" && l["text"] == "fatal: code 3 requested"),
+        "the stderr line is not in the log tail: {detail}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l["stream"] == "stdout" && l["text"] == "working on code 3"),
+        "the stdout line is not in the log tail: {detail}"
+    );
+}
