@@ -305,7 +305,7 @@ impl Agent {
                 }
             }
             Kind::Ack(ack) => {
-                let Some(lease) = ack.lease else { return None };
+                let lease = ack.lease?;
                 if let Some(held) = self.held.get_mut(&lease.run_id) {
                     if held.lease == lease {
                         while held.unacked.front().is_some_and(|e| e.seq <= ack.seq) {
@@ -318,9 +318,7 @@ impl Agent {
                 }
             }
             Kind::Reject(reject) => {
-                let Some(lease) = reject.lease else {
-                    return None;
-                };
+                let lease = reject.lease?;
                 if let Some(held) = self.held.get(&lease.run_id) {
                     if held.lease == lease {
                         warn!(run_id = %lease.run_id, attempt = lease.attempt, reason = %reject.reason, "lease rejected; killing the attempt");

@@ -5,6 +5,11 @@
 //! no-op commands; the figure is runs completed per second from submission to the last
 //! run's durable completion, every run going through placement, assignment, process
 //! start, exit and the acknowledged `finished` report.
+//!
+//! `search` measures search quality: random search and TPE on four standard test
+//! functions (Branin, Hartmann6, Rosenbrock-4, Ackley-5), `--seeds` runs of `--trials`
+//! sequential trials each, reporting the median simple regret (best value so far minus the
+//! global minimum) with its interquartile range. Pure computation, no coordinator.
 
 use std::time::Instant;
 
@@ -30,6 +35,17 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Median simple regret of random search and TPE on standard test functions.
+    Search {
+        /// Runs per function and method (seeds 0..N, the same for both methods).
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Sequential trials per run.
+        #[arg(long, default_value_t = 100)]
+        trials: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -41,6 +57,107 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             command,
             json,
         } => dispatch(runs, agents, slots, &command, json).await,
+        BenchCommand::Search {
+            seeds,
+            trials,
+            json,
+        } => search(seeds, trials, json),
+    }
+}
+
+fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
+    use ladder_shared::testfns::{benchmark, Method, TestFunction};
+
+    anyhow::ensure!(
+        seeds >= 1 && trials >= 1,
+        "--seeds and --trials must be at least 1"
+    );
+    let mut checkpoints: Vec<usize> = [25, 50, 100].into_iter().filter(|&t| t < trials).collect();
+    checkpoints.push(trials);
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    let mut wins = 0;
+    for function in TestFunction::ALL {
+        let mut final_medians = Vec::new();
+        for method in [Method::Random, Method::Tpe] {
+            let began = Instant::now();
+            let curves = benchmark(function, method, seeds, trials);
+            let seconds = began.elapsed().as_secs_f64();
+            let at: Vec<_> = checkpoints
+                .iter()
+                .map(|&t| {
+                    (
+                        t,
+                        curves.median_at(t),
+                        curves.quantile_at(t, 0.25),
+                        curves.quantile_at(t, 0.75),
+                    )
+                })
+                .collect();
+            final_medians.push(curves.median_at(trials));
+            rows.push((function, method, at, seconds));
+        }
+        if final_medians[1] < final_medians[0] {
+            wins += 1;
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if json_output {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(function, method, at, seconds)| {
+                json!({
+                    "function": function.name(),
+                    "global_min": function.global_min(),
+                    "method": method.name(),
+                    "seconds": seconds,
+                    "regret": at.iter().map(|(t, median, q1, q3)| json!({
+                        "trials": t, "median": median, "q25": q1, "q75": q3,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"seeds": seeds, "trials": trials, "seconds": elapsed, "tpe_wins": wins, "functions": TestFunction::ALL.len(), "results": rows})
+        );
+        return Ok(());
+    }
+    println!(
+        "search: median simple regret (best so far - global minimum) [interquartile range] over {seeds} seeds"
+    );
+    let mut header = format!("{:<12} {:<7}", "function", "method");
+    for t in &checkpoints {
+        header.push_str(&format!(" {:>28}", format!("@{t}")));
+    }
+    println!("{header}  seconds");
+    for (function, method, at, seconds) in &rows {
+        let mut line = format!("{:<12} {:<7}", function.name(), method.name());
+        for (_, median, q1, q3) in at {
+            line.push_str(&format!(
+                " {:>28}",
+                format!("{} [{}, {}]", sig(*median), sig(*q1), sig(*q3))
+            ));
+        }
+        println!("{line}  {seconds:>7.2}");
+    }
+    println!(
+        "tpe beats random at {trials} trials (median) on {wins}/{} functions; {elapsed:.2}s in all",
+        TestFunction::ALL.len()
+    );
+    Ok(())
+}
+
+/// Four significant digits, fixed notation where that stays short.
+fn sig(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    if (-4..6).contains(&magnitude) {
+        format!("{:.*}", (3 - magnitude).max(0) as usize, x)
+    } else {
+        format!("{x:.3e}")
     }
 }
 

@@ -78,6 +78,10 @@ pub struct AttemptRecord {
     pub acked_seq: u64,
     pub log_lines: u64,
     pub metric_points: u64,
+    /// Why the coordinator asked the agent to stop this attempt (early termination),
+    /// once it did.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
 }
 
 /// A trial of a sweep. `params` and `argv` never change once created; restarts add

@@ -13,7 +13,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ladder_shared::search;
+use ladder_shared::early_stop::{Decision, EarlyStopper};
+use ladder_shared::search::{self, Observation};
 use ladder_shared::spec::SweepSpec;
 use ladder_shared::types::{RunStatus, SweepStatus};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -102,7 +103,10 @@ pub enum Event {
 
 /// Something decided in this batch, released only after the commit.
 enum Deferred {
-    Sweep(Reply<SweepRecord>, Result<SweepRecord, CoordinatorError>),
+    Sweep(
+        Reply<SweepRecord>,
+        Box<Result<SweepRecord, CoordinatorError>>,
+    ),
     Agents(Reply<Vec<AgentView>>, Vec<AgentView>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
 }
@@ -140,6 +144,80 @@ struct SweepState {
     record: SweepRecord,
     /// Runs of the sweep that are queued or running.
     active: u64,
+    /// Every trial created so far, by trial index, as the search method sees it.
+    observations: Vec<Observation>,
+    /// The early-termination rule's state, when the sweep has one.
+    stopper: Option<EarlyStopper>,
+}
+
+impl SweepState {
+    fn new(record: SweepRecord) -> Self {
+        let stopper = record.spec.early_terminate.clone().map(EarlyStopper::new);
+        SweepState {
+            record,
+            active: 0,
+            observations: Vec::new(),
+            stopper,
+        }
+    }
+
+    /// The value a finished run contributes to the search: its last value of the sweep
+    /// metric, when it completed or was stopped early.
+    fn objective(&self, run: &RunRecord) -> Option<f64> {
+        let metric = self.record.spec.metric.as_ref()?;
+        match run.status {
+            RunStatus::Completed | RunStatus::Stopped => {
+                run.last_metrics.get(&metric.name).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// Records a run's trial in `observations` (creating the slot if needed).
+    fn observe(&mut self, run: &RunRecord) {
+        let index = run.index as usize;
+        if self.observations.len() <= index {
+            self.observations.resize(
+                index + 1,
+                Observation {
+                    params: Default::default(),
+                    value: None,
+                    pending: false,
+                },
+            );
+        }
+        self.observations[index] = Observation {
+            params: run.params.clone(),
+            value: self.objective(run),
+            pending: !run.status.is_terminal(),
+        };
+    }
+
+    /// Feeds metric points of a run to the early-termination rule; the first stop
+    /// decision, if any.
+    fn judge(
+        &mut self,
+        run_index: u64,
+        first_point: u64,
+        points: &[StoredPoint],
+    ) -> Option<String> {
+        let stopper = self.stopper.as_mut()?;
+        let metric = self.record.spec.early_terminate.as_ref()?.metric.clone();
+        let mut verdict = None;
+        for (offset, point) in points.iter().enumerate() {
+            let Some(value) = point.values.get(&metric) else {
+                continue;
+            };
+            // Points without a step count as steps 1, 2, 3... of the attempt.
+            let step = point
+                .step
+                .unwrap_or((first_point + offset as u64 + 1) as i64);
+            if let Decision::Stop { reason, .. } = stopper.report(run_index, step, *value) {
+                verdict.get_or_insert(reason);
+            }
+        }
+        verdict
+    }
 }
 
 /// The state machine. Construct with [`Scheduler::recover`], drive with [`Scheduler::run`].
@@ -199,12 +277,24 @@ impl Scheduler {
             if sweep.status.is_terminal() {
                 continue;
             }
-            let mut active = 0;
+            let mut state = SweepState::new(sweep.clone());
             for run in scheduler.store.list_runs(Some(&sweep.id))? {
+                state.observe(&run);
+                if state.stopper.is_some() {
+                    for attempt in &run.attempts {
+                        let points = scheduler.store.metrics(&run.id, attempt.number)?;
+                        state.judge(run.index, 0, &points);
+                    }
+                    if run.status.is_terminal() {
+                        if let Some(stopper) = state.stopper.as_mut() {
+                            stopper.finished(run.index);
+                        }
+                    }
+                }
                 if run.status.is_terminal() {
                     continue;
                 }
-                active += 1;
+                state.active += 1;
                 if run.status == RunStatus::Queued {
                     queued.push((run.created_ms, run.id.clone()));
                 } else if let Some(attempt) = run.current_attempt() {
@@ -229,14 +319,8 @@ impl Scheduler {
                 }
                 scheduler.runs.insert(run.id.clone(), run);
             }
-            info!(sweep_id = %sweep.id, active, "recovered sweep");
-            scheduler.sweeps.insert(
-                sweep.id.clone(),
-                SweepState {
-                    record: sweep,
-                    active,
-                },
-            );
+            info!(sweep_id = %sweep.id, active = state.active, "recovered sweep");
+            scheduler.sweeps.insert(sweep.id.clone(), state);
         }
         queued.sort();
         scheduler.queue = queued.into_iter().map(|(_, id)| id).collect();
@@ -293,7 +377,7 @@ impl Scheduler {
                 reply,
             } => {
                 let result = self.submit(*spec, file_name, yaml);
-                self.deferred.push(Deferred::Sweep(reply, result));
+                self.deferred.push(Deferred::Sweep(reply, Box::new(result)));
             }
             Event::SweepAction {
                 sweep_id,
@@ -301,7 +385,7 @@ impl Scheduler {
                 reply,
             } => {
                 let result = self.sweep_action(&sweep_id, action);
-                self.deferred.push(Deferred::Sweep(reply, result));
+                self.deferred.push(Deferred::Sweep(reply, Box::new(result)));
             }
             Event::ListAgents { reply } => {
                 let views = self.agent_views();
@@ -358,13 +442,8 @@ impl Scheduler {
         };
         self.store.put_sweep(&record)?;
         info!(sweep_id = %id, name = %record.spec.name, planned_runs, "sweep submitted");
-        self.sweeps.insert(
-            id.clone(),
-            SweepState {
-                record: record.clone(),
-                active: 0,
-            },
-        );
+        self.sweeps
+            .insert(id.clone(), SweepState::new(record.clone()));
         self.changed.insert(id.clone());
         self.maybe_finish_sweep(&id)?;
         Ok(record)
@@ -482,6 +561,10 @@ impl Scheduler {
         self.changed.insert(run.sweep_id.clone());
         if let Some(sweep) = self.sweeps.get_mut(&run.sweep_id) {
             sweep.active = sweep.active.saturating_sub(1);
+            sweep.observe(&run);
+            if let Some(stopper) = sweep.stopper.as_mut() {
+                stopper.finished(run.index);
+            }
         }
         self.maybe_finish_sweep(&run.sweep_id)
     }
@@ -573,7 +656,9 @@ impl Scheduler {
     fn create_run(&mut self, sweep_id: &str) -> Result<Option<String>, CoordinatorError> {
         let state = self.sweeps.get_mut(sweep_id).expect("sweep present");
         let index = state.record.created_runs;
-        let Some(params) = search::trial(&state.record.spec, index) else {
+        let Some(params) =
+            ladder_shared::bayes::propose(&state.record.spec, index, &state.observations)
+        else {
             state.record.planned_runs = index;
             return Ok(None);
         };
@@ -608,6 +693,7 @@ impl Scheduler {
             }
         }
         state.active += 1;
+        state.observe(&run);
         let run_id = run.id.clone();
         self.store.put_run(&run)?;
         self.runs.insert(run_id.clone(), run);
@@ -637,6 +723,7 @@ impl Scheduler {
             acked_seq: 0,
             log_lines: 0,
             metric_points: 0,
+            stop_reason: None,
         });
         run.status = RunStatus::Running;
         self.store.put_run(run)?;
@@ -894,8 +981,26 @@ impl Scheduler {
                 debug!(run_id = %lease.run_id, pid, work_dir, "run started");
             }
             RunEvent::Output { metrics, logs } => {
+                let first_point = attempt.metric_points;
                 attempt.log_lines += logs.len() as u64;
                 attempt.metric_points += metrics.len() as u64;
+                let already_stopping = attempt.stop_reason.is_some();
+                let verdict = match self.sweeps.get_mut(&run.sweep_id) {
+                    Some(sweep) => sweep.judge(run.index, first_point, &metrics),
+                    None => None,
+                };
+                if let (Some(reason), false) = (verdict, already_stopping) {
+                    info!(run_id = %lease.run_id, %reason, "early termination");
+                    let attempt = run.current_attempt_mut().expect("attempt");
+                    attempt.stop_reason = Some(reason.clone());
+                    self.deferred.push(Deferred::Send(
+                        outbox.clone(),
+                        ToAgent::Stop {
+                            lease: lease.clone(),
+                            reason,
+                        },
+                    ));
+                }
                 apply_metrics(run, &metrics);
                 self.store
                     .put_output(&lease.run_id, lease.attempt, seq, &metrics, &logs)?;
@@ -931,7 +1036,10 @@ impl Scheduler {
         attempt.outcome = outcome;
         attempt.exit_code = finish.exit_code;
         attempt.signal = finish.signal;
-        attempt.reason = finish.reason;
+        attempt.reason = match (&attempt.stop_reason, finish.outcome) {
+            (Some(stop_reason), FinishOutcome::Stopped) => stop_reason.clone(),
+            _ => finish.reason,
+        };
         attempt.ended_ms = Some(now);
         let agent = attempt.agent.clone();
         run.status = status;
@@ -1028,7 +1136,7 @@ impl Scheduler {
             match deferred {
                 Deferred::Sweep(reply, result) => {
                     let result = match &committed {
-                        Ok(()) => result,
+                        Ok(()) => *result,
                         Err(error) => Err(CoordinatorError::Store(error.to_string())),
                     };
                     let _ = reply.send(result);

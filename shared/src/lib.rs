@@ -18,10 +18,13 @@
 //! The crate's error enum is [`SearchError`]; spec problems are positioned diagnostics
 //! collected in [`SpecErrors`].
 
+pub mod bayes;
 pub mod early_stop;
 pub mod metric_line;
 pub mod search;
 pub mod spec;
+pub mod testfns;
+pub mod tpe;
 pub mod types;
 
 pub use metric_line::{
@@ -32,7 +35,7 @@ pub use search::{
     SearchError, SearchMethod, StatelessSearch,
 };
 pub use spec::{
-    parse_sweep, Goal, Method, MetricSpec, ParamSpec, ParamValue, Resources, SpecError, SpecErrors,
-    SweepSpec,
+    parse_sweep, Condition, Goal, Method, MetricSpec, ParamSpec, ParamValue, Parameter, Resources,
+    SpecError, SpecErrors, SweepSpec,
 };
 pub use types::{Gpu, RunStatus, SweepStatus};

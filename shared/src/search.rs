@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{is_parameter_name_char, Method, ParamSpec, ParamValue, SweepSpec};
+use crate::spec::{is_parameter_name_char, Method, ParamSpec, ParamValue, Parameter, SweepSpec};
 
 /// The parameters of one trial, by name.
 pub type Params = BTreeMap<String, ParamValue>;
@@ -25,8 +25,6 @@ pub enum SearchError {
     UnclosedPlaceholder { element: String },
     #[error("invalid placeholder \"{{{{{inner}}}}}\" in {element:?}: expected {{{{name}}}} with a parameter name (letters, digits, _ . - /)")]
     InvalidPlaceholder { element: String, inner: String },
-    #[error("placeholder {{{{{name}}}}} names no parameter of this trial")]
-    UnknownParameter { name: String },
 }
 
 /// A piece of an argv element template.
@@ -81,8 +79,10 @@ pub const AGENT_PLACEHOLDERS: &[&str] = &["ladder.code_dir", "ladder.run_dir", "
 /// [`AGENT_PLACEHOLDERS`] are left as they are, for the agent.
 ///
 /// Each element stays exactly one argument whatever the value contains (no shell is ever
-/// involved). Unknown names are an error; validation makes that impossible for trials of a
-/// parsed spec.
+/// involved). A name absent from `params` renders as the empty string: validation
+/// guarantees that every placeholder names a parameter, so an absent one is a conditional
+/// parameter whose condition does not hold in this trial (the element stays, possibly
+/// empty, so argv positions do not shift).
 ///
 /// [`Display`]: std::fmt::Display
 pub fn render_command(command: &[String], params: &Params) -> Result<Vec<String>, SearchError> {
@@ -99,12 +99,9 @@ pub fn render_command(command: &[String], params: &Params) -> Result<Vec<String>
                         rendered.push_str("}}");
                     }
                     Segment::Placeholder(name) => {
-                        let Some(value) = params.get(name) else {
-                            return Err(SearchError::UnknownParameter {
-                                name: name.to_string(),
-                            });
-                        };
-                        rendered.push_str(&value.to_string());
+                        if let Some(value) = params.get(name) {
+                            rendered.push_str(&value.to_string());
+                        }
                     }
                 }
             }
@@ -208,97 +205,379 @@ fn insert_nested(
     object.insert(leaf.to_string(), value);
 }
 
-/// Number of points of one parameter in a grid: `value` 1, `values` their count,
-/// `int_uniform` `max - min + 1`. Continuous parameters (rejected by validation for grid)
-/// count as the single point `min`.
-fn grid_radix(spec: &ParamSpec) -> u128 {
+/// Grid axes longer than this are rejected by validation for `q_uniform` and
+/// `q_log_uniform` (an `int_uniform` axis is only bounded by `i64`).
+pub const MAX_Q_GRID_POINTS: u128 = 10_000_000;
+
+/// Grids whose conditions refer to parameters with more value combinations than this are
+/// rejected by validation: decoding a trial walks those combinations (see [`trial`]).
+pub const MAX_CONDITION_BRANCHES: u128 = 100_000;
+
+/// The multiples of `q` in `[min, max]`, as the range `k_low..=k_high` of `k` in `k * q`;
+/// `None` when no multiple lies in the range (validation rejects such parameters) or the
+/// inputs are not finite with `q > 0`.
+///
+/// A relative tolerance of `1e-12` absorbs decimal rounding (`0.3 / 0.1` is
+/// `2.9999999999999996`), so bounds written as multiples of `q` are themselves included.
+pub fn q_multiples(min: f64, max: f64, q: f64) -> Option<(f64, f64)> {
+    if !(min.is_finite() && max.is_finite() && q.is_finite() && q > 0.0) {
+        return None;
+    }
+    let (low, high) = (min / q, max / q);
+    let k_low = (low - low.abs().max(1.0) * 1e-12).ceil();
+    let k_high = (high + high.abs().max(1.0) * 1e-12).floor();
+    (k_low.is_finite() && k_high.is_finite() && k_low <= k_high).then_some((k_low, k_high))
+}
+
+/// `k * q` as a parameter value: an `Int` when `integer` (all of min, max and q were
+/// integers in the YAML, so the product is exact), else a float rounded to 15 significant
+/// digits (so `3 * 0.1` is `0.3`, not `0.30000000000000004`) and clamped into `[min, max]`.
+fn q_point(k: f64, q: f64, min: f64, max: f64, integer: bool) -> ParamValue {
+    let value = k * q;
+    if integer {
+        // `as` saturates; validation keeps integer bounds within ±2^53, where this is exact.
+        return ParamValue::Int(value as i64);
+    }
+    ParamValue::Float(tidy(value).clamp(min, max))
+}
+
+/// `round(x / q) * q`, unbounded (q_normal, q_log_normal), Int when `integer`.
+pub(crate) fn q_round(x: f64, q: f64, integer: bool) -> ParamValue {
+    let value = (x / q).round() * q;
+    if integer {
+        ParamValue::Int(value as i64)
+    } else {
+        ParamValue::Float(finite(tidy(value)))
+    }
+}
+
+/// Rounds to 15 significant digits, hiding the binary representation error of products
+/// like `3 * 0.1`; the result is within `1e-14` (relative) of the input.
+fn tidy(value: f64) -> f64 {
+    if value == 0.0 || !value.is_finite() {
+        return value;
+    }
+    format!("{value:.14e}").parse().unwrap_or(value)
+}
+
+/// Keeps a sampled float finite (`ParamValue::Float` is finite by contract).
+fn finite(value: f64) -> f64 {
+    if value.is_nan() {
+        0.0
+    } else {
+        value.clamp(f64::MIN, f64::MAX)
+    }
+}
+
+/// Number of points of one parameter on a grid axis, `None` for parameters a grid cannot
+/// use (continuous or unbounded ones, which validation rejects for grid sweeps):
+/// `value` 1, `values` their count (probabilities are ignored by grids), `int_uniform`
+/// `max - min + 1`, `q_uniform`/`q_log_uniform` the number of multiples of `q` in
+/// `[min, max]`.
+pub fn grid_axis_len(spec: &ParamSpec) -> Option<u128> {
     match spec {
-        ParamSpec::Value(_) => 1,
-        ParamSpec::Values(values) => values.len() as u128,
-        ParamSpec::IntUniform { min, max } if max >= min => {
-            (i128::from(*max) - i128::from(*min) + 1) as u128
+        ParamSpec::Value(_) => Some(1),
+        ParamSpec::Values { values, .. } => Some(values.len() as u128),
+        ParamSpec::IntUniform { min, max } => {
+            Some((i128::from(*max) - i128::from(*min) + 1).max(0) as u128)
         }
-        ParamSpec::IntUniform { .. } => 0,
-        ParamSpec::Uniform { .. } | ParamSpec::LogUniform { .. } => 1,
+        ParamSpec::QUniform { min, max, q, .. } | ParamSpec::QLogUniform { min, max, q, .. } => {
+            // Saturates (`as`) for absurd ranges; validation caps it at MAX_Q_GRID_POINTS.
+            Some(q_multiples(*min, *max, *q).map_or(0, |(low, high)| (high - low + 1.0) as u128))
+        }
+        ParamSpec::Uniform { .. }
+        | ParamSpec::LogUniform { .. }
+        | ParamSpec::Normal { .. }
+        | ParamSpec::LogNormal { .. }
+        | ParamSpec::QNormal { .. }
+        | ParamSpec::QLogNormal { .. } => None,
+    }
+}
+
+/// Point number `digit` (`< grid_axis_len`) of a parameter's grid axis, in increasing
+/// order for ranges and list order for `values`. Out-of-range digits and non-grid
+/// parameters give the first point (or `min`), never a panic.
+pub fn grid_axis_point(spec: &ParamSpec, digit: u128) -> ParamValue {
+    match spec {
+        ParamSpec::Value(value) => value.clone(),
+        ParamSpec::Values { values, .. } => usize::try_from(digit)
+            .ok()
+            .and_then(|digit| values.get(digit))
+            .or(values.first())
+            .cloned()
+            .unwrap_or(ParamValue::Int(0)),
+        ParamSpec::IntUniform { min, max } => {
+            let point = i128::from(*min) + i128::try_from(digit).unwrap_or(i128::MAX);
+            ParamValue::Int(point.clamp(i128::from(*min), i128::from(*max)) as i64)
+        }
+        ParamSpec::QUniform {
+            min,
+            max,
+            q,
+            integer,
+        }
+        | ParamSpec::QLogUniform {
+            min,
+            max,
+            q,
+            integer,
+        } => match q_multiples(*min, *max, *q) {
+            Some((low, high)) => q_point((low + digit as f64).min(high), *q, *min, *max, *integer),
+            None => ParamValue::Float(*min),
+        },
+        ParamSpec::Uniform { min, .. } | ParamSpec::LogUniform { min, .. } => {
+            ParamValue::Float(*min)
+        }
+        ParamSpec::Normal { mu, .. } | ParamSpec::LogNormal { mu, .. } => ParamValue::Float(*mu),
+        ParamSpec::QNormal { mu, q, integer, .. }
+        | ParamSpec::QLogNormal { mu, q, integer, .. } => q_round(*mu, *q, *integer),
+    }
+}
+
+/// Whether `parameter`'s conditions all hold for the values chosen so far (`params` holds
+/// only active parameters, so a condition on an absent parameter fails).
+pub(crate) fn condition_holds(parameter: &Parameter, params: &Params) -> bool {
+    parameter.when.iter().all(|condition| {
+        params
+            .get(&condition.parameter)
+            .is_some_and(|value| condition.any_of.contains(value))
+    })
+}
+
+/// Indices of `parameters` ordered so that every parameter comes after those its
+/// conditions refer to, otherwise in file order (stable Kahn). Parameters caught in a
+/// cycle (validation rejects cycles) or referring to unknown names come last, in file
+/// order; their conditions then see the referenced parameters absent and fail.
+pub fn topological_order(parameters: &[Parameter]) -> Vec<usize> {
+    let index_of: BTreeMap<&str, usize> = parameters
+        .iter()
+        .enumerate()
+        .map(|(index, parameter)| (parameter.name.as_str(), index))
+        .collect();
+    let mut placed = vec![false; parameters.len()];
+    let mut order = Vec::with_capacity(parameters.len());
+    loop {
+        let next = (0..parameters.len()).find(|&index| {
+            !placed[index]
+                && parameters[index].when.iter().all(|condition| {
+                    index_of
+                        .get(condition.parameter.as_str())
+                        .is_some_and(|&parent| placed[parent])
+                })
+        });
+        let Some(next) = next else { break };
+        placed[next] = true;
+        order.push(next);
+    }
+    order.extend((0..parameters.len()).filter(|&index| !placed[index]));
+    order
+}
+
+/// Whether any parameter of the sweep is conditional.
+fn has_conditions(spec: &SweepSpec) -> bool {
+    spec.parameters
+        .iter()
+        .any(|parameter| !parameter.when.is_empty())
+}
+
+/// The grid's structure when conditions are present: the *controllers* (parameters some
+/// condition refers to), in topological order, vary slowest; the other parameters follow
+/// in file order, the last varying fastest, but only those whose conditions hold in the
+/// current controller branch take part. Each assignment of the controllers (an inactive
+/// controller contributes the single branch "absent") is a branch whose size is the
+/// product of its active non-controller axes, so no two indices decode to the same point.
+struct ConditionalGrid<'s> {
+    parameters: &'s [Parameter],
+    controllers: Vec<usize>,
+    others: Vec<usize>,
+}
+
+impl<'s> ConditionalGrid<'s> {
+    fn new(spec: &'s SweepSpec) -> ConditionalGrid<'s> {
+        let referenced: Vec<&str> = spec
+            .parameters
+            .iter()
+            .flat_map(|parameter| &parameter.when)
+            .map(|condition| condition.parameter.as_str())
+            .collect();
+        let is_controller =
+            |index: usize| referenced.contains(&spec.parameters[index].name.as_str());
+        let controllers = topological_order(&spec.parameters)
+            .into_iter()
+            .filter(|&index| is_controller(index))
+            .collect();
+        let others = (0..spec.parameters.len())
+            .filter(|&index| !is_controller(index))
+            .collect();
+        ConditionalGrid {
+            parameters: &spec.parameters,
+            controllers,
+            others,
+        }
+    }
+
+    /// The non-controller parameters active under a controller assignment, file order.
+    fn active_others(&self, branch: &Params) -> Vec<&'s Parameter> {
+        self.others
+            .iter()
+            .map(|&index| &self.parameters[index])
+            .filter(|parameter| condition_holds(parameter, branch))
+            .collect()
+    }
+
+    fn branch_size(&self, branch: &Params) -> u128 {
+        self.active_others(branch)
+            .iter()
+            .fold(1u128, |size, parameter| {
+                size.saturating_mul(grid_axis_len(&parameter.spec).unwrap_or(1))
+            })
+    }
+
+    /// Calls `visit` with every controller assignment in enumeration order until it
+    /// returns `false`. Returns whether the walk ran to the end.
+    fn walk(
+        &self,
+        depth: usize,
+        branch: &mut Params,
+        visit: &mut dyn FnMut(&Params) -> bool,
+    ) -> bool {
+        let Some(&index) = self.controllers.get(depth) else {
+            return visit(branch);
+        };
+        let parameter = &self.parameters[index];
+        if !condition_holds(parameter, branch) {
+            return self.walk(depth + 1, branch, visit);
+        }
+        let len = grid_axis_len(&parameter.spec).unwrap_or(1);
+        for digit in 0..len {
+            branch.insert(
+                parameter.name.clone(),
+                grid_axis_point(&parameter.spec, digit),
+            );
+            let go_on = self.walk(depth + 1, branch, visit);
+            branch.remove(&parameter.name);
+            if !go_on {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn size(&self) -> u128 {
+        let mut total = 0u128;
+        self.walk(0, &mut Params::new(), &mut |branch| {
+            total = total.saturating_add(self.branch_size(branch));
+            true
+        });
+        total
+    }
+
+    fn point(&self, index: u128) -> Option<Params> {
+        let mut rest = index;
+        let mut found = None;
+        self.walk(0, &mut Params::new(), &mut |branch| {
+            let size = self.branch_size(branch);
+            if rest >= size {
+                rest -= size;
+                return true;
+            }
+            let mut params = branch.clone();
+            decode_mixed_radix(self.active_others(branch).into_iter(), rest, &mut params);
+            found = Some(params);
+            false
+        });
+        found
+    }
+}
+
+/// Decodes `index` in mixed radix over `parameters` (the last varying fastest).
+fn decode_mixed_radix<'p>(
+    parameters: impl DoubleEndedIterator<Item = &'p Parameter>,
+    index: u128,
+    params: &mut Params,
+) {
+    let mut rest = index;
+    for parameter in parameters.rev() {
+        let radix = grid_axis_len(&parameter.spec).unwrap_or(1).max(1);
+        let digit = rest % radix;
+        rest /= radix;
+        params.insert(
+            parameter.name.clone(),
+            grid_axis_point(&parameter.spec, digit),
+        );
     }
 }
 
 /// The number of points of the full grid (saturating at `u128::MAX`; never materialised).
+/// Without conditions it is the product of the axes; with conditions, the sum over the
+/// controller branches (see [`trial`]).
 pub fn grid_size(spec: &SweepSpec) -> u128 {
-    spec.parameters.iter().fold(1u128, |size, (_, param)| {
-        size.saturating_mul(grid_radix(param))
+    if has_conditions(spec) {
+        return ConditionalGrid::new(spec).size();
+    }
+    spec.parameters.iter().fold(1u128, |size, parameter| {
+        size.saturating_mul(grid_axis_len(&parameter.spec).unwrap_or(1))
     })
 }
 
-/// Total trials the sweep will create: grid → `min(grid size, max_runs)`, random →
-/// `max_runs` (0 when unset, which validation forbids).
+/// Total trials the sweep will create: grid → `min(grid size, max_runs)`, random and
+/// bayes → `max_runs` (0 when unset, which validation forbids).
 pub fn trial_count(spec: &SweepSpec) -> u64 {
     match spec.method {
         Method::Grid => {
             let limit = spec.max_runs.unwrap_or(u64::MAX);
             u64::try_from(grid_size(spec)).map_or(limit, |size| size.min(limit))
         }
-        Method::Random => spec.max_runs.unwrap_or(0),
+        Method::Random | Method::Bayes => spec.max_runs.unwrap_or(0),
     }
 }
 
 /// The parameters of trial `index` (0-based), a pure function of `(spec, index)`; `None`
-/// when `index >= trial_count(spec)`.
+/// when `index >= trial_count(spec)`. A parameter whose condition does not hold is absent.
 ///
-/// Grid decodes `index` in mixed radix over the parameters in file order, the last one
-/// varying fastest. Random samples each parameter with a ChaCha8 generator seeded from
+/// **Grid** without conditions decodes `index` in mixed radix over the parameters in file
+/// order, the last one varying fastest. With conditions, the parameters that conditions
+/// refer to (controllers, in dependency order) vary slowest: the grid is the
+/// concatenation, over every assignment of the controllers, of the mixed-radix product of
+/// the other parameters active in that assignment, so every index gives a distinct point
+/// and points differing only in an inactive parameter are never produced. Decoding walks
+/// the controller assignments (at most [`MAX_CONDITION_BRANCHES`]), never the points.
+///
+/// **Random** (and **bayes**, whose learning proposals live elsewhere; this is its
+/// fallback) samples each parameter with a ChaCha8 generator seeded from
 /// `(spec.seed, index, parameter name)`, so samples are reproducible, independent of the
 /// order trials are created in, and a parameter's samples do not change when other
-/// parameters are added or removed.
+/// parameters are added or removed. Conditions are then applied in dependency order: a
+/// parameter is kept when the parameters it refers to are present with an allowed value.
 pub fn trial(spec: &SweepSpec, index: u64) -> Option<Params> {
     if index >= trial_count(spec) {
         return None;
     }
-    Some(match spec.method {
+    match spec.method {
         Method::Grid => grid_trial(spec, index),
-        Method::Random => random_trial(spec, index),
-    })
+        Method::Random | Method::Bayes => Some(random_trial(spec, index)),
+    }
 }
 
-fn grid_trial(spec: &SweepSpec, index: u64) -> Params {
-    let mut rest = u128::from(index);
+fn grid_trial(spec: &SweepSpec, index: u64) -> Option<Params> {
+    if has_conditions(spec) {
+        return ConditionalGrid::new(spec).point(u128::from(index));
+    }
     let mut params = Params::new();
-    for (name, param) in spec.parameters.iter().rev() {
-        let radix = grid_radix(param).max(1);
-        let digit = rest % radix;
-        rest /= radix;
-        params.insert(name.clone(), grid_point(param, digit));
-    }
-    params
-}
-
-/// Point number `digit` (< radix) of a parameter's grid axis.
-fn grid_point(param: &ParamSpec, digit: u128) -> ParamValue {
-    match param {
-        ParamSpec::Value(value) => value.clone(),
-        ParamSpec::Values(values) => usize::try_from(digit)
-            .ok()
-            .and_then(|digit| values.get(digit))
-            .or(values.first())
-            .cloned()
-            .unwrap_or(ParamValue::Int(0)),
-        ParamSpec::IntUniform { min, .. } => {
-            ParamValue::Int((i128::from(*min) + digit as i128) as i64)
-        }
-        ParamSpec::Uniform { min, .. } | ParamSpec::LogUniform { min, .. } => {
-            ParamValue::Float(*min)
-        }
-    }
+    decode_mixed_radix(spec.parameters.iter(), u128::from(index), &mut params);
+    Some(params)
 }
 
 fn random_trial(spec: &SweepSpec, index: u64) -> Params {
-    spec.parameters
-        .iter()
-        .map(|(name, param)| {
-            let mut rng = parameter_rng(spec.seed, index, name);
-            (name.clone(), sample(param, &mut rng))
-        })
-        .collect()
+    let mut params = Params::new();
+    for position in topological_order(&spec.parameters) {
+        let parameter = &spec.parameters[position];
+        if condition_holds(parameter, &params) {
+            let mut rng = parameter_rng(spec.seed, index, &parameter.name);
+            params.insert(parameter.name.clone(), sample(&parameter.spec, &mut rng));
+        }
+    }
+    params
 }
 
 /// The generator of one parameter of one trial. Part of the stored-sweep contract:
@@ -318,25 +597,117 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A standard normal draw (Box–Muller). `1 - u` lies in `(0, 1]`, so the logarithm is
+/// finite and so is the result (|z| < 8.6).
+fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let radius = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt();
+    let angle = std::f64::consts::TAU * rng.random::<f64>();
+    radius * angle.cos()
+}
+
+/// A draw from `[min, max]` on a log scale (`0 < min < max`).
+fn log_uniform(min: f64, max: f64, rng: &mut ChaCha8Rng) -> f64 {
+    rng.random_range(min.ln()..max.ln()).exp().clamp(min, max)
+}
+
+/// The multiple of `q` nearest to `x`, stepped inward by `q` while outside `[min, max]`
+/// (which amounts to clamping `k` into the range of [`q_multiples`]).
+fn q_clipped(x: f64, min: f64, max: f64, q: f64, integer: bool) -> ParamValue {
+    match q_multiples(min, max, q) {
+        Some((low, high)) => q_point((x / q).round().clamp(low, high), q, min, max, integer),
+        None => ParamValue::Float(min),
+    }
+}
+
+/// Index drawn with the given weights; zero-weight entries are never drawn. Without
+/// positive weights (validation prevents it), index 0.
+fn weighted_index(weights: &[f64], rng: &mut ChaCha8Rng) -> usize {
+    let total: f64 = weights.iter().filter(|weight| **weight > 0.0).sum();
+    let target = rng.random::<f64>() * total;
+    let mut cumulative = 0.0;
+    let mut last_positive = 0;
+    for (index, weight) in weights.iter().enumerate() {
+        if *weight > 0.0 {
+            cumulative += weight;
+            last_positive = index;
+            if target < cumulative {
+                return index;
+            }
+        }
+    }
+    last_positive
+}
+
 /// One random draw from a parameter's support; degenerate (invalid) ranges yield `min`.
-fn sample(param: &ParamSpec, rng: &mut ChaCha8Rng) -> ParamValue {
+///
+/// - `values` uniformly, or with `probabilities` as weights;
+/// - `uniform` in `[min, max)`; `log_uniform` in `[min, max]`, uniform in `ln`;
+/// - `int_uniform` in `min..=max`;
+/// - `q_uniform` / `q_log_uniform`: a uniform / log-uniform `x` in `[min, max]`, then
+///   `round(x / q) * q`, stepped inward by `q` when rounding leaves `[min, max]`;
+/// - `normal` `mu + sigma * z` (unbounded, no clipping); `log_normal` `exp` of that (> 0);
+///   `q_normal` / `q_log_normal` those rounded to a multiple of `q` (unbounded; the
+///   latter is `>= 0` and may be 0).
+pub fn sample(param: &ParamSpec, rng: &mut ChaCha8Rng) -> ParamValue {
     match param {
         ParamSpec::Value(value) => value.clone(),
-        ParamSpec::Values(values) if values.is_empty() => ParamValue::Int(0),
-        ParamSpec::Values(values) => values[rng.random_range(0..values.len())].clone(),
+        ParamSpec::Values { values, .. } if values.is_empty() => ParamValue::Int(0),
+        ParamSpec::Values {
+            values,
+            probabilities: Some(weights),
+        } if weights.len() == values.len() => values[weighted_index(weights, rng)].clone(),
+        ParamSpec::Values { values, .. } => values[rng.random_range(0..values.len())].clone(),
         ParamSpec::Uniform { min, max } if min < max => {
             ParamValue::Float(rng.random_range(*min..*max))
         }
         ParamSpec::LogUniform { min, max } if 0.0 < *min && min < max => {
-            let log = rng.random_range(min.ln()..max.ln());
-            ParamValue::Float(log.exp().clamp(*min, *max))
+            ParamValue::Float(log_uniform(*min, *max, rng))
         }
         ParamSpec::IntUniform { min, max } if min <= max => {
             ParamValue::Int(rng.random_range(*min..=*max))
         }
-        ParamSpec::Uniform { min, .. } | ParamSpec::LogUniform { min, .. } => {
-            ParamValue::Float(*min)
+        ParamSpec::QUniform {
+            min,
+            max,
+            q,
+            integer,
+        } if min < max => q_clipped(rng.random_range(*min..=*max), *min, *max, *q, *integer),
+        ParamSpec::QLogUniform {
+            min,
+            max,
+            q,
+            integer,
+        } if 0.0 < *min && min < max => {
+            q_clipped(log_uniform(*min, *max, rng), *min, *max, *q, *integer)
         }
+        ParamSpec::Normal { mu, sigma } => {
+            ParamValue::Float(finite(mu + sigma * standard_normal(rng)))
+        }
+        ParamSpec::LogNormal { mu, sigma } => ParamValue::Float(
+            (mu + sigma * standard_normal(rng))
+                .exp()
+                .clamp(f64::MIN_POSITIVE, f64::MAX),
+        ),
+        ParamSpec::QNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => q_round(finite(mu + sigma * standard_normal(rng)), *q, *integer),
+        ParamSpec::QLogNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => q_round(
+            (mu + sigma * standard_normal(rng)).exp().min(f64::MAX),
+            *q,
+            *integer,
+        ),
+        ParamSpec::Uniform { min, .. }
+        | ParamSpec::LogUniform { min, .. }
+        | ParamSpec::QUniform { min, .. }
+        | ParamSpec::QLogUniform { min, .. } => ParamValue::Float(*min),
         ParamSpec::IntUniform { min, .. } => ParamValue::Int(*min),
     }
 }
@@ -379,10 +750,14 @@ impl SearchMethod for StatelessSearch {
     }
 }
 
-/// The search method implementing `spec.method`.
+/// The search method implementing `spec.method`. `bayes` currently falls back to
+/// [`StatelessSearch`] (random sampling); its learning proposals are implemented
+/// separately.
 pub fn method_for(spec: &SweepSpec) -> Box<dyn SearchMethod + Send> {
     match spec.method {
-        Method::Grid | Method::Random => Box::new(StatelessSearch::new(spec.clone())),
+        Method::Grid | Method::Random | Method::Bayes => {
+            Box::new(StatelessSearch::new(spec.clone()))
+        }
     }
 }
 
@@ -416,7 +791,7 @@ mod tests {
             vec!["/src/train.py", "--lr=0.5", "--out=/w/r1"]
         );
     }
-    use crate::spec::Resources;
+    use crate::spec::{Condition, Resources};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -432,7 +807,11 @@ mod tests {
             metric: None,
             parameters: parameters
                 .into_iter()
-                .map(|(name, spec)| (name.to_string(), spec))
+                .map(|(name, spec)| Parameter {
+                    name: name.to_string(),
+                    spec,
+                    when: Vec::new(),
+                })
                 .collect(),
             max_runs,
             parallel: 1,
@@ -441,6 +820,14 @@ mod tests {
             max_restarts: 3,
             resources: Resources::default(),
             description: None,
+            early_terminate: None,
+        }
+    }
+
+    fn values(values: Vec<ParamValue>) -> ParamSpec {
+        ParamSpec::Values {
+            values,
+            probabilities: None,
         }
     }
 
@@ -460,10 +847,7 @@ mod tests {
         let spec = spec(
             Method::Grid,
             vec![
-                (
-                    "b",
-                    ParamSpec::Values(vec![ParamValue::Int(1), ParamValue::Int(2)]),
-                ),
+                ("b", values(vec![ParamValue::Int(1), ParamValue::Int(2)])),
                 ("a", ParamSpec::IntUniform { min: 10, max: 12 }),
                 ("c", ParamSpec::Value(ParamValue::Str("x".into()))),
             ],
@@ -522,6 +906,46 @@ mod tests {
             ParamValue::Int(value) => value,
             ref other => panic!("{other:?}"),
         })
+    }
+
+    /// `mode` (deep, flat) × a, b, c (0..=999) × d (0..=999, only when mode is deep):
+    /// 10^12 + 10^9 points.
+    fn huge_conditional_grid() -> SweepSpec {
+        let axis = || ParamSpec::IntUniform { min: 0, max: 999 };
+        let mut spec = spec(
+            Method::Grid,
+            vec![
+                ("a", axis()),
+                ("b", axis()),
+                ("c", axis()),
+                ("d", axis()),
+                (
+                    "mode",
+                    values(vec![
+                        ParamValue::Str("deep".into()),
+                        ParamValue::Str("flat".into()),
+                    ]),
+                ),
+            ],
+            None,
+        );
+        spec.parameters[3].when.push(Condition {
+            parameter: "mode".into(),
+            any_of: vec![ParamValue::Str("deep".into())],
+        });
+        spec
+    }
+
+    #[test]
+    fn a_conditional_grid_of_10_to_the_12_is_lazy() {
+        let spec = huge_conditional_grid();
+        let started = std::time::Instant::now();
+        assert_eq!(trial_count(&spec), 1_001_000_000_000);
+        let last = trial(&spec, 1_000_999_999_999).unwrap();
+        assert_eq!(last.get("d"), None);
+        assert_eq!(last["c"], ParamValue::Int(999));
+        assert_eq!(trial(&spec, 1_001_000_000_000), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]
@@ -636,11 +1060,9 @@ mod tests {
     #[test]
     fn render_reports_unknown_and_malformed_placeholders() {
         let params = params(&[("lr", ParamValue::Float(0.1))]);
-        let unknown = render_command(&["{{lrr}}".to_string()], &params).unwrap_err();
-        assert_eq!(
-            unknown,
-            SearchError::UnknownParameter { name: "lrr".into() }
-        );
+        // Absent names are conditional parameters switched off in this trial.
+        let absent = render_command(&["--x={{off}}".to_string(), "{{off}}".to_string()], &params);
+        assert_eq!(absent.unwrap(), ["--x=", ""]);
         let unclosed = render_command(&["--lr={{lr".to_string()], &params).unwrap_err();
         assert!(matches!(unclosed, SearchError::UnclosedPlaceholder { .. }));
         assert!(unclosed.to_string().contains("\"{{\" without"));
@@ -691,7 +1113,7 @@ mod tests {
         prop_oneof![
             any::<i64>().prop_map(|v| ParamSpec::Value(ParamValue::Int(v))),
             prop::collection::btree_set(-50i64..50, 1..4)
-                .prop_map(|set| ParamSpec::Values(set.into_iter().map(ParamValue::Int).collect())),
+                .prop_map(|set| values(set.into_iter().map(ParamValue::Int).collect())),
             (-20i64..20, 1i64..4).prop_map(|(min, span)| ParamSpec::IntUniform {
                 min,
                 max: min + span
@@ -702,15 +1124,106 @@ mod tests {
     fn axis_points(param: &ParamSpec) -> Vec<ParamValue> {
         match param {
             ParamSpec::Value(value) => vec![value.clone()],
-            ParamSpec::Values(values) => values.clone(),
+            ParamSpec::Values { values, .. } => values.clone(),
             ParamSpec::IntUniform { min, max } => (*min..=*max).map(ParamValue::Int).collect(),
+            // Values checked separately by q_axis_points_are_the_multiples_in_range.
+            ParamSpec::QUniform { .. } | ParamSpec::QLogUniform { .. } => (0..grid_axis_len(param)
+                .unwrap())
+                .map(|digit| grid_axis_point(param, digit))
+                .collect(),
             other => panic!("not discrete: {other:?}"),
+        }
+    }
+
+    /// A `q_` distribution with at least one multiple of `q` in range.
+    fn q_spec() -> impl Strategy<Value = ParamSpec> {
+        let q = prop::sample::select(vec![0.1, 0.25, 1.0, 2.5, 3.0, 1e-3]);
+        prop_oneof![
+            (-1e3f64..1e3, 0.0f64..50.0, q.clone()).prop_map(|(min, span, q)| {
+                ParamSpec::QUniform {
+                    min,
+                    max: min + q + span,
+                    q,
+                    integer: false,
+                }
+            }),
+            (-100i64..100, 1i64..50, 1i64..7).prop_map(|(min, span, q)| ParamSpec::QUniform {
+                min: min as f64,
+                max: (min + span + q) as f64,
+                q: q as f64,
+                integer: true,
+            }),
+            (1e-3f64..1e2, 1.0f64..1e3, q).prop_map(|(min, factor, q)| ParamSpec::QLogUniform {
+                min,
+                max: (min * factor).max(min + q),
+                q,
+                integer: false,
+            }),
+            (1i64..100, 1i64..1000, 1i64..5).prop_map(|(min, span, q)| ParamSpec::QLogUniform {
+                min: min as f64,
+                max: (min + span + q) as f64,
+                q: q as f64,
+                integer: true,
+            }),
+        ]
+    }
+
+    fn normal_spec() -> impl Strategy<Value = ParamSpec> {
+        let q = prop::sample::select(vec![0.1f64, 0.5, 1.0, 4.0]);
+        prop_oneof![
+            (-1e3f64..1e3, 1e-3f64..1e3).prop_map(|(mu, sigma)| ParamSpec::Normal { mu, sigma }),
+            (-5f64..5.0, 1e-2f64..3.0).prop_map(|(mu, sigma)| ParamSpec::LogNormal { mu, sigma }),
+            (-1e3f64..1e3, 1e-3f64..1e3, q.clone(), any::<bool>()).prop_map(
+                |(mu, sigma, q, integer)| ParamSpec::QNormal {
+                    mu,
+                    sigma,
+                    q: if integer { q.ceil() } else { q },
+                    integer
+                }
+            ),
+            (-5f64..5.0, 1e-2f64..3.0, q, any::<bool>()).prop_map(|(mu, sigma, q, integer)| {
+                ParamSpec::QLogNormal {
+                    mu,
+                    sigma,
+                    q: if integer { q.ceil() } else { q },
+                    integer,
+                }
+            }),
+        ]
+    }
+
+    /// Whether `x` is a multiple of `q` within 1e-9 relative.
+    fn is_multiple(x: f64, q: f64) -> bool {
+        let ratio = x / q;
+        (ratio - ratio.round()).abs() <= 1e-9 * ratio.abs().max(1.0)
+    }
+
+    fn as_number(value: &ParamValue, integer: bool) -> Option<f64> {
+        match (value, integer) {
+            (ParamValue::Int(x), true) => Some(*x as f64),
+            (ParamValue::Float(x), false) => Some(*x),
+            _ => None,
         }
     }
 
     fn continuous_or_discrete() -> impl Strategy<Value = ParamSpec> {
         prop_oneof![
             axis(),
+            q_spec(),
+            normal_spec(),
+            (
+                prop::collection::btree_set(-50i64..50, 1..5),
+                prop::collection::vec(prop_oneof![Just(0.0), 0.01f64..1.0], 5)
+            )
+                .prop_filter_map("needs a positive weight", |(set, raw)| {
+                    let values: Vec<ParamValue> = set.into_iter().map(ParamValue::Int).collect();
+                    let raw = &raw[..values.len()];
+                    let total: f64 = raw.iter().sum();
+                    (total > 0.0).then(|| ParamSpec::Values {
+                        probabilities: Some(raw.iter().map(|w| w / total).collect()),
+                        values,
+                    })
+                }),
             (-1e6f64..1e6, 1e-9f64..1e6).prop_map(|(min, span)| ParamSpec::Uniform {
                 min,
                 max: min + span
@@ -725,12 +1238,228 @@ mod tests {
     fn in_support(param: &ParamSpec, value: &ParamValue) -> bool {
         match (param, value) {
             (ParamSpec::Value(expected), value) => expected == value,
-            (ParamSpec::Values(values), value) => values.contains(value),
+            (ParamSpec::Values { values, .. }, value) => values.contains(value),
             (ParamSpec::Uniform { min, max }, ParamValue::Float(x)) => min <= x && x < max,
             (ParamSpec::LogUniform { min, max }, ParamValue::Float(x)) => min <= x && x <= max,
             (ParamSpec::IntUniform { min, max }, ParamValue::Int(x)) => min <= x && x <= max,
+            (
+                ParamSpec::QUniform {
+                    min,
+                    max,
+                    q,
+                    integer,
+                }
+                | ParamSpec::QLogUniform {
+                    min,
+                    max,
+                    q,
+                    integer,
+                },
+                value,
+            ) => as_number(value, *integer)
+                .is_some_and(|x| *min <= x && x <= *max && is_multiple(x, *q)),
+            (ParamSpec::Normal { .. }, ParamValue::Float(x)) => x.is_finite(),
+            (ParamSpec::LogNormal { .. }, ParamValue::Float(x)) => x.is_finite() && *x > 0.0,
+            (ParamSpec::QNormal { q, integer, .. }, value) => {
+                as_number(value, *integer).is_some_and(|x| x.is_finite() && is_multiple(x, *q))
+            }
+            (ParamSpec::QLogNormal { q, integer, .. }, value) => as_number(value, *integer)
+                .is_some_and(|x| x.is_finite() && x >= 0.0 && is_multiple(x, *q)),
             _ => false,
         }
+    }
+
+    /// Zero-probability values never appear.
+    fn respects_zero_probabilities(param: &ParamSpec, value: &ParamValue) -> bool {
+        match param {
+            ParamSpec::Values {
+                values,
+                probabilities: Some(weights),
+            } => values
+                .iter()
+                .zip(weights)
+                .all(|(candidate, weight)| *weight > 0.0 || candidate != value),
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn weighted_categorical_frequencies_match() {
+        let weights = [0.5, 0.3, 0.2, 0.0];
+        let spec = spec(
+            Method::Random,
+            vec![(
+                "x",
+                ParamSpec::Values {
+                    values: (0..4).map(ParamValue::Int).collect(),
+                    probabilities: Some(weights.to_vec()),
+                },
+            )],
+            Some(20_000),
+        );
+        let mut counts = [0u32; 4];
+        for index in 0..20_000 {
+            match trial(&spec, index).unwrap()["x"] {
+                ParamValue::Int(value) => counts[value as usize] += 1,
+                ref other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(counts[3], 0, "zero-probability value drawn: {counts:?}");
+        // Chi-square over the three positive cells, 2 degrees of freedom: p = 0.001 at 13.8.
+        let chi_square: f64 = counts[..3]
+            .iter()
+            .zip(&weights[..3])
+            .map(|(count, weight)| {
+                let expected = weight * 20_000.0;
+                (f64::from(*count) - expected).powi(2) / expected
+            })
+            .sum();
+        assert!(
+            chi_square < 13.8,
+            "chi-square {chi_square}, counts {counts:?}"
+        );
+    }
+
+    #[test]
+    fn q_values_round_and_step_inward() {
+        // [0.3, 1.0] with q 0.4: multiples 0.4 and 0.8 only; 0.3 rounds to 0.4 (k = 1),
+        // 1.0 rounds to 1.2 and steps inward to 0.8.
+        let param = ParamSpec::QUniform {
+            min: 0.3,
+            max: 1.0,
+            q: 0.4,
+            integer: false,
+        };
+        let spec = spec(Method::Random, vec![("x", param.clone())], Some(500));
+        let seen: BTreeSet<String> = (0..500)
+            .map(|i| trial(&spec, i).unwrap()["x"].to_string())
+            .collect();
+        assert_eq!(seen, BTreeSet::from(["0.4".to_string(), "0.8".to_string()]));
+        assert_eq!(grid_axis_len(&param), Some(2));
+        let integer = spec_with_q(true);
+        assert!(matches!(
+            trial(&integer, 0).unwrap()["x"],
+            ParamValue::Int(_)
+        ));
+        let float = spec_with_q(false);
+        assert!(matches!(
+            trial(&float, 0).unwrap()["x"],
+            ParamValue::Float(_)
+        ));
+    }
+
+    fn spec_with_q(integer: bool) -> SweepSpec {
+        spec(
+            Method::Random,
+            vec![(
+                "x",
+                ParamSpec::QUniform {
+                    min: 0.0,
+                    max: 10.0,
+                    q: 2.0,
+                    integer,
+                },
+            )],
+            Some(1),
+        )
+    }
+
+    /// Builds a spec whose parameter `i` has axis `axes[i]` and, when `links[i]` is set,
+    /// a condition on a parameter placed earlier in the random order `ranks` (so there is
+    /// no cycle, but conditions may point forward in file order) with the allowed values
+    /// picked by a bit mask from that parameter's axis.
+    fn conditional_spec(
+        method: Method,
+        axes: Vec<ParamSpec>,
+        links: Vec<Option<(usize, u8)>>,
+        ranks: Vec<u8>,
+    ) -> SweepSpec {
+        let names = ["p0", "p1", "p2", "p3", "p4"];
+        let mut spec = spec(
+            method,
+            names.iter().copied().zip(axes.iter().cloned()).collect(),
+            Some(1_000),
+        );
+        let rank = |i: usize| (ranks[i], i);
+        for (i, link) in links.iter().enumerate() {
+            let Some((pick, mask)) = *link else {
+                continue;
+            };
+            let earlier: Vec<usize> = (0..axes.len()).filter(|&j| rank(j) < rank(i)).collect();
+            if earlier.is_empty() {
+                continue;
+            }
+            let j = earlier[pick % earlier.len()];
+            let points = axis_points(&axes[j]);
+            let mut any_of: Vec<ParamValue> = points
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| mask & (1 << (k % 8)) != 0)
+                .map(|(_, value)| value.clone())
+                .collect();
+            if any_of.is_empty() {
+                any_of.push(points[0].clone());
+            }
+            spec.parameters[i].when.push(Condition {
+                parameter: names[j].to_string(),
+                any_of,
+            });
+        }
+        spec
+    }
+
+    /// The active subset of a full assignment: a parameter is present when every
+    /// condition names a present parameter holding an allowed value (fixpoint, so file
+    /// order does not matter).
+    fn brute_force_active(spec: &SweepSpec, full: &Params) -> Params {
+        let mut active: Params = Params::new();
+        loop {
+            let before = active.len();
+            for parameter in &spec.parameters {
+                let holds = parameter.when.iter().all(|c| {
+                    active
+                        .get(&c.parameter)
+                        .is_some_and(|value| c.any_of.contains(value))
+                });
+                if holds {
+                    active.insert(parameter.name.clone(), full[&parameter.name].clone());
+                }
+            }
+            if active.len() == before {
+                return active;
+            }
+        }
+    }
+
+    fn small_axis() -> impl Strategy<Value = ParamSpec> {
+        prop_oneof![
+            axis(),
+            (
+                prop::sample::select(vec![0.1, 0.5, 2.0]),
+                -10i64..10,
+                0i64..3,
+                0.0f64..0.9
+            )
+                .prop_map(|(q, low, steps, extra)| ParamSpec::QUniform {
+                    min: low as f64 * q,
+                    max: (low + steps) as f64 * q + extra * q,
+                    q,
+                    integer: false,
+                }),
+        ]
+    }
+
+    /// Axes, optional (pick, value mask) links and order ranks, see [`conditional_spec`].
+    type ConditionalParts = (Vec<ParamSpec>, Vec<Option<(usize, u8)>>, Vec<u8>);
+
+    fn conditional_parts() -> impl Strategy<Value = ConditionalParts> {
+        (1usize..=5).prop_flat_map(|n| {
+            (
+                prop::collection::vec(small_axis(), n),
+                prop::collection::vec(prop::option::of((0usize..5, any::<u8>())), n),
+                prop::collection::vec(any::<u8>(), n),
+            )
+        })
     }
 
     proptest! {
@@ -789,6 +1518,114 @@ mod tests {
                 let value = &params[*name];
                 prop_assert!(in_support(param, value), "{} = {:?} not in {:?}", name, value, param);
             }
+        }
+
+        #[test]
+        fn zero_probability_values_never_appear(
+            param in continuous_or_discrete(),
+            seed in any::<u64>(),
+        ) {
+            let mut spec = spec(Method::Random, vec![("x", param.clone())], Some(200));
+            spec.seed = seed;
+            for index in 0..200 {
+                let value = &trial(&spec, index).unwrap()["x"];
+                prop_assert!(respects_zero_probabilities(&param, value), "{:?} from {:?}", value, param);
+            }
+        }
+
+        #[test]
+        fn q_axis_points_are_the_multiples_in_range(param in small_axis()) {
+            let len = grid_axis_len(&param).unwrap();
+            let points: Vec<f64> = (0..len)
+                .map(|digit| match grid_axis_point(&param, digit) {
+                    ParamValue::Float(x) => x,
+                    ParamValue::Int(x) => x as f64,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            prop_assert!(points.windows(2).all(|w| w[0] < w[1]), "{:?}", points);
+            if let ParamSpec::QUniform { min, max, q, .. } = param {
+                prop_assert!(points.iter().all(|x| min <= *x && *x <= max && is_multiple(*x, q)));
+                // Independently: count k whose k * q lies in range (with decimal slack).
+                let slack = 1e-9 * q;
+                let expected = ((min / q).floor() as i64 - 2..=(max / q).ceil() as i64 + 2)
+                    .filter(|k| {
+                        let x = *k as f64 * q;
+                        min - slack <= x && x <= max + slack
+                    })
+                    .count();
+                prop_assert_eq!(points.len(), expected);
+            }
+        }
+
+        #[test]
+        fn random_children_appear_exactly_when_their_condition_holds(
+            (axes, links, ranks) in conditional_parts(),
+            seed in any::<u64>(),
+            index in 0u64..1000,
+        ) {
+            let mut spec = conditional_spec(Method::Random, axes, links, ranks);
+            spec.seed = seed;
+            let params = trial(&spec, index).unwrap();
+            for parameter in &spec.parameters {
+                let holds = parameter.when.iter().all(|c| {
+                    params.get(&c.parameter).is_some_and(|value| c.any_of.contains(value))
+                });
+                prop_assert_eq!(params.contains_key(&parameter.name), holds, "{} in {:?}", parameter.name, params);
+                if let Some(value) = params.get(&parameter.name) {
+                    prop_assert!(in_support(&parameter.spec, value));
+                }
+            }
+            prop_assert_eq!(trial(&spec, index), Some(params));
+        }
+
+        #[test]
+        fn conditional_grids_cover_the_active_points_exactly_once(
+            (axes, links, ranks) in conditional_parts(),
+        ) {
+            let mut spec = conditional_spec(Method::Grid, axes.clone(), links, ranks);
+            spec.max_runs = None;
+            // Brute force: every full assignment, reduced to its active part, deduplicated.
+            let mut full = vec![Params::new()];
+            for (parameter, axis) in spec.parameters.iter().zip(&axes) {
+                full = full
+                    .into_iter()
+                    .flat_map(|params| axis_points(axis).into_iter().map(move |value| {
+                        let mut params = params.clone();
+                        params.insert(parameter.name.clone(), value);
+                        params
+                    }))
+                    .collect();
+            }
+            let expected: BTreeSet<String> = full
+                .iter()
+                .map(|params| key(&brute_force_active(&spec, params)))
+                .collect();
+            let count = trial_count(&spec);
+            prop_assert_eq!(count as usize, expected.len());
+            let produced: Vec<String> = (0..count).map(|i| key(&trial(&spec, i).unwrap())).collect();
+            let distinct: BTreeSet<String> = produced.iter().cloned().collect();
+            prop_assert_eq!(distinct.len(), produced.len());
+            prop_assert_eq!(&distinct, &expected);
+            prop_assert_eq!(trial(&spec, count), None);
+            // Restartable: decoding in reverse gives the same points.
+            let reversed: Vec<String> = (0..count).rev().map(|i| key(&trial(&spec, i).unwrap())).collect();
+            prop_assert!(reversed.into_iter().rev().eq(produced.into_iter()));
+        }
+
+        #[test]
+        fn huge_conditional_grid_index_round_trips(index in 0u64..1_001_000_000_000) {
+            let spec = huge_conditional_grid();
+            let params = trial(&spec, index).unwrap();
+            let [a, b, c] = [params["a"].clone(), params["b"].clone(), params["c"].clone()]
+                .map(|value| match value { ParamValue::Int(v) => v as u64, other => panic!("{other:?}") });
+            let prefix = (a * 1000 + b) * 1000 + c;
+            let reencoded = match (&params["mode"], params.get("d")) {
+                (ParamValue::Str(mode), Some(ParamValue::Int(d))) if mode == "deep" => prefix * 1000 + *d as u64,
+                (ParamValue::Str(mode), None) if mode == "flat" => 1_000_000_000_000 + prefix,
+                other => panic!("{other:?}"),
+            };
+            prop_assert_eq!(reencoded, index);
         }
 
         #[test]

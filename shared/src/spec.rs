@@ -8,9 +8,12 @@
 //! every caller, and [`crate::search`] relies on them.
 //!
 //! The schema is extended by adding a key to the relevant `*_KEYS` list and a branch in the
-//! corresponding `Checker` method; distributions are dispatched on their name in
-//! [`Checker::distribution`] with an "expected one of" list in [`DISTRIBUTIONS`].
+//! corresponding `Checker` method. The `parameters:` section (forms, distributions,
+//! nested groups, `when:` conditions) lives in `params`, `early_terminate:` in
+//! `early_terminate`; the language is documented for users in `shared/PARAMETERS.md`.
 
+mod early_terminate;
+mod params;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -18,6 +21,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::early_stop::EarlyTerminateSpec;
 use crate::search::{parse_template, Segment};
 use yaml::{Entry, Node, NodeKind, Pos, Scalar};
 
@@ -25,9 +29,15 @@ use yaml::{Entry, Node, NodeKind, Pos, Scalar};
 ///
 /// Invariants after [`parse_sweep`]: `name`, `project` non-empty; `command` non-empty and
 /// every `{{placeholder}}` in it names a parameter; parameter names are unique, valid
-/// (see [`is_parameter_name_char`]) and no name is a dotted prefix of another;
-/// `max_runs >= 1` when set and set for `random`; `parallel >= 1`; a `grid` sweep has only
-/// discrete parameters.
+/// (see [`is_parameter_name_char`]), not reserved (`ladder.`) and no name is a dotted
+/// prefix of another; every [`ParamSpec`] satisfies its documented invariants; conditions
+/// refer to other parameters, compare with values those can take, and form no cycle;
+/// `max_runs >= 1` when set and set for `random` and `bayes`; `parallel >= 1`; a `grid`
+/// sweep has only discrete parameters (see [`ParamSpec::is_discrete`]), each `q_` axis
+/// has at most [`crate::search::MAX_Q_GRID_POINTS`] points and the parameters its
+/// conditions refer to at most [`crate::search::MAX_CONDITION_BRANCHES`] value
+/// combinations; `early_terminate` satisfies the invariants documented on
+/// [`EarlyTerminateSpec`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepSpec {
     pub name: String,
@@ -36,8 +46,9 @@ pub struct SweepSpec {
     pub method: Method,
     /// The metric the sweep optimises, if any.
     pub metric: Option<MetricSpec>,
-    /// Parameters in file order (grid enumeration order depends on it).
-    pub parameters: Vec<(String, ParamSpec)>,
+    /// The leaf parameters in file order, groups flattened (a group's leaves take the
+    /// group's place, named `group.leaf`); grid enumeration order depends on it.
+    pub parameters: Vec<Parameter>,
     /// Upper bound on trials; required for `random`.
     pub max_runs: Option<u64>,
     /// Runs of this sweep allowed to execute at the same time.
@@ -50,16 +61,44 @@ pub struct SweepSpec {
     pub max_restarts: u32,
     pub resources: Resources,
     pub description: Option<String>,
+    /// Rule stopping runs that do worse than their peers, from `early_terminate:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_terminate: Option<EarlyTerminateSpec>,
 }
 
 impl SweepSpec {
-    /// The spec of parameter `name`, if the sweep has one.
-    pub fn parameter(&self, name: &str) -> Option<&ParamSpec> {
+    /// Parameter `name` (a full dotted leaf name), if the sweep has one.
+    pub fn parameter(&self, name: &str) -> Option<&Parameter> {
         self.parameters
             .iter()
-            .find(|(candidate, _)| candidate == name)
-            .map(|(_, spec)| spec)
+            .find(|parameter| parameter.name == name)
     }
+}
+
+/// One leaf parameter of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parameter {
+    /// Full name: group names and the leaf's key joined with `.` (`lora.rank`); the
+    /// `{{placeholder}}` name and the path in `LADDER_PARAMS`.
+    pub name: String,
+    pub spec: ParamSpec,
+    /// All must hold for the parameter to be part of a trial (the parameter's own `when:`
+    /// and those of enclosing groups, outermost first); empty for unconditional ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub when: Vec<Condition>,
+}
+
+/// `when: {parameter: value}` or `when: {parameter: [a, b]}`: holds when `parameter` is
+/// present in the trial with one of `any_of`.
+///
+/// Invariants after [`parse_sweep`]: `parameter` names another leaf parameter that is
+/// discrete, and `any_of` is non-empty, duplicate-free and holds only values that
+/// parameter can take, in the form the parameter produces them (`Float(1.0)` for a
+/// `values: [1.0, 2.0]` parameter even when the condition says `1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Condition {
+    pub parameter: String,
+    pub any_of: Vec<ParamValue>,
 }
 
 /// How trials are chosen.
@@ -70,15 +109,20 @@ pub enum Method {
     Grid,
     /// Independent samples, `max_runs` of them.
     Random,
+    /// Model-based proposals (TPE) learning from finished runs, `max_runs` of them;
+    /// validated like `random` (any distribution allowed, `max_runs` required), and
+    /// [`crate::search::trial`] falls back to random sampling for it.
+    Bayes,
 }
 
 impl Method {
-    pub const ALL: [Method; 2] = [Method::Grid, Method::Random];
+    pub const ALL: [Method; 3] = [Method::Grid, Method::Random, Method::Bayes];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Grid => "grid",
             Method::Random => "random",
+            Method::Bayes => "bayes",
         }
     }
 
@@ -146,32 +190,99 @@ pub struct Resources {
     pub labels: BTreeMap<String, String>,
 }
 
-/// How one parameter's values are chosen.
+/// How one parameter's values are chosen. Bounds and parameters are finite floats.
 ///
-/// Serialized externally tagged: `{"value": 1}`, `{"values": [1, 2]}`,
-/// `{"uniform": {"min": 0.0, "max": 1.0}}`, `{"log_uniform": {..}}`, `{"int_uniform": {..}}`.
+/// Serialized externally tagged: `{"value": 1}`, `{"values": {"values": [1, 2]}}`,
+/// `{"uniform": {"min": 0.0, "max": 1.0}}`, `{"q_uniform": {"min": .., "max": .., "q": ..,
+/// "integer": false}}`, …
+///
+/// The `integer` flag of the `q_` forms makes the values `Int` instead of `Float`: set
+/// when `min`, `max` and `q` (`q_uniform`, `q_log_uniform`) or `q` (`q_normal`,
+/// `q_log_normal`) are written as integers in the YAML.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamSpec {
-    /// A constant.
+    /// A constant (`value:` or `distribution: constant`).
     Value(ParamValue),
-    /// A choice among a non-empty list of distinct values.
-    Values(Vec<ParamValue>),
-    /// Real in `[min, max)`, `min < max`, both finite.
+    /// A choice among a non-empty list of distinct values (`values:`, optionally with
+    /// `distribution: categorical`). `probabilities`, when given, has one entry per value,
+    /// each `>= 0`, summing to 1 (within 1e-6); random search draws with those weights,
+    /// grid search ignores them.
+    Values {
+        values: Vec<ParamValue>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probabilities: Option<Vec<f64>>,
+    },
+    /// Real in `[min, max)`, `min < max`.
     Uniform { min: f64, max: f64 },
-    /// Real in `[min, max]` sampled uniformly on a log scale, `0 < min < max`.
+    /// Real in `[min, max]` sampled uniformly on a log scale, `0 < min < max` (min and max
+    /// are the values themselves, W&B's `log_uniform_values`).
     LogUniform { min: f64, max: f64 },
     /// Integer in `min..=max`, `min < max`.
     IntUniform { min: i64, max: i64 },
+    /// A multiple of `q` in `[min, max]`: `round(U(min, max) / q) * q`, stepped inward by
+    /// `q` when rounding leaves the range. `min < max`, `q > 0`, and at least one multiple
+    /// of `q` lies in `[min, max]`. Integer bounds are within ±2^53.
+    QUniform {
+        min: f64,
+        max: f64,
+        q: f64,
+        #[serde(default)]
+        integer: bool,
+    },
+    /// Like `QUniform` with `x` drawn log-uniformly; `0 < min < max`.
+    QLogUniform {
+        min: f64,
+        max: f64,
+        q: f64,
+        #[serde(default)]
+        integer: bool,
+    },
+    /// `N(mu, sigma)`, unbounded; `sigma > 0`.
+    Normal { mu: f64, sigma: f64 },
+    /// `exp(N(mu, sigma))`, always `> 0`; `sigma > 0`.
+    LogNormal { mu: f64, sigma: f64 },
+    /// `round(N(mu, sigma) / q) * q`, unbounded; `sigma > 0`, `q > 0`.
+    QNormal {
+        mu: f64,
+        sigma: f64,
+        q: f64,
+        #[serde(default)]
+        integer: bool,
+    },
+    /// `round(exp(N(mu, sigma)) / q) * q`, `>= 0` (0 when the draw is below `q / 2`).
+    QLogNormal {
+        mu: f64,
+        sigma: f64,
+        q: f64,
+        #[serde(default)]
+        integer: bool,
+    },
 }
 
 impl ParamSpec {
-    /// Whether the parameter has infinitely many values (so grid search cannot use it).
-    pub fn is_continuous(&self) -> bool {
-        matches!(
-            self,
-            ParamSpec::Uniform { .. } | ParamSpec::LogUniform { .. }
-        )
+    /// Whether the parameter has finitely many values, so grid search and conditions can
+    /// use it: `value`, `values`, `int_uniform`, `q_uniform`, `q_log_uniform`.
+    pub fn is_discrete(&self) -> bool {
+        crate::search::grid_axis_len(self).is_some()
+    }
+
+    /// The `distribution:` name of the form (`constant` and `categorical` for `value` and
+    /// `values`).
+    pub fn distribution_name(&self) -> &'static str {
+        match self {
+            ParamSpec::Value(_) => "constant",
+            ParamSpec::Values { .. } => "categorical",
+            ParamSpec::Uniform { .. } => "uniform",
+            ParamSpec::LogUniform { .. } => "log_uniform",
+            ParamSpec::IntUniform { .. } => "int_uniform",
+            ParamSpec::QUniform { .. } => "q_uniform",
+            ParamSpec::QLogUniform { .. } => "q_log_uniform",
+            ParamSpec::Normal { .. } => "normal",
+            ParamSpec::LogNormal { .. } => "log_normal",
+            ParamSpec::QNormal { .. } => "q_normal",
+            ParamSpec::QLogNormal { .. } => "q_log_normal",
+        }
     }
 }
 
@@ -286,60 +397,13 @@ const SWEEP_KEYS: &[&str] = &[
     "command",
     "max_restarts",
     "resources",
+    "early_terminate",
 ];
 const METRIC_KEYS: &[&str] = &["name", "goal"];
-const PARAMETER_KEYS: &[&str] = &["value", "values", "distribution", "min", "max"];
 const RESOURCE_KEYS: &[&str] = &["gpus", "labels"];
-/// Distribution names accepted in `distribution:`.
-const DISTRIBUTIONS: &[&str] = &[
-    "uniform",
-    "log_uniform",
-    "log_uniform_values",
-    "int_uniform",
-];
-const METHOD_NAMES: &[&str] = &["grid", "random"];
+const METHOD_NAMES: &[&str] = &["grid", "random", "bayes"];
 const GOAL_NAMES: &[&str] = &["minimize", "maximize"];
 const COMMAND_EXAMPLE: &str = "[python, train.py, --lr, \"{{lr}}\"]";
-
-/// The parameter sampling rules a `distribution:` name selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Distribution {
-    Uniform,
-    LogUniform,
-    IntUniform,
-}
-
-impl Distribution {
-    fn from_name(name: &str) -> Option<Distribution> {
-        match name {
-            "uniform" => Some(Distribution::Uniform),
-            // W&B's `log_uniform_values` meaning: min and max are the actual values.
-            "log_uniform" | "log_uniform_values" => Some(Distribution::LogUniform),
-            "int_uniform" => Some(Distribution::IntUniform),
-            _ => None,
-        }
-    }
-
-    fn is_continuous(self) -> bool {
-        matches!(self, Distribution::Uniform | Distribution::LogUniform)
-    }
-}
-
-/// A finite numeric bound as written.
-#[derive(Debug, Clone, Copy)]
-enum Bound {
-    Int(i128),
-    Float(f64),
-}
-
-impl Bound {
-    fn as_f64(self) -> f64 {
-        match self {
-            Bound::Int(value) => value as f64,
-            Bound::Float(value) => value,
-        }
-    }
-}
 
 /// Walks the spanned tree, collecting errors. Methods return `None` after reporting why.
 struct Checker<'f> {
@@ -362,6 +426,8 @@ impl Checker<'_> {
             self.error(Pos::START, "invalid sweep");
         }
         self.errors.sort_by_key(|error| (error.line, error.column));
+        // A group's condition is checked once per leaf; report each problem once.
+        self.errors.dedup();
         SpecErrors(self.errors)
     }
 
@@ -390,15 +456,25 @@ impl Checker<'_> {
             _ => Some(None),
         };
         let method = self
-            .required(root, entries, "method", "sweep", "grid or random")
+            .required(root, entries, "method", "sweep", "grid, random or bayes")
             .and_then(|node| self.method(node));
         let metric = match field(entries, "metric") {
             Some(node) if !node.is_null() => self.metric(node).map(Some),
             _ => Some(None),
         };
-        let (parameters, parameter_names) = match field(entries, "parameters") {
+        let early_terminate = match field(entries, "early_terminate") {
+            Some(node) if !node.is_null() => self.early_terminate(node, &metric).map(Some),
+            _ => Some(None),
+        };
+        let params::ParsedParameters {
+            parameters,
+            names: parameter_names,
+        } = match field(entries, "parameters") {
             Some(node) if !node.is_null() => self.parameters(node, method.map(|(m, _)| m)),
-            _ => (Some(Vec::new()), Vec::new()),
+            _ => params::ParsedParameters {
+                parameters: Some(Vec::new()),
+                names: Vec::new(),
+            },
         };
         let max_runs = match field(entries, "max_runs") {
             Some(node) if !node.is_null() => self
@@ -417,10 +493,14 @@ impl Checker<'_> {
             _ => Some(Resources::default()),
         };
 
-        if let (Some((Method::Random, method_pos)), Some(None)) = (method, max_runs) {
+        if let (Some((method @ (Method::Random | Method::Bayes), method_pos)), Some(None)) =
+            (method, max_runs)
+        {
             self.error(
                 method_pos,
-                "random search needs max_runs (it would never end); add e.g. max_runs: 20",
+                format!(
+                    "{method} search needs max_runs (it would never end); add e.g. max_runs: 20"
+                ),
             );
         }
 
@@ -437,6 +517,7 @@ impl Checker<'_> {
             max_restarts: u32::try_from(max_restarts?).ok()?,
             resources: resources?,
             description: description?,
+            early_terminate: early_terminate?,
         })
     }
 
@@ -617,334 +698,6 @@ impl Checker<'_> {
             return None;
         };
         Some(entries)
-    }
-
-    /// The parameters in file order, plus every parameter name written (also those whose
-    /// spec is invalid) so placeholders can be checked without cascading errors.
-    fn parameters(
-        &mut self,
-        node: &Node,
-        method: Option<Method>,
-    ) -> (Option<Vec<(String, ParamSpec)>>, Vec<String>) {
-        let Some(entries) = self.mapping(
-            node,
-            "parameters",
-            "parameter name to {values: [...]}, {value: x} or {distribution: ..., min: ..., max: ...}",
-        ) else {
-            return (None, Vec::new());
-        };
-        let names: Vec<String> = entries.iter().map(|entry| entry.key.clone()).collect();
-        let mut parameters = Some(Vec::new());
-        for entry in entries {
-            let name_ok = self.parameter_name(entry, entries);
-            let spec = self.parameter(entry, method);
-            match (name_ok, spec, parameters.as_mut()) {
-                (true, Some(spec), Some(list)) => list.push((entry.key.clone(), spec)),
-                _ => parameters = None,
-            }
-        }
-        (parameters, names)
-    }
-
-    fn parameter_name(&mut self, entry: &Entry, all: &[Entry]) -> bool {
-        let name = &entry.key;
-        if name.is_empty() {
-            self.error(entry.key_pos, "parameter names must not be empty");
-            return false;
-        }
-        if let Some(bad) = name.chars().find(|c| !is_parameter_name_char(*c)) {
-            self.error(
-                entry.key_pos,
-                format!(
-                    "parameter name \"{name}\" contains {bad:?}; use only letters, digits, \"_\", \".\", \"-\" and \"/\""
-                ),
-            );
-            return false;
-        }
-        if name.split('.').any(str::is_empty) {
-            self.error(
-                entry.key_pos,
-                format!("parameter name \"{name}\" has an empty part around a \".\" (dotted names nest, e.g. lora.rank)"),
-            );
-            return false;
-        }
-        let parent = all.iter().find(|other| {
-            name.strip_prefix(other.key.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
-        });
-        if let Some(parent) = parent {
-            self.error(
-                entry.key_pos,
-                format!(
-                    "parameter \"{name}\" nests under parameter \"{}\", which has a value itself (dotted names become nested objects in LADDER_PARAMS); rename one of them",
-                    parent.key
-                ),
-            );
-            return false;
-        }
-        true
-    }
-
-    fn parameter(&mut self, entry: &Entry, method: Option<Method>) -> Option<ParamSpec> {
-        let what = format!("parameter \"{}\"", entry.key);
-        let node = &entry.value;
-        let entries = self.mapping(
-            node,
-            &what,
-            "like {value: 1}, {values: [1, 2]} or {distribution: uniform, min: 0, max: 1}",
-        )?;
-        self.check_keys(entries, &what, PARAMETER_KEYS);
-        let forms: Vec<&Entry> = ["value", "values", "distribution"]
-            .iter()
-            .filter_map(|key| entries.iter().find(|entry| entry.key == *key))
-            .collect();
-        let Some(form) = forms.first() else {
-            self.error(
-                node.pos,
-                format!("{what} needs one of value, values or distribution"),
-            );
-            return None;
-        };
-        if let Some(second) = forms.get(1) {
-            self.error(
-                second.key_pos,
-                format!(
-                    "{what} has both {} and {}; use exactly one of value, values, distribution",
-                    form.key, second.key
-                ),
-            );
-            return None;
-        }
-        match form.key.as_str() {
-            "value" => {
-                if let Some(bound) = ["min", "max"].iter().find_map(|key| entry_of(entries, key)) {
-                    self.error(
-                        bound.key_pos,
-                        format!("{what}: {} only applies with a distribution (e.g. distribution: uniform)", bound.key),
-                    );
-                    return None;
-                }
-                self.param_value(&form.value, &format!("{what} value"))
-                    .map(ParamSpec::Value)
-            }
-            "values" => {
-                if let Some(bound) = ["min", "max"].iter().find_map(|key| entry_of(entries, key)) {
-                    self.error(
-                        bound.key_pos,
-                        format!("{what}: {} only applies with a distribution (e.g. distribution: uniform)", bound.key),
-                    );
-                    return None;
-                }
-                self.values(&form.value, &what).map(ParamSpec::Values)
-            }
-            _ => self.distribution(node, entries, &form.value, &what, method),
-        }
-    }
-
-    /// A concrete value: a number (finite), string or boolean.
-    fn param_value(&mut self, node: &Node, what: &str) -> Option<ParamValue> {
-        let NodeKind::Scalar { value, text } = &node.kind else {
-            self.error(
-                node.pos,
-                format!(
-                    "{what} must be a number, string or boolean, not {} (nested values are not supported)",
-                    node.type_name()
-                ),
-            );
-            return None;
-        };
-        match value {
-            Scalar::Null => {
-                self.error(
-                    node.pos,
-                    format!("{what} must be a number, string or boolean, not null (quote it for the string \"null\")"),
-                );
-                None
-            }
-            Scalar::Bool(value) => Some(ParamValue::Bool(*value)),
-            Scalar::Int(int) => match i64::try_from(*int) {
-                Ok(int) => Some(ParamValue::Int(int)),
-                Err(_) => {
-                    self.error(
-                        node.pos,
-                        format!("{what} {text} does not fit a 64-bit integer"),
-                    );
-                    None
-                }
-            },
-            Scalar::Float(float) if float.is_finite() => Some(ParamValue::Float(*float)),
-            Scalar::Float(_) => {
-                self.error(node.pos, format!("{what} must be finite (got {text})"));
-                None
-            }
-            Scalar::Str(string) => Some(ParamValue::Str(string.clone())),
-        }
-    }
-
-    fn values(&mut self, node: &Node, what: &str) -> Option<Vec<ParamValue>> {
-        let NodeKind::Seq(items) = &node.kind else {
-            self.error(
-                node.pos,
-                format!(
-                    "{what} values must be a list like [1, 2, 3], not {}",
-                    node.type_name()
-                ),
-            );
-            return None;
-        };
-        if items.is_empty() {
-            self.error(node.pos, format!("{what} values must not be empty"));
-            return None;
-        }
-        let mut values = Some(Vec::with_capacity(items.len()));
-        for item in items {
-            let value = self.param_value(item, &format!("{what} values element"));
-            match (value, values.as_mut()) {
-                (Some(value), Some(list)) if list.contains(&value) => {
-                    self.error(item.pos, format!("{what} lists the value {value} twice"));
-                    values = None;
-                }
-                (Some(value), Some(list)) => list.push(value),
-                _ => values = None,
-            }
-        }
-        values
-    }
-
-    fn distribution(
-        &mut self,
-        node: &Node,
-        entries: &[Entry],
-        name_node: &Node,
-        what: &str,
-        method: Option<Method>,
-    ) -> Option<ParamSpec> {
-        let name = self.text(name_node, &format!("{what} distribution"))?;
-        let Some(distribution) = Distribution::from_name(&name) else {
-            self.error(
-                name_node.pos,
-                unknown(
-                    "distribution",
-                    &name,
-                    &format!(" for {what}"),
-                    DISTRIBUTIONS,
-                ),
-            );
-            return None;
-        };
-        let grid_conflict = method == Some(Method::Grid) && distribution.is_continuous();
-        if grid_conflict {
-            self.error(
-                name_node.pos,
-                format!(
-                    "grid search needs discrete parameters: {what} has the continuous distribution {name}; use values: [...] or method: random"
-                ),
-            );
-        }
-        let hint = format!("distribution {name} needs min and max");
-        let min = self
-            .required(node, entries, "min", what, &hint)
-            .and_then(|min| {
-                self.bound(min, &format!("{what} min"))
-                    .map(|bound| (bound, min.pos))
-            });
-        let max = self
-            .required(node, entries, "max", what, &hint)
-            .and_then(|max| {
-                self.bound(max, &format!("{what} max"))
-                    .map(|bound| (bound, max.pos))
-            });
-        let ((min, min_pos), (max, max_pos)) = (min?, max?);
-        let spec = match distribution {
-            Distribution::Uniform => ParamSpec::Uniform {
-                min: min.as_f64(),
-                max: max.as_f64(),
-            },
-            Distribution::LogUniform => ParamSpec::LogUniform {
-                min: min.as_f64(),
-                max: max.as_f64(),
-            },
-            Distribution::IntUniform => {
-                let min = self.int_bound(min, min_pos, what, "min");
-                let max = self.int_bound(max, max_pos, what, "max");
-                ParamSpec::IntUniform {
-                    min: min?,
-                    max: max?,
-                }
-            }
-        };
-        let (low, high) = (min.as_f64(), max.as_f64());
-        if low >= high {
-            self.error(
-                min_pos,
-                format!("{what}: min must be less than max (got min {low}, max {high})"),
-            );
-            return None;
-        }
-        if distribution == Distribution::LogUniform && low <= 0.0 {
-            self.error(
-                min_pos,
-                format!("{what}: {name} needs min > 0 (min and max are the actual values, sampled on a log scale; got min {low})"),
-            );
-            return None;
-        }
-        if grid_conflict {
-            return None;
-        }
-        Some(spec)
-    }
-
-    fn bound(&mut self, node: &Node, what: &str) -> Option<Bound> {
-        let NodeKind::Scalar { value, text } = &node.kind else {
-            self.error(
-                node.pos,
-                format!("{what} must be a number, not {}", node.type_name()),
-            );
-            return None;
-        };
-        match value {
-            Scalar::Int(int) => Some(Bound::Int(*int)),
-            Scalar::Float(float) if float.is_finite() => Some(Bound::Float(*float)),
-            Scalar::Float(_) => {
-                self.error(
-                    node.pos,
-                    format!("{what} must be a finite number (got {text})"),
-                );
-                None
-            }
-            other => {
-                self.error(
-                    node.pos,
-                    format!(
-                        "{what} must be a number (got {} \"{text}\")",
-                        other.type_name()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn int_bound(&mut self, bound: Bound, pos: Pos, what: &str, key: &str) -> Option<i64> {
-        match bound {
-            Bound::Int(int) => match i64::try_from(int) {
-                Ok(int) => Some(int),
-                Err(_) => {
-                    self.error(
-                        pos,
-                        format!("{what} {key} {int} does not fit a 64-bit integer"),
-                    );
-                    None
-                }
-            },
-            Bound::Float(float) => {
-                self.error(
-                    pos,
-                    format!("{what}: int_uniform bounds must be integers (got {key} {float}); use distribution: uniform for real values"),
-                );
-                None
-            }
-        }
     }
 
     fn command(&mut self, node: &Node, parameter_names: &[String]) -> Option<Vec<String>> {
@@ -1130,7 +883,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
 
-    fn errors(text: &str) -> Vec<SpecError> {
+    pub(super) fn errors(text: &str) -> Vec<SpecError> {
         match parse_sweep("sweep.yaml", text) {
             Ok(spec) => panic!("expected errors, got {spec:?}"),
             Err(SpecErrors(errors)) => errors,
@@ -1139,7 +892,7 @@ mod tests {
 
     /// Asserts that some error is at `line:column` and contains every fragment.
     #[track_caller]
-    fn assert_error(text: &str, line: usize, column: usize, fragments: &[&str]) {
+    pub(super) fn assert_error(text: &str, line: usize, column: usize, fragments: &[&str]) {
         let errors = errors(text);
         let found = errors.iter().any(|error| {
             error.line == line
@@ -1156,7 +909,7 @@ mod tests {
     }
 
     /// 1-based line and column (in characters) of the first occurrence of `needle`.
-    fn locate(text: &str, needle: &str) -> (usize, usize) {
+    pub(super) fn locate(text: &str, needle: &str) -> (usize, usize) {
         let offset = text.find(needle).expect("needle occurs in text");
         let before = &text[..offset];
         let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
@@ -1168,9 +921,18 @@ mod tests {
 
     /// Asserts an error at the first occurrence of `needle`.
     #[track_caller]
-    fn assert_error_at(text: &str, needle: &str, fragments: &[&str]) {
+    pub(super) fn assert_error_at(text: &str, needle: &str, fragments: &[&str]) {
         let (line, column) = locate(text, needle);
         assert_error(text, line, column, fragments);
+    }
+
+    /// An unconditional leaf parameter.
+    pub(super) fn leaf(name: &str, spec: ParamSpec) -> Parameter {
+        Parameter {
+            name: name.into(),
+            spec,
+            when: Vec::new(),
+        }
     }
 
     const BASE: &str = "name: s\nmethod: grid\ncommand: [python, train.py]\n";
@@ -1225,28 +987,31 @@ resources:
                 goal: Goal::Minimize,
             }),
             parameters: vec![
-                (
-                    "lr".into(),
+                leaf(
+                    "lr",
                     ParamSpec::LogUniform {
                         min: 1e-5,
                         max: 0.1,
                     },
                 ),
-                ("dropout".into(), ParamSpec::Uniform { min: 0.0, max: 0.5 }),
-                ("layers".into(), ParamSpec::IntUniform { min: 2, max: 8 }),
-                (
-                    "optimizer".into(),
-                    ParamSpec::Values(vec![
-                        ParamValue::Str("adam".into()),
-                        ParamValue::Str("sgd".into()),
-                        ParamValue::Str("1".into()),
-                        ParamValue::Int(2),
-                        ParamValue::Float(2.5),
-                        ParamValue::Float(3.0),
-                        ParamValue::Bool(true),
-                    ]),
+                leaf("dropout", ParamSpec::Uniform { min: 0.0, max: 0.5 }),
+                leaf("layers", ParamSpec::IntUniform { min: 2, max: 8 }),
+                leaf(
+                    "optimizer",
+                    ParamSpec::Values {
+                        values: vec![
+                            ParamValue::Str("adam".into()),
+                            ParamValue::Str("sgd".into()),
+                            ParamValue::Str("1".into()),
+                            ParamValue::Int(2),
+                            ParamValue::Float(2.5),
+                            ParamValue::Float(3.0),
+                            ParamValue::Bool(true),
+                        ],
+                        probabilities: None,
+                    },
                 ),
-                ("lora.rank".into(), ParamSpec::Value(ParamValue::Int(8))),
+                leaf("lora.rank", ParamSpec::Value(ParamValue::Int(8))),
             ],
             max_runs: Some(50),
             parallel: 4,
@@ -1271,6 +1036,7 @@ resources:
                 ]),
             },
             description: Some("learning rate and width".into()),
+            early_terminate: None,
         };
         assert_eq!(spec, expected);
         let json = serde_json::to_string(&spec).unwrap();
@@ -1298,7 +1064,7 @@ resources:
     fn anchors_aliases_and_merges_work() {
         let text = "name: s\nmethod: grid\ncommand: [run, \"{{a}}\", \"{{b}}\"]\nparameters:\n  a: &small {values: [1, 2]}\n  b: *small\n";
         let spec = parse_sweep("s.yaml", text).unwrap();
-        assert_eq!(spec.parameters[0].1, spec.parameters[1].1);
+        assert_eq!(spec.parameters[0].spec, spec.parameters[1].spec);
         let text = "name: s\nmethod: grid\ncommand: [run]\nbase: &b {gpus: 1}\n";
         assert_error(text, 4, 1, &["unknown key \"base\""]);
         let text = "name: s\nmethod: grid\ncommand: [run]\nresources:\n  <<: {gpus: 1}\n  labels: {a: b}\n";
@@ -1312,7 +1078,7 @@ resources:
         assert_eq!(error.0.len(), 1);
         assert_eq!(
             error.to_string(),
-            "conf/sweep.yaml:2:9: unknown method \"grd\" (expected one of: grid, random); did you mean \"grid\"?"
+            "conf/sweep.yaml:2:9: unknown method \"grd\" (expected one of: grid, random, bayes); did you mean \"grid\"?"
         );
         let boxed: Box<dyn std::error::Error> = Box::new(error);
         assert!(boxed.to_string().starts_with("conf/sweep.yaml:2:9:"));
@@ -1418,7 +1184,7 @@ resources:
             "name: s\ncommand: [a]\n",
             1,
             1,
-            &["missing required key \"method\"", "grid or random"],
+            &["missing required key \"method\"", "grid, random or bayes"],
         );
         assert_error(
             "name: s\nmethod: grid\n",
@@ -1537,10 +1303,13 @@ resources:
     #[test]
     fn unknown_method_goal_and_distribution() {
         assert_error(
-            "name: s\nmethod: bayes\ncommand: [a]\n",
+            "name: s\nmethod: hyperopt\ncommand: [a]\n",
             2,
             9,
-            &["unknown method \"bayes\"", "expected one of: grid, random"],
+            &[
+                "unknown method \"hyperopt\"",
+                "expected one of: grid, random, bayes",
+            ],
         );
         let text = with_base("metric: {name: loss, goal: minimise}\n");
         assert_error_at(
@@ -1555,7 +1324,7 @@ resources:
             22,
             &[
                 "unknown distribution \"loguniform\" for parameter \"lr\"",
-                "expected one of: uniform, log_uniform, log_uniform_values, int_uniform",
+                "expected one of: constant, categorical, uniform, log_uniform, log_uniform_values, int_uniform, q_uniform",
                 "did you mean \"log_uniform\"?",
             ],
         );
@@ -1706,7 +1475,7 @@ resources:
         );
         let int_grid = format!("{grid}  n: {{distribution: int_uniform, min: 1, max: 3}}\n");
         assert_eq!(
-            parse_sweep("s.yaml", &int_grid).unwrap().parameters[0].1,
+            parse_sweep("s.yaml", &int_grid).unwrap().parameters[0].spec,
             ParamSpec::IntUniform { min: 1, max: 3 }
         );
         assert_error(
@@ -1790,7 +1559,8 @@ resources:
         assert_eq!(suggestion("paralel", SWEEP_KEYS), Some("parallel"));
         assert_eq!(suggestion("Method", SWEEP_KEYS), Some("method"));
         assert_eq!(suggestion("maxruns", SWEEP_KEYS), Some("max_runs"));
-        assert_eq!(suggestion("bayes", METHOD_NAMES), None);
+        assert_eq!(suggestion("tpe", METHOD_NAMES), None);
+        assert_eq!(suggestion("bayse", METHOD_NAMES), Some("bayes"));
         assert_eq!(suggestion("x", &["lr"]), None);
         assert_eq!(suggestion("gaol", METRIC_KEYS), Some("goal"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);

@@ -1,0 +1,413 @@
+//! `method: bayes`: the sweep's parameters as a [`tpe`](crate::tpe) search space, and
+//! proposals that learn from every trial so far.
+//!
+//! Each non-constant parameter is one TPE dimension: `values` a categorical (its
+//! `probabilities` the prior), `uniform`/`log_uniform` floats, `int_uniform` integers,
+//! `q_` forms stepped floats on the multiples of `q`, and normal forms floats on
+//! `mu ± 4 sigma` (log-space for `log_normal`), which is the range TPE searches for them.
+//! Every dimension is suggested; `when:` conditions are then applied in dependency order
+//! and inactive parameters are dropped, and in the history a parameter absent from a
+//! trial is an inactive dimension, so each parameter is modelled only on the trials that
+//! had it.
+//!
+//! Trials already handed out but not finished are "constant liars" (TPE puts them in its
+//! bad group), so a sweep with `parallel: 16` does not propose 16 copies of one point.
+
+use crate::search::{self, condition_holds, q_round, Observation, Params};
+use crate::spec::{Goal, Method, ParamSpec, ParamValue, SweepSpec};
+use crate::tpe::{self, Dim, DimSpec, DimValue, TpeConfig, Trial};
+
+/// The parameters of trial `index` of any sweep: grid and random are pure functions of the
+/// index; bayes also reads `history` (indexed by trial, including in-flight trials).
+pub fn propose(spec: &SweepSpec, index: u64, history: &[Observation]) -> Option<Params> {
+    if index >= search::trial_count(spec) {
+        return None;
+    }
+    match spec.method {
+        Method::Grid | Method::Random => search::trial(spec, index),
+        Method::Bayes => Some(bayes_trial(spec, index, history)),
+    }
+}
+
+/// How one parameter maps to a TPE dimension.
+enum Axis {
+    Constant(ParamValue),
+    Choice(Vec<ParamValue>),
+    Float,
+    Int,
+    /// Stepped by `q`; `integer` values are reported as `Int`.
+    Quantized {
+        q: f64,
+        integer: bool,
+    },
+}
+
+fn axis_of(spec: &ParamSpec) -> (Axis, Option<Dim>) {
+    const SPREAD: f64 = 4.0;
+    let first_multiple = |min: f64, q: f64| (min / q - 1e-9).ceil() * q;
+    match spec {
+        ParamSpec::Value(value) => (Axis::Constant(value.clone()), None),
+        ParamSpec::Values {
+            values,
+            probabilities,
+        } => (
+            Axis::Choice(values.clone()),
+            Some(Dim::Categorical {
+                choices: values.len(),
+                weights: probabilities.clone(),
+            }),
+        ),
+        ParamSpec::Uniform { min, max } => (
+            Axis::Float,
+            Some(Dim::Float {
+                low: *min,
+                high: *max,
+                log: false,
+                step: None,
+            }),
+        ),
+        ParamSpec::LogUniform { min, max } => (
+            Axis::Float,
+            Some(Dim::Float {
+                low: *min,
+                high: *max,
+                log: true,
+                step: None,
+            }),
+        ),
+        ParamSpec::IntUniform { min, max } => (
+            Axis::Int,
+            Some(Dim::Int {
+                low: *min,
+                high: *max,
+                log: false,
+            }),
+        ),
+        ParamSpec::QUniform {
+            min,
+            max,
+            q,
+            integer,
+        } => (
+            Axis::Quantized {
+                q: *q,
+                integer: *integer,
+            },
+            Some(Dim::Float {
+                low: first_multiple(*min, *q),
+                high: *max,
+                log: false,
+                step: Some(*q),
+            }),
+        ),
+        ParamSpec::QLogUniform {
+            min,
+            max,
+            q,
+            integer,
+        } => (
+            Axis::Quantized {
+                q: *q,
+                integer: *integer,
+            },
+            Some(Dim::Float {
+                low: first_multiple(*min, *q).max(*q),
+                high: *max,
+                log: true,
+                step: Some(*q),
+            }),
+        ),
+        ParamSpec::Normal { mu, sigma } => (
+            Axis::Float,
+            Some(Dim::Float {
+                low: mu - SPREAD * sigma,
+                high: mu + SPREAD * sigma,
+                log: false,
+                step: None,
+            }),
+        ),
+        ParamSpec::LogNormal { mu, sigma } => (
+            Axis::Float,
+            Some(Dim::Float {
+                low: (mu - SPREAD * sigma).exp(),
+                high: (mu + SPREAD * sigma).exp(),
+                log: true,
+                step: None,
+            }),
+        ),
+        ParamSpec::QNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => (
+            Axis::Quantized {
+                q: *q,
+                integer: *integer,
+            },
+            Some(Dim::Float {
+                low: first_multiple(mu - SPREAD * sigma, *q),
+                high: mu + SPREAD * sigma,
+                log: false,
+                step: Some(*q),
+            }),
+        ),
+        ParamSpec::QLogNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => (
+            Axis::Quantized {
+                q: *q,
+                integer: *integer,
+            },
+            Some(Dim::Float {
+                low: first_multiple((mu - SPREAD * sigma).exp(), *q).max(*q),
+                high: (mu + SPREAD * sigma).exp(),
+                log: true,
+                step: Some(*q),
+            }),
+        ),
+    }
+}
+
+fn to_dim_value(axis: &Axis, value: &ParamValue) -> Option<DimValue> {
+    let number = match value {
+        ParamValue::Int(i) => Some(*i as f64),
+        ParamValue::Float(f) => Some(*f),
+        _ => None,
+    };
+    match axis {
+        Axis::Constant(_) => None,
+        Axis::Choice(values) => values.iter().position(|v| v == value).map(DimValue::Choice),
+        Axis::Float | Axis::Quantized { .. } => number.map(DimValue::Float),
+        Axis::Int => number.map(|n| DimValue::Int(n.round() as i64)),
+    }
+}
+
+fn from_dim_value(axis: &Axis, value: DimValue) -> ParamValue {
+    match (axis, value) {
+        (Axis::Constant(constant), _) => constant.clone(),
+        (Axis::Choice(values), DimValue::Choice(i)) => values[i.min(values.len() - 1)].clone(),
+        (Axis::Quantized { q, integer }, DimValue::Float(x)) => q_round(x, *q, *integer),
+        (Axis::Int, DimValue::Int(i)) => ParamValue::Int(i),
+        (_, DimValue::Float(x)) => ParamValue::Float(x),
+        (_, DimValue::Int(i)) => ParamValue::Int(i),
+        (_, DimValue::Choice(i)) => ParamValue::Int(i as i64),
+    }
+}
+
+/// A TPE proposal for trial `index`, reproducible from `(seed, index, history)`.
+fn bayes_trial(spec: &SweepSpec, index: u64, history: &[Observation]) -> Params {
+    let mut axes = Vec::new();
+    let mut space = Vec::new();
+    // dimension index of each parameter (None for constants)
+    let mut dim_of = Vec::new();
+    for parameter in &spec.parameters {
+        let (axis, dim) = axis_of(&parameter.spec);
+        dim_of.push(dim.as_ref().map(|_| space.len()));
+        if let Some(dim) = dim {
+            space.push(DimSpec {
+                name: parameter.name.clone(),
+                dim,
+                condition: None,
+            });
+        }
+        axes.push(axis);
+    }
+    let goal = spec
+        .metric
+        .as_ref()
+        .map(|m| m.goal)
+        .unwrap_or(Goal::Minimize);
+    let trials: Vec<Trial> = history
+        .iter()
+        .map(|observation| {
+            let mut values = vec![None; space.len()];
+            for (i, parameter) in spec.parameters.iter().enumerate() {
+                if let (Some(dim), Some(value)) =
+                    (dim_of[i], observation.params.get(&parameter.name))
+                {
+                    values[dim] = to_dim_value(&axes[i], value);
+                }
+            }
+            let loss = observation
+                .value
+                .map(|v| if goal == Goal::Maximize { -v } else { v });
+            Trial {
+                values,
+                loss,
+                pending: observation.pending,
+            }
+        })
+        .collect();
+    let point =
+        match tpe::suggest_with_seed(&space, &TpeConfig::default(), &trials, spec.seed, index) {
+            Ok(point) => point,
+            // A space TPE cannot model (validation should prevent it): sample at random.
+            Err(_) => return search::trial(spec, index).unwrap_or_default(),
+        };
+    let mut params = Params::new();
+    for position in search::topological_order(&spec.parameters) {
+        let parameter = &spec.parameters[position];
+        if !condition_holds(parameter, &params) {
+            continue;
+        }
+        let value = match (dim_of[position], &axes[position]) {
+            (_, Axis::Constant(value)) => value.clone(),
+            (Some(dim), axis) => match point[dim] {
+                Some(value) => from_dim_value(axis, value),
+                None => continue,
+            },
+            (None, _) => continue,
+        };
+        params.insert(parameter.name.clone(), value);
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_sweep;
+
+    const SPEC: &str = r#"
+name: b
+method: bayes
+metric: {name: loss, goal: minimize}
+max_runs: 60
+seed: 5
+parameters:
+  lr: {distribution: log_uniform, min: 1.0e-5, max: 1.0}
+  x: {distribution: uniform, min: -2, max: 2}
+  width: {distribution: q_log_uniform, min: 16, max: 512, q: 16}
+  optimizer: {values: [adamw, sgd]}
+  momentum: {distribution: uniform, min: 0.5, max: 0.99, when: {optimizer: sgd}}
+  fixed: {value: 3}
+command: [t, "{{lr}}"]
+"#;
+
+    fn objective(params: &Params) -> f64 {
+        let number = |name: &str| match params.get(name) {
+            Some(ParamValue::Float(f)) => *f,
+            Some(ParamValue::Int(i)) => *i as f64,
+            _ => panic!("{name} missing"),
+        };
+        (number("lr").log10() + 2.5).powi(2) + (number("x") - 0.3).powi(2)
+    }
+
+    #[test]
+    fn proposals_respect_the_space_and_conditions() {
+        let spec = parse_sweep("b.yaml", SPEC).unwrap();
+        let mut history = Vec::new();
+        for index in 0..40 {
+            let params = propose(&spec, index, &history).unwrap();
+            let lr = match params["lr"] {
+                ParamValue::Float(f) => f,
+                ref other => panic!("{other:?}"),
+            };
+            assert!((1e-5..=1.0).contains(&lr));
+            let ParamValue::Int(width) = params["width"] else {
+                panic!("width is an int: {:?}", params["width"])
+            };
+            assert!((16..=512).contains(&width) && width % 16 == 0, "{width}");
+            assert_eq!(params["fixed"], ParamValue::Int(3));
+            let sgd = params["optimizer"] == ParamValue::Str("sgd".into());
+            assert_eq!(params.contains_key("momentum"), sgd, "{params:?}");
+            history.push(Observation {
+                value: Some(objective(&params)),
+                params,
+                pending: false,
+            });
+        }
+        assert_eq!(
+            propose(&spec, 60, &history),
+            None,
+            "max_runs ends the sweep"
+        );
+    }
+
+    #[test]
+    fn proposals_are_reproducible_and_learn() {
+        let spec = parse_sweep("b.yaml", SPEC).unwrap();
+        let run = || {
+            let mut history: Vec<Observation> = Vec::new();
+            for index in 0..60 {
+                let params = propose(&spec, index, &history).unwrap();
+                history.push(Observation {
+                    value: Some(objective(&params)),
+                    params,
+                    pending: false,
+                });
+            }
+            history
+        };
+        let first = run();
+        assert_eq!(first, run(), "same history and seed, same proposals");
+        let mut startup: Vec<f64> = first[..10].iter().map(|o| o.value.unwrap()).collect();
+        startup.sort_by(f64::total_cmp);
+        let best_guided = first[10..]
+            .iter()
+            .map(|o| o.value.unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            best_guided < startup[0],
+            "guided best {best_guided} vs random start-up best {}",
+            startup[0]
+        );
+    }
+
+    #[test]
+    fn in_flight_trials_are_not_proposed_again() {
+        let spec = parse_sweep("b.yaml", SPEC).unwrap();
+        let mut history: Vec<Observation> = Vec::new();
+        for index in 0..20 {
+            let params = propose(&spec, index, &history).unwrap();
+            history.push(Observation {
+                value: Some(objective(&params)),
+                params,
+                pending: false,
+            });
+        }
+        // 16 proposals handed out at once, none finished.
+        for index in 20..36 {
+            let params = propose(&spec, index, &history).unwrap();
+            assert!(
+                history.iter().all(|o| o.params != params),
+                "trial {index} repeats an earlier one"
+            );
+            history.push(Observation {
+                value: None,
+                params,
+                pending: true,
+            });
+        }
+    }
+
+    #[test]
+    fn maximize_goals_are_turned_into_losses() {
+        let spec =
+            parse_sweep("b.yaml", &SPEC.replace("goal: minimize", "goal: maximize")).unwrap();
+        let mut history: Vec<Observation> = Vec::new();
+        for index in 0..50 {
+            let params = propose(&spec, index, &history).unwrap();
+            history.push(Observation {
+                value: Some(-objective(&params)),
+                params,
+                pending: false,
+            });
+        }
+        let mut startup: Vec<f64> = history[..10].iter().map(|o| o.value.unwrap()).collect();
+        startup.sort_by(f64::total_cmp);
+        let best_guided = history[10..]
+            .iter()
+            .map(|o| o.value.unwrap())
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            best_guided > startup[9],
+            "guided best {best_guided} vs start-up best {}",
+            startup[9]
+        );
+    }
+}

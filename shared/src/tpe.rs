@@ -1,0 +1,1529 @@
+//! Tree-structured Parzen Estimator (TPE): the sampler behind `method: bayes`.
+//!
+//! This follows Optuna's `TPESampler` (v3/v4, independent mode) closely:
+//!
+//! - Until [`TpeConfig::n_startup_trials`] trials have *completed*, points are drawn from
+//!   the prior ([`Tpe::sample_prior`]): uniform in (log-)space, categorical by prior
+//!   weight, conditional dimensions active iff their parent's value is one of the listed
+//!   values.
+//! - After that the completed trials are sorted by loss (ties by history order) and the
+//!   best `gamma(n)` form the *good* group, the rest the *bad* one
+//!   (Optuna's `default_gamma`: `min(ceil(0.1 n), 25)`).
+//! - For each active dimension, one Parzen estimator `l(x)` is built over the good trials
+//!   in which the dimension was active and one `g(x)` over the bad ones. Numeric dimensions
+//!   use a mixture of Gaussians truncated to the range, in log space for log dimensions,
+//!   plus a prior component (centre of the range, sigma = range) weighted by
+//!   [`TpeConfig::prior_weight`]. Bandwidths are the larger distance to a sorted neighbour
+//!   (range ends included), clipped to `[range / min(100, 1 + kernels), range]` (Optuna's
+//!   "magic clip"). Observation weights ramp down the oldest observations once there are
+//!   more than 25 (Optuna's `default_weights`). Integer and stepped dimensions are
+//!   discretised: samples are rounded to the grid and densities are the mixture's mass
+//!   over `[x - step/2, x + step/2]`. Categorical dimensions use per-observation kernels
+//!   with smoothing `prior_weight / kernels` on each choice (scaled by the prior weights
+//!   when given) plus the prior itself.
+//! - [`TpeConfig::n_ei_candidates`] candidates are drawn from `l`; the one maximising
+//!   `log l(x) - log g(x)` (the expected-improvement proxy) wins, first one on ties.
+//! - Constant liar: pending trials (handed out, not finished) join the bad group, which is
+//!   what giving them the worst observed loss does (only the loss ordering matters to the
+//!   split), so `parallel: 16` does not propose one point 16 times.
+//! - Failed trials (`loss: None` or NaN, not pending) are ignored, as Optuna ignores
+//!   `FAIL`ed trials: a crash says nothing reliable about the objective there.
+//!
+//! Everything is a pure function of `(space, config, history, rng)`; nothing here touches
+//! the clock or I/O. [`suggest_with_seed`] is the entry point for the coordinator: it
+//! derives the generator from `(sweep seed, trial index)`.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The shape of one dimension of the search space.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Dim {
+    /// Real numbers in `[low, high]`; `log` samples uniformly in `ln` space (needs
+    /// `low > 0`); `step` quantises to the grid `low + k * step` (`high` is lowered to the
+    /// last grid point).
+    Float {
+        low: f64,
+        high: f64,
+        log: bool,
+        step: Option<f64>,
+    },
+    /// Integers in `[low, high]` (both included); `log` needs `low >= 1`.
+    Int { low: i64, high: i64, log: bool },
+    /// One of `choices` options, reported as [`DimValue::Choice`] indices. `weights` are
+    /// prior probabilities (normalised here; a zero weight is never proposed); `None` is
+    /// uniform.
+    Categorical {
+        choices: usize,
+        weights: Option<Vec<f64>>,
+    },
+}
+
+/// A named dimension, optionally conditional: active only when the value of the earlier
+/// dimension `condition.0` equals (`==`) one of `condition.1`. An inactive parent makes
+/// the child inactive too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DimSpec {
+    pub name: String,
+    pub dim: Dim,
+    pub condition: Option<(usize, Vec<DimValue>)>,
+}
+
+/// The value of one dimension in one trial.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum DimValue {
+    Float(f64),
+    Int(i64),
+    Choice(usize),
+}
+
+/// One trial of the history, in the order trials were created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// One entry per dimension of the space; `None` = inactive. Missing entries (a shorter
+    /// vector) and values of the wrong kind count as inactive; numeric values outside the
+    /// range are clamped onto it.
+    pub values: Vec<Option<DimValue>>,
+    /// Objective value, smaller is better. `None` (or NaN) on a finished trial = failed.
+    pub loss: Option<f64>,
+    /// Handed out, not finished yet (its `loss` is ignored).
+    pub pending: bool,
+}
+
+/// How many of the `n` completed trials form the good group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Gamma {
+    /// `min(ceil(fraction * n), max)`; Optuna's default is `fraction: 0.1, max: 25`.
+    Linear { fraction: f64, max: usize },
+    /// `min(ceil(factor * sqrt(n)), max)`; hyperopt's default is `factor: 0.25`.
+    Sqrt { factor: f64, max: usize },
+}
+
+impl Gamma {
+    /// The size of the good group among `n` completed trials (at most `n`).
+    pub fn n_below(&self, n: usize) -> usize {
+        let raw = match *self {
+            Gamma::Linear { fraction, max } => ((fraction * n as f64).ceil() as usize).min(max),
+            Gamma::Sqrt { factor, max } => ((factor * (n as f64).sqrt()).ceil() as usize).min(max),
+        };
+        raw.min(n)
+    }
+}
+
+impl Default for Gamma {
+    fn default() -> Self {
+        Gamma::Linear {
+            fraction: 0.1,
+            max: 25,
+        }
+    }
+}
+
+/// Weights of the observations of one Parzen estimator, oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Weights {
+    /// Optuna's `default_weights`: all 1 up to 25 observations; beyond that the newest 25
+    /// weigh 1 and the older ones ramp linearly from `1/n` up to 1.
+    #[default]
+    Ramp,
+    /// All observations weigh 1.
+    Uniform,
+}
+
+impl Weights {
+    /// The weights of `n` observations, oldest first.
+    pub fn weights(&self, n: usize) -> Vec<f64> {
+        match self {
+            Weights::Uniform => vec![1.0; n],
+            Weights::Ramp if n < 25 => vec![1.0; n],
+            Weights::Ramp => {
+                // numpy.linspace(1/n, 1, n - 25) followed by 25 ones.
+                let ramp_len = n - 25;
+                let start = 1.0 / n as f64;
+                let mut out: Vec<f64> = (0..ramp_len)
+                    .map(|i| {
+                        if ramp_len == 1 {
+                            start
+                        } else {
+                            start + (1.0 - start) * i as f64 / (ramp_len - 1) as f64
+                        }
+                    })
+                    .collect();
+                out.extend(std::iter::repeat_n(1.0, 25));
+                out
+            }
+        }
+    }
+}
+
+/// Settings of the sampler; [`Default`] is Optuna's defaults with the constant liar on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TpeConfig {
+    /// Completed trials before the model is used; until then points come from the prior.
+    pub n_startup_trials: usize,
+    /// Candidates drawn from `l(x)` per dimension and suggestion.
+    pub n_ei_candidates: usize,
+    pub gamma: Gamma,
+    pub weights: Weights,
+    /// Weight of the prior component in every estimator (> 0).
+    pub prior_weight: f64,
+    /// Let the bandwidth of the lowest/highest observation depend on its distance to the
+    /// range end (Optuna's `consider_endpoints`, default off).
+    pub consider_endpoints: bool,
+    /// Pending trials join the bad group (see the module docs).
+    pub constant_liar: bool,
+}
+
+impl Default for TpeConfig {
+    fn default() -> Self {
+        TpeConfig {
+            n_startup_trials: 10,
+            n_ei_candidates: 24,
+            gamma: Gamma::default(),
+            weights: Weights::default(),
+            prior_weight: 1.0,
+            consider_endpoints: false,
+            constant_liar: true,
+        }
+    }
+}
+
+/// A search space or configuration the sampler cannot work with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TpeError {
+    #[error("dimension {name:?}: {reason}")]
+    InvalidDim { name: String, reason: String },
+    #[error("invalid TPE configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// A validated search space with its sampler settings.
+#[derive(Debug, Clone)]
+pub struct Tpe {
+    space: Vec<DimSpec>,
+    config: TpeConfig,
+    /// Per dimension: the numeric geometry, `None` for categoricals.
+    numeric: Vec<Option<Numeric>>,
+}
+
+impl Tpe {
+    /// Checks the space (bounds ordered and finite, `log` ranges positive, steps positive,
+    /// categorical weights non-negative with a positive sum, conditions pointing at an
+    /// earlier dimension) and the configuration.
+    pub fn new(space: Vec<DimSpec>, config: TpeConfig) -> Result<Tpe, TpeError> {
+        if config.n_ei_candidates == 0 {
+            return Err(TpeError::InvalidConfig(
+                "n_ei_candidates must be at least 1".into(),
+            ));
+        }
+        if !(config.prior_weight.is_finite() && config.prior_weight > 0.0) {
+            return Err(TpeError::InvalidConfig(
+                "prior_weight must be finite and positive".into(),
+            ));
+        }
+        match config.gamma {
+            Gamma::Linear { fraction: f, .. } | Gamma::Sqrt { factor: f, .. }
+                if !(f.is_finite() && f >= 0.0) =>
+            {
+                return Err(TpeError::InvalidConfig(
+                    "gamma factor must be finite and non-negative".into(),
+                ));
+            }
+            _ => {}
+        }
+        let mut numeric = Vec::with_capacity(space.len());
+        for (index, spec) in space.iter().enumerate() {
+            let invalid = |reason: &str| TpeError::InvalidDim {
+                name: spec.name.clone(),
+                reason: reason.to_string(),
+            };
+            match &spec.dim {
+                Dim::Float {
+                    low,
+                    high,
+                    log,
+                    step,
+                } => {
+                    if !(low.is_finite() && high.is_finite()) {
+                        return Err(invalid("bounds must be finite"));
+                    }
+                    if low > high {
+                        return Err(invalid("low must not exceed high"));
+                    }
+                    if *log && *low <= 0.0 {
+                        return Err(invalid("a log range needs low > 0"));
+                    }
+                    if let Some(step) = step {
+                        if !(step.is_finite() && *step > 0.0) {
+                            return Err(invalid("step must be finite and positive"));
+                        }
+                    }
+                }
+                Dim::Int { low, high, log } => {
+                    if low > high {
+                        return Err(invalid("low must not exceed high"));
+                    }
+                    if *log && *low < 1 {
+                        return Err(invalid("a log integer range needs low >= 1"));
+                    }
+                }
+                Dim::Categorical { choices, weights } => {
+                    if *choices == 0 {
+                        return Err(invalid("needs at least one choice"));
+                    }
+                    if let Some(weights) = weights {
+                        if weights.len() != *choices {
+                            return Err(invalid("needs one weight per choice"));
+                        }
+                        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+                            return Err(invalid("weights must be finite and non-negative"));
+                        }
+                        if weights.iter().sum::<f64>() <= 0.0 {
+                            return Err(invalid("weights must not all be zero"));
+                        }
+                    }
+                }
+            }
+            if let Some((parent, _)) = &spec.condition {
+                if *parent >= index {
+                    return Err(invalid("a condition must refer to an earlier dimension"));
+                }
+            }
+            numeric.push(Numeric::from_dim(&spec.dim));
+        }
+        Ok(Tpe {
+            space,
+            config,
+            numeric,
+        })
+    }
+
+    pub fn space(&self) -> &[DimSpec] {
+        &self.space
+    }
+
+    pub fn config(&self) -> &TpeConfig {
+        &self.config
+    }
+
+    /// One draw from the prior: what random search over the same space proposes, and what
+    /// TPE proposes during its startup trials.
+    pub fn sample_prior<R: Rng + ?Sized>(&self, rng: &mut R) -> Vec<Option<DimValue>> {
+        let mut point: Vec<Option<DimValue>> = Vec::with_capacity(self.space.len());
+        for (index, spec) in self.space.iter().enumerate() {
+            if !is_active(spec, &point) {
+                point.push(None);
+                continue;
+            }
+            let value = match (&spec.dim, &self.numeric[index]) {
+                (_, Some(num)) => {
+                    if num.degenerate() {
+                        num.value_of(num.low)
+                    } else {
+                        let x = num.a + (num.b - num.a) * rng.random::<f64>();
+                        num.value_of(num.snap(num.t_inv(x)))
+                    }
+                }
+                (Dim::Categorical { choices, weights }, None) => {
+                    let probs = prior_probs(*choices, weights.as_deref());
+                    DimValue::Choice(sample_index(&cumulative(&probs), rng))
+                }
+                _ => unreachable!("numeric geometry exists for every numeric dimension"),
+            };
+            point.push(Some(value));
+        }
+        point
+    }
+
+    /// The next point to evaluate, given every trial created so far (completed, failed and
+    /// pending, in creation order). Same history and same generator state → same point.
+    pub fn suggest<R: Rng + ?Sized>(
+        &self,
+        history: &[Trial],
+        rng: &mut R,
+    ) -> Vec<Option<DimValue>> {
+        let mut completed: Vec<(usize, f64)> = history
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.pending)
+            .filter_map(|(i, t)| t.loss.filter(|l| !l.is_nan()).map(|l| (i, l)))
+            .collect();
+        if completed.len() < self.config.n_startup_trials {
+            return self.sample_prior(rng);
+        }
+        let n_below = self.config.gamma.n_below(completed.len());
+        completed.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+        let mut below: Vec<usize> = completed[..n_below].iter().map(|c| c.0).collect();
+        let mut above: Vec<usize> = completed[n_below..].iter().map(|c| c.0).collect();
+        if self.config.constant_liar {
+            above.extend(
+                history
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.pending)
+                    .map(|(i, _)| i),
+            );
+        }
+        below.sort_unstable();
+        above.sort_unstable();
+
+        let mut point: Vec<Option<DimValue>> = Vec::with_capacity(self.space.len());
+        for (index, spec) in self.space.iter().enumerate() {
+            if !is_active(spec, &point) {
+                point.push(None);
+                continue;
+            }
+            let value = match (&spec.dim, &self.numeric[index]) {
+                (_, Some(num)) => self.suggest_numeric(num, index, history, &below, &above, rng),
+                (Dim::Categorical { choices, weights }, None) => self.suggest_categorical(
+                    *choices,
+                    weights.as_deref(),
+                    index,
+                    history,
+                    &below,
+                    &above,
+                    rng,
+                ),
+                _ => unreachable!("numeric geometry exists for every numeric dimension"),
+            };
+            point.push(Some(value));
+        }
+        point
+    }
+
+    /// Whether `point` could have come from this space: one entry per dimension, present
+    /// exactly when the dimension is active, of the right kind, inside the bounds, on the
+    /// step grid. The error says what is wrong.
+    pub fn check_point(&self, point: &[Option<DimValue>]) -> Result<(), String> {
+        if point.len() != self.space.len() {
+            return Err(format!(
+                "{} values for {} dimensions",
+                point.len(),
+                self.space.len()
+            ));
+        }
+        for (index, spec) in self.space.iter().enumerate() {
+            let active = is_active(spec, &point[..index]);
+            let name = &spec.name;
+            let value = match (active, point[index]) {
+                (false, None) => continue,
+                (false, Some(_)) => return Err(format!("{name}: set but inactive")),
+                (true, None) => return Err(format!("{name}: active but missing")),
+                (true, Some(v)) => v,
+            };
+            match (&spec.dim, value) {
+                (
+                    Dim::Float {
+                        low, high, step, ..
+                    },
+                    DimValue::Float(x),
+                ) => {
+                    if !(x >= *low && x <= *high) {
+                        return Err(format!("{name}: {x} outside [{low}, {high}]"));
+                    }
+                    if let Some(step) = step {
+                        let k = (x - low) / step;
+                        if (k - k.round()).abs() > 1e-6 {
+                            return Err(format!("{name}: {x} not on the grid {low} + k * {step}"));
+                        }
+                    }
+                }
+                (Dim::Int { low, high, .. }, DimValue::Int(x)) => {
+                    if x < *low || x > *high {
+                        return Err(format!("{name}: {x} outside [{low}, {high}]"));
+                    }
+                }
+                (Dim::Categorical { choices, weights }, DimValue::Choice(c)) => {
+                    if c >= *choices {
+                        return Err(format!("{name}: choice {c} of {choices}"));
+                    }
+                    if weights.as_ref().is_some_and(|w| w[c] == 0.0) {
+                        return Err(format!("{name}: choice {c} has prior weight 0"));
+                    }
+                }
+                (_, v) => return Err(format!("{name}: {v:?} is the wrong kind")),
+            }
+        }
+        Ok(())
+    }
+
+    fn suggest_numeric<R: Rng + ?Sized>(
+        &self,
+        num: &Numeric,
+        index: usize,
+        history: &[Trial],
+        below: &[usize],
+        above: &[usize],
+        rng: &mut R,
+    ) -> DimValue {
+        if num.degenerate() {
+            return num.value_of(num.low);
+        }
+        let observe = |trials: &[usize]| -> Vec<f64> {
+            trials
+                .iter()
+                .filter_map(|&t| history[t].values.get(index).copied().flatten())
+                .filter_map(|v| num.observe(v))
+                .collect()
+        };
+        let l = Mixture::build(num, &observe(below), &self.config);
+        let g = Mixture::build(num, &observe(above), &self.config);
+        let mut best: Option<(f64, f64)> = None;
+        for _ in 0..self.config.n_ei_candidates {
+            let x = num.snap(num.t_inv(l.sample(rng)));
+            let score = if num.step.is_some() {
+                let (lo, hi) = num.bin(x);
+                l.log_mass(lo, hi) - g.log_mass(lo, hi)
+            } else {
+                let t = num.t(x);
+                l.log_pdf(t) - g.log_pdf(t)
+            };
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((x, score));
+            }
+        }
+        num.value_of(best.map_or(num.low, |b| b.0))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn suggest_categorical<R: Rng + ?Sized>(
+        &self,
+        choices: usize,
+        prior_weights: Option<&[f64]>,
+        index: usize,
+        history: &[Trial],
+        below: &[usize],
+        above: &[usize],
+        rng: &mut R,
+    ) -> DimValue {
+        let prior = prior_probs(choices, prior_weights);
+        let observe = |trials: &[usize]| -> Vec<usize> {
+            trials
+                .iter()
+                .filter_map(|&t| match history[t].values.get(index).copied().flatten() {
+                    Some(DimValue::Choice(c)) if c < choices && prior[c] > 0.0 => Some(c),
+                    _ => None,
+                })
+                .collect()
+        };
+        let l = categorical_probs(&prior, &observe(below), &self.config);
+        let g = categorical_probs(&prior, &observe(above), &self.config);
+        let cum = cumulative(&l);
+        let mut best: Option<(usize, f64)> = None;
+        for _ in 0..self.config.n_ei_candidates {
+            let c = sample_index(&cum, rng);
+            let score = l[c].ln() - g[c].ln();
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((c, score));
+            }
+        }
+        DimValue::Choice(best.map_or(0, |b| b.0))
+    }
+}
+
+/// The generator for trial `index` of a sweep with `seed`: ChaCha8 keyed by both (and a
+/// tag, so it never coincides with the random-search parameter generators).
+pub fn trial_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&index.to_le_bytes());
+    key[24..32].copy_from_slice(b"ladder-T");
+    ChaCha8Rng::from_seed(key)
+}
+
+/// The coordinator's entry point: the suggestion for trial `index` of a sweep with `seed`,
+/// given the history so far. Errors only for an invalid space or configuration.
+pub fn suggest_with_seed(
+    space: &[DimSpec],
+    config: &TpeConfig,
+    history: &[Trial],
+    seed: u64,
+    index: u64,
+) -> Result<Vec<Option<DimValue>>, TpeError> {
+    let tpe = Tpe::new(space.to_vec(), config.clone())?;
+    Ok(tpe.suggest(history, &mut trial_rng(seed, index)))
+}
+
+/// Whether a dimension is active given the values chosen for the earlier ones.
+fn is_active(spec: &DimSpec, earlier: &[Option<DimValue>]) -> bool {
+    match &spec.condition {
+        None => true,
+        Some((parent, any_of)) => match earlier.get(*parent).copied().flatten() {
+            Some(value) => any_of.contains(&value),
+            None => false,
+        },
+    }
+}
+
+/// Geometry of a numeric dimension. `t` maps raw values into the space the estimators
+/// live in (identity or `ln`); `[a, b]` is the support there (for stepped dimensions it
+/// includes half a step beyond the end grid points).
+#[derive(Debug, Clone)]
+struct Numeric {
+    low: f64,
+    /// For stepped dimensions, the last grid point.
+    high: f64,
+    log: bool,
+    step: Option<f64>,
+    int: bool,
+    /// Index of the last grid point.
+    k_max: f64,
+    edge_lo: f64,
+    edge_hi: f64,
+    a: f64,
+    b: f64,
+}
+
+impl Numeric {
+    fn from_dim(dim: &Dim) -> Option<Numeric> {
+        let (low, high, log, step, int) = match dim {
+            Dim::Float {
+                low,
+                high,
+                log,
+                step,
+            } => (*low, *high, *log, *step, false),
+            Dim::Int { low, high, log } => (*low as f64, *high as f64, *log, Some(1.0), true),
+            Dim::Categorical { .. } => return None,
+        };
+        let (high, k_max, edge_lo, edge_hi) = match step {
+            Some(step) => {
+                let k_max = ((high - low) / step + 1e-9).floor().max(0.0);
+                let high = (low + k_max * step).min(high);
+                let mut edge_lo = low - step / 2.0;
+                if log && edge_lo <= 0.0 {
+                    edge_lo = low / 2.0;
+                }
+                (high, k_max, edge_lo, high + step / 2.0)
+            }
+            None => (high, 0.0, low, high),
+        };
+        let t = |x: f64| if log { x.ln() } else { x };
+        Some(Numeric {
+            low,
+            high,
+            log,
+            step,
+            int,
+            k_max,
+            edge_lo,
+            edge_hi,
+            a: t(edge_lo),
+            b: t(edge_hi),
+        })
+    }
+
+    fn degenerate(&self) -> bool {
+        match self.step {
+            Some(_) => self.k_max == 0.0,
+            None => self.low >= self.high,
+        }
+    }
+
+    fn t(&self, x: f64) -> f64 {
+        if self.log {
+            x.ln()
+        } else {
+            x
+        }
+    }
+
+    fn t_inv(&self, x: f64) -> f64 {
+        if self.log {
+            x.exp()
+        } else {
+            x
+        }
+    }
+
+    /// Clamps a raw value into the range and onto the grid.
+    fn snap(&self, x: f64) -> f64 {
+        let x = if x.is_nan() { self.low } else { x };
+        match self.step {
+            None => x.clamp(self.low, self.high),
+            Some(step) => {
+                let k = ((x - self.low) / step).round().clamp(0.0, self.k_max);
+                (self.low + k * step).min(self.high)
+            }
+        }
+    }
+
+    /// The bin of a grid point, in estimator space.
+    fn bin(&self, x: f64) -> (f64, f64) {
+        let half = self.step.unwrap_or(0.0) / 2.0;
+        let lo = (x - half).max(self.edge_lo);
+        let hi = (x + half).min(self.edge_hi);
+        (self.t(lo), self.t(hi))
+    }
+
+    fn value_of(&self, x: f64) -> DimValue {
+        if self.int {
+            DimValue::Int(x.round() as i64)
+        } else {
+            DimValue::Float(x)
+        }
+    }
+
+    /// A history value in estimator space, or `None` if it is of the wrong kind.
+    fn observe(&self, v: DimValue) -> Option<f64> {
+        let raw = match v {
+            DimValue::Float(x) if !x.is_nan() => x,
+            DimValue::Int(i) => i as f64,
+            _ => return None,
+        };
+        Some(self.t(self.snap(raw)))
+    }
+}
+
+/// A mixture of Gaussians truncated to `[a, b]` (estimator space).
+#[derive(Debug, Clone)]
+struct Mixture {
+    a: f64,
+    b: f64,
+    mus: Vec<f64>,
+    sigmas: Vec<f64>,
+    /// `ln(weight) - ln(mass of the component inside [a, b])`.
+    log_coef: Vec<f64>,
+    /// `log_coef - ln(sigma) - ln(sqrt(2 pi))`, for densities.
+    log_pdf_coef: Vec<f64>,
+    cum_weights: Vec<f64>,
+}
+
+impl Mixture {
+    /// Optuna's `_calculate_numerical_distributions` with the prior always included.
+    fn build(num: &Numeric, obs: &[f64], config: &TpeConfig) -> Mixture {
+        let (a, b) = (num.a, num.b);
+        let range = b - a;
+        let prior_mu = 0.5 * (a + b);
+        let n = obs.len();
+
+        // Bandwidths: the larger gap to a neighbour in the sorted observations (prior centre
+        // and range ends included).
+        let mut with_prior: Vec<f64> = obs.to_vec();
+        with_prior.push(prior_mu);
+        let mut order: Vec<usize> = (0..with_prior.len()).collect();
+        order.sort_by(|&i, &j| with_prior[i].total_cmp(&with_prior[j]));
+        let mut sorted = Vec::with_capacity(with_prior.len() + 2);
+        sorted.push(a);
+        sorted.extend(order.iter().map(|&i| with_prior[i]));
+        sorted.push(b);
+        let m = with_prior.len();
+        let mut sorted_sigmas: Vec<f64> = (0..m)
+            .map(|i| (sorted[i + 1] - sorted[i]).max(sorted[i + 2] - sorted[i + 1]))
+            .collect();
+        if !config.consider_endpoints && sorted.len() >= 4 {
+            sorted_sigmas[0] = sorted[2] - sorted[1];
+            sorted_sigmas[m - 1] = sorted[m] - sorted[m - 1];
+        }
+        let mut sigmas = vec![0.0; m];
+        for (rank, &i) in order.iter().enumerate() {
+            sigmas[i] = sorted_sigmas[rank];
+        }
+        sigmas.truncate(n);
+        let max_sigma = range;
+        let min_sigma = range / 100f64.min(1.0 + (n + 1) as f64);
+        for s in &mut sigmas {
+            *s = s.clamp(min_sigma, max_sigma);
+        }
+
+        let mut mus = obs.to_vec();
+        mus.push(prior_mu);
+        sigmas.push(range);
+        let mut weights = config.weights.weights(n);
+        weights.push(config.prior_weight);
+        let total: f64 = weights.iter().sum();
+        let mut log_coef = Vec::with_capacity(n + 1);
+        let mut log_pdf_coef = Vec::with_capacity(n + 1);
+        for k in 0..=n {
+            let z = log_gauss_mass((a - mus[k]) / sigmas[k], (b - mus[k]) / sigmas[k]);
+            let c = (weights[k] / total).ln() - z;
+            log_coef.push(c);
+            log_pdf_coef.push(c - sigmas[k].ln() - LN_SQRT_2PI);
+        }
+        Mixture {
+            a,
+            b,
+            mus,
+            sigmas,
+            log_coef,
+            log_pdf_coef,
+            cum_weights: cumulative(&weights),
+        }
+    }
+
+    /// One draw: pick a component by weight, then a truncated normal by rejection (every
+    /// centre lies in `[a, b]` and every sigma is at most `b - a`, so at least 34% of draws
+    /// are accepted).
+    fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+        let k = sample_index(&self.cum_weights, rng);
+        for _ in 0..1000 {
+            let x = self.mus[k] + self.sigmas[k] * standard_normal(rng);
+            if x >= self.a && x <= self.b {
+                return x;
+            }
+        }
+        self.mus[k].clamp(self.a, self.b)
+    }
+
+    fn log_pdf(&self, x: f64) -> f64 {
+        log_sum_exp((0..self.mus.len()).map(|k| {
+            let z = (x - self.mus[k]) / self.sigmas[k];
+            self.log_pdf_coef[k] - 0.5 * z * z
+        }))
+    }
+
+    /// Log of the mixture's mass inside `[lo, hi]`.
+    fn log_mass(&self, lo: f64, hi: f64) -> f64 {
+        log_sum_exp((0..self.mus.len()).map(|k| {
+            let (mu, s) = (self.mus[k], self.sigmas[k]);
+            self.log_coef[k] + log_gauss_mass((lo - mu) / s, (hi - mu) / s)
+        }))
+    }
+}
+
+/// Optuna's categorical estimator, collapsed into one probability vector: each observed
+/// choice is a kernel with `prior_weight / kernels` on every choice (times `choices *
+/// prior[c]`, i.e. uniform when the prior is) plus 1 on the observed choice; the prior is
+/// one more kernel; kernels are mixed with the observation weights and `prior_weight`.
+fn categorical_probs(prior: &[f64], obs: &[usize], config: &TpeConfig) -> Vec<f64> {
+    let choices = prior.len() as f64;
+    let n = obs.len();
+    let smoothing = config.prior_weight / (n + 1) as f64;
+    let weights = config.weights.weights(n);
+    let mut probs: Vec<f64> = prior.iter().map(|p| config.prior_weight * p).collect();
+    for (&c, &w) in obs.iter().zip(&weights) {
+        let norm = smoothing * choices + 1.0;
+        for (j, p) in probs.iter_mut().enumerate() {
+            let kernel = smoothing * choices * prior[j] + if j == c { 1.0 } else { 0.0 };
+            *p += w * kernel / norm;
+        }
+    }
+    let total: f64 = probs.iter().sum();
+    probs.iter().map(|p| p / total).collect()
+}
+
+fn prior_probs(choices: usize, weights: Option<&[f64]>) -> Vec<f64> {
+    match weights {
+        None => vec![1.0 / choices as f64; choices],
+        Some(w) => {
+            let total: f64 = w.iter().sum();
+            w.iter().map(|x| x / total).collect()
+        }
+    }
+}
+
+fn cumulative(weights: &[f64]) -> Vec<f64> {
+    let mut acc = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            acc += w;
+            acc
+        })
+        .collect()
+}
+
+/// An index drawn with probability proportional to its weight (`cum` = running sums);
+/// zero-weight entries are never drawn.
+fn sample_index<R: Rng + ?Sized>(cum: &[f64], rng: &mut R) -> usize {
+    let total = *cum.last().expect("non-empty weights");
+    let u = rng.random::<f64>() * total;
+    let i = cum.partition_point(|&c| c <= u);
+    // u < total, so i < len unless rounding put u on the last sum; step back over any
+    // zero-weight tail.
+    let mut i = i.min(cum.len() - 1);
+    while i > 0 && cum[i] == cum[i - 1] {
+        i -= 1;
+    }
+    i
+}
+
+/// Box–Muller.
+fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
+    let u1 = 1.0 - rng.random::<f64>(); // (0, 1]
+    let u2 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+fn log_sum_exp(terms: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + terms.map(|t| (t - max).exp()).sum::<f64>().ln()
+}
+
+const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
+const FRAC_2_SQRT_PI: f64 = std::f64::consts::FRAC_2_SQRT_PI;
+
+/// The error function: a positive-term series for `|x| < 2.5`, `1 - erfc` beyond.
+pub fn erf(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    if x.abs() >= 2.5 {
+        return x.signum() * (1.0 - erfc_cf(x.abs()));
+    }
+    // erf(x) = 2/sqrt(pi) e^{-x^2} sum_n 2^n x^{2n+1} / (1 * 3 * ... * (2n+1))
+    let x2 = x * x;
+    let mut term = x;
+    let mut sum = x;
+    for n in 1..200 {
+        term *= 2.0 * x2 / (2 * n + 1) as f64;
+        sum += term;
+        if term.abs() <= sum.abs() * 1e-17 {
+            break;
+        }
+    }
+    FRAC_2_SQRT_PI * (-x2).exp() * sum
+}
+
+/// The complementary error function `1 - erf(x)`, accurate in the upper tail.
+pub fn erfc(x: f64) -> f64 {
+    if x.is_nan() {
+        x
+    } else if x >= 2.5 {
+        erfc_cf(x)
+    } else if x <= -2.5 {
+        2.0 - erfc_cf(-x)
+    } else {
+        1.0 - erf(x)
+    }
+}
+
+/// `erfc(x)` for `x >= 2.5` by its continued fraction (modified Lentz).
+fn erfc_cf(x: f64) -> f64 {
+    // erfc(x) = e^{-x^2}/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))
+    const TINY: f64 = 1e-300;
+    let mut f = x;
+    let mut c = x;
+    let mut d = 0.0;
+    for n in 1..500 {
+        let an = n as f64 / 2.0;
+        d = x + an * d;
+        if d == 0.0 {
+            d = TINY;
+        }
+        d = 1.0 / d;
+        c = x + an / c;
+        if c == 0.0 {
+            c = TINY;
+        }
+        let delta = c * d;
+        f *= delta;
+        if (delta - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    (-x * x).exp() / std::f64::consts::PI.sqrt() / f
+}
+
+/// Standard normal CDF.
+pub fn norm_cdf(z: f64) -> f64 {
+    let x = z / std::f64::consts::SQRT_2;
+    if x < -std::f64::consts::FRAC_1_SQRT_2 {
+        0.5 * erfc(-x)
+    } else if x < std::f64::consts::FRAC_1_SQRT_2 {
+        0.5 + 0.5 * erf(x)
+    } else {
+        1.0 - 0.5 * erfc(x)
+    }
+}
+
+/// `ln(norm_cdf(z))`, with an asymptotic series deep in the lower tail.
+fn log_norm_cdf(z: f64) -> f64 {
+    if z > 6.0 {
+        return -norm_cdf(-z); // ln(1 - e) ~ -e
+    }
+    if z > -20.0 {
+        return norm_cdf(z).ln();
+    }
+    let log_lhs = -0.5 * z * z - (-z).ln() - LN_SQRT_2PI;
+    let denom = 1.0 / (z * z);
+    let (mut rhs, mut last, mut numerator, mut factor, mut sign) =
+        (1.0f64, 0.0f64, 1.0f64, 1.0f64, 1.0f64);
+    let mut i = 0;
+    while (last - rhs).abs() > f64::EPSILON && i < 100 {
+        i += 1;
+        last = rhs;
+        sign = -sign;
+        factor *= denom;
+        numerator *= (2 * i - 1) as f64;
+        rhs += sign * numerator * factor;
+    }
+    log_lhs + rhs.ln()
+}
+
+/// `ln(P(lo <= Z <= hi))` for a standard normal `Z`, `lo <= hi` (Optuna's
+/// `_log_gauss_mass`: work in the lower tail, where the CDF is accurate).
+fn log_gauss_mass(lo: f64, hi: f64) -> f64 {
+    if hi <= 0.0 {
+        log_diff(log_norm_cdf(hi), log_norm_cdf(lo))
+    } else if lo > 0.0 {
+        log_diff(log_norm_cdf(-lo), log_norm_cdf(-hi))
+    } else {
+        (-norm_cdf(lo) - norm_cdf(-hi)).ln_1p()
+    }
+}
+
+/// `ln(e^x - e^y)` for `x >= y`.
+fn log_diff(x: f64, y: f64) -> f64 {
+    if y == f64::NEG_INFINITY {
+        return x;
+    }
+    x + (-(y - x).exp()).ln_1p()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn float(name: &str, low: f64, high: f64) -> DimSpec {
+        DimSpec {
+            name: name.into(),
+            dim: Dim::Float {
+                low,
+                high,
+                log: false,
+                step: None,
+            },
+            condition: None,
+        }
+    }
+
+    fn done(values: Vec<Option<DimValue>>, loss: f64) -> Trial {
+        Trial {
+            values,
+            loss: Some(loss),
+            pending: false,
+        }
+    }
+
+    fn as_f64(v: Option<DimValue>) -> f64 {
+        match v {
+            Some(DimValue::Float(x)) => x,
+            Some(DimValue::Int(i)) => i as f64,
+            other => panic!("not numeric: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn erf_and_normal_cdf_match_reference_values() {
+        // Reference values from mpmath.
+        let cases = [
+            (0.0, 0.0),
+            (0.1, 0.112_462_916_018_284_9),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (2.4999, 0.999_592_830_099_666_6),
+            (3.0, 0.999_977_909_503_001_4),
+        ];
+        for (x, want) in cases {
+            assert!((erf(x) - want).abs() < 1e-14, "erf({x}) = {}", erf(x));
+            assert!((erf(-x) + want).abs() < 1e-14);
+        }
+        let tails = [
+            (2.5, 4.069_520_174_449_589e-4),
+            (3.0, 2.209_049_699_858_543_8e-5),
+            (5.0, 1.537_459_794_428_035_1e-12),
+            (10.0, 2.088_487_583_762_545e-45),
+        ];
+        for (x, want) in tails {
+            assert!(
+                ((erfc(x) - want) / want).abs() < 1e-12,
+                "erfc({x}) = {}",
+                erfc(x)
+            );
+        }
+        assert!((norm_cdf(1.959_963_984_540_054) - 0.975).abs() < 1e-14);
+        assert!((norm_cdf(-1.0) - 0.158_655_253_931_457_05).abs() < 1e-15);
+        // Deep tail: ln Phi(-30) = ln(erfc(30 / sqrt 2) / 2) = -454.32124395634...
+        assert!((log_norm_cdf(-30.0) + 454.321_243_956_343_1).abs() < 1e-9);
+        assert!((log_norm_cdf(-19.9) - norm_cdf(-19.9).ln()).abs() < 1e-9);
+        // Masses: central, tails, consistency.
+        let central = log_gauss_mass(-1.0, 1.0).exp();
+        assert!((central - 0.682_689_492_137_085_9).abs() < 1e-14);
+        let left = log_gauss_mass(-3.0, -2.0).exp();
+        assert!((left - (norm_cdf(-2.0) - norm_cdf(-3.0))).abs() < 1e-15);
+        assert_eq!(log_gauss_mass(2.0, 3.0), log_gauss_mass(-3.0, -2.0));
+        assert!(log_gauss_mass(40.0, 41.0).is_finite());
+    }
+
+    #[test]
+    fn gamma_and_weights_follow_optuna_defaults() {
+        let gamma = Gamma::default();
+        assert_eq!(gamma.n_below(0), 0);
+        assert_eq!(gamma.n_below(1), 1);
+        assert_eq!(gamma.n_below(10), 1);
+        assert_eq!(gamma.n_below(11), 2);
+        assert_eq!(gamma.n_below(1000), 25);
+        let sqrt = Gamma::Sqrt {
+            factor: 0.25,
+            max: 25,
+        };
+        assert_eq!(sqrt.n_below(100), 3);
+        assert_eq!(Weights::Ramp.weights(3), vec![1.0; 3]);
+        let w = Weights::Ramp.weights(30);
+        assert_eq!(w.len(), 30);
+        assert!((w[0] - 1.0 / 30.0).abs() < 1e-15);
+        assert!((w[4] - 1.0).abs() < 1e-15);
+        assert!(w[..5].windows(2).all(|p| p[0] < p[1]));
+        assert!(w[5..].iter().all(|&x| x == 1.0));
+    }
+
+    #[test]
+    fn rejects_invalid_spaces_and_configs() {
+        let bad = |dim: Dim| {
+            Tpe::new(
+                vec![DimSpec {
+                    name: "x".into(),
+                    dim,
+                    condition: None,
+                }],
+                TpeConfig::default(),
+            )
+            .is_err()
+        };
+        assert!(bad(Dim::Float {
+            low: 1.0,
+            high: 0.0,
+            log: false,
+            step: None
+        }));
+        assert!(bad(Dim::Float {
+            low: 0.0,
+            high: 1.0,
+            log: true,
+            step: None
+        }));
+        assert!(bad(Dim::Float {
+            low: 0.0,
+            high: f64::INFINITY,
+            log: false,
+            step: None
+        }));
+        assert!(bad(Dim::Float {
+            low: 0.0,
+            high: 1.0,
+            log: false,
+            step: Some(0.0)
+        }));
+        assert!(bad(Dim::Int {
+            low: 0,
+            high: 10,
+            log: true
+        }));
+        assert!(bad(Dim::Categorical {
+            choices: 0,
+            weights: None
+        }));
+        assert!(bad(Dim::Categorical {
+            choices: 2,
+            weights: Some(vec![0.0, 0.0])
+        }));
+        assert!(bad(Dim::Categorical {
+            choices: 2,
+            weights: Some(vec![1.0])
+        }));
+        let forward = DimSpec {
+            condition: Some((1, vec![DimValue::Choice(0)])),
+            ..float("x", 0.0, 1.0)
+        };
+        assert!(Tpe::new(vec![forward, float("y", 0.0, 1.0)], TpeConfig::default()).is_err());
+        let config = TpeConfig {
+            n_ei_candidates: 0,
+            ..TpeConfig::default()
+        };
+        assert!(Tpe::new(vec![float("x", 0.0, 1.0)], config).is_err());
+    }
+
+    #[test]
+    fn reproducible_with_the_same_seed() {
+        let space = vec![
+            float("x", -3.0, 3.0),
+            DimSpec {
+                name: "n".into(),
+                dim: Dim::Int {
+                    low: 1,
+                    high: 1000,
+                    log: true,
+                },
+                condition: None,
+            },
+            DimSpec {
+                name: "c".into(),
+                dim: Dim::Categorical {
+                    choices: 4,
+                    weights: None,
+                },
+                condition: None,
+            },
+        ];
+        let config = TpeConfig::default();
+        let mut history = Vec::new();
+        for i in 0..30u64 {
+            let a = suggest_with_seed(&space, &config, &history, 7, i).unwrap();
+            let b = suggest_with_seed(&space, &config, &history, 7, i).unwrap();
+            assert_eq!(a, b);
+            let loss = as_f64(a[0]).powi(2) + as_f64(a[1]).ln();
+            history.push(done(a, loss));
+        }
+        let other = suggest_with_seed(&space, &config, &history, 8, 30).unwrap();
+        let same = suggest_with_seed(&space, &config, &history, 7, 30).unwrap();
+        assert_ne!(other, same);
+    }
+
+    #[test]
+    fn startup_trials_come_from_the_prior_and_failures_do_not_count() {
+        let tpe = Tpe::new(vec![float("x", 0.0, 1.0)], TpeConfig::default()).unwrap();
+        let failed = Trial {
+            values: vec![Some(DimValue::Float(0.5))],
+            loss: None,
+            pending: false,
+        };
+        let history = vec![failed; 20];
+        let mut a = ChaCha8Rng::seed_from_u64(1);
+        let mut b = ChaCha8Rng::seed_from_u64(1);
+        assert_eq!(tpe.suggest(&history, &mut a), tpe.sample_prior(&mut b));
+    }
+
+    #[test]
+    fn categorical_zero_weight_choices_are_never_proposed() {
+        let space = vec![DimSpec {
+            name: "c".into(),
+            dim: Dim::Categorical {
+                choices: 3,
+                weights: Some(vec![1.0, 0.0, 3.0]),
+            },
+            condition: None,
+        }];
+        let tpe = Tpe::new(space, TpeConfig::default()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut history = Vec::new();
+        let mut counts = [0usize; 3];
+        for _ in 0..60 {
+            let p = tpe.suggest(&history, &mut rng);
+            let Some(DimValue::Choice(c)) = p[0] else {
+                panic!("{p:?}")
+            };
+            counts[c] += 1;
+            history.push(done(p, if c == 0 { 0.0 } else { 1.0 }));
+        }
+        assert_eq!(counts[1], 0);
+        // The model learns that choice 0 is better despite its lower prior.
+        assert!(counts[0] > counts[2], "{counts:?}");
+    }
+
+    /// A large space (two integers in `[0, 1000]`): 16 suggestions, each made with every
+    /// earlier one pending and the coordinator's per-trial generators, are all distinct.
+    /// With one generator shared by all 16 calls only the constant liar can make them
+    /// differ: without it all 16 are the same point, with it (nearly) all differ.
+    #[test]
+    fn pending_trials_are_not_proposed_again() {
+        let int = |name: &str| DimSpec {
+            name: name.into(),
+            dim: Dim::Int {
+                low: 0,
+                high: 1000,
+                log: false,
+            },
+            condition: None,
+        };
+        let space = vec![int("i"), int("j")];
+        let mut history = Vec::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let prior = Tpe::new(space.clone(), TpeConfig::default()).unwrap();
+        for _ in 0..20 {
+            let p = prior.sample_prior(&mut rng);
+            let loss = (as_f64(p[0]) - 300.0).abs() + (as_f64(p[1]) - 700.0).abs();
+            history.push(done(p, loss));
+        }
+        let distinct = |liar: bool, same_generator: bool| {
+            let config = TpeConfig {
+                constant_liar: liar,
+                ..TpeConfig::default()
+            };
+            let mut with_pending = history.clone();
+            let mut proposals: Vec<Vec<Option<DimValue>>> = Vec::new();
+            for index in 20..36u64 {
+                let index = if same_generator { 20 } else { index };
+                let p = suggest_with_seed(&space, &config, &with_pending, 5, index).unwrap();
+                with_pending.push(Trial {
+                    values: p.clone(),
+                    loss: None,
+                    pending: true,
+                });
+                if !proposals.contains(&p) {
+                    proposals.push(p);
+                }
+            }
+            proposals.len()
+        };
+        assert_eq!(distinct(true, false), 16);
+        assert_eq!(distinct(false, true), 1);
+        let liar_alone = distinct(true, true);
+        assert!(liar_alone >= 12, "{liar_alone}");
+    }
+
+    /// Same test with the coordinator's per-trial seeds and a continuous space: 16 parallel
+    /// proposals spread out instead of piling up around the incumbent.
+    #[test]
+    fn constant_liar_spreads_parallel_proposals() {
+        let space = vec![float("x", 0.0, 1.0)];
+        let mut history = Vec::new();
+        for i in 0..20u64 {
+            let p = suggest_with_seed(&space, &TpeConfig::default(), &history, 1, i).unwrap();
+            let loss = (as_f64(p[0]) - 0.25).powi(2);
+            history.push(done(p, loss));
+        }
+        let spread = |liar: bool| {
+            let config = TpeConfig {
+                constant_liar: liar,
+                ..TpeConfig::default()
+            };
+            let mut h = history.clone();
+            let mut xs = Vec::new();
+            for i in 20..36u64 {
+                let p = suggest_with_seed(&space, &config, &h, 1, i).unwrap();
+                xs.push(as_f64(p[0]));
+                h.push(Trial {
+                    values: p,
+                    loss: None,
+                    pending: true,
+                });
+            }
+            xs.sort_by(f64::total_cmp);
+            xs.windows(2)
+                .map(|w| w[1] - w[0])
+                .fold(f64::INFINITY, f64::min)
+        };
+        assert!(spread(true) > 0.0);
+        assert!(spread(true) >= spread(false));
+    }
+
+    #[test]
+    fn conditional_dimensions_follow_their_parent() {
+        let space = vec![
+            DimSpec {
+                name: "opt".into(),
+                dim: Dim::Categorical {
+                    choices: 2,
+                    weights: None,
+                },
+                condition: None,
+            },
+            DimSpec {
+                condition: Some((0, vec![DimValue::Choice(1)])),
+                ..float("momentum", 0.0, 1.0)
+            },
+            DimSpec {
+                condition: Some((1, vec![DimValue::Float(0.5)])),
+                ..float("never", 0.0, 1.0)
+            },
+        ];
+        let tpe = Tpe::new(space, TpeConfig::default()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut history = Vec::new();
+        for _ in 0..40 {
+            let p = tpe.suggest(&history, &mut rng);
+            tpe.check_point(&p).unwrap();
+            assert_eq!(p[1].is_some(), p[0] == Some(DimValue::Choice(1)));
+            assert_eq!(p[2], None);
+            // Choice 1 with momentum near 0.8 is best.
+            let loss = match p[1] {
+                Some(DimValue::Float(m)) => (m - 0.8).abs(),
+                _ => 1.0,
+            };
+            history.push(done(p, loss));
+        }
+        let late_ones = history[20..]
+            .iter()
+            .filter(|t| t.values[0] == Some(DimValue::Choice(1)))
+            .count();
+        assert!(late_ones >= 15, "{late_ones}");
+    }
+
+    /// 1-d quadratic: after 40 trials the best point is much closer to the optimum than
+    /// the typical (median) startup trial.
+    #[test]
+    fn converges_on_a_one_dimensional_quadratic() {
+        let optimum = 1.3;
+        let tpe = Tpe::new(vec![float("x", -10.0, 10.0)], TpeConfig::default()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(42);
+        let mut history = Vec::new();
+        for _ in 0..40 {
+            let p = tpe.suggest(&history, &mut rng);
+            let loss = (as_f64(p[0]) - optimum).powi(2);
+            history.push(done(p, loss));
+        }
+        let distance = |t: &Trial| (as_f64(t.values[0]) - optimum).abs();
+        let mut startup: Vec<f64> = history[..10].iter().map(distance).collect();
+        startup.sort_by(f64::total_cmp);
+        let median = (startup[4] + startup[5]) / 2.0;
+        let best = history.iter().map(distance).fold(f64::INFINITY, f64::min);
+        let best_startup = startup[0];
+        assert!(best < median / 50.0, "best {best}, startup median {median}");
+        assert!(
+            best < best_startup / 5.0,
+            "best {best}, best startup {best_startup}"
+        );
+    }
+
+    #[test]
+    fn stepped_and_log_dimensions_stay_on_their_grid() {
+        let space = vec![
+            DimSpec {
+                name: "q".into(),
+                dim: Dim::Float {
+                    low: 0.1,
+                    high: 1.05,
+                    log: false,
+                    step: Some(0.2),
+                },
+                condition: None,
+            },
+            DimSpec {
+                name: "lq".into(),
+                dim: Dim::Float {
+                    low: 0.001,
+                    high: 10.0,
+                    log: true,
+                    step: Some(0.5),
+                },
+                condition: None,
+            },
+            DimSpec {
+                name: "lr".into(),
+                dim: Dim::Float {
+                    low: 1e-5,
+                    high: 1e-1,
+                    log: true,
+                    step: None,
+                },
+                condition: None,
+            },
+        ];
+        let tpe = Tpe::new(space, TpeConfig::default()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut history = Vec::new();
+        for _ in 0..40 {
+            let p = tpe.suggest(&history, &mut rng);
+            tpe.check_point(&p).unwrap();
+            // The grid of q ends at 0.9: 1.05 is not on it.
+            assert!(as_f64(p[0]) <= 0.9 + 1e-12);
+            let loss = (as_f64(p[2]).log10() + 3.0).abs() + as_f64(p[0]);
+            history.push(done(p, loss));
+        }
+    }
+
+    fn dim_strategy() -> impl Strategy<Value = Dim> {
+        prop_oneof![
+            (
+                -1e3..1e3f64,
+                0.0..1e3f64,
+                any::<bool>(),
+                proptest::option::of(0.01..50.0f64)
+            )
+                .prop_map(|(low, width, log, step)| {
+                    let low = if log { low.abs() + 1e-3 } else { low };
+                    Dim::Float {
+                        low,
+                        high: low + width,
+                        log,
+                        step,
+                    }
+                }),
+            (-1000i64..1000, 0i64..5000, any::<bool>()).prop_map(|(low, width, log)| {
+                let low = if log { low.abs() + 1 } else { low };
+                Dim::Int {
+                    low,
+                    high: low + width,
+                    log,
+                }
+            }),
+            (
+                1usize..6,
+                any::<bool>(),
+                proptest::collection::vec(0.0..1.0f64, 6)
+            )
+                .prop_map(|(choices, weighted, mut w)| {
+                    w.truncate(choices);
+                    w[0] += 0.1;
+                    Dim::Categorical {
+                        choices,
+                        weights: weighted.then_some(w),
+                    }
+                }),
+        ]
+    }
+
+    fn space_strategy() -> impl Strategy<Value = Vec<DimSpec>> {
+        proptest::collection::vec((dim_strategy(), any::<u8>(), any::<u8>()), 1..6).prop_map(
+            |dims| {
+                let mut space: Vec<DimSpec> = Vec::new();
+                for (i, (dim, parent_pick, value_pick)) in dims.into_iter().enumerate() {
+                    // Condition on an earlier categorical, if the draw asks for one.
+                    let condition = (i > 0 && parent_pick % 2 == 0)
+                        .then(|| {
+                            let parent = parent_pick as usize % i;
+                            match &space[parent].dim {
+                                Dim::Categorical { choices, .. } => Some((
+                                    parent,
+                                    vec![DimValue::Choice(value_pick as usize % choices)],
+                                )),
+                                _ => None,
+                            }
+                        })
+                        .flatten();
+                    space.push(DimSpec {
+                        name: format!("d{i}"),
+                        dim,
+                        condition,
+                    });
+                }
+                space
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every suggestion lies in the space: in bounds, integral, on the step grid,
+        /// valid choices with non-zero prior, conditional dimensions active iff their
+        /// condition holds — during startup and with the model, with failed and pending
+        /// trials in the history.
+        #[test]
+        fn suggestions_stay_inside_the_space(
+            space in space_strategy(),
+            seed in any::<u64>(),
+            n in 0usize..40,
+            liar in any::<bool>(),
+        ) {
+            let config = TpeConfig { constant_liar: liar, ..TpeConfig::default() };
+            let tpe = Tpe::new(space, config).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut history = Vec::new();
+            for i in 0..n {
+                let p = tpe.suggest(&history, &mut rng);
+                if let Err(e) = tpe.check_point(&p) {
+                    return Err(TestCaseError::fail(format!("{e}: {p:?}")));
+                }
+                let loss: f64 = p.iter().flatten().map(|v| match v {
+                    DimValue::Float(x) => x.abs().sqrt(),
+                    DimValue::Int(x) => (*x as f64).abs().sqrt(),
+                    DimValue::Choice(c) => *c as f64,
+                }).sum();
+                let (loss, pending) = match i % 7 {
+                    5 => (None, false),
+                    6 => (None, true),
+                    _ => (Some(loss), false),
+                };
+                history.push(Trial { values: p, loss, pending });
+            }
+        }
+    }
+}
