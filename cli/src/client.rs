@@ -69,6 +69,22 @@ pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared:
     Ok((file_name, yaml, spec))
 }
 
+pub fn sweep_validate(file: &Path, json_output: bool) -> anyhow::Result<()> {
+    let (file_name, _, spec) = read_sweep(file)?;
+    let planned = ladder_shared::search::trial_count(&spec);
+    if json_output {
+        print_json(
+            &json!({"file": file_name, "valid": true, "name": spec.name, "method": spec.method.as_str(), "planned_runs": planned}),
+        );
+    } else {
+        println!(
+            "{file_name}: valid {} sweep \"{}\" of {planned} runs",
+            spec.method, spec.name
+        );
+    }
+    Ok(())
+}
+
 pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
     let (file_name, yaml, _spec) = read_sweep(file)?;
     let mut client = SweepServiceClient::new(channel(url).await?);

@@ -134,6 +134,12 @@ enum SweepCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Check a sweep file without submitting it; prints how many runs it plans.
+    Validate {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// List sweeps.
     Ls {
         #[arg(long)]
@@ -325,6 +331,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent(args).await,
         Command::Sweep(command) => match command {
             SweepCommand::Submit { file, client } => client::sweep_submit(&client, &file).await,
+            SweepCommand::Validate { file, json } => client::sweep_validate(&file, json),
             SweepCommand::Ls { project, client } => client::sweep_ls(&client, project).await,
             SweepCommand::Show { id, client } => client::sweep_show(&client, &id).await,
             SweepCommand::Watch { id, client } => client::sweep_watch(&client, &id).await,

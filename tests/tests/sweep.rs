@@ -237,3 +237,118 @@ command:
         "the stdout line is not in the log tail: {detail}"
     );
 }
+
+#[test]
+fn paused_sweep_proposes_nothing_until_resumed() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = Coordinator::start(
+        &dir.join("data"),
+        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
+    );
+    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
+    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+    let sweep_file = write_file(
+        dir,
+        "pause.yaml",
+        r#"name: pause-e2e
+method: grid
+parallel: 1
+parameters:
+  i: {distribution: int_uniform, min: 1, max: 4}
+command: [sleep, "1"]
+"#,
+    );
+    let sweep_id = coordinator.submit(&sweep_file);
+    ladder_e2e::wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "a running run",
+        || {
+            let sweep = coordinator.json(&["sweep", "show", &sweep_id]);
+            (sweep["counts"]["running"] == 1).then_some(())
+        },
+    );
+    let paused = coordinator.json(&["sweep", "pause", &sweep_id]);
+    assert_eq!(paused["status"], "paused", "{paused}");
+    // The running run finishes; nothing new is created while paused.
+    let sweep = ladder_e2e::wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        "the running run to end",
+        || {
+            let sweep = coordinator.json(&["sweep", "show", &sweep_id]);
+            (sweep["counts"]["completed"] == 1 && sweep["counts"]["running"] == 0).then_some(sweep)
+        },
+    );
+    assert_eq!(sweep["created_runs"], 1, "{sweep}");
+    std::thread::sleep(Duration::from_secs(2));
+    let sweep = coordinator.json(&["sweep", "show", &sweep_id]);
+    assert_eq!(sweep["status"], "paused", "{sweep}");
+    assert_eq!(
+        sweep["created_runs"], 1,
+        "a paused sweep created a run: {sweep}"
+    );
+    assert_eq!(sweep["counts"]["running"], 0, "{sweep}");
+
+    let resumed = coordinator.json(&["sweep", "resume", &sweep_id]);
+    assert_eq!(resumed["status"], "running", "{resumed}");
+    let done = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["counts"]["completed"], 4, "{done}");
+}
+
+#[test]
+fn cancelled_sweep_stops_its_runs() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = Coordinator::start(
+        &dir.join("data"),
+        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
+    );
+    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
+    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+    let sweep_file = write_file(
+        dir,
+        "cancel.yaml",
+        r#"name: cancel-e2e
+method: grid
+parallel: 2
+parameters:
+  i: {distribution: int_uniform, min: 1, max: 10}
+command: [sleep, "30"]
+"#,
+    );
+    let sweep_id = coordinator.submit(&sweep_file);
+    ladder_e2e::wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "two running runs",
+        || {
+            let sweep = coordinator.json(&["sweep", "show", &sweep_id]);
+            (sweep["counts"]["running"] == 2).then_some(())
+        },
+    );
+    let cancelled = coordinator.json(&["sweep", "cancel", &sweep_id]);
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let runs = ladder_e2e::wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        "runs to end",
+        || {
+            let runs = coordinator.runs(&sweep_id);
+            runs.iter()
+                .all(|r| r["status"] != "running")
+                .then_some(runs)
+        },
+    );
+    assert_eq!(runs.len(), 2, "no run is created after cancel: {runs:#?}");
+    for run in &runs {
+        assert_eq!(run["status"], "cancelled", "{run}");
+        let detail = coordinator.run_detail(as_str(&run["id"], "id"));
+        assert_eq!(
+            detail["attempt_history"][0]["outcome"], "cancelled",
+            "{detail}"
+        );
+    }
+}
