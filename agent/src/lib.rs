@@ -100,6 +100,8 @@ pub struct Agent {
     runner_tx: mpsc::UnboundedSender<RunnerEvent>,
     runner_rx: mpsc::UnboundedReceiver<RunnerEvent>,
     heartbeat_interval: Duration,
+    /// Shutting down gracefully: runs are being handed back.
+    draining: bool,
 }
 
 impl Agent {
@@ -111,6 +113,7 @@ impl Agent {
             runner_tx,
             runner_rx,
             heartbeat_interval: Duration::from_secs(3),
+            draining: false,
         }
     }
 
@@ -132,11 +135,18 @@ impl Agent {
             source,
         })?;
         tokio::pin!(shutdown);
+        let mut shutdown_requested = false;
+        // Set once draining: when to give up waiting for runs and acknowledgements.
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut connection: Option<Connection> = None;
         let mut backoff = Duration::from_millis(200);
         let mut next_connect = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         loop {
+            if drain_deadline.is_some() && self.held.is_empty() {
+                info!("drained; exiting");
+                break;
+            }
             if connection.is_none() && tokio::time::Instant::now() >= next_connect {
                 match self.connect(&endpoint).await {
                     Ok(opened) => {
@@ -155,7 +165,25 @@ impl Agent {
                 }
             }
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if !shutdown_requested => {
+                    shutdown_requested = true;
+                    // Graceful drain: no new work, runs get SIGTERM to checkpoint and are
+                    // handed back, then exit once the coordinator has acknowledged it all.
+                    let grace = self.config.stop_grace + Duration::from_secs(5);
+                    drain_deadline = Some(tokio::time::Instant::now() + grace);
+                    self.draining = true;
+                    info!(runs = self.held.len(), "draining: handing runs back before exit");
+                    if let Some(connection) = &connection {
+                        let _ = connection.outgoing.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Drain(pb::Drain {})) });
+                    }
+                    for held in self.held.values().filter(|h| !h.finished) {
+                        let _ = held.control.send(Control::Release);
+                    }
+                }
+                _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if drain_deadline.is_some() => {
+                    warn!(runs = self.held.len(), "drain deadline passed; exiting with runs not handed back");
+                    break;
+                }
                 event = self.runner_rx.recv() => {
                     let event = event.expect("the agent holds a sender");
                     self.on_runner_event(event, connection.as_ref());
@@ -183,7 +211,9 @@ impl Agent {
                 _ = tokio::time::sleep_until(next_connect), if connection.is_none() => {}
             }
         }
-        self.stop_all().await;
+        for held in self.held.values() {
+            let _ = held.control.send(Control::Kill);
+        }
         Ok(())
     }
 
@@ -286,6 +316,11 @@ impl Agent {
                         Self::send_event(Some(connection), event);
                     }
                 }
+                if self.draining {
+                    let _ = connection.outgoing.send(pb::AgentMessage {
+                        kind: Some(pb::agent_message::Kind::Drain(pb::Drain {})),
+                    });
+                }
                 let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
                 self.heartbeat_interval = interval;
                 return Some(interval);
@@ -378,6 +413,7 @@ impl Agent {
             stop_grace: self.config.stop_grace,
         };
         info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
+        let lease_run_id = lease.run_id.clone();
         self.held.insert(
             lease.run_id.clone(),
             HeldAttempt {
@@ -388,40 +424,14 @@ impl Agent {
                 control,
             },
         );
+        if self.draining {
+            let _ = self.held[&lease_run_id].control.send(Control::Release);
+        }
         tokio::spawn(runner::execute(
             execution,
             self.runner_tx.clone(),
             control_rx,
         ));
-    }
-
-    async fn stop_all(&mut self) {
-        let controls: Vec<mpsc::UnboundedSender<Control>> = self
-            .held
-            .values()
-            .filter(|h| !h.finished)
-            .map(|h| h.control.clone())
-            .collect();
-        if controls.is_empty() {
-            return;
-        }
-        info!(runs = controls.len(), "stopping runs before exit");
-        for control in &controls {
-            let _ = control.send(Control::Stop);
-        }
-        let deadline =
-            tokio::time::Instant::now() + self.config.stop_grace + Duration::from_secs(1);
-        let mut open = controls.len();
-        while open > 0 {
-            match tokio::time::timeout_at(deadline, self.runner_rx.recv()).await {
-                Ok(Some(RunnerEvent {
-                    kind: RunnerEventKind::Finished(_),
-                    ..
-                })) => open -= 1,
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
-        }
     }
 }
 

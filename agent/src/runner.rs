@@ -35,6 +35,9 @@ pub enum Control {
     Stop,
     /// SIGKILL now (the attempt's lease is gone).
     Kill,
+    /// The agent is draining: SIGTERM (so the run can checkpoint), SIGKILL after the
+    /// grace period; ends as `released`, to be requeued elsewhere.
+    Release,
 }
 
 /// Everything needed to execute one attempt.
@@ -256,6 +259,15 @@ pub async fn execute(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: prctl(2) is async-signal-safe; it only sets a flag of the child process.
+    // The run dies with the agent (SIGKILL when the spawning thread's process goes away),
+    // so a killed agent leaves no orphan that could finish a run a second time.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => {
@@ -289,6 +301,7 @@ pub async fn execute(
     };
     let mut flush_timer = tokio::time::interval(OUTPUT_FLUSH_INTERVAL);
     let mut stop_requested = false;
+    let mut release_requested = false;
     let mut kill_deadline: Option<tokio::time::Instant> = None;
     let mut exit_status = None;
     let mut lines_open = true;
@@ -334,6 +347,13 @@ pub async fn execute(
                     stop_requested = true;
                     signal_group(pid, libc::SIGKILL);
                 }
+                Some(Control::Release) => {
+                    if !release_requested {
+                        release_requested = true;
+                        signal_group(pid, libc::SIGTERM);
+                        kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
+                    }
+                }
                 None => control_open = false,
             },
             _ = async { tokio::time::sleep_until(kill_deadline.expect("guarded")).await }, if kill_deadline.is_some() => {
@@ -359,7 +379,12 @@ pub async fn execute(
         Some(Ok(status)) => {
             let exit_code = status.code();
             let signal = status.signal();
-            let (outcome, reason) = if stop_requested {
+            let (outcome, reason) = if release_requested && !stop_requested {
+                (
+                    pb::RunOutcome::Released,
+                    "released: the agent is draining".to_string(),
+                )
+            } else if stop_requested {
                 (pb::RunOutcome::Stopped, "stopped on request".to_string())
             } else if exit_code == Some(0) {
                 (pb::RunOutcome::Completed, "exit code 0".to_string())

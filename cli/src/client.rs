@@ -513,6 +513,41 @@ pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn agent_state(agent: &pb::Agent) -> String {
+    let mut state = if agent.connected {
+        "connected"
+    } else {
+        "disconnected"
+    }
+    .to_string();
+    if agent.draining {
+        state.push_str(",draining");
+    }
+    if agent.quarantined {
+        state.push_str(",quarantined");
+    }
+    state
+}
+
+pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?);
+    let agent = client
+        .enable_agent(pb::EnableAgentRequest {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .agent
+        .unwrap_or_default();
+    if args.json {
+        print_json(&output::agent_json(&agent));
+    } else {
+        println!("{} {}", agent.name, agent_state(&agent));
+    }
+    Ok(())
+}
+
 /// The best run by the sweep's metric (last reported value).
 pub fn best_run(sweep: &pb::Sweep, runs: &[pb::Run]) -> Option<(String, f64)> {
     rank(sweep, runs).first().and_then(|run| {

@@ -66,6 +66,9 @@ enum Command {
     /// List agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Inspect a coordinator's store (with the coordinator stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Measure the system.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -211,6 +214,66 @@ enum AgentsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Lift an agent's quarantine.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify the store's invariants; exits 1 when any is broken.
+    Check {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn store_check(data: &std::path::Path, json_output: bool) -> anyhow::Result<()> {
+    if !data.join("db").exists() {
+        bail!("{} holds no ladder store", data.display());
+    }
+    let store = ladder_coordinator::store::SledStore::open(data).with_context(|| {
+        format!(
+            "failed to open the store in {} (is a coordinator still running on it?)",
+            data.display()
+        )
+    })?;
+    let report = store.check()?;
+    if json_output {
+        let mut value = serde_json::to_value(&report)?;
+        value["ok"] = serde_json::json!(report.ok());
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "{} sweeps, {} runs, {} metric points, {} log lines: {}",
+            report.sweeps,
+            report.runs,
+            report.metric_points,
+            report.log_lines,
+            if report.ok() {
+                "ok".to_string()
+            } else {
+                format!("{} problems", report.problems.len())
+            }
+        );
+        for problem in &report.problems {
+            println!("  {problem}");
+        }
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(ExitError {
+            code: 1,
+            message: format!("the store in {} is inconsistent", data.display()),
+        }
+        .into())
+    }
 }
 
 /// An error that carries its own exit code (2: the input was invalid).
@@ -359,6 +422,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             } => client::runs_show(&client, &run, log_lines).await,
         },
         Command::Agents(AgentsCommand::Ls { client }) => client::agents_ls(&client).await,
+        Command::Agents(AgentsCommand::Enable { name, client }) => {
+            client::agents_enable(&client, &name).await
+        }
+        Command::Store(StoreCommand::Check { data, json }) => store_check(&data, json),
         Command::Bench(command) => bench::run(command).await,
     }
 }

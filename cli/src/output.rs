@@ -210,6 +210,9 @@ pub fn agent_json(agent: &pb::Agent) -> Value {
         "gpus": agent.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_mib": g.memory_mib})).collect::<Vec<_>>(),
         "runs": agent.runs,
         "last_seen_ms": ms_or_null(agent.last_seen_ms),
+        "quarantined": agent.quarantined,
+        "quarantine_reason": if agent.quarantine_reason.is_empty() { Value::Null } else { json!(agent.quarantine_reason) },
+        "draining": agent.draining,
         "version": agent.version,
     })
 }

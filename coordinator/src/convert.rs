@@ -195,6 +195,9 @@ pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
         runs: view.runs.clone(),
         hostname: record.hostname.clone(),
         version: record.version.clone(),
+        quarantined: record.quarantined,
+        quarantine_reason: record.quarantine_reason.clone().unwrap_or_default(),
+        draining: view.draining,
     }
 }
 
@@ -279,6 +282,7 @@ impl TryFrom<pb::AgentMessage> for FromAgent {
         use pb::agent_message::Kind;
         match message.kind {
             Some(Kind::Heartbeat(_)) => Ok(FromAgent::Heartbeat),
+            Some(Kind::Drain(_)) => Ok(FromAgent::Drain),
             Some(Kind::Register(_)) => Err(CoordinatorError::InvalidArgument(
                 "register is only valid as the first message of a session".into(),
             )),
@@ -312,6 +316,7 @@ impl TryFrom<pb::AgentMessage> for FromAgent {
                             Ok(pb::RunOutcome::Completed) => FinishOutcome::Completed,
                             Ok(pb::RunOutcome::Failed) => FinishOutcome::Failed,
                             Ok(pb::RunOutcome::Stopped) => FinishOutcome::Stopped,
+                            Ok(pb::RunOutcome::Released) => FinishOutcome::Released,
                             _ => {
                                 return Err(CoordinatorError::InvalidArgument(format!(
                                     "unknown run outcome {}",

@@ -44,6 +44,8 @@ pub enum AttemptOutcome {
     Cancelled,
     /// The agent went silent past the lease timeout, or no longer held the run.
     Lost,
+    /// A draining agent handed the run back; it does not count as a restart.
+    Released,
 }
 
 impl AttemptOutcome {
@@ -55,6 +57,7 @@ impl AttemptOutcome {
             AttemptOutcome::Stopped => "stopped",
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Released => "released",
         }
     }
 }
@@ -129,6 +132,11 @@ pub struct AgentRecord {
     pub hostname: String,
     pub version: String,
     pub last_seen_ms: i64,
+    /// Runs are not placed on a quarantined agent until an operator enables it.
+    #[serde(default)]
+    pub quarantined: bool,
+    #[serde(default)]
+    pub quarantine_reason: Option<String>,
 }
 
 /// A metric point as stored: what the program printed, and when the agent read it.

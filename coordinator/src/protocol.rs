@@ -33,6 +33,8 @@ pub struct Registration {
 #[derive(Debug, Clone)]
 pub enum FromAgent {
     Heartbeat,
+    /// The agent is shutting down gracefully.
+    Drain,
     RunEvent {
         lease: Lease,
         seq: u64,
@@ -58,6 +60,8 @@ pub enum FinishOutcome {
     Completed,
     Failed,
     Stopped,
+    /// Handed back by a draining agent.
+    Released,
 }
 
 #[derive(Debug, Clone)]

@@ -63,6 +63,7 @@ pub enum SweepAction {
 pub struct AgentView {
     pub record: AgentRecord,
     pub connected: bool,
+    pub draining: bool,
     pub runs: Vec<String>,
     pub free_slots: u32,
 }
@@ -82,6 +83,11 @@ pub enum Event {
     },
     ListAgents {
         reply: Reply<Vec<AgentView>>,
+    },
+    /// Lift an agent's quarantine.
+    EnableAgent {
+        name: String,
+        reply: Reply<AgentView>,
     },
     AgentConnected {
         session: u64,
@@ -108,6 +114,7 @@ enum Deferred {
         Box<Result<SweepRecord, CoordinatorError>>,
     ),
     Agents(Reply<Vec<AgentView>>, Vec<AgentView>),
+    Agent(Reply<AgentView>, Box<Result<AgentView, CoordinatorError>>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
 }
 
@@ -122,9 +129,43 @@ struct AgentState {
     last_seen: Instant,
     /// Runs whose current attempt this agent holds, with the GPUs each uses.
     runs: HashMap<String, Vec<u32>>,
+    /// The agent is shutting down gracefully: nothing new is placed on it.
+    draining: bool,
+    /// End times (ms) of the consecutive fast failures of runs on this agent.
+    fast_failures: Vec<i64>,
 }
 
+/// Runs failing within this long of their start count as fast failures.
+const FAST_FAILURE_MS: i64 = 60_000;
+/// This many fast failures in a row, within `FAST_FAILURE_MS`, quarantine an agent.
+const QUARANTINE_AFTER: usize = 3;
+
 impl AgentState {
+    /// Counts consecutive fast failures; quarantines the agent at the third within a
+    /// minute. A run that completes resets the count.
+    fn track_outcome(&mut self, status: RunStatus, duration_ms: i64, run_id: &str, reason: &str) {
+        match status {
+            RunStatus::Completed => self.fast_failures.clear(),
+            RunStatus::Failed if duration_ms < FAST_FAILURE_MS => {
+                let now = now_ms();
+                self.fast_failures.push(now);
+                self.fast_failures.retain(|t| now - t <= FAST_FAILURE_MS);
+                if self.fast_failures.len() >= QUARANTINE_AFTER && !self.record.quarantined {
+                    self.record.quarantined = true;
+                    let reason = format!(
+                        "{} runs failed in a row within {}s of starting (last: {run_id}, {reason})",
+                        self.fast_failures.len(),
+                        FAST_FAILURE_MS / 1000
+                    );
+                    warn!(agent = %self.record.name, %reason, "agent quarantined");
+                    self.record.quarantine_reason = Some(reason);
+                }
+            }
+            RunStatus::Failed => self.fast_failures.clear(),
+            _ => {}
+        }
+    }
+
     fn free_slots(&self) -> u32 {
         self.record.slots.saturating_sub(self.runs.len() as u32)
     }
@@ -269,6 +310,8 @@ impl Scheduler {
                     session: None,
                     last_seen: now,
                     runs: HashMap::new(),
+                    draining: false,
+                    fast_failures: Vec::new(),
                 },
             );
         }
@@ -310,10 +353,14 @@ impl Scheduler {
                                 hostname: String::new(),
                                 version: String::new(),
                                 last_seen_ms: 0,
+                                quarantined: false,
+                                quarantine_reason: None,
                             },
                             session: None,
                             last_seen: now,
                             runs: HashMap::new(),
+                            draining: false,
+                            fast_failures: Vec::new(),
                         });
                     agent.runs.insert(run.id.clone(), attempt.gpus.clone());
                 }
@@ -386,6 +433,10 @@ impl Scheduler {
             } => {
                 let result = self.sweep_action(&sweep_id, action);
                 self.deferred.push(Deferred::Sweep(reply, Box::new(result)));
+            }
+            Event::EnableAgent { name, reply } => {
+                let result = self.enable_agent(&name);
+                self.deferred.push(Deferred::Agent(reply, Box::new(result)));
             }
             Event::ListAgents { reply } => {
                 let views = self.agent_views();
@@ -581,7 +632,7 @@ impl Scheduler {
         let capacities: Vec<Capacity> = self
             .agents
             .values()
-            .filter(|agent| agent.session.is_some())
+            .filter(|agent| agent.session.is_some() && !agent.draining && !agent.record.quarantined)
             .map(|agent| Capacity {
                 agent: agent.record.name.clone(),
                 free_slots: agent.free_slots(),
@@ -769,6 +820,7 @@ impl Scheduler {
                 AgentView {
                     record: agent.record.clone(),
                     connected: agent.session.is_some(),
+                    draining: agent.draining,
                     runs,
                     free_slots: agent.free_slots(),
                 }
@@ -776,6 +828,35 @@ impl Scheduler {
             .collect();
         views.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         views
+    }
+
+    fn agent_view(&self, agent: &AgentState) -> AgentView {
+        let mut runs: Vec<String> = agent.runs.keys().cloned().collect();
+        runs.sort();
+        AgentView {
+            record: agent.record.clone(),
+            connected: agent.session.is_some(),
+            draining: agent.draining,
+            runs,
+            free_slots: agent.free_slots(),
+        }
+    }
+
+    fn enable_agent(&mut self, name: &str) -> Result<AgentView, CoordinatorError> {
+        let Some(agent) = self.agents.get_mut(name) else {
+            return Err(CoordinatorError::NotFound {
+                kind: "agent",
+                id: name.to_string(),
+            });
+        };
+        if agent.record.quarantined {
+            info!(agent = name, "quarantine lifted");
+        }
+        agent.record.quarantined = false;
+        agent.record.quarantine_reason = None;
+        agent.fast_failures.clear();
+        self.store.put_agent(&agent.record)?;
+        Ok(self.agent_view(&self.agents[name]))
     }
 
     fn agent_connected(
@@ -798,10 +879,14 @@ impl Scheduler {
                     hostname: String::new(),
                     version: String::new(),
                     last_seen_ms: 0,
+                    quarantined: false,
+                    quarantine_reason: None,
                 },
                 session: None,
                 last_seen: now,
                 runs: HashMap::new(),
+                draining: false,
+                fast_failures: Vec::new(),
             });
         if let Some(old) = agent.session.take() {
             info!(agent = %name, old_session = old.id, "agent reconnected; replacing its previous session");
@@ -814,6 +899,7 @@ impl Scheduler {
         agent.record.version = registration.version;
         agent.record.last_seen_ms = now_ms();
         agent.last_seen = now;
+        agent.draining = false;
         agent.session = Some(Session {
             id: session,
             outbox: outbox.clone(),
@@ -921,6 +1007,11 @@ impl Scheduler {
         let outbox = agent.session.as_ref().expect("session").outbox.clone();
         match message {
             FromAgent::Heartbeat => Ok(()),
+            FromAgent::Drain => {
+                info!(agent = %name, "agent draining");
+                agent.draining = true;
+                Ok(())
+            }
             FromAgent::RunEvent { lease, seq, event } => {
                 self.run_event(&name, outbox, lease, seq, event)
             }
@@ -1018,21 +1109,32 @@ impl Scheduler {
     }
 
     fn finish_attempt(&mut self, run_id: &str, finish: Finish) -> Result<(), CoordinatorError> {
+        if finish.outcome == FinishOutcome::Released {
+            return self.requeue(
+                run_id,
+                AttemptOutcome::Released,
+                "handed back by a draining agent",
+            );
+        }
         let mut run = self.runs.remove(run_id).expect("run present");
         let cancelled = self
             .sweeps
             .get(&run.sweep_id)
             .is_none_or(|s| s.record.status == SweepStatus::Cancelled);
-        let now = now_ms();
-        let attempt = run.current_attempt_mut().expect("attempt");
         let (outcome, status) = match finish.outcome {
             FinishOutcome::Completed => (AttemptOutcome::Completed, RunStatus::Completed),
             FinishOutcome::Failed => (AttemptOutcome::Failed, RunStatus::Failed),
             FinishOutcome::Stopped if cancelled => {
                 (AttemptOutcome::Cancelled, RunStatus::Cancelled)
             }
-            FinishOutcome::Stopped => (AttemptOutcome::Stopped, RunStatus::Stopped),
+            FinishOutcome::Stopped | FinishOutcome::Released => {
+                (AttemptOutcome::Stopped, RunStatus::Stopped)
+            }
         };
+        let now = now_ms();
+        run.status = status;
+        run.ended_ms = Some(now);
+        let attempt = run.current_attempt_mut().expect("attempt");
         attempt.outcome = outcome;
         attempt.exit_code = finish.exit_code;
         attempt.signal = finish.signal;
@@ -1041,11 +1143,16 @@ impl Scheduler {
             _ => finish.reason,
         };
         attempt.ended_ms = Some(now);
-        let agent = attempt.agent.clone();
-        run.status = status;
-        run.ended_ms = Some(now);
-        if let Some(agent) = self.agents.get_mut(&agent) {
+        let agent_name = attempt.agent.clone();
+        let duration_ms = now - attempt.started_ms;
+        let reason = attempt.reason.clone();
+        if let Some(agent) = self.agents.get_mut(&agent_name) {
             agent.runs.remove(run_id);
+            let was_quarantined = agent.record.quarantined;
+            agent.track_outcome(status, duration_ms, run_id, &reason);
+            if agent.record.quarantined != was_quarantined {
+                self.store.put_agent(&agent.record)?;
+            }
         }
         debug!(run_id, status = %status, "run ended");
         self.retire(run)
@@ -1054,6 +1161,18 @@ impl Scheduler {
     /// The current attempt of a running run is lost: requeue the run as a new attempt,
     /// or fail it once `max_restarts` is spent.
     fn lose_attempt(&mut self, run_id: &str, reason: &str) -> Result<(), CoordinatorError> {
+        self.requeue(run_id, AttemptOutcome::Lost, reason)
+    }
+
+    /// Ends the current attempt with `outcome` (lost, or released by a draining agent) and
+    /// queues the run again. Lost attempts count against `max_restarts`; released ones do
+    /// not.
+    fn requeue(
+        &mut self,
+        run_id: &str,
+        outcome: AttemptOutcome,
+        reason: &str,
+    ) -> Result<(), CoordinatorError> {
         let Some(mut run) = self.runs.remove(run_id) else {
             return Ok(());
         };
@@ -1065,22 +1184,32 @@ impl Scheduler {
             ),
             None => (0, true),
         };
-        let restarts_done = run.attempts.len().saturating_sub(1) as u32;
         if let Some(attempt) = run.current_attempt_mut() {
-            attempt.outcome = AttemptOutcome::Lost;
+            attempt.outcome = outcome;
             attempt.reason = reason.to_string();
             attempt.ended_ms = Some(now);
             if let Some(agent) = self.agents.get_mut(&attempt.agent) {
                 agent.runs.remove(run_id);
             }
         }
-        warn!(run_id, attempt = run.attempts.len(), reason, "attempt lost");
+        warn!(
+            run_id,
+            attempt = run.attempts.len(),
+            outcome = outcome.as_str(),
+            reason,
+            "attempt ended without a result"
+        );
+        let restarts_done = run
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::Lost)
+            .count() as u32;
         if cancelled {
             run.status = RunStatus::Cancelled;
             run.ended_ms = Some(now);
             return self.retire(run);
         }
-        if restarts_done >= max_restarts {
+        if outcome == AttemptOutcome::Lost && restarts_done > max_restarts {
             run.status = RunStatus::Failed;
             run.ended_ms = Some(now);
             if let Some(attempt) = run.current_attempt_mut() {
@@ -1143,6 +1272,13 @@ impl Scheduler {
                 }
                 Deferred::Agents(reply, views) => {
                     let _ = reply.send(Ok(views));
+                }
+                Deferred::Agent(reply, result) => {
+                    let result = match &committed {
+                        Ok(()) => *result,
+                        Err(error) => Err(CoordinatorError::Store(error.to_string())),
+                    };
+                    let _ = reply.send(result);
                 }
                 Deferred::Send(outbox, message) => {
                     if committed.is_ok() {
@@ -1451,5 +1587,94 @@ mod tests {
             2,
             "the resent event was not stored twice"
         );
+    }
+
+    #[test]
+    fn three_fast_failures_in_a_row_quarantine_an_agent_until_enabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut bad = connect(&mut s, 1, "bad", 1, vec![]);
+        submit(&mut s, "name: t\nmethod: grid\nparameters:\n  x: {distribution: int_uniform, min: 1, max: 5}\ncommand: [\"false\"]\n");
+        for _ in 0..3 {
+            let assigned = bad.assignments();
+            assert_eq!(assigned.len(), 1);
+            report(
+                &mut s,
+                &bad,
+                &assigned[0].lease,
+                1,
+                finish(FinishOutcome::Failed, 1),
+            );
+        }
+        assert!(
+            bad.assignments().is_empty(),
+            "nothing is placed on a quarantined agent"
+        );
+        let view = s
+            .agent_views()
+            .into_iter()
+            .find(|v| v.record.name == "bad")
+            .unwrap();
+        assert!(view.record.quarantined);
+        assert!(
+            view.record
+                .quarantine_reason
+                .as_deref()
+                .unwrap()
+                .contains("3 runs failed"),
+            "{:?}",
+            view.record.quarantine_reason
+        );
+        // The quarantine is durable.
+        assert!(s
+            .store
+            .list_agents()
+            .unwrap()
+            .iter()
+            .any(|a| a.name == "bad" && a.quarantined));
+
+        let (reply, mut answer) = oneshot::channel();
+        s.handle(Event::EnableAgent {
+            name: "bad".into(),
+            reply,
+        });
+        s.step(Instant::now());
+        assert!(!answer.try_recv().unwrap().unwrap().record.quarantined);
+        assert_eq!(bad.assignments().len(), 1, "placement resumes once enabled");
+    }
+
+    #[test]
+    fn released_runs_are_requeued_without_spending_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut a = connect(&mut s, 1, "a", 1, vec![]);
+        submit(&mut s, "name: t\nmethod: grid\nmax_restarts: 0\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n");
+        let lease = a.assignments()[0].lease.clone();
+        s.handle(Event::AgentMessage {
+            session: a.session,
+            message: FromAgent::Drain,
+        });
+        let release = RunEvent::Finished(Finish {
+            outcome: FinishOutcome::Released,
+            exit_code: None,
+            signal: Some(15),
+            reason: "released".into(),
+        });
+        report(&mut s, &a, &lease, 1, release);
+        assert!(
+            a.assignments().is_empty(),
+            "nothing is placed on a draining agent"
+        );
+        let mut b = connect(&mut s, 2, "b", 1, vec![]);
+        let moved = b.assignments();
+        assert_eq!(
+            moved.len(),
+            1,
+            "the released run moves even with max_restarts: 0"
+        );
+        assert_eq!(moved[0].lease.attempt, 2);
+        let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+        assert_eq!(run.attempts[0].outcome, AttemptOutcome::Released);
+        assert_eq!(run.status, RunStatus::Running);
     }
 }

@@ -329,6 +329,21 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn enable_agent(
+        &self,
+        request: Request<pb::EnableAgentRequest>,
+    ) -> Result<Response<pb::EnableAgentResponse>, Status> {
+        let name = request.into_inner().name;
+        require_id(&name, "name")?;
+        let view = self
+            .0
+            .ask(|reply| Event::EnableAgent { name, reply })
+            .await?;
+        Ok(Response::new(pb::EnableAgentResponse {
+            agent: Some(convert::agent_to_pb(&view)),
+        }))
+    }
+
     async fn list_agents(
         &self,
         _request: Request<pb::ListAgentsRequest>,
