@@ -100,8 +100,34 @@ impl Coordinator {
             // Agent sessions are long-lived streams: end them so the server can stop.
             let _ = events.send(Event::CloseSessions);
         };
+        // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection v1alpha.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ladder_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| {
+                CoordinatorError::Store(format!("cannot build the reflection service: {e}"))
+            })?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ladder_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| {
+                CoordinatorError::Store(format!("cannot build the reflection service: {e}"))
+            })?;
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::sweep_service_server::SweepServiceServer<SweepServiceImpl>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::run_service_server::RunServiceServer<RunServiceImpl>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::agent_service_server::AgentServiceServer<AgentServiceImpl>>()
+            .await;
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(pb::sweep_service_server::SweepServiceServer::new(
                 SweepServiceImpl(self.shared.clone()),
             ))

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""A client ladder did not write: discovers the coordinator's services through gRPC
+server reflection, probes the standard health service, and calls RunService.ListRuns
+with messages built from the reflected descriptors (no generated code, no .proto files).
+
+    pip install grpcio grpcio-reflection grpcio-health-checking protobuf
+    python3 clients/python/reflect.py 127.0.0.1:7070 [SWEEP_ID]
+
+Prints one JSON document: the services, the health status, and the runs.
+"""
+
+import json
+import sys
+
+import grpc
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+
+def reflect(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    def ask(request):
+        return next(iter(stub.ServerReflectionInfo(iter([request]))))
+
+    services = [s.name for s in ask(reflection_pb2.ServerReflectionRequest(list_services="")).list_services_response.service]
+    pool = descriptor_pool.DescriptorPool()
+    seen = set()
+
+    def add(proto, known):
+        # Dependencies first, fetched by file name when the server did not send them.
+        for dependency in proto.dependency:
+            if dependency in seen:
+                continue
+            if dependency not in known:
+                response = ask(reflection_pb2.ServerReflectionRequest(file_by_filename=dependency))
+                for raw in response.file_descriptor_response.file_descriptor_proto:
+                    fetched = FileDescriptorProto.FromString(raw)
+                    known[fetched.name] = fetched
+            add(known[dependency], known)
+        if proto.name not in seen:
+            pool.Add(proto)
+            seen.add(proto.name)
+
+    def add_file_containing(symbol):
+        response = ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+        protos = [FileDescriptorProto.FromString(raw) for raw in response.file_descriptor_response.file_descriptor_proto]
+        known = {p.name: p for p in protos}
+        for proto in protos:
+            add(proto, known)
+
+    for service in services:
+        if service.startswith("ladder."):
+            add_file_containing(service)
+    return services, pool
+
+
+def main():
+    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7070"
+    sweep_id = sys.argv[2] if len(sys.argv) > 2 else ""
+    channel = grpc.insecure_channel(address)
+    services, pool = reflect(channel)
+
+    health = health_pb2_grpc.HealthStub(channel)
+    status = health.Check(health_pb2.HealthCheckRequest(service="ladder.v1.RunService")).status
+
+    method = pool.FindServiceByName("ladder.v1.RunService").FindMethodByName("ListRuns")
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    call = channel.unary_unary(
+        "/ladder.v1.RunService/ListRuns",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    response = call(request_class(sweep_id=sweep_id))
+    print(json.dumps({
+        "services": sorted(services),
+        "health": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
+        "runs": json_format.MessageToDict(response).get("runs", []),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
