@@ -608,8 +608,78 @@ impl Agent {
         }
     }
 
+    /// Like [`Agent::start`], with extra arguments (e.g. `--stop-grace 5`).
+    pub fn start_with(
+        url: &str,
+        name: &str,
+        slots: u32,
+        work_dir: &Path,
+        code_dir: &Path,
+        extra_args: &[&str],
+    ) -> Agent {
+        let log = PathBuf::from(format!("{}.agent.log", work_dir.display()));
+        let child = ladder_command()
+            .arg("agent")
+            .args(["--coordinator", url, "--name", name])
+            .args(["--slots", &slots.to_string()])
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("--code-dir")
+            .arg(code_dir)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start agent {name}: {e}"));
+        Agent {
+            proc: Some(Proc {
+                child,
+                log: log.clone(),
+            }),
+            name: name.to_string(),
+            log,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The agent's log file (its stderr).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `SIGCONT`, `SIGTERM`) to the agent process
+    /// alone, not to the runs it started.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            send_signal(pid, signal);
+        }
+    }
+
+    /// The process ids of the runs the agent started (its direct children).
+    pub fn run_pids(&self) -> Vec<u32> {
+        self.pid().map(children_of).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the agent process to exit by itself; returns its exit
+    /// status, or `None` if it is still running (it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let proc = self.proc.as_mut()?;
+            match proc.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.proc = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() >= deadline => return None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("cannot wait for agent {}: {e}", self.name),
+            }
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -661,4 +731,17 @@ pub fn as_str<'a>(value: &'a Value, what: &str) -> &'a str {
     value
         .as_str()
         .unwrap_or_else(|| panic!("{what} is not a string: {value}"))
+}
+
+/// `RUN_ID -> how many lines` of a completions file, in which each run appends
+/// `RUN_ID ATTEMPT` right before it exits 0. A missing file counts as empty.
+pub fn completion_counts(path: &Path) -> std::collections::BTreeMap<String, usize> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(run_id) = line.split_whitespace().next() {
+            *counts.entry(run_id.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
 }
