@@ -25,6 +25,7 @@ use rand::Rng;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
 use tracing::{debug, info, warn};
 
 use crate::runner::{Control, Execution, RunnerEvent, RunnerEventKind};
@@ -58,6 +59,12 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// Longest wait between two connection attempts.
     pub max_backoff: Duration,
+    /// Bearer token sent with the session (an agent token of the coordinator's `--auth`
+    /// file).
+    pub token: Option<String>,
+    /// PEM of the CA that signed the coordinator's certificate; TLS is used when this is
+    /// set or the URL is `https://` (then with the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl AgentConfig {
@@ -74,6 +81,8 @@ impl AgentConfig {
             code_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             stop_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(10),
+            token: None,
+            ca_pem: None,
         }
     }
 }
@@ -127,6 +136,8 @@ impl Agent {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(20));
+        let endpoint = self.with_tls(endpoint)?;
+        let authorization = self.authorization()?;
         std::fs::create_dir_all(&self.config.work_dir).map_err(|source| AgentError::Io {
             context: format!(
                 "cannot create work directory {}",
@@ -148,13 +159,19 @@ impl Agent {
                 break;
             }
             if connection.is_none() && tokio::time::Instant::now() >= next_connect {
-                match self.connect(&endpoint).await {
+                match self.connect(&endpoint, authorization.as_ref()).await {
                     Ok(opened) => {
                         info!(coordinator = %self.config.coordinator, "connected");
                         connection = Some(opened);
                         backoff = Duration::from_millis(200);
                     }
                     Err(error) => {
+                        if matches!(
+                            error.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                        ) {
+                            warn!(reason = error.message(), "the coordinator refused this agent's token (set --token or LADDER_TOKEN to an agent token)");
+                        }
                         // Exponential backoff with full jitter, so that a fleet of agents
                         // does not reconnect in lockstep after a coordinator restart.
                         let wait = rand::rng().random_range(backoff / 2..=backoff);
@@ -217,9 +234,49 @@ impl Agent {
         Ok(())
     }
 
+    /// Adds TLS to `endpoint` when a CA is configured or the URL is `https://`.
+    fn with_tls(
+        &self,
+        endpoint: tonic::transport::Endpoint,
+    ) -> Result<tonic::transport::Endpoint, AgentError> {
+        use tonic::transport::{Certificate, ClientTlsConfig};
+        let https = endpoint.uri().scheme_str() == Some("https");
+        let invalid = |message: String| AgentError::InvalidCoordinator {
+            url: self.config.coordinator.clone(),
+            message,
+        };
+        let tls = match &self.config.ca_pem {
+            Some(_) if !https => {
+                return Err(invalid(
+                    "a CA is set, so the URL must be https://HOST:PORT".into(),
+                ))
+            }
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None if https => ClientTlsConfig::new().with_native_roots(),
+            None => return Ok(endpoint),
+        };
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| invalid(format!("cannot configure TLS: {e}")))
+    }
+
+    /// The `authorization` metadata value for the configured token.
+    fn authorization(&self) -> Result<Option<MetadataValue<Ascii>>, AgentError> {
+        let Some(token) = &self.config.token else {
+            return Ok(None);
+        };
+        MetadataValue::try_from(format!("Bearer {}", token.trim()))
+            .map(Some)
+            .map_err(|_| AgentError::InvalidCoordinator {
+                url: self.config.coordinator.clone(),
+                message: "the token must be printable ASCII".into(),
+            })
+    }
+
     async fn connect(
         &mut self,
         endpoint: &tonic::transport::Endpoint,
+        authorization: Option<&MetadataValue<Ascii>>,
     ) -> Result<Connection, tonic::Status> {
         let channel = endpoint
             .connect()
@@ -251,12 +308,15 @@ impl Agent {
         let _ = outgoing.send(pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Register(register)),
         });
-        let response = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.session(UnboundedReceiverStream::new(outgoing_rx)),
-        )
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("session did not open in 10s"))??;
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(outgoing_rx));
+        if let Some(value) = authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), client.session(request))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("session did not open in 10s"))??;
         Ok(Connection {
             outgoing,
             incoming: response.into_inner(),

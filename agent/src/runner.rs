@@ -135,7 +135,20 @@ impl OutputBuffer {
             Line::Err(bytes) => ("stderr", bytes),
         };
         if let Some(file) = self.log_file.as_mut() {
-            let _ = file.write_all(&bytes).await;
+            if let Err(error) = file.write_all(&bytes).await {
+                // A full disk must not cut the log file short without a word: say so once
+                // in the log the coordinator keeps, and stop writing the file.
+                warn!(path = %self.log_path.display(), %error, "cannot write the run's log file");
+                self.log_file = None;
+                self.logs.push(pb::LogLine {
+                    time_ms: now_ms(),
+                    stream: "ladder".into(),
+                    text: format!(
+                        "cannot write the log file {}: {error}; the rest of this attempt's log is only on the coordinator",
+                        self.log_path.display()
+                    ),
+                });
+            }
         }
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
@@ -370,7 +383,16 @@ pub async fn execute(
     // Whatever the process left behind in its group goes with it.
     signal_group(pid, libc::SIGKILL);
     if let Some(file) = output.log_file.as_mut() {
-        let _ = file.flush().await;
+        if let Err(error) = file.flush().await {
+            output.logs.push(pb::LogLine {
+                time_ms: now_ms(),
+                stream: "ladder".into(),
+                text: format!(
+                    "cannot write the log file {}: {error}; the end of this attempt's log is only on the coordinator",
+                    output.log_path.display()
+                ),
+            });
+        }
     }
     if output.pending() > 0 {
         emit(output.take());

@@ -29,6 +29,9 @@ impl Embedded {
         let coordinator = Coordinator::open(CoordinatorConfig {
             data_dir: data.to_path_buf(),
             lease: LeaseConfig::default(),
+            // Loopback only, for this process's own agent and client.
+            auth: None,
+            tls: None,
         })
         .with_context(|| format!("failed to open the store in {}", data.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -19,8 +19,25 @@ use serde_json::json;
 use crate::allinone::Embedded;
 use crate::client;
 
+mod history;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Leaderboard and filtered sorted queries over a store filled with many runs.
+    History {
+        #[arg(long, default_value_t = 100_000)]
+        runs: u64,
+        #[arg(long, default_value_t = 100)]
+        sweeps: u64,
+        /// Timed calls of each query.
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        /// Store directory (default: a fresh one under the temporary directory; removed after).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Runs per second dispatched for a sweep of no-op commands.
     Dispatch {
         #[arg(long, default_value_t = 1000)]
@@ -50,6 +67,13 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::History {
+            runs,
+            sweeps,
+            calls,
+            data,
+            json,
+        } => history::run(runs, sweeps, calls, data.as_deref(), json).await,
         BenchCommand::Dispatch {
             runs,
             agents,

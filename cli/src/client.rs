@@ -4,13 +4,11 @@
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use anyhow::Context;
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
 use ladder_proto::v1::run_service_client::RunServiceClient;
 use ladder_proto::v1::sweep_service_client::SweepServiceClient;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::output::{self, format_number, print_table};
 use crate::{ClientArgs, ExitError};
@@ -21,13 +19,9 @@ pub enum Action {
     Cancel,
 }
 
-pub async fn channel(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid coordinator URL {url:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    endpoint.connect().await.with_context(|| {
-        format!("cannot reach the coordinator at {url} (is `ladder coordinator` running there? set --coordinator or LADDER_COORDINATOR)")
-    })
+/// Connects to the coordinator with this process's TLS and token (see [`crate::connect`]).
+pub async fn channel(url: &str) -> anyhow::Result<crate::connect::CoordinatorChannel> {
+    crate::connect::channel(url).await
 }
 
 /// Turns a gRPC status into an error for the user; invalid input exits with code 2.
@@ -38,11 +32,19 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
             message: status.message().to_string(),
         }
         .into(),
-        tonic::Code::NotFound | tonic::Code::FailedPrecondition => ExitError {
+        tonic::Code::NotFound
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::Unauthenticated
+        | tonic::Code::PermissionDenied => ExitError {
             code: 1,
             message: format!("error: {}", status.message()),
         }
         .into(),
+        // A plain-HTTP client talking to a TLS coordinator gets only this.
+        tonic::Code::Unknown if status.message() == "transport error" => anyhow::anyhow!(
+            "the connection to the coordinator failed (transport error); if it serves TLS, \
+             use an https:// URL with --ca / LADDER_CA"
+        ),
         _ => anyhow::anyhow!(
             "coordinator answered {:?}: {}",
             status.code(),
@@ -58,6 +60,19 @@ fn print_json(value: &Value) {
 /// Reads and validates a sweep file locally; invalid files exit with code 2.
 pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared::spec::SweepSpec)> {
     let file_name = file.display().to_string();
+    const MAX_SWEEP_FILE_BYTES: u64 = 1 << 20;
+    if let Ok(metadata) = std::fs::metadata(file) {
+        if metadata.len() > MAX_SWEEP_FILE_BYTES {
+            return Err(ExitError {
+                code: 2,
+                message: format!(
+                    "{file_name}: sweep file is {} bytes; the limit is {MAX_SWEEP_FILE_BYTES}",
+                    metadata.len()
+                ),
+            }
+            .into());
+        }
+    }
     let yaml = std::fs::read_to_string(file).map_err(|error| ExitError {
         code: 2,
         message: format!("{file_name}: cannot read the sweep file: {error}"),
@@ -87,9 +102,16 @@ pub fn sweep_validate(file: &Path, json_output: bool) -> anyhow::Result<()> {
 
 pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
     let (file_name, yaml, _spec) = read_sweep(file)?;
+    let (git_commit, git_dirty) = crate::history::git_state(file);
     let mut client = SweepServiceClient::new(channel(url).await?);
     let response = client
-        .submit_sweep(pb::SubmitSweepRequest { file_name, yaml })
+        .submit_sweep(pb::SubmitSweepRequest {
+            file_name,
+            yaml,
+            owner: crate::connect::declared_user(),
+            git_commit,
+            git_dirty,
+        })
         .await
         .map_err(status_error)?;
     Ok(response.into_inner().sweep.unwrap_or_default())
@@ -231,6 +253,7 @@ pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep
                         sweep_id: id.to_string(),
                         statuses: vec![],
                         limit: 0,
+                        ..Default::default()
                     })
                     .await
                     .map_err(status_error)?
@@ -346,45 +369,12 @@ pub async fn list_runs(
             sweep_id: sweep.unwrap_or_default(),
             statuses: status_filter,
             limit,
+            ..Default::default()
         })
         .await
         .map_err(status_error)?
         .into_inner()
         .runs)
-}
-
-pub async fn runs_ls(
-    args: &ClientArgs,
-    sweep: Option<String>,
-    statuses: &[String],
-    limit: u32,
-) -> anyhow::Result<()> {
-    let runs = list_runs(&args.coordinator, sweep, statuses, limit).await?;
-    if args.json {
-        print_json(&json!({ "runs": runs.iter().map(output::run_json).collect::<Vec<_>>() }));
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = runs
-        .iter()
-        .map(|run| {
-            vec![
-                run.id.clone(),
-                output::run_status_name(run.status).into(),
-                run.agent.clone(),
-                run.attempts.len().to_string(),
-                output::exit_text(run),
-                output::params_text(run),
-                output::metrics_text(run),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "RUN", "STATUS", "AGENT", "ATTEMPTS", "EXIT", "PARAMS", "METRICS",
-        ],
-        &rows,
-    );
-    Ok(())
 }
 
 pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyhow::Result<()> {
@@ -403,8 +393,46 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
     }
     let run = detail.run.clone().unwrap_or_default();
     println!("run       {}", run.id);
-    println!("sweep     {}", run.sweep_id);
+    println!("sweep     {} ({})", run.sweep_id, detail.sweep_name);
+    println!("project   {}", run.project);
+    if !detail.owner.is_empty() {
+        println!("owner     {}", detail.owner);
+    }
+    if !detail.git_commit.is_empty() {
+        let dirty = if detail.git_dirty { " (dirty)" } else { "" };
+        println!("git       {}{dirty}", detail.git_commit);
+    }
     println!("status    {}", output::run_status_name(run.status));
+    if run.created_ms > 0 {
+        let ended = if run.ended_ms > 0 {
+            run.ended_ms
+        } else {
+            output::now_ms()
+        };
+        println!(
+            "time      created {} ms, {:.1} s since",
+            run.created_ms,
+            (ended - run.created_ms) as f64 / 1000.0
+        );
+    }
+    if let Some(best) = detail.best_value {
+        println!(
+            "objective {} ({}): final {}, best {}",
+            detail.sweep_metric,
+            detail.sweep_goal,
+            run.last_metrics
+                .get(&detail.sweep_metric)
+                .map(|v| format_number(*v))
+                .unwrap_or_else(|| "-".into()),
+            format_number(best)
+        );
+    }
+    if !run.tags.is_empty() {
+        println!("tags      {}", run.tags.join(" "));
+    }
+    for note in &run.notes {
+        println!("note      {}", note.text);
+    }
     println!("params    {}", output::params_text(&run));
     println!(
         "command   {}",
@@ -423,6 +451,11 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
             vec![
                 a.number.to_string(),
                 a.agent.clone(),
+                a.gpus
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 a.outcome.clone(),
                 a.exit_code
                     .map(|c| c.to_string())
@@ -433,7 +466,7 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
         })
         .collect();
     print_table(
-        &["ATTEMPT", "AGENT", "OUTCOME", "EXIT", "REASON"],
+        &["ATTEMPT", "AGENT", "GPUS", "OUTCOME", "EXIT", "REASON"],
         &attempts,
     );
     for history in &detail.metrics {

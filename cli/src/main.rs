@@ -6,12 +6,17 @@
 //!   `--coordinator` / `LADDER_COORDINATOR`;
 //! - `bench` measures the system.
 //!
-//! Modules: [`client`] (verbs), [`output`] (tables and the documented `--json` forms),
-//! [`allinone`] (`ladder run`), [`bench`].
+//! Modules: [`client`] (verbs), [`history`] (queries, leaderboard, notes, compare,
+//! export, watch), [`output`] (tables and the documented `--json` forms),
+//! [`allinone`] (`ladder run`), [`bench`], [`connect`] (TLS and token of client
+//! connections), [`access`] (the coordinator's `--auth`/TLS options, `ladder auth`).
 
+mod access;
 mod allinone;
 mod bench;
 mod client;
+mod connect;
+mod history;
 mod output;
 
 use std::collections::BTreeMap;
@@ -37,6 +42,8 @@ const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    security: connect::SecurityArgs,
 }
 
 #[derive(Args, Clone)]
@@ -66,12 +73,17 @@ enum Command {
     /// List agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Rank a project's runs by its objective, a metric or the average of eval tasks.
+    Leaderboard(history::LeaderboardArgs),
     /// Inspect a coordinator's store (with the coordinator stopped).
     #[command(subcommand)]
     Store(StoreCommand),
     /// Measure the system.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Make tokens for the coordinator's --auth file.
+    #[command(subcommand)]
+    Auth(access::AuthCommand),
 }
 
 #[derive(Args)]
@@ -103,6 +115,8 @@ struct CoordinatorArgs {
     /// Seconds between agent heartbeats.
     #[arg(long, default_value_t = 3.0)]
     heartbeat_interval: f64,
+    #[command(flatten)]
+    access: access::CoordinatorAccessArgs,
 }
 
 #[derive(Args)]
@@ -186,13 +200,51 @@ enum SweepCommand {
 enum RunsCommand {
     /// List runs with their parameters, status, agent, attempts and last metric values.
     Ls {
+        #[command(flatten)]
+        query: history::QueryArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add a note to a run.
+    Note {
+        run: String,
+        text: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add (+tag or tag) and remove (-tag) tags of a run.
+    Tag {
+        run: String,
+        #[arg(required = true, allow_hyphen_values = true)]
+        tags: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Parameters side by side (differences marked) and one metric aligned by step.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<String>,
+        /// The metric to align (default: the sweep metric).
         #[arg(long)]
-        sweep: Option<String>,
-        /// Only runs in this status (repeatable).
+        metric: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stream the runs a query selects as CSV or JSON lines.
+    Export {
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[command(flatten)]
+        query: history::QueryArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Follow a run's metric points and log lines until it ends.
+    Watch {
+        run: String,
+        /// Skip what was reported before now.
         #[arg(long)]
-        status: Vec<String>,
-        #[arg(long, default_value_t = 0)]
-        limit: u32,
+        only_new: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -338,9 +390,12 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     if lease.heartbeat_interval >= lease.lease_timeout {
         bail!("--heartbeat-interval must be shorter than --lease-timeout");
     }
+    let access = args.access.load(args.listen)?;
     let coordinator = Coordinator::open(CoordinatorConfig {
         data_dir: args.data.clone(),
         lease,
+        auth: access.auth,
+        tls: access.tls,
     })
     .with_context(|| {
         format!(
@@ -365,7 +420,7 @@ pub fn default_name() -> String {
         .unwrap_or_else(|_| "agent".into())
 }
 
-async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Result<()> {
     let mut config = AgentConfig::new(
         args.coordinator,
         args.name.unwrap_or_else(default_name),
@@ -383,15 +438,33 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--code-dir {}", code_dir.display()))?;
     }
     config.stop_grace = seconds(args.stop_grace, "--stop-grace")?;
+    config.token = security.token;
+    config.ca_pem = security.ca_pem;
     Agent::new(config).run(shutdown_signal()).await?;
     Ok(())
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // Everything but these talks to a coordinator given by URL, with --token and --ca.
+    let own_coordinator = matches!(
+        cli.command,
+        Command::Run(_)
+            | Command::Coordinator(_)
+            | Command::Bench(_)
+            | Command::Store(_)
+            | Command::Auth(_)
+            | Command::Sweep(SweepCommand::Validate { .. })
+    );
+    let security = if own_coordinator {
+        connect::ClientSecurity::default()
+    } else {
+        cli.security.load()?
+    };
+    connect::configure(security.clone());
     match cli.command {
         Command::Run(args) => allinone::run(args).await,
         Command::Coordinator(args) => coordinator(args).await,
-        Command::Agent(args) => agent(args).await,
+        Command::Agent(args) => agent(args, security).await,
         Command::Sweep(command) => match command {
             SweepCommand::Submit { file, client } => client::sweep_submit(&client, &file).await,
             SweepCommand::Validate { file, json } => client::sweep_validate(&file, json),
@@ -409,12 +482,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Runs(command) => match command {
-            RunsCommand::Ls {
-                sweep,
-                status,
-                limit,
+            RunsCommand::Ls { query, client } => history::runs_ls(&client, &query).await,
+            RunsCommand::Note { run, text, client } => {
+                history::update(&client, &run, Some(&text), &[]).await
+            }
+            RunsCommand::Tag { run, tags, client } => {
+                history::update(&client, &run, None, &tags).await
+            }
+            RunsCommand::Compare {
+                runs,
+                metric,
                 client,
-            } => client::runs_ls(&client, sweep, &status, limit).await,
+            } => history::compare(&client, &runs, metric.as_deref()).await,
+            RunsCommand::Export {
+                format,
+                query,
+                client,
+            } => history::export(&client, &query, &format).await,
+            RunsCommand::Watch {
+                run,
+                only_new,
+                client,
+            } => history::watch(&client, &run, only_new).await,
             RunsCommand::Show {
                 run,
                 log_lines,
@@ -422,11 +511,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             } => client::runs_show(&client, &run, log_lines).await,
         },
         Command::Agents(AgentsCommand::Ls { client }) => client::agents_ls(&client).await,
+        Command::Leaderboard(args) => history::leaderboard(&args).await,
         Command::Agents(AgentsCommand::Enable { name, client }) => {
             client::agents_enable(&client, &name).await
         }
         Command::Store(StoreCommand::Check { data, json }) => store_check(&data, json),
         Command::Bench(command) => bench::run(command).await,
+        Command::Auth(command) => access::run(command),
     }
 }
 

@@ -111,6 +111,7 @@ pub fn sweep_json(sweep: &pb::Sweep) -> Value {
         "created_ms": sweep.created_ms,
         "ended_ms": ms_or_null(sweep.ended_ms),
         "file_name": sweep.file_name,
+        "owner": sweep.owner,
     })
 }
 
@@ -138,7 +139,17 @@ pub fn run_json(run: &pb::Run) -> Value {
         "signal": run.signal,
         "created_ms": run.created_ms,
         "ended_ms": ms_or_null(run.ended_ms),
+        "tags": run.tags,
+        "notes": run.notes.iter().map(|n| json!({"time_ms": n.time_ms, "text": n.text})).collect::<Vec<_>>(),
     })
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
@@ -161,6 +172,7 @@ pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
                         "reason": a.reason,
                         "started_ms": a.started_ms,
                         "ended_ms": ms_or_null(a.ended_ms),
+                        "gpus": a.gpus,
                     })
                 })
                 .collect(),
@@ -196,6 +208,33 @@ pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
         ),
     );
     object.insert("log_lines".into(), json!(detail.log_lines));
+    let text_or_null = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    object.insert("sweep_name".into(), json!(detail.sweep_name));
+    object.insert("owner".into(), text_or_null(&detail.owner));
+    object.insert("git_commit".into(), text_or_null(&detail.git_commit));
+    object.insert("git_dirty".into(), json!(detail.git_dirty));
+    object.insert(
+        "objective".into(),
+        if detail.sweep_metric.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "name": detail.sweep_metric,
+                "goal": detail.sweep_goal,
+                "final": run.last_metrics.get(&detail.sweep_metric),
+                "best": detail.best_value,
+            })
+        },
+    );
+    let by_name = |m: &std::collections::HashMap<String, f64>| -> Value {
+        sorted(m)
+            .into_iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect::<Map<_, _>>()
+            .into()
+    };
+    object.insert("min_metrics".into(), by_name(&detail.min_metrics));
+    object.insert("max_metrics".into(), by_name(&detail.max_metrics));
     value
 }
 

@@ -6,16 +6,21 @@
 //!   agent reports, lease expiry), places runs with [`placement`], group-commits the
 //!   [`store`] and only then acknowledges.
 //! - [`store`]: the durable truth behind the [`store::Store`] trait (sled).
-//! - [`queries`]: read-only views over the store for listing and showing.
+//! - [`queries`]: read-only views over the store for listing and showing;
+//!   [`history`]: run queries, the leaderboard, cards, export and watch.
 //! - [`convert`]: the only mapping between `ladder.v1` messages and domain types.
+//! - [`auth`]: who may call what (`--auth FILE`), checked first by every service method;
+//!   [`tls`]: the certificate and key served with `--tls-cert/--tls-key`.
 //!
 //! Data flow: a submitted sweep is validated, stored, and its trials are created lazily
 //! as agent slots free up; agents connect over a bidirectional stream, receive
 //! assignments with leases, and report events that are stored before they are
 //! acknowledged. On start the scheduler rebuilds its view from the store.
 
+pub mod auth;
 pub mod convert;
 pub mod error;
+pub mod history;
 pub mod model;
 pub mod placement;
 pub mod protocol;
@@ -23,6 +28,7 @@ pub mod queries;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -45,6 +51,20 @@ use crate::scheduler::{Event, Scheduler};
 use crate::service::{AgentServiceImpl, RunServiceImpl, Shared, SweepServiceImpl};
 use crate::store::{SledStore, Store};
 
+/// Accepted connections with Nagle's algorithm off: a small gRPC answer otherwise waits
+/// for the client's delayed ACK (about 40 ms on Linux) before it leaves.
+fn incoming_without_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
+}
+
 /// A run status used as a query filter.
 pub struct RunStatusFilter(pub RunStatus);
 
@@ -53,11 +73,16 @@ pub struct RunStatusFilter(pub RunStatus);
 pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     pub lease: LeaseConfig,
+    /// Who may call what; `None` serves every request (loopback use, `ladder run`).
+    pub auth: Option<auth::Authorizer>,
+    /// Serve TLS with this certificate; `None` serves plain HTTP/2.
+    pub tls: Option<tls::TlsIdentity>,
 }
 
 /// A coordinator with its store open and its scheduler running, ready to serve.
 pub struct Coordinator {
     shared: Arc<Shared>,
+    tls: Option<tls::TlsIdentity>,
     scheduler: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -81,7 +106,9 @@ impl Coordinator {
                 queries: Queries::new(store),
                 changes,
                 next_session: AtomicU64::new(1),
+                auth: config.auth.map(Arc::new),
             }),
+            tls: config.tls,
             scheduler: Some(handle),
         })
     }
@@ -123,7 +150,15 @@ impl Coordinator {
         health_reporter
             .set_serving::<pb::agent_service_server::AgentServiceServer<AgentServiceImpl>>()
             .await;
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = &self.tls {
+            builder = builder.tls_config(identity.server_config()).map_err(|e| {
+                CoordinatorError::InvalidArgument(format!("cannot configure TLS: {e}"))
+            })?;
+        }
+        // Health and reflection stay open without a token: they reveal only the schema
+        // and whether the services are up.
+        let server = builder
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(health)
             .add_service(reflection)
@@ -137,7 +172,7 @@ impl Coordinator {
             .add_service(pb::agent_service_server::AgentServiceServer::new(
                 AgentServiceImpl(self.shared.clone()),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+            .serve_with_incoming_shutdown(incoming_without_delay(listener), shutdown);
         let result = server
             .await
             .map_err(|e| CoordinatorError::Store(format!("server failed: {e}")));

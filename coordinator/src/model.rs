@@ -31,6 +31,16 @@ pub struct SweepRecord {
     pub planned_runs: u64,
     /// How many runs it has created so far; the next trial index.
     pub created_runs: u64,
+    /// The user who submitted it (see `auth`); empty for sweeps stored before owners.
+    #[serde(default)]
+    pub owner: String,
+    /// `git rev-parse HEAD` of the directory the sweep file was submitted from; empty
+    /// outside a git repository.
+    #[serde(default)]
+    pub git_commit: String,
+    /// Whether that working tree had uncommitted changes.
+    #[serde(default)]
+    pub git_dirty: bool,
 }
 
 /// How one attempt of a run ended (or that it has not yet).
@@ -105,6 +115,56 @@ pub struct RunRecord {
     pub last_step: Option<i64>,
     pub created_ms: i64,
     pub ended_ms: Option<i64>,
+    /// Labels set by users (`ladder runs tag`), sorted.
+    #[serde(default)]
+    pub tags: std::collections::BTreeSet<String>,
+    /// Free-text notes (`ladder runs note`), oldest first.
+    #[serde(default)]
+    pub notes: Vec<RunNote>,
+}
+
+/// The git state of the directory a sweep file was submitted from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitState {
+    /// `git rev-parse HEAD`; empty outside a repository.
+    pub commit: String,
+    /// `git status --porcelain` listed changes.
+    pub dirty: bool,
+}
+
+/// A user's change to a run's notes and tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunUpdate {
+    pub run_id: String,
+    /// Appended to the notes when not empty.
+    pub note: String,
+    pub add_tags: Vec<String>,
+    /// Applied after `add_tags`, so a tag in both ends up removed.
+    pub remove_tags: Vec<String>,
+}
+
+impl RunUpdate {
+    pub fn apply(&self, run: &mut RunRecord, now_ms: i64) {
+        if !self.note.is_empty() {
+            run.notes.push(RunNote {
+                time_ms: now_ms,
+                text: self.note.clone(),
+            });
+        }
+        for tag in &self.add_tags {
+            run.tags.insert(tag.clone());
+        }
+        for tag in &self.remove_tags {
+            run.tags.remove(tag);
+        }
+    }
+}
+
+/// A note a user added to a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunNote {
+    pub time_ms: i64,
+    pub text: String,
 }
 
 impl RunRecord {

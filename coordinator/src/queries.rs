@@ -18,7 +18,7 @@ pub const MAX_LOG_TAIL: usize = 10_000;
 
 #[derive(Clone)]
 pub struct Queries {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
 }
 
 impl Queries {
@@ -130,11 +130,14 @@ impl Queries {
             ),
             None => (Vec::new(), 0),
         };
-        Ok(pb::GetRunResponse {
+        let mut response = pb::GetRunResponse {
             run: Some(convert::run_to_pb(&run)),
             metrics,
             log_tail: log_tail.iter().map(convert::log_to_pb).collect(),
             log_lines,
-        })
+            ..Default::default()
+        };
+        self.fill_card(&run, &mut response)?;
+        Ok(response)
     }
 }

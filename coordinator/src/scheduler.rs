@@ -22,7 +22,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::error::CoordinatorError;
 use crate::model::{
-    now_ms, AgentRecord, AttemptOutcome, AttemptRecord, RunRecord, StoredPoint, SweepRecord,
+    now_ms, AgentRecord, AttemptOutcome, AttemptRecord, GitState, RunRecord, RunUpdate,
+    StoredPoint, SweepRecord,
 };
 use crate::placement::{self, Capacity, Demand};
 use crate::protocol::{
@@ -74,6 +75,10 @@ pub enum Event {
         spec: Box<SweepSpec>,
         file_name: String,
         yaml: String,
+        /// Who owns the sweep (its submitter).
+        owner: String,
+        /// The git state of the directory it was submitted from.
+        git: GitState,
         reply: Reply<SweepRecord>,
     },
     SweepAction {
@@ -101,6 +106,11 @@ pub enum Event {
     AgentDisconnected {
         session: u64,
     },
+    /// Add a note and add or remove tags of a run (`ladder runs note|tag`).
+    UpdateRun {
+        update: RunUpdate,
+        reply: Reply<RunRecord>,
+    },
     /// Close every agent session (the server is stopping).
     CloseSessions,
     /// Commit and stop the loop.
@@ -115,6 +125,7 @@ enum Deferred {
     ),
     Agents(Reply<Vec<AgentView>>, Vec<AgentView>),
     Agent(Reply<AgentView>, Box<Result<AgentView, CoordinatorError>>),
+    Run(Reply<RunRecord>, Box<Result<RunRecord, CoordinatorError>>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
 }
 
@@ -421,9 +432,11 @@ impl Scheduler {
                 spec,
                 file_name,
                 yaml,
+                owner,
+                git,
                 reply,
             } => {
-                let result = self.submit(*spec, file_name, yaml);
+                let result = self.submit(*spec, file_name, yaml, owner, git);
                 self.deferred.push(Deferred::Sweep(reply, Box::new(result)));
             }
             Event::SweepAction {
@@ -457,6 +470,10 @@ impl Scheduler {
                 }
             }
             Event::AgentDisconnected { session } => self.agent_disconnected(session),
+            Event::UpdateRun { update, reply } => {
+                let result = self.update_run(update);
+                self.deferred.push(Deferred::Run(reply, Box::new(result)));
+            }
             Event::CloseSessions => {
                 for agent in self.agents.values_mut() {
                     agent.session = None;
@@ -467,6 +484,32 @@ impl Scheduler {
         }
     }
 
+    // ----- notes and tags -----
+
+    /// Applies a user's note and tags to a run, in the scheduler's copy when the run is
+    /// active (so the next agent report does not overwrite it), else in the store's.
+    fn update_run(&mut self, update: RunUpdate) -> Result<RunRecord, CoordinatorError> {
+        let record = match self.runs.get_mut(&update.run_id) {
+            Some(run) => {
+                update.apply(run, now_ms());
+                run.clone()
+            }
+            None => {
+                let mut run = self.store.get_run(&update.run_id)?.ok_or_else(|| {
+                    CoordinatorError::NotFound {
+                        kind: "run",
+                        id: update.run_id.clone(),
+                    }
+                })?;
+                update.apply(&mut run, now_ms());
+                run
+            }
+        };
+        self.store.put_run(&record)?;
+        self.changed.insert(record.sweep_id.clone());
+        Ok(record)
+    }
+
     // ----- sweeps -----
 
     fn submit(
@@ -474,6 +517,8 @@ impl Scheduler {
         spec: SweepSpec,
         file_name: String,
         yaml: String,
+        owner: String,
+        git: GitState,
     ) -> Result<SweepRecord, CoordinatorError> {
         let mut id = new_sweep_id();
         while self.store.get_sweep(&id)?.is_some() {
@@ -490,6 +535,9 @@ impl Scheduler {
             ended_ms: None,
             planned_runs,
             created_runs: 0,
+            owner,
+            git_commit: git.commit,
+            git_dirty: git.dirty,
         };
         self.store.put_sweep(&record)?;
         info!(sweep_id = %id, name = %record.spec.name, planned_runs, "sweep submitted");
@@ -727,6 +775,8 @@ impl Scheduler {
             last_step: None,
             created_ms: now,
             ended_ms: None,
+            tags: Default::default(),
+            notes: Vec::new(),
         };
         state.record.created_runs += 1;
         self.store.put_sweep(&state.record)?;
@@ -1273,6 +1323,13 @@ impl Scheduler {
                 Deferred::Agents(reply, views) => {
                     let _ = reply.send(Ok(views));
                 }
+                Deferred::Run(reply, result) => {
+                    let result = match &committed {
+                        Ok(()) => *result,
+                        Err(error) => Err(CoordinatorError::Store(error.to_string())),
+                    };
+                    let _ = reply.send(result);
+                }
                 Deferred::Agent(reply, result) => {
                     let result = match &committed {
                         Ok(()) => *result,
@@ -1402,6 +1459,8 @@ mod tests {
             spec: Box::new(spec),
             file_name: "t.yaml".into(),
             yaml: yaml.into(),
+            owner: String::new(),
+            git: GitState::default(),
             reply,
         });
         s.step(Instant::now());

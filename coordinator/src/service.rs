@@ -1,5 +1,7 @@
 //! The gRPC adapters: each method converts its request, calls the scheduler (writes) or
 //! [`Queries`] (reads), and maps errors through `From<CoordinatorError> for Status`.
+//! Each method first asks [`Shared::authorize`] (see [`crate::auth`]) whether the caller
+//! may do what it asks.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,15 +15,18 @@ use ladder_shared::spec;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::auth::{Action, AuthError, Authorizer, Principal};
 use crate::convert;
 use crate::error::CoordinatorError;
+use crate::history;
+use crate::model::{GitState, RunUpdate};
 use crate::protocol::{FromAgent, Registration, ToAgent};
 use crate::queries::Queries;
 use crate::scheduler::{Event, SweepAction};
-use crate::RunStatusFilter;
 
 /// Largest sweep file accepted.
 pub const MAX_SWEEP_FILE_BYTES: usize = 1 << 20;
@@ -32,16 +37,55 @@ pub struct Shared {
     pub queries: Queries,
     pub changes: broadcast::Sender<String>,
     pub next_session: AtomicU64,
+    /// Access control; `None` when the coordinator runs without `--auth`.
+    pub auth: Option<Arc<Authorizer>>,
 }
 
 impl Shared {
-    fn send(&self, event: Event) -> Result<(), CoordinatorError> {
+    /// Checks that the request's token may do `action`, and returns who sent it; `None`
+    /// (and no check) when the coordinator runs without `--auth`.
+    fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        action: Action<'_>,
+    ) -> Result<Option<Principal>, AuthError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let principal = auth.authenticate(metadata).inspect_err(|error| {
+            info!(%error, "request refused");
+        })?;
+        auth.authorize(&principal, action).inspect_err(|error| {
+            info!(%error, "request refused");
+        })?;
+        Ok(Some(principal))
+    }
+
+    /// Checks that the request's token may pause, resume or cancel `sweep_id`, which
+    /// depends on who owns it. The caller is authenticated before the sweep is read, so
+    /// an unknown caller learns nothing about which sweeps exist.
+    async fn authorize_control(
+        &self,
+        metadata: &MetadataMap,
+        sweep_id: &str,
+    ) -> Result<(), Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let principal = auth.authenticate(metadata)?;
+        let id = sweep_id.to_string();
+        let owner = self.read(move |q| q.sweep(&id)).await?.owner;
+        auth.authorize(&principal, Action::ControlSweep { owner: &owner })?;
+        Ok(())
+    }
+
+    pub(crate) fn send(&self, event: Event) -> Result<(), CoordinatorError> {
         self.events
             .send(event)
             .map_err(|_| CoordinatorError::ShuttingDown)
     }
 
-    async fn ask<T>(
+    pub(crate) async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, CoordinatorError>>) -> Event,
     ) -> Result<T, CoordinatorError> {
@@ -51,7 +95,7 @@ impl Shared {
     }
 
     /// Runs a store read on a blocking thread.
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Queries) -> Result<T, CoordinatorError> + Send + 'static,
     ) -> Result<T, CoordinatorError> {
@@ -71,6 +115,17 @@ pub struct AgentServiceImpl(pub Arc<Shared>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// The owner a client declared (`SubmitSweepRequest.owner`), used without `--auth`.
+fn declared_owner(owner: &str) -> Result<String, CoordinatorError> {
+    let owner = owner.trim();
+    if owner.len() > 128 || owner.chars().any(|c| c.is_control()) {
+        return Err(CoordinatorError::InvalidArgument(
+            "owner must be at most 128 printable characters".into(),
+        ));
+    }
+    Ok(owner.to_string())
+}
+
 fn require_id(id: &str, what: &str) -> Result<(), CoordinatorError> {
     if id.is_empty() || id.len() > 128 {
         return Err(CoordinatorError::InvalidArgument(format!(
@@ -81,8 +136,14 @@ fn require_id(id: &str, what: &str) -> Result<(), CoordinatorError> {
 }
 
 impl SweepServiceImpl {
-    async fn action(&self, sweep_id: String, action: SweepAction) -> Result<pb::Sweep, Status> {
+    async fn action(
+        &self,
+        metadata: &MetadataMap,
+        sweep_id: String,
+        action: SweepAction,
+    ) -> Result<pb::Sweep, Status> {
         require_id(&sweep_id, "sweep_id")?;
+        self.0.authorize_control(metadata, &sweep_id).await?;
         let record = self
             .0
             .ask(|reply| Event::SweepAction {
@@ -101,7 +162,13 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let principal = self.0.authorize(request.metadata(), Action::Submit)?;
         let request = request.into_inner();
+        // With --auth the token says who submits; without, the client's word is taken.
+        let owner = match principal {
+            Some(principal) => principal.name().to_string(),
+            None => declared_owner(&request.owner)?,
+        };
         if request.yaml.len() > MAX_SWEEP_FILE_BYTES {
             return Err(CoordinatorError::InvalidSweep(format!(
                 "{}: sweep file is {} bytes; the limit is {MAX_SWEEP_FILE_BYTES}",
@@ -118,12 +185,18 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         let spec = spec::parse_sweep(&file_name, &request.yaml)
             .map_err(|errors| CoordinatorError::InvalidSweep(errors.to_string()))?;
         let yaml = request.yaml;
+        let git = GitState {
+            commit: request.git_commit.chars().take(128).collect(),
+            dirty: request.git_dirty,
+        };
         let record = self
             .0
             .ask(|reply| Event::Submit {
                 spec: Box::new(spec),
                 file_name,
                 yaml,
+                owner,
+                git,
                 reply,
             })
             .await?;
@@ -137,6 +210,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
         let project = request.into_inner().project;
         let sweeps = self.0.read(move |q| q.sweeps(&project)).await?;
         Ok(Response::new(pb::ListSweepsResponse { sweeps }))
@@ -146,6 +220,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::GetSweepRequest>,
     ) -> Result<Response<pb::GetSweepResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
         let sweep_id = request.into_inner().sweep_id;
         require_id(&sweep_id, "sweep_id")?;
         let sweep = self.0.read(move |q| q.sweep(&sweep_id)).await?;
@@ -158,6 +233,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
         let sweep_id = request.into_inner().sweep_id;
         require_id(&sweep_id, "sweep_id")?;
         let mut changes = self.0.changes.subscribe();
@@ -207,8 +283,9 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::PauseSweepRequest>,
     ) -> Result<Response<pb::PauseSweepResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
         let sweep = self
-            .action(request.into_inner().sweep_id, SweepAction::Pause)
+            .action(&metadata, request.sweep_id, SweepAction::Pause)
             .await?;
         Ok(Response::new(pb::PauseSweepResponse { sweep: Some(sweep) }))
     }
@@ -217,8 +294,9 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::ResumeSweepRequest>,
     ) -> Result<Response<pb::ResumeSweepResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
         let sweep = self
-            .action(request.into_inner().sweep_id, SweepAction::Resume)
+            .action(&metadata, request.sweep_id, SweepAction::Resume)
             .await?;
         Ok(Response::new(pb::ResumeSweepResponse {
             sweep: Some(sweep),
@@ -229,8 +307,9 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::CancelSweepRequest>,
     ) -> Result<Response<pb::CancelSweepResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
         let sweep = self
-            .action(request.into_inner().sweep_id, SweepAction::Cancel)
+            .action(&metadata, request.sweep_id, SweepAction::Cancel)
             .await?;
         Ok(Response::new(pb::CancelSweepResponse {
             sweep: Some(sweep),
@@ -244,33 +323,79 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let request = request.into_inner();
-        let mut statuses = Vec::new();
-        for raw in request.statuses {
-            let status = pb::RunStatus::try_from(raw).map_err(|_| {
-                CoordinatorError::InvalidArgument(format!("unknown run status {raw}"))
-            })?;
-            statuses.push(RunStatusFilter::try_from(status)?.0);
-        }
-        let sweep_id = request.sweep_id;
-        let limit = request.limit as usize;
-        let runs = self
-            .0
-            .read(move |q| q.runs(&sweep_id, &statuses, limit))
-            .await?;
-        Ok(Response::new(pb::ListRunsResponse { runs }))
+        self.0.authorize(request.metadata(), Action::Read)?;
+        let query = history::RunQuery::parse(request.get_ref())?;
+        let page = self.0.read(move |q| q.query_runs(&query)).await?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: page.runs.iter().map(convert::run_to_pb).collect(),
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
     }
 
     async fn get_run(
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::GetRunResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
         require_id(&request.run_id, "run_id")?;
         let run_id = request.run_id;
         let tail = request.log_tail as usize;
         let response = self.0.read(move |q| q.run(&run_id, tail)).await?;
         Ok(Response::new(response))
+    }
+
+    async fn leaderboard(
+        &self,
+        request: Request<pb::LeaderboardRequest>,
+    ) -> Result<Response<pb::LeaderboardResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
+        let query = history::LeaderboardQuery::try_from(request.into_inner())?;
+        let board = self.0.read(move |q| q.leaderboard(&query)).await?;
+        Ok(Response::new(history::leaderboard_to_pb(board)))
+    }
+
+    async fn update_run(
+        &self,
+        request: Request<pb::UpdateRunRequest>,
+    ) -> Result<Response<pb::UpdateRunResponse>, Status> {
+        // Annotating runs is a write: allowed to whoever may submit sweeps.
+        self.0.authorize(request.metadata(), Action::Submit)?;
+        let update = RunUpdate::try_from(request.into_inner())?;
+        let record = self
+            .0
+            .ask(|reply| Event::UpdateRun { update, reply })
+            .await?;
+        Ok(Response::new(pb::UpdateRunResponse {
+            run: Some(convert::run_to_pb(&record)),
+        }))
+    }
+
+    type WatchRunStream = BoxStream<pb::WatchRunResponse>;
+
+    async fn watch_run(
+        &self,
+        request: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
+        let request = request.into_inner();
+        require_id(&request.run_id, "run_id")?;
+        let (tx, rx) = mpsc::channel(16);
+        history::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExportRunsStream = BoxStream<pb::Run>;
+
+    async fn export_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<Self::ExportRunsStream>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
+        let query = history::RunQuery::parse(request.get_ref())?;
+        let (tx, rx) = mpsc::channel(256);
+        history::spawn_export(self.0.clone(), query, tx);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -282,6 +407,7 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.0.authorize(request.metadata(), Action::AgentSession)?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -333,6 +459,7 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         &self,
         request: Request<pb::EnableAgentRequest>,
     ) -> Result<Response<pb::EnableAgentResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::EnableAgent)?;
         let name = request.into_inner().name;
         require_id(&name, "name")?;
         let view = self
@@ -346,8 +473,9 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
 
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::Read)?;
         let views = self.0.ask(|reply| Event::ListAgents { reply }).await?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: views.iter().map(convert::agent_to_pb).collect(),

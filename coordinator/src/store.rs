@@ -9,7 +9,14 @@
 //!   key is a pure function of the event that carried it, so storing a resent event
 //!   again rewrites the same keys instead of duplicating them.
 //! - `agents`: agent name -> [`AgentRecord`]
-//! - `meta`: counters (the lease epoch)
+//! - `meta`: counters (the lease epoch), index versions
+//! - `idx_metric`: `project \0 metric \0 f64_key(value) run id` -> empty: every run's
+//!   last value of every metric, plus the tasks average (see
+//!   [`ladder_shared::query::tasks_average`]) under [`TASKS_AVG_METRIC`], ordered by value
+//!   within a (project, metric). Maintained by [`Store::put_run`] from the run's previous
+//!   record; rebuilt from `runs` when a store without it is opened. The leaderboard and
+//!   `runs ls --project P --sort [-]metrics.M` walk it (see [`Store::metric_index`]);
+//!   everything else scans `runs`.
 //!
 //! Writes are buffered by sled until [`Store::commit`], which makes everything written
 //! before it durable: `flush` (survives `kill -9`) then `fsync` of the data file
@@ -65,6 +72,56 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every write so far durable.
     fn commit(&self) -> Result<()>;
+
+    /// `(value, run id)` of the runs of `project` that have `metric`, by value ascending
+    /// (descending when asked; ties by run id), starting at `from` (inclusive); `None`
+    /// when this store keeps no metric index (callers scan instead). Entries may be stale
+    /// by at most a crash: callers check them against the run record.
+    fn metric_index<'a>(
+        &'a self,
+        _project: &str,
+        _metric: &str,
+        _descending: bool,
+        _from: Option<f64>,
+    ) -> Option<IndexWalk<'a>> {
+        None
+    }
+}
+
+/// An iterator over metric index entries: `(value, run id)`.
+pub type IndexWalk<'a> = Box<dyn Iterator<Item = Result<(f64, String)>> + Send + 'a>;
+
+/// The index name of the leaderboard's tasks average (not a reportable metric name).
+pub const TASKS_AVG_METRIC: &str = "\u{1}tasks:avg";
+
+/// The `(metric, value)` index entries of a run.
+fn index_entries(run: &RunRecord) -> Vec<(String, f64)> {
+    let mut entries: Vec<(String, f64)> = run
+        .last_metrics
+        .iter()
+        .filter(|(name, value)| !name.contains('\0') && value.is_finite())
+        .map(|(name, value)| (name.clone(), *value))
+        .collect();
+    if let Some(average) = ladder_shared::query::tasks_average(&run.last_metrics) {
+        entries.push((TASKS_AVG_METRIC.to_string(), average));
+    }
+    entries
+}
+
+fn index_prefix(project: &str, metric: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(project.len() + metric.len() + 2);
+    key.extend_from_slice(project.as_bytes());
+    key.push(0);
+    key.extend_from_slice(metric.as_bytes());
+    key.push(0);
+    key
+}
+
+fn index_key(project: &str, metric: &str, value: f64, run_id: &str) -> Vec<u8> {
+    let mut key = index_prefix(project, metric);
+    key.extend_from_slice(&ladder_shared::query::f64_key(value));
+    key.extend_from_slice(run_id.as_bytes());
+    key
 }
 
 /// The sled-backed [`Store`].
@@ -76,12 +133,15 @@ pub struct SledStore {
     logs: sled::Tree,
     agents: sled::Tree,
     meta: sled::Tree,
+    idx_metric: sled::Tree,
     /// sled's data file, fsynced after each flush.
     data_file: Mutex<Option<File>>,
     path: PathBuf,
 }
 
 const EPOCH_KEY: &[u8] = b"epoch";
+/// Present once `idx_metric` covers every run.
+const METRIC_INDEX_KEY: &[u8] = b"idx_metric_v1";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
@@ -102,17 +162,66 @@ impl SledStore {
                 .map_err(|e| CoordinatorError::Store(format!("cannot open tree {name}: {e}")))
         };
         let data_file = File::open(dir.join("db")).ok();
-        Ok(SledStore {
+        let store = SledStore {
             sweeps: open_tree("sweeps")?,
             runs: open_tree("runs")?,
             metrics: open_tree("metrics")?,
             logs: open_tree("logs")?,
             agents: open_tree("agents")?,
             meta: open_tree("meta")?,
+            idx_metric: open_tree("idx_metric")?,
             db,
             data_file: Mutex::new(data_file),
             path: dir.to_path_buf(),
-        })
+        };
+        if store
+            .meta
+            .get(METRIC_INDEX_KEY)
+            .map_err(sled_err)?
+            .is_none()
+        {
+            store.rebuild_metric_index()?;
+        }
+        Ok(store)
+    }
+
+    /// Recreates `idx_metric` from every run record (stores written before the index).
+    fn rebuild_metric_index(&self) -> Result<()> {
+        self.idx_metric.clear().map_err(sled_err)?;
+        let mut batch = sled::Batch::default();
+        for entry in self.runs.iter() {
+            let (key, value) = entry.map_err(sled_err)?;
+            let run: RunRecord = decode("runs", &key, &value)?;
+            for (metric, value) in index_entries(&run) {
+                batch.insert(index_key(&run.project, &metric, value, &run.id), &[]);
+            }
+        }
+        self.idx_metric.apply_batch(batch).map_err(sled_err)?;
+        self.meta
+            .insert(METRIC_INDEX_KEY, &[1u8])
+            .map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// Stores many new runs at once (benchmarks and imports): one batch per tree, index
+    /// included. The runs must not exist yet.
+    pub fn put_new_runs(&self, runs: &[RunRecord]) -> Result<()> {
+        let mut records = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for run in runs {
+            records.insert(run.id.as_bytes(), encode(run)?);
+            for (metric, value) in index_entries(run) {
+                index.insert(index_key(&run.project, &metric, value, &run.id), &[]);
+            }
+        }
+        self.runs.apply_batch(records).map_err(sled_err)?;
+        self.idx_metric.apply_batch(index).map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        self.db.size_on_disk().map_err(sled_err)
     }
 
     pub fn path(&self) -> &Path {
@@ -345,9 +454,36 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &RunRecord) -> Result<()> {
-        self.runs
+        let previous = self
+            .runs
             .insert(run.id.as_bytes(), encode(run)?)
             .map_err(sled_err)?;
+        let old_entries = match previous {
+            Some(bytes) => {
+                let old: RunRecord = decode("runs", run.id.as_bytes(), &bytes)?;
+                index_entries(&old)
+                    .into_iter()
+                    .map(|(metric, value)| index_key(&old.project, &metric, value, &old.id))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let new_entries: Vec<Vec<u8>> = index_entries(run)
+            .into_iter()
+            .map(|(metric, value)| index_key(&run.project, &metric, value, &run.id))
+            .collect();
+        let mut batch = sled::Batch::default();
+        for key in &old_entries {
+            if !new_entries.contains(key) {
+                batch.remove(key.as_slice());
+            }
+        }
+        for key in new_entries {
+            if !old_entries.contains(&key) {
+                batch.insert(key, &[]);
+            }
+        }
+        self.idx_metric.apply_batch(batch).map_err(sled_err)?;
         Ok(())
     }
 
@@ -434,6 +570,46 @@ impl Store for SledStore {
             .insert(EPOCH_KEY, &next.to_be_bytes())
             .map_err(sled_err)?;
         Ok(next)
+    }
+
+    fn metric_index<'a>(
+        &'a self,
+        project: &str,
+        metric: &str,
+        descending: bool,
+        from: Option<f64>,
+    ) -> Option<IndexWalk<'a>> {
+        let prefix = index_prefix(project, metric);
+        let parse = {
+            let length = prefix.len();
+            move |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<(f64, String)> {
+                let (key, _) = entry.map_err(sled_err)?;
+                let bytes: [u8; 8] = key
+                    .get(length..length + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| CoordinatorError::Store("malformed idx_metric key".into()))?;
+                let run_id = String::from_utf8_lossy(&key[length + 8..]).into_owned();
+                Ok((ladder_shared::query::f64_from_key(bytes), run_id))
+            }
+        };
+        let mut end = prefix.clone();
+        *end.last_mut().expect("prefix ends in 0") = 1;
+        let walk: IndexWalk<'a> = match (descending, from) {
+            (false, None) => Box::new(self.idx_metric.range(prefix..end).map(parse)),
+            (false, Some(value)) => {
+                let mut start = prefix;
+                start.extend_from_slice(&ladder_shared::query::f64_key(value));
+                Box::new(self.idx_metric.range(start..end).map(parse))
+            }
+            (true, None) => Box::new(self.idx_metric.range(prefix..end).rev().map(parse)),
+            (true, Some(value)) => {
+                let mut upper = prefix.clone();
+                upper.extend_from_slice(&ladder_shared::query::f64_key(value));
+                upper.push(0xff);
+                Box::new(self.idx_metric.range(prefix..upper).rev().map(parse))
+            }
+        };
+        Some(walk)
     }
 
     fn commit(&self) -> Result<()> {

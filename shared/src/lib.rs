@@ -13,6 +13,8 @@
 //!   environment variable with [`params_json`].
 //! - [`metric_line`]: the agent scans run output with [`parse_metric_line`]; `@ladder {json}`
 //!   lines become [`MetricPoint`]s sent to the coordinator.
+//! - [`query`]: the run query language (`--where`, `--sort`, cursors), order-preserving
+//!   index keys and the leaderboard's task convention.
 //! - [`types`]: lifecycle enums and agent hardware descriptions used on every side.
 //!
 //! The crate's error enum is [`SearchError`]; spec problems are positioned diagnostics
@@ -21,6 +23,7 @@
 pub mod bayes;
 pub mod early_stop;
 pub mod metric_line;
+pub mod query;
 pub mod search;
 pub mod spec;
 pub mod testfns;
@@ -39,3 +42,6 @@ pub use spec::{
     SpecError, SpecErrors, SweepSpec,
 };
 pub use types::{Gpu, RunStatus, SweepStatus};
+
+#[cfg(test)]
+mod fuzz_tests;

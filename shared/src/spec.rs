@@ -14,7 +14,7 @@
 
 mod early_terminate;
 mod params;
-mod yaml;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -844,8 +844,15 @@ fn unknown(kind: &str, got: &str, context: &str, expected: &[&str]) -> String {
 /// likely typo: at most a third of the candidate's length.
 fn suggestion<'a>(got: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let got = got.to_lowercase();
+    let got_len = got.chars().count();
     candidates
         .iter()
+        // The distance is at least the difference in length: skip candidates that cannot
+        // pass the filter below (cheap, so a 1 MiB key costs nothing).
+        .filter(|candidate| {
+            let len = candidate.chars().count();
+            got_len.abs_diff(len) * 3 <= len.max(3)
+        })
         .map(|candidate| (edit_distance(&got, &candidate.to_lowercase()), *candidate))
         .filter(|(distance, candidate)| distance * 3 <= candidate.chars().count().max(3))
         .min_by_key(|(distance, _)| *distance)

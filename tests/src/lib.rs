@@ -159,10 +159,12 @@ impl Drop for TestDir {
 /// A `Command` for the ladder binary with a clean client environment.
 pub fn ladder_command() -> Command {
     let mut command = Command::new(ladder_bin());
-    // Plain-text logs (tracing colours them otherwise), no ambient coordinator.
+    // Plain-text logs (tracing colours them otherwise), no ambient coordinator, token or CA.
     command
         .env("NO_COLOR", "1")
-        .env_remove("LADDER_COORDINATOR");
+        .env_remove("LADDER_COORDINATOR")
+        .env_remove("LADDER_TOKEN")
+        .env_remove("LADDER_CA");
     command
 }
 

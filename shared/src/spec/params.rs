@@ -14,6 +14,8 @@
 //! A leaf whose own spec is invalid is still known by name, so placeholders and conditions
 //! naming it do not produce follow-up errors.
 
+use std::collections::HashMap;
+
 use super::yaml::{Entry, Node, NodeKind, Pos, Scalar};
 use super::{
     entry_of, field, is_parameter_name_char, suggestion, unknown, Checker, Condition, Method,
@@ -355,8 +357,11 @@ impl Checker<'_> {
     /// Pass 2: full names are unique and none nests under another leaf.
     fn check_full_names(&mut self, leaves: &[Leaf]) -> bool {
         let mut ok = true;
+        // Name → index of its first leaf (maps, so that many parameters stay linear).
+        let first_index = name_index(leaves);
         for (index, leaf) in leaves.iter().enumerate() {
-            if let Some(first) = leaves[..index].iter().find(|other| other.name == leaf.name) {
+            let first = first_index[leaf.name.as_str()];
+            if let Some(first) = (first < index).then(|| &leaves[first]) {
                 ok = false;
                 self.error(
                     leaf.pos,
@@ -367,11 +372,13 @@ impl Checker<'_> {
                 );
                 continue;
             }
-            let parent = leaves.iter().find(|other| {
-                leaf.name
-                    .strip_prefix(other.name.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-            });
+            // The first leaf (in file order) whose name is a dotted prefix of this one.
+            let parent = leaf
+                .name
+                .match_indices('.')
+                .filter_map(|(dot, _)| first_index.get(&leaf.name[..dot]).copied())
+                .min()
+                .map(|parent| &leaves[parent]);
             if let Some(parent) = parent {
                 ok = false;
                 self.error(
@@ -439,6 +446,7 @@ impl Checker<'_> {
     /// any condition is invalid (reported) or names a leaf whose spec is invalid.
     fn resolve_conditions(&mut self, leaves: &[Leaf]) -> Option<Vec<Vec<Condition>>> {
         let names: Vec<&str> = leaves.iter().map(|leaf| leaf.name.as_str()).collect();
+        let index = name_index(leaves);
         let mut all = Some(Vec::with_capacity(leaves.len()));
         for leaf in leaves {
             let mut conditions = Some(Vec::new());
@@ -447,7 +455,7 @@ impl Checker<'_> {
             }
             for raw in &leaf.when {
                 match (
-                    self.condition(leaf, raw, leaves, &names),
+                    self.condition(leaf, raw, leaves, &names, &index),
                     conditions.as_mut(),
                 ) {
                     (Some(condition), Some(list)) => list.push(condition),
@@ -468,9 +476,10 @@ impl Checker<'_> {
         raw: &RawCondition,
         leaves: &[Leaf],
         names: &[&str],
+        index: &HashMap<&str, usize>,
     ) -> Option<Condition> {
         let what = &raw.owner;
-        let Some(target) = leaves.iter().find(|other| other.name == raw.parameter) else {
+        let Some(target) = index.get(raw.parameter.as_str()).map(|&at| &leaves[at]) else {
             let group_prefix = format!("{}.", raw.parameter);
             let message = if let Some(member) = names.iter().find(|n| n.starts_with(&group_prefix))
             {
@@ -546,7 +555,8 @@ impl Checker<'_> {
 
     /// Pass 3b: conditions form no cycle. Reported at the condition closing the cycle.
     fn check_cycles(&mut self, leaves: &[Leaf], conditions: &[Vec<Condition>]) -> bool {
-        let index_of = |name: &str| leaves.iter().position(|leaf| leaf.name == name);
+        let index = name_index(leaves);
+        let index_of = |name: &str| index.get(name).copied();
         // 0 unvisited, 1 on the current path, 2 done.
         let mut state = vec![0u8; leaves.len()];
         let mut ok = true;
@@ -1104,10 +1114,12 @@ impl Checker<'_> {
             return None;
         }
         let mut values = Some(Vec::with_capacity(items.len()));
+        // Values seen so far, by `value_key` (a set, so that long lists stay linear).
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         for item in items {
             let value = self.param_value(item, &format!("{what} values element"));
             match (value, values.as_mut()) {
-                (Some(value), Some(list)) if list.contains(&value) => {
+                (Some(value), Some(_)) if !seen.insert(value_key(&value)) => {
                     self.error(item.pos, format!("{what} lists the value {value} twice"));
                     values = None;
                 }
@@ -1169,6 +1181,26 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+}
+
+/// Leaf name → index of the first leaf with that name (what a front-to-back search finds).
+fn name_index(leaves: &[Leaf]) -> HashMap<&str, usize> {
+    let mut index = HashMap::with_capacity(leaves.len());
+    for (at, leaf) in leaves.iter().enumerate() {
+        index.entry(leaf.name.as_str()).or_insert(at);
+    }
+    index
+}
+
+/// A hashable key equal for two values exactly when they are `==` (floats are finite
+/// here; `0.0 == -0.0`).
+fn value_key(value: &ParamValue) -> (u8, u64, Option<String>) {
+    match value {
+        ParamValue::Bool(flag) => (0, u64::from(*flag), None),
+        ParamValue::Int(int) => (1, *int as u64, None),
+        ParamValue::Float(float) => (2, if *float == 0.0 { 0 } else { float.to_bits() }, None),
+        ParamValue::Str(string) => (3, 0, Some(string.clone())),
     }
 }
 

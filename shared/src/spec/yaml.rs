@@ -10,7 +10,7 @@
 //! scalar's source text is kept so that callers that want a string (argv elements,
 //! labels) get exactly what the user wrote (`1e-4`, not `0.0001`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -130,11 +130,40 @@ pub struct Document {
 pub fn parse(text: &str) -> Result<Document, Diagnostic> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(error) = parser.load(&mut builder, true) {
-        return Err(Diagnostic {
+    // Events are pulled one by one instead of through `Parser::load`, which recurses once
+    // per nesting level and overflows the stack on deeply nested input (`- - - - …`).
+    let mut depth = 0usize;
+    loop {
+        let (event, mark) = parser.next_token().map_err(|error| Diagnostic {
             pos: Pos::from_marker(*error.marker()),
             message: format!("YAML syntax error: {}", error.info()),
-        });
+        })?;
+        match event {
+            Event::StreamEnd => break,
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Diagnostic {
+                        pos: Pos::from_marker(mark),
+                        message: format!(
+                            "lists and mappings are nested more than {MAX_DEPTH} levels deep"
+                        ),
+                    });
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        builder.on_event(event, mark);
+        if builder.expanded > MAX_ALIAS_NODES {
+            return Err(Diagnostic {
+                pos: Pos::from_marker(mark),
+                message: format!(
+                    "aliases expand to more than {MAX_ALIAS_NODES} nodes; write the values out \
+                     instead of nesting aliases"
+                ),
+            });
+        }
     }
     let mut documents = builder.documents.into_iter();
     let root = documents.next();
@@ -166,10 +195,20 @@ enum Frame {
     },
 }
 
+/// Deepest nesting of lists and mappings accepted (a sweep needs a handful of levels);
+/// the tree is walked recursively, so this also bounds stack use.
+pub const MAX_DEPTH: usize = 64;
+/// Most nodes that aliases may copy in all, so that an "alias bomb" (billion laughs)
+/// cannot exhaust memory or time.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
 #[derive(Debug, Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their node counts.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes copied by aliases so far.
+    expanded: usize,
     documents: Vec<Node>,
     diagnostics: Vec<Diagnostic>,
 }
@@ -188,12 +227,20 @@ impl MarkedEventReceiver for Builder {
             }
             Event::Alias(id) => {
                 let node = match self.anchors.get(&id) {
+                    // Over budget: `parse` stops before anything is copied.
+                    Some((_, count)) if self.expanded + count > MAX_ALIAS_NODES => {
+                        self.expanded += count;
+                        return;
+                    }
                     // The alias site is where the value is used; inner positions stay at
                     // the anchored definition.
-                    Some(anchored) => Node {
-                        pos,
-                        kind: anchored.kind.clone(),
-                    },
+                    Some((anchored, count)) => {
+                        self.expanded += count;
+                        Node {
+                            pos,
+                            kind: anchored.kind.clone(),
+                        }
+                    }
                     None => Node {
                         pos,
                         kind: NodeKind::Scalar {
@@ -253,7 +300,8 @@ impl Builder {
     /// Attaches a finished node to its parent (or makes it a document).
     fn complete(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let count = node_count(&node);
+            self.anchors.insert(anchor, (node.clone(), count));
         }
         match self.stack.last_mut() {
             None => self.documents.push(node),
@@ -272,6 +320,8 @@ impl Builder {
     /// unless the key is given explicitly.
     fn finish_mapping(&mut self, pairs: Vec<(Node, Node)>) -> Vec<Entry> {
         let mut explicit: Vec<Entry> = Vec::new();
+        // Key → position of its first definition (a map, so that huge mappings stay linear).
+        let mut first_keys: HashMap<String, Pos> = HashMap::new();
         // Index into `explicit` before which each merge's entries go, with the entries.
         let mut merges: Vec<(usize, Vec<Entry>)> = Vec::new();
         for (key, value) in pairs {
@@ -286,16 +336,17 @@ impl Builder {
                 merges.push((explicit.len(), merged_entries(value)));
                 continue;
             }
-            if let Some(first) = explicit.iter().find(|entry| entry.key == text) {
+            if let Some(first) = first_keys.get(&text) {
                 self.diagnostics.push(Diagnostic {
                     pos: key.pos,
                     message: format!(
                         "duplicate key \"{text}\" (first defined at line {}, column {}); remove one of them",
-                        first.key_pos.line, first.key_pos.column
+                        first.line, first.column
                     ),
                 });
                 continue;
             }
+            first_keys.insert(text.clone(), key.pos);
             explicit.push(Entry {
                 key: text,
                 key_pos: key.pos,
@@ -307,17 +358,27 @@ impl Builder {
         }
         let mut entries: Vec<Entry> = Vec::new();
         let mut merges = merges.into_iter().peekable();
-        let explicit_keys: Vec<String> = explicit.iter().map(|e| e.key.clone()).collect();
+        let mut merged_keys: HashSet<String> = HashSet::new();
+        let explicit_keys: HashSet<String> = first_keys.into_keys().collect();
         for (index, entry) in explicit.into_iter().enumerate() {
             while let Some((_, merged)) = merges.next_if(|(at, _)| *at == index) {
-                add_merged(&mut entries, &explicit_keys, merged);
+                add_merged(&mut entries, &mut merged_keys, &explicit_keys, merged);
             }
             entries.push(entry);
         }
         for (_, merged) in merges {
-            add_merged(&mut entries, &explicit_keys, merged);
+            add_merged(&mut entries, &mut merged_keys, &explicit_keys, merged);
         }
         entries
+    }
+}
+
+/// Nodes in a tree (keys not counted), for the alias budget.
+fn node_count(node: &Node) -> usize {
+    1 + match &node.kind {
+        NodeKind::Scalar { .. } => 0,
+        NodeKind::Seq(items) => items.iter().map(node_count).sum(),
+        NodeKind::Map(entries) => entries.iter().map(|entry| node_count(&entry.value)).sum(),
     }
 }
 
@@ -347,10 +408,14 @@ fn merged_entries(value: Node) -> Vec<Entry> {
     }
 }
 
-fn add_merged(entries: &mut Vec<Entry>, explicit_keys: &[String], merged: Vec<Entry>) {
+fn add_merged(
+    entries: &mut Vec<Entry>,
+    merged_keys: &mut HashSet<String>,
+    explicit_keys: &HashSet<String>,
+    merged: Vec<Entry>,
+) {
     for entry in merged {
-        let shadowed = explicit_keys.contains(&entry.key)
-            || entries.iter().any(|existing| existing.key == entry.key);
+        let shadowed = explicit_keys.contains(&entry.key) || !merged_keys.insert(entry.key.clone());
         if !shadowed {
             entries.push(entry);
         }

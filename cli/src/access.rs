@@ -1,0 +1,127 @@
+//! The coordinator's access options (`--auth`, `--tls-cert/--tls-key`,
+//! `--insecure-listen-anywhere`) and `ladder auth token`, which makes the tokens an admin
+//! puts in the auth file. The rules themselves live in `ladder_coordinator::auth`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand};
+use ladder_coordinator::auth::{new_token, token_sha256_hex, Authorizer};
+use ladder_coordinator::tls::TlsIdentity;
+use serde_json::json;
+use tracing::{info, warn};
+
+/// Who may reach the coordinator, and over what.
+#[derive(Args, Debug)]
+pub struct CoordinatorAccessArgs {
+    /// Require a bearer token on every RPC: FILE lists users (viewer, member, admin) and agents by token SHA-256.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without --auth: anyone who reaches the port can run commands on your agents.
+    #[arg(long)]
+    pub insecure_listen_anywhere: bool,
+}
+
+/// What [`CoordinatorAccessArgs::load`] found.
+pub struct CoordinatorAccess {
+    pub auth: Option<Authorizer>,
+    pub tls: Option<TlsIdentity>,
+}
+
+impl CoordinatorAccessArgs {
+    /// Loads the auth file and the TLS identity, and refuses to serve a non-loopback
+    /// address to everyone unless asked to.
+    pub fn load(&self, listen: SocketAddr) -> anyhow::Result<CoordinatorAccess> {
+        if self.auth.is_none() && !listen.ip().is_loopback() && !self.insecure_listen_anywhere {
+            bail!(
+                "refusing to listen on {listen} without --auth: anyone who can reach it could \
+                 run commands on your agents. Listen on a loopback address (127.0.0.1), give \
+                 --auth FILE (`ladder auth token` makes its entries), or pass \
+                 --insecure-listen-anywhere"
+            );
+        }
+        let auth = match &self.auth {
+            Some(path) => {
+                let authorizer = Authorizer::from_file(path).map_err(|error| {
+                    anyhow!("invalid --auth file:\n  {}", error.problems.join("\n  "))
+                })?;
+                let (users, agents) = authorizer.counts();
+                info!(file = %path.display(), users, agents, "access control on");
+                Some(authorizer)
+            }
+            None => None,
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity::from_files(cert, key)?),
+            _ => None,
+        };
+        if auth.is_some() && tls.is_none() && !listen.ip().is_loopback() {
+            warn!(
+                "--auth without --tls-cert: tokens cross the network in clear text; \
+                 serve TLS on non-loopback addresses"
+            );
+        }
+        if auth.is_none() && !listen.ip().is_loopback() {
+            warn!(%listen, "--insecure-listen-anywhere: every request is served without a token");
+        }
+        Ok(CoordinatorAccess { auth, tls })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AuthCommand {
+    /// Print a new random token and its entry for the --auth file (only the SHA-256 is stored).
+    Token {
+        /// Name of the user or agent (default: $LADDER_USER or $USER).
+        #[arg(long)]
+        name: Option<String>,
+        /// viewer, member or admin for a user; agent for an agent token.
+        #[arg(long, default_value = "member", value_parser = ["viewer", "member", "admin", "agent"])]
+        role: String,
+        /// Print {name, role, token, token_sha256} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: AuthCommand) -> anyhow::Result<()> {
+    let AuthCommand::Token { name, role, json } = command;
+    let name = name
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(crate::connect::declared_user);
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("--name must be a name without spaces (no $USER to default to)");
+    }
+    let token = new_token();
+    let hash = token_sha256_hex(&token);
+    if json {
+        let value = json!({"name": name, "role": role, "token": token, "token_sha256": hash});
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let (list, entry) = if role == "agent" {
+        (
+            "agents",
+            format!("  - {{name: {name}, token_sha256: {hash}}}"),
+        )
+    } else {
+        (
+            "users",
+            format!("  - {{name: {name}, role: {role}, token_sha256: {hash}}}"),
+        )
+    };
+    println!("token: {token}");
+    println!();
+    println!("# Give the token to {name} (as LADDER_TOKEN or --token); it is not stored.");
+    println!("# Add this entry to the coordinator's --auth file:");
+    println!("{list}:");
+    println!("{entry}");
+    Ok(())
+}

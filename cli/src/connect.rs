@@ -1,0 +1,169 @@
+//! How client verbs reach the coordinator, set up once for the whole process:
+//!
+//! - TLS when the URL is `https://`, trusting the CA of `--ca` / `LADDER_CA` (or, without
+//!   it, the system's roots);
+//! - the bearer token of `--token` / `LADDER_TOKEN` on every request, added by a tonic
+//!   interceptor, so every verb (and every client built on [`channel`]) carries it.
+//!
+//! `main` calls [`configure`] before a client verb runs; `ladder run` and `ladder bench`
+//! talk to their own embedded, loopback coordinator and leave it unconfigured.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// `--token` and `--ca`, accepted by every client verb and by `ladder agent`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SecurityArgs {
+    /// Bearer token for a coordinator started with --auth (client verbs and `ladder agent`).
+    #[arg(long, global = true, env = "LADDER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the coordinator's TLS certificate (the URL must then be https://).
+    #[arg(long, global = true, env = "LADDER_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+/// The loaded form of [`SecurityArgs`].
+#[derive(Clone, Debug, Default)]
+pub struct ClientSecurity {
+    /// The token, as given.
+    pub token: Option<String>,
+    /// The CA certificate(s), PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl SecurityArgs {
+    /// Reads the CA file and checks the token.
+    pub fn load(&self) -> anyhow::Result<ClientSecurity> {
+        let ca_pem = match &self.ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read the CA file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let token = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let authorization = match token {
+            Some(token) => Some(
+                MetadataValue::try_from(format!("Bearer {token}"))
+                    .ok()
+                    .context("--token / LADDER_TOKEN must be printable ASCII")?,
+            ),
+            None => None,
+        };
+        Ok(ClientSecurity {
+            token: token.map(String::from),
+            ca_pem,
+            authorization,
+        })
+    }
+}
+
+static SECURITY: OnceLock<ClientSecurity> = OnceLock::new();
+
+/// Sets how this process's client verbs connect; the first call wins.
+pub fn configure(security: ClientSecurity) {
+    let _ = SECURITY.set(security);
+}
+
+/// Adds `authorization: Bearer <token>` to every request, when a token is configured.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to the coordinator that sends the configured token with each request.
+pub type CoordinatorChannel = InterceptedService<Channel, BearerToken>;
+
+/// Connects to the coordinator at `url` with the configured TLS and token.
+pub async fn channel(url: &str) -> anyhow::Result<CoordinatorChannel> {
+    let security = SECURITY.get().cloned().unwrap_or_default();
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid coordinator URL {url:?}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let https = endpoint.uri().scheme_str() == Some("https");
+    let tls = match &security.ca_pem {
+        Some(_) if !https => bail!(
+            "--ca / LADDER_CA is set but the coordinator URL {url} is not https://; \
+             use https://HOST:PORT"
+        ),
+        Some(pem) => Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))),
+        None if https => Some(ClientTlsConfig::new().with_native_roots()),
+        None => None,
+    };
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("cannot configure TLS for the coordinator")?;
+    }
+    let channel = endpoint.connect().await.map_err(|error| {
+        let chain = error_chain(&error);
+        let tls_problem = ["certificate", "tls", "handshake", "CertificateUnknown"]
+            .iter()
+            .any(|word| chain.to_lowercase().contains(&word.to_lowercase()));
+        if tls_problem {
+            anyhow::anyhow!(
+                "TLS with the coordinator at {url} failed: {chain} (does --ca / LADDER_CA \
+                 name the CA that signed the coordinator's certificate, for this host name?)"
+            )
+        } else {
+            anyhow::anyhow!(
+                "cannot reach the coordinator at {url}: {chain} (is `ladder coordinator` \
+                 running there? set --coordinator or LADDER_COORDINATOR)"
+            )
+        }
+    })?;
+    Ok(InterceptedService::new(
+        channel,
+        BearerToken(security.authorization),
+    ))
+}
+
+/// Who submits sweeps, as declared to a coordinator without `--auth`: `$LADDER_USER`,
+/// else `$USER`, else empty.
+pub fn declared_user() -> String {
+    ["LADDER_USER", "USER"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|value| value.trim().to_string())
+        .find(|value| !value.is_empty())
+        .unwrap_or_default()
+}
+
+/// An error and its sources, `: `-separated, with repeated messages dropped.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,1005 @@
+//! The team's shared history: run queries (`--where`, `--sort`, cursor pages), the
+//! leaderboard, run cards, notes and tags, export and watch.
+//!
+//! Reads go straight to the store on blocking threads, like [`Queries`]; the only write
+//! (notes and tags) goes through the scheduler ([`crate::scheduler::Event::UpdateRun`]).
+//!
+//! What is indexed: the last value of every metric of every run, per project, and each
+//! run's tasks average (`idx_metric`, see [`crate::store`]). The leaderboard walks it in
+//! goal order and stops after `limit` rows, and `ListRuns` with a project and exactly one
+//! `metrics.NAME` sort key walks it and stops after one page (runs without the metric,
+//! which sort last, are found by a scan once the index is exhausted). Every other query
+//! (other sort keys, several keys, no project, filters only) scans the runs of the
+//! sweep or of the whole store and sorts in memory.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ladder_proto::v1 as pb;
+use ladder_shared::query::{
+    self, compare_rows, parse_sort, parse_where, row_key, Cursor, Expr, Field, Position, RowKey,
+    RunFacts, SortKey, Value,
+};
+use ladder_shared::spec::{Goal, ParamValue};
+use ladder_shared::types::RunStatus;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::convert;
+use crate::error::CoordinatorError;
+use crate::model::{now_ms, RunRecord, SweepRecord};
+use crate::queries::Queries;
+use crate::service::Shared;
+use crate::store::{IndexWalk, TASKS_AVG_METRIC};
+
+/// Most rows one leaderboard returns.
+pub const MAX_LEADERBOARD_ROWS: usize = 1000;
+/// Rows a leaderboard returns when not told.
+pub const DEFAULT_LEADERBOARD_ROWS: usize = 20;
+/// Runs per internal page of `ExportRuns`.
+const EXPORT_PAGE: usize = 500;
+/// Most log lines one `WatchRun` message carries when catching up.
+const WATCH_BACKLOG_LINES: usize = 10_000;
+
+/// A run as the query language sees it: its record and its sweep's.
+struct Facts<'a> {
+    run: &'a RunRecord,
+    sweep: Option<&'a SweepRecord>,
+}
+
+impl RunFacts for Facts<'_> {
+    fn param(&self, name: &str) -> Option<Value> {
+        Some(match self.run.params.get(name)? {
+            ParamValue::Bool(b) => Value::Bool(*b),
+            ParamValue::Int(i) => Value::Number(*i as f64),
+            ParamValue::Float(f) => Value::Number(*f),
+            ParamValue::Str(s) => Value::Text(s.clone()),
+        })
+    }
+    fn metric(&self, name: &str) -> Option<f64> {
+        self.run.last_metrics.get(name).copied()
+    }
+    fn status(&self) -> &str {
+        self.run.status.as_str()
+    }
+    fn sweep(&self) -> &str {
+        &self.run.sweep_id
+    }
+    fn project(&self) -> &str {
+        &self.run.project
+    }
+    fn owner(&self) -> &str {
+        self.sweep.map(|s| s.owner.as_str()).unwrap_or("")
+    }
+    fn has_tag(&self, tag: &str) -> bool {
+        self.run.tags.contains(tag)
+    }
+    fn agent(&self) -> &str {
+        self.run.agent().unwrap_or("")
+    }
+    fn created_ms(&self) -> i64 {
+        self.run.created_ms
+    }
+}
+
+/// A parsed `ListRunsRequest`.
+pub struct RunQuery {
+    pub sweep_id: String,
+    pub project: String,
+    pub statuses: Vec<RunStatus>,
+    pub filter: Option<Expr>,
+    pub sort: Vec<SortKey>,
+    /// The sort keys as written, kept in cursors.
+    pub sort_text: Vec<String>,
+    pub after: Option<RowKey>,
+    /// 0: no limit.
+    pub limit: usize,
+}
+
+impl RunQuery {
+    /// Parses the query parts of a request; errors are positioned (`--where:1:12: ...`).
+    pub fn parse(request: &pb::ListRunsRequest) -> Result<RunQuery, CoordinatorError> {
+        let invalid = |e: query::QueryError| CoordinatorError::InvalidArgument(e.to_string());
+        let mut statuses = Vec::new();
+        for raw in &request.statuses {
+            let status = pb::RunStatus::try_from(*raw).map_err(|_| {
+                CoordinatorError::InvalidArgument(format!("unknown run status {raw}"))
+            })?;
+            statuses.push(crate::RunStatusFilter::try_from(status)?.0);
+        }
+        let filter = if request.r#where.trim().is_empty() {
+            None
+        } else {
+            Some(parse_where("--where", &request.r#where, now_ms()).map_err(invalid)?)
+        };
+        let mut sort = Vec::new();
+        for key in &request.sort {
+            sort.push(parse_sort(key).map_err(invalid)?);
+        }
+        let after = if request.cursor.is_empty() {
+            None
+        } else {
+            let cursor = Cursor::decode(&request.cursor).map_err(invalid)?;
+            if cursor.sort != request.sort {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "--cursor: this cursor belongs to a listing sorted by [{}], not [{}]",
+                    cursor.sort.join(", "),
+                    request.sort.join(", ")
+                )));
+            }
+            Some(cursor.last)
+        };
+        Ok(RunQuery {
+            sweep_id: request.sweep_id.clone(),
+            project: request.project.clone(),
+            statuses,
+            filter,
+            sort,
+            sort_text: request.sort.clone(),
+            after,
+            limit: request.limit as usize,
+        })
+    }
+
+    fn admits(&self, run: &RunRecord, sweep: Option<&SweepRecord>) -> bool {
+        if !self.project.is_empty() && run.project != self.project {
+            return false;
+        }
+        if !self.sweep_id.is_empty() && run.sweep_id != self.sweep_id {
+            return false;
+        }
+        if !self.statuses.is_empty() && !self.statuses.contains(&run.status) {
+            return false;
+        }
+        match &self.filter {
+            Some(filter) => filter.matches(&Facts { run, sweep }),
+            None => true,
+        }
+    }
+
+    /// The project the query is confined to, if any (`--project` or `project = X`).
+    fn project(&self) -> Option<&str> {
+        if !self.project.is_empty() {
+            return Some(&self.project);
+        }
+        self.filter.as_ref().and_then(|f| f.required_project())
+    }
+}
+
+/// One page of a query: runs in order and the cursor of the next page, if any.
+pub struct RunPage {
+    pub runs: Vec<RunRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// One row of a leaderboard.
+pub struct LeaderboardRow {
+    pub run: RunRecord,
+    pub sweep_name: String,
+    pub value: f64,
+    pub tasks: std::collections::BTreeMap<String, f64>,
+}
+
+/// A leaderboard request in domain terms.
+pub struct LeaderboardQuery {
+    pub project: String,
+    pub metric: String,
+    pub goal: Option<Goal>,
+    pub tasks_average: bool,
+    pub per: Per,
+    pub limit: usize,
+    pub statuses: Vec<RunStatus>,
+}
+
+/// What one leaderboard row stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    Run,
+    Sweep,
+    Model,
+}
+
+impl TryFrom<pb::LeaderboardRequest> for LeaderboardQuery {
+    type Error = CoordinatorError;
+    fn try_from(request: pb::LeaderboardRequest) -> Result<Self, Self::Error> {
+        let invalid = |m: String| CoordinatorError::InvalidArgument(m);
+        if request.project.is_empty() {
+            return Err(invalid("a leaderboard needs a project (--project)".into()));
+        }
+        let goal = match request.goal.as_str() {
+            "" => None,
+            "maximize" | "max" => Some(Goal::Maximize),
+            "minimize" | "min" => Some(Goal::Minimize),
+            other => {
+                return Err(invalid(format!(
+                    "--goal: unknown goal {other:?} (expected maximize or minimize)"
+                )))
+            }
+        };
+        let tasks_average = match request.tasks.as_str() {
+            "" => false,
+            "avg" => true,
+            other => {
+                return Err(invalid(format!(
+                    "--tasks: unknown mode {other:?} (expected avg)"
+                )))
+            }
+        };
+        let per = match request.per.as_str() {
+            "" | "run" => Per::Run,
+            "sweep" => Per::Sweep,
+            "model" => Per::Model,
+            other => {
+                return Err(invalid(format!(
+                    "--per: unknown grouping {other:?} (expected run, sweep or model)"
+                )))
+            }
+        };
+        let mut statuses = Vec::new();
+        for raw in &request.statuses {
+            let status = pb::RunStatus::try_from(*raw)
+                .map_err(|_| invalid(format!("unknown run status {raw}")))?;
+            statuses.push(crate::RunStatusFilter::try_from(status)?.0);
+        }
+        if statuses.is_empty() {
+            statuses = vec![RunStatus::Completed, RunStatus::Stopped];
+        }
+        let limit = match request.limit as usize {
+            0 => DEFAULT_LEADERBOARD_ROWS,
+            n => n.min(MAX_LEADERBOARD_ROWS),
+        };
+        Ok(LeaderboardQuery {
+            project: request.project,
+            metric: request.metric,
+            goal,
+            tasks_average,
+            per,
+            limit,
+            statuses,
+        })
+    }
+}
+
+/// The resolved objective of a leaderboard and its rows, best first.
+pub struct Leaderboard {
+    pub metric: String,
+    pub goal: Goal,
+    pub rows: Vec<LeaderboardRow>,
+}
+
+fn position(run: &RunRecord, sweeps: &HashMap<String, SweepRecord>) -> Position {
+    Position {
+        sweep_created_ms: sweeps
+            .get(&run.sweep_id)
+            .map(|s| s.created_ms)
+            .unwrap_or(i64::MAX),
+        sweep_id: run.sweep_id.clone(),
+        index: run.index,
+    }
+}
+
+impl Queries {
+    fn sweep_map(&self) -> Result<HashMap<String, SweepRecord>, CoordinatorError> {
+        Ok(self
+            .store
+            .list_sweeps()?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect())
+    }
+
+    /// Runs of `project` with `metric` by value (index walk, or a scan when the store
+    /// keeps no index), each checked against its record; stale entries are skipped.
+    fn metric_walk<'a>(
+        &'a self,
+        project: &str,
+        metric: &str,
+        descending: bool,
+        from: Option<f64>,
+    ) -> Result<IndexWalk<'a>, CoordinatorError> {
+        if let Some(walk) = self.store.metric_index(project, metric, descending, from) {
+            return Ok(walk);
+        }
+        let mut entries: Vec<(f64, String)> = Vec::new();
+        for run in self.store.list_runs(None)? {
+            if run.project != project {
+                continue;
+            }
+            if let Some(value) = index_value(&run, metric) {
+                entries.push((value, run.id));
+            }
+        }
+        entries.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        if descending {
+            entries.reverse();
+        }
+        if let Some(from) = from {
+            entries.retain(|(v, _)| {
+                let ordering = v.total_cmp(&from);
+                if descending {
+                    ordering != Ordering::Greater
+                } else {
+                    ordering != Ordering::Less
+                }
+            });
+        }
+        Ok(Box::new(entries.into_iter().map(Ok)))
+    }
+
+    /// The run an index entry points at, when the entry is current.
+    fn indexed_run(
+        &self,
+        metric: &str,
+        value: f64,
+        run_id: &str,
+    ) -> Result<Option<RunRecord>, CoordinatorError> {
+        let Some(run) = self.store.get_run(run_id)? else {
+            return Ok(None);
+        };
+        let current = index_value(&run, metric).is_some_and(|v| v.to_bits() == value.to_bits());
+        Ok(current.then_some(run))
+    }
+
+    /// One page of runs selected by `query`, in its order.
+    pub fn query_runs(&self, query: &RunQuery) -> Result<RunPage, CoordinatorError> {
+        let sweeps = self.sweep_map()?;
+        if !query.sweep_id.is_empty() && !sweeps.contains_key(&query.sweep_id) {
+            return Err(CoordinatorError::NotFound {
+                kind: "sweep",
+                id: query.sweep_id.clone(),
+            });
+        }
+        let indexed = match (query.project(), query.sort.as_slice()) {
+            (
+                Some(project),
+                [SortKey {
+                    field: Field::Metric(metric),
+                    descending,
+                }],
+            ) if query.limit > 0 && query.sweep_id.is_empty() => {
+                Some((project.to_string(), metric.clone(), *descending))
+            }
+            _ => None,
+        };
+        let rows = match indexed {
+            Some((project, metric, descending)) => {
+                self.indexed_rows(query, &sweeps, &project, &metric, descending)?
+            }
+            None => self.scanned_rows(query, &sweeps, None)?,
+        };
+        let (page, more) = query::page(&query.sort, rows, query.after.as_ref(), query.limit);
+        let next_cursor = match (more, page.last()) {
+            (true, Some((last, _))) => Some(
+                Cursor {
+                    sort: query.sort_text.clone(),
+                    last: last.clone(),
+                }
+                .encode(),
+            ),
+            _ => None,
+        };
+        Ok(RunPage {
+            runs: page.into_iter().map(|(_, run)| run).collect(),
+            next_cursor,
+        })
+    }
+
+    /// Every run the query admits (optionally only those lacking `missing_metric`).
+    fn scanned_rows(
+        &self,
+        query: &RunQuery,
+        sweeps: &HashMap<String, SweepRecord>,
+        missing_metric: Option<&str>,
+    ) -> Result<Vec<(RowKey, RunRecord)>, CoordinatorError> {
+        let prefix = (!query.sweep_id.is_empty()).then_some(query.sweep_id.as_str());
+        let mut rows = Vec::new();
+        for run in self.store.list_runs(prefix)? {
+            if missing_metric.is_some_and(|m| run.last_metrics.contains_key(m)) {
+                continue;
+            }
+            let sweep = sweeps.get(&run.sweep_id);
+            if !query.admits(&run, sweep) {
+                continue;
+            }
+            let key = row_key(
+                &Facts { run: &run, sweep },
+                &query.sort,
+                position(&run, sweeps),
+            );
+            rows.push((key, run));
+        }
+        Ok(rows)
+    }
+
+    /// Candidates for one page sorted by one metric: walked from the index in order,
+    /// enough to fill the page plus one (and every run tied with the last), then runs
+    /// without the metric when the index runs out.
+    fn indexed_rows(
+        &self,
+        query: &RunQuery,
+        sweeps: &HashMap<String, SweepRecord>,
+        project: &str,
+        metric: &str,
+        descending: bool,
+    ) -> Result<Vec<(RowKey, RunRecord)>, CoordinatorError> {
+        let (from, in_missing_region) = match &query.after {
+            Some(after) => match after.values.first().cloned().flatten() {
+                Some(Value::Number(v)) => (Some(v), false),
+                Some(_) => (None, false),
+                None => (None, true),
+            },
+            None => (None, false),
+        };
+        let mut rows: Vec<(RowKey, RunRecord)> = Vec::new();
+        if !in_missing_region {
+            let mut last_value: Option<f64> = None;
+            for entry in self.metric_walk(project, metric, descending, from)? {
+                let (value, run_id) = entry?;
+                if rows.len() > query.limit
+                    && last_value.is_some_and(|l| l.to_bits() != value.to_bits())
+                {
+                    break;
+                }
+                let Some(run) = self.indexed_run(metric, value, &run_id)? else {
+                    continue;
+                };
+                let sweep = sweeps.get(&run.sweep_id);
+                if !query.admits(&run, sweep) {
+                    continue;
+                }
+                let key = row_key(
+                    &Facts { run: &run, sweep },
+                    &query.sort,
+                    position(&run, sweeps),
+                );
+                if let Some(after) = &query.after {
+                    if compare_rows(&query.sort, &key, after) != Ordering::Greater {
+                        continue;
+                    }
+                }
+                last_value = Some(value);
+                rows.push((key, run));
+            }
+        }
+        if rows.len() <= query.limit {
+            rows.extend(self.scanned_rows(query, sweeps, Some(metric))?);
+        }
+        Ok(rows)
+    }
+
+    /// Ranks the runs of a project (see [`LeaderboardQuery`]).
+    pub fn leaderboard(&self, query: &LeaderboardQuery) -> Result<Leaderboard, CoordinatorError> {
+        let sweeps = self.sweep_map()?;
+        let mut project_sweeps: Vec<&SweepRecord> = sweeps
+            .values()
+            .filter(|s| s.spec.project == query.project)
+            .collect();
+        project_sweeps.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        let (metric, goal) = if query.tasks_average {
+            (TASKS_AVG_METRIC.to_string(), Goal::Maximize)
+        } else if !query.metric.is_empty() {
+            let from_sweeps = project_sweeps
+                .iter()
+                .filter_map(|s| s.spec.metric.as_ref())
+                .find(|m| m.name == query.metric)
+                .map(|m| m.goal);
+            (
+                query.metric.clone(),
+                query.goal.or(from_sweeps).unwrap_or(Goal::Maximize),
+            )
+        } else {
+            let Some(objective) = project_sweeps.iter().find_map(|s| s.spec.metric.as_ref()) else {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "project {:?} has no sweep with a metric; pass --metric NAME or --tasks avg",
+                    query.project
+                )));
+            };
+            (objective.name.clone(), query.goal.unwrap_or(objective.goal))
+        };
+        let descending = goal == Goal::Maximize;
+        let mut rows: Vec<LeaderboardRow> = Vec::new();
+        let mut groups: HashSet<String> = HashSet::new();
+        let mut last_value: Option<f64> = None;
+        for entry in self.metric_walk(&query.project, &metric, descending, None)? {
+            let (value, run_id) = entry?;
+            if rows.len() >= query.limit
+                && last_value.is_some_and(|l| l.to_bits() != value.to_bits())
+            {
+                break;
+            }
+            let Some(run) = self.indexed_run(&metric, value, &run_id)? else {
+                continue;
+            };
+            if !query.statuses.contains(&run.status) {
+                continue;
+            }
+            let group = match query.per {
+                Per::Run => None,
+                Per::Sweep => Some(run.sweep_id.clone()),
+                Per::Model => match run.params.get("model") {
+                    Some(model) => Some(model.to_string()),
+                    None => continue,
+                },
+            };
+            if let Some(group) = group {
+                if !groups.insert(group) {
+                    continue;
+                }
+            }
+            last_value = Some(value);
+            let tasks = if query.tasks_average {
+                query::task_scores(&run.last_metrics)
+            } else {
+                Default::default()
+            };
+            let sweep_name = sweeps
+                .get(&run.sweep_id)
+                .map(|s| s.spec.name.clone())
+                .unwrap_or_default();
+            rows.push(LeaderboardRow {
+                run,
+                sweep_name,
+                value,
+                tasks,
+            });
+        }
+        // Ties: earlier runs first.
+        rows.sort_by(|a, b| {
+            let by_value = a.value.total_cmp(&b.value);
+            let by_value = if descending {
+                by_value.reverse()
+            } else {
+                by_value
+            };
+            by_value
+                .then(a.run.created_ms.cmp(&b.run.created_ms))
+                .then(a.run.id.cmp(&b.run.id))
+        });
+        rows.truncate(query.limit);
+        let metric = if query.tasks_average {
+            "tasks:avg".to_string()
+        } else {
+            metric
+        };
+        Ok(Leaderboard { metric, goal, rows })
+    }
+
+    /// Adds the card fields to a `GetRun` answer: the sweep's name, owner, objective and
+    /// git state, the best value of the objective and min/max of every metric.
+    pub fn fill_card(
+        &self,
+        run: &RunRecord,
+        response: &mut pb::GetRunResponse,
+    ) -> Result<(), CoordinatorError> {
+        let sweep = self.store.get_sweep(&run.sweep_id)?;
+        let mut minimum: HashMap<String, f64> = HashMap::new();
+        let mut maximum: HashMap<String, f64> = HashMap::new();
+        for attempt in &response.metrics {
+            for point in &attempt.points {
+                for (name, value) in &point.values {
+                    let low = minimum.entry(name.clone()).or_insert(*value);
+                    *low = low.min(*value);
+                    let high = maximum.entry(name.clone()).or_insert(*value);
+                    *high = high.max(*value);
+                }
+            }
+        }
+        if let Some(sweep) = sweep {
+            response.sweep_name = sweep.spec.name.clone();
+            response.owner = sweep.owner.clone();
+            response.git_commit = sweep.git_commit.clone();
+            response.git_dirty = sweep.git_dirty;
+            if let Some(metric) = &sweep.spec.metric {
+                response.sweep_metric = metric.name.clone();
+                response.sweep_goal = metric.goal.as_str().to_string();
+                response.best_value = match metric.goal {
+                    Goal::Maximize => maximum.get(&metric.name).copied(),
+                    Goal::Minimize => minimum.get(&metric.name).copied(),
+                };
+            }
+        }
+        response.min_metrics = minimum;
+        response.max_metrics = maximum;
+        Ok(())
+    }
+
+    /// What a watcher has not seen yet of a run: the current attempt's points and log
+    /// lines past `seen`, and the run's status.
+    fn run_delta(
+        &self,
+        run_id: &str,
+        seen: &mut WatchState,
+    ) -> Result<(RunStatus, Option<pb::WatchRunResponse>), CoordinatorError> {
+        let run = self
+            .store
+            .get_run(run_id)?
+            .ok_or_else(|| CoordinatorError::NotFound {
+                kind: "run",
+                id: run_id.to_string(),
+            })?;
+        let Some(attempt) = run.current_attempt() else {
+            return Ok((run.status, None));
+        };
+        if attempt.number != seen.attempt {
+            *seen = WatchState {
+                attempt: attempt.number,
+                points: 0,
+                lines: 0,
+                status: seen.status,
+            };
+        }
+        let points = if attempt.metric_points > seen.points {
+            let all = self.store.metrics(&run.id, attempt.number)?;
+            let fresh: Vec<pb::MetricPoint> = all
+                .iter()
+                .skip(seen.points as usize)
+                .map(convert::point_to_pb)
+                .collect();
+            seen.points = all.len() as u64;
+            fresh
+        } else {
+            Vec::new()
+        };
+        let lines = if attempt.log_lines > seen.lines {
+            let wanted = ((attempt.log_lines - seen.lines) as usize).min(WATCH_BACKLOG_LINES);
+            let tail = self.store.log_tail(&run.id, attempt.number, wanted)?;
+            seen.lines = attempt.log_lines;
+            tail.iter().map(convert::log_to_pb).collect()
+        } else {
+            Vec::new()
+        };
+        let changed = !points.is_empty() || !lines.is_empty() || seen.status != Some(run.status);
+        seen.status = Some(run.status);
+        let message = changed.then(|| pb::WatchRunResponse {
+            attempt: attempt.number,
+            points,
+            lines,
+            status: convert::run_status_to_pb(run.status) as i32,
+        });
+        Ok((run.status, message))
+    }
+}
+
+/// The last metric value (or tasks average) a run has under an index name.
+fn index_value(run: &RunRecord, metric: &str) -> Option<f64> {
+    if metric == TASKS_AVG_METRIC {
+        query::tasks_average(&run.last_metrics)
+    } else {
+        run.last_metrics.get(metric).copied()
+    }
+}
+
+/// What a `WatchRun` stream has already sent.
+#[derive(Default)]
+struct WatchState {
+    attempt: u32,
+    points: u64,
+    lines: u64,
+    status: Option<RunStatus>,
+}
+
+impl std::fmt::Debug for WatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "attempt {} points {} lines {}",
+            self.attempt, self.points, self.lines
+        )
+    }
+}
+
+type Sender<T> = mpsc::Sender<Result<T, tonic::Status>>;
+
+/// Feeds a `WatchRun` stream: a delta now, then one after every change of the run's
+/// sweep (the scheduler broadcasts sweep ids after each commit), until the run ends.
+pub(crate) fn spawn_watch(
+    shared: Arc<Shared>,
+    run_id: String,
+    only_new: bool,
+    tx: Sender<pb::WatchRunResponse>,
+) {
+    let mut changes = shared.changes.subscribe();
+    tokio::spawn(async move {
+        let sweep_id = {
+            let id = run_id.clone();
+            match shared.read(move |q| q.run_sweep(&id)).await {
+                Ok(sweep_id) => sweep_id,
+                Err(error) => {
+                    let _ = tx.send(Err(error.into())).await;
+                    return;
+                }
+            }
+        };
+        let mut seen = WatchState::default();
+        if only_new {
+            let id = run_id.clone();
+            let skipped = shared
+                .read(move |q| {
+                    let mut state = WatchState::default();
+                    q.run_delta(&id, &mut state)?;
+                    Ok(state)
+                })
+                .await;
+            if let Ok(state) = skipped {
+                seen = state;
+                seen.status = None;
+            }
+        }
+        loop {
+            let id = run_id.clone();
+            let mut state = std::mem::take(&mut seen);
+            let result = shared
+                .read(move |q| {
+                    let delta = q.run_delta(&id, &mut state)?;
+                    Ok((delta, state))
+                })
+                .await;
+            let ((status, message), state) = match result {
+                Ok(answer) => answer,
+                Err(error) => {
+                    let _ = tx.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            seen = state;
+            if let Some(message) = message {
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            if status.is_terminal() {
+                return;
+            }
+            // Wait for a change of the run's sweep (or re-check after a while).
+            let wait = async {
+                loop {
+                    match changes.recv().await {
+                        Ok(changed) if changed == sweep_id => return true,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                        Err(broadcast::error::RecvError::Closed) => return false,
+                    }
+                }
+            };
+            // A timeout re-checks anyway; a closed broadcast means the coordinator stops.
+            if let Ok(false) = tokio::time::timeout(Duration::from_secs(2), wait).await {
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+}
+
+/// Feeds an `ExportRuns` stream page by page.
+pub(crate) fn spawn_export(shared: Arc<Shared>, mut query: RunQuery, tx: Sender<pb::Run>) {
+    tokio::spawn(async move {
+        let mut remaining = query.limit;
+        loop {
+            let page_size = if remaining == 0 {
+                EXPORT_PAGE
+            } else {
+                remaining.min(EXPORT_PAGE)
+            };
+            query.limit = page_size;
+            let moved = query;
+            let result = shared
+                .read(move |q| {
+                    let page = q.query_runs(&moved);
+                    Ok((page, moved))
+                })
+                .await;
+            let (page, returned) = match result {
+                Ok(answer) => answer,
+                Err(error) => {
+                    let _ = tx.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            query = returned;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = tx.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            let count = page.runs.len();
+            for run in &page.runs {
+                if tx.send(Ok(convert::run_to_pb(run))).await.is_err() {
+                    return;
+                }
+            }
+            if remaining > 0 {
+                remaining -= count.min(remaining);
+                if remaining == 0 {
+                    return;
+                }
+            }
+            let Some(cursor) = page.next_cursor else {
+                return;
+            };
+            query.after = Cursor::decode(&cursor).ok().map(|c| c.last);
+        }
+    });
+}
+
+impl Queries {
+    /// The sweep id of a run (`NOT_FOUND` when there is no such run).
+    pub fn run_sweep(&self, run_id: &str) -> Result<String, CoordinatorError> {
+        self.store
+            .get_run(run_id)?
+            .map(|run| run.sweep_id)
+            .ok_or_else(|| CoordinatorError::NotFound {
+                kind: "run",
+                id: run_id.to_string(),
+            })
+    }
+}
+
+/// Leaderboard rows as protocol messages.
+pub fn leaderboard_to_pb(board: Leaderboard) -> pb::LeaderboardResponse {
+    let mut tasks: Vec<String> = board
+        .rows
+        .iter()
+        .flat_map(|row| row.tasks.keys().cloned())
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    pb::LeaderboardResponse {
+        metric: board.metric,
+        goal: board.goal.as_str().to_string(),
+        tasks,
+        rows: board
+            .rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| pb::LeaderboardRow {
+                rank: i as u32 + 1,
+                run: Some(convert::run_to_pb(&row.run)),
+                sweep_name: row.sweep_name,
+                value: row.value,
+                tasks: row.tasks.into_iter().collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SledStore, Store};
+    use ladder_shared::types::SweepStatus;
+
+    fn sweep(store: &SledStore, id: &str, created_ms: i64, runs: u64) {
+        let yaml = format!(
+            "name: {id}\nproject: p\nmethod: grid\nmetric: {{name: m, goal: minimize}}\nparameters:\n  x: {{values: [1, 2]}}\ncommand: [\"true\"]\n"
+        );
+        let spec = ladder_shared::spec::parse_sweep("s.yaml", &yaml).unwrap();
+        store
+            .put_sweep(&SweepRecord {
+                id: id.into(),
+                spec,
+                file_name: "s.yaml".into(),
+                yaml,
+                status: SweepStatus::Completed,
+                created_ms,
+                ended_ms: None,
+                planned_runs: runs,
+                created_runs: runs,
+                owner: String::new(),
+                git_commit: String::new(),
+                git_dirty: false,
+            })
+            .unwrap();
+    }
+
+    fn run(sweep: &str, index: u64, metric: Option<f64>) -> RunRecord {
+        RunRecord {
+            id: format!("{sweep}-{index:06}"),
+            sweep_id: sweep.into(),
+            project: "p".into(),
+            index,
+            params: [("x".to_string(), ParamValue::Int(index as i64))]
+                .into_iter()
+                .collect(),
+            argv: Vec::new(),
+            status: RunStatus::Completed,
+            attempts: Vec::new(),
+            last_metrics: metric.into_iter().map(|v| ("m".to_string(), v)).collect(),
+            last_step: None,
+            created_ms: index as i64,
+            ended_ms: None,
+            tags: Default::default(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn walk(store: &SledStore, descending: bool, from: Option<f64>) -> Vec<(f64, String)> {
+        store
+            .metric_index("p", "m", descending, from)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_index_follows_put_run_and_orders_special_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        sweep(&store, "s", 0, 5);
+        let values = [Some(0.5), Some(-0.0), Some(f64::MIN), Some(-3.0), None];
+        for (i, v) in values.iter().enumerate() {
+            store.put_run(&run("s", i as u64, *v)).unwrap();
+        }
+        let ascending: Vec<f64> = walk(&store, false, None).into_iter().map(|e| e.0).collect();
+        assert_eq!(ascending.len(), 4);
+        assert_eq!(ascending[0], f64::MIN);
+        assert_eq!(ascending[1], -3.0);
+        assert!(ascending[2] == 0.0 && ascending[2].is_sign_negative());
+        assert_eq!(ascending[3], 0.5);
+        // A new value replaces the old entry.
+        store.put_run(&run("s", 0, Some(-10.0))).unwrap();
+        let descending = walk(&store, true, None);
+        assert_eq!(descending.len(), 4);
+        assert_eq!(
+            descending.last().unwrap(),
+            &(f64::MIN, "s-000002".to_string())
+        );
+        assert_eq!(walk(&store, true, Some(-3.0)).len(), 3);
+        assert_eq!(walk(&store, false, Some(-3.0)).len(), 2);
+        // Reopening a store without the index marker rebuilds the same index.
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(walk(&store, false, None).len(), 4);
+    }
+
+    #[test]
+    fn indexed_and_scanned_pages_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        sweep(&store, "a", 1, 30);
+        sweep(&store, "b", 2, 30);
+        for i in 0..30u64 {
+            let value = if i % 4 == 0 {
+                None
+            } else {
+                Some((i % 7) as f64)
+            };
+            store.put_run(&run("a", i, value)).unwrap();
+            store.put_run(&run("b", i, value.map(|v| -v))).unwrap();
+        }
+        let queries = Queries::new(store.clone());
+        for sort in ["m", "-m"] {
+            for limit in [1u32, 7, 100] {
+                let request = |project: &str, cursor: String| pb::ListRunsRequest {
+                    project: project.into(),
+                    sort: vec![format!("{}metrics.m", if sort == "-m" { "-" } else { "" })],
+                    r#where: "params.x >= 2".into(),
+                    limit,
+                    cursor,
+                    ..Default::default()
+                };
+                let mut pages: Vec<Vec<String>> = Vec::new();
+                for project in ["p", ""] {
+                    let mut ids = Vec::new();
+                    let mut cursor = String::new();
+                    loop {
+                        let query = RunQuery::parse(&request(project, cursor.clone())).unwrap();
+                        let page = queries.query_runs(&query).unwrap();
+                        ids.extend(page.runs.into_iter().map(|r| r.id));
+                        match page.next_cursor {
+                            Some(next) => cursor = next,
+                            None => break,
+                        }
+                    }
+                    pages.push(ids);
+                }
+                assert_eq!(pages[0].len(), 56, "sort {sort} limit {limit}");
+                assert_eq!(pages[0], pages[1], "sort {sort} limit {limit}");
+            }
+        }
+    }
+}

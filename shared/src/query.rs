@@ -1,0 +1,1257 @@
+//! The run query language of `ladder runs ls --where/--sort/--cursor` and the
+//! leaderboard's task convention. Pure: text in, values out; the coordinator evaluates
+//! a parsed [`Query`] against each run it considers (see `coordinator/src/history.rs`).
+//!
+//! Grammar (keywords case-insensitive):
+//!
+//! ```text
+//! expr    := and ("or" and)*
+//! and     := atom ("and" atom)*
+//! atom    := "(" expr ")" | field op literal | field "in" "[" literal ("," literal)* "]"
+//! field   := params.NAME | metrics.NAME | status | sweep | project | owner | tag | agent | created
+//! op      := "=" | "!=" | "<" | "<=" | ">" | ">="
+//! literal := number | "quoted string" | 'quoted string' | bare-word | -2h | RFC3339 time
+//! ```
+//!
+//! A word is a run of characters other than white space, quotes and `()[],<>=!`, so
+//! metric names keep their `/`, `.` and `-` (`metrics.eval/hellaswag/acc_norm`).
+//! Comparisons with a value a run does not have (a missing metric or parameter, a type
+//! mismatch) are false, whichever the operator. `tag = x` holds when the run has tag `x`,
+//! `tag != x` when it has not. `created` compares times: RFC3339
+//! (`2024-05-01T12:00:00Z`) or relative to now (`-2h`, `-30m`, `-7d`, `-45s`).
+//!
+//! Sorting ([`SortKey`]): `metrics.eval/avg` ascending, `-params.lr` descending; runs
+//! without the value come last in both directions; ties are broken by the run's
+//! position (sweep creation time, sweep id, trial index), which is also the order when
+//! no sort is given. Pages are cut by [`Cursor`]s: the position of the last row shown,
+//! so the next page starts strictly after it and pages never overlap or skip.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A positioned error in a query: `--where:1:12: unknown operator "=<" (did you mean "<="?)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    /// What the text was (`--where`, `--sort`, `--cursor`).
+    pub source: String,
+    /// 1-based column (characters) of the offending token.
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:1:{}: {}", self.source, self.column, self.message)
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+/// What a query can look at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Field {
+    Param(String),
+    Metric(String),
+    Status,
+    Sweep,
+    Project,
+    Owner,
+    Tag,
+    Agent,
+    Created,
+}
+
+const FIELD_NAMES: &str =
+    "params.NAME, metrics.NAME, status, sweep, project, owner, tag, agent, created";
+
+impl Field {
+    fn parse(word: &str) -> Option<Field> {
+        if let Some(name) = word.strip_prefix("params.") {
+            return (!name.is_empty()).then(|| Field::Param(name.to_string()));
+        }
+        if let Some(name) = word.strip_prefix("metrics.") {
+            return (!name.is_empty()).then(|| Field::Metric(name.to_string()));
+        }
+        Some(match word.to_ascii_lowercase().as_str() {
+            "status" => Field::Status,
+            "sweep" => Field::Sweep,
+            "project" => Field::Project,
+            "owner" => Field::Owner,
+            "tag" | "tags" => Field::Tag,
+            "agent" => Field::Agent,
+            "created" => Field::Created,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Param(name) => write!(f, "params.{name}"),
+            Field::Metric(name) => write!(f, "metrics.{name}"),
+            Field::Status => f.write_str("status"),
+            Field::Sweep => f.write_str("sweep"),
+            Field::Project => f.write_str("project"),
+            Field::Owner => f.write_str("owner"),
+            Field::Tag => f.write_str("tag"),
+            Field::Agent => f.write_str("agent"),
+            Field::Created => f.write_str("created"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    fn holds(self, ordering: Ordering) -> bool {
+        match self {
+            Op::Eq => ordering == Ordering::Equal,
+            Op::Ne => ordering != Ordering::Equal,
+            Op::Lt => ordering == Ordering::Less,
+            Op::Le => ordering != Ordering::Greater,
+            Op::Gt => ordering == Ordering::Greater,
+            Op::Ge => ordering != Ordering::Less,
+        }
+    }
+}
+
+/// A literal of the query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Literal {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+/// A value a run has for a field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl Value {
+    /// Order within a kind (numbers as IEEE, so -0 = 0); `None` across kinds or with NaN.
+    fn compare(&self, other: &Value) -> Option<Ordering> {
+        match (self, other) {
+            (Value::Number(a), Value::Number(b)) => a.partial_cmp(b),
+            (Value::Text(a), Value::Text(b)) => Some(a.cmp(b)),
+            (Value::Bool(a), Value::Bool(b)) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+
+    fn kind_rank(&self) -> u8 {
+        match self {
+            Value::Bool(_) => 0,
+            Value::Number(_) => 1,
+            Value::Text(_) => 2,
+        }
+    }
+
+    /// A total order over all values: by kind (bool < number < text), then within it.
+    pub fn total_cmp(&self, other: &Value) -> Ordering {
+        if let (Value::Number(a), Value::Number(b)) = (self, other) {
+            return a.total_cmp(b);
+        }
+        self.compare(other)
+            .unwrap_or_else(|| self.kind_rank().cmp(&other.kind_rank()))
+    }
+
+    fn matches(&self, literal: &Literal, op: Op) -> bool {
+        let other = match literal {
+            Literal::Number(n) => Value::Number(*n),
+            Literal::Text(t) => Value::Text(t.clone()),
+            Literal::Bool(b) => Value::Bool(*b),
+        };
+        match self.compare(&other) {
+            Some(ordering) => op.holds(ordering),
+            None => false,
+        }
+    }
+}
+
+/// What the evaluator asks of a run. Implemented by the coordinator over its records.
+pub trait RunFacts {
+    fn param(&self, name: &str) -> Option<Value>;
+    fn metric(&self, name: &str) -> Option<f64>;
+    /// `queued`, `running`, `completed`, `failed`, `stopped` or `cancelled`.
+    fn status(&self) -> &str;
+    fn sweep(&self) -> &str;
+    fn project(&self) -> &str;
+    fn owner(&self) -> &str;
+    fn has_tag(&self, tag: &str) -> bool;
+    fn agent(&self) -> &str;
+    fn created_ms(&self) -> i64;
+
+    /// The value of `field` (`tag` has no single value: `None`).
+    fn value(&self, field: &Field) -> Option<Value> {
+        let text = |s: &str| (!s.is_empty()).then(|| Value::Text(s.to_string()));
+        match field {
+            Field::Param(name) => self.param(name),
+            Field::Metric(name) => self.metric(name).map(Value::Number),
+            Field::Status => text(self.status()),
+            Field::Sweep => text(self.sweep()),
+            Field::Project => text(self.project()),
+            Field::Owner => text(self.owner()),
+            Field::Agent => text(self.agent()),
+            Field::Created => Some(Value::Number(self.created_ms() as f64)),
+            Field::Tag => None,
+        }
+    }
+}
+
+/// A parsed `--where` expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    Compare {
+        field: Field,
+        op: Op,
+        value: Literal,
+    },
+    In {
+        field: Field,
+        values: Vec<Literal>,
+    },
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+}
+
+impl Expr {
+    /// Whether the run satisfies the expression.
+    pub fn matches(&self, run: &dyn RunFacts) -> bool {
+        match self {
+            Expr::And(a, b) => a.matches(run) && b.matches(run),
+            Expr::Or(a, b) => a.matches(run) || b.matches(run),
+            Expr::Compare { field, op, value } => compare(run, field, *op, value),
+            Expr::In { field, values } => values.iter().any(|v| compare(run, field, Op::Eq, v)),
+        }
+    }
+
+    /// Every `project = X` that must hold for the expression to hold (used to narrow
+    /// the runs considered).
+    pub fn required_project(&self) -> Option<&str> {
+        match self {
+            Expr::Compare {
+                field: Field::Project,
+                op: Op::Eq,
+                value: Literal::Text(project),
+            } => Some(project),
+            Expr::And(a, b) => a.required_project().or_else(|| b.required_project()),
+            _ => None,
+        }
+    }
+}
+
+fn compare(run: &dyn RunFacts, field: &Field, op: Op, literal: &Literal) -> bool {
+    if *field == Field::Tag {
+        let Literal::Text(tag) = literal else {
+            return false;
+        };
+        return match op {
+            Op::Eq => run.has_tag(tag),
+            Op::Ne => !run.has_tag(tag),
+            _ => false,
+        };
+    }
+    match run.value(field) {
+        Some(value) => value.matches(literal, op),
+        None => false,
+    }
+}
+
+// ----- lexer -----
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Quoted(String),
+    Op(Op),
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+}
+
+#[derive(Debug, Clone)]
+struct Spanned {
+    token: Token,
+    /// 1-based character column.
+    column: usize,
+}
+
+fn is_word_char(c: char) -> bool {
+    !(c.is_whitespace() || "\"'()[],<>=!".contains(c))
+}
+
+fn lex(source: &str, text: &str) -> Result<Vec<Spanned>, QueryError> {
+    let chars: Vec<char> = text.chars().collect();
+    let error = |column: usize, message: String| QueryError {
+        source: source.to_string(),
+        column,
+        message,
+    };
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let column = i + 1;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let single = match c {
+            '(' => Some(Token::LParen),
+            ')' => Some(Token::RParen),
+            '[' => Some(Token::LBracket),
+            ']' => Some(Token::RBracket),
+            ',' => Some(Token::Comma),
+            _ => None,
+        };
+        if let Some(token) = single {
+            tokens.push(Spanned { token, column });
+            i += 1;
+            continue;
+        }
+        if c == '"' || c == '\'' {
+            let mut value = String::new();
+            let mut j = i + 1;
+            loop {
+                match chars.get(j) {
+                    None => {
+                        return Err(error(column, format!("unterminated string (missing {c})")))
+                    }
+                    Some('\\') if chars.get(j + 1).is_some() => {
+                        value.push(chars[j + 1]);
+                        j += 2;
+                    }
+                    Some(&d) if d == c => break,
+                    Some(&d) => {
+                        value.push(d);
+                        j += 1;
+                    }
+                }
+            }
+            tokens.push(Spanned {
+                token: Token::Quoted(value),
+                column,
+            });
+            i = j + 1;
+            continue;
+        }
+        if "<>=!".contains(c) {
+            let mut j = i;
+            while j < chars.len() && "<>=!".contains(chars[j]) {
+                j += 1;
+            }
+            let raw: String = chars[i..j].iter().collect();
+            let op = match raw.as_str() {
+                "=" | "==" => Op::Eq,
+                "!=" => Op::Ne,
+                "<" => Op::Lt,
+                "<=" => Op::Le,
+                ">" => Op::Gt,
+                ">=" => Op::Ge,
+                other => {
+                    let hint = match other {
+                        "=<" => " (did you mean \"<=\"?)",
+                        "=>" => " (did you mean \">=\"?)",
+                        "<>" | "=!" => " (did you mean \"!=\"?)",
+                        "===" => " (did you mean \"=\"?)",
+                        _ => " (expected one of: = != < <= > >=)",
+                    };
+                    return Err(error(column, format!("unknown operator \"{other}\"{hint}")));
+                }
+            };
+            tokens.push(Spanned {
+                token: Token::Op(op),
+                column,
+            });
+            i = j;
+            continue;
+        }
+        let mut j = i;
+        while j < chars.len() && is_word_char(chars[j]) {
+            j += 1;
+        }
+        tokens.push(Spanned {
+            token: Token::Word(chars[i..j].iter().collect()),
+            column,
+        });
+        i = j;
+    }
+    Ok(tokens)
+}
+
+// ----- parser -----
+
+/// Run statuses a query may name.
+pub const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "stopped",
+    "cancelled",
+];
+
+struct Parser<'a> {
+    source: &'a str,
+    tokens: Vec<Spanned>,
+    position: usize,
+    end_column: usize,
+    now_ms: i64,
+}
+
+impl Parser<'_> {
+    fn error(&self, column: usize, message: impl Into<String>) -> QueryError {
+        QueryError {
+            source: self.source.to_string(),
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn peek(&self) -> Option<&Spanned> {
+        self.tokens.get(self.position)
+    }
+
+    fn column(&self) -> usize {
+        self.peek().map(|t| t.column).unwrap_or(self.end_column)
+    }
+
+    fn next(&mut self) -> Option<Spanned> {
+        let token = self.tokens.get(self.position).cloned();
+        self.position += 1;
+        token
+    }
+
+    fn keyword(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Spanned { token: Token::Word(w), .. }) if w.eq_ignore_ascii_case(word))
+    }
+
+    fn expr(&mut self) -> Result<Expr, QueryError> {
+        let mut left = self.and()?;
+        while self.keyword("or") {
+            self.next();
+            let right = self.and()?;
+            left = Expr::Or(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Expr, QueryError> {
+        let mut left = self.atom()?;
+        while self.keyword("and") {
+            self.next();
+            let right = self.atom()?;
+            left = Expr::And(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn atom(&mut self) -> Result<Expr, QueryError> {
+        let column = self.column();
+        let Some(token) = self.next() else {
+            return Err(self.error(
+                column,
+                "expected a condition such as `metrics.loss < 0.5`, found the end",
+            ));
+        };
+        let word = match token.token {
+            Token::LParen => {
+                let inner = self.expr()?;
+                let column = self.column();
+                match self.next() {
+                    Some(Spanned {
+                        token: Token::RParen,
+                        ..
+                    }) => return Ok(inner),
+                    _ => return Err(self.error(column, "expected `)`")),
+                }
+            }
+            Token::Word(word) => word,
+            other => {
+                return Err(self.error(
+                    column,
+                    format!(
+                        "expected a field ({FIELD_NAMES}), found {}",
+                        describe(&other)
+                    ),
+                ))
+            }
+        };
+        let field = Field::parse(&word).ok_or_else(|| {
+            let hint = if word.starts_with("param.") || word.starts_with("metric.") {
+                format!(
+                    " (did you mean \"{}s.{}\"?)",
+                    word.split('.').next().unwrap_or(""),
+                    &word[word.find('.').map(|i| i + 1).unwrap_or(0)..]
+                )
+            } else {
+                String::new()
+            };
+            self.error(
+                column,
+                format!("unknown field \"{word}\"{hint} (expected one of: {FIELD_NAMES})"),
+            )
+        })?;
+        if self.keyword("in") {
+            self.next();
+            let column = self.column();
+            if !matches!(self.next().map(|t| t.token), Some(Token::LBracket)) {
+                return Err(self.error(column, "expected `[` after `in`"));
+            }
+            let mut values = Vec::new();
+            loop {
+                values.push(self.literal(&field, Op::Eq)?);
+                let column = self.column();
+                match self.next().map(|t| t.token) {
+                    Some(Token::Comma) => continue,
+                    Some(Token::RBracket) => break,
+                    _ => return Err(self.error(column, "expected `,` or `]` in the list")),
+                }
+            }
+            return Ok(Expr::In { field, values });
+        }
+        let column = self.column();
+        let op = match self.next().map(|t| t.token) {
+            Some(Token::Op(op)) => op,
+            Some(other) => {
+                return Err(self.error(
+                    column,
+                    format!(
+                        "expected an operator (= != < <= > >= or in) after {field}, found {}",
+                        describe(&other)
+                    ),
+                ))
+            }
+            None => {
+                return Err(self.error(
+                    column,
+                    format!("expected an operator (= != < <= > >= or in) after {field}"),
+                ))
+            }
+        };
+        let ordered = !matches!(op, Op::Eq | Op::Ne);
+        if ordered && matches!(field, Field::Status | Field::Tag) {
+            return Err(self.error(
+                column,
+                format!("{field} can only be compared with =, != or in"),
+            ));
+        }
+        let value = self.literal(&field, op)?;
+        Ok(Expr::Compare { field, op, value })
+    }
+
+    fn literal(&mut self, field: &Field, _op: Op) -> Result<Literal, QueryError> {
+        let column = self.column();
+        let (text, quoted) = match self.next().map(|t| t.token) {
+            Some(Token::Word(w)) => (w, false),
+            Some(Token::Quoted(q)) => (q, true),
+            Some(other) => {
+                return Err(self.error(
+                    column,
+                    format!("expected a value, found {}", describe(&other)),
+                ))
+            }
+            None => return Err(self.error(column, "expected a value, found the end")),
+        };
+        match field {
+            Field::Metric(_) => match text.parse::<f64>() {
+                Ok(n) if !quoted => Ok(Literal::Number(n)),
+                _ => Err(self.error(column, format!("{field} is a number; \"{text}\" is not"))),
+            },
+            Field::Created => parse_time(&text, self.now_ms)
+                .map(|ms| Literal::Number(ms as f64))
+                .ok_or_else(|| {
+                    self.error(
+                        column,
+                        format!("\"{text}\" is not a time (expected RFC3339 like 2024-05-01T12:00:00Z, or relative like -2h, -30m, -7d)"),
+                    )
+                }),
+            Field::Status => {
+                let lower = text.to_ascii_lowercase();
+                if STATUSES.contains(&lower.as_str()) {
+                    Ok(Literal::Text(lower))
+                } else {
+                    Err(self.error(
+                        column,
+                        format!("unknown status \"{text}\" (expected one of: {})", STATUSES.join(", ")),
+                    ))
+                }
+            }
+            Field::Param(_) if !quoted => {
+                if let Ok(n) = text.parse::<f64>() {
+                    return Ok(Literal::Number(n));
+                }
+                match text.as_str() {
+                    "true" => Ok(Literal::Bool(true)),
+                    "false" => Ok(Literal::Bool(false)),
+                    _ => Ok(Literal::Text(text)),
+                }
+            }
+            _ => Ok(Literal::Text(text)),
+        }
+    }
+}
+
+fn describe(token: &Token) -> String {
+    match token {
+        Token::Word(w) => format!("\"{w}\""),
+        Token::Quoted(q) => format!("\"{q}\""),
+        Token::Op(_) => "an operator".into(),
+        Token::LParen => "`(`".into(),
+        Token::RParen => "`)`".into(),
+        Token::LBracket => "`[`".into(),
+        Token::RBracket => "`]`".into(),
+        Token::Comma => "`,`".into(),
+    }
+}
+
+/// Parses a `--where` expression. `now_ms` resolves relative times (`created > -2h`).
+pub fn parse_where(source: &str, text: &str, now_ms: i64) -> Result<Expr, QueryError> {
+    let tokens = lex(source, text)?;
+    let mut parser = Parser {
+        source,
+        end_column: text.chars().count() + 1,
+        tokens,
+        position: 0,
+        now_ms,
+    };
+    let expr = parser.expr()?;
+    if let Some(extra) = parser.peek() {
+        return Err(parser.error(
+            extra.column,
+            format!(
+                "expected `and`, `or` or the end, found {}",
+                describe(&extra.token)
+            ),
+        ));
+    }
+    Ok(expr)
+}
+
+/// Milliseconds since the epoch of an RFC3339 time or of a time relative to `now_ms`
+/// (`-2h`: two hours ago; units s, m, h, d, w).
+pub fn parse_time(text: &str, now_ms: i64) -> Option<i64> {
+    if let Some(relative) = text.strip_prefix('-') {
+        let unit = relative.chars().last()?;
+        let amount: f64 = relative[..relative.len() - unit.len_utf8()].parse().ok()?;
+        let unit_ms = match unit {
+            's' => 1_000.0,
+            'm' => 60_000.0,
+            'h' => 3_600_000.0,
+            'd' => 86_400_000.0,
+            'w' => 604_800_000.0,
+            _ => return None,
+        };
+        if !amount.is_finite() || amount < 0.0 {
+            return None;
+        }
+        return Some(now_ms - (amount * unit_ms) as i64);
+    }
+    parse_rfc3339(text)
+}
+
+/// `YYYY-MM-DD[THH:MM:SS[.fff]](Z|±HH:MM)`; a bare date is midnight UTC.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        if !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let year = number(0..4)?;
+    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
+        return None;
+    }
+    let month = number(5..7)?;
+    let day = number(8..10)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if text.len() == 10 {
+        return Some(days * 86_400_000);
+    }
+    if !matches!(bytes.get(10), Some(b'T' | b't' | b' ')) {
+        return None;
+    }
+    let hour = number(11..13)?;
+    let minute = number(14..16)?;
+    let second = number(17..19)?;
+    if bytes.get(13) != Some(&b':')
+        || bytes.get(16) != Some(&b':')
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0i64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits: String = fraction
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if digits.is_empty() {
+            return None;
+        }
+        let padded = format!("{:0<3}", &digits[..digits.len().min(3)]);
+        millis = padded.parse().ok()?;
+        rest = &fraction[digits.len()..];
+    }
+    let offset_ms = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let hours: i64 = rest[1..3].parse().ok()?;
+            let minutes: i64 = rest[4..6].parse().ok()?;
+            sign * (hours * 60 + minutes) * 60_000
+        }
+    };
+    Some(days * 86_400_000 + ((hour * 60 + minute) * 60 + second) * 1000 + millis - offset_ms)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+// ----- sorting and pages -----
+
+/// One `--sort` key: a field, ascending unless written `-field`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SortKey {
+    pub field: Field,
+    pub descending: bool,
+}
+
+/// Parses a `--sort` key: `metrics.eval/avg`, `-params.lr`, `+created`.
+pub fn parse_sort(text: &str) -> Result<SortKey, QueryError> {
+    let error = |message: String| QueryError {
+        source: "--sort".into(),
+        column: 1,
+        message,
+    };
+    let trimmed = text.trim();
+    let (descending, name) = match trimmed.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, trimmed.strip_prefix('+').unwrap_or(trimmed)),
+    };
+    let field = Field::parse(name).ok_or_else(|| {
+        error(format!(
+            "unknown field \"{name}\" (expected one of: {FIELD_NAMES})"
+        ))
+    })?;
+    if field == Field::Tag {
+        return Err(error("runs cannot be sorted by tag".into()));
+    }
+    Ok(SortKey { field, descending })
+}
+
+/// Where a run stands in every listing: sweep creation time, sweep id, trial index.
+/// Unique per run; the last tie-break of every order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    pub sweep_created_ms: i64,
+    pub sweep_id: String,
+    pub index: u64,
+}
+
+/// A row's sort values and position: what the order compares and what a cursor keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowKey {
+    pub values: Vec<Option<Value>>,
+    pub position: Position,
+}
+
+/// The sort values of a run for `keys`.
+pub fn row_key(run: &dyn RunFacts, keys: &[SortKey], position: Position) -> RowKey {
+    RowKey {
+        values: keys.iter().map(|k| run.value(&k.field)).collect(),
+        position,
+    }
+}
+
+/// The order of rows under `keys`: each key in its direction with missing values last,
+/// then position. Total: two rows compare equal only with the same position.
+pub fn compare_rows(keys: &[SortKey], a: &RowKey, b: &RowKey) -> Ordering {
+    for (i, key) in keys.iter().enumerate() {
+        let ordering = match (
+            a.values.get(i).cloned().flatten(),
+            b.values.get(i).cloned().flatten(),
+        ) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(x), Some(y)) => {
+                let natural = x.total_cmp(&y);
+                if key.descending {
+                    natural.reverse()
+                } else {
+                    natural
+                }
+            }
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    a.position.cmp(&b.position)
+}
+
+/// The position after which the next page starts, with the sort it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The `--sort` keys as written (a cursor is only valid for the same sort).
+    pub sort: Vec<String>,
+    pub last: RowKey,
+}
+
+impl Cursor {
+    /// Opaque text: hex of the JSON form.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("cursor serialises");
+        json.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn decode(text: &str) -> Result<Cursor, QueryError> {
+        let error = || {
+            QueryError {
+            source: "--cursor".into(),
+            column: 1,
+            message: "not a cursor returned by this coordinator (pass the `next_cursor` of the previous page)".into(),
+        }
+        };
+        if !text.len().is_multiple_of(2) || !text.is_ascii() {
+            return Err(error());
+        }
+        let mut bytes = Vec::with_capacity(text.len() / 2);
+        for i in (0..text.len()).step_by(2) {
+            bytes.push(u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| error())?);
+        }
+        serde_json::from_slice(&bytes).map_err(|_| error())
+    }
+}
+
+/// One page of `rows` (already filtered) in `keys` order, starting strictly after
+/// `after`; returns the page and whether more rows follow.
+pub fn page<T>(
+    keys: &[SortKey],
+    mut rows: Vec<(RowKey, T)>,
+    after: Option<&RowKey>,
+    limit: usize,
+) -> (Vec<(RowKey, T)>, bool) {
+    if let Some(after) = after {
+        rows.retain(|(key, _)| compare_rows(keys, key, after) == Ordering::Greater);
+    }
+    rows.sort_by(|a, b| compare_rows(keys, &a.0, &b.0));
+    let more = limit > 0 && rows.len() > limit;
+    if limit > 0 {
+        rows.truncate(limit);
+    }
+    (rows, more)
+}
+
+// ----- index ordering -----
+
+/// Order-preserving bytes of an `f64`: comparing the bytes lexicographically gives
+/// `f64::total_cmp` (so -inf < -1 < -0 < +0 < 1 < inf; NaNs at the ends).
+pub fn f64_key(value: f64) -> [u8; 8] {
+    let bits = value.to_bits();
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    ordered.to_be_bytes()
+}
+
+/// The inverse of [`f64_key`].
+pub fn f64_from_key(bytes: [u8; 8]) -> f64 {
+    let ordered = u64::from_be_bytes(bytes);
+    let bits = if ordered >> 63 == 1 {
+        ordered & !(1 << 63)
+    } else {
+        !ordered
+    };
+    f64::from_bits(bits)
+}
+
+// ----- leaderboard tasks -----
+
+/// Score names tried per task, best first: `eval/<task>/acc_norm`, then `acc`, then `mc2`.
+pub const TASK_SCORES: [&str; 3] = ["acc_norm", "acc", "mc2"];
+
+/// The task scores of a run under the Open-LLM-Leaderboard convention: every metric
+/// named `eval/<task>/<score>` with `<score>` one of [`TASK_SCORES`] makes `<task>` a
+/// task, scored by the first of `acc_norm`, `acc`, `mc2` the run reported.
+pub fn task_scores(metrics: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut best: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for (name, value) in metrics {
+        let Some(rest) = name.strip_prefix("eval/") else {
+            continue;
+        };
+        let Some((task, score)) = rest.rsplit_once('/') else {
+            continue;
+        };
+        let Some(rank) = TASK_SCORES.iter().position(|s| *s == score) else {
+            continue;
+        };
+        if task.is_empty() || !value.is_finite() {
+            continue;
+        }
+        let entry = best.entry(task.to_string()).or_insert((rank, *value));
+        if rank < entry.0 {
+            *entry = (rank, *value);
+        }
+    }
+    best.into_iter().map(|(task, (_, v))| (task, v)).collect()
+}
+
+/// The mean of a run's task scores, when it has any.
+pub fn tasks_average(metrics: &BTreeMap<String, f64>) -> Option<f64> {
+    let scores = task_scores(metrics);
+    if scores.is_empty() {
+        return None;
+    }
+    Some(scores.values().sum::<f64>() / scores.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Default, Clone, Debug)]
+    struct Fake {
+        params: BTreeMap<String, Value>,
+        metrics: BTreeMap<String, f64>,
+        status: String,
+        tags: Vec<String>,
+        created: i64,
+    }
+
+    impl RunFacts for Fake {
+        fn param(&self, name: &str) -> Option<Value> {
+            self.params.get(name).cloned()
+        }
+        fn metric(&self, name: &str) -> Option<f64> {
+            self.metrics.get(name).copied()
+        }
+        fn status(&self) -> &str {
+            &self.status
+        }
+        fn sweep(&self) -> &str {
+            "sw1"
+        }
+        fn project(&self) -> &str {
+            "demo"
+        }
+        fn owner(&self) -> &str {
+            "ann"
+        }
+        fn has_tag(&self, tag: &str) -> bool {
+            self.tags.iter().any(|t| t == tag)
+        }
+        fn agent(&self) -> &str {
+            "gpu-01"
+        }
+        fn created_ms(&self) -> i64 {
+            self.created
+        }
+    }
+
+    fn run(lr: f64, avg: Option<f64>, status: &str) -> Fake {
+        let mut fake = Fake {
+            status: status.into(),
+            ..Default::default()
+        };
+        fake.params.insert("lr".into(), Value::Number(lr));
+        fake.params
+            .insert("opt".into(), Value::Text("adamw".into()));
+        if let Some(avg) = avg {
+            fake.metrics.insert("eval/avg".into(), avg);
+        }
+        fake
+    }
+
+    fn matches(text: &str, fake: &Fake) -> bool {
+        parse_where("--where", text, 0).unwrap().matches(fake)
+    }
+
+    #[test]
+    fn the_example_query_filters_by_params_metrics_and_status() {
+        let q = "params.lr < 1e-3 and metrics.eval/avg >= 0.6 and status = completed";
+        assert!(matches(q, &run(1e-4, Some(0.7), "completed")));
+        assert!(!matches(q, &run(1e-2, Some(0.7), "completed")));
+        assert!(!matches(q, &run(1e-4, Some(0.5), "completed")));
+        assert!(!matches(q, &run(1e-4, None, "completed")));
+        assert!(!matches(q, &run(1e-4, Some(0.7), "failed")));
+    }
+
+    #[test]
+    fn or_in_parentheses_tags_and_strings() {
+        let mut fake = run(1e-4, Some(0.7), "failed");
+        fake.tags.push("baseline".into());
+        assert!(matches(
+            "status in [completed, failed] and (tag = baseline or params.lr > 1)",
+            &fake
+        ));
+        assert!(!matches("tag != baseline", &fake));
+        assert!(matches(
+            "params.opt = adamw and owner = ann and agent = \"gpu-01\"",
+            &fake
+        ));
+        assert!(matches("params.opt in ['sgd', adamw]", &fake));
+        assert!(!matches("params.missing != 3", &fake));
+        assert!(matches("project = demo and sweep != other", &fake));
+    }
+
+    #[test]
+    fn and_binds_tighter_than_or() {
+        let fake = run(1.0, Some(0.1), "completed");
+        assert!(matches(
+            "status = failed and params.lr = 2 or metrics.eval/avg < 0.5",
+            &fake
+        ));
+        assert!(!matches(
+            "status = failed and (params.lr = 1 or metrics.eval/avg < 0.5)",
+            &fake
+        ));
+    }
+
+    #[test]
+    fn times_absolute_and_relative() {
+        let now = parse_rfc3339("2024-05-01T12:00:00Z").unwrap();
+        assert_eq!(now, 1_714_564_800_000);
+        assert_eq!(parse_rfc3339("2024-05-01T14:00:00+02:00"), Some(now));
+        assert_eq!(parse_rfc3339("1970-01-01"), Some(0));
+        assert_eq!(parse_time("-2h", now), Some(now - 7_200_000));
+        let mut fake = run(1.0, None, "completed");
+        fake.created = now - 3_600_000;
+        let expr = parse_where(
+            "--where",
+            "created > -2h and created < 2024-05-01T12:00:00Z",
+            now,
+        )
+        .unwrap();
+        assert!(expr.matches(&fake));
+    }
+
+    #[test]
+    fn errors_are_positioned_and_helpful() {
+        let error = parse_where("--where", "params.lr =< 1", 0).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--where:1:11: unknown operator \"=<\" (did you mean \"<=\"?)"
+        );
+        let error = parse_where("--where", "param.lr < 1", 0).unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "--where:1:1: unknown field \"param.lr\" (did you mean \"params.lr\"?)"
+            ),
+            "{error}"
+        );
+        let error = parse_where("--where", "status = done", 0).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("--where:1:10: unknown status \"done\""),
+            "{error}"
+        );
+        let error = parse_where("--where", "metrics.loss < abc", 0).unwrap_err();
+        assert_eq!(error.column, 16);
+        let error = parse_where("--where", "metrics.loss < 1 metrics.acc > 2", 0).unwrap_err();
+        assert_eq!(error.column, 18);
+        let error = parse_where("--where", "(status = failed", 0).unwrap_err();
+        assert_eq!(error.to_string(), "--where:1:17: expected `)`");
+        assert!(parse_where("--where", "status < failed", 0).is_err());
+        assert!(parse_where("--where", "created > yesterday", 0).is_err());
+        assert!(parse_where("--where", "'open", 0).is_err());
+    }
+
+    #[test]
+    fn sort_keys_parse() {
+        assert_eq!(
+            parse_sort("-params.lr").unwrap(),
+            SortKey {
+                field: Field::Param("lr".into()),
+                descending: true
+            }
+        );
+        assert_eq!(
+            parse_sort("metrics.eval/avg").unwrap(),
+            SortKey {
+                field: Field::Metric("eval/avg".into()),
+                descending: false
+            }
+        );
+        assert!(parse_sort("tag").is_err());
+        assert!(parse_sort("bogus").is_err());
+    }
+
+    #[test]
+    fn tasks_prefer_acc_norm_then_acc_then_mc2() {
+        let metrics: BTreeMap<String, f64> = [
+            ("eval/arc/acc", 0.5),
+            ("eval/arc/acc_norm", 0.6),
+            ("eval/truthfulqa/mc2", 0.4),
+            ("eval/mmlu/acc", 0.8),
+            ("eval/loss", 1.0),
+            ("train/hellaswag/acc", 0.9),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let scores = task_scores(&metrics);
+        assert_eq!(scores.len(), 3);
+        assert_eq!(scores["arc"], 0.6);
+        assert_eq!(scores["truthfulqa"], 0.4);
+        assert_eq!(scores["mmlu"], 0.8);
+        assert!((tasks_average(&metrics).unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!(tasks_average(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let cursor = Cursor {
+            sort: vec!["-metrics.loss".into()],
+            last: RowKey {
+                values: vec![Some(Value::Number(0.5)), None],
+                position: Position {
+                    sweep_created_ms: 5,
+                    sweep_id: "abc".into(),
+                    index: 7,
+                },
+            },
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        assert!(Cursor::decode("zz").is_err());
+        assert!(Cursor::decode("7b7d").is_err());
+    }
+
+    #[test]
+    fn special_floats_order_in_key_bytes() {
+        let values = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.0,
+            -f64::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            1e-300,
+            1.0,
+            f64::INFINITY,
+        ];
+        for pair in values.windows(2) {
+            assert!(
+                f64_key(pair[0]) < f64_key(pair[1]),
+                "{} < {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    fn value_strategy() -> impl Strategy<Value = Option<f64>> {
+        prop_oneof![
+            1 => Just(None),
+            4 => (-5i32..5).prop_map(|v| Some(v as f64 / 2.0)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn f64_key_order_is_total_cmp(a in any::<f64>(), b in any::<f64>()) {
+            prop_assert_eq!(f64_key(a).cmp(&f64_key(b)), a.total_cmp(&b));
+            prop_assert_eq!(f64_from_key(f64_key(a)).to_bits(), a.to_bits());
+        }
+
+        #[test]
+        fn pages_cover_every_row_exactly_once_in_order(
+            values in proptest::collection::vec((value_strategy(), value_strategy()), 0..40),
+            descending in any::<bool>(),
+            two_keys in any::<bool>(),
+            limit in 1usize..7,
+        ) {
+            let mut keys = vec![SortKey { field: Field::Metric("a".into()), descending }];
+            if two_keys {
+                keys.push(SortKey { field: Field::Param("b".into()), descending: !descending });
+            }
+            let rows: Vec<(RowKey, usize)> = values.iter().enumerate().map(|(i, (a, b))| {
+                let mut fake = Fake::default();
+                if let Some(a) = a { fake.metrics.insert("a".into(), *a); }
+                if let Some(b) = b { fake.params.insert("b".into(), Value::Number(*b)); }
+                let position = Position { sweep_created_ms: (i % 3) as i64, sweep_id: format!("s{}", i % 2), index: i as u64 };
+                (row_key(&fake, &keys, position), i)
+            }).collect();
+            let mut seen = Vec::new();
+            let mut after: Option<RowKey> = None;
+            loop {
+                let (page, more) = page(&keys, rows.clone(), after.as_ref(), limit);
+                prop_assert!(page.len() <= limit);
+                if let Some(last) = page.last() { after = Some(last.0.clone()); }
+                seen.extend(page);
+                if !more { break; }
+            }
+            prop_assert_eq!(seen.len(), rows.len());
+            let mut ids: Vec<usize> = seen.iter().map(|(_, i)| *i).collect();
+            ids.sort();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), rows.len());
+            for pair in seen.windows(2) {
+                prop_assert_eq!(compare_rows(&keys, &pair[0].0, &pair[1].0), Ordering::Less);
+                // Missing values come last whatever the direction.
+                if pair[0].0.values[0].is_none() { prop_assert!(pair[1].0.values[0].is_none()); }
+            }
+        }
+
+        #[test]
+        fn parser_never_panics(text in "[a-z.()\\[\\],<>=! '\"0-9/-]{0,40}") {
+            let _ = parse_where("--where", &text, 0);
+        }
+
+        #[test]
+        fn numeric_comparisons_agree_with_f64(x in -1e6f64..1e6, y in -1e6f64..1e6) {
+            let mut fake = Fake::default();
+            fake.metrics.insert("m".into(), x);
+            for (op, expected) in [("<", x < y), ("<=", x <= y), (">", x > y), (">=", x >= y), ("=", x == y), ("!=", x != y)] {
+                let text = format!("metrics.m {op} {y:e}");
+                prop_assert_eq!(parse_where("--where", &text, 0).unwrap().matches(&fake), expected, "{}", text);
+            }
+        }
+    }
+}

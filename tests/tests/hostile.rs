@@ -1,0 +1,463 @@
+//! Hostile input end to end: oversized sweep files, unknown ids, runs that print garbage
+//! metric lines or floods of output, commands that do not exist and agents whose work
+//! directory is unusable. ladder must reject or contain each of them with a clear message,
+//! and the coordinator must stay healthy.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ladder_e2e::{
+    as_str, describe, ladder_command, write_file, write_script, Agent, Coordinator, TestDir, Value,
+};
+
+const WATCH_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn start(dir: &Path) -> Coordinator {
+    Coordinator::start(
+        &dir.join("data"),
+        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
+    )
+}
+
+fn sweeps(coordinator: &Coordinator) -> Vec<Value> {
+    let listed = coordinator.json(&["sweep", "ls"]);
+    listed["sweeps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sweeps array in {listed}"))
+        .clone()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A one-run grid sweep of `command` (a YAML flow list).
+fn one_run_sweep(dir: &Path, name: &str, command: &str) -> std::path::PathBuf {
+    write_file(
+        dir,
+        &format!("{name}.yaml"),
+        &format!(
+            "name: {name}\nmethod: grid\nparameters:\n  x: {{value: 1}}\ncommand: {command}\n"
+        ),
+    )
+}
+
+#[test]
+fn oversized_sweep_files_are_refused() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let base = "name: big\nmethod: grid\nparameters:\n  x: {values: [1, 2]}\ncommand: [\"true\", \"{{x}}\"]\n";
+    // Valid YAML padded with comments: 1.5 MiB (over the 1 MiB sweep file limit) and
+    // 5 MiB (also over gRPC's default 4 MiB message limit).
+    for size in [3 << 19, 5 << 20] {
+        let mut text = base.to_string();
+        let pad = format!("# {}\n", "p".repeat(1022));
+        while text.len() < size {
+            text.push_str(&pad);
+        }
+        let file = write_file(dir, &format!("big-{size}.yaml"), &text);
+        let args = ["sweep", "submit", file.to_str().unwrap()];
+        let output = coordinator.ladder(&args);
+        let message = stderr(&output);
+        // The CLI checks the size before reading the file: exit 2, like any invalid file.
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{}",
+            describe(&args, &output)
+        );
+        assert!(
+            message.contains("the limit is 1048576"),
+            "the message should name the limit: {}",
+            describe(&args, &output)
+        );
+    }
+    assert!(
+        sweeps(&coordinator).is_empty(),
+        "an oversized file created a sweep"
+    );
+}
+
+#[test]
+fn unknown_ids_are_named_and_harmless() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    for args in [
+        vec!["runs", "show", "nope"],
+        vec!["sweep", "show", "nope"],
+        vec!["sweep", "cancel", "nope"],
+        vec!["sweep", "pause", "nope"],
+        vec!["sweep", "watch", "nope"],
+    ] {
+        let output = coordinator.ladder(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{}",
+            describe(&args, &output)
+        );
+        assert!(
+            stderr(&output).contains("nope"),
+            "{}",
+            describe(&args, &output)
+        );
+    }
+    // An id of 10 KB and one with control characters.
+    let long = "x".repeat(10_000);
+    for id in [long.as_str(), "a\u{1}b\u{7f}"] {
+        let args = ["runs", "show", id];
+        let output = coordinator.ladder(&args);
+        assert!(!output.status.success(), "{}", describe(&args, &output));
+    }
+    assert!(sweeps(&coordinator).is_empty());
+    assert!(coordinator.connected_agents().is_empty());
+}
+
+/// Prints hostile `@ladder` lines, a huge plain line and one valid point.
+const HOSTILE_PRINTER: &str = r#"
+import sys
+out = sys.stdout.buffer
+lines = [
+    b'@ladder {"step": 1, "nan": NaN}',
+    b'@ladder {"step": 1, "inf": Infinity}',
+    b'@ladder {"step": 1, "big": 1e400}',
+    b'@ladder {"step": 1, "small": -1e400}',
+    b'@ladder [1, 2, 3]',
+    b'@ladder {"step": 1, "broken": ',
+    b'@ladder {"step": 1, "bytes\xff\xfe": 1, "also": "x"}',
+    b'plain \xc3\x28 invalid utf-8 \xff',
+    b'@ladder {"step": 1, "pad": "' + b'p' * (200 * 1024) + b'", "padded": 1}',
+    b'L' * (200 * 1024),
+    b'@ladder {"step": 2, "good": 0.5, "huge": 1180591620717411303424, "nested": {"a": 1}}',
+]
+for line in lines:
+    out.write(line + b'\n')
+out.flush()
+"#;
+
+#[test]
+fn hostile_metric_lines_are_logged_not_stored() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let _agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    write_script(dir, "hostile.py", HOSTILE_PRINTER);
+    let file = one_run_sweep(
+        dir,
+        "hostile",
+        "[python3, \"{{ladder.code_dir}}/hostile.py\", \"{{x}}\"]",
+    );
+    let sweep_id = coordinator.submit(&file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
+
+    let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
+    let detail = coordinator.run_detail(&run_id);
+    // The valid point is there, with the finite values only.
+    assert_eq!(detail["metrics"]["good"], 0.5, "{}", detail["metrics"]);
+    // 2^70 (within an ulp: the test's own JSON parser may round the last digit).
+    let huge = detail["metrics"]["huge"].as_f64().expect("huge");
+    assert!((huge / 2f64.powi(70) - 1.0).abs() < 1e-15, "{huge}");
+    assert_eq!(detail["last_step"], 2, "{detail}");
+    let mut names = Vec::new();
+    for attempt in detail["metric_history"].as_array().expect("metric_history") {
+        for point in attempt["points"].as_array().expect("points") {
+            for (name, value) in point["values"].as_object().expect("values") {
+                assert!(
+                    value.as_f64().is_some_and(f64::is_finite),
+                    "{name} = {value}"
+                );
+                names.push(name.clone());
+            }
+        }
+    }
+    for absent in ["nan", "inf", "big", "small", "broken", "nested", "padded"] {
+        assert!(
+            !names.iter().any(|n| n == absent),
+            "{absent} stored: {names:?}"
+        );
+    }
+    // The bytes line parses after the lossy conversion; its key carries U+FFFD.
+    assert!(
+        names.iter().any(|n| n.starts_with("bytes\u{fffd}")),
+        "{names:?}"
+    );
+
+    let tail = detail["log_tail"].as_array().expect("log_tail");
+    let texts: Vec<&str> = tail.iter().map(|l| as_str(&l["text"], "text")).collect();
+    let ignored = tail
+        .iter()
+        .filter(|l| {
+            l["stream"] == "ladder" && as_str(&l["text"], "text").starts_with("ignored metric line")
+        })
+        .count();
+    // NaN, Infinity, 1e400, -1e400, a list, broken JSON, the truncated 200 KiB metric line.
+    assert_eq!(ignored, 7, "{texts:#?}");
+    for bad in [
+        "\"nan\": NaN",
+        "\"inf\": Infinity",
+        "1e400",
+        "@ladder [1, 2, 3]",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.contains(bad)),
+            "{bad} not in the log: {texts:#?}"
+        );
+    }
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("plain \u{fffd}( invalid utf-8 \u{fffd}")),
+        "{texts:#?}"
+    );
+    let truncated: Vec<&&str> = texts
+        .iter()
+        .filter(|t| t.ends_with("[line truncated by ladder]"))
+        .collect();
+    assert_eq!(
+        truncated.len(),
+        2,
+        "{:?}",
+        texts.iter().map(|t| t.len()).collect::<Vec<_>>()
+    );
+    for text in truncated {
+        assert!(text.len() <= 64 * 1024 + 64, "{} bytes", text.len());
+    }
+    let _ = fs::remove_file(dir.join("hostile.py"));
+}
+
+#[test]
+fn a_log_flood_completes_and_the_coordinator_stays_responsive() {
+    const LINES: u64 = 300_000;
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let _agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let file = one_run_sweep(dir, "flood", &format!("[seq, \"{{{{x}}}}\", \"{LINES}\"]"));
+    let sweep_id = coordinator.submit(&file);
+    // While the run floods, client calls still answer.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut calls = 0;
+    loop {
+        let call = Instant::now();
+        let listed = sweeps(&coordinator);
+        slowest = slowest.max(call.elapsed());
+        calls += 1;
+        assert_eq!(listed.len(), 1);
+        if listed[0]["status"] == "completed" || started.elapsed() > WATCH_TIMEOUT {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "flood of {LINES} lines: sweep done after {:.1?}; {calls} `sweep ls` calls, slowest {slowest:.1?}",
+        started.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_secs(10),
+        "sweep ls took {slowest:?} during the flood"
+    );
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
+    let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
+    let detail = coordinator.json(&["runs", "show", &run_id, "--log-lines", "3"]);
+    let log_lines = detail["log_lines"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("log_lines in {detail}"));
+    assert!(log_lines >= LINES, "log_lines {log_lines}");
+    let tail: Vec<&str> = detail["log_tail"]
+        .as_array()
+        .expect("log_tail")
+        .iter()
+        .map(|l| as_str(&l["text"], "text"))
+        .collect();
+    assert_eq!(
+        tail.last().copied(),
+        Some(LINES.to_string().as_str()),
+        "{tail:?}"
+    );
+}
+
+#[test]
+fn a_missing_program_fails_with_its_name() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let _agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let file = one_run_sweep(dir, "missing", "[/nonexistent/prog, \"{{x}}\"]");
+    let sweep_id = coordinator.submit(&file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["counts"]["failed"], 1, "{sweep}");
+    let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
+    let detail = coordinator.run_detail(&run_id);
+    let reason = as_str(&detail["attempt_history"][0]["reason"], "reason");
+    assert!(reason.contains("/nonexistent/prog"), "{reason}");
+}
+
+#[test]
+fn an_agent_refuses_a_work_dir_under_a_file() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    fs::write(dir.join("afile"), "not a directory").unwrap();
+    let work_dir = dir.join("afile").join("work");
+    let log = dir.join("bad-agent.log");
+    let mut child = ladder_command()
+        .arg("agent")
+        .args([
+            "--coordinator",
+            &coordinator.url(),
+            "--name",
+            "bad",
+            "--slots",
+            "1",
+        ])
+        .arg("--work-dir")
+        .arg(&work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start the agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the agent kept running with an unusable work dir: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let message = fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "exit {status}: {message}");
+    assert!(
+        message.contains(&work_dir.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("work directory"), "{message}");
+    assert!(!coordinator.connected_agents().contains("bad"));
+}
+
+#[test]
+fn a_run_directory_that_cannot_be_created_fails_the_run_not_the_sweep() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let work_dir = dir.join("a1");
+    let _agent = Agent::start(&coordinator.url(), "a1", 1, &work_dir, dir);
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    // `runs` becomes a file after the agent started.
+    let _ = fs::remove_dir_all(work_dir.join("runs"));
+    fs::write(work_dir.join("runs"), "in the way").unwrap();
+    // Two runs: a third failure in a row would quarantine the agent (a separate feature).
+    let file = write_file(
+        dir,
+        "blocked.yaml",
+        "name: blocked\nmethod: grid\nparameters:\n  x: {values: [1, 2]}\ncommand: [\"true\", \"{{x}}\"]\n",
+    );
+    let sweep_id = coordinator.submit(&file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["status"], "completed", "{sweep}");
+    assert_eq!(
+        sweep["counts"]["failed"], 2,
+        "every run was tried and failed: {sweep}"
+    );
+    for run in coordinator.runs(&sweep_id) {
+        let detail = coordinator.run_detail(as_str(&run["id"], "run id"));
+        let reason = as_str(&detail["attempt_history"][0]["reason"], "reason");
+        assert!(reason.contains("cannot create run directory"), "{reason}");
+        assert!(
+            reason.contains(&work_dir.join("runs").display().to_string()),
+            "{reason}"
+        );
+    }
+    // With the obstacle gone, the same agent runs the next sweep.
+    fs::remove_file(work_dir.join("runs")).unwrap();
+    let sweep_id = coordinator.submit(&file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["counts"]["completed"], 2, "{sweep}");
+}
+
+#[test]
+fn a_full_disk_does_not_lose_the_run() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let mount_point = dir.join("small");
+    fs::create_dir(&mount_point).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount_point)
+        .stderr(Stdio::piped())
+        .output();
+    match &mounted {
+        Ok(output) if output.status.success() => {}
+        other => {
+            eprintln!("note: skipping the full-disk case: cannot mount a tmpfs ({other:?})");
+            return;
+        }
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mount_point);
+    let coordinator = start(dir);
+    let work_dir = mount_point.join("work");
+    let _agent = Agent::start(&coordinator.url(), "a1", 1, &work_dir, dir);
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    // 1.2 MiB of output into a 1 MiB file system: the attempt's log file cannot hold it
+    // (small enough that the note, written when the disk fills, is in the last 10,000
+    // lines `runs show` returns).
+    write_script(
+        dir,
+        "fill.py",
+        "import sys\nfor i in range(12000):\n    print('%06d ' % i + 'f' * 100)\nprint('@ladder {\"done\": 1}')\n",
+    );
+    let file = one_run_sweep(
+        dir,
+        "full",
+        "[python3, \"{{ladder.code_dir}}/fill.py\", \"{{x}}\"]",
+    );
+    let sweep_id = coordinator.submit(&file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
+    let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
+    let detail = coordinator.run_detail(&run_id);
+    assert_eq!(detail["metrics"]["done"], 1.0, "{detail}");
+    assert!(
+        detail["log_lines"].as_u64().unwrap_or(0) >= 12_000,
+        "{}",
+        detail["log_lines"]
+    );
+    // The agent says that its log file is incomplete, once.
+    let all = coordinator.json(&["runs", "show", &run_id, "--log-lines", "10000"]);
+    let notes: Vec<&str> = all["log_tail"]
+        .as_array()
+        .expect("log_tail")
+        .iter()
+        .filter(|l| l["stream"] == "ladder")
+        .map(|l| as_str(&l["text"], "text"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("cannot write the log file"),
+        "{notes:?}"
+    );
+    assert!(notes[0].contains("No space left on device"), "{notes:?}");
+}
