@@ -57,6 +57,8 @@ pub struct AgentConfig {
     pub code_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub stop_grace: Duration,
+    /// Size past which a run's local log file is rotated (one older part is kept).
+    pub log_file_max_bytes: u64,
     /// Longest wait between two connection attempts.
     pub max_backoff: Duration,
     /// Bearer token sent with the session (an agent token of the coordinator's `--auth`
@@ -80,6 +82,7 @@ impl AgentConfig {
             work_dir,
             code_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             stop_grace: Duration::from_secs(10),
+            log_file_max_bytes: 64 << 20,
             max_backoff: Duration::from_secs(10),
             token: None,
             ca_pem: None,
@@ -471,6 +474,7 @@ impl Agent {
             env: env.into_iter().collect(),
             run_dir,
             stop_grace: self.config.stop_grace,
+            log_file_max_bytes: self.config.log_file_max_bytes,
         };
         info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
         let lease_run_id = lease.run_id.clone();

@@ -49,6 +49,9 @@ pub struct Execution {
     pub env: BTreeMap<String, String>,
     pub run_dir: PathBuf,
     pub stop_grace: Duration,
+    /// The attempt's log file is rotated past this size: `attempt-N.log` becomes
+    /// `attempt-N.log.1` (replacing an older one), so it never takes more than twice this.
+    pub log_file_max_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -113,6 +116,10 @@ struct OutputBuffer {
     cap_reported: bool,
     log_file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     log_path: PathBuf,
+    /// Bytes in the current log file, its size limit, and how often it was rotated.
+    log_bytes: u64,
+    log_file_max_bytes: u64,
+    rotations: u64,
 }
 
 impl OutputBuffer {
@@ -127,6 +134,42 @@ impl OutputBuffer {
         }
     }
 
+    /// Moves the full log file to `.1` and starts a new one, noting it in the run's log.
+    async fn rotate_log_file(&mut self) {
+        if let Some(mut file) = self.log_file.take() {
+            let _ = file.flush().await;
+        }
+        let mut rotated = self.log_path.clone().into_os_string();
+        rotated.push(".1");
+        let rotated = PathBuf::from(rotated);
+        let reopened = match tokio::fs::rename(&self.log_path, &rotated).await {
+            Ok(()) => tokio::fs::File::create(&self.log_path).await,
+            Err(error) => Err(error),
+        };
+        self.rotations += 1;
+        self.log_bytes = 0;
+        let text = match reopened {
+            Ok(file) => {
+                self.log_file = Some(tokio::io::BufWriter::new(file));
+                format!(
+                    "log file reached {} bytes and was rotated (rotation {}): the previous part is {}; older parts are deleted",
+                    self.log_file_max_bytes,
+                    self.rotations,
+                    rotated.display()
+                )
+            }
+            Err(error) => format!(
+                "cannot rotate the log file {}: {error}; the rest of this attempt's log is only on the coordinator",
+                self.log_path.display()
+            ),
+        };
+        self.logs.push(pb::LogLine {
+            time_ms: now_ms(),
+            stream: "ladder".into(),
+            text,
+        });
+    }
+
     /// Writes the line to the attempt's log file, then keeps it as a metric point
     /// (`@ladder {...}` on stdout) or as a log line.
     async fn absorb(&mut self, line: Line) {
@@ -134,6 +177,13 @@ impl OutputBuffer {
             Line::Out(bytes) => ("stdout", bytes),
             Line::Err(bytes) => ("stderr", bytes),
         };
+        if self.log_file.is_some()
+            && self.log_bytes > 0
+            && self.log_bytes + bytes.len() as u64 > self.log_file_max_bytes
+        {
+            self.rotate_log_file().await;
+        }
+        self.log_bytes += bytes.len() as u64;
         if let Some(file) = self.log_file.as_mut() {
             if let Err(error) = file.write_all(&bytes).await {
                 // A full disk must not cut the log file short without a word: say so once
@@ -311,6 +361,9 @@ pub async fn execute(
         cap_reported: false,
         log_file,
         log_path,
+        log_bytes: 0,
+        log_file_max_bytes: execution.log_file_max_bytes.max(1),
+        rotations: 0,
     };
     let mut flush_timer = tokio::time::interval(OUTPUT_FLUSH_INTERVAL);
     let mut stop_requested = false;

@@ -141,6 +141,9 @@ struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.
     #[arg(long, default_value_t = 10.0)]
     stop_grace: f64,
+    /// Size in bytes past which a run's local log file is rotated (one older part is kept).
+    #[arg(long, default_value_t = 64 << 20)]
+    log_file_max_bytes: u64,
 }
 
 #[derive(Subcommand)]
@@ -438,6 +441,10 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
             .with_context(|| format!("--code-dir {}", code_dir.display()))?;
     }
     config.stop_grace = seconds(args.stop_grace, "--stop-grace")?;
+    if args.log_file_max_bytes == 0 {
+        bail!("--log-file-max-bytes must be at least 1");
+    }
+    config.log_file_max_bytes = args.log_file_max_bytes;
     config.token = security.token;
     config.ca_pem = security.ca_pem;
     Agent::new(config).run(shutdown_signal()).await?;

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """A client ladder did not write: discovers the coordinator's services through gRPC
 server reflection, probes the standard health service, and calls RunService.ListRuns
-with messages built from the reflected descriptors (no generated code, no .proto files).
+and RunService.Leaderboard with messages built from the reflected descriptors (no
+generated code, no .proto files).
 
     pip install grpcio grpcio-reflection grpcio-health-checking protobuf
-    python3 clients/python/reflect.py 127.0.0.1:7070 [SWEEP_ID]
+    python3 clients/python/reflect.py 127.0.0.1:7070 [SWEEP_ID [PROJECT]]
 
-Prints one JSON document: the services, the health status, and the runs.
+Prints one JSON document: the services, the health status, the runs and the
+leaderboard of the project.
 """
 
 import json
@@ -60,6 +62,7 @@ def reflect(channel):
 def main():
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7070"
     sweep_id = sys.argv[2] if len(sys.argv) > 2 else ""
+    project = sys.argv[3] if len(sys.argv) > 3 else ""
     channel = grpc.insecure_channel(address)
     services, pool = reflect(channel)
 
@@ -75,10 +78,22 @@ def main():
         response_deserializer=response_class.FromString,
     )
     response = call(request_class(sweep_id=sweep_id))
+
+    board_method = pool.FindServiceByName("ladder.v1.RunService").FindMethodByName("Leaderboard")
+    board_request = message_factory.GetMessageClass(board_method.input_type)
+    board_response = message_factory.GetMessageClass(board_method.output_type)
+    board_call = channel.unary_unary(
+        "/ladder.v1.RunService/Leaderboard",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=board_response.FromString,
+    )
+    board = board_call(board_request(project=project, limit=10))
+
     print(json.dumps({
         "services": sorted(services),
         "health": health_pb2.HealthCheckResponse.ServingStatus.Name(status),
         "runs": json_format.MessageToDict(response).get("runs", []),
+        "leaderboard": json_format.MessageToDict(board),
     }, indent=2))
 
 

@@ -461,3 +461,64 @@ fn a_full_disk_does_not_lose_the_run() {
     );
     assert!(notes[0].contains("No space left on device"), "{notes:?}");
 }
+
+#[test]
+fn huge_logs_rotate_the_local_file_and_reach_the_coordinator() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let work_dir = dir.join("rot");
+    let _agent = ladder_e2e::Agent::start_with(
+        &coordinator.url(),
+        "rot",
+        1,
+        &work_dir,
+        dir,
+        &["--log-file-max-bytes", "100000"],
+    );
+    coordinator.wait_for_agents(&["rot"], Duration::from_secs(60));
+    // 50,000 lines of 7 bytes ("NNNNNN\n") = ~350 KB: three rotations at 100 KB.
+    let sweep = write_file(
+        dir,
+        "rot.yaml",
+        "name: rot\nmethod: grid\nparameters:\n  i: {value: 1}\ncommand: [seq, 100000, 149999]\n",
+    );
+    let sweep_id = coordinator.submit(&sweep);
+    let done = coordinator.watch(&sweep_id, Duration::from_secs(120));
+    assert_eq!(done["counts"]["completed"], 1, "{done}");
+    let run_id = format!("{sweep_id}-000000");
+    let detail = coordinator.run_detail(&run_id);
+    assert!(
+        detail["log_lines"].as_u64().unwrap() >= 50_000,
+        "every line reaches the coordinator: {}",
+        detail["log_lines"]
+    );
+    let run_dir = work_dir.join("runs").join(&run_id);
+    let current = fs::metadata(run_dir.join("attempt-1.log"))
+        .expect("current log file")
+        .len();
+    let previous = fs::metadata(run_dir.join("attempt-1.log.1"))
+        .expect("rotated log file")
+        .len();
+    assert!(
+        current <= 100_000 && previous <= 100_000,
+        "parts stay under the limit: {current}, {previous}"
+    );
+    assert!(
+        !run_dir.join("attempt-1.log.2").exists(),
+        "only one older part is kept"
+    );
+    // The last rotation note is among the last 10,000 lines of the run's log.
+    let all = coordinator.json(&["runs", "show", &run_id, "--log-lines", "10000"]);
+    let rotated = all["log_tail"]
+        .as_array()
+        .expect("log tail")
+        .iter()
+        .filter(|l| l["stream"] == "ladder")
+        .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("rotated")))
+        .count();
+    assert!(
+        rotated >= 1,
+        "the last rotation is reported in the run's log"
+    );
+}

@@ -33,7 +33,15 @@ fn python_grpc_client_discovers_and_calls_the_coordinator() {
     let sweep_file = write_file(
         dir,
         "two.yaml",
-        "name: interop\nmethod: grid\nparallel: 2\nparameters:\n  i: {values: [1, 2]}\ncommand: [\"true\"]\n",
+        r#"name: interop
+project: interop
+method: grid
+metric: {name: score, goal: maximize}
+parallel: 2
+parameters:
+  i: {values: [1, 2]}
+command: [sh, -c, 'printf ''@ladder {"score": %s}\n'' "$0"', "{{i}}"]
+"#,
     );
     let sweep_id = coordinator.submit(&sweep_file);
     coordinator.watch(&sweep_id, Duration::from_secs(60));
@@ -43,6 +51,7 @@ fn python_grpc_client_discovers_and_calls_the_coordinator() {
         .arg(&script)
         .arg(coordinator.addr().to_string())
         .arg(&sweep_id)
+        .arg("interop")
         .output()
         .expect("run the python client");
     assert!(
@@ -74,4 +83,11 @@ fn python_grpc_client_discovers_and_calls_the_coordinator() {
         assert_eq!(run["sweepId"], sweep_id.as_str(), "{run}");
         assert_eq!(run["status"], "RUN_STATUS_COMPLETED", "{run}");
     }
+    // The leaderboard, called from the reflected descriptors: best score first.
+    let board = &answer["leaderboard"];
+    assert_eq!(board["metric"], "score", "{board}");
+    let rows = board["rows"].as_array().expect("leaderboard rows");
+    assert_eq!(rows.len(), 2, "{board}");
+    assert_eq!(rows[0]["value"], 2.0, "{board}");
+    assert_eq!(rows[1]["value"], 1.0, "{board}");
 }
