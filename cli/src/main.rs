@@ -73,7 +73,8 @@ enum Command {
     /// List agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
-    /// Rank a project's runs by its objective, a metric or the average of eval tasks.
+    /// Rank a project's runs by its objective, a metric or the average of eval tasks (alias: `leaderboard`).
+    #[command(name = "board", alias = "leaderboard")]
     Leaderboard(history::LeaderboardArgs),
     /// Inspect a coordinator's store (with the coordinator stopped).
     #[command(subcommand)]

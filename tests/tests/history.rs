@@ -339,7 +339,7 @@ fn queries_leaderboard_cards_notes_compare_and_export() {
     );
 
     // The best run of each sweep.
-    let board = coordinator.json(&["leaderboard", "--project", "hist", "--per", "sweep"]);
+    let board = coordinator.json(&["board", "--project", "hist", "--per", "sweep"]);
     let ranked: Vec<&str> = board["rows"]
         .as_array()
         .unwrap()
