@@ -362,13 +362,21 @@ impl Queries {
             }
             _ => None,
         };
-        let rows = match indexed {
+        let (page, more) = match indexed {
             Some((project, metric, descending)) => {
-                self.indexed_rows(query, &sweeps, &project, &metric, descending)?
+                let rows = self.indexed_rows(query, &sweeps, &project, &metric, descending)?;
+                query::page(&query.sort, rows, query.after.as_ref(), query.limit)
             }
-            None => self.scanned_rows(query, &sweeps, None)?,
+            None => {
+                // Streamed: memory holds about two pages, not every run.
+                let mut collector =
+                    query::PageCollector::new(&query.sort, query.after.clone(), query.limit);
+                self.scan(query, &sweeps, None, &mut |key, run| {
+                    collector.offer(key, run)
+                })?;
+                collector.finish()
+            }
         };
-        let (page, more) = query::page(&query.sort, rows, query.after.as_ref(), query.limit);
         let next_cursor = match (more, page.last()) {
             (true, Some((last, _))) => Some(
                 Cursor {
@@ -385,6 +393,34 @@ impl Queries {
         })
     }
 
+    /// Every run the query admits (optionally only those lacking `missing_metric`),
+    /// offered to `collect` one at a time as the store is scanned.
+    fn scan(
+        &self,
+        query: &RunQuery,
+        sweeps: &HashMap<String, SweepRecord>,
+        missing_metric: Option<&str>,
+        collect: &mut dyn FnMut(RowKey, RunRecord),
+    ) -> Result<(), CoordinatorError> {
+        let prefix = (!query.sweep_id.is_empty()).then_some(query.sweep_id.as_str());
+        self.store.for_each_run(prefix, &mut |run| {
+            if missing_metric.is_some_and(|m| run.last_metrics.contains_key(m)) {
+                return Ok(());
+            }
+            let sweep = sweeps.get(&run.sweep_id);
+            if !query.admits(&run, sweep) {
+                return Ok(());
+            }
+            let key = row_key(
+                &Facts { run: &run, sweep },
+                &query.sort,
+                position(&run, sweeps),
+            );
+            collect(key, run);
+            Ok(())
+        })
+    }
+
     /// Every run the query admits (optionally only those lacking `missing_metric`).
     fn scanned_rows(
         &self,
@@ -392,23 +428,10 @@ impl Queries {
         sweeps: &HashMap<String, SweepRecord>,
         missing_metric: Option<&str>,
     ) -> Result<Vec<(RowKey, RunRecord)>, CoordinatorError> {
-        let prefix = (!query.sweep_id.is_empty()).then_some(query.sweep_id.as_str());
         let mut rows = Vec::new();
-        for run in self.store.list_runs(prefix)? {
-            if missing_metric.is_some_and(|m| run.last_metrics.contains_key(m)) {
-                continue;
-            }
-            let sweep = sweeps.get(&run.sweep_id);
-            if !query.admits(&run, sweep) {
-                continue;
-            }
-            let key = row_key(
-                &Facts { run: &run, sweep },
-                &query.sort,
-                position(&run, sweeps),
-            );
-            rows.push((key, run));
-        }
+        self.scan(query, sweeps, missing_metric, &mut |key, run| {
+            rows.push((key, run))
+        })?;
         Ok(rows)
     }
 

@@ -47,6 +47,13 @@ pub trait Store: Send + Sync + 'static {
     fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs of one sweep (or all), in trial order within a sweep.
     fn list_runs(&self, sweep_id: Option<&str>) -> Result<Vec<RunRecord>>;
+    /// Visits the runs of one sweep (or all) one at a time, in key order, without holding
+    /// them all in memory.
+    fn for_each_run(
+        &self,
+        sweep_id: Option<&str>,
+        visit: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()>;
 
     /// Stores the output carried by event `seq` of an attempt. Idempotent per `(run,
     /// attempt, seq)`.
@@ -492,6 +499,22 @@ impl Store for SledStore {
             Some(bytes) => Ok(Some(decode("runs", id.as_bytes(), &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    fn for_each_run(
+        &self,
+        sweep_id: Option<&str>,
+        visit: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        let prefix = match sweep_id {
+            Some(id) => format!("{id}-"),
+            None => String::new(),
+        };
+        for entry in self.runs.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = entry.map_err(sled_err)?;
+            visit(decode("runs", &key, &value)?)?;
+        }
+        Ok(())
     }
 
     fn list_runs(&self, sweep_id: Option<&str>) -> Result<Vec<RunRecord>> {

@@ -885,6 +885,49 @@ pub fn page<T>(
     (rows, more)
 }
 
+/// [`page`] over rows offered one at a time, holding at most about `2 * (limit + 1)` of
+/// them (all of them when `limit` is 0): a scan of a million runs keeps a page's worth
+/// in memory, not the million.
+pub struct PageCollector<'k, T> {
+    keys: &'k [SortKey],
+    after: Option<RowKey>,
+    limit: usize,
+    rows: Vec<(RowKey, T)>,
+}
+
+impl<'k, T> PageCollector<'k, T> {
+    pub fn new(keys: &'k [SortKey], after: Option<RowKey>, limit: usize) -> Self {
+        PageCollector {
+            keys,
+            after,
+            limit,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Offers one row; rows at or before the cursor are dropped at once.
+    pub fn offer(&mut self, key: RowKey, row: T) {
+        if let Some(after) = &self.after {
+            if compare_rows(self.keys, &key, after) != Ordering::Greater {
+                return;
+            }
+        }
+        self.rows.push((key, row));
+        if self.limit > 0 && self.rows.len() >= 2 * (self.limit + 1) {
+            let keys = self.keys;
+            self.rows.sort_by(|a, b| compare_rows(keys, &a.0, &b.0));
+            // One more than the page, so `finish` can tell whether more follow.
+            self.rows.truncate(self.limit + 1);
+        }
+    }
+
+    /// The page and whether more rows follow it: the same as [`page`] of every row
+    /// offered.
+    pub fn finish(self) -> (Vec<(RowKey, T)>, bool) {
+        page(self.keys, self.rows, None, self.limit)
+    }
+}
+
 // ----- index ordering -----
 
 /// Order-preserving bytes of an `f64`: comparing the bytes lexicographically gives
@@ -1252,6 +1295,38 @@ mod tests {
                 let text = format!("metrics.m {op} {y:e}");
                 prop_assert_eq!(parse_where("--where", &text, 0).unwrap().matches(&fake), expected, "{}", text);
             }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_collector_gives_the_same_page_as_sorting_everything(
+            values in proptest::collection::vec(proptest::option::of(-5i32..5), 0..200),
+            limit in 0usize..20,
+            descending in proptest::bool::ANY,
+            cursor_at in proptest::option::of(0usize..200),
+        ) {
+            let keys = vec![SortKey { field: Field::Metric("m".into()), descending }];
+            let rows: Vec<(RowKey, usize)> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (
+                    RowKey {
+                        values: vec![v.map(|v| Value::Number(f64::from(v)))],
+                        position: Position { sweep_created_ms: 0, sweep_id: "s".into(), index: i as u64 },
+                    },
+                    i,
+                ))
+                .collect();
+            let after = cursor_at.and_then(|i| rows.get(i)).map(|(k, _)| k.clone());
+            let expected = page(&keys, rows.clone(), after.as_ref(), limit);
+            let mut collector = PageCollector::new(&keys, after, limit);
+            for (key, row) in rows {
+                collector.offer(key, row);
+            }
+            let (got, more) = collector.finish();
+            proptest::prop_assert_eq!(got.iter().map(|r| r.1).collect::<Vec<_>>(), expected.0.iter().map(|r| r.1).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(more, expected.1);
         }
     }
 }
