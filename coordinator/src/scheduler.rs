@@ -152,6 +152,28 @@ const FAST_FAILURE_MS: i64 = 60_000;
 const QUARANTINE_AFTER: usize = 3;
 
 impl AgentState {
+    /// An agent known only by name (it has not registered yet), seen `now`.
+    fn unknown(name: &str, now: Instant) -> Self {
+        AgentState {
+            record: AgentRecord {
+                name: name.to_string(),
+                labels: BTreeMap::new(),
+                slots: 0,
+                gpus: Vec::new(),
+                hostname: String::new(),
+                version: String::new(),
+                last_seen_ms: 0,
+                quarantined: false,
+                quarantine_reason: None,
+            },
+            session: None,
+            last_seen: now,
+            runs: HashMap::new(),
+            draining: false,
+            fast_failures: Vec::new(),
+        }
+    }
+
     /// Counts consecutive fast failures; quarantines the agent at the third within a
     /// minute. A run that completes resets the count.
     fn track_outcome(&mut self, status: RunStatus, duration_ms: i64, run_id: &str, reason: &str) {
@@ -355,24 +377,7 @@ impl Scheduler {
                     let agent = scheduler
                         .agents
                         .entry(attempt.agent.clone())
-                        .or_insert_with(|| AgentState {
-                            record: AgentRecord {
-                                name: attempt.agent.clone(),
-                                labels: BTreeMap::new(),
-                                slots: 0,
-                                gpus: Vec::new(),
-                                hostname: String::new(),
-                                version: String::new(),
-                                last_seen_ms: 0,
-                                quarantined: false,
-                                quarantine_reason: None,
-                            },
-                            session: None,
-                            last_seen: now,
-                            runs: HashMap::new(),
-                            draining: false,
-                            fast_failures: Vec::new(),
-                        });
+                        .or_insert_with(|| AgentState::unknown(&attempt.agent, now));
                     agent.runs.insert(run.id.clone(), attempt.gpus.clone());
                 }
                 scheduler.runs.insert(run.id.clone(), run);
@@ -920,24 +925,7 @@ impl Scheduler {
         let agent = self
             .agents
             .entry(name.clone())
-            .or_insert_with(|| AgentState {
-                record: AgentRecord {
-                    name: name.clone(),
-                    labels: BTreeMap::new(),
-                    slots: 0,
-                    gpus: Vec::new(),
-                    hostname: String::new(),
-                    version: String::new(),
-                    last_seen_ms: 0,
-                    quarantined: false,
-                    quarantine_reason: None,
-                },
-                session: None,
-                last_seen: now,
-                runs: HashMap::new(),
-                draining: false,
-                fast_failures: Vec::new(),
-            });
+            .or_insert_with(|| AgentState::unknown(&name, now));
         if let Some(old) = agent.session.take() {
             info!(agent = %name, old_session = old.id, "agent reconnected; replacing its previous session");
             self.sessions.remove(&old.id);

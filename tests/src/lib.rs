@@ -586,28 +586,7 @@ impl Agent {
     /// --code-dir CODE_DIR`. Its stderr goes to `WORK_DIR.agent.log`. Does not wait for
     /// it to connect (see [`Coordinator::wait_for_agents`]).
     pub fn start(url: &str, name: &str, slots: u32, work_dir: &Path, code_dir: &Path) -> Agent {
-        let log = PathBuf::from(format!("{}.agent.log", work_dir.display()));
-        let child = ladder_command()
-            .arg("agent")
-            .args(["--coordinator", url, "--name", name])
-            .args(["--slots", &slots.to_string()])
-            .arg("--work-dir")
-            .arg(work_dir)
-            .arg("--code-dir")
-            .arg(code_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(&log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start agent {name}: {e}"));
-        Agent {
-            proc: Some(Proc {
-                child,
-                log: log.clone(),
-            }),
-            name: name.to_string(),
-            log,
-        }
+        Agent::start_with(url, name, slots, work_dir, code_dir, &[])
     }
 
     /// Like [`Agent::start`], with extra arguments (e.g. `--stop-grace 5`).
