@@ -348,19 +348,7 @@ pub async fn list_runs(
 ) -> anyhow::Result<Vec<pb::Run>> {
     let mut status_filter = Vec::new();
     for status in statuses {
-        let parsed: ladder_shared::types::RunStatus =
-            status.parse().map_err(|message: String| ExitError {
-                code: 2,
-                message: format!("--status: {message}"),
-            })?;
-        let proto = match parsed {
-            ladder_shared::types::RunStatus::Queued => pb::RunStatus::Queued,
-            ladder_shared::types::RunStatus::Running => pb::RunStatus::Running,
-            ladder_shared::types::RunStatus::Completed => pb::RunStatus::Completed,
-            ladder_shared::types::RunStatus::Failed => pb::RunStatus::Failed,
-            ladder_shared::types::RunStatus::Stopped => pb::RunStatus::Stopped,
-            ladder_shared::types::RunStatus::Cancelled => pb::RunStatus::Cancelled,
-        };
+        let proto = crate::history::parse_status(status, "--status")?;
         status_filter.push(proto as i32);
     }
     let mut client = RunServiceClient::new(channel(url).await?);

@@ -64,20 +64,13 @@ impl QueryArgs {
     }
 }
 
-fn parse_status(text: &str, flag: &str) -> anyhow::Result<pb::RunStatus> {
+pub fn parse_status(text: &str, flag: &str) -> anyhow::Result<pb::RunStatus> {
     let parsed: ladder_shared::types::RunStatus =
         text.parse().map_err(|message: String| ExitError {
             code: 2,
             message: format!("{flag}: {message}"),
         })?;
-    Ok(match parsed {
-        ladder_shared::types::RunStatus::Queued => pb::RunStatus::Queued,
-        ladder_shared::types::RunStatus::Running => pb::RunStatus::Running,
-        ladder_shared::types::RunStatus::Completed => pb::RunStatus::Completed,
-        ladder_shared::types::RunStatus::Failed => pb::RunStatus::Failed,
-        ladder_shared::types::RunStatus::Stopped => pb::RunStatus::Stopped,
-        ladder_shared::types::RunStatus::Cancelled => pb::RunStatus::Cancelled,
-    })
+    Ok(ladder_coordinator::convert::run_status_to_pb(parsed))
 }
 
 async fn client(

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use ladder_proto::v1 as pb;
-use ladder_shared::types::RunStatus;
 
 use crate::convert;
 use crate::error::CoordinatorError;
-use crate::model::{RunRecord, SweepRecord};
+use crate::model::SweepRecord;
 use crate::store::Store;
 
 /// Default number of log lines `GetRun` returns.
@@ -54,48 +53,6 @@ impl Queries {
             sweeps.push(self.sweep_with_counts(&record)?);
         }
         Ok(sweeps)
-    }
-
-    pub fn runs(
-        &self,
-        sweep_id: &str,
-        statuses: &[RunStatus],
-        limit: usize,
-    ) -> Result<Vec<pb::Run>, CoordinatorError> {
-        let sweep_filter = if sweep_id.is_empty() {
-            None
-        } else {
-            self.sweep_record(sweep_id)?;
-            Some(sweep_id)
-        };
-        let mut runs: Vec<RunRecord> = self.store.list_runs(sweep_filter)?;
-        if sweep_filter.is_none() {
-            // Group runs by sweep in submission order.
-            let order: std::collections::HashMap<String, (i64, usize)> = self
-                .store
-                .list_sweeps()?
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| (s.id, (s.created_ms, i)))
-                .collect();
-            runs.sort_by_key(|run| {
-                (
-                    order.get(&run.sweep_id).copied().unwrap_or((i64::MAX, 0)),
-                    run.index,
-                )
-            });
-        }
-        let mut out = Vec::new();
-        for run in runs {
-            if !statuses.is_empty() && !statuses.contains(&run.status) {
-                continue;
-            }
-            out.push(convert::run_to_pb(&run));
-            if limit > 0 && out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
     }
 
     pub fn run(
