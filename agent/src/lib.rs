@@ -453,6 +453,17 @@ impl Agent {
             let visible: Vec<String> = assign.gpus.iter().map(|g| g.to_string()).collect();
             env.insert("CUDA_VISIBLE_DEVICES".into(), visible.join(","));
         }
+        // Runs sharing this machine's cores share them evenly instead of each starting a
+        // thread per core (the built-in trainer, PyTorch and NumPy all honour these).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores / self.config.slots.max(1) as usize)
+            .max(1)
+            .to_string();
+        for variable in ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"] {
+            if std::env::var_os(variable).is_none() && !env.contains_key(variable) {
+                env.insert(variable.into(), threads.clone());
+            }
+        }
         let placeholders = BTreeMap::from([
             (
                 "ladder.code_dir",
@@ -460,6 +471,13 @@ impl Agent {
             ),
             ("ladder.run_dir", run_dir.display().to_string()),
             ("ladder.run_id", lease.run_id.clone()),
+            // Runs of the built-in trainer are this same binary's `train` verb.
+            (
+                "ladder.exe",
+                std::env::current_exe()
+                    .map(|exe| exe.display().to_string())
+                    .unwrap_or_else(|_| "ladder".to_string()),
+            ),
         ]);
         let argv = ladder_shared::search::render_agent_placeholders(&assign.argv, &placeholders);
         env.insert(

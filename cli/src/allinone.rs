@@ -153,9 +153,8 @@ fn print_ranking(sweep: &pb::Sweep, runs: &[pb::Run], json: bool) {
                 (i + 1).to_string(),
                 run.id.clone(),
                 output::run_status_name(run.status).into(),
-                run.last_metrics
-                    .get(&sweep.metric_name)
-                    .map(|v| format_number(*v))
+                output::metric_value(run, &sweep.metric_name)
+                    .map(format_number)
                     .unwrap_or_else(|| "-".into()),
                 output::params_text(run),
             ]

@@ -52,6 +52,31 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Training throughput of the built-in trainer (tokens per second, full fine-tuning
+    /// with AdamW, forward + backward + update) on a fresh LLaMA model.
+    Train {
+        #[arg(long, default_value_t = 256)]
+        d_model: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Steps timed (after 2 untimed warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Train with LoRA adapters of this rank on every projection instead.
+        #[arg(long)]
+        lora_rank: Option<usize>,
+        /// cpu, cuda, cuda:N or auto.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Median simple regret of random search and TPE on standard test functions.
     Search {
         /// Runs per function and method (seeds 0..N, the same for both methods).
@@ -86,7 +111,140 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             trials,
             json,
         } => search(seeds, trials, json),
+        BenchCommand::Train {
+            d_model,
+            layers,
+            heads,
+            seq_len,
+            batch_size,
+            steps,
+            lora_rank,
+            device,
+            json,
+        } => {
+            let shape = TrainShape {
+                d_model,
+                layers,
+                heads,
+                seq_len,
+                batch_size,
+                steps,
+                lora_rank,
+                device,
+            };
+            tokio::task::spawn_blocking(move || train(shape, json)).await?
+        }
     }
+}
+
+struct TrainShape {
+    d_model: usize,
+    layers: usize,
+    heads: usize,
+    seq_len: usize,
+    batch_size: usize,
+    steps: u64,
+    lora_rank: Option<usize>,
+    device: String,
+}
+
+/// Times optimizer steps of the real training loop: each step's tokens/s is reported by
+/// the trainer itself (`log_every: 1`), the first two steps are not counted.
+fn train(shape: TrainShape, json_output: bool) -> anyhow::Result<()> {
+    use ladder_trainer::train::{train_with, Recorded, SingleRank};
+    const WARMUP: u64 = 2;
+    anyhow::ensure!(shape.steps >= 1, "--steps must be at least 1");
+    let mut value = serde_json::json!({
+        "model": {"init": "random", "arch": {
+            "d_model": shape.d_model, "layers": shape.layers, "heads": shape.heads}},
+        "data": {"task": "synthetic-arith", "examples": 20_000, "validation_sequences": 1},
+        "steps": shape.steps + WARMUP,
+        "batch_size": shape.batch_size,
+        "seq_len": shape.seq_len,
+        "log_every": 1,
+        "device": shape.device,
+        "save": {"enabled": false},
+    });
+    if let Some(rank) = shape.lora_rank {
+        value["lora"] = serde_json::json!({"rank": rank, "targets": [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]});
+    }
+    let config = ladder_shared::train_config::TrainConfig::from_json(&value)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let device = ladder_trainer::train::device_for(&config.device, 0)?;
+    let setup = ladder_trainer::train::setup(&config, std::path::Path::new("."), &device)?;
+    let parameters = setup.model.config().parameter_count();
+    let trainable: usize = setup
+        .model
+        .trainable()
+        .iter()
+        .map(|(_, var)| var.elem_count())
+        .sum();
+    let out = tempfile_dir()?;
+    let mut recorded = Recorded::default();
+    train_with(&config, setup, &out, &SingleRank, &mut recorded)?;
+    let _ = std::fs::remove_dir_all(&out);
+    let mut rates: Vec<f64> = recorded
+        .metrics
+        .iter()
+        .filter(|(step, _)| *step > WARMUP)
+        .filter_map(|(_, values)| {
+            values
+                .iter()
+                .find(|(name, _)| name == "train/tokens_per_s")
+                .map(|(_, v)| *v)
+        })
+        .collect();
+    anyhow::ensure!(!rates.is_empty(), "no timed steps");
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let mean_step_ms = rates
+        .iter()
+        .map(|rate| (shape.batch_size * shape.seq_len) as f64 / rate * 1000.0)
+        .sum::<f64>()
+        / rates.len() as f64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if json_output {
+        println!(
+            "{}",
+            serde_json::json!({
+                "d_model": shape.d_model, "layers": shape.layers, "heads": shape.heads,
+                "seq_len": shape.seq_len, "batch_size": shape.batch_size,
+                "parameters": parameters, "trainable": trainable,
+                "device": shape.device, "threads": threads, "timed_steps": rates.len(),
+                "tokens_per_s_median": median, "step_ms_mean": mean_step_ms,
+                "tokens_per_s_min": rates[0], "tokens_per_s_max": rates[rates.len() - 1],
+            })
+        );
+    } else {
+        println!(
+            "model d{} x {} layers x {} heads, {:.2}M parameters ({:.2}M trainable), seq {} x batch {}, {} on {} threads",
+            shape.d_model,
+            shape.layers,
+            shape.heads,
+            parameters as f64 / 1e6,
+            trainable as f64 / 1e6,
+            shape.seq_len,
+            shape.batch_size,
+            shape.device,
+            threads
+        );
+        println!(
+            "{} timed steps: median {:.0} tokens/s (min {:.0}, max {:.0}), mean step {:.0} ms",
+            rates.len(),
+            median,
+            rates[0],
+            rates[rates.len() - 1],
+            mean_step_ms
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ladder-bench-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {

@@ -431,6 +431,13 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
             .join(" ")
     );
     println!("metrics   {}", output::metrics_text(&run));
+    if !run.summaries.is_empty() {
+        println!();
+        print_table(
+            &["METRIC", "VALUE", "SUMMARY", "LAST", "MIN", "MAX"],
+            &output::summary_rows(&run),
+        );
+    }
     println!();
     let attempts: Vec<Vec<String>> = run
         .attempts
@@ -569,13 +576,12 @@ pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The best run by the sweep's metric (last reported value).
+/// The best run by the sweep's metric (its summary value: the last reported value unless
+/// the sweep chose another summary).
 pub fn best_run(sweep: &pb::Sweep, runs: &[pb::Run]) -> Option<(String, f64)> {
-    rank(sweep, runs).first().and_then(|run| {
-        run.last_metrics
-            .get(&sweep.metric_name)
-            .map(|v| (run.id.clone(), *v))
-    })
+    rank(sweep, runs)
+        .first()
+        .and_then(|run| output::metric_value(run, &sweep.metric_name).map(|v| (run.id.clone(), v)))
 }
 
 /// Runs ordered by the sweep's metric (best first; runs without it last, by index).
@@ -583,11 +589,11 @@ pub fn rank<'a>(sweep: &pb::Sweep, runs: &'a [pb::Run]) -> Vec<&'a pb::Run> {
     let maximize = sweep.metric_goal != "minimize";
     let mut ranked: Vec<&pb::Run> = runs.iter().collect();
     ranked.sort_by(|a, b| {
-        let va = a.last_metrics.get(&sweep.metric_name);
-        let vb = b.last_metrics.get(&sweep.metric_name);
+        let va = output::metric_value(a, &sweep.metric_name);
+        let vb = output::metric_value(b, &sweep.metric_name);
         match (va, vb) {
             (Some(x), Some(y)) => {
-                let order = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+                let order = x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
                 (if maximize { order.reverse() } else { order }).then(a.index.cmp(&b.index))
             }
             (Some(_), None) => std::cmp::Ordering::Less,

@@ -89,10 +89,8 @@ fn cell(run: &pb::Run, column: &str) -> String {
         return run.params.get(name).map(param_text).unwrap_or_default();
     }
     if let Some(name) = column.strip_prefix("metrics.") {
-        return run
-            .last_metrics
-            .get(name)
-            .map(|v| format_number(*v))
+        return output::metric_value(run, name)
+            .map(format_number)
             .unwrap_or_default();
     }
     match column {
@@ -216,10 +214,11 @@ pub async fn runs_ls(args: &ClientArgs, query: &QueryArgs) -> anyhow::Result<()>
 
 #[derive(Args)]
 pub struct LeaderboardArgs {
-    /// The project whose runs are ranked.
+    /// The project whose runs are ranked (default: every project).
     #[arg(long)]
-    pub project: String,
-    /// Rank by this metric's last value (default: the objective of the project's latest sweep).
+    pub project: Option<String>,
+    /// Rank by this metric's summary value, the last one unless the sweep chose another
+    /// (default: the objective of the project's latest sweep).
     #[arg(long)]
     pub metric: Option<String>,
     /// maximize or minimize (default: the goal the project's sweeps give the metric).
@@ -249,7 +248,7 @@ pub async fn leaderboard(args: &LeaderboardArgs) -> anyhow::Result<()> {
     let board = client(&args.client)
         .await?
         .leaderboard(pb::LeaderboardRequest {
-            project: args.project.clone(),
+            project: args.project.clone().unwrap_or_default(),
             metric: args.metric.clone().unwrap_or_default(),
             goal: args.goal.clone().unwrap_or_default(),
             tasks: args.tasks.clone().unwrap_or_default(),
@@ -276,12 +275,12 @@ pub async fn leaderboard(args: &LeaderboardArgs) -> anyhow::Result<()> {
         }));
         return Ok(());
     }
-    let mut headers = vec![
-        "RANK".to_string(),
-        "RUN".into(),
-        "SWEEP".into(),
-        board.metric.to_uppercase(),
-    ];
+    let all_projects = args.project.is_none();
+    let mut headers = vec!["RANK".to_string(), "RUN".into()];
+    if all_projects {
+        headers.push("PROJECT".into());
+    }
+    headers.extend(["SWEEP".to_string(), board.metric.to_uppercase()]);
     headers.extend(board.tasks.iter().cloned());
     headers.push("PARAMS".into());
     let rows: Vec<Vec<String>> = board
@@ -289,12 +288,11 @@ pub async fn leaderboard(args: &LeaderboardArgs) -> anyhow::Result<()> {
         .iter()
         .map(|row| {
             let run = row.run.clone().unwrap_or_default();
-            let mut cells = vec![
-                row.rank.to_string(),
-                run.id.clone(),
-                row.sweep_name.clone(),
-                format_number(row.value),
-            ];
+            let mut cells = vec![row.rank.to_string(), run.id.clone()];
+            if all_projects {
+                cells.push(run.project.clone());
+            }
+            cells.extend([row.sweep_name.clone(), format_number(row.value)]);
             for task in &board.tasks {
                 cells.push(
                     row.tasks
@@ -308,10 +306,11 @@ pub async fn leaderboard(args: &LeaderboardArgs) -> anyhow::Result<()> {
         })
         .collect();
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    println!(
-        "{} ({}), project {}",
-        board.metric, board.goal, args.project
-    );
+    let scope = match &args.project {
+        Some(project) => format!("project {project}"),
+        None => "all projects".to_string(),
+    };
+    println!("{} ({}), {scope}", board.metric, board.goal);
     print_table(&headers, &rows);
     Ok(())
 }

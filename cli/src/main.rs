@@ -4,6 +4,8 @@
 //!   local agent, for one machine);
 //! - client verbs (`sweep`, `runs`, `agents`) talk gRPC to the coordinator named by
 //!   `--coordinator` / `LADDER_COORDINATOR`;
+//! - `train` and `eval` run the built-in trainer and scorer (also how an agent runs a
+//!   sweep's `train:` runs);
 //! - `bench` measures the system.
 //!
 //! Modules: [`client`] (verbs), [`history`] (queries, leaderboard, notes, compare,
@@ -18,6 +20,7 @@ mod client;
 mod connect;
 mod history;
 mod output;
+mod trainer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,7 +76,7 @@ enum Command {
     /// List agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
-    /// Rank a project's runs by its objective, a metric or the average of eval tasks (alias: `leaderboard`).
+    /// Rank runs (of one project, or of every project) by an objective, a metric or the average of eval tasks (alias: `leaderboard`).
     #[command(name = "board", alias = "leaderboard")]
     Leaderboard(history::LeaderboardArgs),
     /// Inspect a coordinator's store (with the coordinator stopped).
@@ -85,6 +88,10 @@ enum Command {
     /// Make tokens for the coordinator's --auth file.
     #[command(subcommand)]
     Auth(access::AuthCommand),
+    /// Fine-tune a model with the built-in trainer (one run, outside any sweep).
+    Train(trainer::TrainArgs),
+    /// Score a model on multiple-choice tasks the way lm-evaluation-harness does.
+    Eval(trainer::EvalArgs),
 }
 
 #[derive(Args)]
@@ -461,6 +468,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             | Command::Bench(_)
             | Command::Store(_)
             | Command::Auth(_)
+            | Command::Train(_)
+            | Command::Eval(_)
             | Command::Sweep(SweepCommand::Validate { .. })
     );
     let security = if own_coordinator {
@@ -471,6 +480,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     connect::configure(security.clone());
     match cli.command {
         Command::Run(args) => allinone::run(args).await,
+        Command::Train(args) => tokio::task::spawn_blocking(move || trainer::train(args)).await?,
+        Command::Eval(args) => tokio::task::spawn_blocking(move || trainer::eval(args)).await?,
         Command::Coordinator(args) => coordinator(args).await,
         Command::Agent(args) => agent(args, security).await,
         Command::Sweep(command) => match command {

@@ -124,6 +124,22 @@ pub fn run_json(run: &pb::Run) -> Value {
         .into_iter()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
+    let summaries: Map<String, Value> = sorted(&run.summaries)
+        .into_iter()
+        .map(|(k, s)| {
+            let summary = json!({
+                "value": s.value,
+                "summary": s.summary,
+                "last": s.last,
+                "last_step": s.last_step,
+                "min": s.min,
+                "min_step": s.min_step,
+                "max": s.max,
+                "max_step": s.max_step,
+            });
+            (k.clone(), summary)
+        })
+        .collect();
     json!({
         "id": run.id,
         "sweep_id": run.sweep_id,
@@ -134,6 +150,7 @@ pub fn run_json(run: &pb::Run) -> Value {
         "agent": if run.agent.is_empty() { Value::Null } else { json!(run.agent) },
         "attempts": run.attempts.len(),
         "metrics": metrics,
+        "summaries": summaries,
         "last_step": run.last_step,
         "exit_code": run.exit_code,
         "signal": run.signal,
@@ -304,6 +321,37 @@ pub fn params_text(run: &pb::Run) -> String {
         .map(|(k, v)| format!("{k}={}", param_text(v)))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One row per metric: its summary value, which summary that is, and last / min / max,
+/// each with `@step` when the point carried one.
+pub fn summary_rows(run: &pb::Run) -> Vec<Vec<String>> {
+    let at = |value: f64, step: Option<i64>| match step {
+        Some(step) => format!("{} @{step}", format_number(value)),
+        None => format_number(value),
+    };
+    sorted(&run.summaries)
+        .into_iter()
+        .map(|(name, s)| {
+            vec![
+                name.clone(),
+                format_number(s.value),
+                s.summary.clone(),
+                at(s.last, s.last_step),
+                at(s.min, s.min_step),
+                at(s.max, s.max_step),
+            ]
+        })
+        .collect()
+}
+
+/// The value that stands for a run's metric: its summary value (last, unless its sweep
+/// chose another), else the last value.
+pub fn metric_value(run: &pb::Run, name: &str) -> Option<f64> {
+    match run.summaries.get(name) {
+        Some(summary) => Some(summary.value),
+        None => run.last_metrics.get(name).copied(),
+    }
 }
 
 pub fn metrics_text(run: &pb::Run) -> String {

@@ -3,6 +3,7 @@
 
 use ladder_proto::v1 as pb;
 use ladder_shared::spec::{Goal, ParamValue};
+use ladder_shared::summary::MetricSummary;
 use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
@@ -161,6 +162,24 @@ pub fn run_to_pb(run: &RunRecord) -> pb::Run {
                 text: n.text.clone(),
             })
             .collect(),
+        summaries: run
+            .summaries
+            .iter()
+            .map(|(name, summary)| (name.clone(), summary_to_pb(summary)))
+            .collect(),
+    }
+}
+
+pub fn summary_to_pb(summary: &MetricSummary) -> pb::MetricSummary {
+    pb::MetricSummary {
+        last: summary.last,
+        last_step: summary.last_step,
+        min: summary.min,
+        min_step: summary.min_step,
+        max: summary.max,
+        max_step: summary.max_step,
+        summary: summary.reduction.as_str().to_string(),
+        value: summary.value(),
     }
 }
 

@@ -4,13 +4,18 @@
 //! Reads go straight to the store on blocking threads, like [`Queries`]; the only write
 //! (notes and tags) goes through the scheduler ([`crate::scheduler::Event::UpdateRun`]).
 //!
-//! What is indexed: the last value of every metric of every run, per project, and each
-//! run's tasks average (`idx_metric`, see [`crate::store`]). The leaderboard walks it in
-//! goal order and stops after `limit` rows, and `ListRuns` with a project and exactly one
-//! `metrics.NAME` sort key walks it and stops after one page (runs without the metric,
-//! which sort last, are found by a scan once the index is exhausted). Every other query
-//! (other sort keys, several keys, no project, filters only) scans the runs of the
-//! sweep or of the whole store and sorts in memory.
+//! A metric's value in every query, sort, index and leaderboard is the run's summary of
+//! it ([`RunRecord::metric_value`]): the last reported value unless the sweep chose
+//! another (`metric: {.., summary: best}`, `summaries: {train/loss: min}`).
+//!
+//! What is indexed: that value of every metric of every run, and each run's tasks
+//! average, per project (`idx_metric`) and across projects (`idx_metric_all`, see
+//! [`crate::store`]). The leaderboard walks one of them in goal order and stops after
+//! `limit` rows, and `ListRuns` with a project and exactly one `metrics.NAME` sort key
+//! walks the project's and stops after one page (runs without the metric, which sort
+//! last, are found by a scan once the index is exhausted). Every other query (other sort
+//! keys, several keys, no project, filters only) scans the runs of the sweep or of the
+//! whole store and sorts in memory.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -58,7 +63,7 @@ impl RunFacts for Facts<'_> {
         })
     }
     fn metric(&self, name: &str) -> Option<f64> {
-        self.run.last_metrics.get(name).copied()
+        self.run.metric_value(name)
     }
     fn status(&self) -> &str {
         self.run.status.as_str()
@@ -183,7 +188,8 @@ pub struct LeaderboardRow {
 
 /// A leaderboard request in domain terms.
 pub struct LeaderboardQuery {
-    pub project: String,
+    /// The project ranked; `None`: every project.
+    pub project: Option<String>,
     pub metric: String,
     pub goal: Option<Goal>,
     pub tasks_average: bool,
@@ -204,9 +210,6 @@ impl TryFrom<pb::LeaderboardRequest> for LeaderboardQuery {
     type Error = CoordinatorError;
     fn try_from(request: pb::LeaderboardRequest) -> Result<Self, Self::Error> {
         let invalid = |m: String| CoordinatorError::InvalidArgument(m);
-        if request.project.is_empty() {
-            return Err(invalid("a leaderboard needs a project (--project)".into()));
-        }
         let goal = match request.goal.as_str() {
             "" => None,
             "maximize" | "max" => Some(Goal::Maximize),
@@ -250,7 +253,7 @@ impl TryFrom<pb::LeaderboardRequest> for LeaderboardQuery {
             n => n.min(MAX_LEADERBOARD_ROWS),
         };
         Ok(LeaderboardQuery {
-            project: request.project,
+            project: (!request.project.is_empty()).then_some(request.project),
             metric: request.metric,
             goal,
             tasks_average,
@@ -289,11 +292,12 @@ impl Queries {
             .collect())
     }
 
-    /// Runs of `project` with `metric` by value (index walk, or a scan when the store
-    /// keeps no index), each checked against its record; stale entries are skipped.
+    /// Runs of `project` (of every project when `None`) with `metric` by value (index
+    /// walk, or a scan when the store keeps no index); callers check each entry against
+    /// its record with [`Queries::indexed_run`].
     fn metric_walk<'a>(
         &'a self,
-        project: &str,
+        project: Option<&str>,
         metric: &str,
         descending: bool,
         from: Option<f64>,
@@ -303,7 +307,7 @@ impl Queries {
         }
         let mut entries: Vec<(f64, String)> = Vec::new();
         for run in self.store.list_runs(None)? {
-            if run.project != project {
+            if project.is_some_and(|p| run.project != p) {
                 continue;
             }
             if let Some(value) = index_value(&run, metric) {
@@ -404,7 +408,7 @@ impl Queries {
     ) -> Result<(), CoordinatorError> {
         let prefix = (!query.sweep_id.is_empty()).then_some(query.sweep_id.as_str());
         self.store.for_each_run(prefix, &mut |run| {
-            if missing_metric.is_some_and(|m| run.last_metrics.contains_key(m)) {
+            if missing_metric.is_some_and(|m| run.metric_value(m).is_some()) {
                 return Ok(());
             }
             let sweep = sweeps.get(&run.sweep_id);
@@ -457,7 +461,7 @@ impl Queries {
         let mut rows: Vec<(RowKey, RunRecord)> = Vec::new();
         if !in_missing_region {
             let mut last_value: Option<f64> = None;
-            for entry in self.metric_walk(project, metric, descending, from)? {
+            for entry in self.metric_walk(Some(project), metric, descending, from)? {
                 let (value, run_id) = entry?;
                 if rows.len() > query.limit
                     && last_value.is_some_and(|l| l.to_bits() != value.to_bits())
@@ -491,12 +495,13 @@ impl Queries {
         Ok(rows)
     }
 
-    /// Ranks the runs of a project (see [`LeaderboardQuery`]).
+    /// Ranks the runs of a project, or of every project (see [`LeaderboardQuery`]).
     pub fn leaderboard(&self, query: &LeaderboardQuery) -> Result<Leaderboard, CoordinatorError> {
         let sweeps = self.sweep_map()?;
+        let project = query.project.as_deref();
         let mut project_sweeps: Vec<&SweepRecord> = sweeps
             .values()
-            .filter(|s| s.spec.project == query.project)
+            .filter(|s| project.is_none_or(|p| s.spec.project == p))
             .collect();
         project_sweeps.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
         let (metric, goal) = if query.tasks_average {
@@ -513,9 +518,12 @@ impl Queries {
             )
         } else {
             let Some(objective) = project_sweeps.iter().find_map(|s| s.spec.metric.as_ref()) else {
+                let missing = match project {
+                    Some(project) => format!("project {project:?} has no sweep with a metric"),
+                    None => "no sweep has a metric".to_string(),
+                };
                 return Err(CoordinatorError::InvalidArgument(format!(
-                    "project {:?} has no sweep with a metric; pass --metric NAME or --tasks avg",
-                    query.project
+                    "{missing}; pass --metric NAME or --tasks avg"
                 )));
             };
             (objective.name.clone(), query.goal.unwrap_or(objective.goal))
@@ -524,7 +532,7 @@ impl Queries {
         let mut rows: Vec<LeaderboardRow> = Vec::new();
         let mut groups: HashSet<String> = HashSet::new();
         let mut last_value: Option<f64> = None;
-        for entry in self.metric_walk(&query.project, &metric, descending, None)? {
+        for entry in self.metric_walk(project, &metric, descending, None)? {
             let (value, run_id) = entry?;
             if rows.len() >= query.limit
                 && last_value.is_some_and(|l| l.to_bits() != value.to_bits())
@@ -552,7 +560,7 @@ impl Queries {
             }
             last_value = Some(value);
             let tasks = if query.tasks_average {
-                query::task_scores(&run.last_metrics)
+                query::task_scores(&run.metric_values())
             } else {
                 Default::default()
             };
@@ -589,7 +597,8 @@ impl Queries {
     }
 
     /// Adds the card fields to a `GetRun` answer: the sweep's name, owner, objective and
-    /// git state, the best value of the objective and min/max of every metric.
+    /// git state, the best value of the objective and min/max of every metric (from the
+    /// run's stored summaries; from the points in `response` for metrics without one).
     pub fn fill_card(
         &self,
         run: &RunRecord,
@@ -598,9 +607,16 @@ impl Queries {
         let sweep = self.store.get_sweep(&run.sweep_id)?;
         let mut minimum: HashMap<String, f64> = HashMap::new();
         let mut maximum: HashMap<String, f64> = HashMap::new();
+        for (name, summary) in &run.summaries {
+            minimum.insert(name.clone(), summary.min);
+            maximum.insert(name.clone(), summary.max);
+        }
         for attempt in &response.metrics {
             for point in &attempt.points {
                 for (name, value) in &point.values {
+                    if run.summaries.contains_key(name) {
+                        continue;
+                    }
                     let low = minimum.entry(name.clone()).or_insert(*value);
                     *low = low.min(*value);
                     let high = maximum.entry(name.clone()).or_insert(*value);
@@ -684,12 +700,12 @@ impl Queries {
     }
 }
 
-/// The last metric value (or tasks average) a run has under an index name.
+/// The metric value (or tasks average) a run has under an index name.
 fn index_value(run: &RunRecord, metric: &str) -> Option<f64> {
     if metric == TASKS_AVG_METRIC {
-        query::tasks_average(&run.last_metrics)
+        query::tasks_average(&run.metric_values())
     } else {
-        run.last_metrics.get(metric).copied()
+        run.metric_value(metric)
     }
 }
 
@@ -937,12 +953,152 @@ mod tests {
             ended_ms: None,
             tags: Default::default(),
             notes: Vec::new(),
+            summaries: Default::default(),
         }
+    }
+
+    /// A sweep of `project` whose `metric:` line is `metric`; its spec.
+    fn sweep_in(
+        store: &SledStore,
+        id: &str,
+        project: &str,
+        metric: &str,
+        created_ms: i64,
+    ) -> ladder_shared::spec::SweepSpec {
+        let yaml = format!(
+            "name: {id}\nproject: {project}\nmethod: grid\n{metric}\nparameters:\n  x: {{values: [1, 2]}}\ncommand: [\"true\"]\n"
+        );
+        let spec = ladder_shared::spec::parse_sweep("s.yaml", &yaml).unwrap();
+        store
+            .put_sweep(&SweepRecord {
+                id: id.into(),
+                spec: spec.clone(),
+                file_name: "s.yaml".into(),
+                yaml,
+                status: SweepStatus::Completed,
+                created_ms,
+                ended_ms: None,
+                planned_runs: 2,
+                created_runs: 2,
+                owner: String::new(),
+                git_commit: String::new(),
+                git_dirty: false,
+            })
+            .unwrap();
+        spec
+    }
+
+    /// A completed run of `spec` that reported `m` = each of `curve` at steps 1, 2, ...
+    fn curve_run(
+        spec: &ladder_shared::spec::SweepSpec,
+        sweep: &str,
+        index: u64,
+        curve: &[f64],
+    ) -> RunRecord {
+        let mut record = run(sweep, index, None);
+        record.project = spec.project.clone();
+        let points: Vec<crate::model::StoredPoint> = curve
+            .iter()
+            .enumerate()
+            .map(|(i, value)| crate::model::StoredPoint {
+                step: Some(i as i64 + 1),
+                values: [("m".to_string(), *value)].into_iter().collect(),
+                time_ms: 0,
+            })
+            .collect();
+        record.apply_metrics(Some(spec), &points);
+        record
+    }
+
+    fn board(queries: &Queries, project: &str) -> Vec<(String, f64)> {
+        let request = pb::LeaderboardRequest {
+            project: project.into(),
+            ..Default::default()
+        };
+        let query = LeaderboardQuery::try_from(request).unwrap();
+        queries
+            .leaderboard(&query)
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|row| (row.run.id, row.value))
+            .collect()
+    }
+
+    #[test]
+    fn the_chosen_summary_ranks_and_the_board_spans_projects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let best = sweep_in(
+            &store,
+            "s",
+            "p",
+            "metric: {name: m, goal: minimize, summary: best}",
+            1,
+        );
+        let last = sweep_in(&store, "t", "q", "metric: {name: m, goal: minimize}", 2);
+        store
+            .put_run(&curve_run(&best, "s", 0, &[5.0, 1.0, 9.0]))
+            .unwrap();
+        store
+            .put_run(&curve_run(&best, "s", 1, &[4.0, 3.0, 3.5]))
+            .unwrap();
+        store
+            .put_run(&curve_run(&last, "t", 0, &[2.0, 0.5, 2.5]))
+            .unwrap();
+        let queries = Queries::new(store.clone());
+        let by_best = vec![("s-000000".to_string(), 1.0), ("s-000001".to_string(), 3.0)];
+        assert_eq!(board(&queries, "p"), by_best);
+        // Across projects: each run by its own sweep's summary (t's last value, 2.5).
+        assert_eq!(
+            board(&queries, ""),
+            vec![
+                ("s-000000".to_string(), 1.0),
+                ("t-000000".to_string(), 2.5),
+                ("s-000001".to_string(), 3.0),
+            ]
+        );
+        let all: Vec<String> = store
+            .metric_index(None, "m", false, None)
+            .unwrap()
+            .map(|e| e.unwrap().1)
+            .collect();
+        assert_eq!(all, ["s-000000", "t-000000", "s-000001"]);
+        // --where sees the same values.
+        let request = pb::ListRunsRequest {
+            r#where: "metrics.m < 2".into(),
+            ..Default::default()
+        };
+        let page = queries
+            .query_runs(&RunQuery::parse(&request).unwrap())
+            .unwrap();
+        let ids: Vec<String> = page.runs.into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["s-000000"]);
+        // The card's min and max come from the stored summaries.
+        let run = store.get_run("s-000000").unwrap().unwrap();
+        let mut card = pb::GetRunResponse::default();
+        queries.fill_card(&run, &mut card).unwrap();
+        assert_eq!(card.min_metrics["m"], 1.0);
+        assert_eq!(card.max_metrics["m"], 9.0);
+        assert_eq!(card.best_value, Some(1.0));
+        let summary = &convert::run_to_pb(&run).summaries["m"];
+        assert_eq!((summary.value, summary.summary.as_str()), (1.0, "min"));
+        assert_eq!((summary.last, summary.last_step), (9.0, Some(3)));
+    }
+
+    #[test]
+    fn a_project_less_board_needs_some_sweep_with_a_metric() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let queries = Queries::new(store);
+        let query = LeaderboardQuery::try_from(pb::LeaderboardRequest::default()).unwrap();
+        let error = queries.leaderboard(&query).err().unwrap().to_string();
+        assert!(error.contains("no sweep has a metric"), "{error}");
     }
 
     fn walk(store: &SledStore, descending: bool, from: Option<f64>) -> Vec<(f64, String)> {
         store
-            .metric_index("p", "m", descending, from)
+            .metric_index(Some("p"), "m", descending, from)
             .unwrap()
             .map(|e| e.unwrap())
             .collect()

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ladder_shared::search::Params;
 use ladder_shared::spec::SweepSpec;
+use ladder_shared::summary::{MetricSummary, Reduction};
 use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +122,11 @@ pub struct RunRecord {
     /// Free-text notes (`ladder runs note`), oldest first.
     #[serde(default)]
     pub notes: Vec<RunNote>,
+    /// Last, min and max (with steps) of every metric over every point of every attempt,
+    /// each with the reduction its sweep chose (see [`RunRecord::metric_value`]). Empty
+    /// in records stored before summaries: those runs are summarised by `last_metrics`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub summaries: BTreeMap<String, MetricSummary>,
 }
 
 /// The git state of the directory a sweep file was submitted from.
@@ -179,6 +185,81 @@ impl RunRecord {
     /// The agent of the latest attempt.
     pub fn agent(&self) -> Option<&str> {
         self.attempts.last().map(|a| a.agent.as_str())
+    }
+
+    /// The value that stands for this run's `metric` in queries, sorting, indexes and the
+    /// leaderboard: its summary as the sweep chose it (last unless `summary:` /
+    /// `summaries:` says otherwise).
+    pub fn metric_value(&self, metric: &str) -> Option<f64> {
+        match self.summaries.get(metric) {
+            Some(summary) => Some(summary.value()),
+            None => self.last_metrics.get(metric).copied(),
+        }
+    }
+
+    /// [`RunRecord::metric_value`] of every metric the run reported.
+    pub fn metric_values(&self) -> BTreeMap<String, f64> {
+        let mut values = self.last_metrics.clone();
+        for (name, summary) in &self.summaries {
+            values.insert(name.clone(), summary.value());
+        }
+        values
+    }
+
+    /// Takes in metric points in report order: last values, last step and summaries.
+    /// `spec` is the run's sweep, whose choices fix each new summary's reduction (the
+    /// last value when it is unknown).
+    ///
+    /// A record stored before summaries first gets one per metric seeded from its last
+    /// value; [`crate::store::SledStore::open`] upgrades such records from their points.
+    pub fn apply_metrics(&mut self, spec: Option<&SweepSpec>, points: &[StoredPoint]) {
+        let reduction_of = |name: &str| spec.map_or(Reduction::Last, |s| s.reduction_of(name));
+        if self.summaries.is_empty() {
+            for (name, value) in &self.last_metrics {
+                let summary = MetricSummary::first(*value, self.last_step, reduction_of(name));
+                self.summaries.insert(name.clone(), summary);
+            }
+        }
+        for point in points {
+            if point.step.is_some() {
+                self.last_step = point.step;
+            }
+            for (name, value) in &point.values {
+                self.last_metrics.insert(name.clone(), *value);
+            }
+        }
+        observe_points(&mut self.summaries, spec, points);
+    }
+
+    /// The summaries of a run whose points, in report order, are `points`.
+    pub fn summaries_of(
+        spec: Option<&SweepSpec>,
+        points: &[StoredPoint],
+    ) -> BTreeMap<String, MetricSummary> {
+        let mut summaries = BTreeMap::new();
+        observe_points(&mut summaries, spec, points);
+        summaries
+    }
+}
+
+/// Adds `points` (in report order) to `summaries`; a metric seen for the first time takes
+/// the reduction `spec` chose for it (the last value when `spec` is unknown).
+fn observe_points(
+    summaries: &mut BTreeMap<String, MetricSummary>,
+    spec: Option<&SweepSpec>,
+    points: &[StoredPoint],
+) {
+    for point in points {
+        for (name, value) in &point.values {
+            match summaries.get_mut(name) {
+                Some(summary) => summary.observe(*value, point.step),
+                None => {
+                    let reduction = spec.map_or(Reduction::Last, |s| s.reduction_of(name));
+                    let summary = MetricSummary::first(*value, point.step, reduction);
+                    summaries.insert(name.clone(), summary);
+                }
+            }
+        }
     }
 }
 

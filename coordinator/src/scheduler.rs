@@ -235,14 +235,13 @@ impl SweepState {
         }
     }
 
-    /// The value a finished run contributes to the search: its last value of the sweep
-    /// metric, when it completed or was stopped early.
+    /// The value a finished run contributes to the search: its summary of the sweep
+    /// metric (the last value unless `metric: {summary: ..}` chose another), when it
+    /// completed or was stopped early.
     fn objective(&self, run: &RunRecord) -> Option<f64> {
         let metric = self.record.spec.metric.as_ref()?;
         match run.status {
-            RunStatus::Completed | RunStatus::Stopped => {
-                run.last_metrics.get(&metric.name).copied()
-            }
+            RunStatus::Completed | RunStatus::Stopped => run.metric_value(&metric.name),
             _ => None,
         }
     }
@@ -782,12 +781,22 @@ impl Scheduler {
             ended_ms: None,
             tags: Default::default(),
             notes: Vec::new(),
+            summaries: BTreeMap::new(),
         };
         state.record.created_runs += 1;
         self.store.put_sweep(&state.record)?;
         self.changed.insert(sweep_id.to_string());
         match search::render_command(&state.record.spec.command, &run.params) {
-            Ok(argv) => run.argv = argv,
+            Ok(mut argv) => {
+                if let Some(train) = &state.record.spec.train {
+                    // The built-in trainer reads its configuration, parameters
+                    // substituted with their types, from argv.
+                    let config = ladder_shared::train_config::render(train, &run.params);
+                    argv.push("--config-json".to_string());
+                    argv.push(config.to_string());
+                }
+                run.argv = argv;
+            }
             Err(error) => {
                 // Validation makes this unreachable; keep the sweep going regardless.
                 warn!(run_id = %run.id, %error, "cannot render command");
@@ -1130,7 +1139,8 @@ impl Scheduler {
                         },
                     ));
                 }
-                apply_metrics(run, &metrics);
+                let spec = self.sweeps.get(&run.sweep_id).map(|s| &s.record.spec);
+                run.apply_metrics(spec, &metrics);
                 self.store
                     .put_output(&lease.run_id, lease.attempt, seq, &metrics, &logs)?;
             }
@@ -1350,17 +1360,6 @@ fn demand_of(spec: &SweepSpec) -> Demand {
     }
 }
 
-fn apply_metrics(run: &mut RunRecord, metrics: &[StoredPoint]) {
-    for point in metrics {
-        if point.step.is_some() {
-            run.last_step = point.step;
-        }
-        for (name, value) in &point.values {
-            run.last_metrics.insert(name.clone(), *value);
-        }
-    }
-}
-
 /// A short random id: 8 characters of lowercase letters and digits.
 fn new_sweep_id() -> String {
     use rand::Rng;
@@ -1488,6 +1487,38 @@ mod tests {
     }
 
     const GRID3: &str = "name: t\nmethod: grid\nparallel: 2\nparameters:\n  x: {values: [1, 2, 3]}\ncommand: [echo, \"{{x}}\"]\n";
+
+    /// The value a finished run gives the search: its last value of the objective unless
+    /// the sweep chose a summary.
+    #[test]
+    fn the_search_learns_the_objective_s_chosen_summary() {
+        for (summary, expected) in [("", 0.9), (", summary: best", 0.1), (", summary: max", 0.9)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = scheduler(dir.path(), Duration::from_secs(60));
+            let mut agent = connect(&mut s, 1, "a", 1, vec![]);
+            let yaml = format!(
+                "name: t\nmethod: grid\nmetric: {{name: loss, goal: minimize{summary}}}\nparameters:\n  x: {{values: [1, 2]}}\ncommand: [echo]\n"
+            );
+            let sweep_id = submit(&mut s, &yaml);
+            let lease = agent.assignments().remove(0).lease;
+            for (seq, loss) in [0.5, 0.1, 0.9].into_iter().enumerate() {
+                report(&mut s, &agent, &lease, seq as u64 + 1, output(loss));
+            }
+            report(
+                &mut s,
+                &agent,
+                &lease,
+                4,
+                finish(FinishOutcome::Completed, 0),
+            );
+            let observed = s.sweeps[&sweep_id].observations[0].value;
+            assert_eq!(observed, Some(expected), "summary {summary:?}");
+            let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+            let loss = run.summaries["loss"];
+            assert_eq!((loss.last, loss.min, loss.max), (0.9, 0.1, 0.9));
+            assert_eq!(run.last_metrics["loss"], 0.9);
+        }
+    }
 
     #[test]
     fn trials_are_created_as_slots_free_and_the_sweep_completes() {

@@ -11,12 +11,19 @@
 //! - `agents`: agent name -> [`AgentRecord`]
 //! - `meta`: counters (the lease epoch), index versions
 //! - `idx_metric`: `project \0 metric \0 f64_key(value) run id` -> empty: every run's
-//!   last value of every metric, plus the tasks average (see
-//!   [`ladder_shared::query::tasks_average`]) under [`TASKS_AVG_METRIC`], ordered by value
-//!   within a (project, metric). Maintained by [`Store::put_run`] from the run's previous
-//!   record; rebuilt from `runs` when a store without it is opened. The leaderboard and
-//!   `runs ls --project P --sort [-]metrics.M` walk it (see [`Store::metric_index`]);
-//!   everything else scans `runs`.
+//!   value of every metric (its summary as the sweep chose it, see
+//!   [`RunRecord::metric_value`]: the last value unless `summary:` says otherwise), plus
+//!   the tasks average (see [`ladder_shared::query::tasks_average`]) under
+//!   [`TASKS_AVG_METRIC`], ordered by value within a (project, metric).
+//! - `idx_metric_all`: `metric \0 f64_key(value) run id` -> empty: the same entries
+//!   across every project, for the project-less leaderboard.
+//!
+//! Both indexes are maintained by [`Store::put_run`] from the run's previous record and
+//! rebuilt from `runs` when a store without them (or with an older version) is opened;
+//! that upgrade also gives run records stored before summaries their
+//! [`RunRecord::summaries`], computed from their stored points. The leaderboard and
+//! `runs ls --project P --sort [-]metrics.M` walk them (see [`Store::metric_index`]);
+//! everything else scans `runs`.
 //!
 //! Writes are buffered by sled until [`Store::commit`], which makes everything written
 //! before it durable: `flush` (survives `kill -9`) then `fsync` of the data file
@@ -32,6 +39,8 @@ use serde::Serialize;
 
 use crate::error::CoordinatorError;
 use crate::model::{AgentRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
+use ladder_shared::spec::SweepSpec;
+use ladder_shared::summary::{MetricSummary, Reduction};
 
 pub type Result<T> = std::result::Result<T, CoordinatorError>;
 
@@ -80,13 +89,14 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable.
     fn commit(&self) -> Result<()>;
 
-    /// `(value, run id)` of the runs of `project` that have `metric`, by value ascending
-    /// (descending when asked; ties by run id), starting at `from` (inclusive); `None`
-    /// when this store keeps no metric index (callers scan instead). Entries may be stale
-    /// by at most a crash: callers check them against the run record.
+    /// `(value, run id)` of the runs of `project` (of every project when `None`) that
+    /// have `metric`, by value ascending (descending when asked; ties by run id), starting
+    /// at `from` (inclusive); `None` when this store keeps no metric index (callers scan
+    /// instead). The value is [`RunRecord::metric_value`]. Entries may be stale by at most
+    /// a crash: callers check them against the run record.
     fn metric_index<'a>(
         &'a self,
-        _project: &str,
+        _project: Option<&str>,
         _metric: &str,
         _descending: bool,
         _from: Option<f64>,
@@ -101,34 +111,69 @@ pub type IndexWalk<'a> = Box<dyn Iterator<Item = Result<(f64, String)>> + Send +
 /// The index name of the leaderboard's tasks average (not a reportable metric name).
 pub const TASKS_AVG_METRIC: &str = "\u{1}tasks:avg";
 
-/// The `(metric, value)` index entries of a run.
+/// The `(metric, value)` index entries of a run: its summary values, and the tasks
+/// average of those.
 fn index_entries(run: &RunRecord) -> Vec<(String, f64)> {
-    let mut entries: Vec<(String, f64)> = run
-        .last_metrics
+    let values = run.metric_values();
+    let mut entries: Vec<(String, f64)> = values
         .iter()
         .filter(|(name, value)| !name.contains('\0') && value.is_finite())
         .map(|(name, value)| (name.clone(), *value))
         .collect();
-    if let Some(average) = ladder_shared::query::tasks_average(&run.last_metrics) {
+    if let Some(average) = ladder_shared::query::tasks_average(&values) {
         entries.push((TASKS_AVG_METRIC.to_string(), average));
     }
     entries
 }
 
-fn index_prefix(project: &str, metric: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(project.len() + metric.len() + 2);
-    key.extend_from_slice(project.as_bytes());
-    key.push(0);
+/// `project \0 metric \0` (in `idx_metric`), or `metric \0` (in `idx_metric_all`).
+fn index_prefix(project: Option<&str>, metric: &str) -> Vec<u8> {
+    let project_len = project.map_or(0, |p| p.len() + 1);
+    let mut key = Vec::with_capacity(project_len + metric.len() + 1);
+    if let Some(project) = project {
+        key.extend_from_slice(project.as_bytes());
+        key.push(0);
+    }
     key.extend_from_slice(metric.as_bytes());
     key.push(0);
     key
 }
 
-fn index_key(project: &str, metric: &str, value: f64, run_id: &str) -> Vec<u8> {
+fn index_key(project: Option<&str>, metric: &str, value: f64, run_id: &str) -> Vec<u8> {
     let mut key = index_prefix(project, metric);
     key.extend_from_slice(&ladder_shared::query::f64_key(value));
     key.extend_from_slice(run_id.as_bytes());
     key
+}
+
+/// The keys of a run in `idx_metric` and in `idx_metric_all`.
+fn index_keys(run: &RunRecord) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let entries = index_entries(run);
+    let per_project = entries
+        .iter()
+        .map(|(metric, value)| index_key(Some(&run.project), metric, *value, &run.id))
+        .collect();
+    let across = entries
+        .iter()
+        .map(|(metric, value)| index_key(None, metric, *value, &run.id))
+        .collect();
+    (per_project, across)
+}
+
+/// Replaces `old` keys by `new` ones in an index tree, touching only the difference.
+fn update_index(tree: &sled::Tree, old: &[Vec<u8>], new: Vec<Vec<u8>>) -> Result<()> {
+    let mut batch = sled::Batch::default();
+    for key in old {
+        if !new.contains(key) {
+            batch.remove(key.as_slice());
+        }
+    }
+    for key in new {
+        if !old.contains(&key) {
+            batch.insert(key, &[]);
+        }
+    }
+    tree.apply_batch(batch).map_err(sled_err)
 }
 
 /// The sled-backed [`Store`].
@@ -141,14 +186,16 @@ pub struct SledStore {
     agents: sled::Tree,
     meta: sled::Tree,
     idx_metric: sled::Tree,
+    idx_metric_all: sled::Tree,
     /// sled's data file, fsynced after each flush.
     data_file: Mutex<Option<File>>,
     path: PathBuf,
 }
 
 const EPOCH_KEY: &[u8] = b"epoch";
-/// Present once `idx_metric` covers every run.
-const METRIC_INDEX_KEY: &[u8] = b"idx_metric_v1";
+/// Present once `idx_metric` and `idx_metric_all` cover every run by its summary values
+/// and every run record has its summaries (v1: last values, one project at a time).
+const METRIC_INDEX_KEY: &[u8] = b"idx_metric_v2";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
@@ -177,6 +224,7 @@ impl SledStore {
             agents: open_tree("agents")?,
             meta: open_tree("meta")?,
             idx_metric: open_tree("idx_metric")?,
+            idx_metric_all: open_tree("idx_metric_all")?,
             db,
             data_file: Mutex::new(data_file),
             path: dir.to_path_buf(),
@@ -187,23 +235,67 @@ impl SledStore {
             .map_err(sled_err)?
             .is_none()
         {
+            store.upgrade_summaries()?;
             store.rebuild_metric_index()?;
+            store.commit()?;
         }
         Ok(store)
     }
 
-    /// Recreates `idx_metric` from every run record (stores written before the index).
+    /// Gives run records stored before summaries theirs, from their stored points (or
+    /// their last values where no point is stored). Only adds to the records.
+    fn upgrade_summaries(&self) -> Result<()> {
+        use std::collections::HashMap;
+        let mut specs: HashMap<String, Option<SweepSpec>> = HashMap::new();
+        let mut upgraded = sled::Batch::default();
+        for entry in self.runs.iter() {
+            let (key, value) = entry.map_err(sled_err)?;
+            let mut run: RunRecord = decode("runs", &key, &value)?;
+            if !run.summaries.is_empty() || run.last_metrics.is_empty() {
+                continue;
+            }
+            if !specs.contains_key(&run.sweep_id) {
+                let spec = self.get_sweep(&run.sweep_id)?.map(|sweep| sweep.spec);
+                specs.insert(run.sweep_id.clone(), spec);
+            }
+            let spec = specs.get(&run.sweep_id).and_then(Option::as_ref);
+            let mut points = Vec::new();
+            for attempt in &run.attempts {
+                points.extend(self.metrics(&run.id, attempt.number)?);
+            }
+            run.summaries = RunRecord::summaries_of(spec, &points);
+            for (name, value) in &run.last_metrics {
+                if !run.summaries.contains_key(name) {
+                    let reduction = spec.map_or(Reduction::Last, |s| s.reduction_of(name));
+                    let summary = MetricSummary::first(*value, run.last_step, reduction);
+                    run.summaries.insert(name.clone(), summary);
+                }
+            }
+            upgraded.insert(key, encode(&run)?);
+        }
+        self.runs.apply_batch(upgraded).map_err(sled_err)
+    }
+
+    /// Recreates `idx_metric` and `idx_metric_all` from every run record (stores written
+    /// before the indexes or before summaries).
     fn rebuild_metric_index(&self) -> Result<()> {
         self.idx_metric.clear().map_err(sled_err)?;
-        let mut batch = sled::Batch::default();
+        self.idx_metric_all.clear().map_err(sled_err)?;
+        let mut per_project = sled::Batch::default();
+        let mut across = sled::Batch::default();
         for entry in self.runs.iter() {
             let (key, value) = entry.map_err(sled_err)?;
             let run: RunRecord = decode("runs", &key, &value)?;
-            for (metric, value) in index_entries(&run) {
-                batch.insert(index_key(&run.project, &metric, value, &run.id), &[]);
+            let (project_keys, all_keys) = index_keys(&run);
+            for key in project_keys {
+                per_project.insert(key, &[]);
+            }
+            for key in all_keys {
+                across.insert(key, &[]);
             }
         }
-        self.idx_metric.apply_batch(batch).map_err(sled_err)?;
+        self.idx_metric.apply_batch(per_project).map_err(sled_err)?;
+        self.idx_metric_all.apply_batch(across).map_err(sled_err)?;
         self.meta
             .insert(METRIC_INDEX_KEY, &[1u8])
             .map_err(sled_err)?;
@@ -214,15 +306,21 @@ impl SledStore {
     /// included. The runs must not exist yet.
     pub fn put_new_runs(&self, runs: &[RunRecord]) -> Result<()> {
         let mut records = sled::Batch::default();
-        let mut index = sled::Batch::default();
+        let mut per_project = sled::Batch::default();
+        let mut across = sled::Batch::default();
         for run in runs {
             records.insert(run.id.as_bytes(), encode(run)?);
-            for (metric, value) in index_entries(run) {
-                index.insert(index_key(&run.project, &metric, value, &run.id), &[]);
+            let (project_keys, all_keys) = index_keys(run);
+            for key in project_keys {
+                per_project.insert(key, &[]);
+            }
+            for key in all_keys {
+                across.insert(key, &[]);
             }
         }
         self.runs.apply_batch(records).map_err(sled_err)?;
-        self.idx_metric.apply_batch(index).map_err(sled_err)?;
+        self.idx_metric.apply_batch(per_project).map_err(sled_err)?;
+        self.idx_metric_all.apply_batch(across).map_err(sled_err)?;
         Ok(())
     }
 
@@ -465,32 +563,16 @@ impl Store for SledStore {
             .runs
             .insert(run.id.as_bytes(), encode(run)?)
             .map_err(sled_err)?;
-        let old_entries = match previous {
+        let (old_project_keys, old_all_keys) = match previous {
             Some(bytes) => {
                 let old: RunRecord = decode("runs", run.id.as_bytes(), &bytes)?;
-                index_entries(&old)
-                    .into_iter()
-                    .map(|(metric, value)| index_key(&old.project, &metric, value, &old.id))
-                    .collect()
+                index_keys(&old)
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
-        let new_entries: Vec<Vec<u8>> = index_entries(run)
-            .into_iter()
-            .map(|(metric, value)| index_key(&run.project, &metric, value, &run.id))
-            .collect();
-        let mut batch = sled::Batch::default();
-        for key in &old_entries {
-            if !new_entries.contains(key) {
-                batch.remove(key.as_slice());
-            }
-        }
-        for key in new_entries {
-            if !old_entries.contains(&key) {
-                batch.insert(key, &[]);
-            }
-        }
-        self.idx_metric.apply_batch(batch).map_err(sled_err)?;
+        let (project_keys, all_keys) = index_keys(run);
+        update_index(&self.idx_metric, &old_project_keys, project_keys)?;
+        update_index(&self.idx_metric_all, &old_all_keys, all_keys)?;
         Ok(())
     }
 
@@ -597,11 +679,15 @@ impl Store for SledStore {
 
     fn metric_index<'a>(
         &'a self,
-        project: &str,
+        project: Option<&str>,
         metric: &str,
         descending: bool,
         from: Option<f64>,
     ) -> Option<IndexWalk<'a>> {
+        let tree = match project {
+            Some(_) => &self.idx_metric,
+            None => &self.idx_metric_all,
+        };
         let prefix = index_prefix(project, metric);
         let parse = {
             let length = prefix.len();
@@ -618,18 +704,18 @@ impl Store for SledStore {
         let mut end = prefix.clone();
         *end.last_mut().expect("prefix ends in 0") = 1;
         let walk: IndexWalk<'a> = match (descending, from) {
-            (false, None) => Box::new(self.idx_metric.range(prefix..end).map(parse)),
+            (false, None) => Box::new(tree.range(prefix..end).map(parse)),
             (false, Some(value)) => {
                 let mut start = prefix;
                 start.extend_from_slice(&ladder_shared::query::f64_key(value));
-                Box::new(self.idx_metric.range(start..end).map(parse))
+                Box::new(tree.range(start..end).map(parse))
             }
-            (true, None) => Box::new(self.idx_metric.range(prefix..end).rev().map(parse)),
+            (true, None) => Box::new(tree.range(prefix..end).rev().map(parse)),
             (true, Some(value)) => {
                 let mut upper = prefix.clone();
                 upper.extend_from_slice(&ladder_shared::query::f64_key(value));
                 upper.push(0xff);
-                Box::new(self.idx_metric.range(prefix..upper).rev().map(parse))
+                Box::new(tree.range(prefix..upper).rev().map(parse))
             }
         };
         Some(walk)
@@ -648,5 +734,117 @@ impl Store for SledStore {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AttemptOutcome;
+    use ladder_shared::types::{RunStatus, SweepStatus};
+
+    /// A run record as stores before summaries wrote it: last values only.
+    fn old_run(spec: &SweepSpec) -> RunRecord {
+        RunRecord {
+            id: "s-000000".into(),
+            sweep_id: "s".into(),
+            project: spec.project.clone(),
+            index: 0,
+            params: Default::default(),
+            argv: Vec::new(),
+            status: RunStatus::Completed,
+            attempts: vec![crate::model::AttemptRecord {
+                number: 1,
+                epoch: 1,
+                agent: "a".into(),
+                gpus: Vec::new(),
+                outcome: AttemptOutcome::Completed,
+                exit_code: Some(0),
+                signal: None,
+                reason: String::new(),
+                started_ms: 0,
+                ended_ms: Some(1),
+                acked_seq: 1,
+                log_lines: 0,
+                metric_points: 3,
+                stop_reason: None,
+            }],
+            last_metrics: [("m".to_string(), 9.0), ("n".to_string(), 7.0)]
+                .into_iter()
+                .collect(),
+            last_step: Some(3),
+            created_ms: 0,
+            ended_ms: Some(1),
+            tags: Default::default(),
+            notes: Vec::new(),
+            summaries: Default::default(),
+        }
+    }
+
+    #[test]
+    fn stores_written_before_summaries_are_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "name: s\nproject: p\nmethod: grid\nmetric: {name: m, goal: minimize}\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n";
+        let spec = ladder_shared::spec::parse_sweep("s.yaml", yaml).unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .put_sweep(&SweepRecord {
+                    id: "s".into(),
+                    spec: spec.clone(),
+                    file_name: "s.yaml".into(),
+                    yaml: yaml.into(),
+                    status: SweepStatus::Completed,
+                    created_ms: 0,
+                    ended_ms: None,
+                    planned_runs: 1,
+                    created_runs: 1,
+                    owner: String::new(),
+                    git_commit: String::new(),
+                    git_dirty: false,
+                })
+                .unwrap();
+            // Written as an old coordinator did: the JSON has no `summaries`, `n` has no
+            // stored points, and the store has only the version 1 index.
+            let record = serde_json::to_vec(&old_run(&spec)).unwrap();
+            assert!(!String::from_utf8_lossy(&record).contains("summaries"));
+            store.runs.insert("s-000000", record).unwrap();
+            let points: Vec<StoredPoint> = [5.0, 1.0, 9.0]
+                .iter()
+                .enumerate()
+                .map(|(i, v)| StoredPoint {
+                    step: Some(i as i64 + 1),
+                    values: [("m".to_string(), *v)].into_iter().collect(),
+                    time_ms: 0,
+                })
+                .collect();
+            store.put_output("s-000000", 1, 1, &points, &[]).unwrap();
+            store.idx_metric_all.clear().unwrap();
+            store.meta.remove(METRIC_INDEX_KEY).unwrap();
+            store.meta.insert(b"idx_metric_v1", &[1u8]).unwrap();
+            store.commit().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let run = store.get_run("s-000000").unwrap().unwrap();
+        let m = run.summaries["m"];
+        assert_eq!((m.min, m.min_step, m.max, m.last), (1.0, Some(2), 9.0, 9.0));
+        let n = run.summaries["n"];
+        assert_eq!(
+            (n.min, n.max, n.last, n.last_step),
+            (7.0, 7.0, 7.0, Some(3))
+        );
+        // Nothing stored is lost.
+        assert_eq!(run.last_metrics, old_run(&spec).last_metrics);
+        assert_eq!(run.attempts.len(), 1);
+        assert_eq!(store.metrics("s-000000", 1).unwrap().len(), 3);
+        for project in [Some("p"), None] {
+            let walk: Vec<(f64, String)> = store
+                .metric_index(project, "m", false, None)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .collect();
+            assert_eq!(walk, [(9.0, "s-000000".to_string())], "{project:?}");
+        }
+        assert!(store.check().unwrap().ok());
     }
 }

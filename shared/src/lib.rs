@@ -15,6 +15,9 @@
 //!   lines become [`MetricPoint`]s sent to the coordinator.
 //! - [`query`]: the run query language (`--where`, `--sort`, cursors), order-preserving
 //!   index keys and the leaderboard's task convention.
+//! - [`summary`]: which value of a metric's history stands for a run (last, min, max
+//!   or best, chosen per sweep metric) and the running [`summary::MetricSummary`] the
+//!   coordinator keeps per run and metric.
 //! - [`types`]: lifecycle enums and agent hardware descriptions used on every side.
 //!
 //! The crate's error enum is [`SearchError`]; spec problems are positioned diagnostics
@@ -26,8 +29,10 @@ pub mod metric_line;
 pub mod query;
 pub mod search;
 pub mod spec;
+pub mod summary;
 pub mod testfns;
 pub mod tpe;
+pub mod train_config;
 pub mod types;
 
 pub use metric_line::{

@@ -72,8 +72,14 @@ pub fn parse_template(element: &str) -> Result<Vec<Segment<'_>>, SearchError> {
 /// - `{{ladder.code_dir}}`: the agent's code directory (`--code-dir`, by default the
 ///   directory the agent was started in), where the sweep's scripts live;
 /// - `{{ladder.run_dir}}`: the run's own working directory on the agent;
-/// - `{{ladder.run_id}}`: the run's id.
-pub const AGENT_PLACEHOLDERS: &[&str] = &["ladder.code_dir", "ladder.run_dir", "ladder.run_id"];
+/// - `{{ladder.run_id}}`: the run's id;
+/// - `{{ladder.exe}}`: the agent's own `ladder` executable (runs of the built-in trainer).
+pub const AGENT_PLACEHOLDERS: &[&str] = &[
+    "ladder.code_dir",
+    "ladder.run_dir",
+    "ladder.run_id",
+    "ladder.exe",
+];
 
 /// Substitutes `{{name}}` in each argv element with the parameter's [`Display`] form.
 /// [`AGENT_PLACEHOLDERS`] are left as they are, for the agent.
@@ -821,6 +827,8 @@ mod tests {
             resources: Resources::default(),
             description: None,
             early_terminate: None,
+            summaries: Default::default(),
+            train: None,
         }
     }
 

@@ -10,10 +10,12 @@
 //! The schema is extended by adding a key to the relevant `*_KEYS` list and a branch in the
 //! corresponding `Checker` method. The `parameters:` section (forms, distributions,
 //! nested groups, `when:` conditions) lives in `params`, `early_terminate:` in
-//! `early_terminate`; the language is documented for users in `shared/PARAMETERS.md`.
+//! `early_terminate`, `metric.summary` and `summaries:` in `summaries`; the language is
+//! documented for users in `shared/PARAMETERS.md`.
 
 mod early_terminate;
 mod params;
+mod summaries;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::early_stop::EarlyTerminateSpec;
 use crate::search::{parse_template, Segment};
+pub use crate::summary::Summary;
 use yaml::{Entry, Node, NodeKind, Pos, Scalar};
 
 /// A validated sweep.
@@ -64,6 +67,16 @@ pub struct SweepSpec {
     /// Rule stopping runs that do worse than their peers, from `early_terminate:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_terminate: Option<EarlyTerminateSpec>,
+    /// The summary chosen for metrics other than the objective, from `summaries:` (the
+    /// objective's is [`MetricSpec::summary`]). Invariant: never names the objective, and
+    /// `best` only for a metric whose goal is known (the `early_terminate` metric); see
+    /// [`SweepSpec::reduction_of`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub summaries: BTreeMap<String, Summary>,
+    /// The built-in trainer's configuration (the `train:` block as written, placeholders
+    /// and all); `command` is then [`TRAIN_COMMAND`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<serde_json::Value>,
 }
 
 impl SweepSpec {
@@ -145,6 +158,10 @@ pub struct MetricSpec {
     /// A metric name as reported on `@ladder` lines.
     pub name: String,
     pub goal: Goal,
+    /// Which value of the metric stands for a run (queries, ranking, the search's
+    /// objective); `None`: the last reported value, as before summaries existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
 }
 
 /// Direction of optimisation.
@@ -395,11 +412,13 @@ const SWEEP_KEYS: &[&str] = &[
     "parallel",
     "seed",
     "command",
+    "train",
     "max_restarts",
     "resources",
     "early_terminate",
+    "summaries",
 ];
-const METRIC_KEYS: &[&str] = &["name", "goal"];
+const METRIC_KEYS: &[&str] = &["name", "goal", "summary"];
 const RESOURCE_KEYS: &[&str] = &["gpus", "labels"];
 const METHOD_NAMES: &[&str] = &["grid", "random", "bayes"];
 const GOAL_NAMES: &[&str] = &["minimize", "maximize"];
@@ -458,13 +477,17 @@ impl Checker<'_> {
         let method = self
             .required(root, entries, "method", "sweep", "grid, random or bayes")
             .and_then(|node| self.method(node));
-        let metric = match field(entries, "metric") {
+        let mut metric = match field(entries, "metric") {
             Some(node) if !node.is_null() => self.metric(node).map(Some),
             _ => Some(None),
         };
         let early_terminate = match field(entries, "early_terminate") {
             Some(node) if !node.is_null() => self.early_terminate(node, &metric).map(Some),
             _ => Some(None),
+        };
+        let summaries = match field(entries, "summaries") {
+            Some(node) if !node.is_null() => self.summaries(node, &mut metric, &early_terminate),
+            _ => Some(BTreeMap::new()),
         };
         let params::ParsedParameters {
             parameters,
@@ -485,9 +508,23 @@ impl Checker<'_> {
         let parallel = self.optional_integer(entries, "parallel", 1, 1, u32::MAX.into());
         let seed = self.optional_integer(entries, "seed", 0, 0, u64::MAX);
         let max_restarts = self.optional_integer(entries, "max_restarts", 3, 0, u32::MAX.into());
-        let command = self
-            .required(root, entries, "command", "sweep", COMMAND_EXAMPLE)
-            .and_then(|node| self.command(node, &parameter_names));
+        let train_node = field(entries, "train").filter(|node| !node.is_null());
+        let command = match (train_node, field(entries, "command")) {
+            (Some(train), Some(_)) => {
+                self.error(
+                    train.pos,
+                    "a sweep runs either a command or the built-in trainer (train:), not both",
+                );
+                None
+            }
+            (Some(train), None) => {
+                self.train_placeholders(train, &parameter_names);
+                Some(TRAIN_COMMAND.iter().map(|s| s.to_string()).collect())
+            }
+            (None, _) => self
+                .required(root, entries, "command", "sweep", COMMAND_EXAMPLE)
+                .and_then(|node| self.command(node, &parameter_names)),
+        };
         let resources = match field(entries, "resources") {
             Some(node) if !node.is_null() => self.resources(node),
             _ => Some(Resources::default()),
@@ -504,7 +541,8 @@ impl Checker<'_> {
             );
         }
 
-        Some(SweepSpec {
+        let train = train_node.map(yaml_to_json);
+        let spec = SweepSpec {
             name: name?,
             project: project?,
             method: method?.0,
@@ -518,7 +556,67 @@ impl Checker<'_> {
             resources: resources?,
             description: description?,
             early_terminate: early_terminate?,
-        })
+            summaries: summaries?,
+            train,
+        };
+        if let Some(train) = train_node {
+            self.check_train(&spec, train);
+        }
+        Some(spec)
+    }
+
+    /// Every `{{name}}` in the `train:` block must name a parameter (or be a `ladder.*`
+    /// value the agent fills in).
+    fn train_placeholders(&mut self, node: &Node, parameter_names: &[String]) {
+        match &node.kind {
+            NodeKind::Scalar { text, .. } => {
+                let block = serde_json::Value::String(text.clone());
+                for name in crate::train_config::placeholders(&block) {
+                    let known = parameter_names.contains(&name)
+                        || crate::search::AGENT_PLACEHOLDERS.contains(&name.as_str());
+                    if !known {
+                        let names: Vec<&str> = parameter_names.iter().map(String::as_str).collect();
+                        let help = match suggestion(&name, &names) {
+                            Some(close) => format!("; did you mean \"{close}\"?"),
+                            None => String::new(),
+                        };
+                        self.error(
+                            node.pos,
+                            format!(
+                                "train uses {{{{{name}}}}} but no parameter is named \"{name}\"{help}"
+                            ),
+                        );
+                    }
+                }
+            }
+            NodeKind::Seq(items) => {
+                for item in items {
+                    self.train_placeholders(item, parameter_names);
+                }
+            }
+            NodeKind::Map(entries) => {
+                for entry in entries {
+                    self.train_placeholders(&entry.value, parameter_names);
+                }
+            }
+        }
+    }
+
+    /// Checks the `train:` block as the trainer will read it, with the first trial's
+    /// parameters substituted, and reports the first problem at its position.
+    fn check_train(&mut self, spec: &SweepSpec, node: &Node) {
+        let Some(block) = &spec.train else { return };
+        let params = crate::search::trial(spec, 0).unwrap_or_default();
+        let rendered = crate::train_config::render(block, &params);
+        if let Err(error) = crate::train_config::TrainConfig::from_json(&rendered) {
+            let pos = position_of_path(node, &error.path);
+            let field = if error.path.is_empty() {
+                "train".to_string()
+            } else {
+                format!("train.{}", error.path)
+            };
+            self.error(pos, format!("{field}: {}", error.message));
+        }
     }
 
     /// Reports keys of `entries` not in `known`, suggesting the closest known key.
@@ -680,9 +778,14 @@ impl Checker<'_> {
             }
             _ => Some(Goal::default()),
         };
+        let summary = match field(entries, "summary") {
+            Some(summary) if !summary.is_null() => self.summary(summary).map(Some),
+            _ => Some(None),
+        };
         Some(MetricSpec {
             name: name?,
             goal: goal?,
+            summary: summary?,
         })
     }
 
@@ -822,6 +925,108 @@ impl Checker<'_> {
 
 fn entry_of<'e>(entries: &'e [Entry], key: &str) -> Option<&'e Entry> {
     entries.iter().find(|entry| entry.key == key)
+}
+
+/// Parses a `ladder train CONFIG.yaml` file: the same keys as a sweep's `train:` block,
+/// without placeholders. Errors carry file, line and column.
+pub fn parse_train_file(
+    file_name: &str,
+    text: &str,
+) -> Result<crate::train_config::TrainConfig, SpecErrors> {
+    let mut checker = Checker {
+        file: file_name,
+        errors: Vec::new(),
+    };
+    let document = match yaml::parse(text) {
+        Ok(document) => document,
+        Err(syntax) => {
+            checker.error(syntax.pos, syntax.message);
+            return Err(checker.finish());
+        }
+    };
+    for diagnostic in document.diagnostics {
+        checker.error(diagnostic.pos, diagnostic.message);
+    }
+    let Some(root) = document.root.filter(|root| !root.is_null()) else {
+        checker.error(
+            Pos::START,
+            "train config is empty: expected a mapping with at least model and data",
+        );
+        return Err(checker.finish());
+    };
+    let block = yaml_to_json(&root);
+    if let Some(name) = crate::train_config::placeholders(&block).first() {
+        checker.error(
+            root.pos,
+            format!("{{{{{name}}}}}: placeholders are filled in only for runs of a sweep"),
+        );
+    }
+    match crate::train_config::TrainConfig::from_json(&block) {
+        Ok(config) if checker.errors.is_empty() => Ok(config),
+        Ok(_) => Err(checker.finish()),
+        Err(error) => {
+            let pos = position_of_path(&root, &error.path);
+            checker.error(pos, error.to_string().trim_start_matches(": ").to_string());
+            Err(checker.finish())
+        }
+    }
+}
+
+/// argv of a run of the built-in trainer; the scheduler appends the rendered `train:`
+/// block as `--config-json JSON`.
+pub const TRAIN_COMMAND: &[&str] = &["{{ladder.exe}}", "train", "--sweep-run"];
+
+/// The spanned YAML node as JSON (positions dropped).
+fn yaml_to_json(node: &Node) -> serde_json::Value {
+    match &node.kind {
+        NodeKind::Scalar { value, .. } => match value {
+            Scalar::Null => serde_json::Value::Null,
+            Scalar::Bool(b) => serde_json::Value::Bool(*b),
+            Scalar::Int(i) => i64::try_from(*i)
+                .map(serde_json::Value::from)
+                .or_else(|_| u64::try_from(*i).map(serde_json::Value::from))
+                .unwrap_or_else(|_| serde_json::Value::from(*i as f64)),
+            Scalar::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Scalar::Str(text) => serde_json::Value::String(text.clone()),
+        },
+        NodeKind::Seq(items) => serde_json::Value::Array(items.iter().map(yaml_to_json).collect()),
+        NodeKind::Map(entries) => serde_json::Value::Object(
+            entries
+                .iter()
+                .map(|entry| (entry.key.clone(), yaml_to_json(&entry.value)))
+                .collect(),
+        ),
+    }
+}
+
+/// The position of the node at a dotted path (`optim.lr`, `eval.0.task`); the deepest
+/// node that exists when the path goes further than the file does.
+fn position_of_path(root: &Node, path: &str) -> Pos {
+    let mut node = root;
+    let mut pos = root.pos;
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
+        let next = match &node.kind {
+            NodeKind::Map(entries) => entries
+                .iter()
+                .find(|entry| entry.key == segment)
+                .map(|entry| (entry.key_pos, &entry.value)),
+            NodeKind::Seq(items) => segment
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| items.get(index))
+                .map(|item| (item.pos, item)),
+            NodeKind::Scalar { .. } => None,
+        };
+        let Some((key_pos, child)) = next else { break };
+        pos = if matches!(child.kind, NodeKind::Scalar { .. }) {
+            child.pos
+        } else {
+            key_pos
+        };
+        node = child;
+    }
+    pos
 }
 
 fn field<'e>(entries: &'e [Entry], key: &str) -> Option<&'e Node> {
@@ -992,6 +1197,7 @@ resources:
             metric: Some(MetricSpec {
                 name: "val_loss".into(),
                 goal: Goal::Minimize,
+                summary: None,
             }),
             parameters: vec![
                 leaf(
@@ -1044,6 +1250,8 @@ resources:
             },
             description: Some("learning rate and width".into()),
             early_terminate: None,
+            train: None,
+            summaries: BTreeMap::new(),
         };
         assert_eq!(spec, expected);
         let json = serde_json::to_string(&spec).unwrap();

@@ -190,7 +190,16 @@ pub fn wait_until<T>(
 
 /// Runs `ladder ARGS` and returns its output; kills it and panics after `timeout`.
 pub fn ladder_with_timeout(args: &[&str], timeout: Duration) -> Output {
-    let mut child = ladder_command()
+    ladder_in(None, args, timeout)
+}
+
+/// [`ladder_with_timeout`] in working directory `dir` (the test's own when `None`).
+pub fn ladder_in(dir: Option<&Path>, args: &[&str], timeout: Duration) -> Output {
+    let mut command = ladder_command();
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -1,9 +1,10 @@
 //! The team's shared history through the real CLI and coordinator: queries (where, sort,
-//! cursor pages, columns), the leaderboard (objective, tasks average, per sweep), run
-//! cards (git commit, owner), notes and tags, compare, export and watch.
+//! cursor pages, columns), the leaderboard (objective, tasks average, per sweep, across
+//! projects), per-metric summaries (best / min / max instead of last), run cards (git
+//! commit, owner), notes and tags, compare, export and watch.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -515,4 +516,167 @@ command: [python3, "{{ladder.code_dir}}/slow.py"]
     }
     let detail = coordinator.run_detail(&run_id);
     assert_eq!(detail["status"], "completed", "{detail}");
+}
+
+/// Prints `eval/loss` at steps 1..3 along a curve chosen by `a`, whose best (lowest) and
+/// last values rank the runs differently, and `train/loss = 1 - eval/loss` (whose maximum
+/// and last values rank them differently too).
+const CURVES: &str = r#"
+import json, sys
+curves = {1: [0.5, 0.1, 0.9], 2: [0.4, 0.3, 0.35], 3: [0.6, 0.5, 0.45], 4: [0.2, 0.05, 0.25]}
+for step, loss in enumerate(curves[int(sys.argv[1])], start=1):
+    print("@ladder " + json.dumps({"step": step, "eval/loss": loss, "train/loss": 1 - loss}), flush=True)
+"#;
+
+fn curve_sweep(dir: &Path, name: &str, project: &str, metric: &str, values: &str) -> PathBuf {
+    write_file(
+        dir,
+        &format!("{name}.yaml"),
+        &format!(
+            r#"name: {name}
+project: {project}
+method: grid
+{metric}
+parallel: 3
+parameters:
+  a: {{values: [{values}]}}
+command: [python3, "{{{{ladder.code_dir}}}}/curves.py", "{{{{a}}}}"]
+"#
+        ),
+    )
+}
+
+fn values_of(rows: &Value, what: &str) -> Vec<f64> {
+    rows.as_array()
+        .unwrap_or_else(|| panic!("no rows in {rows}"))
+        .iter()
+        .map(|row| as_f64(&row["value"], what))
+        .collect()
+}
+
+#[test]
+fn summaries_choose_the_ranked_value_and_the_board_spans_projects() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    write_script(dir, "curves.py", CURVES);
+    // Ranked by the best (lowest) eval/loss; train/loss summarised by its maximum.
+    let best = curve_sweep(
+        dir,
+        "best",
+        "sum-a",
+        "metric: {name: eval/loss, goal: minimize, summary: best}\nsummaries: {train/loss: max}",
+        "1, 2, 3",
+    );
+    // Another project, summarised by the last value (the default).
+    let last = curve_sweep(
+        dir,
+        "last",
+        "sum-b",
+        "metric: {name: eval/loss, goal: minimize}",
+        "4",
+    );
+    let coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
+    let _agent = Agent::start(&coordinator.url(), "alpha", 3, &dir.join("alpha"), dir);
+    coordinator.wait_for_agents(&["alpha"], Duration::from_secs(60));
+    let best_id = coordinator.submit(&best);
+    let last_id = coordinator.submit(&last);
+    for (id, runs) in [(&best_id, 3), (&last_id, 1)] {
+        let sweep = coordinator.watch(id, WATCH_TIMEOUT);
+        assert_eq!(sweep["counts"]["completed"], runs, "{sweep}");
+    }
+    let run_of = |a: i64| format!("{best_id}-{:06}", a - 1);
+
+    // The leaderboard ranks by the best value (by the last one it would be 2, 3, 1).
+    let board = coordinator.json(&["board", "--project", "sum-a"]);
+    assert_eq!(board["metric"], "eval/loss", "{board}");
+    assert_eq!(board["goal"], "minimize", "{board}");
+    let ranked: Vec<String> = board["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| as_str(&row["run"]["id"], "run id").to_string())
+        .collect();
+    assert_eq!(ranked, [run_of(1), run_of(2), run_of(3)], "{board}");
+    assert_eq!(
+        values_of(&board["rows"], "value"),
+        [0.1, 0.3, 0.45],
+        "{board}"
+    );
+
+    // Sorting (the indexed path) and --where use the same value.
+    let listed = coordinator.json(&[
+        "runs",
+        "ls",
+        "--project",
+        "sum-a",
+        "--sort",
+        "metrics.eval/loss",
+        "--limit",
+        "2",
+    ]);
+    assert_eq!(ids(&listed), [run_of(1), run_of(2)], "{listed}");
+    let listed = coordinator.json(&["runs", "ls", "--where", "metrics.eval/loss < 0.2"]);
+    // By last values run 1 (0.9) would fail it and the last sweep's run (best 0.05) pass.
+    assert_eq!(ids(&listed), [run_of(1)], "{listed}");
+    let listed = coordinator.json(&[
+        "runs",
+        "ls",
+        "--project",
+        "sum-a",
+        "--sort",
+        "-metrics.train/loss",
+    ]);
+    assert_eq!(ids(&listed), [run_of(1), run_of(2), run_of(3)], "{listed}");
+
+    // The card shows last, min and max with their steps, and which one ranks.
+    let card = coordinator.run_detail(&run_of(1));
+    let loss = &card["summaries"]["eval/loss"];
+    assert_eq!(loss["summary"], "min", "{card}");
+    assert_eq!(as_f64(&loss["value"], "value"), 0.1, "{card}");
+    assert_eq!(as_f64(&loss["last"], "last"), 0.9, "{card}");
+    assert_eq!(loss["last_step"], 3, "{card}");
+    assert_eq!(as_f64(&loss["min"], "min"), 0.1, "{card}");
+    assert_eq!(loss["min_step"], 2, "{card}");
+    assert_eq!(as_f64(&loss["max"], "max"), 0.9, "{card}");
+    assert_eq!(loss["max_step"], 3, "{card}");
+    assert_eq!(card["summaries"]["train/loss"]["summary"], "max", "{card}");
+    assert_eq!(as_f64(&card["metrics"]["eval/loss"], "last"), 0.9, "{card}");
+    let text = coordinator.ladder(&["runs", "show", &run_of(1)]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("eval/loss") && l.contains("min") && l.contains("0.9 @3")),
+        "{text}"
+    );
+
+    // Without --project the board ranks every project's runs, each by its sweep's
+    // summary: the last sweep's run by its last value 0.25 (its best would be 0.05).
+    let board = coordinator.json(&["board"]);
+    assert_eq!(board["project"], Value::Null, "{board}");
+    assert_eq!(board["metric"], "eval/loss", "{board}");
+    let rows = board["rows"].as_array().unwrap();
+    let projects: Vec<&str> = rows
+        .iter()
+        .map(|row| as_str(&row["run"]["project"], "project"))
+        .collect();
+    assert_eq!(projects, ["sum-a", "sum-b", "sum-a", "sum-a"], "{board}");
+    assert_eq!(
+        values_of(&board["rows"], "value"),
+        [0.1, 0.25, 0.3, 0.45],
+        "{board}"
+    );
+    let board = coordinator.json(&["board", "--per", "sweep", "--limit", "5"]);
+    let ranked: Vec<&str> = board["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| as_str(&row["sweep_name"], "sweep"))
+        .collect();
+    assert_eq!(ranked, ["best", "last"], "{board}");
+    let table = coordinator.ladder(&["board"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("all projects") && table.contains("PROJECT"),
+        "{table}"
+    );
 }

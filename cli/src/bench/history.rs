@@ -11,6 +11,7 @@
 //! parameter). RSS is this process's `VmRSS` from /proc/self/status: coordinator,
 //! client and the fill's leftovers together, since everything runs in-process.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use ladder_coordinator::store::{SledStore, Store};
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::run_service_client::RunServiceClient;
 use ladder_shared::spec::ParamValue;
+use ladder_shared::summary::{MetricSummary, Reduction};
 use ladder_shared::types::{RunStatus, SweepStatus};
 use serde_json::json;
 
@@ -124,8 +126,16 @@ fn fill(data: &Path, runs: u64, sweeps: u64) -> anyhow::Result<()> {
             let params = (0..10)
                 .map(|p| (format!("p{p}"), ParamValue::Float(random.next_f64())))
                 .collect();
-            let last_metrics = (0..5)
+            let last_metrics: BTreeMap<String, f64> = (0..5)
                 .map(|m| (format!("m{m}"), random.next_f64()))
+                .collect();
+            // As the scheduler keeps them for a run that reported once, at step 1.
+            let summaries = last_metrics
+                .iter()
+                .map(|(name, value)| {
+                    let summary = MetricSummary::first(*value, Some(1), Reduction::Last);
+                    (name.clone(), summary)
+                })
                 .collect();
             let created = created_ms + index as i64;
             batch.push(RunRecord {
@@ -158,6 +168,7 @@ fn fill(data: &Path, runs: u64, sweeps: u64) -> anyhow::Result<()> {
                 ended_ms: Some(created + 500),
                 tags: Default::default(),
                 notes: Vec::new(),
+                summaries,
             });
             written += 1;
             if batch.len() as u64 == BATCH {

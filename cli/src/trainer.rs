@@ -1,0 +1,294 @@
+//! `ladder train` and `ladder eval`: the built-in trainer outside (and, through
+//! `--sweep-run`, inside) sweeps.
+//!
+//! A sweep run is `ladder train --sweep-run --config-json JSON` started by the agent in
+//! the run's directory: metrics go to stdout as `@ladder {...}` lines (the agent records
+//! them), everything else is the run's log. Standalone, `ladder train CONFIG.yaml`
+//! draws a progress bar on stderr and prints the final scores.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use ladder_trainer::train::Reporter;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The train config (YAML: model, data, lora, optim, steps, eval, ...).
+    config: Option<PathBuf>,
+    /// Output directory: checkpoints/ and the final model/ (default: next to the config,
+    /// `runs/<config name>`); an existing checkpoint there is resumed.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Run as a sweep's run: config from --config-json, output in the current directory,
+    /// metrics as `@ladder` lines on stdout.
+    #[arg(long, requires = "config_json")]
+    sweep_run: bool,
+    /// The rendered `train:` block of a sweep (JSON).
+    #[arg(long)]
+    config_json: Option<String>,
+    /// Print the final metrics as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model directory (Hugging Face LLaMA format: config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Tasks: built-in names, .jsonl files or task .yaml files, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tasks: Vec<String>,
+    /// Few-shot examples per item.
+    #[arg(long, default_value_t = 0)]
+    shots: usize,
+    /// At most this many items per task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Seeds the choice of few-shot examples.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print per-task scores as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `@ladder` metric lines on stdout, for the agent.
+struct MetricLines;
+
+impl Reporter for MetricLines {
+    fn metrics(&mut self, step: u64, values: &[(String, f64)]) {
+        let mut object = serde_json::Map::new();
+        object.insert("step".into(), step.into());
+        for (name, value) in values {
+            if let Some(number) = serde_json::Number::from_f64(*value) {
+                object.insert(name.clone(), serde_json::Value::Number(number));
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "@ladder {}", serde_json::Value::Object(object));
+        let _ = stdout.flush();
+    }
+
+    fn note(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// A one-line progress bar on stderr (plain lines when stderr is not a terminal).
+struct ProgressBar {
+    started: Instant,
+    terminal: bool,
+    last_draw: Option<Instant>,
+    latest: Vec<(String, f64)>,
+}
+
+impl ProgressBar {
+    fn new() -> Self {
+        ProgressBar {
+            started: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            last_draw: None,
+            latest: Vec::new(),
+        }
+    }
+}
+
+impl Reporter for ProgressBar {
+    fn metrics(&mut self, step: u64, values: &[(String, f64)]) {
+        let eval: Vec<String> = values
+            .iter()
+            .filter(|(name, _)| name.starts_with("eval/"))
+            .map(|(name, value)| format!("{name} {value:.4}"))
+            .collect();
+        if !eval.is_empty() {
+            if self.terminal {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("step {step}: {}", eval.join("  "));
+        }
+        for (name, value) in values {
+            match self.latest.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry.1 = *value,
+                None => self.latest.push((name.clone(), *value)),
+            }
+        }
+    }
+
+    fn progress(&mut self, step: u64, total: u64, loss: f64) {
+        let now = Instant::now();
+        let due = self
+            .last_draw
+            .is_none_or(|last| now.duration_since(last).as_millis() >= 200);
+        if !due && step != total {
+            return;
+        }
+        self.last_draw = Some(now);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let fraction = step as f64 / total.max(1) as f64;
+        let eta = if step > 0 {
+            elapsed / step as f64 * (total - step) as f64
+        } else {
+            0.0
+        };
+        let lookup = |name: &str| {
+            self.latest
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .unwrap_or(f64::NAN)
+        };
+        let width = 30;
+        let filled = (fraction * width as f64).round() as usize;
+        let line = format!(
+            "[{}{}] {step}/{total} loss {loss:.4} lr {:.2e} {:.0} tok/s eta {:.0}s",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            lookup("train/lr"),
+            lookup("train/tokens_per_s"),
+            eta
+        );
+        if self.terminal {
+            eprint!("\r\x1b[2K{line}");
+            if step == total {
+                eprintln!();
+            }
+        } else if step.is_multiple_of(50) || step == total || step == 1 {
+            eprintln!("{line}");
+        }
+    }
+
+    fn note(&mut self, text: &str) {
+        if self.terminal {
+            eprint!("\r\x1b[2K");
+        }
+        eprintln!("{text}");
+    }
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    if args.sweep_run {
+        let text = args.config_json.as_deref().unwrap_or_default();
+        let config = ladder_trainer::config::from_json_text(text)?;
+        let here = std::env::current_dir().context("failed to read the current directory")?;
+        // Paths in a sweep's train block are relative to the agent's code directory.
+        let base = std::env::var_os("LADDER_CODE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| here.clone());
+        let outcome = ladder_trainer::train::train_run(&config, &base, &here, &mut MetricLines)?;
+        eprintln!("finished {} steps", outcome.steps);
+        return Ok(());
+    }
+    let Some(path) = args.config else {
+        bail!("give a train config file: ladder train CONFIG.yaml");
+    };
+    let config = ladder_trainer::config::read_file(&path)?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let out = match args.out {
+        Some(out) => out,
+        None => {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "train".into());
+            base.join("runs").join(stem)
+        }
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
+    eprintln!("training into {}", out.display());
+    let mut bar = ProgressBar::new();
+    let outcome = ladder_trainer::train::train_run(&config, &base, &out, &mut bar)?;
+    if args.json {
+        let metrics: serde_json::Map<String, serde_json::Value> = outcome
+            .final_metrics
+            .iter()
+            .filter_map(|(name, value)| {
+                serde_json::Number::from_f64(*value).map(|n| (name.clone(), n.into()))
+            })
+            .collect();
+        let document = serde_json::json!({
+            "steps": outcome.steps,
+            "resumed_from": outcome.resumed_from,
+            "model_dir": outcome.model_dir.map(|d| d.display().to_string()),
+            "metrics": metrics,
+        });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        for (name, value) in &outcome.final_metrics {
+            println!("{name:<32} {value:.4}");
+        }
+    }
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use ladder_trainer::eval::{average, evaluate, LanguageModel};
+    let device = ladder_trainer::train::device_for(&args.device, 0)?;
+    let model = ladder_trainer::model::Model::load(&args.model, &device)?;
+    let tokenizer = ladder_trainer::tokenizer::Tokenizer::for_model_dir(&args.model)?;
+    let mut scores = Vec::new();
+    for spec in &args.tasks {
+        let task = ladder_trainer::tasks::load_task(spec, args.limit)
+            .with_context(|| format!("task {spec}"))?;
+        let started = Instant::now();
+        let score = evaluate(
+            &model as &dyn LanguageModel,
+            &tokenizer,
+            &task,
+            args.shots,
+            args.seed,
+        )?;
+        if !args.json {
+            eprintln!(
+                "{}: {} items in {:.1}s",
+                score.task,
+                score.n,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        scores.push(score);
+    }
+    let avg = average(&scores);
+    if args.json {
+        let tasks: Vec<serde_json::Value> = scores
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "task": s.task, "n": s.n, "shots": s.shots, "acc": s.acc,
+                    "acc_norm": s.acc_norm, "mc2": s.mc2, "primary": s.primary,
+                    "acc_stderr": s.acc_stderr,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"tasks": tasks, "avg": avg}))?
+        );
+    } else {
+        println!(
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8}",
+            "task", "n", "acc", "acc_norm", "mc2", "primary"
+        );
+        for s in &scores {
+            let mc2 = s.mc2.map_or("-".to_string(), |v| format!("{v:.4}"));
+            println!(
+                "{:<28} {:>6} {:>8.4} {:>8.4} {:>8} {:>8.4}",
+                s.task, s.n, s.acc, s.acc_norm, mc2, s.primary
+            );
+        }
+        println!(
+            "{:<28} {:>6} {:>8} {:>8} {:>8} {:>8.4}",
+            "avg", "", "", "", "", avg
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The LLaMA-architecture decoder ladder trains: a [`Model`] built from a [`LlamaConfig`],
+//! either fresh ([`Model::random`]) or from a Hugging Face checkpoint directory
+//! ([`Model::load`]), optionally carrying LoRA adapters ([`Model::add_lora`]).
+//!
+//! - `config` holds [`LlamaConfig`] (`config.json`) and [`LoraConfig`] (PEFT's
+//!   `adapter_config.json`).
+//! - `decoder` holds the blocks (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU),
+//!   written only with differentiable candle ops so every weight receives its gradient.
+//! - `checkpoint` reads and writes checkpoints with transformers' and PEFT's exact tensor
+//!   names, so a directory written by ladder loads in `LlamaForCausalLM` and vice versa.
+//!
+//! Data flow: token ids `(batch, seq)` -> embedding -> decoder layers -> final norm ->
+//! output head -> logits `(batch, seq, vocab)` for every position. The optimizer sees the
+//! [`Var`]s of [`Model::trainable`]: every weight in full fine-tuning, only the adapters with
+//! LoRA, where base weights are frozen tensors outside any optimizer's reach.
+
+mod checkpoint;
+mod config;
+mod decoder;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use config::{LlamaConfig, LoraConfig, LORA_TARGETS};
+use decoder::{Adapter, DecoderLayer, ForwardContext, Param, Projection};
+
+use crate::{Result, TrainerError};
+
+/// Standard deviation of fresh weights, transformers' `initializer_range` default.
+const INIT_STD: f64 = 0.02;
+
+/// A LLaMA decoder with its weights, in full-training or LoRA mode.
+///
+/// Invariants: without LoRA every weight is a trainable [`Var`]; with LoRA every base weight is
+/// frozen and only the adapters are `Var`s. Weights are f32 unless converted with
+/// [`Model::to_dtype`].
+#[derive(Clone)]
+pub struct Model {
+    config: LlamaConfig,
+    lora: Option<LoraConfig>,
+    device: Device,
+    embed_tokens: Param,
+    layers: Vec<DecoderLayer>,
+    norm: Param,
+    /// `None` when `tie_word_embeddings`: the embedding doubles as the output head.
+    lm_head: Option<Param>,
+}
+
+impl Model {
+    /// A fresh model: projections and embeddings drawn from normal(0, 0.02), norm weights 1,
+    /// all from a `ChaCha8Rng` seeded with `seed`, so the same seed gives bit-identical weights.
+    pub fn random(config: LlamaConfig, seed: u64, device: &Device) -> Result<Model> {
+        config.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut weight = |name: &str| -> Result<Tensor> {
+            let shape = expected_shape(&config, name);
+            let count = shape.iter().product();
+            let values = normal_values(&mut rng, count, INIT_STD);
+            Ok(Tensor::from_vec(values, shape, device)?)
+        };
+        let ones = |name: &str| -> Result<Tensor> {
+            Ok(Tensor::ones(
+                expected_shape(&config, name),
+                DType::F32,
+                device,
+            )?)
+        };
+        let mut tensors = HashMap::new();
+        for name in weight_names(&config) {
+            let tensor = if name.ends_with("norm.weight") {
+                ones(&name)?
+            } else {
+                weight(&name)?
+            };
+            tensors.insert(name, tensor);
+        }
+        Model::from_tensors(config, tensors, device)
+    }
+
+    /// Builds a full-training model (every weight a fresh `Var`) from tensors keyed by HF
+    /// name; shapes must already have been checked.
+    fn from_tensors(
+        config: LlamaConfig,
+        mut tensors: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Model> {
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let mut projection = |suffix: &str| -> Result<Projection> {
+                Ok(Projection {
+                    weight: take(&mut tensors, &format!("model.layers.{i}.{suffix}.weight"))?,
+                    adapter: None,
+                })
+            };
+            let q_proj = projection("self_attn.q_proj")?;
+            let k_proj = projection("self_attn.k_proj")?;
+            let v_proj = projection("self_attn.v_proj")?;
+            let o_proj = projection("self_attn.o_proj")?;
+            let gate_proj = projection("mlp.gate_proj")?;
+            let up_proj = projection("mlp.up_proj")?;
+            let down_proj = projection("mlp.down_proj")?;
+            layers.push(DecoderLayer {
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+                input_layernorm: take(
+                    &mut tensors,
+                    &format!("model.layers.{i}.input_layernorm.weight"),
+                )?,
+                post_attention_layernorm: take(
+                    &mut tensors,
+                    &format!("model.layers.{i}.post_attention_layernorm.weight"),
+                )?,
+            });
+        }
+        let embed_tokens = take(&mut tensors, "model.embed_tokens.weight")?;
+        let norm = take(&mut tensors, "model.norm.weight")?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(take(&mut tensors, "lm_head.weight")?)
+        };
+        Ok(Model {
+            config,
+            lora: None,
+            device: device.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// Adds fresh LoRA adapters to the target projections of every layer and freezes every
+    /// base weight. `A` is drawn kaiming-uniform (bound `1/sqrt(in)`, PEFT's init) from a
+    /// `ChaCha8Rng` seeded with `seed`; `B` is zero, so the model's output is unchanged until
+    /// `B` trains.
+    pub fn add_lora(&mut self, lora: &LoraConfig, seed: u64) -> Result<()> {
+        lora.validate()?;
+        if self.lora.is_some() {
+            return Err(TrainerError::config(
+                "lora",
+                "the model already carries LoRA adapters; save it merged and reload to add new ones",
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let dtype = self.dtype();
+        for layer in &mut self.layers {
+            for (module, projection) in layer.projections_mut() {
+                if !lora.targets_module(module) {
+                    continue;
+                }
+                let (out_dim, in_dim) = projection.weight.tensor().dims2()?;
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a_values: Vec<f32> = (0..lora.rank * in_dim)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect();
+                let a = Tensor::from_vec(a_values, (lora.rank, in_dim), &self.device)?
+                    .to_dtype(dtype)?;
+                let b = Tensor::zeros((out_dim, lora.rank), dtype, &self.device)?;
+                projection.adapter = Some(Adapter {
+                    a: Var::from_tensor(&a)?,
+                    b: Var::from_tensor(&b)?,
+                    scale: lora.scale(),
+                });
+            }
+        }
+        self.freeze_base();
+        self.lora = Some(lora.clone());
+        Ok(())
+    }
+
+    /// Turns every base weight into a frozen view of its current value.
+    fn freeze_base(&mut self) {
+        self.embed_tokens = self.embed_tokens.freeze();
+        self.norm = self.norm.freeze();
+        self.lm_head = self.lm_head.as_ref().map(Param::freeze);
+        for layer in &mut self.layers {
+            layer.input_layernorm = layer.input_layernorm.freeze();
+            layer.post_attention_layernorm = layer.post_attention_layernorm.freeze();
+            for (_, projection) in layer.projections_mut() {
+                projection.weight = projection.weight.freeze();
+            }
+        }
+    }
+
+    /// Logits for every position: `ids` `(batch, seq)` of u32 token ids -> `(batch, seq,
+    /// vocab)` in the model's dtype (f32), with causal attention over positions `0..seq`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        if seq == 0 || batch == 0 {
+            return Err(TrainerError::invalid(
+                "model input",
+                format!("empty batch of token ids, shape ({batch}, {seq})"),
+            ));
+        }
+        let ctx = ForwardContext::new(&self.config, batch, seq, self.dtype(), &self.device)?;
+        let flat_ids = ids.flatten_all()?;
+        let mut hidden = self.embed_tokens.tensor().index_select(&flat_ids, 0)?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &ctx)?;
+        }
+        let normed = decoder::rms_norm(&hidden, self.norm.tensor(), self.config.rms_norm_eps)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tensor();
+        let logits = normed.matmul(&head.t()?)?;
+        Ok(logits.reshape((batch, seq, self.config.vocab_size))?)
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The adapters' settings, when the model carries LoRA adapters.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype of every weight and of the logits.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.tensor().dtype()
+    }
+
+    /// The tensors the optimizer updates, sorted by name: every weight (HF names) in full
+    /// fine-tuning, only the adapters' `lora_A` / `lora_B` (PEFT names) with LoRA. The `Var`s
+    /// share storage with the model, so `Var::set` updates the model in place.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        let mut vars: Vec<(String, Var)> = self
+            .params()
+            .into_iter()
+            .filter_map(|(name, param)| param.var().map(|var| (name, var.clone())))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Every tensor by name, sorted: base weights under HF names and adapters under PEFT
+    /// names (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut tensors: Vec<(String, Tensor)> = self
+            .params()
+            .into_iter()
+            .map(|(name, param)| (name, param.tensor().clone()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors
+    }
+
+    /// A copy of the model with every weight (and so the computation and the logits) in
+    /// `dtype`, f32 or f64; f64 serves gradient checks. Trainable weights stay trainable.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
+        if !matches!(dtype, DType::F32 | DType::F64) {
+            return Err(TrainerError::config(
+                "dtype",
+                format!("{dtype:?} is not supported (expected f32 or f64)"),
+            ));
+        }
+        let convert = |param: &Param| -> Result<Param> {
+            let tensor = param.tensor().to_dtype(dtype)?;
+            Ok(match param {
+                Param::Trainable(_) => Param::Trainable(Var::from_tensor(&tensor)?),
+                Param::Frozen(_) => Param::Frozen(tensor.detach()),
+            })
+        };
+        let mut model = self.clone();
+        model.embed_tokens = convert(&self.embed_tokens)?;
+        model.norm = convert(&self.norm)?;
+        model.lm_head = self.lm_head.as_ref().map(convert).transpose()?;
+        for layer in &mut model.layers {
+            layer.input_layernorm = convert(&layer.input_layernorm)?;
+            layer.post_attention_layernorm = convert(&layer.post_attention_layernorm)?;
+            for (_, projection) in layer.projections_mut() {
+                projection.weight = convert(&projection.weight)?;
+                if let Some(adapter) = &mut projection.adapter {
+                    adapter.a = Var::from_tensor(&adapter.a.as_tensor().to_dtype(dtype)?)?;
+                    adapter.b = Var::from_tensor(&adapter.b.as_tensor().to_dtype(dtype)?)?;
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// Every weight with its checkpoint name, adapters as `lora_A` / `lora_B` params.
+    fn params(&self) -> Vec<(String, Param)> {
+        let mut params = vec![
+            (
+                "model.embed_tokens.weight".to_string(),
+                self.embed_tokens.clone(),
+            ),
+            ("model.norm.weight".to_string(), self.norm.clone()),
+        ];
+        if let Some(head) = &self.lm_head {
+            params.push(("lm_head.weight".to_string(), head.clone()));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            params.push((
+                format!("model.layers.{i}.input_layernorm.weight"),
+                layer.input_layernorm.clone(),
+            ));
+            params.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.clone(),
+            ));
+            for (path, _, projection) in layer.projections() {
+                params.push((
+                    format!("model.layers.{i}.{path}.weight"),
+                    projection.weight.clone(),
+                ));
+                if let Some(adapter) = &projection.adapter {
+                    let (a_name, b_name) = adapter_names(i, path);
+                    params.push((a_name, Param::Trainable(adapter.a.clone())));
+                    params.push((b_name, Param::Trainable(adapter.b.clone())));
+                }
+            }
+        }
+        params
+    }
+}
+
+/// Removes tensor `name` from `tensors` as a fresh trainable `Var`.
+fn take(tensors: &mut HashMap<String, Tensor>, name: &str) -> Result<Param> {
+    let tensor = tensors
+        .remove(name)
+        .ok_or_else(|| TrainerError::invalid("model", format!("missing tensor {name}")))?;
+    Ok(Param::Trainable(Var::from_tensor(&tensor)?))
+}
+
+/// PEFT's names for the `lora_A` and `lora_B` weights of projection `path`
+/// (`self_attn.q_proj`) in layer `layer`.
+fn adapter_names(layer: usize, path: &str) -> (String, String) {
+    let prefix = format!("base_model.model.model.layers.{layer}.{path}");
+    (
+        format!("{prefix}.lora_A.weight"),
+        format!("{prefix}.lora_B.weight"),
+    )
+}
+
+/// The HF names of every base weight the config calls for, in a fixed order (the order
+/// [`Model::random`] draws them in).
+fn weight_names(config: &LlamaConfig) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    for i in 0..config.num_hidden_layers {
+        for path in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+        ] {
+            names.push(format!("model.layers.{i}.{path}.weight"));
+        }
+    }
+    names.push("model.norm.weight".to_string());
+    if !config.tie_word_embeddings {
+        names.push("lm_head.weight".to_string());
+    }
+    names
+}
+
+/// The shape the config requires of base weight `name` (an HF name from [`weight_names`]).
+fn expected_shape(config: &LlamaConfig, name: &str) -> Vec<usize> {
+    let d = config.hidden_size;
+    let q_width = config.num_attention_heads * config.head_dim();
+    let kv_width = config.num_key_value_heads * config.head_dim();
+    let inter = config.intermediate_size;
+    let suffix = name.rsplit('.').nth(1).unwrap_or_default();
+    match suffix {
+        "embed_tokens" | "lm_head" => vec![config.vocab_size, d],
+        "q_proj" => vec![q_width, d],
+        "k_proj" | "v_proj" => vec![kv_width, d],
+        "o_proj" => vec![d, q_width],
+        "gate_proj" | "up_proj" => vec![inter, d],
+        "down_proj" => vec![d, inter],
+        _ => vec![d],
+    }
+}
+
+/// `count` values from normal(0, std) by the Box-Muller transform.
+fn normal_values(rng: &mut ChaCha8Rng, count: usize, std: f64) -> Vec<f32> {
+    let mut values = Vec::with_capacity(count + 1);
+    while values.len() < count {
+        // 1 - u lies in (0, 1], so its logarithm is finite.
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        let radius = (-2.0 * u1.ln()).sqrt() * std;
+        let angle = 2.0 * std::f64::consts::PI * u2;
+        values.push((radius * angle.cos()) as f32);
+        values.push((radius * angle.sin()) as f32);
+    }
+    values.truncate(count);
+    values
+}

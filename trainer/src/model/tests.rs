@@ -1,0 +1,750 @@
+//! Tests of the model: gradients reach every trainable weight and match finite differences,
+//! checkpoints round-trip (single file, shards, bf16, LoRA merged and unmerged), attention is
+//! causal, and logits agree with an independent numpy implementation of transformers' LLaMA.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+
+fn small_config(tied: bool) -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 50,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        ..LlamaConfig::default()
+    }
+}
+
+fn all_targets() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        targets: LORA_TARGETS.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+/// `(batch, seq)` u32 ids drawn from a seeded generator.
+fn token_ids(batch: usize, seq: usize, vocab: usize, seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
+    Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap()
+}
+
+/// Mean next-token cross-entropy of `ids` under `model` (targets are the ids shifted left).
+fn next_token_loss(model: &Model, ids: &Tensor) -> Tensor {
+    let (batch, seq) = ids.dims2().unwrap();
+    let logits = model.forward(ids).unwrap();
+    let vocab = model.config().vocab_size;
+    let predictions = logits
+        .narrow(1, 0, seq - 1)
+        .unwrap()
+        .reshape((batch * (seq - 1), vocab))
+        .unwrap();
+    let targets = ids.narrow(1, 1, seq - 1).unwrap().flatten_all().unwrap();
+    candle_nn::loss::cross_entropy(&predictions, &targets).unwrap()
+}
+
+/// Sets every `lora_B` to small random values; with B = 0 (PEFT's init) the gradient of A is
+/// zero by construction, which would hide a broken A path.
+fn randomize_lora_b(model: &Model, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for (name, var) in model.trainable() {
+        if !name.contains("lora_B") {
+            continue;
+        }
+        let count = var.elem_count();
+        let values: Vec<f64> = (0..count).map(|_| rng.random_range(-0.1..0.1)).collect();
+        let tensor = Tensor::from_vec(values, var.shape().clone(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(var.dtype())
+            .unwrap();
+        var.set(&tensor).unwrap();
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+fn tensor_values(tensor: &Tensor) -> Vec<f32> {
+    tensor
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn read_safetensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) {
+    candle_core::safetensors::save(tensors, path).unwrap();
+}
+
+// ---------------------------------------------------------------- configuration
+
+#[test]
+fn config_reads_hf_json_with_defaults_and_writes_it_back_loadable() {
+    let json = r#"{"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "eos_token_id": [7, 9],
+        "torch_dtype": "bfloat16", "some_unknown_key": {"x": 1}}"#;
+    let config: LlamaConfig = serde_json::from_str(json).unwrap();
+    assert_eq!(config.num_key_value_heads, 8);
+    assert_eq!(config.rms_norm_eps, 1e-6);
+    assert_eq!(config.rope_theta, 10000.0);
+    assert_eq!(config.max_position_embeddings, 2048);
+    assert!(!config.tie_word_embeddings);
+    assert_eq!(config.eos_token_id, Some(7));
+    assert_eq!(config.head_dim(), 8);
+    config.validate().unwrap();
+
+    let written: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
+    assert_eq!(written["model_type"], "llama");
+    assert_eq!(written["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(written["torch_dtype"], "float32");
+    let reread: LlamaConfig = serde_json::from_str(&config.to_json()).unwrap();
+    assert_eq!(reread, config);
+}
+
+#[test]
+fn config_validation_names_the_field() {
+    let cases: Vec<(LlamaConfig, &str)> = vec![
+        (
+            LlamaConfig {
+                num_key_value_heads: 3,
+                ..small_config(false)
+            },
+            "config.json: num_key_value_heads",
+        ),
+        (
+            LlamaConfig {
+                num_attention_heads: 5,
+                num_key_value_heads: 5,
+                ..small_config(false)
+            },
+            "config.json: num_attention_heads",
+        ),
+        (
+            LlamaConfig {
+                vocab_size: 0,
+                ..small_config(false)
+            },
+            "config.json: vocab_size",
+        ),
+        (
+            LlamaConfig {
+                attention_bias: true,
+                ..small_config(false)
+            },
+            "config.json: attention_bias",
+        ),
+        (
+            LlamaConfig {
+                mlp_bias: true,
+                ..small_config(false)
+            },
+            "config.json: mlp_bias",
+        ),
+        (
+            LlamaConfig {
+                rope_scaling: Some(serde_json::json!({"rope_type": "llama3", "factor": 8.0})),
+                ..small_config(false)
+            },
+            "config.json: rope_scaling",
+        ),
+        (
+            LlamaConfig {
+                hidden_act: "gelu".to_string(),
+                ..small_config(false)
+            },
+            "config.json: hidden_act",
+        ),
+    ];
+    for (config, field) in cases {
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(&error, TrainerError::Config { field: f, .. } if f == field),
+            "expected an error on {field}, got {error}"
+        );
+    }
+}
+
+#[test]
+fn parameter_count_matches_the_tensors() {
+    for tied in [false, true] {
+        let model = Model::random(small_config(tied), 0, &Device::Cpu).unwrap();
+        let counted: usize = model
+            .named_tensors()
+            .iter()
+            .map(|(_, t)| t.elem_count())
+            .sum();
+        assert_eq!(model.config().parameter_count(), counted);
+    }
+}
+
+#[test]
+fn lora_rejects_unknown_targets() {
+    let mut model = Model::random(small_config(false), 0, &Device::Cpu).unwrap();
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec!["q_proj".to_string(), "qkv_proj".to_string()],
+    };
+    let error = model.add_lora(&lora, 0).unwrap_err().to_string();
+    assert!(
+        error.contains("lora.targets") && error.contains("qkv_proj"),
+        "{error}"
+    );
+}
+
+// ---------------------------------------------------------------- initialisation
+
+#[test]
+fn same_seed_gives_bit_identical_weights() {
+    let a = Model::random(small_config(false), 7, &Device::Cpu).unwrap();
+    let b = Model::random(small_config(false), 7, &Device::Cpu).unwrap();
+    let c = Model::random(small_config(false), 8, &Device::Cpu).unwrap();
+    for ((name, ta), ((_, tb), (_, tc))) in a
+        .named_tensors()
+        .iter()
+        .zip(b.named_tensors().iter().zip(c.named_tensors().iter()))
+    {
+        assert_eq!(tensor_values(ta), tensor_values(tb), "{name}");
+        if !name.contains("norm") {
+            assert_ne!(tensor_values(ta), tensor_values(tc), "{name}");
+        }
+    }
+    let embedding = a
+        .named_tensors()
+        .into_iter()
+        .find(|(name, _)| name == "model.embed_tokens.weight")
+        .map(|(_, t)| tensor_values(&t))
+        .unwrap();
+    let std = (embedding.iter().map(|v| v * v).sum::<f32>() / embedding.len() as f32).sqrt();
+    assert!((std - 0.02).abs() < 0.003, "std {std}");
+}
+
+#[test]
+fn add_lora_leaves_logits_unchanged_and_freezes_the_base() {
+    let mut model = Model::random(small_config(false), 1, &Device::Cpu).unwrap();
+    let ids = token_ids(2, 6, 50, 1);
+    let before = model.forward(&ids).unwrap();
+    model.add_lora(&all_targets(), 3).unwrap();
+    let after = model.forward(&ids).unwrap();
+    assert_eq!(tensor_values(&before), tensor_values(&after));
+    let trainable = model.trainable();
+    assert_eq!(trainable.len(), 2 * 7 * 2);
+    assert!(trainable
+        .iter()
+        .all(|(name, _)| name.starts_with("base_model.model.") && name.contains(".lora_")));
+}
+
+// ---------------------------------------------------------------- gradients
+
+#[test]
+fn every_trainable_weight_receives_a_gradient() {
+    for tied in [false, true] {
+        let model = Model::random(small_config(tied), 2, &Device::Cpu).unwrap();
+        let ids = token_ids(2, 8, 50, 2);
+        let grads = next_token_loss(&model, &ids).backward().unwrap();
+        let trainable = model.trainable();
+        assert_eq!(trainable.len(), model.named_tensors().len());
+        let expected = 9 * 2 + 2 + usize::from(!tied);
+        assert_eq!(trainable.len(), expected);
+        for (name, var) in trainable {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name} (tied: {tied})"));
+            assert!(
+                tensor_values(grad).iter().any(|g| *g != 0.0),
+                "all-zero gradient for {name} (tied: {tied})"
+            );
+        }
+    }
+}
+
+#[test]
+fn lora_gradients_reach_every_adapter_and_no_base_weight() {
+    let mut model = Model::random(small_config(false), 4, &Device::Cpu).unwrap();
+    model.add_lora(&all_targets(), 5).unwrap();
+    randomize_lora_b(&model, 6);
+    let ids = token_ids(2, 8, 50, 4);
+    let grads = next_token_loss(&model, &ids).backward().unwrap();
+    let trainable = model.trainable();
+    assert_eq!(trainable.len(), 2 * 7 * 2);
+    for (name, var) in &trainable {
+        assert!(
+            name.contains(".lora_A.") || name.contains(".lora_B."),
+            "{name}"
+        );
+        let grad = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert!(
+            tensor_values(grad).iter().any(|g| *g != 0.0),
+            "zero gradient for {name}"
+        );
+    }
+    for (name, tensor) in model.named_tensors() {
+        if name.contains(".lora_") {
+            continue;
+        }
+        assert!(!tensor.is_variable(), "base weight {name} is a variable");
+        assert!(
+            grads.get(&tensor).is_none(),
+            "base weight {name} got a gradient"
+        );
+    }
+}
+
+/// Central finite differences of the loss in f64 (step 1e-5) against backprop, for one
+/// element in each kind of weight. Tolerance: |fd - grad| <= 1e-7 + 1e-5 |grad|.
+#[test]
+fn gradients_match_finite_differences() {
+    let ids = token_ids(2, 7, 50, 9);
+    let full = Model::random(small_config(false), 10, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let full_checks = [
+        ("model.layers.0.self_attn.q_proj.weight", 37),
+        ("model.layers.1.self_attn.k_proj.weight", 5),
+        ("model.layers.1.self_attn.v_proj.weight", 300),
+        ("model.layers.0.self_attn.o_proj.weight", 11),
+        ("model.layers.1.mlp.down_proj.weight", 123),
+        ("model.layers.0.mlp.gate_proj.weight", 77),
+        ("model.layers.0.input_layernorm.weight", 3),
+        ("model.layers.1.post_attention_layernorm.weight", 30),
+        ("model.norm.weight", 17),
+        ("lm_head.weight", 64),
+    ];
+    check_finite_differences(&full, &ids, &full_checks);
+
+    // The embedding row of a token that occurs in the input.
+    let first_token = tensor_values(&ids)[0] as usize;
+    let embedding_element = first_token * 32 + 5;
+    check_finite_differences(
+        &full,
+        &ids,
+        &[("model.embed_tokens.weight", embedding_element)],
+    );
+
+    let mut lora = Model::random(small_config(true), 11, &Device::Cpu).unwrap();
+    lora.add_lora(&all_targets(), 12).unwrap();
+    let lora = lora.to_dtype(DType::F64).unwrap();
+    randomize_lora_b(&lora, 13);
+    check_finite_differences(
+        &lora,
+        &ids,
+        &[
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+                9,
+            ),
+            (
+                "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight",
+                6,
+            ),
+            (
+                "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight",
+                40,
+            ),
+            (
+                "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight",
+                21,
+            ),
+        ],
+    );
+}
+
+fn check_finite_differences(model: &Model, ids: &Tensor, checks: &[(&str, usize)]) {
+    let step = 1e-5;
+    let trainable: HashMap<String, Var> = model.trainable().into_iter().collect();
+    let loss_value = |m: &Model| next_token_loss(m, ids).to_scalar::<f64>().unwrap();
+    let grads = next_token_loss(model, ids).backward().unwrap();
+    for &(name, element) in checks {
+        let var = trainable
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} not trainable"));
+        let original: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
+        let set_element = |value: f64| {
+            let mut values = original.clone();
+            values[element] = value;
+            let tensor = Tensor::from_vec(values, var.shape().clone(), &Device::Cpu).unwrap();
+            var.set(&tensor).unwrap();
+        };
+        set_element(original[element] + step);
+        let plus = loss_value(model);
+        set_element(original[element] - step);
+        let minus = loss_value(model);
+        set_element(original[element]);
+        let numeric = (plus - minus) / (2.0 * step);
+        let analytic: f64 = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()[element];
+        assert!(
+            analytic != 0.0,
+            "{name}[{element}]: zero gradient makes the check vacuous"
+        );
+        assert!(
+            (numeric - analytic).abs() <= 1e-7 + 1e-5 * analytic.abs(),
+            "{name}[{element}]: finite difference {numeric:e} vs backprop {analytic:e}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- behaviour
+
+#[test]
+fn logits_at_a_position_ignore_later_tokens() {
+    let model = Model::random(small_config(false), 14, &Device::Cpu).unwrap();
+    let ids = token_ids(1, 10, 50, 14);
+    let mut changed: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+    let cut = 6;
+    for id in &mut changed[cut..] {
+        *id = (*id + 17) % 50;
+    }
+    let changed = Tensor::from_vec(changed, (1, 10), &Device::Cpu).unwrap();
+    let logits = model.forward(&ids).unwrap();
+    let logits_changed = model.forward(&changed).unwrap();
+    let prefix = |t: &Tensor| t.narrow(1, 0, cut).unwrap();
+    assert_eq!(
+        tensor_values(&prefix(&logits)),
+        tensor_values(&prefix(&logits_changed))
+    );
+    let suffix = |t: &Tensor| t.narrow(1, cut, 10 - cut).unwrap();
+    assert!(max_abs_diff(&suffix(&logits), &suffix(&logits_changed)) > 0.0);
+}
+
+#[test]
+fn logits_match_the_numpy_reference_implementation() {
+    for tied in [false, true] {
+        let mut config = small_config(tied);
+        config.rope_theta = 500.0;
+        let model = Model::random(config, 15, &Device::Cpu).unwrap();
+        // Norm weights of 1 would hide a misplaced norm weight.
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        for (name, var) in model.trainable() {
+            if !name.contains("norm") {
+                continue;
+            }
+            let values: Vec<f32> = (0..var.elem_count())
+                .map(|_| rng.random_range(0.5..1.5))
+                .collect();
+            let tensor = Tensor::from_vec(values, var.shape().clone(), &Device::Cpu).unwrap();
+            var.set(&tensor).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path(), false).unwrap();
+        let ids = token_ids(2, 9, 50, 18);
+        let rows: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/llama_reference.py");
+        let output = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(dir.path())
+            .arg(serde_json::to_string(&rows).unwrap())
+            .output()
+            .expect("python3 runs (install clients/python/requirements.txt)");
+        assert!(
+            output.status.success(),
+            "reference failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reference: Vec<Vec<Vec<f64>>> = serde_json::from_slice(&output.stdout).unwrap();
+        let flat: Vec<f64> = reference.into_iter().flatten().flatten().collect();
+        let expected = Tensor::from_vec(flat, (2, 9, 50), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let logits = model.forward(&ids).unwrap();
+        let diff = max_abs_diff(&logits, &expected);
+        assert!(diff < 1e-4, "max abs diff {diff} (tied: {tied})");
+    }
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+#[test]
+fn save_then_load_gives_bit_identical_logits() {
+    for tied in [false, true] {
+        let model = Model::random(small_config(tied), 19, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path(), false).unwrap();
+        let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(loaded.config(), model.config());
+        assert!(loaded.lora().is_none());
+        let ids = token_ids(2, 5, 50, 19);
+        assert_eq!(
+            tensor_values(&model.forward(&ids).unwrap()),
+            tensor_values(&loaded.forward(&ids).unwrap())
+        );
+        let names: Vec<String> = read_safetensors(&dir.path().join("model.safetensors"))
+            .into_keys()
+            .collect();
+        assert_eq!(names.contains(&"lm_head.weight".to_string()), !tied);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+#[test]
+fn tied_checkpoint_with_a_stored_head_uses_the_embedding() {
+    let model = Model::random(small_config(true), 20, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), false).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = read_safetensors(&path);
+    tensors.insert(
+        "lm_head.weight".to_string(),
+        Tensor::zeros((50, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
+    write_safetensors(&path, &tensors);
+    let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let ids = token_ids(1, 4, 50, 20);
+    assert_eq!(
+        tensor_values(&model.forward(&ids).unwrap()),
+        tensor_values(&loaded.forward(&ids).unwrap())
+    );
+}
+
+#[test]
+fn sharded_checkpoint_loads() {
+    let model = Model::random(small_config(false), 21, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), false).unwrap();
+    let single = dir.path().join("model.safetensors");
+    let tensors = read_safetensors(&single);
+    std::fs::remove_file(&single).unwrap();
+    let mut shards = [HashMap::new(), HashMap::new()];
+    let mut weight_map = serde_json::Map::new();
+    for (name, tensor) in tensors {
+        let shard = usize::from(name.contains("layers.1") || name.starts_with("lm_head"));
+        let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        weight_map.insert(name.clone(), serde_json::json!(file));
+        shards[shard].insert(name, tensor);
+    }
+    for (shard, tensors) in shards.iter().enumerate() {
+        write_safetensors(
+            &dir.path()
+                .join(format!("model-0000{}-of-00002.safetensors", shard + 1)),
+            tensors,
+        );
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let ids = token_ids(2, 5, 50, 21);
+    assert_eq!(
+        tensor_values(&model.forward(&ids).unwrap()),
+        tensor_values(&loaded.forward(&ids).unwrap())
+    );
+
+    // A tensor missing from the index is reported against the index file.
+    let mut partial = index.clone();
+    partial["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("model.norm.weight");
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        partial.to_string(),
+    )
+    .unwrap();
+    let error = Model::load(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("model.safetensors.index.json") && error.contains("model.norm.weight"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bf16_checkpoint_is_cast_to_f32_on_load() {
+    let model = Model::random(small_config(false), 22, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), false).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let bf16: HashMap<String, Tensor> = read_safetensors(&path)
+        .into_iter()
+        .map(|(name, t)| (name, t.to_dtype(DType::BF16).unwrap()))
+        .collect();
+    write_safetensors(&path, &bf16);
+    let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.dtype(), DType::F32);
+    for (name, tensor) in loaded.named_tensors() {
+        assert_eq!(tensor.dtype(), DType::F32, "{name}");
+        let expected = bf16[&name].to_dtype(DType::F32).unwrap();
+        assert_eq!(tensor_values(&tensor), tensor_values(&expected), "{name}");
+    }
+    let ids = token_ids(1, 4, 50, 22);
+    let diff = max_abs_diff(
+        &model.forward(&ids).unwrap(),
+        &loaded.forward(&ids).unwrap(),
+    );
+    assert!(diff < 0.05, "bf16 rounding moved logits by {diff}");
+}
+
+#[test]
+fn missing_or_misshapen_tensor_is_named_in_the_error() {
+    let model = Model::random(small_config(false), 23, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), false).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let original = read_safetensors(&path);
+
+    let mut missing = original.clone();
+    missing.remove("model.layers.1.mlp.up_proj.weight");
+    write_safetensors(&path, &missing);
+    let error = Model::load(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("model.layers.1.mlp.up_proj.weight")
+            && error.contains("missing")
+            && error.contains("model.safetensors"),
+        "{error}"
+    );
+
+    let mut misshapen = original;
+    misshapen.insert(
+        "model.layers.0.self_attn.k_proj.weight".to_string(),
+        Tensor::zeros((32, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
+    write_safetensors(&path, &misshapen);
+    let error = Model::load(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("model.layers.0.self_attn.k_proj.weight")
+            && error.contains("[32, 32]")
+            && error.contains("[16, 32]"),
+        "{error}"
+    );
+}
+
+#[test]
+fn lora_checkpoints_round_trip_unmerged_and_merged() {
+    let mut model = Model::random(small_config(false), 24, &Device::Cpu).unwrap();
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 16.0,
+        targets: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
+    };
+    model.add_lora(&lora, 25).unwrap();
+    randomize_lora_b(&model, 26);
+    let ids = token_ids(2, 6, 50, 24);
+    let logits = model.forward(&ids).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), false).unwrap();
+    let adapter_config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(adapter_config["peft_type"], "LORA");
+    assert_eq!(adapter_config["task_type"], "CAUSAL_LM");
+    assert_eq!(adapter_config["r"], 4);
+    assert_eq!(adapter_config["lora_alpha"], 16.0);
+    assert_eq!(adapter_config["bias"], "none");
+    let adapter = read_safetensors(&dir.path().join("adapter_model.safetensors"));
+    assert_eq!(adapter.len(), 2 * 3 * 2);
+    let a = &adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
+    assert_eq!(a.dims(), &[4, 32]);
+    let b = &adapter["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"];
+    assert_eq!(b.dims(), &[32, 4]);
+
+    let unmerged = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(unmerged.lora(), Some(&lora));
+    assert_eq!(unmerged.trainable().len(), 12);
+    assert_eq!(
+        tensor_values(&logits),
+        tensor_values(&unmerged.forward(&ids).unwrap())
+    );
+
+    // Merging into the same directory removes the adapter files written above.
+    model.save(dir.path(), true).unwrap();
+    assert!(!dir.path().join("adapter_config.json").exists());
+    assert!(!dir.path().join("adapter_model.safetensors").exists());
+    let merged = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert!(merged.lora().is_none());
+    let diff = max_abs_diff(&logits, &merged.forward(&ids).unwrap());
+    assert!(diff < 1e-4, "merged logits differ by {diff}");
+}
+
+#[test]
+fn frozen_weights_stay_bit_identical_through_an_update() {
+    let mut model = Model::random(small_config(false), 27, &Device::Cpu).unwrap();
+    model.add_lora(&all_targets(), 28).unwrap();
+    // Copies of the values: the tensors share storage with the Vars that the update writes.
+    let values = |m: &Model| -> Vec<(String, Vec<f32>)> {
+        m.named_tensors()
+            .iter()
+            .map(|(name, t)| (name.clone(), tensor_values(t)))
+            .collect()
+    };
+    let before = values(&model);
+    let ids = token_ids(2, 6, 50, 27);
+    let grads = next_token_loss(&model, &ids).backward().unwrap();
+    for (_, var) in model.trainable() {
+        let grad = grads.get(var.as_tensor()).unwrap();
+        let updated = (var.as_tensor() - grad.affine(0.1, 0.0).unwrap()).unwrap();
+        var.set(&updated).unwrap();
+    }
+    let after = values(&model);
+    for ((name, old), (_, new)) in before.iter().zip(after.iter()) {
+        if name.contains(".lora_") {
+            continue;
+        }
+        assert_eq!(old, new, "{name}");
+    }
+    let changed = before
+        .iter()
+        .zip(after.iter())
+        .filter(|((name, old), (_, new))| name.contains(".lora_B.") && old != new)
+        .count();
+    assert_eq!(changed, 14);
+}
