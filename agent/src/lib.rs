@@ -3,7 +3,9 @@
 //! - [`Agent::run`] keeps one long-lived bidirectional gRPC session with the coordinator
 //!   (connecting OUT, so nodes behind NAT work), reconnecting with exponential backoff
 //!   and jitter when it drops.
-//! - [`runner`] executes each assigned attempt as a subprocess and reports what it does.
+//! - [`runner`] executes each assigned attempt as subprocesses (one, or one per GPU
+//!   rank as [`launch`] decides) and reports what they do.
+//! - [`gpus`] discovers the node's GPUs (`--gpus auto|none|0,1|fake:N`).
 //!
 //! Every event of an attempt gets a sequence number and stays buffered until the
 //! coordinator acknowledges it (it acknowledges only what it has durably stored). After
@@ -11,6 +13,8 @@
 //! coordinator re-adopts them, and resends everything unacknowledged. An attempt whose
 //! lease the coordinator rejects is killed and forgotten.
 
+pub mod gpus;
+pub mod launch;
 pub mod runner;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
+use ladder_shared::spec::Launch;
 use ladder_shared::types::Gpu;
 use rand::Rng;
 use thiserror::Error;
@@ -484,12 +489,26 @@ impl Agent {
             "LADDER_CODE_DIR".into(),
             self.config.code_dir.display().to_string(),
         );
+        let launch = match assign.launch.as_str() {
+            "" => Launch::Single,
+            name => Launch::from_name(name).unwrap_or_else(|| {
+                warn!(run_id = %lease.run_id, launch = name, "unknown launch mode from the coordinator; starting one process");
+                Launch::Single
+            }),
+        };
+        let master_port = if assign.gpus.is_empty() {
+            0
+        } else {
+            launch::free_port()
+        };
+        let ranks = launch::rank_environments(&assign.gpus, launch, master_port);
         let (control, control_rx) = mpsc::unbounded_channel();
         let execution = Execution {
             run_id: lease.run_id.clone(),
             attempt: lease.attempt,
             argv,
             env: env.into_iter().collect(),
+            ranks,
             run_dir,
             stop_grace: self.config.stop_grace,
             log_file_max_bytes: self.config.log_file_max_bytes,

@@ -4,10 +4,16 @@
 //!
 //! The command is an argv list executed directly (never through a shell), in its own
 //! process group so that stopping a run also stops whatever it spawned.
+//!
+//! A run may have several ranks (`resources.launch: per_gpu`): one process per rank,
+//! each in its own group, their log lines prefixed `[rank i] `. Rank 0's `@ladder` lines
+//! are the run's metrics. The run fails as soon as one rank fails; the other ranks then
+//! get SIGTERM, and SIGKILL after the stop grace.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -46,7 +52,11 @@ pub struct Execution {
     pub run_id: String,
     pub attempt: u32,
     pub argv: Vec<String>,
+    /// Variables every process of the attempt gets.
     pub env: BTreeMap<String, String>,
+    /// One process per entry, rank 0 first, with these variables on top of `env` (see
+    /// [`crate::launch::rank_environments`]). Empty means one process.
+    pub ranks: Vec<BTreeMap<String, String>>,
     pub run_dir: PathBuf,
     pub stop_grace: Duration,
     /// The attempt's log file is rotated past this size: `attempt-N.log` becomes
@@ -86,7 +96,15 @@ enum Line {
     Err(Vec<u8>),
 }
 
-async fn read_lines(reader: impl AsyncRead + Unpin, stderr: bool, lines: mpsc::Sender<Line>) {
+/// A line and the rank whose process printed it.
+type RankLine = (usize, Line);
+
+async fn read_lines(
+    reader: impl AsyncRead + Unpin,
+    rank: usize,
+    stderr: bool,
+    lines: mpsc::Sender<RankLine>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut buffer = Vec::new();
     loop {
@@ -100,7 +118,7 @@ async fn read_lines(reader: impl AsyncRead + Unpin, stderr: bool, lines: mpsc::S
                 } else {
                     Line::Out(line)
                 };
-                if lines.send(line).await.is_err() {
+                if lines.send((rank, line)).await.is_err() {
                     return;
                 }
             }
@@ -120,6 +138,8 @@ struct OutputBuffer {
     log_bytes: u64,
     log_file_max_bytes: u64,
     rotations: u64,
+    /// Prefix lines with `[rank i] ` (the run has several ranks).
+    prefix_ranks: bool,
 }
 
 impl OutputBuffer {
@@ -171,12 +191,22 @@ impl OutputBuffer {
     }
 
     /// Writes the line to the attempt's log file, then keeps it as a metric point
-    /// (`@ladder {...}` on stdout) or as a log line.
-    async fn absorb(&mut self, line: Line) {
+    /// (`@ladder {...}` on rank 0's stdout) or as a log line.
+    async fn absorb(&mut self, (rank, line): RankLine) {
         let (stream, mut bytes) = match line {
             Line::Out(bytes) => ("stdout", bytes),
             Line::Err(bytes) => ("stderr", bytes),
         };
+        let prefix = if self.prefix_ranks {
+            format!("[rank {rank}] ")
+        } else {
+            String::new()
+        };
+        if !prefix.is_empty() {
+            let mut prefixed = prefix.clone().into_bytes();
+            prefixed.extend_from_slice(&bytes);
+            bytes = prefixed;
+        }
         if self.log_file.is_some()
             && self.log_bytes > 0
             && self.log_bytes + bytes.len() as u64 > self.log_file_max_bytes
@@ -210,8 +240,9 @@ impl OutputBuffer {
             text.push_str(" [line truncated by ladder]");
         }
         let time_ms = now_ms();
-        if stream == "stdout" {
-            match parse_metric_line(&text) {
+        if stream == "stdout" && rank == 0 {
+            let unprefixed = text.strip_prefix(prefix.as_str()).unwrap_or(&text);
+            match parse_metric_line(unprefixed) {
                 Some(Ok(point)) => {
                     self.metrics.push(pb::MetricPoint {
                         step: point.step,
@@ -313,46 +344,55 @@ pub async fn execute(
         emit(finish_failed("empty command".into()));
         return;
     };
-    let mut command = Command::new(program);
-    command
-        .args(&execution.argv[1..])
-        .current_dir(&execution.run_dir)
-        .envs(&execution.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl(2) is async-signal-safe; it only sets a flag of the child process.
-    // The run dies with the agent (SIGKILL when the spawning thread's process goes away),
-    // so a killed agent leaves no orphan that could finish a run a second time.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+    let rank_envs = if execution.ranks.is_empty() {
+        vec![BTreeMap::new()]
+    } else {
+        execution.ranks.clone()
+    };
+    let rank_count = rank_envs.len();
+    let (line_tx, mut line_rx) = mpsc::channel::<RankLine>(1024);
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, std::io::Result<ExitStatus>)>();
+    // Process (and process group) id of each rank.
+    let mut pids: Vec<u32> = Vec::with_capacity(rank_count);
+    for (rank, rank_env) in rank_envs.iter().enumerate() {
+        let mut child = match spawn(&execution, rank_env) {
+            Ok(child) => child,
+            Err(error) => {
+                for &pid in &pids {
+                    signal_group(pid, libc::SIGKILL);
+                }
+                let which = if rank_count > 1 {
+                    format!(" (rank {rank})")
+                } else {
+                    String::new()
+                };
+                emit(finish_failed(format!(
+                    "cannot start {program:?}{which}: {error}"
+                )));
+                return;
+            }
+        };
+        pids.push(child.id().unwrap_or(0));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(read_lines(stdout, rank, false, line_tx.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(read_lines(stderr, rank, true, line_tx.clone()));
+        }
+        let exit_tx = exit_tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = exit_tx.send((rank, status));
         });
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(error) => {
-            emit(finish_failed(format!("cannot start {program:?}: {error}")));
-            return;
-        }
-    };
-    let pid = child.id().unwrap_or(0);
+    drop(line_tx);
+    drop(exit_tx);
+    let pid = pids[0];
     emit(RunnerEventKind::Started {
         pid,
         work_dir: execution.run_dir.display().to_string(),
     });
-    debug!(run_id = %execution.run_id, pid, "process started");
-
-    let (line_tx, mut line_rx) = mpsc::channel::<Line>(1024);
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(read_lines(stdout, false, line_tx.clone()));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(read_lines(stderr, true, line_tx.clone()));
-    }
-    drop(line_tx);
+    debug!(run_id = %execution.run_id, pid, ranks = rank_count, "process started");
 
     let mut output = OutputBuffer {
         metrics: Vec::new(),
@@ -364,17 +404,29 @@ pub async fn execute(
         log_bytes: 0,
         log_file_max_bytes: execution.log_file_max_bytes.max(1),
         rotations: 0,
+        prefix_ranks: rank_count > 1,
+    };
+    let signal_running = |exits: &[Option<std::io::Result<ExitStatus>>], signal: i32| {
+        for (rank, &pid) in pids.iter().enumerate() {
+            if exits[rank].is_none() {
+                signal_group(pid, signal);
+            }
+        }
     };
     let mut flush_timer = tokio::time::interval(OUTPUT_FLUSH_INTERVAL);
     let mut stop_requested = false;
     let mut release_requested = false;
     let mut kill_deadline: Option<tokio::time::Instant> = None;
-    let mut exit_status = None;
+    let mut exits: Vec<Option<std::io::Result<ExitStatus>>> =
+        (0..rank_count).map(|_| None).collect();
+    let mut running = rank_count;
+    // The first rank that failed on its own (not stopped by us), which fails the run.
+    let mut first_failure: Option<usize> = None;
     let mut lines_open = true;
     let mut control_open = true;
 
     loop {
-        if exit_status.is_some() && !lines_open {
+        if running == 0 && !lines_open {
             break;
         }
         tokio::select! {
@@ -385,8 +437,26 @@ pub async fn execute(
                     emit(output.take());
                 }
             }
-            status = child.wait(), if exit_status.is_none() => {
-                exit_status = Some(status);
+            exit = exit_rx.recv(), if running > 0 => {
+                let Some((rank, status)) = exit else {
+                    // Every waiter is gone without reporting: nothing more will come.
+                    running = 0;
+                    continue;
+                };
+                let failed = !matches!(&status, Ok(status) if status.success());
+                exits[rank] = Some(status);
+                running -= 1;
+                if failed && first_failure.is_none() && !stop_requested && !release_requested {
+                    first_failure = Some(rank);
+                    if running > 0 {
+                        debug!(run_id = %execution.run_id, rank, "rank failed; stopping the other ranks");
+                        signal_running(&exits, libc::SIGTERM);
+                        kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
+                    }
+                }
+                if running > 0 {
+                    continue;
+                }
                 kill_deadline = None;
                 // Give the pipes a moment to drain; a grandchild may hold them open.
                 let drain = tokio::time::sleep(Duration::from_secs(2));
@@ -405,25 +475,25 @@ pub async fn execute(
                 Some(Control::Stop) => {
                     if !stop_requested {
                         stop_requested = true;
-                        signal_group(pid, libc::SIGTERM);
+                        signal_running(&exits, libc::SIGTERM);
                         kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
                     }
                 }
                 Some(Control::Kill) => {
                     stop_requested = true;
-                    signal_group(pid, libc::SIGKILL);
+                    signal_running(&exits, libc::SIGKILL);
                 }
                 Some(Control::Release) => {
                     if !release_requested {
                         release_requested = true;
-                        signal_group(pid, libc::SIGTERM);
+                        signal_running(&exits, libc::SIGTERM);
                         kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
                     }
                 }
                 None => control_open = false,
             },
             _ = async { tokio::time::sleep_until(kill_deadline.expect("guarded")).await }, if kill_deadline.is_some() => {
-                signal_group(pid, libc::SIGKILL);
+                signal_running(&exits, libc::SIGKILL);
                 kill_deadline = None;
             }
             _ = flush_timer.tick() => {
@@ -433,8 +503,10 @@ pub async fn execute(
             }
         }
     }
-    // Whatever the process left behind in its group goes with it.
-    signal_group(pid, libc::SIGKILL);
+    // Whatever the processes left behind in their groups goes with them.
+    for &pid in &pids {
+        signal_group(pid, libc::SIGKILL);
+    }
     if let Some(file) = output.log_file.as_mut() {
         if let Err(error) = file.flush().await {
             output.logs.push(pb::LogLine {
@@ -450,46 +522,110 @@ pub async fn execute(
     if output.pending() > 0 {
         emit(output.take());
     }
-    let finished = match exit_status {
-        Some(Ok(status)) => {
-            let exit_code = status.code();
-            let signal = status.signal();
-            let (outcome, reason) = if release_requested && !stop_requested {
-                (
-                    pb::RunOutcome::Released,
-                    "released: the agent is draining".to_string(),
-                )
-            } else if stop_requested {
-                (pb::RunOutcome::Stopped, "stopped on request".to_string())
-            } else if exit_code == Some(0) {
-                (pb::RunOutcome::Completed, "exit code 0".to_string())
-            } else if let Some(code) = exit_code {
-                (pb::RunOutcome::Failed, format!("exit code {code}"))
-            } else if let Some(signal) = signal {
-                (
-                    pb::RunOutcome::Failed,
-                    format!("killed by signal {signal} ({})", describe_signal(signal)),
-                )
-            } else {
-                (
-                    pb::RunOutcome::Failed,
-                    "ended without an exit status".to_string(),
-                )
-            };
-            pb::RunFinished {
-                outcome: outcome as i32,
-                exit_code,
-                signal,
-                reason,
+    let finished = outcome(
+        &exits,
+        first_failure,
+        stop_requested,
+        release_requested,
+        rank_count > 1,
+    );
+    emit(RunnerEventKind::Finished(finished));
+}
+
+/// Starts the process of one rank: its own process group, dying with the agent.
+fn spawn(
+    execution: &Execution,
+    rank_env: &BTreeMap<String, String>,
+) -> std::io::Result<tokio::process::Child> {
+    let mut command = Command::new(&execution.argv[0]);
+    command
+        .args(&execution.argv[1..])
+        .current_dir(&execution.run_dir)
+        .envs(&execution.env)
+        .envs(rank_env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl(2) is async-signal-safe; it only sets a flag of the child process.
+    // The run dies with the agent (SIGKILL when the spawning thread's process goes away),
+    // so a killed agent leaves no orphan that could finish a run a second time.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// How an exit status reads in a finished run's reason: "exit code 1".
+fn describe_exit(status: &ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(signal) = status.signal() {
+        format!("killed by signal {signal} ({})", describe_signal(signal))
+    } else {
+        "ended without an exit status".to_string()
+    }
+}
+
+/// The attempt's end, from every rank's exit. `first_failure` is the rank whose own
+/// failure ended the run (the others were then stopped), if any.
+fn outcome(
+    exits: &[Option<std::io::Result<ExitStatus>>],
+    first_failure: Option<usize>,
+    stop_requested: bool,
+    release_requested: bool,
+    several_ranks: bool,
+) -> pb::RunFinished {
+    // The rank whose status the run reports: the failed one, else rank 0.
+    let reported = first_failure.unwrap_or(0);
+    let status = match &exits[reported] {
+        Some(Ok(status)) => *status,
+        Some(Err(error)) => {
+            return pb::RunFinished {
+                outcome: pb::RunOutcome::Failed as i32,
+                exit_code: None,
+                signal: None,
+                reason: format!("cannot wait for the process: {error}"),
             }
         }
-        Some(Err(error)) => pb::RunFinished {
-            outcome: pb::RunOutcome::Failed as i32,
-            exit_code: None,
-            signal: None,
-            reason: format!("cannot wait for the process: {error}"),
-        },
-        None => unreachable!("loop ends only after exit"),
+        None => {
+            return pb::RunFinished {
+                outcome: pb::RunOutcome::Failed as i32,
+                exit_code: None,
+                signal: None,
+                reason: "ended without an exit status".to_string(),
+            }
+        }
     };
-    emit(RunnerEventKind::Finished(finished));
+    let exit_code = status.code();
+    let signal = status.signal();
+    let (outcome, reason) = if release_requested && !stop_requested {
+        (
+            pb::RunOutcome::Released,
+            "released: the agent is draining".to_string(),
+        )
+    } else if stop_requested {
+        (pb::RunOutcome::Stopped, "stopped on request".to_string())
+    } else if let Some(rank) = first_failure {
+        let reason = if several_ranks {
+            format!(
+                "rank {rank} failed: {}; the other ranks were stopped",
+                describe_exit(&status)
+            )
+        } else {
+            describe_exit(&status)
+        };
+        (pb::RunOutcome::Failed, reason)
+    } else {
+        (pb::RunOutcome::Completed, "exit code 0".to_string())
+    };
+    pb::RunFinished {
+        outcome: outcome as i32,
+        exit_code,
+        signal,
+        reason,
+    }
 }

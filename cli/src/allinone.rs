@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use ladder_agent::gpus::GpuSelection;
 use ladder_agent::{Agent, AgentConfig};
 use ladder_coordinator::{Coordinator, CoordinatorConfig, LeaseConfig};
 use ladder_proto::v1 as pb;
@@ -26,6 +27,15 @@ pub struct Embedded {
 impl Embedded {
     /// Starts a coordinator on `data` and one agent per entry of `agents` (name, slots).
     pub async fn start(data: &Path, agents: &[(String, u32)]) -> anyhow::Result<Embedded> {
+        Embedded::start_with_gpus(data, agents, &[]).await
+    }
+
+    /// Like [`Embedded::start`], the first agent offering `gpus`.
+    pub async fn start_with_gpus(
+        data: &Path,
+        agents: &[(String, u32)],
+        gpus: &[ladder_shared::types::Gpu],
+    ) -> anyhow::Result<Embedded> {
         let coordinator = Coordinator::open(CoordinatorConfig {
             data_dir: data.to_path_buf(),
             lease: LeaseConfig::default(),
@@ -44,10 +54,13 @@ impl Embedded {
         }));
         let mut stops = Vec::new();
         let mut handles = Vec::new();
-        for (name, slots) in agents {
+        for (number, (name, slots)) in agents.iter().enumerate() {
             let mut config =
                 AgentConfig::new(url.clone(), name.clone(), data.join("work").join(name));
             config.slots = *slots;
+            if number == 0 {
+                config.gpus = gpus.to_vec();
+            }
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
             handles.push(tokio::spawn(Agent::new(config).run(async move {
@@ -92,7 +105,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|n| n.get() as u32)
             .unwrap_or(1),
     };
-    let embedded = Embedded::start(&args.data, &[("local".to_string(), slots)]).await?;
+    let selection = GpuSelection::parse(&args.gpus)?;
+    let gpus = tokio::task::spawn_blocking(move || ladder_agent::gpus::resolve(&selection))
+        .await?
+        .context("failed to discover this node's GPUs")?;
+    let embedded =
+        Embedded::start_with_gpus(&args.data, &[("local".to_string(), slots)], &gpus).await?;
     let sweep = client::submit(&embedded.url, &args.file).await?;
     eprintln!(
         "sweep {} \"{}\": {} runs ({}), {} at a time on {} local slots; store in {}",

@@ -1,6 +1,7 @@
 //! The client verbs: each calls the coordinator over gRPC and prints a table, or one
 //! JSON document with `--json`.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
@@ -523,11 +524,7 @@ pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
                     "disconnected".into()
                 },
                 format!("{}/{}", a.slots - a.free_slots.min(a.slots), a.slots),
-                if a.gpus.is_empty() {
-                    "-".into()
-                } else {
-                    a.gpus.len().to_string()
-                },
+                gpu_column(a),
                 output::sorted(&a.labels)
                     .into_iter()
                     .map(|(k, v)| format!("{k}={v}"))
@@ -539,6 +536,24 @@ pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
         .collect();
     print_table(&["AGENT", "STATE", "BUSY", "GPUS", "LABELS", "RUNS"], &rows);
     Ok(())
+}
+
+/// `4/8 0,1:run-a 5,6:run-b`: GPUs held out of all, then which run holds which GPUs.
+fn gpu_column(agent: &pb::Agent) -> String {
+    if agent.gpus.is_empty() {
+        return "-".into();
+    }
+    let mut by_run: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (gpu, run_id) in &agent.gpu_runs {
+        by_run.entry(run_id.as_str()).or_default().push(*gpu);
+    }
+    let mut text = format!("{}/{}", agent.gpu_runs.len(), agent.gpus.len());
+    for (run_id, mut gpus) in by_run {
+        gpus.sort_unstable();
+        let gpus: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        text.push_str(&format!(" {}:{run_id}", gpus.join(",")));
+    }
+    text
 }
 
 fn agent_state(agent: &pb::Agent) -> String {

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use ladder_agent::gpus::{self, GpuSelection};
 use ladder_agent::{Agent, AgentConfig};
 use ladder_coordinator::{Coordinator, CoordinatorConfig, LeaseConfig};
 use tracing_subscriber::EnvFilter;
@@ -104,6 +105,9 @@ pub struct RunArgs {
     /// Runs executed at once by the local agent (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
+    /// GPUs the local agent offers: auto, none, 0,1,3 or fake:N (as `ladder agent --gpus`).
+    #[arg(long, env = "LADDER_GPUS", default_value = "auto")]
+    gpus: String,
     /// Print the final ranking as JSON.
     #[arg(long)]
     json: bool,
@@ -152,6 +156,15 @@ struct AgentArgs {
     /// Size in bytes past which a run's local log file is rotated (one older part is kept).
     #[arg(long, default_value_t = 64 << 20)]
     log_file_max_bytes: u64,
+    /// GPUs offered to runs: auto (every GPU nvidia-smi reports; none without a driver),
+    /// none (CPU only), a list of indexes like 0,1,3, or fake:N (N fake GPUs, for tests
+    /// and demos on machines without GPUs).
+    #[arg(long, env = "LADDER_GPUS", default_value = "auto")]
+    gpus: String,
+    /// Print what this agent found (GPUs, labels, slots, work directory) and exit
+    /// without connecting: the check of a GPU node.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -455,8 +468,58 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
     config.log_file_max_bytes = args.log_file_max_bytes;
     config.token = security.token;
     config.ca_pem = security.ca_pem;
+    let selection = GpuSelection::parse(&args.gpus)?;
+    config.gpus = tokio::task::spawn_blocking(move || gpus::resolve(&selection))
+        .await?
+        .context("failed to discover this node's GPUs")?;
+    if args.dry_run {
+        print!("{}", describe_agent(&config));
+        return Ok(());
+    }
     Agent::new(config).run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// What `ladder agent --dry-run` prints: what the agent would offer the coordinator.
+fn describe_agent(config: &AgentConfig) -> String {
+    let mut text = format!(
+        "agent {}\ncoordinator {}\nslots {}\nwork dir {}\ncode dir {}\n",
+        config.name,
+        config.coordinator,
+        config.slots,
+        std::path::absolute(&config.work_dir)
+            .unwrap_or_else(|_| config.work_dir.clone())
+            .display(),
+        config.code_dir.display()
+    );
+    let labels: Vec<String> = config
+        .labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if labels.is_empty() {
+        text.push_str("labels (none)\n");
+    } else {
+        text.push_str(&format!("labels {}\n", labels.join(",")));
+    }
+    if config.gpus.is_empty() {
+        text.push_str("gpus 0 (runs asking for GPUs will not be placed here)\n");
+    } else {
+        text.push_str(&format!("gpus {}\n", config.gpus.len()));
+    }
+    for gpu in &config.gpus {
+        let uuid = if gpu.uuid.is_empty() { "-" } else { &gpu.uuid };
+        let memory = if gpu.memory_mib == 0 {
+            "memory unknown".to_string()
+        } else {
+            format!("{} MiB", gpu.memory_mib)
+        };
+        text.push_str(&format!(
+            "  gpu {} {uuid} {} {memory}\n",
+            gpu.index, gpu.name
+        ));
+    }
+    text
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

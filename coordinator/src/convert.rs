@@ -265,6 +265,11 @@ pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
         connected: view.connected,
         last_seen_ms: record.last_seen_ms,
         runs: view.runs.clone(),
+        gpu_runs: view
+            .gpu_holders
+            .iter()
+            .map(|(gpu, run_id)| (*gpu, run_id.clone()))
+            .collect(),
         hostname: record.hostname.clone(),
         version: record.version.clone(),
         quarantined: record.quarantined,
@@ -440,6 +445,7 @@ impl From<ToAgent> for pb::CoordinatorMessage {
                 params_json,
                 gpus,
                 env,
+                launch,
             }) => Kind::Assign(pb::Assign {
                 lease: Some(lease_to_pb(lease)),
                 sweep_id,
@@ -447,6 +453,7 @@ impl From<ToAgent> for pb::CoordinatorMessage {
                 params_json,
                 gpus,
                 env: env.into_iter().collect(),
+                launch: launch.as_str().to_string(),
             }),
             ToAgent::Stop { lease, reason } => Kind::Stop(pb::StopRun {
                 lease: Some(lease_to_pb(lease)),

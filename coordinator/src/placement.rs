@@ -10,6 +10,8 @@
 //!   same box slow each other down), preferring agents without free GPUs;
 //! - the queue is served in order, but a run that fits nowhere does not block the ones
 //!   behind it.
+//!
+//! [`never_fits`] decides at submit whether any known agent could ever run a sweep.
 
 use std::collections::BTreeMap;
 
@@ -88,6 +90,67 @@ pub fn place(free: &[Capacity], queue: &[Demand]) -> Vec<Placement> {
         });
     }
     placements
+}
+
+/// Why none of the known agents could ever run `demand`, even idle; `None` when one
+/// could, or when no agent is known (agents may join later, so nothing is refused before
+/// the cluster has any). `whole` is each known agent's full capacity: all its slots and
+/// GPUs, connected or not.
+pub fn never_fits(whole: &[Capacity], demand: &Demand) -> Option<String> {
+    if whole.is_empty() || whole.iter().any(|capacity| fits(capacity, demand)) {
+        return None;
+    }
+    let describe_labels = |labels: &BTreeMap<String, String>| {
+        if labels.is_empty() {
+            "no labels".to_string()
+        } else {
+            let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            pairs.join(",")
+        }
+    };
+    let labelled: Vec<&Capacity> = whole
+        .iter()
+        .filter(|capacity| {
+            demand
+                .labels
+                .iter()
+                .all(|(key, value)| capacity.labels.get(key) == Some(value))
+        })
+        .collect();
+    const SHOWN: usize = 5;
+    if labelled.is_empty() {
+        let mut known: Vec<String> = whole
+            .iter()
+            .take(SHOWN)
+            .map(|capacity| format!("{} ({})", capacity.agent, describe_labels(&capacity.labels)))
+            .collect();
+        if whole.len() > SHOWN {
+            known.push(format!("and {} more", whole.len() - SHOWN));
+        }
+        return Some(format!(
+            "no agent could ever run this sweep: no known agent carries resources.labels {} (agents: {}); start an agent with matching --labels, then submit again",
+            describe_labels(&demand.labels),
+            known.join(", ")
+        ));
+    }
+    let largest = labelled
+        .iter()
+        .max_by(|a, b| {
+            (a.free_gpus.len(), std::cmp::Reverse(&a.agent))
+                .cmp(&(b.free_gpus.len(), std::cmp::Reverse(&b.agent)))
+        })
+        .expect("not empty");
+    let with_labels = if demand.labels.is_empty() {
+        String::new()
+    } else {
+        format!(" with labels {}", describe_labels(&demand.labels))
+    };
+    Some(format!(
+        "no agent could ever run this sweep: each run needs {} GPUs on one node (resources.gpus), but the largest known agent{with_labels}, {}, has {}; start a larger agent or lower resources.gpus, then submit again",
+        demand.gpus,
+        largest.agent,
+        largest.free_gpus.len()
+    ))
 }
 
 #[cfg(test)]
@@ -273,5 +336,66 @@ mod tests {
             labels: labels(Some("a100")),
         }];
         assert!(place(&free, &queue).is_empty());
+    }
+
+    fn agent(name: &str, gpus: u32, pool: Option<&str>) -> Capacity {
+        Capacity {
+            agent: name.into(),
+            free_slots: 4,
+            free_gpus: (0..gpus).collect(),
+            labels: labels(pool),
+        }
+    }
+
+    #[test]
+    fn never_fits_refuses_only_against_known_agents() {
+        let demand = |gpus, pool: Option<&str>| Demand {
+            gpus,
+            labels: labels(pool),
+        };
+        // No agent known yet: anything may join later.
+        assert_eq!(never_fits(&[], &demand(64, Some("tpu"))), None);
+        let cluster = vec![
+            agent("big", 8, Some("a100")),
+            agent("small", 2, Some("h100")),
+            agent("cpu", 0, None),
+        ];
+        assert_eq!(never_fits(&cluster, &demand(8, None)), None);
+        assert_eq!(never_fits(&cluster, &demand(2, Some("h100"))), None);
+        let too_big = never_fits(&cluster, &demand(9, None)).unwrap();
+        assert!(
+            too_big.contains("needs 9 GPUs") && too_big.contains("big, has 8"),
+            "{too_big}"
+        );
+        let too_big_for_pool = never_fits(&cluster, &demand(4, Some("h100"))).unwrap();
+        assert!(
+            too_big_for_pool.contains("with labels pool=h100, small, has 2"),
+            "{too_big_for_pool}"
+        );
+        let no_labels = never_fits(&cluster, &demand(0, Some("tpu"))).unwrap();
+        assert!(
+            no_labels.contains("no known agent carries resources.labels pool=tpu")
+                && no_labels.contains("cpu (no labels)"),
+            "{no_labels}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_fits_exactly_when_no_agent_fits(
+            agents in proptest::collection::vec((0u32..9, proptest::option::of(prop_oneof![Just("a"), Just("b")])), 0..5),
+            gpus in 0u32..10,
+            pool in proptest::option::of(prop_oneof![Just("a"), Just("b"), Just("c")]),
+        ) {
+            let whole: Vec<Capacity> = agents
+                .iter()
+                .enumerate()
+                .map(|(i, (gpus, pool))| agent(&format!("agent-{i}"), *gpus, *pool))
+                .collect();
+            let demand = Demand { gpus, labels: labels(pool) };
+            let refused = never_fits(&whole, &demand).is_some();
+            let fits_somewhere = whole.iter().any(|c| fits(c, &demand));
+            prop_assert_eq!(refused, !whole.is_empty() && !fits_somewhere);
+        }
     }
 }

@@ -81,6 +81,8 @@ pub struct Assignment {
     pub params_json: String,
     pub gpus: Vec<u32>,
     pub env: BTreeMap<String, String>,
+    /// How the agent starts the command on the run's GPUs (`resources.launch`).
+    pub launch: ladder_shared::spec::Launch,
 }
 
 /// Messages the coordinator pushes to an agent.

@@ -66,6 +66,8 @@ pub struct AgentView {
     pub connected: bool,
     pub draining: bool,
     pub runs: Vec<String>,
+    /// Which run holds each of the agent's GPUs (by GPU index); free GPUs are absent.
+    pub gpu_holders: BTreeMap<u32, String>,
     pub free_slots: u32,
 }
 
@@ -524,6 +526,24 @@ impl Scheduler {
         owner: String,
         git: GitState,
     ) -> Result<SweepRecord, CoordinatorError> {
+        // Refuse what no known agent could ever run rather than queue it forever. With no
+        // agent known yet nothing is refused: the cluster may still be starting.
+        let whole: Vec<Capacity> = self
+            .agents
+            .values()
+            .map(|agent| Capacity {
+                agent: agent.record.name.clone(),
+                free_slots: agent.record.slots,
+                free_gpus: agent.record.gpus.iter().map(|gpu| gpu.index).collect(),
+                labels: agent.record.labels.clone(),
+            })
+            .collect();
+        if let Some(reason) = placement::never_fits(&whole, &demand_of(&spec)) {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "sweep {:?}: {reason}",
+                spec.name
+            )));
+        }
         let mut id = new_sweep_id();
         while self.store.get_sweep(&id)?.is_some() {
             id = new_sweep_id();
@@ -859,6 +879,7 @@ impl Scheduler {
                 "LADDER_PROJECT".to_string(),
                 sweep.record.spec.project.clone(),
             )]),
+            launch: sweep.record.spec.resources.launch,
         };
         let agent = self.agents.get_mut(agent_name).expect("agent present");
         agent.runs.insert(run_id.to_string(), gpus);
@@ -878,17 +899,7 @@ impl Scheduler {
         let mut views: Vec<AgentView> = self
             .agents
             .values()
-            .map(|agent| {
-                let mut runs: Vec<String> = agent.runs.keys().cloned().collect();
-                runs.sort();
-                AgentView {
-                    record: agent.record.clone(),
-                    connected: agent.session.is_some(),
-                    draining: agent.draining,
-                    runs,
-                    free_slots: agent.free_slots(),
-                }
-            })
+            .map(|agent| self.agent_view(agent))
             .collect();
         views.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         views
@@ -897,11 +908,18 @@ impl Scheduler {
     fn agent_view(&self, agent: &AgentState) -> AgentView {
         let mut runs: Vec<String> = agent.runs.keys().cloned().collect();
         runs.sort();
+        let mut gpu_holders = BTreeMap::new();
+        for (run_id, gpus) in &agent.runs {
+            for &gpu in gpus {
+                gpu_holders.insert(gpu, run_id.clone());
+            }
+        }
         AgentView {
             record: agent.record.clone(),
             connected: agent.session.is_some(),
             draining: agent.draining,
             runs,
+            gpu_holders,
             free_slots: agent.free_slots(),
         }
     }
@@ -1487,6 +1505,39 @@ mod tests {
     }
 
     const GRID3: &str = "name: t\nmethod: grid\nparallel: 2\nparameters:\n  x: {values: [1, 2, 3]}\ncommand: [echo, \"{{x}}\"]\n";
+
+    #[test]
+    fn a_sweep_no_known_agent_could_ever_run_is_refused_at_submit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let gpu_sweep = format!("{GRID3}resources: {{gpus: 2}}\n");
+        // No agent known yet: queued, since one may join later.
+        submit(&mut s, &gpu_sweep);
+        let _agent = connect(&mut s, 1, "cpu-box", 2, vec![]);
+        let spec = parse_sweep("t.yaml", &gpu_sweep).unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        s.handle(Event::Submit {
+            spec: Box::new(spec),
+            file_name: "t.yaml".into(),
+            yaml: gpu_sweep.clone(),
+            owner: String::new(),
+            git: GitState::default(),
+            reply,
+        });
+        s.step(Instant::now());
+        let error = answer.try_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(error, CoordinatorError::FailedPrecondition(_)),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("needs 2 GPUs") && message.contains("cpu-box, has 0"),
+            "{message}"
+        );
+        // CPU sweeps are still accepted.
+        submit(&mut s, GRID3);
+    }
 
     /// The value a finished run gives the search: its last value of the objective unless
     /// the sweep chose a summary.

@@ -205,6 +205,47 @@ pub struct Resources {
     pub gpus: u32,
     /// Labels an agent must carry (exact match) to receive runs of this sweep.
     pub labels: BTreeMap<String, String>,
+    /// How a command run on several GPUs is started (`resources.launch`). Specs stored
+    /// before this key existed load as [`Launch::Single`].
+    #[serde(default)]
+    pub launch: Launch,
+}
+
+/// How the agent starts a command run that has GPUs, torchrun style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launch {
+    /// One process that sees all the run's GPUs and is told the world size
+    /// (`WORLD_SIZE=N`, `RANK=0`); it starts its own workers.
+    #[default]
+    Single,
+    /// One process per GPU (`RANK=i`, `LOCAL_RANK=i`), each seeing all the run's GPUs.
+    PerGpu,
+}
+
+impl Launch {
+    pub const NAMES: &'static [&'static str] = &["single", "per_gpu"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Launch::Single => "single",
+            Launch::PerGpu => "per_gpu",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Launch> {
+        match name {
+            "single" => Some(Launch::Single),
+            "per_gpu" => Some(Launch::PerGpu),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Launch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How one parameter's values are chosen. Bounds and parameters are finite floats.
@@ -419,7 +460,7 @@ const SWEEP_KEYS: &[&str] = &[
     "summaries",
 ];
 const METRIC_KEYS: &[&str] = &["name", "goal", "summary"];
-const RESOURCE_KEYS: &[&str] = &["gpus", "labels"];
+const RESOURCE_KEYS: &[&str] = &["gpus", "labels", "launch"];
 const METHOD_NAMES: &[&str] = &["grid", "random", "bayes"];
 const GOAL_NAMES: &[&str] = &["minimize", "maximize"];
 const COMMAND_EXAMPLE: &str = "[python, train.py, --lr, \"{{lr}}\"]";
@@ -893,9 +934,26 @@ impl Checker<'_> {
             Some(labels) if !labels.is_null() => self.labels(labels),
             _ => Some(BTreeMap::new()),
         };
+        let launch = match field(entries, "launch") {
+            Some(node) if !node.is_null() => {
+                let launch = self
+                    .keyword(node, "resources.launch", Launch::NAMES)
+                    .and_then(|name| Launch::from_name(&name));
+                if launch == Some(Launch::PerGpu) && gpus == Some(0) {
+                    self.error(
+                        node.pos,
+                        "resources.launch: per_gpu starts one process per GPU, so it needs resources.gpus of at least 1",
+                    );
+                    return None;
+                }
+                launch
+            }
+            _ => Some(Launch::default()),
+        };
         Some(Resources {
             gpus: u32::try_from(gpus?).ok()?,
             labels: labels?,
+            launch: launch?,
         })
     }
 
@@ -1247,6 +1305,7 @@ resources:
                     ("tier".to_string(), "1".to_string()),
                     ("zone".to_string(), "eu".to_string()),
                 ]),
+                launch: Launch::Single,
             },
             description: Some("learning rate and width".into()),
             early_terminate: None,
@@ -1388,6 +1447,21 @@ resources:
     }
 
     #[test]
+    fn launch_defaults_to_single_and_parses_per_gpu() {
+        let spec = parse_sweep("s.yaml", &with_base("resources: {gpus: 2}\n")).unwrap();
+        assert_eq!(spec.resources.launch, Launch::Single);
+        let spec = parse_sweep(
+            "s.yaml",
+            &with_base("resources: {gpus: 2, launch: per_gpu}\n"),
+        )
+        .unwrap();
+        assert_eq!(spec.resources.launch, Launch::PerGpu);
+        // Specs stored before `launch` existed still load.
+        let old: Resources = serde_json::from_str(r#"{"gpus": 1, "labels": {}}"#).unwrap();
+        assert_eq!(old.launch, Launch::Single);
+    }
+
+    #[test]
     fn missing_required_keys_point_at_the_mapping() {
         assert_error(
             "method: grid\ncommand: [a]\n",
@@ -1482,6 +1556,21 @@ resources:
             4,
             21,
             &["resources.labels must be a mapping"],
+        );
+        assert_error(
+            &with_base("resources: {gpus: 2, launch: per_rank}\n"),
+            4,
+            30,
+            &["unknown resources.launch \"per_rank\"", "single, per_gpu"],
+        );
+        assert_error(
+            &with_base("resources: {launch: per_gpu}\n"),
+            4,
+            21,
+            &[
+                "per_gpu starts one process per GPU",
+                "resources.gpus of at least 1",
+            ],
         );
         assert_error(
             &with_base("resources: 2\n"),

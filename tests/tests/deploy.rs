@@ -722,16 +722,6 @@ fn unknown_flags(uses: &[FlagUse], accepted: &dyn Fn(Role) -> BTreeSet<String>) 
         if flags.contains(&flag_use.flag) {
             continue;
         }
-        // TODO(gpus): `ladder agent --gpus auto|none|0,1` is being added; until it lands
-        // in the binary, deploy/ may use it. Remove this allowance once `--gpus` is in
-        // `ladder agent --help`.
-        if flag_use.role == Role::Agent && flag_use.flag == "gpus" {
-            eprintln!(
-                "note: {}: `ladder agent --gpus` is not in this binary yet (allowed until it lands)",
-                flag_use.place
-            );
-            continue;
-        }
         problems.push(format!(
             "{}: `ladder {} --{}` is not a flag of `ladder {}` (it accepts: {})",
             flag_use.place,
