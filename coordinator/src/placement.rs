@@ -15,6 +15,9 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(test)]
+mod simulation;
+
 /// Free capacity of one connected agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capacity {
