@@ -816,16 +816,22 @@ fn flag_check_reports_a_misspelled_or_misplaced_flag() {
         Role::Agent => accepted.clone(),
         Role::Coordinator => ["listen".to_string()].into_iter().collect(),
     });
-    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert_eq!(problems.len(), 3, "{problems:#?}");
     assert!(
         problems[0].contains("f:1: `ladder agent --wrok-dir`"),
         "{}",
         problems[0]
     );
+    // A flag this (made-up) help text lacks is reported like any other.
     assert!(
-        problems[1].contains("f:2: `ladder coordinator --work-dir`"),
+        problems[1].contains("f:1: `ladder agent --gpus`"),
         "{}",
         problems[1]
+    );
+    assert!(
+        problems[2].contains("f:2: `ladder coordinator --work-dir`"),
+        "{}",
+        problems[2]
     );
 }
 
