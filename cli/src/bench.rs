@@ -55,25 +55,8 @@ pub enum BenchCommand {
     /// Training throughput of the built-in trainer (tokens per second, full fine-tuning
     /// with AdamW, forward + backward + update) on a fresh LLaMA model.
     Train {
-        #[arg(long, default_value_t = 256)]
-        d_model: usize,
-        #[arg(long, default_value_t = 4)]
-        layers: usize,
-        #[arg(long, default_value_t = 4)]
-        heads: usize,
-        #[arg(long, default_value_t = 128)]
-        seq_len: usize,
-        #[arg(long, default_value_t = 8)]
-        batch_size: usize,
-        /// Steps timed (after 2 untimed warm-up steps).
-        #[arg(long, default_value_t = 10)]
-        steps: u64,
-        /// Train with LoRA adapters of this rank on every projection instead.
-        #[arg(long)]
-        lora_rank: Option<usize>,
-        /// cpu, cuda, cuda:N or auto.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        shape: TrainShape,
         #[arg(long)]
         json: bool,
     },
@@ -111,40 +94,33 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             trials,
             json,
         } => search(seeds, trials, json),
-        BenchCommand::Train {
-            d_model,
-            layers,
-            heads,
-            seq_len,
-            batch_size,
-            steps,
-            lora_rank,
-            device,
-            json,
-        } => {
-            let shape = TrainShape {
-                d_model,
-                layers,
-                heads,
-                seq_len,
-                batch_size,
-                steps,
-                lora_rank,
-                device,
-            };
+        BenchCommand::Train { shape, json } => {
             tokio::task::spawn_blocking(move || train(shape, json)).await?
         }
     }
 }
 
-struct TrainShape {
+/// The model and batch `ladder bench train` times.
+#[derive(clap::Args)]
+pub struct TrainShape {
+    #[arg(long, default_value_t = 256)]
     d_model: usize,
+    #[arg(long, default_value_t = 4)]
     layers: usize,
+    #[arg(long, default_value_t = 4)]
     heads: usize,
+    #[arg(long, default_value_t = 128)]
     seq_len: usize,
+    #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Steps timed (after 2 untimed warm-up steps).
+    #[arg(long, default_value_t = 10)]
     steps: u64,
+    /// Train with LoRA adapters of this rank on every projection instead.
+    #[arg(long)]
     lora_rank: Option<usize>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
     device: String,
 }
 

@@ -418,21 +418,10 @@ pub fn parse_sweep(file_name: &str, text: &str) -> Result<SweepSpec, SpecErrors>
         file: file_name,
         errors: Vec::new(),
     };
-    let document = match yaml::parse(text) {
-        Ok(document) => document,
-        Err(syntax) => {
-            checker.error(syntax.pos, syntax.message);
-            return Err(checker.finish());
-        }
-    };
-    for diagnostic in document.diagnostics {
-        checker.error(diagnostic.pos, diagnostic.message);
-    }
-    let Some(root) = document.root.filter(|root| !root.is_null()) else {
-        checker.error(
-            Pos::START,
-            "sweep file is empty: expected a mapping with at least name, method and command",
-        );
+    let Some(root) = checker.document_root(
+        text,
+        "sweep file is empty: expected a mapping with at least name, method and command",
+    ) else {
         return Err(checker.finish());
     };
     let spec = checker.sweep(&root);
@@ -472,6 +461,27 @@ struct Checker<'f> {
 }
 
 impl Checker<'_> {
+    /// The file's root node, with its structural diagnostics recorded; `None` (with the
+    /// error recorded) on a syntax error or when the file holds nothing (`empty` says
+    /// what was expected).
+    fn document_root(&mut self, text: &str, empty: &str) -> Option<Node> {
+        let document = match yaml::parse(text) {
+            Ok(document) => document,
+            Err(syntax) => {
+                self.error(syntax.pos, syntax.message);
+                return None;
+            }
+        };
+        for diagnostic in document.diagnostics {
+            self.error(diagnostic.pos, diagnostic.message);
+        }
+        let root = document.root.filter(|root| !root.is_null());
+        if root.is_none() {
+            self.error(Pos::START, empty);
+        }
+        root
+    }
+
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.errors.push(SpecError {
             file: self.file.to_string(),
@@ -995,21 +1005,10 @@ pub fn parse_train_file(
         file: file_name,
         errors: Vec::new(),
     };
-    let document = match yaml::parse(text) {
-        Ok(document) => document,
-        Err(syntax) => {
-            checker.error(syntax.pos, syntax.message);
-            return Err(checker.finish());
-        }
-    };
-    for diagnostic in document.diagnostics {
-        checker.error(diagnostic.pos, diagnostic.message);
-    }
-    let Some(root) = document.root.filter(|root| !root.is_null()) else {
-        checker.error(
-            Pos::START,
-            "train config is empty: expected a mapping with at least model and data",
-        );
+    let Some(root) = checker.document_root(
+        text,
+        "train config is empty: expected a mapping with at least model and data",
+    ) else {
         return Err(checker.finish());
     };
     let block = yaml_to_json(&root);

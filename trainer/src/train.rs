@@ -417,7 +417,7 @@ pub fn train_with(
     }
 
     let checkpoints = out_dir.join("checkpoints");
-    let resumed_from = resume(&checkpoints, config, &mut optimizer, &device_of(&model))?;
+    let resumed_from = resume(&checkpoints, config, &mut optimizer, model.device())?;
     if let Some(step) = resumed_from {
         reporter.note(&format!("resumed from the checkpoint at step {step}"));
     }
@@ -441,7 +441,7 @@ pub fn train_with(
         for micro in 0..config.grad_accum {
             let offset = micro * config.batch_size + rank * per_rank;
             let rows = &all_rows[offset..offset + per_rank];
-            let batch = train.batch(rows, &device_of(&model))?;
+            let batch = train.batch(rows, model.device())?;
             let logits = model.forward(&batch.inputs)?;
             let nll = masked_nll_sum(&logits, &batch.targets, &batch.mask)?;
             loss_sum += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -548,10 +548,6 @@ pub fn train_with(
         resumed_from,
         interrupted: false,
     })
-}
-
-fn device_of(model: &Model) -> Device {
-    model.device().clone()
 }
 
 /// Named metric values, in report order.
