@@ -81,6 +81,24 @@ impl Reporter for MetricLines {
     }
 }
 
+/// Prints what the run is made from (paths and content hashes) as an `@ladder.info`
+/// line for the run's card. A file that cannot be read is reported in the log; training
+/// then fails on it with the full error.
+fn report_provenance(config: &ladder_trainer::config::TrainConfig, base: &Path) {
+    match ladder_trainer::provenance::provenance(config, base) {
+        Ok(facts) => {
+            let object: serde_json::Map<String, serde_json::Value> = facts
+                .into_iter()
+                .map(|(key, value)| (key, serde_json::Value::String(value)))
+                .collect();
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "@ladder.info {}", serde_json::Value::Object(object));
+            let _ = stdout.flush();
+        }
+        Err(error) => eprintln!("could not hash the run's inputs: {error}"),
+    }
+}
+
 /// A one-line progress bar on stderr (plain lines when stderr is not a terminal).
 struct ProgressBar {
     started: Instant,
@@ -181,7 +199,24 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let base = std::env::var_os("LADDER_CODE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| here.clone());
-        let outcome = ladder_trainer::train::train_run(&config, &base, &here, &mut MetricLines)?;
+        let launched = ladder_trainer::launch::Launched::from_env()?;
+        let rank = launched.as_ref().map_or(0, |l| l.rank);
+        if rank == 0 {
+            report_provenance(&config, &base);
+        }
+        if let Some(l) = launched.as_ref().filter(|l| l.world_size > 1) {
+            eprintln!(
+                "rank {} of {}, meeting at {}",
+                l.rank, l.world_size, l.master
+            );
+        }
+        let outcome = ladder_trainer::launch::train_launched(
+            &config,
+            &base,
+            &here,
+            launched.as_ref(),
+            &mut MetricLines,
+        )?;
         eprintln!("finished {} steps", outcome.steps);
         return Ok(());
     }
@@ -206,7 +241,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("failed to create {}", out.display()))?;
     eprintln!("training into {}", out.display());
     let mut bar = ProgressBar::new();
-    let outcome = ladder_trainer::train::train_run(&config, &base, &out, &mut bar)?;
+    let launched = ladder_trainer::launch::Launched::from_env()?;
+    let outcome =
+        ladder_trainer::launch::train_launched(&config, &base, &out, launched.as_ref(), &mut bar)?;
+    if launched.is_some_and(|l| l.rank != 0) {
+        // Rank 0 prints the scores and writes the model.
+        return Ok(());
+    }
     if args.json {
         let metrics: serde_json::Map<String, serde_json::Value> = outcome
             .final_metrics

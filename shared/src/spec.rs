@@ -580,6 +580,27 @@ impl Checker<'_> {
             Some(node) if !node.is_null() => self.resources(node),
             _ => Some(Resources::default()),
         };
+        // The built-in trainer runs one data-parallel rank per GPU.
+        let resources = match (train_node, resources) {
+            (Some(_), Some(mut resources)) => {
+                let launch_node = field(entries, "resources").and_then(|node| match &node.kind {
+                    NodeKind::Map(inner) => field(inner, "launch").filter(|n| !n.is_null()),
+                    _ => None,
+                });
+                match launch_node {
+                    None if resources.gpus >= 1 => resources.launch = Launch::PerGpu,
+                    Some(node) if resources.launch == Launch::Single && resources.gpus > 1 => {
+                        self.error(
+                            node.pos,
+                            "resources.launch: single starts one process, but the built-in trainer runs one rank per GPU; use per_gpu or leave launch out",
+                        );
+                    }
+                    _ => {}
+                }
+                Some(resources)
+            }
+            (_, resources) => resources,
+        };
 
         if let (Some((method @ (Method::Random | Method::Bayes), method_pos)), Some(None)) =
             (method, max_runs)
@@ -667,6 +688,30 @@ impl Checker<'_> {
                 format!("train.{}", error.path)
             };
             self.error(pos, format!("{field}: {}", error.message));
+            return;
+        }
+        let Ok(config) = crate::train_config::TrainConfig::from_json(&rendered) else {
+            return;
+        };
+        let gpus = spec.resources.gpus as usize;
+        if gpus > 1 && spec.resources.launch == Launch::PerGpu {
+            if config.data_parallel > 1 {
+                self.error(
+                    position_of_path(node, "data_parallel"),
+                    format!(
+                        "train.data_parallel: {} ranks in one process cannot be combined with resources.gpus: {gpus} (one rank per GPU); leave data_parallel at 1",
+                        config.data_parallel
+                    ),
+                );
+            } else if !config.batch_size.is_multiple_of(gpus) {
+                self.error(
+                    position_of_path(node, "batch_size"),
+                    format!(
+                        "train.batch_size: {} does not split evenly over resources.gpus: {gpus} ranks",
+                        config.batch_size
+                    ),
+                );
+            }
         }
     }
 

@@ -784,6 +784,39 @@ train:
     }
 
     #[test]
+    fn trainer_sweeps_on_gpus_run_one_rank_per_gpu() {
+        use crate::spec::Launch;
+        let spec = crate::spec::parse_sweep("s.yaml", &format!("{SWEEP}resources: {{gpus: 2}}\n"))
+            .unwrap();
+        assert_eq!(spec.resources.launch, Launch::PerGpu);
+        let cpu = crate::spec::parse_sweep("s.yaml", SWEEP).unwrap();
+        assert_eq!(cpu.resources.launch, Launch::Single, "no GPUs: one process");
+
+        let single = sweep_errors(&format!("{SWEEP}resources: {{gpus: 2, launch: single}}\n"));
+        assert!(
+            single
+                .iter()
+                .any(|e| e.starts_with("s.yaml:11:30:") && e.contains("one rank per GPU")),
+            "{single:?}"
+        );
+        let uneven = sweep_errors(&format!("{SWEEP}  batch_size: 6\nresources: {{gpus: 4}}\n"));
+        assert!(
+            uneven.iter().any(|e| e.starts_with("s.yaml:11:15:")
+                && e.contains("train.batch_size: 6 does not split evenly over resources.gpus: 4")),
+            "{uneven:?}"
+        );
+        let threads = sweep_errors(&format!(
+            "{SWEEP}  data_parallel: 2\nresources: {{gpus: 2}}\n"
+        ));
+        assert!(
+            threads.iter().any(
+                |e| e.contains("train.data_parallel") && e.contains("leave data_parallel at 1")
+            ),
+            "{threads:?}"
+        );
+    }
+
+    #[test]
     fn train_file_errors_carry_line() {
         let text = "model: {init: random, arch: {d_model: 64, layers: 2, heads: 4}}\ndata: {task: synthetic-arith}\nsteps: -3\n";
         let errors = crate::spec::parse_train_file("t.yaml", text).unwrap_err();

@@ -331,3 +331,108 @@ command: [python3, "{{ladder.code_dir}}/failing_rank.py", "{{ladder.code_dir}}"]
         },
     );
 }
+
+/// A `train:` sweep with `resources: {gpus: 2}` on a node with two (fake) GPUs runs the
+/// built-in trainer as two processes, one data-parallel rank each, meeting over TCP
+/// because the config keeps them on the CPU. Rank 0 reports; the run's final metrics
+/// equal, bit for bit, `ladder train` with the same config as two in-process ranks,
+/// and match one rank on the whole batch up to float summation order.
+#[test]
+fn trainer_runs_one_rank_per_gpu_and_equals_in_process_data_parallelism() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = Coordinator::start(
+        &dir.join("data"),
+        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
+    );
+    let _agent = Agent::start_with(
+        &coordinator.url(),
+        "gpu-node",
+        2,
+        &dir.join("gpu-node"),
+        dir,
+        &["--gpus", "fake:2"],
+    );
+    coordinator.wait_for_agents(&["gpu-node"], Duration::from_secs(60));
+    // (Each line indented by two spaces: the block goes under `train:`.)
+    let body = "  model: {init: random, arch: {d_model: 32, layers: 2, heads: 4}}
+  data: {task: synthetic-kv, examples: 400, validation_sequences: 4}
+  optim: {lr: 0.003, warmup: 2}
+  steps: 10
+  batch_size: 8
+  seq_len: 48
+  log_every: 1
+  eval: [{task: synthetic-kv-mc, limit: 20}]
+  device: cpu
+";
+    let sweep_file = write_file(
+        dir,
+        "dp.yaml",
+        &format!(
+            "name: dp-train\nproject: e2e\nmethod: grid\nmax_restarts: 0\nparameters:\n  seed: {{value: 1234}}\nresources: {{gpus: 2}}\ntrain:\n{body}  seed: \"{{{{seed}}}}\"\n"
+        ),
+    );
+    let sweep_id = coordinator.submit(&sweep_file);
+    let sweep = coordinator.watch(&sweep_id, Duration::from_secs(600));
+    assert_eq!(sweep["status"], "completed", "{sweep}");
+    let runs = coordinator.runs(&sweep_id);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "completed", "{run}");
+    let detail = coordinator.run_detail(as_str(&run["id"], "run id"));
+    let logs: Vec<&str> = detail["log_tail"]
+        .as_array()
+        .expect("log_tail")
+        .iter()
+        .filter_map(|l| l["text"].as_str())
+        .collect();
+    for rank in 0..2 {
+        let needle = format!("[rank {rank}] rank {rank} of 2, meeting at 127.0.0.1:");
+        assert!(
+            logs.iter().any(|l| l.starts_with(&needle)),
+            "rank {rank} joined the group: {logs:?}"
+        );
+    }
+    let distributed = &run["metrics"];
+
+    // The same config as one `ladder train` process with two in-process ranks, and
+    // with one rank on the whole batch.
+    let standalone = |extra: &str, name: &str| -> Value {
+        let text = format!("{}{extra}", body.replace("\n  ", "\n").trim_start());
+        let config = write_file(dir, &format!("{name}.yaml"), &format!("{text}seed: 1234\n"));
+        let out = dir.join(name);
+        let args = [
+            "train",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        let output = ladder_e2e::ladder_in(None, &args, Duration::from_secs(600));
+        assert!(
+            output.status.success(),
+            "{}",
+            ladder_e2e::describe(&args, &output)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).expect("json")["metrics"].clone()
+    };
+    let threads = standalone("data_parallel: 2\n", "threads");
+    let whole = standalone("", "whole");
+    for name in ["eval/loss", "eval/synthetic-kv-mc/acc"] {
+        let got = distributed[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} in {run}"));
+        assert_eq!(
+            got.to_bits(),
+            threads[name].as_f64().expect(name).to_bits(),
+            "{name}: two processes {got} vs two threads {}",
+            threads[name]
+        );
+    }
+    let (a, b) = (
+        distributed["eval/loss"].as_f64().unwrap(),
+        whole["eval/loss"].as_f64().unwrap(),
+    );
+    eprintln!("eval/loss: 2 rank processes {a}, 1 rank on the whole batch {b}");
+    assert!((a - b).abs() < 1e-4, "2 ranks {a} vs 1 rank {b}");
+}

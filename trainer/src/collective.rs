@@ -1,11 +1,22 @@
 //! Collectives between the data-parallel ranks of one run.
 //!
-//! [`crate::train::Collective`] is the one trait the training loop uses; this module has
-//! the CPU implementation: ranks are threads of one process that meet at each
+//! [`crate::train::Collective`] is the one trait the training loop uses. It has three
+//! implementations:
+//! - [`CpuCollective`] (here): ranks are threads of one process (`data_parallel: N`);
+//! - [`tcp::TcpCollective`]: ranks are processes on the CPU, launched one per rank by
+//!   the agent, meeting at `MASTER_ADDR:MASTER_PORT`;
+//! - `nccl::NcclCollective` (cargo feature `nccl`): ranks are processes on GPUs.
+//!
+//! [`CpuCollective`]: ranks are threads of one process that meet at each
 //! collective, and the sum is taken in rank order so every rank gets bit-identical
 //! results (the same guarantee NCCL's all-reduce gives within one job). It is what
 //! `data_parallel: N` uses on a machine without GPUs and what proves in CI that the
 //! data-parallel path equals one rank on the whole batch.
+
+pub mod tcp;
+
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use std::sync::{Arc, Condvar, Mutex};
 

@@ -28,6 +28,10 @@ pub enum TrainerError {
     /// A tokenizer failed to load or encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The ranks of a data-parallel run could not meet or exchange (a peer died, the
+    /// rendezvous timed out, NCCL failed).
+    #[error("data parallel: {0}")]
+    Collective(String),
 }
 
 impl TrainerError {

@@ -19,14 +19,18 @@
 //! - [`tasks`] loads multiple-choice tasks (JSONL, task YAML, built-in) and [`eval`]
 //!   scores them: summed log-likelihood of each choice after the context, `acc`,
 //!   `acc_norm`, `mc2`, few-shot contexts.
+//! - [`launch`] turns a run started as one process per GPU into data-parallel ranks
+//!   (NCCL on GPUs, TCP on CPUs); [`provenance`] hashes what a run was made from.
 
 pub mod collective;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod launch;
 pub mod model;
 pub mod optim;
+pub mod provenance;
 pub mod synthetic;
 pub mod tasks;
 pub mod tokenizer;

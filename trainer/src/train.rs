@@ -378,7 +378,7 @@ pub fn train_run(
 }
 
 /// The reporter of ranks other than 0.
-struct Silent;
+pub(crate) struct Silent;
 
 impl Reporter for Silent {
     fn metrics(&mut self, _step: u64, _values: &[(String, f64)]) {}
@@ -977,5 +977,102 @@ mod tests {
         eprintln!("largest weight difference after 6 steps: {largest:e}");
         // Tolerance: f32 sums in a different order, amplified by 6 Adam steps.
         assert!(largest < 1e-4, "weights differ by up to {largest}");
+    }
+
+    /// Two ranks as separate endpoints of the TCP collective (what the agent's one
+    /// process per GPU uses on a CPU node), sharing one run directory, end with exactly
+    /// the weights of two in-process ranks: both sum in rank order. Only rank 0 reports
+    /// and writes the model.
+    #[test]
+    fn tcp_ranks_train_bit_for_bit_like_in_process_ranks() {
+        let mut value = tiny(6);
+        value["checkpoint_every"] = json!(3);
+        value["batch_size"] = json!(8);
+        value["grad_accum"] = json!(1);
+        let mut threaded = value.clone();
+        threaded["data_parallel"] = json!(2);
+        let dir_threads = tempfile::tempdir().unwrap();
+        let mut log_threads = Recorded::default();
+        train_run(
+            &config(threaded),
+            Path::new("."),
+            dir_threads.path(),
+            &mut log_threads,
+        )
+        .unwrap();
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir_tcp = tempfile::tempdir().unwrap();
+        let tcp_config = config(value);
+        let launched = |rank: usize| {
+            crate::launch::Launched::from_vars(|name| match name {
+                "WORLD_SIZE" => Some("2".to_string()),
+                "RANK" | "LOCAL_RANK" => Some(rank.to_string()),
+                "MASTER_PORT" => Some(port.to_string()),
+                "LADDER_RUN_ID" => Some("run-tcp".to_string()),
+                _ => None,
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let (log_tcp, log_rank1) = std::thread::scope(|scope| {
+            let (config, dir) = (&tcp_config, dir_tcp.path());
+            let second = scope.spawn(move || {
+                let mut log = Recorded::default();
+                crate::launch::train_launched(
+                    config,
+                    Path::new("."),
+                    dir,
+                    Some(&launched(1)),
+                    &mut log,
+                )
+                .unwrap();
+                log
+            });
+            let mut log = Recorded::default();
+            let outcome = crate::launch::train_launched(
+                config,
+                Path::new("."),
+                dir,
+                Some(&launched(0)),
+                &mut log,
+            )
+            .unwrap();
+            assert!(outcome.model_dir.is_some(), "rank 0 saves the model");
+            (log, second.join().unwrap())
+        });
+        assert!(log_rank1.metrics.is_empty(), "rank 1 reports nothing");
+        // Everything rank 0 reported (losses, evaluation) agrees, except throughput.
+        let timeless = |log: &Recorded| {
+            log.metrics
+                .iter()
+                .map(|(step, values)| {
+                    let kept: Vec<_> = values
+                        .iter()
+                        .filter(|(name, _)| name != "train/tokens_per_s")
+                        .cloned()
+                        .collect();
+                    (*step, kept)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(!log_tcp.metrics.is_empty());
+        assert_eq!(timeless(&log_tcp), timeless(&log_threads));
+        let a = Model::load(&dir_threads.path().join("model"), &Device::Cpu).unwrap();
+        let b = Model::load(&dir_tcp.path().join("model"), &Device::Cpu).unwrap();
+        for ((name, x), (_, y)) in tensors(&a).iter().zip(tensors(&b)) {
+            assert_eq!(x, &y, "{name} differs between TCP and in-process ranks");
+        }
+        let losses = |log: &Recorded| {
+            log.losses
+                .iter()
+                .map(|(_, l)| l.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(losses(&log_tcp), losses(&log_threads));
     }
 }
