@@ -436,3 +436,34 @@ fn trainer_runs_one_rank_per_gpu_and_equals_in_process_data_parallelism() {
     eprintln!("eval/loss: 2 rank processes {a}, 1 rank on the whole batch {b}");
     assert!((a - b).abs() < 1e-4, "2 ranks {a} vs 1 rank {b}");
 }
+
+/// Every sweep file shipped in `sweeps/` (the quickstart and the examples, GPU ones
+/// included) passes `ladder sweep validate`.
+#[test]
+fn shipped_sweep_files_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut files = Vec::new();
+    for dir in ["sweeps", "sweeps/examples"] {
+        for entry in std::fs::read_dir(root.join(dir)).expect("sweeps dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|f| f.ends_with("examples/lora-gpus.yaml")),
+        "{files:?}"
+    );
+    for file in &files {
+        let args = ["sweep", "validate", file.to_str().expect("utf-8")];
+        let output = ladder_e2e::ladder_in(Some(root), &args, Duration::from_secs(60));
+        assert!(
+            output.status.success(),
+            "{}",
+            ladder_e2e::describe(&args, &output)
+        );
+    }
+}
