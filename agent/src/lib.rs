@@ -350,9 +350,15 @@ impl Agent {
             RunnerEventKind::Started { pid, work_dir } => {
                 pb::run_event::Kind::Started(pb::RunStarted { pid, work_dir })
             }
-            RunnerEventKind::Output { metrics, logs } => {
-                pb::run_event::Kind::Output(pb::RunOutput { metrics, logs })
-            }
+            RunnerEventKind::Output {
+                metrics,
+                logs,
+                info,
+            } => pb::run_event::Kind::Output(pb::RunOutput {
+                metrics,
+                logs,
+                info: info.into_iter().collect(),
+            }),
             RunnerEventKind::Finished(finished) => {
                 held.finished = true;
                 info!(run_id = %event.run_id, reason = %finished.reason, "run finished");

@@ -1,6 +1,6 @@
 //! Executes one attempt of a run as a subprocess and turns what it does into
-//! [`RunnerEvent`]s: started, output (metric points from `@ladder {...}` lines and log
-//! lines), finished.
+//! [`RunnerEvent`]s: started, output (metric points from `@ladder {...}` lines, the run's
+//! info from `@ladder.info {...}` lines, and log lines), finished.
 //!
 //! The command is an argv list executed directly (never through a shell), in its own
 //! process group so that stopping a run also stops whatever it spawned.
@@ -9,6 +9,10 @@
 //! each in its own group, their log lines prefixed `[rank i] `. Rank 0's `@ladder` lines
 //! are the run's metrics. The run fails as soon as one rank fails; the other ranks then
 //! get SIGTERM, and SIGKILL after the stop grace.
+//!
+//! Rank 0's `@ladder.info` lines are the run's info (see
+//! [`ladder_shared::metric_line`]): merged in the order printed, a later line overriding
+//! the keys it repeats, and sent with the next output batch.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -18,7 +22,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
-use ladder_shared::metric_line::parse_metric_line;
+use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -73,6 +77,9 @@ pub enum RunnerEventKind {
     Output {
         metrics: Vec<pb::MetricPoint>,
         logs: Vec<pb::LogLine>,
+        /// `@ladder.info` entries read since the previous batch, later lines merged over
+        /// earlier ones.
+        info: BTreeMap<String, String>,
     },
     Finished(pb::RunFinished),
 }
@@ -130,6 +137,9 @@ async fn read_lines(
 struct OutputBuffer {
     metrics: Vec<pb::MetricPoint>,
     logs: Vec<pb::LogLine>,
+    info: BTreeMap<String, String>,
+    /// Reasons for skipped entries already noted in the log.
+    noted_skips: std::collections::HashSet<String>,
     forwarded: u64,
     cap_reported: bool,
     log_file: Option<tokio::io::BufWriter<tokio::fs::File>>,
@@ -144,14 +154,34 @@ struct OutputBuffer {
 
 impl OutputBuffer {
     fn pending(&self) -> usize {
-        self.metrics.len() + self.logs.len()
+        self.metrics.len() + self.logs.len() + self.info.len()
     }
 
     fn take(&mut self) -> RunnerEventKind {
         RunnerEventKind::Output {
             metrics: std::mem::take(&mut self.metrics),
             logs: std::mem::take(&mut self.logs),
+            info: std::mem::take(&mut self.info),
         }
+    }
+
+    /// Notes in the run's log the entries a valid `@ladder` / `@ladder.info` line had to
+    /// skip, each reason once per attempt (a program that prints a string next to its
+    /// metrics at every step gets one note, not one per step).
+    fn note_skipped(&mut self, kind: &str, skipped: &[String], time_ms: i64) {
+        let fresh: Vec<&str> = skipped
+            .iter()
+            .filter(|reason| self.noted_skips.insert((*reason).clone()))
+            .map(String::as_str)
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        self.logs.push(pb::LogLine {
+            time_ms,
+            stream: "ladder".into(),
+            text: format!("skipped in {kind} line (noted once): {}", fresh.join("; ")),
+        });
     }
 
     /// Moves the full log file to `.1` and starts a new one, noting it in the run's log.
@@ -191,7 +221,8 @@ impl OutputBuffer {
     }
 
     /// Writes the line to the attempt's log file, then keeps it as a metric point
-    /// (`@ladder {...}` on rank 0's stdout) or as a log line.
+    /// (`@ladder {...}` on rank 0's stdout), as info (`@ladder.info {...}` there) or as a
+    /// log line. A malformed metric or info line is kept as a log line after a warning.
     async fn absorb(&mut self, (rank, line): RankLine) {
         let (stream, mut bytes) = match line {
             Line::Out(bytes) => ("stdout", bytes),
@@ -242,8 +273,23 @@ impl OutputBuffer {
         let time_ms = now_ms();
         if stream == "stdout" && rank == 0 {
             let unprefixed = text.strip_prefix(prefix.as_str()).unwrap_or(&text);
-            match parse_metric_line(unprefixed) {
-                Some(Ok(point)) => {
+            match parse_info_line(unprefixed) {
+                Some(Ok(parsed)) => {
+                    self.note_skipped("info", &parsed.skipped, time_ms);
+                    self.info.extend(parsed.values);
+                    return;
+                }
+                Some(Err(error)) => self.logs.push(pb::LogLine {
+                    time_ms,
+                    stream: "ladder".into(),
+                    text: format!("ignored info line: {error}"),
+                }),
+                None => {}
+            }
+            match parse_metric_line_detailed(unprefixed) {
+                Some(Ok(parsed)) => {
+                    self.note_skipped("metric", &parsed.skipped, time_ms);
+                    let point = parsed.point;
                     self.metrics.push(pb::MetricPoint {
                         step: point.step,
                         values: point.values.into_iter().collect(),
@@ -397,6 +443,8 @@ pub async fn execute(
     let mut output = OutputBuffer {
         metrics: Vec::new(),
         logs: Vec::new(),
+        info: BTreeMap::new(),
+        noted_skips: Default::default(),
         forwarded: 0,
         cap_reported: false,
         log_file,

@@ -432,6 +432,20 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
             .join(" ")
     );
     println!("metrics   {}", output::metrics_text(&run));
+    if !run.info.is_empty() {
+        // What the run's `@ladder.info` lines said about it (provenance: base model,
+        // data, their hashes), as it printed them.
+        println!("\nreported by the run");
+        let entries = output::sorted(&run.info);
+        let width = entries
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (name, value) in entries {
+            println!("  {name:<width$}  {value}");
+        }
+    }
     if !run.summaries.is_empty() {
         println!();
         print_table(

@@ -93,6 +93,9 @@ fn cell(run: &pb::Run, column: &str) -> String {
             .map(format_number)
             .unwrap_or_default();
     }
+    if let Some(name) = column.strip_prefix("info.") {
+        return run.info.get(name).cloned().unwrap_or_default();
+    }
     match column {
         "id" => run.id.clone(),
         "sweep" | "sweep_id" => run.sweep_id.clone(),
@@ -118,12 +121,13 @@ fn cell(run: &pb::Run, column: &str) -> String {
     }
 }
 
-const KNOWN_COLUMNS: &str = "id, sweep, project, index, status, agent, attempts, exit, created, ended, last_step, tags, params, metrics, params.NAME, metrics.NAME";
+const KNOWN_COLUMNS: &str = "id, sweep, project, index, status, agent, attempts, exit, created, ended, last_step, tags, params, metrics, params.NAME, metrics.NAME, info.NAME";
 
 fn check_columns(columns: &[String]) -> anyhow::Result<()> {
     for column in columns {
         let known = column.starts_with("params.")
             || column.starts_with("metrics.")
+            || column.starts_with("info.")
             || [
                 "id",
                 "sweep",

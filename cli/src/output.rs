@@ -140,6 +140,10 @@ pub fn run_json(run: &pb::Run) -> Value {
             (k.clone(), summary)
         })
         .collect();
+    let info: Map<String, Value> = sorted(&run.info)
+        .into_iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
     json!({
         "id": run.id,
         "sweep_id": run.sweep_id,
@@ -158,6 +162,7 @@ pub fn run_json(run: &pb::Run) -> Value {
         "ended_ms": ms_or_null(run.ended_ms),
         "tags": run.tags,
         "notes": run.notes.iter().map(|n| json!({"time_ms": n.time_ms, "text": n.text})).collect::<Vec<_>>(),
+        "info": info,
     })
 }
 

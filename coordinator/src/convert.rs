@@ -167,6 +167,11 @@ pub fn run_to_pb(run: &RunRecord) -> pb::Run {
             .iter()
             .map(|(name, summary)| (name.clone(), summary_to_pb(summary)))
             .collect(),
+        info: run
+            .info
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
     }
 }
 
@@ -387,6 +392,15 @@ impl TryFrom<pb::AgentMessage> for FromAgent {
                                 text: l.text,
                             })
                             .collect(),
+                        // A broken agent's entries outside the protocol's limits are
+                        // dropped, like non-finite metric values.
+                        info: output
+                            .info
+                            .into_iter()
+                            .filter(|(name, value)| {
+                                ladder_shared::metric_line::check_info_entry(name, value).is_ok()
+                            })
+                            .collect(),
                     },
                     Some(EventKind::Finished(finished)) => {
                         let outcome = match pb::RunOutcome::try_from(finished.outcome) {
@@ -533,7 +547,21 @@ mod tests {
                 prop_assert_eq!(seq, raw.seq);
                 match (event, &raw.kind) {
                     (RunEvent::Started { .. }, Some(EventKind::Started(_))) => {}
-                    (RunEvent::Output { metrics, logs }, Some(EventKind::Output(output))) => {
+                    (
+                        RunEvent::Output {
+                            metrics,
+                            logs,
+                            info,
+                        },
+                        Some(EventKind::Output(output)),
+                    ) => {
+                        // Exactly the entries within the protocol's limits survive.
+                        for (name, value) in &output.info {
+                            let valid =
+                                !name.is_empty() && name.len() <= 256 && value.len() <= 4096;
+                            prop_assert_eq!(info.get(name), valid.then_some(value));
+                        }
+                        prop_assert!(info.len() <= output.info.len());
                         prop_assert_eq!(metrics.len(), output.metrics.len());
                         prop_assert_eq!(logs.len(), output.logs.len());
                         for point in &metrics {
@@ -727,8 +755,15 @@ mod tests {
                         .prop_map(|(time_ms, stream, text)| pb::LogLine { time_ms, stream, text }),
                     0..4,
                 ),
+                prop::collection::hash_map(
+                    text(),
+                    prop_oneof![text(), (4090..4100usize).prop_map(|n| "v".repeat(n))],
+                    0..4,
+                ),
             )
-                .prop_map(|(metrics, logs)| Some(EventKind::Output(pb::RunOutput { metrics, logs }))),
+                .prop_map(|(metrics, logs, info)| {
+                    Some(EventKind::Output(pb::RunOutput { metrics, logs, info }))
+                }),
             3 => (outcome(), any::<Option<i32>>(), any::<Option<i32>>(), text()).prop_map(
                 |(outcome, exit_code, signal, reason)| {
                     Some(EventKind::Finished(pb::RunFinished { outcome, exit_code, signal, reason }))

@@ -9,13 +9,17 @@
 //! another (`metric: {.., summary: best}`, `summaries: {train/loss: min}`).
 //!
 //! What is indexed: that value of every metric of every run, and each run's tasks
-//! average, per project (`idx_metric`) and across projects (`idx_metric_all`, see
-//! [`crate::store`]). The leaderboard walks one of them in goal order and stops after
-//! `limit` rows, and `ListRuns` with a project and exactly one `metrics.NAME` sort key
-//! walks the project's and stops after one page (runs without the metric, which sort
-//! last, are found by a scan once the index is exhausted). Every other query (other sort
-//! keys, several keys, no project, filters only) scans the runs of the sweep or of the
-//! whole store and sorts in memory.
+//! average, per project (`idx_metric`) and across projects (`idx_metric_all`), and every
+//! parameter of every run per project, in listing order (`idx_param`; see
+//! [`crate::store`]). The leaderboard walks a metric index in goal order and stops after
+//! `limit` rows. `ListRuns` with a project, a limit and a first sort key `metrics.NAME`
+//! or `params.NAME` walks the project's index for that key, applying the filters to each
+//! run it meets, and stops after one page: once it has the page plus one row, or, when
+//! the index order is not the whole listing order (a metric, whose ties are in run id
+//! order, or further sort keys), once the value changes after that. Runs without the
+//! value, which sort last, are found by a scan once the index is exhausted. Every other
+//! query (other first keys, no project, `--sweep`, no limit, filters only) scans the runs
+//! of the sweep or of the whole store and sorts in memory, holding about two pages.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -27,7 +31,7 @@ use ladder_shared::query::{
     self, compare_rows, parse_sort, parse_where, row_key, Cursor, Expr, Field, Position, RowKey,
     RunFacts, SortKey, Value,
 };
-use ladder_shared::spec::{Goal, ParamValue};
+use ladder_shared::spec::Goal;
 use ladder_shared::types::RunStatus;
 use tokio::sync::{broadcast, mpsc};
 
@@ -36,7 +40,7 @@ use crate::error::CoordinatorError;
 use crate::model::{now_ms, RunRecord, SweepRecord};
 use crate::queries::Queries;
 use crate::service::Shared;
-use crate::store::{IndexWalk, TASKS_AVG_METRIC};
+use crate::store::{param_query_value, IndexWalk, TASKS_AVG_METRIC};
 
 /// Most rows one leaderboard returns.
 pub const MAX_LEADERBOARD_ROWS: usize = 1000;
@@ -55,12 +59,7 @@ struct Facts<'a> {
 
 impl RunFacts for Facts<'_> {
     fn param(&self, name: &str) -> Option<Value> {
-        Some(match self.run.params.get(name)? {
-            ParamValue::Bool(b) => Value::Bool(*b),
-            ParamValue::Int(i) => Value::Number(*i as f64),
-            ParamValue::Float(f) => Value::Number(*f),
-            ParamValue::Str(s) => Value::Text(s.clone()),
-        })
+        self.run.params.get(name).map(param_query_value)
     }
     fn metric(&self, name: &str) -> Option<f64> {
         self.run.metric_value(name)
@@ -171,6 +170,9 @@ impl RunQuery {
         self.filter.as_ref().and_then(|f| f.required_project())
     }
 }
+
+/// The rows of one page, in order, and whether more follow.
+type SortedPage = (Vec<(RowKey, RunRecord)>, bool);
 
 /// One page of a query: runs in order and the cursor of the next page, if any.
 pub struct RunPage {
@@ -354,23 +356,14 @@ impl Queries {
                 id: query.sweep_id.clone(),
             });
         }
-        let indexed = match (query.project(), query.sort.as_slice()) {
-            (
-                Some(project),
-                [SortKey {
-                    field: Field::Metric(metric),
-                    descending,
-                }],
-            ) if query.limit > 0 && query.sweep_id.is_empty() => {
-                Some((project.to_string(), metric.clone(), *descending))
+        let indexed = match (query.project(), query.sort.first()) {
+            (Some(project), Some(primary)) if query.limit > 0 && query.sweep_id.is_empty() => {
+                self.indexed_page(query, &sweeps, project, primary)?
             }
             _ => None,
         };
         let (page, more) = match indexed {
-            Some((project, metric, descending)) => {
-                let rows = self.indexed_rows(query, &sweeps, &project, &metric, descending)?;
-                query::page(&query.sort, rows, query.after.as_ref(), query.limit)
-            }
+            Some(page) => page,
             None => {
                 // Streamed: memory holds about two pages, not every run.
                 let mut collector =
@@ -397,21 +390,21 @@ impl Queries {
         })
     }
 
-    /// Every run the query admits (optionally only those lacking `missing_metric`),
+    /// Every run the query admits (optionally only those without a value for `missing`),
     /// offered to `collect` one at a time as the store is scanned.
     fn scan(
         &self,
         query: &RunQuery,
         sweeps: &HashMap<String, SweepRecord>,
-        missing_metric: Option<&str>,
+        missing: Option<&Field>,
         collect: &mut dyn FnMut(RowKey, RunRecord),
     ) -> Result<(), CoordinatorError> {
         let prefix = (!query.sweep_id.is_empty()).then_some(query.sweep_id.as_str());
         self.store.for_each_run(prefix, &mut |run| {
-            if missing_metric.is_some_and(|m| run.metric_value(m).is_some()) {
+            let sweep = sweeps.get(&run.sweep_id);
+            if missing.is_some_and(|field| Facts { run: &run, sweep }.value(field).is_some()) {
                 return Ok(());
             }
-            let sweep = sweeps.get(&run.sweep_id);
             if !query.admits(&run, sweep) {
                 return Ok(());
             }
@@ -425,50 +418,84 @@ impl Queries {
         })
     }
 
-    /// Every run the query admits (optionally only those lacking `missing_metric`).
-    fn scanned_rows(
-        &self,
-        query: &RunQuery,
-        sweeps: &HashMap<String, SweepRecord>,
-        missing_metric: Option<&str>,
-    ) -> Result<Vec<(RowKey, RunRecord)>, CoordinatorError> {
-        let mut rows = Vec::new();
-        self.scan(query, sweeps, missing_metric, &mut |key, run| {
-            rows.push((key, run))
-        })?;
-        Ok(rows)
-    }
-
-    /// Candidates for one page sorted by one metric: walked from the index in order,
-    /// enough to fill the page plus one (and every run tied with the last), then runs
-    /// without the metric when the index runs out.
-    fn indexed_rows(
+    /// One page of a query whose first sort key is a metric or a parameter, and whether
+    /// more follow, from that key's index of `project`: runs are taken in index order
+    /// until the page plus one is full (and, unless the index order is the listing's
+    /// whole order, until the first key's value changes after that, since the rest of a
+    /// tie may sort earlier), then the runs without the value are scanned for when the
+    /// index runs out. Memory holds about two pages, however long a tie. `None` when
+    /// there is no index for the key (the caller scans).
+    fn indexed_page(
         &self,
         query: &RunQuery,
         sweeps: &HashMap<String, SweepRecord>,
         project: &str,
-        metric: &str,
-        descending: bool,
-    ) -> Result<Vec<(RowKey, RunRecord)>, CoordinatorError> {
-        let (from, in_missing_region) = match &query.after {
-            Some(after) => match after.values.first().cloned().flatten() {
-                Some(Value::Number(v)) => (Some(v), false),
-                Some(_) => (None, false),
-                None => (None, true),
-            },
-            None => (None, false),
-        };
-        let mut rows: Vec<(RowKey, RunRecord)> = Vec::new();
+        primary: &SortKey,
+    ) -> Result<Option<SortedPage>, CoordinatorError> {
+        // The cursor's first sort value; `Some(None)`: the cursor is past every run that
+        // has one, among the runs without it.
+        let after_value: Option<Option<Value>> = query
+            .after
+            .as_ref()
+            .map(|after| after.values.first().cloned().flatten());
+        let in_missing_region = matches!(after_value, Some(None));
+        let mut collector =
+            query::PageCollector::new(&query.sort, query.after.clone(), query.limit);
+        // Runs taken from the index after the cursor.
+        let mut taken = 0usize;
         if !in_missing_region {
-            let mut last_value: Option<f64> = None;
-            for entry in self.metric_walk(Some(project), metric, descending, from)? {
+            // Entries `(value, run id)` in listing order of the first key, and whether
+            // that order is the whole listing order (ties included).
+            type Walk<'w> =
+                Box<dyn Iterator<Item = Result<(Value, String), CoordinatorError>> + 'w>;
+            let (walk, exact): (Walk<'_>, bool) = match &primary.field {
+                Field::Metric(metric) => {
+                    let from = match &after_value {
+                        Some(Some(Value::Number(value))) => Some(*value),
+                        _ => None,
+                    };
+                    let walk = self
+                        .metric_walk(Some(project), metric, primary.descending, from)?
+                        .map(|entry| entry.map(|(value, id)| (Value::Number(value), id)));
+                    (Box::new(walk), false)
+                }
+                Field::Param(param) => {
+                    let exact = query.sort.len() == 1;
+                    // With more sort keys, the cursor's tie group is walked from its
+                    // start: a run before the cursor's position may follow it there.
+                    let group_start = Position {
+                        sweep_created_ms: i64::MIN,
+                        sweep_id: String::new(),
+                        index: 0,
+                    };
+                    let from = match (&after_value, &query.after) {
+                        (Some(Some(value)), Some(after)) if exact => Some((value, &after.position)),
+                        (Some(Some(value)), Some(_)) => Some((value, &group_start)),
+                        _ => None,
+                    };
+                    let Some(walk) =
+                        self.store
+                            .param_index(project, param, primary.descending, from)
+                    else {
+                        return Ok(None);
+                    };
+                    let walk = walk.map(|entry| entry.map(|e| (e.value, e.run_id)));
+                    (Box::new(walk), exact)
+                }
+                _ => return Ok(None),
+            };
+            let mut last_value: Option<Value> = None;
+            for entry in walk {
                 let (value, run_id) = entry?;
-                if rows.len() > query.limit
-                    && last_value.is_some_and(|l| l.to_bits() != value.to_bits())
+                if taken > query.limit
+                    && (exact
+                        || last_value
+                            .as_ref()
+                            .is_some_and(|last| last.total_cmp(&value) != Ordering::Equal))
                 {
                     break;
                 }
-                let Some(run) = self.indexed_run(metric, value, &run_id)? else {
+                let Some(run) = self.indexed_field_run(&primary.field, &value, &run_id)? else {
                     continue;
                 };
                 let sweep = sweeps.get(&run.sweep_id);
@@ -486,13 +513,40 @@ impl Queries {
                     }
                 }
                 last_value = Some(value);
-                rows.push((key, run));
+                taken += 1;
+                collector.offer(key, run);
             }
         }
-        if rows.len() <= query.limit {
-            rows.extend(self.scanned_rows(query, sweeps, Some(metric))?);
+        if taken <= query.limit {
+            self.scan(query, sweeps, Some(&primary.field), &mut |key, run| {
+                collector.offer(key, run)
+            })?;
         }
-        Ok(rows)
+        Ok(Some(collector.finish()))
+    }
+
+    /// The run a metric or parameter index entry points at, when the entry is current.
+    fn indexed_field_run(
+        &self,
+        field: &Field,
+        value: &Value,
+        run_id: &str,
+    ) -> Result<Option<RunRecord>, CoordinatorError> {
+        match (field, value) {
+            (Field::Metric(metric), Value::Number(number)) => {
+                self.indexed_run(metric, *number, run_id)
+            }
+            (Field::Param(param), _) => {
+                let Some(run) = self.store.get_run(run_id)? else {
+                    return Ok(None);
+                };
+                let current = run.params.get(param).is_some_and(|current| {
+                    param_query_value(current).total_cmp(value) == Ordering::Equal
+                });
+                Ok(current.then_some(run))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Ranks the runs of a project, or of every project (see [`LeaderboardQuery`]).
@@ -910,6 +964,7 @@ pub fn leaderboard_to_pb(board: Leaderboard) -> pb::LeaderboardResponse {
 mod tests {
     use super::*;
     use crate::store::{SledStore, Store};
+    use ladder_shared::spec::ParamValue;
     use ladder_shared::types::SweepStatus;
 
     fn sweep(store: &SledStore, id: &str, created_ms: i64, runs: u64) {
@@ -954,6 +1009,7 @@ mod tests {
             tags: Default::default(),
             notes: Vec::new(),
             summaries: Default::default(),
+            info: Default::default(),
         }
     }
 
@@ -1151,11 +1207,22 @@ mod tests {
             store.put_run(&run("b", i, value.map(|v| -v))).unwrap();
         }
         let queries = Queries::new(store.clone());
-        for sort in ["m", "-m"] {
+        // One key (the index order up to ties), or a second key after it.
+        for (sort, second) in [
+            ("m", None),
+            ("-m", None),
+            ("m", Some("-params.x")),
+            ("-m", Some("created")),
+        ] {
             for limit in [1u32, 7, 100] {
                 let request = |project: &str, cursor: String| pb::ListRunsRequest {
                     project: project.into(),
-                    sort: vec![format!("{}metrics.m", if sort == "-m" { "-" } else { "" })],
+                    sort: std::iter::once(format!(
+                        "{}metrics.m",
+                        if sort == "-m" { "-" } else { "" }
+                    ))
+                    .chain(second.map(str::to_string))
+                    .collect(),
                     r#where: "params.x >= 2".into(),
                     limit,
                     cursor,
@@ -1179,6 +1246,196 @@ mod tests {
                 assert_eq!(pages[0].len(), 56, "sort {sort} limit {limit}");
                 assert_eq!(pages[0], pages[1], "sort {sort} limit {limit}");
             }
+        }
+    }
+
+    /// A run of sweep `sweep` whose parameter `v` is `value` (absent when `None`) and
+    /// whose parameter `x` is its index.
+    fn param_run(sweep: &str, index: u64, value: Option<ParamValue>) -> RunRecord {
+        let mut record = run(sweep, index, None);
+        if let Some(value) = value {
+            record.params.insert("v".into(), value);
+        }
+        record
+    }
+
+    /// Mixed kinds, many ties, some runs without the parameter.
+    fn mixed_value(i: u64) -> Option<ParamValue> {
+        match i % 7 {
+            0 => None,
+            1 => Some(ParamValue::Int((i % 3) as i64)),
+            2 => Some(ParamValue::Float(0.5 * (i % 4) as f64)),
+            3 => Some(ParamValue::Str(
+                ["x", "y", "x\0z", ""][(i % 4) as usize].into(),
+            )),
+            4 => Some(ParamValue::Bool(i.is_multiple_of(2))),
+            5 => Some(ParamValue::Float(-(i as f64))),
+            _ => Some(ParamValue::Int(1)),
+        }
+    }
+
+    /// Two sweeps whose creation order is not their id order (so positions and run ids
+    /// order ties differently), 40 runs each with mixed values of `v`.
+    fn mixed_store() -> (tempfile::TempDir, Arc<SledStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        sweep(&store, "a", 2, 40);
+        sweep(&store, "b", 1, 40);
+        for i in 0..40u64 {
+            store.put_run(&param_run("a", i, mixed_value(i))).unwrap();
+            store
+                .put_run(&param_run("b", i, mixed_value(i + 3)))
+                .unwrap();
+        }
+        (dir, store)
+    }
+
+    /// Every page of a query, following cursors.
+    fn all_pages(queries: &Queries, request: &pb::ListRunsRequest) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut request = request.clone();
+        loop {
+            let query = RunQuery::parse(&request).unwrap();
+            let page = queries.query_runs(&query).unwrap();
+            assert!(request.limit == 0 || page.runs.len() <= request.limit as usize);
+            ids.extend(page.runs.into_iter().map(|r| r.id));
+            match page.next_cursor {
+                Some(next) => request.cursor = next,
+                None => return ids,
+            }
+        }
+    }
+
+    #[test]
+    fn the_param_index_walks_in_listing_order() {
+        let (dir, store) = mixed_store();
+        let queries = Queries::new(store.clone());
+        let sweeps = queries.sweep_map().unwrap();
+        for descending in [false, true] {
+            let sort = vec![SortKey {
+                field: Field::Param("v".into()),
+                descending,
+            }];
+            // The listing order of the runs that have `v`, from the records.
+            let mut rows: Vec<(RowKey, String)> = Vec::new();
+            for run in store.list_runs(None).unwrap() {
+                if !run.params.contains_key("v") {
+                    continue;
+                }
+                let facts = Facts {
+                    run: &run,
+                    sweep: sweeps.get(&run.sweep_id),
+                };
+                rows.push((
+                    row_key(&facts, &sort, position(&run, &sweeps)),
+                    run.id.clone(),
+                ));
+            }
+            rows.sort_by(|a, b| compare_rows(&sort, &a.0, &b.0));
+            let listed: Vec<String> = rows.iter().map(|(_, id)| id.clone()).collect();
+            let walk = |store: &SledStore, from: Option<(&Value, &Position)>| -> Vec<String> {
+                store
+                    .param_index("p", "v", descending, from)
+                    .unwrap()
+                    .map(|e| e.unwrap().run_id)
+                    .collect()
+            };
+            assert_eq!(walk(&store, None), listed, "descending {descending}");
+            // Starting at any entry continues the same order from that entry.
+            for (i, (key, _)) in rows.iter().enumerate() {
+                let value = key.values[0].clone().unwrap();
+                assert_eq!(
+                    walk(&store, Some((&value, &key.position))),
+                    listed[i..],
+                    "descending {descending} from #{i}"
+                );
+            }
+            // Other projects and parameters are not in the walk.
+            assert_eq!(
+                store
+                    .param_index("q", "v", descending, None)
+                    .unwrap()
+                    .count(),
+                0
+            );
+            assert_eq!(
+                store
+                    .param_index("p", "w", descending, None)
+                    .unwrap()
+                    .count(),
+                0
+            );
+        }
+        // A store written before the parameter index gets it on open.
+        let ascending: Vec<String> = store
+            .param_index("p", "v", false, None)
+            .unwrap()
+            .map(|e| e.unwrap().run_id)
+            .collect();
+        store.forget_param_index();
+        drop(queries);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        let rebuilt: Vec<String> = store
+            .param_index("p", "v", false, None)
+            .unwrap()
+            .map(|e| e.unwrap().run_id)
+            .collect();
+        assert_eq!(rebuilt, ascending);
+    }
+
+    #[test]
+    fn param_indexed_and_scanned_pages_agree() {
+        let (_dir, store) = mixed_store();
+        let queries = Queries::new(store.clone());
+        let sorts: [&[&str]; 4] = [
+            &["params.v"],
+            &["-params.v"],
+            &["params.v", "-params.x"],
+            &["-params.v", "created"],
+        ];
+        for sort in sorts {
+            for (filter, admitted) in [("", 80), ("params.x >= 2 and status = completed", 76)] {
+                for limit in [1u32, 7, 100] {
+                    let request = |project: &str| pb::ListRunsRequest {
+                        project: project.into(),
+                        sort: sort.iter().map(|k| k.to_string()).collect(),
+                        r#where: filter.into(),
+                        limit,
+                        ..Default::default()
+                    };
+                    let indexed = all_pages(&queries, &request("p"));
+                    let scanned = all_pages(&queries, &request(""));
+                    let label = format!("sort {sort:?} where {filter:?} limit {limit}");
+                    assert_eq!(indexed.len(), admitted, "{label}");
+                    assert_eq!(indexed, scanned, "{label}");
+                    // Without a limit the query scans; the order is the same.
+                    let mut unlimited = request("p");
+                    unlimited.limit = 0;
+                    assert_eq!(all_pages(&queries, &unlimited), scanned, "{label}");
+                }
+            }
+        }
+        // Runs without the parameter come last in both directions.
+        for sort in ["params.v", "-params.v"] {
+            let request = pb::ListRunsRequest {
+                project: "p".into(),
+                sort: vec![sort.into()],
+                limit: 9,
+                ..Default::default()
+            };
+            let listed = all_pages(&queries, &request);
+            let missing = listed
+                .iter()
+                .position(|id| !store.get_run(id).unwrap().unwrap().params.contains_key("v"))
+                .unwrap();
+            assert!(listed[missing..].iter().all(|id| !store
+                .get_run(id)
+                .unwrap()
+                .unwrap()
+                .params
+                .contains_key("v")));
+            assert_eq!(listed.len() - missing, 12, "{sort}");
         }
     }
 }

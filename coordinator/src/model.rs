@@ -127,7 +127,18 @@ pub struct RunRecord {
     /// in records stored before summaries: those runs are summarised by `last_metrics`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub summaries: BTreeMap<String, MetricSummary>,
+    /// What the run reported about itself with `@ladder.info` lines (provenance: base
+    /// model and data paths and hashes), merged over every attempt in report order, a
+    /// later line overriding the keys it repeats; at most [`MAX_RUN_INFO_ENTRIES`]
+    /// names. Empty in records stored before info, which load unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, String>,
 }
+
+/// Most distinct `@ladder.info` names one run keeps: the record is rewritten on every
+/// report, so a program that invents a new name per step must not grow it without bound.
+/// Names it already has are still updated past the limit.
+pub const MAX_RUN_INFO_ENTRIES: usize = 256;
 
 /// The git state of the directory a sweep file was submitted from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -231,6 +242,23 @@ impl RunRecord {
         observe_points(&mut self.summaries, spec, points);
     }
 
+    /// Merges `info` (one batch of `@ladder.info` entries, later lines already merged
+    /// over earlier ones) over the run's info. Returns how many new names were dropped
+    /// because the run already has [`MAX_RUN_INFO_ENTRIES`].
+    pub fn apply_info(&mut self, info: &BTreeMap<String, String>) -> usize {
+        let mut dropped = 0;
+        for (name, value) in info {
+            if let Some(current) = self.info.get_mut(name) {
+                current.clone_from(value);
+            } else if self.info.len() < MAX_RUN_INFO_ENTRIES {
+                self.info.insert(name.clone(), value.clone());
+            } else {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// The summaries of a run whose points, in report order, are `points`.
     pub fn summaries_of(
         spec: Option<&SweepSpec>,
@@ -294,4 +322,62 @@ pub struct StoredLogLine {
     pub time_ms: i64,
     pub stream: String,
     pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_merges_later_over_earlier_up_to_the_name_limit() {
+        let yaml = "name: s\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n";
+        let spec = ladder_shared::spec::parse_sweep("s.yaml", yaml).unwrap();
+        let mut run = RunRecord {
+            id: "s-000000".into(),
+            sweep_id: "s".into(),
+            project: spec.project.clone(),
+            index: 0,
+            params: Default::default(),
+            argv: Vec::new(),
+            status: RunStatus::Running,
+            attempts: Vec::new(),
+            last_metrics: BTreeMap::new(),
+            last_step: None,
+            created_ms: 0,
+            ended_ms: None,
+            tags: Default::default(),
+            notes: Vec::new(),
+            summaries: BTreeMap::new(),
+            info: BTreeMap::new(),
+        };
+        let batch = |entries: &[(&str, &str)]| -> BTreeMap<String, String> {
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(run.apply_info(&batch(&[("a", "1"), ("b", "2")])), 0);
+        assert_eq!(run.apply_info(&batch(&[("a", "3")])), 0);
+        assert_eq!(run.info, batch(&[("a", "3"), ("b", "2")]));
+        // Past the limit, known names still change and new ones are dropped.
+        let many: BTreeMap<String, String> = (0..MAX_RUN_INFO_ENTRIES)
+            .map(|i| (format!("k{i:04}"), "v".to_string()))
+            .collect();
+        assert_eq!(run.apply_info(&many), 2);
+        assert_eq!(run.info.len(), MAX_RUN_INFO_ENTRIES);
+        assert_eq!(run.apply_info(&batch(&[("a", "4"), ("new", "x")])), 1);
+        assert_eq!(run.info["a"], "4");
+        assert!(!run.info.contains_key("new"));
+        // Records stored before info load with none, and an empty one is not written.
+        let json = serde_json::to_value(RunRecord {
+            info: BTreeMap::new(),
+            ..run.clone()
+        })
+        .unwrap();
+        assert!(json.get("info").is_none());
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("info");
+        let loaded: RunRecord = serde_json::from_value(old).unwrap();
+        assert!(loaded.info.is_empty());
+    }
 }

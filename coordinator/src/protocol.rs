@@ -51,6 +51,10 @@ pub enum RunEvent {
     Output {
         metrics: Vec<StoredPoint>,
         logs: Vec<StoredLogLine>,
+        /// The run's `@ladder.info` entries read in this batch (already checked against
+        /// the names and lengths the protocol allows), to merge into
+        /// [`crate::model::RunRecord::info`].
+        info: BTreeMap<String, String>,
     },
     Finished(Finish),
 }

@@ -802,6 +802,7 @@ impl Scheduler {
             tags: Default::default(),
             notes: Vec::new(),
             summaries: BTreeMap::new(),
+            info: BTreeMap::new(),
         };
         state.record.created_runs += 1;
         self.store.put_sweep(&state.record)?;
@@ -1136,7 +1137,11 @@ impl Scheduler {
             RunEvent::Started { pid, work_dir } => {
                 debug!(run_id = %lease.run_id, pid, work_dir, "run started");
             }
-            RunEvent::Output { metrics, logs } => {
+            RunEvent::Output {
+                metrics,
+                logs,
+                info,
+            } => {
                 let first_point = attempt.metric_points;
                 attempt.log_lines += logs.len() as u64;
                 attempt.metric_points += metrics.len() as u64;
@@ -1159,6 +1164,10 @@ impl Scheduler {
                 }
                 let spec = self.sweeps.get(&run.sweep_id).map(|s| &s.record.spec);
                 run.apply_metrics(spec, &metrics);
+                let dropped = run.apply_info(&info);
+                if dropped > 0 {
+                    warn!(run_id = %lease.run_id, dropped, "run info has too many names; new ones dropped");
+                }
                 self.store
                     .put_output(&lease.run_id, lease.attempt, seq, &metrics, &logs)?;
             }
@@ -1501,6 +1510,7 @@ mod tests {
                 time_ms: 0,
             }],
             logs: vec![],
+            info: BTreeMap::new(),
         }
     }
 
@@ -1716,6 +1726,59 @@ mod tests {
             2,
             "the resent event was not stored twice"
         );
+    }
+
+    /// An output event that carries only `@ladder.info` entries.
+    fn info_output(entries: &[(&str, &str)]) -> RunEvent {
+        RunEvent::Output {
+            metrics: vec![],
+            logs: vec![],
+            info: entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn run_info_merges_over_attempts_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_id = {
+            let mut s = scheduler(dir.path(), Duration::from_secs(5));
+            let mut a = connect(&mut s, 1, "a", 1, vec![]);
+            submit(
+                &mut s,
+                "name: t\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
+            );
+            let first = a.assignments()[0].lease.clone();
+            report(
+                &mut s,
+                &a,
+                &first,
+                1,
+                info_output(&[("base_model", "m1"), ("data.train", "d")]),
+            );
+            // a goes silent; the run's second attempt runs on b and reports again.
+            let mut b = connect(&mut s, 2, "b", 1, vec![]);
+            s.agents.get_mut("b").unwrap().last_seen = Instant::now() + Duration::from_secs(10);
+            s.step(Instant::now() + Duration::from_secs(6));
+            let second = b.assignments()[0].lease.clone();
+            assert_eq!(second.attempt, 2);
+            report(&mut s, &b, &second, 1, info_output(&[("base_model", "m2")]));
+            report(&mut s, &b, &second, 2, output(0.5));
+            first.run_id
+        };
+        // Reopened without a shutdown, as after kill -9.
+        let s = scheduler(dir.path(), Duration::from_secs(5));
+        let run = s.store.get_run(&run_id).unwrap().unwrap();
+        assert_eq!(run.attempts.len(), 2);
+        let want: BTreeMap<String, String> = [("base_model", "m2"), ("data.train", "d")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(run.info, want);
+        assert_eq!(s.runs[&run_id].info, want);
+        assert_eq!(crate::convert::run_to_pb(&run).info.len(), 2);
     }
 
     #[test]

@@ -17,19 +17,27 @@
 //!   [`TASKS_AVG_METRIC`], ordered by value within a (project, metric).
 //! - `idx_metric_all`: `metric \0 f64_key(value) run id` -> empty: the same entries
 //!   across every project, for the project-less leaderboard.
+//! - `idx_param`: `project \0 param \0 value_key(value) position_key(position) run id`
+//!   -> empty: every run's value of every parameter (see
+//!   [`ladder_shared::query::value_key`]: booleans, then numbers by value, then strings
+//!   byte-wise), then its position (sweep creation time, sweep id, trial index), so that
+//!   within a (project, parameter) the keys are in exactly the order of `runs ls --sort
+//!   params.NAME`, ties included.
 //!
-//! Both indexes are maintained by [`Store::put_run`] from the run's previous record and
+//! The indexes are maintained by [`Store::put_run`] from the run's previous record and
 //! rebuilt from `runs` when a store without them (or with an older version) is opened;
-//! that upgrade also gives run records stored before summaries their
+//! the metric index upgrade also gives run records stored before summaries their
 //! [`RunRecord::summaries`], computed from their stored points. The leaderboard and
-//! `runs ls --project P --sort [-]metrics.M` walk them (see [`Store::metric_index`]);
-//! everything else scans `runs`.
+//! `runs ls --project P --sort [-]metrics.M` walk the metric indexes (see
+//! [`Store::metric_index`]), `runs ls --project P --sort [-]params.NAME` the parameter
+//! index (see [`Store::param_index`]); everything else scans `runs`.
 //!
 //! Writes are buffered by sled until [`Store::commit`], which makes everything written
 //! before it durable: `flush` (survives `kill -9`) then `fsync` of the data file
 //! (survives power loss). The scheduler calls it once per batch of events, before it
 //! acknowledges any of them: a group commit.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,7 +47,8 @@ use serde::Serialize;
 
 use crate::error::CoordinatorError;
 use crate::model::{AgentRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
-use ladder_shared::spec::SweepSpec;
+use ladder_shared::query::{self, Position, Value};
+use ladder_shared::spec::{ParamValue, SweepSpec};
 use ladder_shared::summary::{MetricSummary, Reduction};
 
 pub type Result<T> = std::result::Result<T, CoordinatorError>;
@@ -103,10 +112,39 @@ pub trait Store: Send + Sync + 'static {
     ) -> Option<IndexWalk<'a>> {
         None
     }
+
+    /// The runs of `project` that have parameter `param`, in the order `runs ls --sort
+    /// [-]params.NAME` lists them: by value (see [`ladder_shared::query::Value::total_cmp`];
+    /// reversed when `descending`), ties by position ascending in both directions;
+    /// starting at the entry `from` = (value, position) (inclusive) when given. `None`
+    /// when this store keeps no parameter index, or none for `param` (a name holding a
+    /// NUL is never indexed): callers scan instead. A run's
+    /// parameters never change, so entries are current unless a crash cut a write short:
+    /// callers still check them against the run record.
+    fn param_index<'a>(
+        &'a self,
+        _project: &str,
+        _param: &str,
+        _descending: bool,
+        _from: Option<(&Value, &Position)>,
+    ) -> Option<ParamWalk<'a>> {
+        None
+    }
 }
 
 /// An iterator over metric index entries: `(value, run id)`.
 pub type IndexWalk<'a> = Box<dyn Iterator<Item = Result<(f64, String)>> + Send + 'a>;
+
+/// One entry of the parameter index: a run's value of the parameter and its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamEntry {
+    pub value: Value,
+    pub position: Position,
+    pub run_id: String,
+}
+
+/// An iterator over parameter index entries, in listing order.
+pub type ParamWalk<'a> = Box<dyn Iterator<Item = Result<ParamEntry>> + Send + 'a>;
 
 /// The index name of the leaderboard's tasks average (not a reportable metric name).
 pub const TASKS_AVG_METRIC: &str = "\u{1}tasks:avg";
@@ -160,6 +198,158 @@ fn index_keys(run: &RunRecord) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (per_project, across)
 }
 
+/// The value a query sees for a parameter (see `history::Facts`): integers and floats
+/// are numbers.
+pub fn param_query_value(value: &ParamValue) -> Value {
+    match value {
+        ParamValue::Bool(flag) => Value::Bool(*flag),
+        ParamValue::Int(int) => Value::Number(*int as f64),
+        ParamValue::Float(float) => Value::Number(*float),
+        ParamValue::Str(text) => Value::Text(text.clone()),
+    }
+}
+
+/// Sweep creation times by sweep id, read once per sweep: the first field of a run's
+/// position. A run whose sweep is missing sorts last, as in queries.
+type CreatedCache = HashMap<String, i64>;
+
+/// The keys of a run in `idx_param`: one per parameter whose name can be a key.
+fn param_keys(run: &RunRecord, sweep_created_ms: i64) -> Vec<Vec<u8>> {
+    let position = Position {
+        sweep_created_ms,
+        sweep_id: run.sweep_id.clone(),
+        index: run.index,
+    };
+    let mut keys = Vec::with_capacity(run.params.len());
+    for (name, value) in &run.params {
+        if !param_indexable(name) {
+            continue;
+        }
+        let mut key = index_prefix(Some(&run.project), name);
+        query::push_value_key(&mut key, &param_query_value(value));
+        query::push_position_key(&mut key, &position);
+        key.extend_from_slice(run.id.as_bytes());
+        keys.push(key);
+    }
+    keys
+}
+
+/// Whether a parameter can be walked in `idx_param` (names with NUL are not indexed).
+fn param_indexable(name: &str) -> bool {
+    !name.contains('\0')
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only reached for an all-0xFF prefix, which no index key has.
+    vec![0xff; prefix.len() + 1]
+}
+
+/// Splits an `idx_param` key after its `prefix` into its entry and the length of its
+/// value part.
+fn parse_param_key(key: &[u8], prefix_len: usize) -> Result<(ParamEntry, usize)> {
+    let malformed = || CoordinatorError::Store("malformed idx_param key".into());
+    let rest = key.get(prefix_len..).ok_or_else(malformed)?;
+    let (value, value_len) = query::value_from_key(rest).ok_or_else(malformed)?;
+    let (position, position_len) =
+        query::position_from_key(&rest[value_len..]).ok_or_else(malformed)?;
+    let run_id = String::from_utf8_lossy(&rest[value_len + position_len..]).into_owned();
+    Ok((
+        ParamEntry {
+            value,
+            position,
+            run_id,
+        },
+        value_len,
+    ))
+}
+
+/// Walks one (project, parameter) of `idx_param` from the largest value down: value
+/// groups in descending order, each group forward (positions ascending), as `runs ls`
+/// orders a descending sort.
+struct DescendingParamWalk<'a> {
+    tree: &'a sled::Tree,
+    prefix: Vec<u8>,
+    /// Groups below this key are still to come.
+    upper: Vec<u8>,
+    /// The group being walked.
+    group: Option<sled::Iter>,
+    failed: bool,
+}
+
+impl Iterator for DescendingParamWalk<'_> {
+    type Item = Result<ParamEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some(group) = self.group.as_mut() {
+                match group.next() {
+                    Some(Ok((key, _))) => {
+                        return Some(parse_param_key(&key, self.prefix.len()).map(|(e, _)| e))
+                    }
+                    Some(Err(error)) => {
+                        self.failed = true;
+                        return Some(Err(sled_err(error)));
+                    }
+                    None => self.group = None,
+                }
+            }
+            // The next group down: the value of the largest key below `upper`.
+            let last = match self
+                .tree
+                .range(self.prefix.as_slice()..self.upper.as_slice())
+                .next_back()?
+            {
+                Ok((key, _)) => key,
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(sled_err(error)));
+                }
+            };
+            let value_len = match parse_param_key(&last, self.prefix.len()) {
+                Ok((_, value_len)) => value_len,
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            };
+            let group = last[..self.prefix.len() + value_len].to_vec();
+            self.group = Some(self.tree.range(group.clone()..prefix_end(&group)));
+            self.upper = group;
+        }
+    }
+}
+
+/// Inserts index keys in key order, in sled batches of at most [`INDEX_BATCH_KEYS`].
+/// sled keeps every node version a batch replaces until the batch ends and frees them
+/// lazily after, so large batches of scattered keys take memory out of all proportion:
+/// filling 100,000 runs (3 million index keys) peaked at 5.6 GB of RSS with batches of
+/// 5,000 keys and at 0.8 GB with batches of 1,000.
+fn insert_keys(tree: &sled::Tree, mut keys: Vec<Vec<u8>>) -> Result<()> {
+    keys.sort_unstable();
+    for chunk in keys.chunks(INDEX_BATCH_KEYS) {
+        let mut batch = sled::Batch::default();
+        for key in chunk {
+            batch.insert(key.as_slice(), &[]);
+        }
+        tree.apply_batch(batch).map_err(sled_err)?;
+    }
+    Ok(())
+}
+
+/// Most keys [`insert_keys`] writes in one sled batch.
+const INDEX_BATCH_KEYS: usize = 1_000;
+
 /// Replaces `old` keys by `new` ones in an index tree, touching only the difference.
 fn update_index(tree: &sled::Tree, old: &[Vec<u8>], new: Vec<Vec<u8>>) -> Result<()> {
     let mut batch = sled::Batch::default();
@@ -187,6 +377,7 @@ pub struct SledStore {
     meta: sled::Tree,
     idx_metric: sled::Tree,
     idx_metric_all: sled::Tree,
+    idx_param: sled::Tree,
     /// sled's data file, fsynced after each flush.
     data_file: Mutex<Option<File>>,
     path: PathBuf,
@@ -196,6 +387,8 @@ const EPOCH_KEY: &[u8] = b"epoch";
 /// Present once `idx_metric` and `idx_metric_all` cover every run by its summary values
 /// and every run record has its summaries (v1: last values, one project at a time).
 const METRIC_INDEX_KEY: &[u8] = b"idx_metric_v2";
+/// Present once `idx_param` covers every run.
+const PARAM_INDEX_KEY: &[u8] = b"idx_param_v1";
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
@@ -225,6 +418,7 @@ impl SledStore {
             meta: open_tree("meta")?,
             idx_metric: open_tree("idx_metric")?,
             idx_metric_all: open_tree("idx_metric_all")?,
+            idx_param: open_tree("idx_param")?,
             db,
             data_file: Mutex::new(data_file),
             path: dir.to_path_buf(),
@@ -239,13 +433,57 @@ impl SledStore {
             store.rebuild_metric_index()?;
             store.commit()?;
         }
+        if store.meta.get(PARAM_INDEX_KEY).map_err(sled_err)?.is_none() {
+            store.rebuild_param_index()?;
+            store.commit()?;
+        }
         Ok(store)
+    }
+
+    /// When the run's sweep was created (`i64::MAX` when the sweep is missing, which
+    /// queries sort last too), from `cache` or the sweep record.
+    fn sweep_created_ms(&self, sweep_id: &str, cache: &mut CreatedCache) -> Result<i64> {
+        if let Some(created) = cache.get(sweep_id) {
+            return Ok(*created);
+        }
+        /// The one field of a sweep record the index needs.
+        #[derive(serde::Deserialize)]
+        struct Created {
+            created_ms: i64,
+        }
+        let created = match self.sweeps.get(sweep_id.as_bytes()).map_err(sled_err)? {
+            Some(bytes) => decode::<Created>("sweeps", sweep_id.as_bytes(), &bytes)?.created_ms,
+            None => i64::MAX,
+        };
+        cache.insert(sweep_id.to_string(), created);
+        Ok(created)
+    }
+
+    /// Recreates `idx_param` from every run record (stores written before it).
+    fn rebuild_param_index(&self) -> Result<()> {
+        self.idx_param.clear().map_err(sled_err)?;
+        let mut created = CreatedCache::new();
+        let mut keys = Vec::new();
+        for entry in self.runs.iter() {
+            let (key, value) = entry.map_err(sled_err)?;
+            let run: RunRecord = decode("runs", &key, &value)?;
+            let sweep_created_ms = self.sweep_created_ms(&run.sweep_id, &mut created)?;
+            keys.extend(param_keys(&run, sweep_created_ms));
+            // A million runs' keys are not held at once.
+            if keys.len() >= 100_000 {
+                insert_keys(&self.idx_param, std::mem::take(&mut keys))?;
+            }
+        }
+        insert_keys(&self.idx_param, keys)?;
+        self.meta
+            .insert(PARAM_INDEX_KEY, &[1u8])
+            .map_err(sled_err)?;
+        Ok(())
     }
 
     /// Gives run records stored before summaries theirs, from their stored points (or
     /// their last values where no point is stored). Only adds to the records.
     fn upgrade_summaries(&self) -> Result<()> {
-        use std::collections::HashMap;
         let mut specs: HashMap<String, Option<SweepSpec>> = HashMap::new();
         let mut upgraded = sled::Batch::default();
         for entry in self.runs.iter() {
@@ -281,46 +519,53 @@ impl SledStore {
     fn rebuild_metric_index(&self) -> Result<()> {
         self.idx_metric.clear().map_err(sled_err)?;
         self.idx_metric_all.clear().map_err(sled_err)?;
-        let mut per_project = sled::Batch::default();
-        let mut across = sled::Batch::default();
+        let mut per_project = Vec::new();
+        let mut across = Vec::new();
         for entry in self.runs.iter() {
             let (key, value) = entry.map_err(sled_err)?;
             let run: RunRecord = decode("runs", &key, &value)?;
             let (project_keys, all_keys) = index_keys(&run);
-            for key in project_keys {
-                per_project.insert(key, &[]);
-            }
-            for key in all_keys {
-                across.insert(key, &[]);
+            per_project.extend(project_keys);
+            across.extend(all_keys);
+            // A million runs' keys are not held at once.
+            if per_project.len() >= 100_000 {
+                insert_keys(&self.idx_metric, std::mem::take(&mut per_project))?;
+                insert_keys(&self.idx_metric_all, std::mem::take(&mut across))?;
             }
         }
-        self.idx_metric.apply_batch(per_project).map_err(sled_err)?;
-        self.idx_metric_all.apply_batch(across).map_err(sled_err)?;
+        insert_keys(&self.idx_metric, per_project)?;
+        insert_keys(&self.idx_metric_all, across)?;
         self.meta
             .insert(METRIC_INDEX_KEY, &[1u8])
             .map_err(sled_err)?;
         Ok(())
     }
 
-    /// Stores many new runs at once (benchmarks and imports): one batch per tree, index
-    /// included. The runs must not exist yet.
+    /// Stores many new runs at once (benchmarks and imports): the records in one batch,
+    /// their index keys in bounded batches (see [`insert_keys`]). The runs must not exist
+    /// yet.
     pub fn put_new_runs(&self, runs: &[RunRecord]) -> Result<()> {
-        let mut records = sled::Batch::default();
-        let mut per_project = sled::Batch::default();
-        let mut across = sled::Batch::default();
-        for run in runs {
-            records.insert(run.id.as_bytes(), encode(run)?);
-            let (project_keys, all_keys) = index_keys(run);
-            for key in project_keys {
-                per_project.insert(key, &[]);
+        let mut per_project = Vec::new();
+        let mut across = Vec::new();
+        let mut by_param = Vec::new();
+        let mut created = CreatedCache::new();
+        for chunk in runs.chunks(INDEX_BATCH_KEYS) {
+            let mut records = sled::Batch::default();
+            for run in chunk {
+                records.insert(run.id.as_bytes(), encode(run)?);
             }
-            for key in all_keys {
-                across.insert(key, &[]);
-            }
+            self.runs.apply_batch(records).map_err(sled_err)?;
         }
-        self.runs.apply_batch(records).map_err(sled_err)?;
-        self.idx_metric.apply_batch(per_project).map_err(sled_err)?;
-        self.idx_metric_all.apply_batch(across).map_err(sled_err)?;
+        for run in runs {
+            let (project_keys, all_keys) = index_keys(run);
+            per_project.extend(project_keys);
+            across.extend(all_keys);
+            let sweep_created_ms = self.sweep_created_ms(&run.sweep_id, &mut created)?;
+            by_param.extend(param_keys(run, sweep_created_ms));
+        }
+        insert_keys(&self.idx_metric, per_project)?;
+        insert_keys(&self.idx_metric_all, across)?;
+        insert_keys(&self.idx_param, by_param)?;
         Ok(())
     }
 
@@ -415,7 +660,6 @@ impl SledStore {
     /// belongs to an existing attempt of an existing run and to an event it acknowledged;
     /// metric steps never decrease within an attempt; no run completed twice. Reads only.
     pub fn check(&self) -> Result<StoreCheck> {
-        use std::collections::HashMap;
         let mut report = StoreCheck::default();
         let mut sweeps: HashMap<String, SweepRecord> = HashMap::new();
         for entry in self.sweeps.iter() {
@@ -563,16 +807,38 @@ impl Store for SledStore {
             .runs
             .insert(run.id.as_bytes(), encode(run)?)
             .map_err(sled_err)?;
-        let (old_project_keys, old_all_keys) = match previous {
-            Some(bytes) => {
-                let old: RunRecord = decode("runs", run.id.as_bytes(), &bytes)?;
-                index_keys(&old)
-            }
+        let old: Option<RunRecord> = match previous {
+            Some(bytes) => Some(decode("runs", run.id.as_bytes(), &bytes)?),
+            None => None,
+        };
+        let (old_project_keys, old_all_keys) = match &old {
+            Some(old) => index_keys(old),
             None => (Vec::new(), Vec::new()),
         };
         let (project_keys, all_keys) = index_keys(run);
         update_index(&self.idx_metric, &old_project_keys, project_keys)?;
         update_index(&self.idx_metric_all, &old_all_keys, all_keys)?;
+        // A run's parameters and position never change: only a new run (or a record
+        // rewritten with other ones) touches the parameter index.
+        let same_params = old.as_ref().is_some_and(|old| {
+            old.params == run.params
+                && old.project == run.project
+                && old.sweep_id == run.sweep_id
+                && old.index == run.index
+        });
+        if !same_params {
+            let mut created = CreatedCache::new();
+            let old_param_keys = match &old {
+                Some(old) => param_keys(old, self.sweep_created_ms(&old.sweep_id, &mut created)?),
+                None => Vec::new(),
+            };
+            let sweep_created_ms = self.sweep_created_ms(&run.sweep_id, &mut created)?;
+            update_index(
+                &self.idx_param,
+                &old_param_keys,
+                param_keys(run, sweep_created_ms),
+            )?;
+        }
         Ok(())
     }
 
@@ -721,6 +987,58 @@ impl Store for SledStore {
         Some(walk)
     }
 
+    fn param_index<'a>(
+        &'a self,
+        project: &str,
+        param: &str,
+        descending: bool,
+        from: Option<(&Value, &Position)>,
+    ) -> Option<ParamWalk<'a>> {
+        if !param_indexable(param) {
+            return None;
+        }
+        let tree = &self.idx_param;
+        let prefix = index_prefix(Some(project), param);
+        let prefix_len = prefix.len();
+        let parse = move |entry: sled::Result<(sled::IVec, sled::IVec)>| -> Result<ParamEntry> {
+            let (key, _) = entry.map_err(sled_err)?;
+            parse_param_key(&key, prefix_len).map(|(entry, _)| entry)
+        };
+        let end = prefix_end(&prefix);
+        let walk: ParamWalk<'a> = match (descending, from) {
+            (false, None) => Box::new(tree.range(prefix..end).map(parse)),
+            (false, Some((value, position))) => {
+                let mut start = prefix;
+                query::push_value_key(&mut start, value);
+                query::push_position_key(&mut start, position);
+                Box::new(tree.range(start..end).map(parse))
+            }
+            (true, None) => Box::new(DescendingParamWalk {
+                tree,
+                upper: end,
+                prefix,
+                group: None,
+                failed: false,
+            }),
+            (true, Some((value, position))) => {
+                // The rest of the cursor's own value group first, then the groups below.
+                let mut group = prefix.clone();
+                query::push_value_key(&mut group, value);
+                let mut start = group.clone();
+                query::push_position_key(&mut start, position);
+                let rest_of_group = tree.range(start..prefix_end(&group));
+                Box::new(DescendingParamWalk {
+                    tree,
+                    prefix,
+                    upper: group,
+                    group: Some(rest_of_group),
+                    failed: false,
+                })
+            }
+        };
+        Some(walk)
+    }
+
     fn commit(&self) -> Result<()> {
         self.db.flush().map_err(sled_err)?;
         let mut data_file = self.data_file.lock().unwrap_or_else(|e| e.into_inner());
@@ -734,6 +1052,16 @@ impl Store for SledStore {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl SledStore {
+    /// Makes the store look like one written before the parameter index.
+    pub(crate) fn forget_param_index(&self) {
+        self.idx_param.clear().unwrap();
+        self.meta.remove(PARAM_INDEX_KEY).unwrap();
+        self.commit().unwrap();
     }
 }
 
@@ -778,6 +1106,7 @@ mod tests {
             tags: Default::default(),
             notes: Vec::new(),
             summaries: Default::default(),
+            info: Default::default(),
         }
     }
 

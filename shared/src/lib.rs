@@ -11,8 +11,9 @@
 //!   `(spec, n)`, so nothing is materialised and restarts are reproducible. The agent turns
 //!   a trial into argv with [`render_command`] (no shell) and into the `LADDER_PARAMS`
 //!   environment variable with [`params_json`].
-//! - [`metric_line`]: the agent scans run output with [`parse_metric_line`]; `@ladder {json}`
-//!   lines become [`MetricPoint`]s sent to the coordinator.
+//! - [`metric_line`]: the agent scans run output with [`parse_metric_line`] and
+//!   [`parse_info_line`]; `@ladder {json}` lines become [`MetricPoint`]s and
+//!   `@ladder.info {json}` lines the run's info (provenance), both sent to the coordinator.
 //! - [`query`]: the run query language (`--where`, `--sort`, cursors), order-preserving
 //!   index keys and the leaderboard's task convention.
 //! - [`summary`]: which value of a metric's history stands for a run (last, min, max
@@ -36,7 +37,8 @@ pub mod train_config;
 pub mod types;
 
 pub use metric_line::{
-    parse_metric_line, parse_metric_line_detailed, MetricPoint, ParsedMetricLine,
+    parse_info_line, parse_metric_line, parse_metric_line_detailed, InfoLine, MetricPoint,
+    ParsedMetricLine,
 };
 pub use search::{
     grid_size, method_for, params_json, render_command, trial, trial_count, Observation, Params,

@@ -1,19 +1,41 @@
-//! The `@ladder` metric protocol: a run reports metrics by printing lines like
+//! The `@ladder` line protocol: a run reports metrics by printing lines like
 //!
 //! ```text
 //! @ladder {"step": 100, "loss": 0.25, "accuracy": 0.91}
 //! ```
 //!
-//! on stdout or stderr. The agent feeds every output line to [`parse_metric_line`]; plain
-//! log lines yield `None` and are only logged.
+//! and facts about itself that are not metrics (provenance: the base model's path and
+//! content hash, the data files it read) by printing lines like
 //!
-//! Rules: the line must start with `@ladder` at column 0 (no leading whitespace), followed
-//! by whitespace, `{` or the end of the line; the rest is one JSON object. `"step"` is
-//! optional and must be a non-negative integer (an integral float such as `10.0` counts).
-//! Every other key is a metric name (non-empty, at most [`MAX_METRIC_NAME_BYTES`] bytes)
-//! whose value must be a finite JSON number; booleans count as 1.0/0.0. Other values are
-//! skipped: the line still succeeds with the valid metrics and the skipped ones are listed
-//! by [`parse_metric_line_detailed`]; a line with no valid metric at all is an error.
+//! ```text
+//! @ladder.info {"base_model": "models/tiny", "base_model.sha256": "ab12...", "data.train": "data/train.jsonl"}
+//! ```
+//!
+//! on stdout. The agent feeds every output line of rank 0 to [`parse_info_line`] and
+//! [`parse_metric_line`]; plain log lines yield `None` from both and are only logged.
+//!
+//! Metric lines: the line must start with `@ladder` at column 0 (no leading whitespace),
+//! followed by whitespace, `{` or the end of the line; the rest is one JSON object.
+//! `"step"` is optional and must be a non-negative integer (an integral float such as
+//! `10.0` counts). Every other key is a metric name (non-empty, at most
+//! [`MAX_METRIC_NAME_BYTES`] bytes) whose value must be a finite JSON number; booleans
+//! count as 1.0/0.0. Other values are skipped: the line still succeeds with the valid
+//! metrics and the skipped ones are listed by [`parse_metric_line_detailed`]; a line with
+//! no valid metric at all is an error.
+//!
+//! Info lines: the line must start with `@ladder.info` at column 0, followed by
+//! whitespace, `{` or the end of the line; the rest is one JSON object. Every key is a
+//! name (non-empty, at most [`MAX_METRIC_NAME_BYTES`] bytes; `step` is an ordinary name
+//! here) whose value is a string (at most [`MAX_INFO_VALUE_BYTES`] bytes), a number or a
+//! boolean, kept as its string form (`3`, `0.5`, `true`). Nulls, arrays, objects, longer
+//! strings and invalid names are skipped with a reason in [`InfoLine::skipped`]; a line
+//! with no valid entry at all is an error. A run's info is the union of all its info
+//! lines, over every attempt: a later line overrides the keys it repeats.
+//!
+//! A malformed line of either kind (bad JSON, not an object, nothing valid in it) is
+//! kept in the run's log after a warning (`ignored metric line: ...`, `ignored info
+//! line: ...`); the agent notes each reason for a skipped entry once per attempt
+//! (`skipped in info line (noted once): ...`). Neither fails the run.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +43,12 @@ use serde::{Deserialize, Serialize};
 
 /// The line prefix that marks a metric line.
 pub const PREFIX: &str = "@ladder";
+
+/// The line prefix that marks an info line.
+pub const INFO_PREFIX: &str = "@ladder.info";
+
+/// Longest accepted string value of an info entry.
+pub const MAX_INFO_VALUE_BYTES: usize = 4 * 1024;
 
 /// Longest accepted metric name.
 pub const MAX_METRIC_NAME_BYTES: usize = 256;
@@ -141,6 +169,94 @@ fn metric_value(key: &str, value: &serde_json::Value) -> Result<f64, String> {
             json_type(other)
         )),
     }
+}
+
+/// The entries of one `@ladder.info` line with the entries that were skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoLine {
+    /// Name → value in its string form; never empty.
+    pub values: BTreeMap<String, String>,
+    /// One human-readable reason per skipped key, e.g. `"cfg": value is an object, not a
+    /// string, number or boolean`.
+    pub skipped: Vec<String>,
+}
+
+/// `Some(Ok(line))` for a valid `@ladder.info` line, `Some(Err(message))` for a malformed
+/// one, `None` for any other line (metric lines included).
+pub fn parse_info_line(line: &str) -> Option<Result<InfoLine, String>> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let rest = line.strip_prefix(INFO_PREFIX)?;
+    if !(rest.is_empty() || rest.starts_with(char::is_whitespace) || rest.starts_with('{')) {
+        return None;
+    }
+    Some(parse_info_payload(rest.trim()))
+}
+
+fn parse_info_payload(payload: &str) -> Result<InfoLine, String> {
+    if payload.is_empty() {
+        return Err(format!(
+            "{INFO_PREFIX} line has no JSON object (expected e.g. {INFO_PREFIX} {{\"base_model\": \"models/tiny\"}})"
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|error| format!("{INFO_PREFIX} line is not valid JSON: {error}"))?;
+    let serde_json::Value::Object(object) = json else {
+        return Err(format!(
+            "{INFO_PREFIX} line must hold a JSON object like {{\"base_model\": \"models/tiny\"}}, not {}",
+            json_type(&json)
+        ));
+    };
+    let mut values = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for (key, value) in &object {
+        let text = match value {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Number(number) => number.to_string(),
+            serde_json::Value::Bool(flag) => flag.to_string(),
+            other => {
+                skipped.push(format!(
+                    "{key:?}: value is {}, not a string, number or boolean",
+                    json_type(other)
+                ));
+                continue;
+            }
+        };
+        match check_info_entry(key, &text) {
+            Ok(()) => {
+                values.insert(key.clone(), text);
+            }
+            Err(reason) => skipped.push(reason),
+        }
+    }
+    if values.is_empty() {
+        let detail = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", skipped.join("; "))
+        };
+        return Err(format!("{INFO_PREFIX} line has no valid entry{detail}"));
+    }
+    Ok(InfoLine { values, skipped })
+}
+
+/// Whether `key` = `value` is a valid info entry (the name and length rules of
+/// `@ladder.info` lines), or why not. The coordinator applies the same check to what
+/// agents send.
+pub fn check_info_entry(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("an empty info name".to_string());
+    }
+    if key.len() > MAX_METRIC_NAME_BYTES {
+        return Err(format!(
+            "an info name longer than {MAX_METRIC_NAME_BYTES} bytes"
+        ));
+    }
+    if value.len() > MAX_INFO_VALUE_BYTES {
+        return Err(format!(
+            "{key:?}: value is longer than {MAX_INFO_VALUE_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn json_type(value: &serde_json::Value) -> &'static str {
@@ -273,5 +389,111 @@ mod tests {
             .iter()
             .any(|reason| reason.contains("longer than 256 bytes")));
         assert_eq!(parse_metric_line(&line).unwrap().unwrap(), parsed.point);
+    }
+
+    fn info(line: &str) -> InfoLine {
+        match parse_info_line(line) {
+            Some(Ok(parsed)) => parsed,
+            other => panic!("{line:?} gave {other:?}"),
+        }
+    }
+
+    fn info_err(line: &str) -> String {
+        match parse_info_line(line) {
+            Some(Err(message)) => message,
+            other => panic!("{line:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn info_lines_and_metric_lines_do_not_overlap() {
+        let line = "@ladder.info {\"base_model\": \"models/tiny\"}";
+        assert_eq!(parse_metric_line(line), None);
+        assert!(matches!(parse_info_line(line), Some(Ok(_))));
+        assert_eq!(parse_info_line("@ladder {\"loss\": 1}"), None);
+        for line in [
+            "",
+            "plain log",
+            " @ladder.info {\"a\": \"b\"}",
+            "@ladder.infos {\"a\": \"b\"}",
+            "@ladder.information",
+            "log: @ladder.info {\"a\": \"b\"}",
+        ] {
+            assert_eq!(parse_info_line(line), None, "{line:?}");
+            assert_eq!(parse_metric_line(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn info_lines_parse_strings_numbers_and_booleans() {
+        let parsed = info(
+            "@ladder.info {\"base_model\": \"models/tiny\", \"base_model.sha256\": \"ab12\", \"step\": 3, \"lr\": 0.5, \"big\": 1e300, \"lora\": true, \"empty\": \"\"}\r\n",
+        );
+        assert!(parsed.skipped.is_empty(), "{:?}", parsed.skipped);
+        let want: BTreeMap<String, String> = [
+            ("base_model", "models/tiny"),
+            ("base_model.sha256", "ab12"),
+            ("big", "1e+300"),
+            ("empty", ""),
+            ("lora", "true"),
+            ("lr", "0.5"),
+            ("step", "3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(parsed.values, want);
+        assert_eq!(info("@ladder.info{\"a\":false}").values["a"], "false");
+        assert_eq!(info("@ladder.info   {\"a\": -2}   ").values["a"], "-2");
+    }
+
+    #[test]
+    fn malformed_info_lines_are_errors() {
+        assert!(info_err("@ladder.info").contains("no JSON object"));
+        assert!(info_err("@ladder.info   ").contains("no JSON object"));
+        assert!(info_err("@ladder.info {\"a\": \"b\"").contains("not valid JSON"));
+        assert!(info_err("@ladder.info {\"a\": NaN}").contains("not valid JSON"));
+        assert!(info_err("@ladder.info [\"a\"]").contains("not an array"));
+        assert!(info_err("@ladder.info \"a\"").contains("not a string"));
+        assert!(info_err("@ladder.info {}").contains("no valid entry"));
+        let message = info_err("@ladder.info {\"a\": null, \"b\": [1]}");
+        assert!(message.contains("no valid entry"), "{message}");
+        assert!(message.contains("\"a\": value is null"), "{message}");
+        assert!(message.contains("\"b\": value is an array"), "{message}");
+    }
+
+    #[test]
+    fn invalid_info_entries_are_skipped_and_reported() {
+        let long_name = "k".repeat(MAX_METRIC_NAME_BYTES + 1);
+        let exact_name = "n".repeat(MAX_METRIC_NAME_BYTES);
+        let long_value = "v".repeat(MAX_INFO_VALUE_BYTES + 1);
+        let exact_value = "w".repeat(MAX_INFO_VALUE_BYTES);
+        let line = format!(
+            "@ladder.info {{\"ok\": \"yes\", \"none\": null, \"cfg\": {{\"a\": 1}}, \"list\": [1], \"\": \"x\", \"{long_name}\": \"x\", \"{exact_name}\": 1, \"long\": \"{long_value}\", \"exact\": \"{exact_value}\"}}"
+        );
+        let parsed = info(&line);
+        assert_eq!(
+            parsed.values,
+            BTreeMap::from([
+                ("exact".to_string(), exact_value),
+                ("ok".to_string(), "yes".to_string()),
+                (exact_name, "1".to_string()),
+            ])
+        );
+        assert_eq!(parsed.skipped.len(), 6, "{:?}", parsed.skipped);
+        for reason in [
+            "\"none\": value is null",
+            "\"cfg\": value is an object",
+            "\"list\": value is an array",
+            "an empty info name",
+            "an info name longer than 256 bytes",
+            "\"long\": value is longer than 4096 bytes",
+        ] {
+            assert!(
+                parsed.skipped.iter().any(|r| r.contains(reason)),
+                "{reason:?} not in {:?}",
+                parsed.skipped
+            );
+        }
     }
 }

@@ -393,6 +393,15 @@ fn trainer_runs_one_rank_per_gpu_and_equals_in_process_data_parallelism() {
             "rank {rank} joined the group: {logs:?}"
         );
     }
+    // The trainer's provenance line reaches the run's card.
+    assert_eq!(
+        detail["info"]["data.train"], "synthetic-kv (built-in, 400 examples, seed 1234)",
+        "{detail}"
+    );
+    assert_eq!(
+        detail["info"]["base_model"], "random init (seed 1234)",
+        "{detail}"
+    );
     let distributed = &run["metrics"];
 
     // The same config as one `ladder train` process with two in-process ranks, and

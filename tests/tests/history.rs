@@ -1,7 +1,8 @@
 //! The team's shared history through the real CLI and coordinator: queries (where, sort,
 //! cursor pages, columns), the leaderboard (objective, tasks average, per sweep, across
 //! projects), per-metric summaries (best / min / max instead of last), run cards (git
-//! commit, owner), notes and tags, compare, export and watch.
+//! commit, owner, what the run reported with `@ladder.info`), notes and tags, compare,
+//! export and watch.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -211,6 +212,39 @@ fn queries_leaderboard_cards_notes_compare_and_export() {
             "100",
         ]);
         assert_eq!(&ids(&indexed), want, "index, --sort {sort}: {indexed}");
+    }
+
+    // Sorting by a parameter: the parameter index (project + limit, page by page) and
+    // the scan agree, both directions, with a filter applied while walking.
+    for sort in ["params.a", "-params.a"] {
+        let scanned = coordinator.json(&["runs", "ls", "--sort", sort, "--where", "params.a != 3"]);
+        let mut paged = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _page in 0..10 {
+            let mut args = vec![
+                "runs",
+                "ls",
+                "--project",
+                "hist",
+                "--sort",
+                sort,
+                "--where",
+                "params.a != 3",
+                "--limit",
+                "2",
+            ];
+            if let Some(cursor) = &cursor {
+                args.extend(["--cursor", cursor.as_str()]);
+            }
+            let page = coordinator.json(&args);
+            paged.extend(ids(&page));
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(ids(&scanned).len(), 5, "{scanned}");
+        assert_eq!(paged, ids(&scanned), "--sort {sort}: {scanned}");
     }
 
     // Limit + cursor pages cover every run exactly once, in order, indexed or scanned.
@@ -679,4 +713,145 @@ fn summaries_choose_the_ranked_value_and_the_board_spans_projects() {
         table.contains("all projects") && table.contains("PROJECT"),
         "{table}"
     );
+}
+
+/// Reports its provenance with `@ladder.info` lines: a first line, a metric, a second
+/// line that overrides one key (and carries a null, which is skipped), then a malformed
+/// info line, which stays in the log with a warning.
+const PROVENANCE: &str = r#"
+import json
+print("@ladder.info " + json.dumps({"base_model": "models/tiny", "base_model.sha256": "ab12",
+                                   "data.train": "data/train.jsonl", "epochs": 3, "lora": True}), flush=True)
+print("@ladder " + json.dumps({"step": 1, "loss": 0.5}), flush=True)
+print("@ladder.info " + json.dumps({"base_model.sha256": "cd34", "note": None}), flush=True)
+print("@ladder.info {broken", flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn what_a_run_reports_with_ladder_info_is_on_its_card() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    write_script(dir, "provenance.py", PROVENANCE);
+    let file = write_file(
+        dir,
+        "provenance.yaml",
+        r#"name: provenance
+project: prov
+method: grid
+parameters:
+  x: {value: 1}
+command: [python3, "{{ladder.code_dir}}/provenance.py"]
+"#,
+    );
+    let mut coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
+    let _agent = Agent::start(&coordinator.url(), "alpha", 1, &dir.join("alpha"), dir);
+    coordinator.wait_for_agents(&["alpha"], Duration::from_secs(60));
+    let sweep_id = coordinator.submit(&file);
+    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
+    let run_id = format!("{sweep_id}-000000");
+    // Strings as printed, numbers and booleans in their JSON form; the later line's
+    // `base_model.sha256` overrides the first one's.
+    let want = serde_json::json!({
+        "base_model": "models/tiny",
+        "base_model.sha256": "cd34",
+        "data.train": "data/train.jsonl",
+        "epochs": "3",
+        "lora": "true",
+    });
+
+    let card = coordinator.run_detail(&run_id);
+    assert_eq!(card["info"], want, "{card}");
+    assert_eq!(as_f64(&card["metrics"]["loss"], "loss"), 0.5, "{card}");
+    // The skipped null and the malformed line are in the log with warnings; the
+    // malformed line itself is kept as a log line.
+    let tail = card["log_tail"].as_array().expect("log_tail");
+    let texts: Vec<&str> = tail.iter().map(|l| as_str(&l["text"], "text")).collect();
+    let warned = |prefix: &str, detail: &str| {
+        tail.iter().any(|l| {
+            let text = as_str(&l["text"], "text");
+            l["stream"] == "ladder" && text.starts_with(prefix) && text.contains(detail)
+        })
+    };
+    assert!(
+        warned("skipped in info line", "\"note\": value is null"),
+        "{texts:#?}"
+    );
+    assert!(warned("ignored info line", "not valid JSON"), "{texts:#?}");
+    assert!(texts.contains(&"@ladder.info {broken"), "{texts:#?}");
+    assert!(texts.contains(&"done"), "{texts:#?}");
+    assert!(
+        !texts.iter().any(|t| t.contains("models/tiny")),
+        "a valid info line is not a log line: {texts:#?}"
+    );
+
+    // The text card has its own section.
+    let output = coordinator.ladder(&["runs", "show", &run_id]);
+    assert!(
+        output.status.success(),
+        "{}",
+        describe(&["runs", "show"], &output)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let section: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "reported by the run")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(str::trim)
+        .collect();
+    let rows: Vec<Vec<&str>> = section
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["base_model", "models/tiny"],
+            vec!["base_model.sha256", "cd34"],
+            vec!["data.train", "data/train.jsonl"],
+            vec!["epochs", "3"],
+            vec!["lora", "true"],
+        ],
+        "{text}"
+    );
+
+    // Listings, --columns and JSON lines export carry it too.
+    let listed = coordinator.json(&["runs", "ls", "--sweep", &sweep_id]);
+    assert_eq!(listed["runs"][0]["info"], want, "{listed}");
+    let output = coordinator.ladder(&[
+        "runs",
+        "export",
+        "--format",
+        "csv",
+        "--sweep",
+        &sweep_id,
+        "--columns",
+        "id,info.base_model.sha256",
+    ]);
+    let csv = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        ["id,info.base_model.sha256", &format!("{run_id},cd34")],
+        "{}",
+        describe(&["runs", "export"], &output)
+    );
+    let output = coordinator.ladder(&["runs", "export", "--format", "jsonl", "--sweep", &sweep_id]);
+    let exported: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(
+        exported.len(),
+        1,
+        "{}",
+        describe(&["runs", "export"], &output)
+    );
+    assert_eq!(exported[0]["info"], want);
+
+    // The store keeps it across a coordinator restart (kill -9).
+    coordinator.restart();
+    let card = coordinator.run_detail(&run_id);
+    assert_eq!(card["info"], want, "{card}");
 }
