@@ -37,6 +37,10 @@ pub enum BenchCommand {
         data: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Only fill the store in `--data` and exit (the benchmark runs its fill in a
+        /// child process this way, so that the RSS it reports is the coordinator's).
+        #[arg(long, hide = true, requires = "data")]
+        fill_only: bool,
     },
     /// Runs per second dispatched for a sweep of no-op commands.
     Dispatch {
@@ -81,7 +85,15 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             calls,
             data,
             json,
-        } => history::run(runs, sweeps, calls, data.as_deref(), json).await,
+            fill_only,
+        } => {
+            if fill_only {
+                let data = data.expect("clap requires --data with --fill-only");
+                return tokio::task::spawn_blocking(move || history::fill(&data, runs, sweeps))
+                    .await?;
+            }
+            history::run(runs, sweeps, calls, data.as_deref(), json).await
+        }
         BenchCommand::Dispatch {
             runs,
             agents,
