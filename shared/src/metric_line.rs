@@ -79,28 +79,45 @@ pub fn parse_metric_line(line: &str) -> Option<Result<MetricPoint, String>> {
 
 /// Like [`parse_metric_line`], also returning which entries were skipped and why.
 pub fn parse_metric_line_detailed(line: &str) -> Option<Result<ParsedMetricLine, String>> {
+    payload_after(line, PREFIX).map(parse_payload)
+}
+
+/// The text after `prefix` when `line` is a line of that kind: the prefix at column 0,
+/// then whitespace, `{` or the end of the line.
+fn payload_after<'l>(line: &'l str, prefix: &str) -> Option<&'l str> {
     let line = line.trim_end_matches(['\r', '\n']);
-    let rest = line.strip_prefix(PREFIX)?;
+    let rest = line.strip_prefix(prefix)?;
     if !(rest.is_empty() || rest.starts_with(char::is_whitespace) || rest.starts_with('{')) {
         return None;
     }
-    Some(parse_payload(rest.trim()))
+    Some(rest.trim())
 }
 
-fn parse_payload(payload: &str) -> Result<ParsedMetricLine, String> {
+/// The payload of a `prefix` line as one JSON object; `example` is the object shown in
+/// the error messages.
+fn json_object(
+    payload: &str,
+    prefix: &str,
+    example: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     if payload.is_empty() {
         return Err(format!(
-            "{PREFIX} line has no JSON object (expected e.g. {PREFIX} {{\"step\": 1, \"loss\": 0.5}})"
+            "{prefix} line has no JSON object (expected e.g. {prefix} {example})"
         ));
     }
     let json: serde_json::Value = serde_json::from_str(payload)
-        .map_err(|error| format!("{PREFIX} line is not valid JSON: {error}"))?;
-    let serde_json::Value::Object(object) = json else {
-        return Err(format!(
-            "{PREFIX} line must hold a JSON object like {{\"step\": 1, \"loss\": 0.5}}, not {}",
-            json_type(&json)
-        ));
-    };
+        .map_err(|error| format!("{prefix} line is not valid JSON: {error}"))?;
+    match json {
+        serde_json::Value::Object(object) => Ok(object),
+        other => Err(format!(
+            "{prefix} line must hold a JSON object like {example}, not {}",
+            json_type(&other)
+        )),
+    }
+}
+
+fn parse_payload(payload: &str) -> Result<ParsedMetricLine, String> {
+    let object = json_object(payload, PREFIX, r#"{"step": 1, "loss": 0.5}"#)?;
     let mut step = None;
     let mut values = BTreeMap::new();
     let mut skipped = Vec::new();
@@ -184,28 +201,11 @@ pub struct InfoLine {
 /// `Some(Ok(line))` for a valid `@ladder.info` line, `Some(Err(message))` for a malformed
 /// one, `None` for any other line (metric lines included).
 pub fn parse_info_line(line: &str) -> Option<Result<InfoLine, String>> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let rest = line.strip_prefix(INFO_PREFIX)?;
-    if !(rest.is_empty() || rest.starts_with(char::is_whitespace) || rest.starts_with('{')) {
-        return None;
-    }
-    Some(parse_info_payload(rest.trim()))
+    payload_after(line, INFO_PREFIX).map(parse_info_payload)
 }
 
 fn parse_info_payload(payload: &str) -> Result<InfoLine, String> {
-    if payload.is_empty() {
-        return Err(format!(
-            "{INFO_PREFIX} line has no JSON object (expected e.g. {INFO_PREFIX} {{\"base_model\": \"models/tiny\"}})"
-        ));
-    }
-    let json: serde_json::Value = serde_json::from_str(payload)
-        .map_err(|error| format!("{INFO_PREFIX} line is not valid JSON: {error}"))?;
-    let serde_json::Value::Object(object) = json else {
-        return Err(format!(
-            "{INFO_PREFIX} line must hold a JSON object like {{\"base_model\": \"models/tiny\"}}, not {}",
-            json_type(&json)
-        ));
-    };
+    let object = json_object(payload, INFO_PREFIX, r#"{"base_model": "models/tiny"}"#)?;
     let mut values = BTreeMap::new();
     let mut skipped = Vec::new();
     for (key, value) in &object {

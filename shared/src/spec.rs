@@ -680,18 +680,18 @@ impl Checker<'_> {
         let Some(block) = &spec.train else { return };
         let params = crate::search::trial(spec, 0).unwrap_or_default();
         let rendered = crate::train_config::render(block, &params);
-        if let Err(error) = crate::train_config::TrainConfig::from_json(&rendered) {
-            let pos = position_of_path(node, &error.path);
-            let field = if error.path.is_empty() {
-                "train".to_string()
-            } else {
-                format!("train.{}", error.path)
-            };
-            self.error(pos, format!("{field}: {}", error.message));
-            return;
-        }
-        let Ok(config) = crate::train_config::TrainConfig::from_json(&rendered) else {
-            return;
+        let config = match crate::train_config::TrainConfig::from_json(&rendered) {
+            Ok(config) => config,
+            Err(error) => {
+                let pos = position_of_path(node, &error.path);
+                let field = if error.path.is_empty() {
+                    "train".to_string()
+                } else {
+                    format!("train.{}", error.path)
+                };
+                self.error(pos, format!("{field}: {}", error.message));
+                return;
+            }
         };
         let gpus = spec.resources.gpus as usize;
         if gpus > 1 && spec.resources.launch == Launch::PerGpu {

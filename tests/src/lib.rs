@@ -250,6 +250,21 @@ pub fn ladder(args: &[&str]) -> Output {
 }
 
 /// Describes an output for panic messages.
+/// `ladder train CONFIG --out OUT --json`, asserted to succeed within `timeout`; its JSON
+/// result.
+pub fn train_json(config: &Path, out: &Path, timeout: Duration) -> Value {
+    let args = [
+        "train",
+        config.to_str().expect("utf-8 path"),
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--json",
+    ];
+    let output = ladder_in(None, &args, timeout);
+    assert!(output.status.success(), "{}", describe(&args, &output));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
 pub fn describe(args: &[&str], output: &Output) -> String {
     format!(
         "ladder {args:?} exited with {}\n--- stdout\n{}\n--- stderr\n{}",

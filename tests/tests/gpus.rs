@@ -409,21 +409,8 @@ fn trainer_runs_one_rank_per_gpu_and_equals_in_process_data_parallelism() {
     let standalone = |extra: &str, name: &str| -> Value {
         let text = format!("{}{extra}", body.replace("\n  ", "\n").trim_start());
         let config = write_file(dir, &format!("{name}.yaml"), &format!("{text}seed: 1234\n"));
-        let out = dir.join(name);
-        let args = [
-            "train",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-        ];
-        let output = ladder_e2e::ladder_in(None, &args, Duration::from_secs(600));
-        assert!(
-            output.status.success(),
-            "{}",
-            ladder_e2e::describe(&args, &output)
-        );
-        serde_json::from_slice::<Value>(&output.stdout).expect("json")["metrics"].clone()
+        ladder_e2e::train_json(&config, &dir.join(name), Duration::from_secs(600))["metrics"]
+            .clone()
     };
     let threads = standalone("data_parallel: 2\n", "threads");
     let whole = standalone("", "whole");

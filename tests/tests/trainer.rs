@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ladder_e2e::{describe, ladder_command, ladder_in, write_file, TestDir};
+use ladder_e2e::{describe, ladder_command, ladder_in, train_json, write_file, TestDir};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -77,26 +77,13 @@ eval: [{task: synthetic-kv-mc, limit: 40}]
 device: cpu
 ";
 
-fn train_json(config: &Path, out: &Path) -> Value {
-    let args = [
-        "train",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ];
-    let output = ladder_in(None, &args, Duration::from_secs(900));
-    assert!(output.status.success(), "{}", describe(&args, &output));
-    serde_json::from_slice(&output.stdout).expect("json")
-}
-
 /// `ladder train` killed with SIGKILL after its checkpoint at step 20 and started again
 /// resumes there and ends with exactly the metrics of an uninterrupted run.
 #[test]
 fn train_killed_and_restarted_resumes_to_the_same_result() {
     let dir = TestDir::new();
     let config = write_file(dir.path(), "tiny.yaml", TRAIN_CONFIG);
-    let whole = train_json(&config, &dir.path().join("whole"));
+    let whole = train_json(&config, &dir.path().join("whole"), Duration::from_secs(900));
     assert_eq!(whole["resumed_from"], Value::Null);
 
     let out = dir.path().join("killed");
@@ -126,7 +113,7 @@ fn train_killed_and_restarted_resumes_to_the_same_result() {
     }
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
-    let resumed = train_json(&config, &out);
+    let resumed = train_json(&config, &out, Duration::from_secs(900));
     let from = resumed["resumed_from"].as_u64().expect("resumed");
     assert!((20..60).contains(&from), "{resumed:#}");
     assert_eq!(

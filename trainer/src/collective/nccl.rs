@@ -39,7 +39,7 @@ impl NcclCollective {
         let id = if rendezvous.world_size == 1 {
             Id::new().map_err(|error| failure(format!("ncclGetUniqueId: {error:?}")))?
         } else {
-            let mut group = TcpCollective::connect(rendezvous)?;
+            let group = TcpCollective::connect(rendezvous)?;
             let bytes = if rendezvous.rank == 0 {
                 let id =
                     Id::new().map_err(|error| failure(format!("ncclGetUniqueId: {error:?}")))?;
@@ -168,26 +168,25 @@ impl Collective for NcclCollective {
     }
 
     fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<()> {
-        if self.world == 1 && tensors.is_empty() {
-            return Ok(());
-        }
-        let (flat, lengths) = self.flat(tensors)?;
-        let summed = flat.apply_op1_no_bwd(&NcclOp {
-            comm: &self.comm,
-            op: Op::AllReduceSum,
-        })?;
-        Self::unflat(tensors, &summed, &lengths)
+        self.apply(tensors, Op::AllReduceSum)
     }
 
     fn broadcast(&self, tensors: &mut [Tensor]) -> Result<()> {
-        if self.world == 1 && tensors.is_empty() {
+        self.apply(tensors, Op::BroadcastFromZero)
+    }
+}
+
+impl NcclCollective {
+    /// Runs `op` on `tensors` as one flat buffer and puts the result back in place.
+    fn apply(&self, tensors: &mut [Tensor], op: Op) -> Result<()> {
+        if tensors.is_empty() {
             return Ok(());
         }
         let (flat, lengths) = self.flat(tensors)?;
-        let shared = flat.apply_op1_no_bwd(&NcclOp {
+        let result = flat.apply_op1_no_bwd(&NcclOp {
             comm: &self.comm,
-            op: Op::BroadcastFromZero,
+            op,
         })?;
-        Self::unflat(tensors, &shared, &lengths)
+        Self::unflat(tensors, &result, &lengths)
     }
 }

@@ -15,6 +15,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -45,8 +46,8 @@ pub struct TcpCollective {
     rank: usize,
     world: usize,
     /// Rank 0: the streams of ranks `1..world`, in rank order. Other ranks: the one
-    /// stream to rank 0.
-    peers: Vec<TcpStream>,
+    /// stream to rank 0. Behind a lock because the collective trait takes `&self`.
+    peers: Mutex<Vec<TcpStream>>,
     address: String,
 }
 
@@ -79,7 +80,7 @@ impl TcpCollective {
         Ok(TcpCollective {
             rank: *rank,
             world: *world_size,
-            peers,
+            peers: Mutex::new(peers),
             address: address.clone(),
         })
     }
@@ -98,24 +99,24 @@ impl TcpCollective {
     }
 
     /// Rank 0's `payload` reaches every rank (returned on all, unchanged on rank 0).
-    pub fn broadcast_bytes(&mut self, payload: Vec<u8>) -> Result<Vec<u8>> {
+    pub fn broadcast_bytes(&self, payload: Vec<u8>) -> Result<Vec<u8>> {
+        let mut peers = self.peers.lock().expect("collective lock");
         if self.rank == 0 {
-            for index in 0..self.peers.len() {
-                write_frame(&mut self.peers[index], &payload)
-                    .map_err(|error| self.lost(index + 1, error))?;
+            for (index, peer) in peers.iter_mut().enumerate() {
+                write_frame(peer, &payload).map_err(|error| self.lost(index + 1, error))?;
             }
             Ok(payload)
         } else {
-            read_frame(&mut self.peers[0]).map_err(|error| self.lost(0, error))
+            read_frame(&mut peers[0]).map_err(|error| self.lost(0, error))
         }
     }
 
     /// Every rank's `values` summed element-wise in rank order, on every rank.
-    fn sum(&mut self, mut values: Vec<f32>) -> Result<Vec<f32>> {
+    fn sum(&self, mut values: Vec<f32>) -> Result<Vec<f32>> {
+        let mut peers = self.peers.lock().expect("collective lock");
         if self.rank == 0 {
-            for index in 0..self.peers.len() {
-                let bytes = read_frame(&mut self.peers[index])
-                    .map_err(|error| self.lost(index + 1, error))?;
+            for (index, peer) in peers.iter_mut().enumerate() {
+                let bytes = read_frame(peer).map_err(|error| self.lost(index + 1, error))?;
                 if bytes.len() != values.len() * 4 {
                     return Err(failure(format!(
                         "rank {} sent {} values where rank 0 has {}: the ranks' models differ",
@@ -129,15 +130,13 @@ impl TcpCollective {
                 }
             }
             let bytes = to_bytes(&values);
-            for index in 0..self.peers.len() {
-                write_frame(&mut self.peers[index], &bytes)
-                    .map_err(|error| self.lost(index + 1, error))?;
+            for (index, peer) in peers.iter_mut().enumerate() {
+                write_frame(peer, &bytes).map_err(|error| self.lost(index + 1, error))?;
             }
             Ok(values)
         } else {
-            write_frame(&mut self.peers[0], &to_bytes(&values))
-                .map_err(|error| self.lost(0, error))?;
-            let bytes = read_frame(&mut self.peers[0]).map_err(|error| self.lost(0, error))?;
+            write_frame(&mut peers[0], &to_bytes(&values)).map_err(|error| self.lost(0, error))?;
+            let bytes = read_frame(&mut peers[0]).map_err(|error| self.lost(0, error))?;
             from_bytes(&bytes, values.len())
         }
     }
@@ -375,7 +374,7 @@ impl Collective for TcpCollective {
         }
         let parts = flatten(tensors)?;
         let lengths: Vec<usize> = parts.iter().map(Vec::len).collect();
-        let summed = self.exclusive().sum(parts.concat())?;
+        let summed = self.sum(parts.concat())?;
         restore(tensors, &split(summed, &lengths))
     }
 
@@ -386,27 +385,9 @@ impl Collective for TcpCollective {
         let parts = flatten(tensors)?;
         let lengths: Vec<usize> = parts.iter().map(Vec::len).collect();
         let total: usize = lengths.iter().sum();
-        let mut me = self.exclusive();
-        let bytes = me.broadcast_bytes(to_bytes(&parts.concat()))?;
+        let bytes = self.broadcast_bytes(to_bytes(&parts.concat()))?;
         let values = from_bytes(&bytes, total)?;
         restore(tensors, &split(values, &lengths))
-    }
-}
-
-impl TcpCollective {
-    /// The collective trait takes `&self`; the streams need `&mut`. Each rank is one
-    /// thread, so a fresh handle on the same sockets is enough.
-    fn exclusive(&self) -> TcpCollective {
-        TcpCollective {
-            rank: self.rank,
-            world: self.world,
-            peers: self
-                .peers
-                .iter()
-                .map(|stream| stream.try_clone().expect("duplicating a socket handle"))
-                .collect(),
-            address: self.address.clone(),
-        }
     }
 }
 
