@@ -26,6 +26,7 @@
 
 pub mod bayes;
 pub mod early_stop;
+pub mod limits;
 pub mod metric_line;
 pub mod query;
 pub mod search;

@@ -1,0 +1,129 @@
+//! Every bound ladder puts on what a client, an agent or a run can make grow, in one
+//! place, so that both ends of a connection read the same constants.
+//!
+//! The rule behind them: nothing a peer sends can grow a message, a buffer, a listing or
+//! a stored record without limit. A value beyond a request limit is refused at the
+//! boundary with INVALID_ARGUMENT naming the field and the limit; a value beyond a
+//! run's budget (its output) is cut, and the cut is recorded on the run.
+//!
+//! The documentation's limits section lists each of these with its value; a limit added
+//! here belongs there too.
+
+// --- gRPC messages ------------------------------------------------------------------
+
+/// Largest gRPC message either side decodes or encodes. Servers and clients are both
+/// configured from this constant (tonic's default is 4 MiB on decode).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Largest batch of run output (metric points, log lines, info) an agent puts in one
+/// message: a quarter of [`MAX_MESSAGE_BYTES`], so protobuf framing and the other fields
+/// of the message always fit.
+pub const MAX_OUTPUT_BATCH_BYTES: usize = MAX_MESSAGE_BYTES / 4;
+
+// --- listings -------------------------------------------------------------------------
+
+/// Page size used by a list RPC when the request leaves it at 0.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Largest page a list RPC returns; larger requested sizes are refused.
+pub const MAX_PAGE_SIZE: usize = 1_000;
+
+/// Largest cursor a client may send back (cursors are opaque and made by the server).
+pub const MAX_CURSOR_BYTES: usize = 4 * 1024;
+
+// --- identifiers and names sent by clients and agents -------------------------------
+
+/// Ids in requests (sweep ids, run ids).
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Agent names.
+pub const MAX_AGENT_NAME_BYTES: usize = 256;
+
+/// An agent's hostname (the DNS limit is 253).
+pub const MAX_HOSTNAME_BYTES: usize = 255;
+
+/// An agent's version string.
+pub const MAX_VERSION_BYTES: usize = 128;
+
+/// Labels per agent, and the length of each key and value.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_BYTES: usize = 128;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// GPUs one agent may report, and the length of a GPU's uuid and name.
+pub const MAX_GPUS_PER_AGENT: usize = 64;
+pub const MAX_GPU_TEXT_BYTES: usize = 256;
+
+/// CPU slots one agent may report.
+pub const MAX_AGENT_SLOTS: u32 = 1_024;
+
+/// Leases an agent may claim to hold when it registers (at most one per slot and GPU).
+pub const MAX_HELD_LEASES: usize = MAX_AGENT_SLOTS as usize + MAX_GPUS_PER_AGENT;
+
+// --- sweeps ----------------------------------------------------------------------------
+
+/// Largest sweep file accepted.
+pub const MAX_SWEEP_FILE_BYTES: usize = 1 << 20;
+
+/// Largest `parallel:` of a sweep.
+pub const MAX_SWEEP_PARALLEL: u64 = 10_000;
+
+/// Largest `max_runs:` of a sweep.
+pub const MAX_SWEEP_RUNS: u64 = 1_000_000_000;
+
+// --- run annotations (UpdateRun) ------------------------------------------------------
+
+/// One note's text.
+pub const MAX_NOTE_BYTES: usize = 4 * 1024;
+/// Notes on one run.
+pub const MAX_NOTES_PER_RUN: usize = 100;
+/// One tag.
+pub const MAX_TAG_BYTES: usize = 128;
+/// Tags on one run.
+pub const MAX_TAGS_PER_RUN: usize = 64;
+
+// --- run output -------------------------------------------------------------------------
+
+/// One line of a run's output; longer lines are cut and end in a marker. The agent never
+/// holds more than this much of an unfinished line.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Log bytes of one attempt forwarded to the coordinator; the rest stays in the
+/// attempt's log file on the agent and the cut is noted in the log.
+pub const MAX_ATTEMPT_LOG_BYTES: u64 = 256 << 20;
+
+/// Log lines of one attempt forwarded to the coordinator.
+pub const MAX_ATTEMPT_LOG_LINES: u64 = 1_000_000;
+
+/// Metric bytes (the `@ladder` lines as printed) of one attempt forwarded to the
+/// coordinator; later points are dropped and the cut is noted in the log.
+pub const MAX_ATTEMPT_METRIC_BYTES: u64 = 256 << 20;
+
+/// Distinct metric names of one run; points naming further metrics keep only the
+/// metrics already known, and the drop is noted in the run's log.
+pub const MAX_METRICS_PER_RUN: usize = 1_000;
+
+/// Bytes of reported-but-unacknowledged events an agent buffers per attempt before it
+/// stops reading the run's output (backpressure: the run blocks on its pipe).
+pub const MAX_UNACKED_BYTES_PER_ATTEMPT: usize = 2 * MAX_OUTPUT_BATCH_BYTES;
+
+/// Points per metric a run card (`GetRun`, the first `WatchRun` message) carries: longer
+/// histories are downsampled into this many buckets of min/max/last, the full series
+/// being paged with `ListMetricPoints`.
+pub const MAX_CARD_POINTS_PER_METRIC: usize = 1_000;
+
+// --- queries ----------------------------------------------------------------------------
+
+/// A `--where` query's length.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+
+/// Parentheses and `not`s nested inside one another in a query.
+pub const MAX_QUERY_DEPTH: usize = 64;
+
+/// Sort keys of one query.
+pub const MAX_SORT_KEYS: usize = 16;
+
+// --- connections and streams --------------------------------------------------------
+
+/// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
+pub const MAX_WATCHES_PER_PRINCIPAL: usize = 64;
