@@ -127,7 +127,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = crate::shutdown_signal() => {
             eprintln!("\ninterrupted: cancelling sweep {}", sweep.id);
             let channel = client::channel(&embedded.url).await?;
-            let _ = pb::sweep_service_client::SweepServiceClient::new(channel)
+            let _ = pb::sweep_service_client::SweepServiceClient::new(channel).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
                 .cancel_sweep(pb::CancelSweepRequest { sweep_id: sweep.id.clone() })
                 .await;
             embedded.stop().await?;

@@ -20,6 +20,7 @@ use crate::allinone::Embedded;
 use crate::client;
 
 mod history;
+mod soak;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -32,7 +33,8 @@ pub enum BenchCommand {
         /// Timed calls of each query.
         #[arg(long, default_value_t = 200)]
         calls: usize,
-        /// Store directory (default: a fresh one under the temporary directory; removed after).
+        /// Store directory to create and keep (it must not exist or be empty); default: a
+        /// fresh one under the temporary directory, removed after.
         #[arg(long)]
         data: Option<std::path::PathBuf>,
         #[arg(long)]
@@ -61,6 +63,25 @@ pub enum BenchCommand {
     Train {
         #[command(flatten)]
         shape: TrainShape,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A coordinator process at a team's scale: thousands of sweeps, a long run watched
+    /// by many clients, agents executing; p50/p99 of sweep ls, runs show and runs ls and
+    /// the coordinator's peak RSS and CPU. Needs python3 for the long run.
+    Soak {
+        #[arg(long, default_value_t = 5_000)]
+        sweeps: u64,
+        /// Steps of the long run (3 metrics each).
+        #[arg(long, default_value_t = 100_000)]
+        steps: u64,
+        #[arg(long, default_value_t = 200)]
+        watchers: usize,
+        #[arg(long, default_value_t = 16)]
+        agents: u32,
+        /// Timed calls of each read.
+        #[arg(long, default_value_t = 100)]
+        calls: usize,
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +127,24 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             trials,
             json,
         } => search(seeds, trials, json),
+        BenchCommand::Soak {
+            sweeps,
+            steps,
+            watchers,
+            agents,
+            calls,
+            json,
+        } => {
+            soak::run(soak::Soak {
+                sweeps,
+                steps,
+                watchers,
+                agents,
+                calls,
+                json,
+            })
+            .await
+        }
         BenchCommand::Train { shape, json } => {
             tokio::task::spawn_blocking(move || train(shape, json)).await?
         }
@@ -230,9 +269,32 @@ fn train(shape: TrainShape, json_output: bool) -> anyhow::Result<()> {
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ladder-bench-train-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    fresh_dir("ladder-bench-train")
+}
+
+/// A new, empty directory under the system's temporary directory, created here (never
+/// one that already existed), so that removing it afterwards removes only what the
+/// benchmark wrote.
+pub(crate) fn fresh_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
+    let base = std::env::temp_dir();
+    for attempt in 0u32..1000 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("{prefix}-{}-{nanos:x}-{attempt}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => {
+                return Err(anyhow::anyhow!(
+                    "cannot create a directory in {}: {error}",
+                    base.display()
+                ))
+            }
+        }
+    }
+    anyhow::bail!("cannot find a free directory name in {}", base.display())
 }
 
 fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
@@ -342,9 +404,7 @@ async fn dispatch(
         runs >= 1 && agents >= 1 && slots >= 1,
         "--runs, --agents and --slots must be at least 1"
     );
-    let dir = std::env::temp_dir().join(format!("ladder-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = fresh_dir("ladder-bench")?;
     let sweep_file = dir.join("bench.yaml");
     std::fs::write(
         &sweep_file,
@@ -361,8 +421,8 @@ async fn dispatch(
     let started = Instant::now();
     loop {
         let channel = client::channel(&embedded.url).await?;
-        let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel)
-            .list_agents(ladder_proto::v1::ListAgentsRequest {})
+        let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
+            .list_agents(ladder_proto::v1::ListAgentsRequest::default())
             .await?
             .into_inner()
             .agents;

@@ -61,7 +61,7 @@ fn print_json(value: &Value) {
 /// Reads and validates a sweep file locally; invalid files exit with code 2.
 pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared::spec::SweepSpec)> {
     let file_name = file.display().to_string();
-    const MAX_SWEEP_FILE_BYTES: u64 = 1 << 20;
+    const MAX_SWEEP_FILE_BYTES: u64 = ladder_shared::limits::MAX_SWEEP_FILE_BYTES as u64;
     if let Ok(metadata) = std::fs::metadata(file) {
         if metadata.len() > MAX_SWEEP_FILE_BYTES {
             return Err(ExitError {
@@ -104,7 +104,7 @@ pub fn sweep_validate(file: &Path, json_output: bool) -> anyhow::Result<()> {
 pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
     let (file_name, yaml, _spec) = read_sweep(file)?;
     let (git_commit, git_dirty) = crate::history::git_state(file);
-    let mut client = SweepServiceClient::new(channel(url).await?);
+    let mut client = SweepServiceClient::new(channel(url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let response = client
         .submit_sweep(pb::SubmitSweepRequest {
             file_name,
@@ -118,26 +118,85 @@ pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
     Ok(response.into_inner().sweep.unwrap_or_default())
 }
 
-pub async fn sweep_submit(args: &ClientArgs, file: &Path) -> anyhow::Result<()> {
-    let sweep = submit(&args.coordinator, file).await?;
+pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    if let [file] = files {
+        let sweep = submit(&args.coordinator, file).await?;
+        if args.json {
+            print_json(&output::sweep_json(&sweep));
+        } else {
+            println!("{}", sweep.id);
+        }
+        return Ok(());
+    }
+    // Every file is checked before anything is sent.
+    let mut requests = Vec::with_capacity(files.len());
+    let mut git_by_dir: std::collections::HashMap<std::path::PathBuf, (String, bool)> =
+        std::collections::HashMap::new();
+    for file in files {
+        let (file_name, yaml, _spec) = read_sweep(file)?;
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (git_commit, git_dirty) = git_by_dir
+            .entry(dir)
+            .or_insert_with(|| crate::history::git_state(file))
+            .clone();
+        requests.push(pb::SubmitSweepRequest {
+            file_name,
+            yaml,
+            owner: crate::connect::declared_user(),
+            git_commit,
+            git_dirty,
+        });
+    }
+    use futures::StreamExt;
+    let client = SweepServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let submitted: Vec<pb::Sweep> = futures::stream::iter(requests.into_iter().map(|request| {
+        let mut client = client.clone();
+        async move {
+            let file_name = request.file_name.clone();
+            client
+                .submit_sweep(request)
+                .await
+                .map(|response| response.into_inner().sweep.unwrap_or_default())
+                .map_err(|status| anyhow::anyhow!("{file_name}: {}", status_error(status)))
+        }
+    }))
+    .buffered(16)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<anyhow::Result<_>>()?;
     if args.json {
-        print_json(&output::sweep_json(&sweep));
+        print_json(&json!({ "sweeps": submitted.iter().map(output::sweep_json).collect::<Vec<_>>() }));
     } else {
-        println!("{}", sweep.id);
+        for sweep in &submitted {
+            println!("{}", sweep.id);
+        }
     }
     Ok(())
 }
 
 pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Result<()> {
-    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?);
-    let sweeps = client
-        .list_sweeps(pb::ListSweepsRequest {
-            project: project.unwrap_or_default(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .sweeps;
+    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    // Every page, each bounded by the coordinator's page size.
+    let mut sweeps = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_sweeps(pb::ListSweepsRequest {
+                project: project.clone().unwrap_or_default(),
+                page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
+                cursor,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        sweeps.extend(page.sweeps);
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
     if args.json {
         print_json(&json!({ "sweeps": sweeps.iter().map(output::sweep_json).collect::<Vec<_>>() }));
         return Ok(());
@@ -166,7 +225,7 @@ pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Res
 }
 
 pub async fn get_sweep(url: &str, id: &str) -> anyhow::Result<pb::Sweep> {
-    let mut client = SweepServiceClient::new(channel(url).await?);
+    let mut client = SweepServiceClient::new(channel(url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     Ok(client
         .get_sweep(pb::GetSweepRequest {
             sweep_id: id.to_string(),
@@ -231,8 +290,8 @@ pub fn progress_line(sweep: &pb::Sweep, best: Option<(String, f64)>) -> String {
 /// Follows a sweep until it ends, drawing progress on stderr. Returns the final snapshot.
 pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep> {
     let channel = channel(url).await?;
-    let mut sweeps = SweepServiceClient::new(channel.clone());
-    let mut runs = RunServiceClient::new(channel);
+    let mut sweeps = SweepServiceClient::new(channel.clone()).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut runs = RunServiceClient::new(channel).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let mut stream = sweeps
         .watch_sweep(pb::WatchSweepRequest {
             sweep_id: id.to_string(),
@@ -299,7 +358,7 @@ pub async fn sweep_watch(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn sweep_action(args: &ClientArgs, id: &str, action: Action) -> anyhow::Result<()> {
-    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?);
+    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let sweep = match action {
         Action::Pause => {
             client
@@ -352,7 +411,7 @@ pub async fn list_runs(
         let proto = crate::history::parse_status(status, "--status")?;
         status_filter.push(proto as i32);
     }
-    let mut client = RunServiceClient::new(channel(url).await?);
+    let mut client = RunServiceClient::new(channel(url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     Ok(client
         .list_runs(pb::ListRunsRequest {
             sweep_id: sweep.unwrap_or_default(),
@@ -367,7 +426,7 @@ pub async fn list_runs(
 }
 
 pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyhow::Result<()> {
-    let mut client = RunServiceClient::new(channel(&args.coordinator).await?);
+    let mut client = RunServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let detail = client
         .get_run(pb::GetRunRequest {
             run_id: run_id.to_string(),
@@ -420,7 +479,11 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
         println!("tags      {}", run.tags.join(" "));
     }
     for note in &run.notes {
-        println!("note      {}", note.text);
+        if note.author.is_empty() {
+            println!("note {:<4} {}", note.id, note.text);
+        } else {
+            println!("note {:<4} {} ({})", note.id, note.text, note.author);
+        }
     }
     println!("params    {}", output::params_text(&run));
     println!(
@@ -516,13 +579,24 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
 }
 
 pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
-    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?);
-    let agents = client
-        .list_agents(pb::ListAgentsRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .agents;
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut agents = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = client
+            .list_agents(pb::ListAgentsRequest {
+                page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
+                cursor,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        agents.extend(page.agents);
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
     if args.json {
         print_json(&json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }));
         return Ok(());
@@ -587,7 +661,7 @@ fn agent_state(agent: &pb::Agent) -> String {
 }
 
 pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
-    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?);
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let agent = client
         .enable_agent(pb::EnableAgentRequest {
             name: name.to_string(),

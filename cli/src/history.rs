@@ -76,7 +76,7 @@ pub fn parse_status(text: &str, flag: &str) -> anyhow::Result<pb::RunStatus> {
 async fn client(
     args: &ClientArgs,
 ) -> anyhow::Result<RunServiceClient<crate::connect::CoordinatorChannel>> {
-    Ok(RunServiceClient::new(channel(&args.coordinator).await?))
+    Ok(RunServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES))
 }
 
 fn print_json(value: &Value) {
@@ -327,6 +327,7 @@ pub async fn update(
     run_id: &str,
     note: Option<&str>,
     tags: &[String],
+    delete_note: Option<u64>,
 ) -> anyhow::Result<()> {
     let mut args = args.clone();
     let mut add_tags = Vec::new();
@@ -368,6 +369,7 @@ pub async fn update(
             note: note.unwrap_or_default().to_string(),
             add_tags,
             remove_tags,
+            delete_notes: delete_note.into_iter().collect(),
         })
         .await
         .map_err(status_error)?
@@ -520,6 +522,59 @@ fn csv_field(text: &str) -> String {
 }
 
 /// `ladder runs export --format csv|jsonl [query flags]`: streams the query's runs.
+/// `ladder runs metrics RUN`: the full metric series of an attempt, page by page.
+pub async fn metric_points(
+    args: &ClientArgs,
+    run_id: &str,
+    attempt: u32,
+    format: &str,
+) -> anyhow::Result<()> {
+    if format != "csv" && format != "jsonl" {
+        return Err(ExitError {
+            code: 2,
+            message: format!("--format: unknown format {format:?} (expected csv or jsonl)"),
+        }
+        .into());
+    }
+    let mut service = client(args).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if format == "csv" {
+        writeln!(out, "step,time_ms,metric,value")?;
+    }
+    let mut cursor = String::new();
+    loop {
+        let page = service
+            .list_metric_points(pb::ListMetricPointsRequest {
+                run_id: run_id.to_string(),
+                attempt,
+                page_size: 0,
+                cursor,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        for point in &page.points {
+            let values: BTreeMap<&String, &f64> = point.values.iter().collect();
+            if format == "jsonl" {
+                let line = json!({"step": point.step, "time_ms": point.time_ms, "values": values});
+                writeln!(out, "{line}")?;
+            } else {
+                let step = point.step.map(|s| s.to_string()).unwrap_or_default();
+                for (name, value) in values {
+                    writeln!(out, "{step},{},{},{value}", point.time_ms, csv_field(name))?;
+                }
+            }
+        }
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub async fn export(args: &ClientArgs, query: &QueryArgs, format: &str) -> anyhow::Result<()> {
     if format != "csv" && format != "jsonl" {
         return Err(ExitError {
@@ -611,6 +666,7 @@ pub async fn watch(args: &ClientArgs, run_id: &str, only_new: bool) -> anyhow::R
                 json!({
                     "attempt": message.attempt,
                     "status": status,
+                    "downsampled": message.downsampled,
                     "points": message.points.iter().map(|p| json!({
                         "step": p.step,
                         "time_ms": p.time_ms,

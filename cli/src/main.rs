@@ -170,8 +170,11 @@ struct AgentArgs {
 #[derive(Subcommand)]
 enum SweepCommand {
     /// Validate and submit a sweep file; prints the sweep id.
+    /// Submit sweep files: every file is validated before any is sent; several files are
+    /// submitted concurrently and their ids printed in the order given.
     Submit {
-        file: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -229,10 +232,15 @@ enum RunsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Add a note to a run.
+    /// Add a note to a run (owner of its sweep or admin), or delete one with --delete ID
+    /// (the note's author or an admin; ids are shown by `runs show`).
     Note {
         run: String,
-        text: String,
+        #[arg(required_unless_present = "delete")]
+        text: Option<String>,
+        /// Delete the note with this id instead of adding one.
+        #[arg(long, value_name = "ID", conflicts_with = "text")]
+        delete: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -260,6 +268,18 @@ enum RunsCommand {
         format: String,
         #[command(flatten)]
         query: history::QueryArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Every metric point of a run's attempt (the latest by default), page by page, as
+    /// JSON lines ({"step", "time_ms", "values"}) or CSV (step,time_ms,metric,value).
+    Metrics {
+        run: String,
+        /// The attempt (1-based).
+        #[arg(long)]
+        attempt: Option<u32>,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -548,7 +568,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(args) => coordinator(args).await,
         Command::Agent(args) => agent(args, security).await,
         Command::Sweep(command) => match command {
-            SweepCommand::Submit { file, client } => client::sweep_submit(&client, &file).await,
+            SweepCommand::Submit { files, client } => {
+                client::sweep_submit(&client, &files).await
+            }
             SweepCommand::Validate { file, json } => client::sweep_validate(&file, json),
             SweepCommand::Ls { project, client } => client::sweep_ls(&client, project).await,
             SweepCommand::Show { id, client } => client::sweep_show(&client, &id).await,
@@ -565,17 +587,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Runs(command) => match command {
             RunsCommand::Ls { query, client } => history::runs_ls(&client, &query).await,
-            RunsCommand::Note { run, text, client } => {
-                history::update(&client, &run, Some(&text), &[]).await
-            }
+            RunsCommand::Note {
+                run,
+                text,
+                delete,
+                client,
+            } => history::update(&client, &run, text.as_deref(), &[], delete).await,
             RunsCommand::Tag { run, tags, client } => {
-                history::update(&client, &run, None, &tags).await
+                history::update(&client, &run, None, &tags, None).await
             }
             RunsCommand::Compare {
                 runs,
                 metric,
                 client,
             } => history::compare(&client, &runs, metric.as_deref()).await,
+            RunsCommand::Metrics {
+                run,
+                attempt,
+                format,
+                client,
+            } => history::metric_points(&client, &run, attempt.unwrap_or(0), &format).await,
             RunsCommand::Export {
                 format,
                 query,

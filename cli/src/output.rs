@@ -161,7 +161,7 @@ pub fn run_json(run: &pb::Run) -> Value {
         "created_ms": run.created_ms,
         "ended_ms": ms_or_null(run.ended_ms),
         "tags": run.tags,
-        "notes": run.notes.iter().map(|n| json!({"time_ms": n.time_ms, "text": n.text})).collect::<Vec<_>>(),
+        "notes": run.notes.iter().map(|n| json!({"id": n.id, "time_ms": n.time_ms, "text": n.text, "author": n.author})).collect::<Vec<_>>(),
         "info": info,
     })
 }
@@ -209,6 +209,8 @@ pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
                 .map(|m| {
                     json!({
                         "attempt": m.attempt,
+                        "total_points": m.total_points,
+                        "downsampled": m.downsampled,
                         "points": m.points.iter().map(|p| json!({
                             "step": p.step,
                             "time_ms": p.time_ms,

@@ -85,6 +85,11 @@ impl Principal {
             Principal::User { name, .. } | Principal::Agent { name } => name,
         }
     }
+
+    /// Whether this is a user with the admin role.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Principal::User { role: Role::Admin, .. })
+    }
 }
 
 impl fmt::Display for Principal {
@@ -106,6 +111,10 @@ pub enum Action<'a> {
     ControlSweep {
         owner: &'a str,
     },
+    /// Add notes and tags to, or delete notes of, a run of a sweep owned by `owner`.
+    UpdateRun {
+        owner: &'a str,
+    },
     /// Lift an agent's quarantine.
     EnableAgent,
     /// Open `AgentService/Session`: be an agent.
@@ -124,6 +133,8 @@ impl Action<'_> {
             Action::ControlSweep { owner } => {
                 format!("pause, resume or cancel sweeps owned by {owner}")
             }
+            Action::UpdateRun { owner: "" } => "annotate runs of sweeps that have no owner".into(),
+            Action::UpdateRun { owner } => format!("annotate runs of sweeps owned by {owner}"),
             Action::EnableAgent => "enable agents".into(),
             Action::AgentSession => "open an agent session".into(),
         }
@@ -331,6 +342,12 @@ impl Authorizer {
                     Err(denied("members control only their own sweeps"))
                 }
                 Action::ControlSweep { .. } => Err(denied("viewers only read")),
+                Action::UpdateRun { .. } if *role == Role::Admin => Ok(()),
+                Action::UpdateRun { owner } if *role == Role::Member && owner == name => Ok(()),
+                Action::UpdateRun { .. } if *role == Role::Member => {
+                    Err(denied("members annotate only runs of their own sweeps"))
+                }
+                Action::UpdateRun { .. } => Err(denied("viewers only read")),
                 Action::EnableAgent if *role == Role::Admin => Ok(()),
                 Action::EnableAgent => Err(denied("only admins enable agents")),
             },
@@ -581,6 +598,41 @@ fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_owners_and_admins_annotate_runs() {
+        let alice = Principal::User {
+            name: "alice".into(),
+            role: Role::Member,
+        };
+        let bob = Principal::User {
+            name: "bob".into(),
+            role: Role::Member,
+        };
+        let root = Principal::User {
+            name: "root".into(),
+            role: Role::Admin,
+        };
+        let victor = Principal::User {
+            name: "victor".into(),
+            role: Role::Viewer,
+        };
+        let agent = Principal::Agent {
+            name: "fleet".into(),
+        };
+        let authorizer = authorizer();
+        let action = || Action::UpdateRun { owner: "alice" };
+        assert!(authorizer.authorize(&alice, action()).is_ok());
+        assert!(authorizer.authorize(&root, action()).is_ok());
+        for (who, hint) in [
+            (&bob, "members annotate only runs of their own sweeps"),
+            (&victor, "viewers only read"),
+            (&agent, "agent tokens only open agent sessions"),
+        ] {
+            let error = authorizer.authorize(who, action()).unwrap_err().to_string();
+            assert!(error.contains(hint), "{who}: {error}");
+        }
+    }
 
     const ADMIN: &str = "admin-token";
     const ALICE: &str = "alice-token";

@@ -2,6 +2,7 @@
 //! touches generated types besides the thin gRPC adapters.
 
 use ladder_proto::v1 as pb;
+use ladder_shared::limits;
 use ladder_shared::spec::{Goal, ParamValue};
 use ladder_shared::summary::MetricSummary;
 use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
@@ -157,9 +158,17 @@ pub fn run_to_pb(run: &RunRecord) -> pb::Run {
         notes: run
             .notes
             .iter()
-            .map(|n| pb::RunNote {
+            .enumerate()
+            .map(|(position, n)| pb::RunNote {
                 time_ms: n.time_ms,
                 text: n.text.clone(),
+                author: n.author.clone(),
+                // Notes stored before ids get their position (see RunRecord::number_notes).
+                id: if run.next_note_id == 0 {
+                    position as u64 + 1
+                } else {
+                    n.id
+                },
             })
             .collect(),
         summaries: run
@@ -188,9 +197,7 @@ pub fn summary_to_pb(summary: &MetricSummary) -> pb::MetricSummary {
     }
 }
 
-/// Longest note and tag accepted.
-pub const MAX_NOTE_BYTES: usize = 64 * 1024;
-pub const MAX_TAG_BYTES: usize = 128;
+pub use limits::{MAX_NOTE_BYTES, MAX_TAG_BYTES};
 
 impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
     type Error = CoordinatorError;
@@ -199,6 +206,9 @@ impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
         if request.run_id.is_empty() || request.run_id.len() > 128 {
             return Err(invalid("run_id must be a non-empty id".into()));
         }
+        check_count("add_tags", request.add_tags.len(), limits::MAX_TAGS_PER_RUN)?;
+        check_count("remove_tags", request.remove_tags.len(), limits::MAX_TAGS_PER_RUN)?;
+        check_count("delete_notes", request.delete_notes.len(), limits::MAX_NOTES_PER_RUN)?;
         if request.note.len() > MAX_NOTE_BYTES {
             return Err(invalid(format!(
                 "a note is at most {MAX_NOTE_BYTES} bytes; this one is {}",
@@ -217,15 +227,24 @@ impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
                 )));
             }
         }
-        if request.note.is_empty() && request.add_tags.is_empty() && request.remove_tags.is_empty()
+        if request.note.is_empty()
+            && request.add_tags.is_empty()
+            && request.remove_tags.is_empty()
+            && request.delete_notes.is_empty()
         {
-            return Err(invalid("nothing to update: give a note or tags".into()));
+            return Err(invalid(
+                "nothing to update: give a note, tags or notes to delete".into(),
+            ));
         }
         Ok(crate::model::RunUpdate {
             run_id: request.run_id,
             note: request.note,
             add_tags: request.add_tags,
             remove_tags: request.remove_tags,
+            delete_notes: request.delete_notes,
+            // Who asks is filled in by the service from the caller's credentials.
+            author: String::new(),
+            admin: true,
         })
     }
 }
@@ -309,8 +328,29 @@ fn lease_to_pb(lease: Lease) -> pb::Lease {
     }
 }
 
-/// Limits on what one agent message may carry.
-pub const MAX_NAME_LEN: usize = 256;
+/// Longest agent name accepted.
+pub const MAX_NAME_LEN: usize = limits::MAX_AGENT_NAME_BYTES;
+
+/// Refuses a text field of a request longer than `max` bytes, naming the field.
+pub fn check_len(field: &str, text: &str, max: usize) -> Result<(), CoordinatorError> {
+    if text.len() > max {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "{field} is {} bytes; the limit is {max}",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a count of a request above `max`, naming the field.
+pub fn check_count(field: &str, count: usize, max: usize) -> Result<(), CoordinatorError> {
+    if count > max {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "{field} has {count} entries; the limit is {max}"
+        )));
+    }
+    Ok(())
+}
 
 impl TryFrom<pb::Register> for Registration {
     type Error = CoordinatorError;
@@ -320,6 +360,38 @@ impl TryFrom<pb::Register> for Registration {
                 "agent name must be 1 to {MAX_NAME_LEN} bytes long"
             )));
         }
+        check_len("register.hostname", &register.hostname, limits::MAX_HOSTNAME_BYTES)?;
+        check_len("register.version", &register.version, limits::MAX_VERSION_BYTES)?;
+        check_count("register.labels", register.labels.len(), limits::MAX_LABELS)?;
+        for (key, value) in &register.labels {
+            if key.is_empty() {
+                return Err(CoordinatorError::InvalidArgument(
+                    "register.labels: a label key is empty".into(),
+                ));
+            }
+            check_len("register.labels key", key, limits::MAX_LABEL_KEY_BYTES)?;
+            check_len(&format!("register.labels[{key}]"), value, limits::MAX_LABEL_VALUE_BYTES)?;
+        }
+        if register.slots > limits::MAX_AGENT_SLOTS {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "register.slots is {}; the limit is {}",
+                register.slots,
+                limits::MAX_AGENT_SLOTS
+            )));
+        }
+        check_count("register.gpus", register.gpus.len(), limits::MAX_GPUS_PER_AGENT)?;
+        let mut indices = std::collections::BTreeSet::new();
+        for gpu in &register.gpus {
+            check_len("register.gpus.uuid", &gpu.uuid, limits::MAX_GPU_TEXT_BYTES)?;
+            check_len("register.gpus.name", &gpu.name, limits::MAX_GPU_TEXT_BYTES)?;
+            if !indices.insert(gpu.index) {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "register.gpus: GPU index {} is reported twice",
+                    gpu.index
+                )));
+            }
+        }
+        check_count("register.held", register.held.len(), limits::MAX_HELD_LEASES)?;
         let mut held = Vec::new();
         for lease in register.held {
             held.push(lease_from_pb(Some(lease))?);
@@ -499,6 +571,66 @@ mod tests {
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
     use prost::Message;
 
+    fn valid_register(name: &str) -> pb::Register {
+        pb::Register {
+            name: name.into(),
+            slots: 4,
+            hostname: "gpu-01".into(),
+            version: "1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_field_and_count_of_a_registration_is_bounded() {
+        assert!(Registration::try_from(valid_register("a")).is_ok());
+        let refused = |r: pb::Register, needle: &str| {
+            let error = Registration::try_from(r).unwrap_err().to_string();
+            assert!(error.contains(needle), "{needle}: {error}");
+        };
+        let mut r = valid_register("a");
+        r.hostname = "h".repeat(2_500_000);
+        refused(r, "register.hostname is 2500000 bytes; the limit is 255");
+        let mut r = valid_register("a");
+        r.version = "v".repeat(1000);
+        refused(r, "register.version");
+        let mut r = valid_register("a");
+        r.slots = 4_000_000_000;
+        refused(r, "register.slots is 4000000000; the limit is 1024");
+        let mut r = valid_register("a");
+        r.labels = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+        refused(r, "register.labels has 100 entries; the limit is 64");
+        let mut r = valid_register("a");
+        r.labels = [("pool".to_string(), "x".repeat(10_000))].into();
+        refused(r, "register.labels[pool]");
+        let mut r = valid_register("a");
+        r.gpus = (0..65)
+            .map(|i| pb::Gpu {
+                index: i,
+                ..Default::default()
+            })
+            .collect();
+        refused(r, "register.gpus has 65 entries; the limit is 64");
+        let mut r = valid_register("a");
+        r.gpus = vec![pb::Gpu::default(), pb::Gpu::default()];
+        refused(r, "GPU index 0 is reported twice");
+        let mut r = valid_register("a");
+        r.gpus = vec![pb::Gpu {
+            name: "n".repeat(300),
+            ..Default::default()
+        }];
+        refused(r, "register.gpus.name");
+        let mut r = valid_register("a");
+        r.held = (0..2_000)
+            .map(|i| pb::Lease {
+                run_id: format!("r{i}"),
+                attempt: 1,
+                epoch: 1,
+            })
+            .collect();
+        refused(r, "register.held has 2000 entries");
+    }
+
     /// Runs `property` on `cases` inputs; prints and returns how many were executed.
     fn fuzz<S: Strategy>(
         name: &str,
@@ -633,12 +765,35 @@ mod tests {
         Ok(())
     }
 
+    /// Whether every field and count of `register` other than its name and leases is
+    /// within the documented limits.
+    fn fields_within_limits(register: &pb::Register) -> bool {
+        let mut indices = std::collections::BTreeSet::new();
+        register.hostname.len() <= limits::MAX_HOSTNAME_BYTES
+            && register.version.len() <= limits::MAX_VERSION_BYTES
+            && register.labels.len() <= limits::MAX_LABELS
+            && register.labels.iter().all(|(k, v)| {
+                !k.is_empty()
+                    && k.len() <= limits::MAX_LABEL_KEY_BYTES
+                    && v.len() <= limits::MAX_LABEL_VALUE_BYTES
+            })
+            && register.slots <= limits::MAX_AGENT_SLOTS
+            && register.gpus.len() <= limits::MAX_GPUS_PER_AGENT
+            && register.gpus.iter().all(|g| {
+                g.uuid.len() <= limits::MAX_GPU_TEXT_BYTES
+                    && g.name.len() <= limits::MAX_GPU_TEXT_BYTES
+                    && indices.insert(g.index)
+            })
+            && register.held.len() <= limits::MAX_HELD_LEASES
+    }
+
     fn check_register(register: pb::Register) -> Result<(), TestCaseError> {
         let original = register.clone();
         match Registration::try_from(register) {
             Ok(registration) => {
                 prop_assert!(!registration.name.is_empty());
                 prop_assert!(registration.name.len() <= MAX_NAME_LEN);
+                prop_assert!(fields_within_limits(&original));
                 prop_assert_eq!(registration.held.len(), original.held.len());
                 for lease in &registration.held {
                     prop_assert!(!lease.run_id.is_empty() && lease.attempt >= 1);
@@ -648,7 +803,7 @@ mod tests {
                 let valid_name = !original.name.is_empty() && original.name.len() <= MAX_NAME_LEN;
                 let valid_held = original.held.iter().all(|l| valid_lease(&Some(l.clone())));
                 prop_assert!(
-                    !(valid_name && valid_held),
+                    !(valid_name && valid_held && fields_within_limits(&original)),
                     "valid register rejected: {}",
                     error
                 );

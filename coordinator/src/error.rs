@@ -12,6 +12,8 @@ pub enum CoordinatorError {
     NotFound { kind: &'static str, id: String },
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("store error: {0}")]
     Store(String),
     #[error("{context}: {source}")]
@@ -33,6 +35,7 @@ impl From<CoordinatorError> for tonic::Status {
             }
             CoordinatorError::NotFound { .. } => tonic::Status::not_found(message),
             CoordinatorError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            CoordinatorError::PermissionDenied(_) => tonic::Status::permission_denied(message),
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(message),
             CoordinatorError::Store(_) | CoordinatorError::Io { .. } => {
                 tonic::Status::internal(message)

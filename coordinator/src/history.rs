@@ -40,7 +40,8 @@ use crate::error::CoordinatorError;
 use crate::model::{now_ms, RunRecord, SweepRecord};
 use crate::queries::Queries;
 use crate::service::Shared;
-use crate::store::{param_query_value, IndexWalk, TASKS_AVG_METRIC};
+use crate::model::StoredPoint;
+use crate::store::{param_query_value, IndexWalk, PointKey, TASKS_AVG_METRIC};
 
 /// Most rows one leaderboard returns.
 pub const MAX_LEADERBOARD_ROWS: usize = 1000;
@@ -50,6 +51,8 @@ pub const DEFAULT_LEADERBOARD_ROWS: usize = 20;
 const EXPORT_PAGE: usize = 500;
 /// Most log lines one `WatchRun` message carries when catching up.
 const WATCH_BACKLOG_LINES: usize = 10_000;
+/// Most points in one `WatchRun` message after the first.
+const WATCH_POINTS_PER_MESSAGE: usize = 50_000;
 
 /// A run as the query language sees it: its record and its sweep's.
 struct Facts<'a> {
@@ -697,6 +700,38 @@ impl Queries {
         Ok(())
     }
 
+    /// Marks everything stored of the run's current attempt as seen (a watch of only
+    /// what is new), reading the points' keys page by page.
+    fn watch_skip(&self, run_id: &str, seen: &mut WatchState) -> Result<(), CoordinatorError> {
+        let run = self
+            .store
+            .get_run(run_id)?
+            .ok_or_else(|| CoordinatorError::NotFound {
+                kind: "run",
+                id: run_id.to_string(),
+            })?;
+        let Some(attempt) = run.current_attempt() else {
+            return Ok(());
+        };
+        seen.attempt = attempt.number;
+        loop {
+            let page = self.store.metrics_after(
+                &run.id,
+                attempt.number,
+                seen.after,
+                WATCH_POINTS_PER_MESSAGE,
+                usize::MAX,
+            )?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            seen.after = Some(*last);
+            seen.points += page.len() as u64;
+        }
+        seen.lines = attempt.log_lines;
+        Ok(())
+    }
+
     /// What a watcher has not seen yet of a run: the current attempt's points and log
     /// lines past `seen`, and the run's status.
     fn run_delta(
@@ -717,20 +752,43 @@ impl Queries {
         if attempt.number != seen.attempt {
             *seen = WatchState {
                 attempt: attempt.number,
-                points: 0,
-                lines: 0,
                 status: seen.status,
+                ..WatchState::default()
             };
         }
+        let mut downsampled = false;
+        seen.behind = false;
         let points = if attempt.metric_points > seen.points {
-            let all = self.store.metrics(&run.id, attempt.number)?;
-            let fresh: Vec<pb::MetricPoint> = all
-                .iter()
-                .skip(seen.points as usize)
-                .map(convert::point_to_pb)
-                .collect();
-            seen.points = all.len() as u64;
-            fresh
+            if seen.after.is_none() {
+                // What was stored before the watch: the card's bounded view of it.
+                let all =
+                    self.store
+                        .metrics_after(&run.id, attempt.number, None, usize::MAX, usize::MAX)?;
+                seen.points = all.len() as u64;
+                seen.after = all.last().map(|(key, _)| *key);
+                let points: Vec<StoredPoint> = all.into_iter().map(|(_, point)| point).collect();
+                let (sampled, cut) = crate::downsample::downsample(&points);
+                downsampled = cut;
+                sampled.iter().map(convert::point_to_pb).collect()
+            } else {
+                // Only what arrived since, read from where the last message ended.
+                let fresh = self.store.metrics_after(
+                    &run.id,
+                    attempt.number,
+                    seen.after,
+                    WATCH_POINTS_PER_MESSAGE,
+                    ladder_shared::limits::MAX_PAGE_BYTES,
+                )?;
+                seen.points += fresh.len() as u64;
+                if let Some((key, _)) = fresh.last() {
+                    seen.after = Some(*key);
+                }
+                seen.behind = attempt.metric_points > seen.points && !fresh.is_empty();
+                fresh
+                    .iter()
+                    .map(|(_, point)| convert::point_to_pb(point))
+                    .collect()
+            }
         } else {
             Vec::new()
         };
@@ -749,6 +807,7 @@ impl Queries {
             points,
             lines,
             status: convert::run_status_to_pb(run.status) as i32,
+            downsampled,
         });
         Ok((run.status, message))
     }
@@ -768,6 +827,10 @@ fn index_value(run: &RunRecord, metric: &str) -> Option<f64> {
 struct WatchState {
     attempt: u32,
     points: u64,
+    /// The last point sent (or skipped): the next message starts after it.
+    after: Option<PointKey>,
+    /// More points were already stored than the last message carried.
+    behind: bool,
     lines: u64,
     status: Option<RunStatus>,
 }
@@ -791,9 +854,11 @@ pub(crate) fn spawn_watch(
     run_id: String,
     only_new: bool,
     tx: Sender<pb::WatchRunResponse>,
+    slot: crate::service::WatchSlot,
 ) {
     let mut changes = shared.changes.subscribe();
     tokio::spawn(async move {
+        let _slot = slot;
         let sweep_id = {
             let id = run_id.clone();
             match shared.read(move |q| q.run_sweep(&id)).await {
@@ -810,7 +875,7 @@ pub(crate) fn spawn_watch(
             let skipped = shared
                 .read(move |q| {
                     let mut state = WatchState::default();
-                    q.run_delta(&id, &mut state)?;
+                    q.watch_skip(&id, &mut state)?;
                     Ok(state)
                 })
                 .await;
@@ -840,6 +905,9 @@ pub(crate) fn spawn_watch(
                 if tx.send(Ok(message)).await.is_err() {
                     return;
                 }
+            }
+            if seen.behind {
+                continue;
             }
             if status.is_terminal() {
                 return;
@@ -1010,6 +1078,8 @@ mod tests {
             notes: Vec::new(),
             summaries: Default::default(),
             info: Default::default(),
+            metrics_dropped: 0,
+            next_note_id: 0,
         }
     }
 

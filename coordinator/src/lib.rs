@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod downsample;
 pub mod error;
 pub mod history;
 pub mod model;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
+use ladder_shared::limits::MAX_MESSAGE_BYTES;
 use ladder_shared::types::RunStatus;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -65,6 +67,18 @@ fn incoming_without_delay(
     })
 }
 
+async fn set_services_not_serving(reporter: &tonic_health::server::HealthReporter) {
+    reporter
+        .set_not_serving::<pb::sweep_service_server::SweepServiceServer<SweepServiceImpl>>()
+        .await;
+    reporter
+        .set_not_serving::<pb::run_service_server::RunServiceServer<RunServiceImpl>>()
+        .await;
+    reporter
+        .set_not_serving::<pb::agent_service_server::AgentServiceServer<AgentServiceImpl>>()
+        .await;
+}
+
 /// A run status used as a query filter.
 pub struct RunStatusFilter(pub RunStatus);
 
@@ -83,7 +97,9 @@ pub struct CoordinatorConfig {
 pub struct Coordinator {
     shared: Arc<Shared>,
     tls: Option<tls::TlsIdentity>,
-    scheduler: Option<std::thread::JoinHandle<()>>,
+    scheduler: Option<std::thread::JoinHandle<Option<String>>>,
+    /// Completes when the scheduler thread ends, with why when the store failed.
+    scheduler_stopped: Option<tokio::sync::oneshot::Receiver<Option<String>>>,
 }
 
 impl Coordinator {
@@ -93,9 +109,14 @@ impl Coordinator {
         let (changes, _) = broadcast::channel(1024);
         let scheduler = Scheduler::recover(store.clone(), config.lease, changes.clone())?;
         let (events, receiver) = std::sync::mpsc::channel();
+        let (stopped, scheduler_stopped) = tokio::sync::oneshot::channel();
         let handle = std::thread::Builder::new()
             .name("ladder-scheduler".into())
-            .spawn(move || scheduler.run(receiver))
+            .spawn(move || {
+                let failure = scheduler.run(receiver);
+                let _ = stopped.send(failure.clone());
+                failure
+            })
             .map_err(|source| CoordinatorError::Io {
                 context: "failed to start the scheduler thread".into(),
                 source,
@@ -106,24 +127,51 @@ impl Coordinator {
                 queries: Queries::new(store),
                 changes,
                 next_session: AtomicU64::new(1),
+                watches: Default::default(),
                 auth: config.auth.map(Arc::new),
             }),
             tls: config.tls,
             scheduler: Some(handle),
+            scheduler_stopped: Some(scheduler_stopped),
         })
     }
 
     /// Serves gRPC on `listener` until `shutdown` completes, then closes agent sessions,
     /// commits and stops the scheduler.
+    ///
+    /// When a store write fails, the scheduler stops acknowledging anything, health turns
+    /// NOT_SERVING, the server stops and this returns the store's error: the in-memory
+    /// view may be ahead of the store, so the process should exit and be restarted by its
+    /// supervisor, which rebuilds the view from what is stored (with sled's errors, such
+    /// as a full disk, sticky until the store is reopened, this is also how the
+    /// coordinator recovers once space is freed).
     pub async fn serve(
         mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), CoordinatorError> {
         let events = self.shared.events.clone();
+        let scheduler_stopped = self.scheduler_stopped.take();
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        let reporter = health_reporter.clone();
         let shutdown = async move {
-            shutdown.await;
-            info!("shutting down");
+            let store_failed = async move {
+                match scheduler_stopped {
+                    Some(stopped) => match stopped.await {
+                        Ok(Some(failure)) => failure,
+                        _ => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown => info!("shutting down"),
+                failure = store_failed => {
+                    tracing::error!(%failure, "the store failed; stopping");
+                    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                    set_services_not_serving(&reporter).await;
+                }
+            }
             // Agent sessions are long-lived streams: end them so the server can stop.
             let _ = events.send(Event::CloseSessions);
         };
@@ -140,7 +188,6 @@ impl Coordinator {
             .map_err(|e| {
                 CoordinatorError::Store(format!("cannot build the reflection service: {e}"))
             })?;
-        let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<pb::sweep_service_server::SweepServiceServer<SweepServiceImpl>>()
             .await;
@@ -163,22 +210,44 @@ impl Coordinator {
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(pb::sweep_service_server::SweepServiceServer::new(
-                SweepServiceImpl(self.shared.clone()),
-            ))
-            .add_service(pb::run_service_server::RunServiceServer::new(
-                RunServiceImpl(self.shared.clone()),
-            ))
-            .add_service(pb::agent_service_server::AgentServiceServer::new(
-                AgentServiceImpl(self.shared.clone()),
-            ))
+            .add_service(
+                pb::sweep_service_server::SweepServiceServer::new(SweepServiceImpl(
+                    self.shared.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::run_service_server::RunServiceServer::new(RunServiceImpl(
+                    self.shared.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::agent_service_server::AgentServiceServer::new(AgentServiceImpl(
+                    self.shared.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming_without_delay(listener), shutdown);
         let result = server
             .await
             .map_err(|e| CoordinatorError::Store(format!("server failed: {e}")));
         let _ = self.shared.events.send(Event::Shutdown);
+        let mut failure = None;
         if let Some(handle) = self.scheduler.take() {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            if let Ok(Ok(Some(stopped))) = tokio::task::spawn_blocking(move || handle.join()).await
+            {
+                failure = Some(stopped);
+            }
+        }
+        if let Some(failure) = failure {
+            return Err(CoordinatorError::Store(format!(
+                "{failure}; the coordinator stopped without acknowledging anything unstored. \
+                 Fix the cause (a full disk: free space) and start it again: it resumes from what is stored"
+            )));
         }
         result
     }

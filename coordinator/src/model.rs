@@ -9,6 +9,8 @@ use ladder_shared::summary::{MetricSummary, Reduction};
 use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::error::CoordinatorError;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -133,12 +135,25 @@ pub struct RunRecord {
     /// names. Empty in records stored before info, which load unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub info: BTreeMap<String, String>,
+    /// Metric values dropped because they named a metric beyond the run's
+    /// [`MAX_METRICS_PER_RUN`] distinct names.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub metrics_dropped: u64,
+    /// The id the next note gets (ids start at 1 and are never reused).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_note_id: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Most distinct `@ladder.info` names one run keeps: the record is rewritten on every
 /// report, so a program that invents a new name per step must not grow it without bound.
 /// Names it already has are still updated past the limit.
 pub const MAX_RUN_INFO_ENTRIES: usize = 256;
+
+pub use ladder_shared::limits::MAX_METRICS_PER_RUN;
 
 /// The git state of the directory a sweep file was submitted from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -158,33 +173,102 @@ pub struct RunUpdate {
     pub add_tags: Vec<String>,
     /// Applied after `add_tags`, so a tag in both ends up removed.
     pub remove_tags: Vec<String>,
+    /// Ids of notes to delete.
+    pub delete_notes: Vec<u64>,
+    /// Who asks (the token's name; empty without access control).
+    pub author: String,
+    /// Whether the author is an admin (or there is no access control): may delete any
+    /// note.
+    pub admin: bool,
 }
 
 impl RunUpdate {
-    pub fn apply(&self, run: &mut RunRecord, now_ms: i64) {
+    /// Applies the update to `run`, or changes nothing and says why: a note to delete
+    /// that does not exist or was written by someone else (unless admin), or a run that
+    /// would exceed [`MAX_NOTES_PER_RUN`] notes or [`MAX_TAGS_PER_RUN`] tags.
+    pub fn apply(&self, run: &mut RunRecord, now_ms: i64) -> Result<(), CoordinatorError> {
+        run.number_notes();
+        for id in &self.delete_notes {
+            let Some(note) = run.notes.iter().find(|n| n.id == *id) else {
+                return Err(CoordinatorError::NotFound {
+                    kind: "note",
+                    id: format!("{}/{id}", run.id),
+                });
+            };
+            if !self.admin && note.author != self.author {
+                return Err(CoordinatorError::PermissionDenied(format!(
+                    "note {id} of run {} was written by {:?}; only its author or an admin may delete it",
+                    run.id, note.author
+                )));
+            }
+        }
+        let notes_after = run.notes.len() - self.delete_notes.len().min(run.notes.len())
+            + usize::from(!self.note.is_empty());
+        if !self.note.is_empty() && notes_after > MAX_NOTES_PER_RUN {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "run {} has {} notes, the limit is {MAX_NOTES_PER_RUN}: delete some first",
+                run.id,
+                run.notes.len()
+            )));
+        }
+        let mut tags = run.tags.clone();
+        for tag in &self.add_tags {
+            tags.insert(tag.clone());
+        }
+        for tag in &self.remove_tags {
+            tags.remove(tag);
+        }
+        if tags.len() > MAX_TAGS_PER_RUN && tags.len() > run.tags.len() {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "run {} would have {} tags; the limit is {MAX_TAGS_PER_RUN}",
+                run.id,
+                tags.len()
+            )));
+        }
+        run.notes.retain(|note| !self.delete_notes.contains(&note.id));
         if !self.note.is_empty() {
+            let id = run.next_note_id.max(1);
+            run.next_note_id = id + 1;
             run.notes.push(RunNote {
                 time_ms: now_ms,
                 text: self.note.clone(),
+                author: self.author.clone(),
+                id,
             });
         }
-        for tag in &self.add_tags {
-            run.tags.insert(tag.clone());
-        }
-        for tag in &self.remove_tags {
-            run.tags.remove(tag);
-        }
+        run.tags = tags;
+        Ok(())
     }
 }
+
+pub use ladder_shared::limits::{MAX_NOTES_PER_RUN, MAX_TAGS_PER_RUN};
 
 /// A note a user added to a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunNote {
     pub time_ms: i64,
     pub text: String,
+    /// Who wrote it; empty for notes written without access control.
+    #[serde(default)]
+    pub author: String,
+    /// Unique within the run; 0 for notes stored before ids (they are given ids on
+    /// read, see [`RunRecord::number_notes`]).
+    #[serde(default)]
+    pub id: u64,
 }
 
 impl RunRecord {
+    /// Gives ids to notes stored before notes had them: their position, from 1, which is
+    /// also the id [`crate::convert`] shows for them until then.
+    pub fn number_notes(&mut self) {
+        if self.next_note_id == 0 {
+            for (position, note) in self.notes.iter_mut().enumerate() {
+                note.id = position as u64 + 1;
+            }
+            self.next_note_id = self.notes.len() as u64 + 1;
+        }
+    }
+
     pub fn current_attempt(&self) -> Option<&AttemptRecord> {
         self.attempts.last()
     }
@@ -240,6 +324,35 @@ impl RunRecord {
             }
         }
         observe_points(&mut self.summaries, spec, points);
+    }
+
+    /// Keeps the run within [`MAX_METRICS_PER_RUN`] distinct metric names: values in
+    /// `points` that name a metric the run does not have yet, once it has that many, are
+    /// removed (points left with no value are removed too). Returns how many values were
+    /// removed; [`RunRecord::metrics_dropped`] counts them over the run's life. Linear in
+    /// the number of values.
+    pub fn admit_metrics(&mut self, points: &mut Vec<StoredPoint>) -> u64 {
+        let mut known: std::collections::BTreeSet<String> =
+            self.last_metrics.keys().cloned().collect();
+        let mut dropped = 0u64;
+        for point in points.iter_mut() {
+            point.values.retain(|name, _| {
+                if known.contains(name) {
+                    return true;
+                }
+                if known.len() < MAX_METRICS_PER_RUN {
+                    known.insert(name.clone());
+                    return true;
+                }
+                dropped += 1;
+                false
+            });
+        }
+        if dropped > 0 {
+            points.retain(|point| !point.values.is_empty() || point.step.is_some());
+        }
+        self.metrics_dropped += dropped;
+        dropped
     }
 
     /// Merges `info` (one batch of `@ladder.info` entries, later lines already merged
@@ -349,6 +462,8 @@ mod tests {
             notes: Vec::new(),
             summaries: BTreeMap::new(),
             info: BTreeMap::new(),
+            metrics_dropped: 0,
+            next_note_id: 0,
         };
         let batch = |entries: &[(&str, &str)]| -> BTreeMap<String, String> {
             entries
@@ -371,6 +486,8 @@ mod tests {
         // Records stored before info load with none, and an empty one is not written.
         let json = serde_json::to_value(RunRecord {
             info: BTreeMap::new(),
+            metrics_dropped: 0,
+            next_note_id: 0,
             ..run.clone()
         })
         .unwrap();
@@ -379,5 +496,109 @@ mod tests {
         old.as_object_mut().unwrap().remove("info");
         let loaded: RunRecord = serde_json::from_value(old).unwrap();
         assert!(loaded.info.is_empty());
+    }
+
+    fn empty_run() -> RunRecord {
+        RunRecord {
+            id: "s-000000".into(),
+            sweep_id: "s".into(),
+            project: String::new(),
+            index: 0,
+            params: Default::default(),
+            argv: Vec::new(),
+            status: RunStatus::Completed,
+            attempts: Vec::new(),
+            last_metrics: BTreeMap::new(),
+            last_step: None,
+            created_ms: 0,
+            ended_ms: None,
+            tags: Default::default(),
+            notes: Vec::new(),
+            summaries: BTreeMap::new(),
+            info: BTreeMap::new(),
+            metrics_dropped: 0,
+            next_note_id: 0,
+        }
+    }
+
+    fn note(text: &str, author: &str, admin: bool) -> RunUpdate {
+        RunUpdate {
+            run_id: "s-000000".into(),
+            note: text.into(),
+            author: author.into(),
+            admin,
+            ..RunUpdate::default()
+        }
+    }
+
+    #[test]
+    fn notes_and_tags_are_bounded_and_notes_deleted_only_by_their_author_or_an_admin() {
+        let mut run = empty_run();
+        for i in 0..MAX_NOTES_PER_RUN {
+            note(&format!("n{i}"), "alice", false)
+                .apply(&mut run, 1)
+                .unwrap();
+        }
+        let refused = note("one more", "alice", false).apply(&mut run, 2).unwrap_err();
+        assert!(refused.to_string().contains("the limit is 100"), "{refused}");
+        assert_eq!(run.notes.len(), MAX_NOTES_PER_RUN);
+
+        let first = run.notes[0].id;
+        let run_id = run.id.clone();
+        let delete = |author: &str, admin: bool| RunUpdate {
+            run_id: run_id.clone(),
+            delete_notes: vec![first],
+            author: author.into(),
+            admin,
+            ..RunUpdate::default()
+        };
+        let refused = delete("bob", false).apply(&mut run, 3).unwrap_err();
+        assert!(refused.to_string().contains("only its author or an admin"), "{refused}");
+        assert_eq!(run.notes.len(), MAX_NOTES_PER_RUN, "nothing changed");
+        delete("root", true).apply(&mut run, 3).unwrap();
+        assert_eq!(run.notes.len(), MAX_NOTES_PER_RUN - 1);
+        assert!(run.notes.iter().all(|n| n.id != first));
+        note("after", "alice", false).apply(&mut run, 4).unwrap();
+        let ids: std::collections::BTreeSet<u64> = run.notes.iter().map(|n| n.id).collect();
+        assert_eq!(ids.len(), run.notes.len(), "ids are never reused");
+
+        let tags = RunUpdate {
+            run_id: run.id.clone(),
+            add_tags: (0..=MAX_TAGS_PER_RUN).map(|i| format!("t{i}")).collect(),
+            ..RunUpdate::default()
+        };
+        assert!(tags.apply(&mut run, 5).is_err());
+        assert!(run.tags.is_empty());
+    }
+
+    #[test]
+    fn notes_stored_before_ids_get_their_positions() {
+        let mut run = empty_run();
+        let old = |text: &str| RunNote {
+            time_ms: 0,
+            text: text.into(),
+            author: String::new(),
+            id: 0,
+        };
+        run.notes = vec![old("a"), old("b")];
+        assert_eq!(
+            crate::convert::run_to_pb(&run)
+                .notes
+                .iter()
+                .map(|n| n.id)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let delete_second = RunUpdate {
+            run_id: run.id.clone(),
+            delete_notes: vec![2],
+            admin: true,
+            ..RunUpdate::default()
+        };
+        delete_second.apply(&mut run, 1).unwrap();
+        assert_eq!(run.notes.len(), 1);
+        assert_eq!(run.notes[0].text, "a");
+        note("c", "", true).apply(&mut run, 2).unwrap();
+        assert_eq!(run.notes[1].id, 3);
     }
 }

@@ -8,7 +8,21 @@ use ladder_proto::v1 as pb;
 use crate::convert;
 use crate::error::CoordinatorError;
 use crate::model::SweepRecord;
-use crate::store::Store;
+use crate::downsample;
+use crate::store::{PointKey, Store};
+use ladder_shared::limits;
+
+/// Reads a `ListSweeps` cursor (`CREATED_MS.ID` of the last sweep of a page).
+fn parse_sweep_cursor(cursor: &str) -> Result<(i64, String), CoordinatorError> {
+    cursor
+        .split_once('.')
+        .and_then(|(created, id)| Some((created.parse().ok()?, id.to_string())))
+        .ok_or_else(|| {
+            CoordinatorError::InvalidArgument(format!(
+                "cursor {cursor:?} is not a cursor of ListSweeps"
+            ))
+        })
+}
 
 /// Default number of log lines `GetRun` returns.
 pub const DEFAULT_LOG_TAIL: usize = 50;
@@ -34,6 +48,23 @@ impl Queries {
             })
     }
 
+    /// Who owns the sweep `sweep_id` (empty: no owner recorded).
+    pub fn sweep_owner(&self, sweep_id: &str) -> Result<String, CoordinatorError> {
+        Ok(self.sweep_record(sweep_id)?.owner)
+    }
+
+    /// Who owns the run `run_id`: the owner of its sweep.
+    pub fn run_owner(&self, run_id: &str) -> Result<String, CoordinatorError> {
+        let run = self
+            .store
+            .get_run(run_id)?
+            .ok_or_else(|| CoordinatorError::NotFound {
+                kind: "run",
+                id: run_id.to_string(),
+            })?;
+        self.sweep_owner(&run.sweep_id)
+    }
+
     pub fn sweep(&self, sweep_id: &str) -> Result<pb::Sweep, CoordinatorError> {
         let record = self.sweep_record(sweep_id)?;
         self.sweep_with_counts(&record)
@@ -44,15 +75,103 @@ impl Queries {
         Ok(convert::sweep_to_pb(record, convert::count_runs(&runs)))
     }
 
-    pub fn sweeps(&self, project: &str) -> Result<Vec<pb::Sweep>, CoordinatorError> {
+    /// One page of sweeps (of `project`, or of all when empty), oldest first, starting
+    /// after `cursor` (a `next_cursor` of an earlier page; empty: from the first).
+    /// Listed sweeps carry no YAML. Returns the page and the cursor of the next one.
+    pub fn sweeps_page(
+        &self,
+        project: &str,
+        cursor: &str,
+        page_size: usize,
+    ) -> Result<(Vec<pb::Sweep>, Option<String>), CoordinatorError> {
+        let after = if cursor.is_empty() {
+            None
+        } else {
+            Some(parse_sweep_cursor(cursor)?)
+        };
         let mut sweeps = Vec::new();
+        let mut next_cursor = None;
         for record in self.store.list_sweeps()? {
             if !project.is_empty() && record.spec.project != project {
                 continue;
             }
-            sweeps.push(self.sweep_with_counts(&record)?);
+            if let Some((created_ms, id)) = &after {
+                if (record.created_ms, record.id.as_str()) <= (*created_ms, id.as_str()) {
+                    continue;
+                }
+            }
+            if sweeps.len() == page_size {
+                next_cursor = sweeps
+                    .last()
+                    .map(|last: &pb::Sweep| format!("{}.{}", last.created_ms, last.id));
+                break;
+            }
+            let mut sweep = self.sweep_with_counts(&record)?;
+            sweep.spec_yaml.clear();
+            sweeps.push(sweep);
         }
-        Ok(sweeps)
+        Ok((sweeps, next_cursor))
+    }
+
+    /// One page of an attempt's metric points (the latest attempt when `attempt` is 0).
+    pub fn metric_points(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        cursor: &str,
+        page_size: usize,
+    ) -> Result<pb::ListMetricPointsResponse, CoordinatorError> {
+        let run = self
+            .store
+            .get_run(run_id)?
+            .ok_or_else(|| CoordinatorError::NotFound {
+                kind: "run",
+                id: run_id.to_string(),
+            })?;
+        let attempt = if attempt == 0 {
+            run.current_attempt().map_or(1, |a| a.number)
+        } else if run.attempts.iter().any(|a| a.number == attempt) {
+            attempt
+        } else {
+            return Err(CoordinatorError::NotFound {
+                kind: "attempt",
+                id: format!("{run_id}/{attempt}"),
+            });
+        };
+        let after = if cursor.is_empty() {
+            None
+        } else {
+            Some(PointKey::from_cursor(cursor).ok_or_else(|| {
+                CoordinatorError::InvalidArgument(format!("cursor {cursor:?} is not a cursor of ListMetricPoints"))
+            })?)
+        };
+        let mut points = self.store.metrics_after(
+            run_id,
+            attempt,
+            after,
+            page_size + 1,
+            limits::MAX_PAGE_BYTES,
+        )?;
+        let more = points.len() > page_size
+            || (!points.is_empty()
+                && !self
+                    .store
+                    .metrics_after(run_id, attempt, points.last().map(|p| p.0), 1, usize::MAX)?
+                    .is_empty());
+        points.truncate(page_size);
+        let next_cursor = if more {
+            points.last().map(|(key, _)| key.to_cursor()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListMetricPointsResponse {
+            attempt,
+            points: points
+                .iter()
+                .map(|(_, point)| convert::point_to_pb(point))
+                .collect(),
+            next_cursor,
+        })
     }
 
     pub fn run(
@@ -70,9 +189,13 @@ impl Queries {
         let mut metrics = Vec::new();
         for attempt in &run.attempts {
             let points = self.store.metrics(&run.id, attempt.number)?;
+            let total_points = points.len() as u64;
+            let (points, downsampled) = downsample::downsample(&points);
             metrics.push(pb::AttemptMetrics {
                 attempt: attempt.number,
                 points: points.iter().map(convert::point_to_pb).collect(),
+                total_points,
+                downsampled,
             });
         }
         let tail = if log_tail == 0 {

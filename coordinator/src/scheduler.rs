@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::error::CoordinatorError;
 use crate::model::{
     now_ms, AgentRecord, AttemptOutcome, AttemptRecord, GitState, RunRecord, RunUpdate,
-    StoredPoint, SweepRecord,
+    StoredLogLine, StoredPoint, SweepRecord, MAX_METRICS_PER_RUN,
 };
 use crate::placement::{self, Capacity, Demand};
 use crate::protocol::{
@@ -88,8 +88,12 @@ pub enum Event {
         action: SweepAction,
         reply: Reply<SweepRecord>,
     },
+    /// One page of agents by name: up to `limit` named after `after`, and whether
+    /// more follow.
     ListAgents {
-        reply: Reply<Vec<AgentView>>,
+        after: String,
+        limit: usize,
+        reply: Reply<(Vec<AgentView>, bool)>,
     },
     /// Lift an agent's quarantine.
     EnableAgent {
@@ -125,7 +129,7 @@ enum Deferred {
         Reply<SweepRecord>,
         Box<Result<SweepRecord, CoordinatorError>>,
     ),
-    Agents(Reply<Vec<AgentView>>, Vec<AgentView>),
+    Agents(Reply<(Vec<AgentView>, bool)>, (Vec<AgentView>, bool)),
     Agent(Reply<AgentView>, Box<Result<AgentView, CoordinatorError>>),
     Run(Reply<RunRecord>, Box<Result<RunRecord, CoordinatorError>>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
@@ -311,6 +315,10 @@ pub struct Scheduler {
     changed: HashSet<String>,
     changes: broadcast::Sender<String>,
     stopping: bool,
+    /// Set when a store write or commit failed: the in-memory view may then be ahead of
+    /// the store, so nothing more is acknowledged and the scheduler stops; the
+    /// coordinator exits and its next start rebuilds the view from what is stored.
+    failure: Option<String>,
 }
 
 impl Scheduler {
@@ -335,6 +343,7 @@ impl Scheduler {
             changed: HashSet::new(),
             changes,
             stopping: false,
+            failure: None,
         };
         for record in scheduler.store.list_agents()? {
             scheduler.agents.insert(
@@ -397,7 +406,8 @@ impl Scheduler {
     }
 
     /// Runs the loop until [`Event::Shutdown`] or until every sender is gone.
-    pub fn run(mut self, events: Receiver<Event>) {
+    /// Applies events until shutdown; returns why it stopped early when the store failed.
+    pub fn run(mut self, events: Receiver<Event>) -> Option<String> {
         let tick = (self.config.heartbeat_interval / 2)
             .clamp(Duration::from_millis(20), Duration::from_millis(500));
         loop {
@@ -418,21 +428,56 @@ impl Scheduler {
             self.step(Instant::now());
             if self.stopping {
                 info!("scheduler stopped");
-                return;
+                return self.failure;
             }
         }
     }
 
     /// After a batch of events: expire leases as of `now`, place runs, commit, release.
     fn step(&mut self, now: Instant) {
-        self.check_leases(now);
+        if self.failure.is_none() {
+            self.check_leases(now);
+        }
         if !self.stopping {
             self.schedule();
         }
         self.commit_and_release();
     }
 
+    /// Stops the scheduler after a store error (see [`Scheduler::failure`]).
+    fn fail(&mut self, error: &CoordinatorError) {
+        if self.failure.is_none() {
+            error!(%error, "store write failed; nothing more is acknowledged and the coordinator stops so that it restarts from what is stored");
+            self.failure = Some(error.to_string());
+        }
+        self.stopping = true;
+    }
+
+    /// Stops the scheduler when `result` is a store error.
+    fn check<T>(&mut self, result: &Result<T, CoordinatorError>) {
+        if let Err(error @ CoordinatorError::Store(_)) = result {
+            self.fail(error);
+        }
+    }
+
     fn handle(&mut self, event: Event) {
+        if self.failure.is_some() {
+            // Replies go out as errors with the next (refused) commit; agent reports are
+            // left unacknowledged, to be resent to the restarted coordinator.
+            match event {
+                Event::Submit { reply, .. } | Event::SweepAction { reply, .. } => {
+                    self.deferred.push(Deferred::Sweep(reply, Box::new(Err(CoordinatorError::ShuttingDown))));
+                }
+                Event::EnableAgent { reply, .. } => {
+                    self.deferred.push(Deferred::Agent(reply, Box::new(Err(CoordinatorError::ShuttingDown))));
+                }
+                Event::UpdateRun { reply, .. } => {
+                    self.deferred.push(Deferred::Run(reply, Box::new(Err(CoordinatorError::ShuttingDown))));
+                }
+                _ => {}
+            }
+            return;
+        }
         match event {
             Event::Submit {
                 spec,
@@ -443,6 +488,7 @@ impl Scheduler {
                 reply,
             } => {
                 let result = self.submit(*spec, file_name, yaml, owner, git);
+                self.check(&result);
                 self.deferred.push(Deferred::Sweep(reply, Box::new(result)));
             }
             Event::SweepAction {
@@ -451,33 +497,44 @@ impl Scheduler {
                 reply,
             } => {
                 let result = self.sweep_action(&sweep_id, action);
+                self.check(&result);
                 self.deferred.push(Deferred::Sweep(reply, Box::new(result)));
             }
             Event::EnableAgent { name, reply } => {
                 let result = self.enable_agent(&name);
+                self.check(&result);
                 self.deferred.push(Deferred::Agent(reply, Box::new(result)));
             }
-            Event::ListAgents { reply } => {
-                let views = self.agent_views();
-                self.deferred.push(Deferred::Agents(reply, views));
+            Event::ListAgents {
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self.agent_page(&after, limit);
+                self.deferred.push(Deferred::Agents(reply, page));
             }
             Event::AgentConnected {
                 session,
                 registration,
                 outbox,
             } => {
-                if let Err(error) = self.agent_connected(session, registration, outbox) {
+                let result = self.agent_connected(session, registration, outbox);
+                self.check(&result);
+                if let Err(error) = result {
                     error!(%error, "failed to register agent");
                 }
             }
             Event::AgentMessage { session, message } => {
-                if let Err(error) = self.agent_message(session, message) {
+                let result = self.agent_message(session, message);
+                self.check(&result);
+                if let Err(error) = result {
                     error!(%error, "failed to apply agent message");
                 }
             }
             Event::AgentDisconnected { session } => self.agent_disconnected(session),
             Event::UpdateRun { update, reply } => {
                 let result = self.update_run(update);
+                self.check(&result);
                 self.deferred.push(Deferred::Run(reply, Box::new(result)));
             }
             Event::CloseSessions => {
@@ -497,7 +554,7 @@ impl Scheduler {
     fn update_run(&mut self, update: RunUpdate) -> Result<RunRecord, CoordinatorError> {
         let record = match self.runs.get_mut(&update.run_id) {
             Some(run) => {
-                update.apply(run, now_ms());
+                update.apply(run, now_ms())?;
                 run.clone()
             }
             None => {
@@ -507,7 +564,7 @@ impl Scheduler {
                         id: update.run_id.clone(),
                     }
                 })?;
-                update.apply(&mut run, now_ms());
+                update.apply(&mut run, now_ms())?;
                 run
             }
         };
@@ -695,7 +752,9 @@ impl Scheduler {
     // ----- placement -----
 
     fn schedule(&mut self) {
-        if let Err(error) = self.try_schedule() {
+        let result = self.try_schedule();
+        self.check(&result);
+        if let Err(error) = result {
             error!(%error, "scheduling failed");
         }
     }
@@ -743,13 +802,20 @@ impl Scheduler {
         sweeps.sort_by(|a, b| {
             (a.record.created_ms, &a.record.id).cmp(&(b.record.created_ms, &b.record.id))
         });
+        // New trials offered in this step, over every sweep: at most one per free slot,
+        // so the work here follows the free slots, whatever the sweeps' `parallel`.
+        let mut budget = total_free;
         for sweep in sweeps {
+            if budget == 0 {
+                break;
+            }
             let room = u64::from(sweep.record.spec.parallel).saturating_sub(sweep.active);
             let remaining = sweep
                 .record
                 .planned_runs
                 .saturating_sub(sweep.record.created_runs);
-            let count = room.min(remaining).min(total_free);
+            let count = room.min(remaining).min(budget);
+            budget -= count;
             for _ in 0..count {
                 entries.push(Entry::NewTrial(sweep.record.id.clone()));
                 demands.push(demand_of(&sweep.record.spec));
@@ -803,6 +869,8 @@ impl Scheduler {
             notes: Vec::new(),
             summaries: BTreeMap::new(),
             info: BTreeMap::new(),
+            metrics_dropped: 0,
+            next_note_id: 0,
         };
         state.record.created_runs += 1;
         self.store.put_sweep(&state.record)?;
@@ -896,6 +964,7 @@ impl Scheduler {
 
     // ----- agents -----
 
+    #[cfg(test)]
     fn agent_views(&self) -> Vec<AgentView> {
         let mut views: Vec<AgentView> = self
             .agents
@@ -904,6 +973,22 @@ impl Scheduler {
             .collect();
         views.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         views
+    }
+
+    fn agent_page(&self, after: &str, limit: usize) -> (Vec<AgentView>, bool) {
+        let mut names: Vec<&String> = self
+            .agents
+            .keys()
+            .filter(|name| name.as_str() > after)
+            .collect();
+        names.sort();
+        let more = names.len() > limit;
+        let views = names
+            .into_iter()
+            .take(limit)
+            .map(|name| self.agent_view(&self.agents[name]))
+            .collect();
+        (views, more)
     }
 
     fn agent_view(&self, agent: &AgentState) -> AgentView {
@@ -1119,29 +1204,45 @@ impl Scheduler {
             .runs
             .get_mut(&lease.run_id)
             .expect("current lease has a run");
-        let attempt = run
+        let acked_seq = run
             .current_attempt_mut()
-            .expect("current lease has an attempt");
-        if seq <= attempt.acked_seq {
+            .expect("current lease has an attempt")
+            .acked_seq;
+        if seq <= acked_seq {
             self.deferred
                 .push(Deferred::Send(outbox, ToAgent::Ack { lease, seq }));
             return Ok(());
         }
-        if seq != attempt.acked_seq + 1 {
-            warn!(run_id = %lease.run_id, seq, expected = attempt.acked_seq + 1, "event out of order ignored");
+        if seq != acked_seq + 1 {
+            warn!(run_id = %lease.run_id, seq, expected = acked_seq + 1, "event out of order ignored");
             return Ok(());
         }
-        attempt.acked_seq = seq;
         let mut finished = None;
         match event {
             RunEvent::Started { pid, work_dir } => {
                 debug!(run_id = %lease.run_id, pid, work_dir, "run started");
             }
             RunEvent::Output {
-                metrics,
-                logs,
+                mut metrics,
+                mut logs,
                 info,
             } => {
+                let dropped = run.admit_metrics(&mut metrics);
+                if dropped > 0 && run.metrics_dropped == dropped {
+                    warn!(run_id = %lease.run_id, limit = MAX_METRICS_PER_RUN, "run reports too many metric names; new ones dropped");
+                    logs.push(StoredLogLine {
+                        time_ms: now_ms(),
+                        stream: "stderr".into(),
+                        text: format!(
+                            "[ladder] this run reported more than {MAX_METRICS_PER_RUN} distinct metric names; values of further names are dropped"
+                        ),
+                    });
+                }
+                // Stored before anything is counted: an event whose output could not be
+                // stored is neither acknowledged nor taken as seen when it is resent.
+                self.store
+                    .put_output(&lease.run_id, lease.attempt, seq, &metrics, &logs)?;
+                let attempt = run.current_attempt_mut().expect("attempt");
                 let first_point = attempt.metric_points;
                 attempt.log_lines += logs.len() as u64;
                 attempt.metric_points += metrics.len() as u64;
@@ -1168,11 +1269,10 @@ impl Scheduler {
                 if dropped > 0 {
                     warn!(run_id = %lease.run_id, dropped, "run info has too many names; new ones dropped");
                 }
-                self.store
-                    .put_output(&lease.run_id, lease.attempt, seq, &metrics, &logs)?;
             }
             RunEvent::Finished(finish) => finished = Some(finish),
         }
+        run.current_attempt_mut().expect("attempt").acked_seq = seq;
         self.changed.insert(run.sweep_id.clone());
         match finished {
             Some(finish) => self.finish_attempt(&lease.run_id, finish)?,
@@ -1321,7 +1421,9 @@ impl Scheduler {
                 self.config.lease_timeout.as_secs_f64()
             );
             for run_id in run_ids {
-                if let Err(error) = self.lose_attempt(&run_id, &reason) {
+                let result = self.lose_attempt(&run_id, &reason);
+                self.check(&result);
+                if let Err(error) = result {
                     error!(%error, run_id, "failed to requeue run");
                 }
             }
@@ -1332,9 +1434,13 @@ impl Scheduler {
         if self.deferred.is_empty() && self.changed.is_empty() {
             return;
         }
-        let committed = self.store.commit();
+        let committed = match &self.failure {
+            Some(failure) => Err(CoordinatorError::Store(failure.clone())),
+            None => self.store.commit(),
+        };
         if let Err(error) = &committed {
             error!(%error, "store commit failed; nothing of this batch is acknowledged");
+            self.fail(error);
         }
         for deferred in self.deferred.drain(..) {
             match deferred {
@@ -1681,6 +1787,182 @@ mod tests {
             "the stale completion did not land"
         );
         assert_eq!(run.attempts.len(), 2);
+    }
+
+    /// A store whose next output write fails once, as a transient I/O error would.
+    struct FlakyStore {
+        inner: SledStore,
+        fail_next_output: std::sync::atomic::AtomicBool,
+    }
+
+    impl Store for FlakyStore {
+        fn put_sweep(&self, sweep: &SweepRecord) -> crate::store::Result<()> {
+            self.inner.put_sweep(sweep)
+        }
+        fn get_sweep(&self, id: &str) -> crate::store::Result<Option<SweepRecord>> {
+            self.inner.get_sweep(id)
+        }
+        fn list_sweeps(&self) -> crate::store::Result<Vec<SweepRecord>> {
+            self.inner.list_sweeps()
+        }
+        fn put_run(&self, run: &RunRecord) -> crate::store::Result<()> {
+            self.inner.put_run(run)
+        }
+        fn get_run(&self, id: &str) -> crate::store::Result<Option<RunRecord>> {
+            self.inner.get_run(id)
+        }
+        fn list_runs(&self, sweep_id: Option<&str>) -> crate::store::Result<Vec<RunRecord>> {
+            self.inner.list_runs(sweep_id)
+        }
+        fn for_each_run(
+            &self,
+            sweep_id: Option<&str>,
+            visit: &mut dyn FnMut(RunRecord) -> crate::store::Result<()>,
+        ) -> crate::store::Result<()> {
+            self.inner.for_each_run(sweep_id, visit)
+        }
+        fn put_output(
+            &self,
+            run_id: &str,
+            attempt: u32,
+            seq: u64,
+            metrics: &[StoredPoint],
+            logs: &[StoredLogLine],
+        ) -> crate::store::Result<()> {
+            if self
+                .fail_next_output
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(CoordinatorError::Store("injected write error".into()));
+            }
+            self.inner.put_output(run_id, attempt, seq, metrics, logs)
+        }
+        fn metrics(&self, run_id: &str, attempt: u32) -> crate::store::Result<Vec<StoredPoint>> {
+            self.inner.metrics(run_id, attempt)
+        }
+        fn metrics_after(
+            &self,
+            run_id: &str,
+            attempt: u32,
+            after: Option<crate::store::PointKey>,
+            limit: usize,
+            max_bytes: usize,
+        ) -> crate::store::Result<Vec<(crate::store::PointKey, StoredPoint)>> {
+            self.inner
+                .metrics_after(run_id, attempt, after, limit, max_bytes)
+        }
+        fn log_tail(
+            &self,
+            run_id: &str,
+            attempt: u32,
+            n: usize,
+        ) -> crate::store::Result<Vec<StoredLogLine>> {
+            self.inner.log_tail(run_id, attempt, n)
+        }
+        fn put_agent(&self, agent: &AgentRecord) -> crate::store::Result<()> {
+            self.inner.put_agent(agent)
+        }
+        fn list_agents(&self) -> crate::store::Result<Vec<AgentRecord>> {
+            self.inner.list_agents()
+        }
+        fn next_epoch(&self) -> crate::store::Result<u64> {
+            self.inner.next_epoch()
+        }
+        fn commit(&self) -> crate::store::Result<()> {
+            self.inner.commit()
+        }
+    }
+
+    fn acks(agent: &mut VirtualAgent) -> Vec<u64> {
+        agent
+            .drain()
+            .into_iter()
+            .filter_map(|m| match m {
+                ToAgent::Ack { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_event_whose_output_failed_to_store_is_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FlakyStore {
+            inner: SledStore::open(dir.path()).unwrap(),
+            fail_next_output: std::sync::atomic::AtomicBool::new(false),
+        });
+        let config = LeaseConfig {
+            lease_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(100),
+        };
+        let (changes, _) = broadcast::channel(64);
+        let mut s = Scheduler::recover(store.clone() as Arc<dyn Store>, config, changes.clone()).unwrap();
+        let mut a = connect(&mut s, 1, "a", 1, vec![]);
+        submit(
+            &mut s,
+            "name: t\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
+        );
+        let lease = a.assignments()[0].lease.clone();
+        store
+            .fail_next_output
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        report(&mut s, &a, &lease, 1, output(0.5));
+        // The agent resends what was not acknowledged, then goes on.
+        report(&mut s, &a, &lease, 1, output(0.5));
+        report(&mut s, &a, &lease, 2, output(0.25));
+        let acked = acks(&mut a);
+        let stored = store.metrics(&lease.run_id, 1).unwrap().len() as u64;
+        for seq in &acked {
+            assert!(
+                *seq <= stored,
+                "event {seq} acknowledged but only {stored} events of output are stored"
+            );
+        }
+        assert!(s.failure.is_some(), "the scheduler stops after a store error");
+
+        // A restarted coordinator takes the resent events and stores each of them.
+        let mut s = Scheduler::recover(store.clone() as Arc<dyn Store>, config, changes).unwrap();
+        let mut a = connect(&mut s, 2, "a", 1, vec![lease.clone()]);
+        a.drain();
+        report(&mut s, &a, &lease, 1, output(0.5));
+        report(&mut s, &a, &lease, 2, output(0.25));
+        assert_eq!(acks(&mut a), vec![1, 2]);
+        assert_eq!(store.metrics(&lease.run_id, 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn metric_names_beyond_the_run_limit_are_dropped_and_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut a = connect(&mut s, 1, "a", 1, vec![]);
+        submit(
+            &mut s,
+            "name: t\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
+        );
+        let lease = a.assignments()[0].lease.clone();
+        let many = |from: usize, to: usize| RunEvent::Output {
+            metrics: vec![StoredPoint {
+                step: Some(1),
+                values: (from..to).map(|i| (format!("m{i}"), 1.0)).collect(),
+                time_ms: 0,
+            }],
+            logs: vec![],
+            info: BTreeMap::new(),
+        };
+        report(&mut s, &a, &lease, 1, many(0, MAX_METRICS_PER_RUN - 1));
+        report(&mut s, &a, &lease, 2, many(MAX_METRICS_PER_RUN - 1, MAX_METRICS_PER_RUN + 50));
+        // Known names still update past the limit.
+        report(&mut s, &a, &lease, 3, many(0, 10));
+        assert_eq!(acks(&mut a), vec![1, 2, 3]);
+        let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+        assert_eq!(run.last_metrics.len(), MAX_METRICS_PER_RUN);
+        assert_eq!(run.summaries.len(), MAX_METRICS_PER_RUN);
+        assert_eq!(run.metrics_dropped, 50);
+        let log = s.store.log_tail(&lease.run_id, 1, 10).unwrap();
+        assert!(
+            log.iter().any(|l| l.text.contains("distinct metric names")),
+            "the drop is noted in the run's log: {log:?}"
+        );
     }
 
     #[test]

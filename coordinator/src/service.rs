@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use ladder_proto::v1 as pb;
+use ladder_shared::limits;
 use ladder_shared::spec;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
@@ -28,8 +29,7 @@ use crate::protocol::{FromAgent, Registration, ToAgent};
 use crate::queries::Queries;
 use crate::scheduler::{Event, SweepAction};
 
-/// Largest sweep file accepted.
-pub const MAX_SWEEP_FILE_BYTES: usize = 1 << 20;
+pub use ladder_shared::limits::MAX_SWEEP_FILE_BYTES;
 
 /// State shared by every service.
 pub struct Shared {
@@ -39,6 +39,48 @@ pub struct Shared {
     pub next_session: AtomicU64,
     /// Access control; `None` when the coordinator runs without `--auth`.
     pub auth: Option<Arc<Authorizer>>,
+    /// Open watch streams per principal name ("" without access control).
+    pub watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open watch stream, counted against its principal's
+/// [`limits::MAX_WATCHES_PER_PRINCIPAL`] until dropped.
+pub(crate) struct WatchSlot {
+    shared: Arc<Shared>,
+    key: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut watches = self.shared.watches.lock().expect("watch counts");
+        if let Some(count) = watches.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                watches.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Takes a watch slot for `principal`, or refuses when it holds the most already.
+pub(crate) fn watch_slot(
+    shared: &Arc<Shared>,
+    principal: Option<&Principal>,
+) -> Result<WatchSlot, Status> {
+    let key = principal.map(|p| p.name().to_string()).unwrap_or_default();
+    let mut watches = shared.watches.lock().expect("watch counts");
+    let count = watches.entry(key.clone()).or_insert(0);
+    if *count >= limits::MAX_WATCHES_PER_PRINCIPAL {
+        return Err(Status::resource_exhausted(format!(
+            "{} watch streams are open for this token already (the limit); close some first",
+            limits::MAX_WATCHES_PER_PRINCIPAL
+        )));
+    }
+    *count += 1;
+    Ok(WatchSlot {
+        shared: shared.clone(),
+        key,
+    })
 }
 
 impl Shared {
@@ -74,7 +116,7 @@ impl Shared {
         };
         let principal = auth.authenticate(metadata)?;
         let id = sweep_id.to_string();
-        let owner = self.read(move |q| q.sweep(&id)).await?.owner;
+        let owner = self.read(move |q| q.sweep_owner(&id)).await?;
         auth.authorize(&principal, Action::ControlSweep { owner: &owner })?;
         Ok(())
     }
@@ -124,6 +166,28 @@ fn declared_owner(owner: &str) -> Result<String, CoordinatorError> {
         ));
     }
     Ok(owner.to_string())
+}
+
+/// The page size a list request asks for: `default` for 0; above `max` is refused.
+fn page_size(requested: u32, default: usize, max: usize) -> Result<usize, CoordinatorError> {
+    match requested as usize {
+        0 => Ok(default),
+        n if n > max => Err(CoordinatorError::InvalidArgument(format!(
+            "page_size {n} is above the limit of {max}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+fn check_cursor(cursor: &str) -> Result<(), CoordinatorError> {
+    if cursor.len() > limits::MAX_CURSOR_BYTES {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "cursor is {} bytes; the limit is {}",
+            cursor.len(),
+            limits::MAX_CURSOR_BYTES
+        )));
+    }
+    Ok(())
 }
 
 fn require_id(id: &str, what: &str) -> Result<(), CoordinatorError> {
@@ -211,9 +275,22 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         request: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
-        let project = request.into_inner().project;
-        let sweeps = self.0.read(move |q| q.sweeps(&project)).await?;
-        Ok(Response::new(pb::ListSweepsResponse { sweeps }))
+        let request = request.into_inner();
+        let size = page_size(
+            request.page_size,
+            limits::DEFAULT_PAGE_SIZE,
+            limits::MAX_PAGE_SIZE,
+        )?;
+        check_cursor(&request.cursor)?;
+        convert::check_len("project", &request.project, limits::MAX_ID_BYTES)?;
+        let (sweeps, next_cursor) = self
+            .0
+            .read(move |q| q.sweeps_page(&request.project, &request.cursor, size))
+            .await?;
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps,
+            next_cursor: next_cursor.unwrap_or_default(),
+        }))
     }
 
     async fn get_sweep(
@@ -233,15 +310,17 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         &self,
         request: Request<pb::WatchSweepRequest>,
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
-        self.0.authorize(request.metadata(), Action::Read)?;
+        let principal = self.0.authorize(request.metadata(), Action::Read)?;
         let sweep_id = request.into_inner().sweep_id;
         require_id(&sweep_id, "sweep_id")?;
+        let slot = watch_slot(&self.0, principal.as_ref())?;
         let mut changes = self.0.changes.subscribe();
         let id = sweep_id.clone();
         let first = self.0.read(move |q| q.sweep(&id)).await?;
         let (tx, rx) = mpsc::channel(4);
         let shared = self.0.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut snapshot = first;
             loop {
                 let ended = snapshot.status == pb::SweepStatus::Completed as i32
@@ -359,9 +438,18 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         &self,
         request: Request<pb::UpdateRunRequest>,
     ) -> Result<Response<pb::UpdateRunResponse>, Status> {
-        // Annotating runs is a write: allowed to whoever may submit sweeps.
-        self.0.authorize(request.metadata(), Action::Submit)?;
-        let update = RunUpdate::try_from(request.into_inner())?;
+        let (metadata, _, request) = request.into_parts();
+        let mut update = RunUpdate::try_from(request)?;
+        // Annotating a run is for the owner of its sweep or an admin; the caller is
+        // authenticated before the run is read, so an unknown caller learns nothing.
+        if let Some(auth) = &self.0.auth {
+            let principal = auth.authenticate(&metadata)?;
+            let run_id = update.run_id.clone();
+            let owner = self.0.read(move |q| q.run_owner(&run_id)).await?;
+            auth.authorize(&principal, Action::UpdateRun { owner: &owner })?;
+            update.author = principal.name().to_string();
+            update.admin = principal.is_admin();
+        }
         let record = self
             .0
             .ask(|reply| Event::UpdateRun { update, reply })
@@ -377,12 +465,33 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         &self,
         request: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let principal = self.0.authorize(request.metadata(), Action::Read)?;
+        let request = request.into_inner();
+        require_id(&request.run_id, "run_id")?;
+        let slot = watch_slot(&self.0, principal.as_ref())?;
+        let (tx, rx) = mpsc::channel(16);
+        history::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx, slot);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_metric_points(
+        &self,
+        request: Request<pb::ListMetricPointsRequest>,
+    ) -> Result<Response<pb::ListMetricPointsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
         require_id(&request.run_id, "run_id")?;
-        let (tx, rx) = mpsc::channel(16);
-        history::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx);
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        check_cursor(&request.cursor)?;
+        let size = page_size(
+            request.page_size,
+            limits::MAX_POINTS_PAGE_SIZE,
+            limits::MAX_POINTS_PAGE_SIZE,
+        )?;
+        let page = self
+            .0
+            .read(move |q| q.metric_points(&request.run_id, request.attempt, &request.cursor, size))
+            .await?;
+        Ok(Response::new(page))
     }
 
     type ExportRunsStream = BoxStream<pb::Run>;
@@ -476,9 +585,29 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
-        let views = self.0.ask(|reply| Event::ListAgents { reply }).await?;
+        let request = request.into_inner();
+        let limit = page_size(
+            request.page_size,
+            limits::DEFAULT_PAGE_SIZE,
+            limits::MAX_PAGE_SIZE,
+        )?;
+        check_cursor(&request.cursor)?;
+        let after = request.cursor;
+        let (views, more) = self
+            .0
+            .ask(|reply| Event::ListAgents {
+                after,
+                limit,
+                reply,
+            })
+            .await?;
+        let next_cursor = match (more, views.last()) {
+            (true, Some(last)) => last.record.name.clone(),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListAgentsResponse {
             agents: views.iter().map(convert::agent_to_pb).collect(),
+            next_cursor,
         }))
     }
 }

@@ -37,7 +37,8 @@
 //! (survives power loss). The scheduler calls it once per batch of events, before it
 //! acknowledges any of them: a group commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -85,6 +86,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every metric point of an attempt, in the order reported.
     fn metrics(&self, run_id: &str, attempt: u32) -> Result<Vec<StoredPoint>>;
+    /// The metric points of an attempt that follow the point at `after` (a
+    /// [`PointKey`] returned earlier; from the first point when `None`), in the order
+    /// reported, until `limit` points or `max_bytes` of encoded points (at least one
+    /// point when any follows). Each comes with its key, to continue after it.
+    fn metrics_after(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        after: Option<PointKey>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(PointKey, StoredPoint)>>;
     /// The last `n` log lines of an attempt.
     fn log_tail(&self, run_id: &str, attempt: u32, n: usize) -> Result<Vec<StoredLogLine>>;
 
@@ -129,6 +142,30 @@ pub trait Store: Send + Sync + 'static {
         _from: Option<(&Value, &Position)>,
     ) -> Option<ParamWalk<'a>> {
         None
+    }
+}
+
+/// Where a metric point sits within its attempt: the event that carried it and its
+/// position in that event. Ordered as the points were reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PointKey {
+    pub seq: u64,
+    pub index: u32,
+}
+
+impl PointKey {
+    /// The key as a cursor string (`SEQ.INDEX`).
+    pub fn to_cursor(self) -> String {
+        format!("{}.{}", self.seq, self.index)
+    }
+
+    /// Reads a cursor made by [`PointKey::to_cursor`].
+    pub fn from_cursor(cursor: &str) -> Option<PointKey> {
+        let (seq, index) = cursor.split_once('.')?;
+        Some(PointKey {
+            seq: seq.parse().ok()?,
+            index: index.parse().ok()?,
+        })
     }
 }
 
@@ -351,17 +388,27 @@ fn insert_keys(tree: &sled::Tree, mut keys: Vec<Vec<u8>>) -> Result<()> {
 const INDEX_BATCH_KEYS: usize = 1_000;
 
 /// Replaces `old` keys by `new` ones in an index tree, touching only the difference.
+/// Linear in the number of keys (a run may carry up to
+/// [`ladder_shared::limits::MAX_METRICS_PER_RUN`] metrics, each with index keys).
 fn update_index(tree: &sled::Tree, old: &[Vec<u8>], new: Vec<Vec<u8>>) -> Result<()> {
+    let old_keys: HashSet<&[u8]> = old.iter().map(Vec::as_slice).collect();
+    let new_keys: HashSet<&[u8]> = new.iter().map(Vec::as_slice).collect();
     let mut batch = sled::Batch::default();
+    let mut changed = false;
     for key in old {
-        if !new.contains(key) {
+        if !new_keys.contains(key.as_slice()) {
             batch.remove(key.as_slice());
+            changed = true;
         }
     }
-    for key in new {
-        if !old.contains(&key) {
-            batch.insert(key, &[]);
+    for key in &new {
+        if !old_keys.contains(key.as_slice()) {
+            batch.insert(key.as_slice(), &[]);
+            changed = true;
         }
+    }
+    if !changed {
+        return Ok(());
     }
     tree.apply_batch(batch).map_err(sled_err)
 }
@@ -658,7 +705,11 @@ impl SledStore {
     /// Verifies the store's invariants: every record decodes; every run's sweep exists
     /// and each sweep's `created_runs` matches its runs; every metric point and log line
     /// belongs to an existing attempt of an existing run and to an event it acknowledged;
-    /// metric steps never decrease within an attempt; no run completed twice. Reads only.
+    /// every metric point decodes; no run completed twice. Reads only.
+    ///
+    /// A step lower than an earlier one is not a problem: ingest keeps every point as
+    /// reported (as TensorBoard does; a script that resumes from a checkpoint re-reports
+    /// steps), so the checker accepts what ingest accepts.
     pub fn check(&self) -> Result<StoreCheck> {
         let mut report = StoreCheck::default();
         let mut sweeps: HashMap<String, SweepRecord> = HashMap::new();
@@ -726,7 +777,6 @@ impl SledStore {
             runs.get(run_id)
                 .and_then(|run| run.attempts.iter().find(|a| a.number == attempt))
         };
-        let mut last_step: HashMap<(String, u32), i64> = HashMap::new();
         for entry in self.metrics.iter() {
             let (key, value) = entry.map_err(sled_err)?;
             report.metric_points += 1;
@@ -746,19 +796,8 @@ impl SledStore {
             if seq > record.acked_seq {
                 report.problems.push(format!("metric point of run {run_id} attempt {attempt} from event {seq} beyond the stored {}", record.acked_seq));
             }
-            match decode::<StoredPoint>("metrics", &key, &value) {
-                Ok(point) => {
-                    if let Some(step) = point.step {
-                        let previous = last_step.insert((run_id.clone(), attempt), step);
-                        if previous.is_some_and(|p| step < p) {
-                            report.problems.push(format!(
-                                "run {run_id} attempt {attempt}: step {step} after step {}",
-                                previous.unwrap_or_default()
-                            ));
-                        }
-                    }
-                }
-                Err(error) => report.problems.push(error.to_string()),
+            if let Err(error) = decode::<StoredPoint>("metrics", &key, &value) {
+                report.problems.push(error.to_string());
             }
         }
         for entry in self.logs.iter() {
@@ -898,6 +937,45 @@ impl Store for SledStore {
 
     fn metrics(&self, run_id: &str, attempt: u32) -> Result<Vec<StoredPoint>> {
         scan_all(&self.metrics, "metrics", &attempt_prefix(run_id, attempt))
+    }
+
+    fn metrics_after(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        after: Option<PointKey>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(PointKey, StoredPoint)>> {
+        let prefix = attempt_prefix(run_id, attempt);
+        let start = match after {
+            Some(key) => Bound::Excluded(event_key(run_id, attempt, key.seq, key.index)),
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut end = attempt_prefix(run_id, attempt.saturating_add(1));
+        if attempt == u32::MAX {
+            end = prefix.clone();
+            end.push(0xff);
+        }
+        let mut points = Vec::new();
+        let mut bytes = 0usize;
+        for entry in self.metrics.range((start, Bound::Excluded(end))) {
+            if points.len() >= limit || (bytes >= max_bytes && !points.is_empty()) {
+                break;
+            }
+            let (key, value) = entry.map_err(sled_err)?;
+            let Some(suffix) = key.get(prefix.len()..) else {
+                continue;
+            };
+            if suffix.len() != 12 {
+                continue;
+            }
+            let seq = u64::from_be_bytes(suffix[..8].try_into().expect("8 bytes"));
+            let index = u32::from_be_bytes(suffix[8..].try_into().expect("4 bytes"));
+            bytes += value.len();
+            points.push((PointKey { seq, index }, decode("metrics", &key, &value)?));
+        }
+        Ok(points)
     }
 
     fn log_tail(&self, run_id: &str, attempt: u32, n: usize) -> Result<Vec<StoredLogLine>> {
@@ -1107,6 +1185,8 @@ mod tests {
             notes: Vec::new(),
             summaries: Default::default(),
             info: Default::default(),
+            metrics_dropped: 0,
+            next_note_id: 0,
         }
     }
 
@@ -1175,5 +1255,46 @@ mod tests {
             assert_eq!(walk, [(9.0, "s-000000".to_string())], "{project:?}");
         }
         assert!(store.check().unwrap().ok());
+    }
+
+    #[test]
+    fn a_step_lower_than_an_earlier_one_is_kept_and_the_check_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ladder_shared::spec::parse_sweep(
+            "s.yaml",
+            "name: s\nproject: p\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
+        )
+        .unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut run = old_run(&spec);
+        run.attempts[0].acked_seq = 2;
+        let point = |step: i64, value: f64| StoredPoint {
+            step: Some(step),
+            values: [("m".to_string(), value)].into(),
+            time_ms: 0,
+        };
+        store.put_output(&run.id, 1, 1, &[point(10, 1.0)], &[]).unwrap();
+        store.put_output(&run.id, 1, 2, &[point(5, 2.0)], &[]).unwrap();
+        store.put_run(&run).unwrap();
+        store
+            .put_sweep(&SweepRecord {
+                id: "s".into(),
+                spec: spec.clone(),
+                file_name: "s.yaml".into(),
+                yaml: String::new(),
+                status: SweepStatus::Completed,
+                created_ms: 0,
+                ended_ms: None,
+                planned_runs: 1,
+                created_runs: 1,
+                owner: String::new(),
+                git_commit: String::new(),
+                git_dirty: false,
+            })
+            .unwrap();
+        let report = store.check().unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        let steps: Vec<Option<i64>> = store.metrics(&run.id, 1).unwrap().iter().map(|p| p.step).collect();
+        assert_eq!(steps, vec![Some(10), Some(5)], "kept as reported");
     }
 }

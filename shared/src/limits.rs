@@ -107,10 +107,24 @@ pub const MAX_METRICS_PER_RUN: usize = 1_000;
 /// stops reading the run's output (backpressure: the run blocks on its pipe).
 pub const MAX_UNACKED_BYTES_PER_ATTEMPT: usize = 2 * MAX_OUTPUT_BATCH_BYTES;
 
-/// Points per metric a run card (`GetRun`, the first `WatchRun` message) carries: longer
-/// histories are downsampled into this many buckets of min/max/last, the full series
-/// being paged with `ListMetricPoints`.
+/// Points per metric a run card (`GetRun`, the first `WatchRun` message) carries per
+/// attempt: longer histories are downsampled into buckets represented by their min, max
+/// and last points, the full series being paged with `ListMetricPoints`.
 pub const MAX_CARD_POINTS_PER_METRIC: usize = 1_000;
+
+/// Points (all metrics together) a run card carries per attempt; with many metrics each
+/// gets an equal share (but at least [`MIN_CARD_POINTS_PER_METRIC`]).
+pub const MAX_CARD_POINTS: usize = 20_000;
+
+/// The smallest share of [`MAX_CARD_POINTS`] a metric gets on a card.
+pub const MIN_CARD_POINTS_PER_METRIC: usize = 30;
+
+/// Points in one `ListMetricPoints` page.
+pub const MAX_POINTS_PAGE_SIZE: usize = 10_000;
+
+/// Encoded bytes of points or lines in one page or stream message; a page ends early
+/// when it reaches this.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
 
 // --- queries ----------------------------------------------------------------------------
 
@@ -126,4 +140,4 @@ pub const MAX_SORT_KEYS: usize = 16;
 // --- connections and streams --------------------------------------------------------
 
 /// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
-pub const MAX_WATCHES_PER_PRINCIPAL: usize = 64;
+pub const MAX_WATCHES_PER_PRINCIPAL: usize = 256;

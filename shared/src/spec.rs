@@ -552,11 +552,23 @@ impl Checker<'_> {
         };
         let max_runs = match field(entries, "max_runs") {
             Some(node) if !node.is_null() => self
-                .integer(node, "max_runs", 1, u64::MAX, "a positive integer")
+                .integer(
+                    node,
+                    "max_runs",
+                    1,
+                    crate::limits::MAX_SWEEP_RUNS,
+                    "a positive integer",
+                )
                 .map(Some),
             _ => Some(None),
         };
-        let parallel = self.optional_integer(entries, "parallel", 1, 1, u32::MAX.into());
+        let parallel = self.optional_integer(
+            entries,
+            "parallel",
+            1,
+            1,
+            crate::limits::MAX_SWEEP_PARALLEL,
+        );
         let seed = self.optional_integer(entries, "seed", 0, 0, u64::MAX);
         let max_restarts = self.optional_integer(entries, "max_restarts", 3, 0, u32::MAX.into());
         let train_node = field(entries, "train").filter(|node| !node.is_null());
@@ -1540,6 +1552,22 @@ resources:
     }
 
     #[test]
+    fn counts_beyond_the_limits_are_refused_with_their_position() {
+        assert_error(
+            &with_base("parallel: 4000000000\n"),
+            4,
+            11,
+            &["parallel must be at most 10000", "4000000000"],
+        );
+        assert_error(
+            &with_base("max_runs: 4000000000000\n"),
+            4,
+            11,
+            &["max_runs must be at most 1000000000"],
+        );
+    }
+
+    #[test]
     fn wrong_types() {
         assert_error(
             &with_base("parallel: \"four\"\n"),
@@ -1563,7 +1591,7 @@ resources:
             &with_base("parallel: 5000000000\n"),
             4,
             11,
-            &["parallel must be at most 4294967295"],
+            &["parallel must be at most 10000"],
         );
         assert_error(
             &with_base("max_runs: 0\n"),

@@ -573,6 +573,32 @@ impl Coordinator {
             .collect()
     }
 
+    /// Waits up to `timeout` for the coordinator to exit on its own; its exit status,
+    /// or `None` while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let proc = self.proc.as_mut()?;
+            match proc.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.proc = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() >= deadline => return None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("cannot wait for the coordinator: {e}"),
+            }
+        }
+    }
+
+    /// What the latest start of the coordinator wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        self.logs
+            .last()
+            .map(|log| fs::read_to_string(log).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     /// Waits until every named agent is connected.
     pub fn wait_for_agents(&self, names: &[&str], timeout: Duration) {
         wait_until(

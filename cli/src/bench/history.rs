@@ -217,6 +217,8 @@ pub fn fill(data: &Path, runs: u64, sweeps: u64) -> anyhow::Result<()> {
                 notes: Vec::new(),
                 summaries,
                 info: Default::default(),
+                metrics_dropped: 0,
+                next_note_id: 0,
             });
             written += 1;
             if batch.len() as u64 == BATCH {
@@ -241,16 +243,23 @@ pub async fn run(
         runs >= 1 && sweeps >= 1 && calls >= 1,
         "--runs, --sweeps and --calls must be at least 1"
     );
+    // The benchmark fills a store of its own: a directory it creates, never one that
+    // exists (it could be a live coordinator's), and removes only a temporary one.
     let (data, temporary) = match data {
-        Some(dir) => (dir.to_path_buf(), false),
-        None => (
-            std::env::temp_dir().join(format!("ladder-bench-history-{}", std::process::id())),
-            true,
-        ),
+        Some(dir) => {
+            match std::fs::read_dir(dir) {
+                Ok(mut entries) => anyhow::ensure!(
+                    entries.next().is_none(),
+                    "--data {}: the directory exists and is not empty; the benchmark fills a new store and needs a directory that does not exist yet (or is empty)",
+                    dir.display()
+                ),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => anyhow::bail!("--data {}: {error}", dir.display()),
+            }
+            (dir.to_path_buf(), false)
+        }
+        None => (crate::bench::fresh_dir("ladder-bench-history")?, true),
     };
-    if data.exists() {
-        std::fs::remove_dir_all(&data)?;
-    }
     let began = Instant::now();
     // In a child process: what the fill leaves in this process's heap (sled's freed
     // nodes are not all handed back to the system) would otherwise count as the
@@ -276,7 +285,7 @@ pub async fn run(
     let opened = Instant::now();
     let embedded = Embedded::start(&data, &[]).await?;
     let open_seconds = opened.elapsed().as_secs_f64();
-    let mut service = RunServiceClient::new(client::channel(&embedded.url).await?);
+    let mut service = RunServiceClient::new(client::channel(&embedded.url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
 
     let mut leaderboard = Vec::with_capacity(calls);
     let mut top = None;
