@@ -259,7 +259,10 @@ fn print_sweep(sweep: &pb::Sweep) {
 pub async fn sweep_show(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
     let sweep = get_sweep(&args.coordinator, id).await?;
     if args.json {
-        print_json(&output::sweep_json(&sweep));
+        let mut shown = output::sweep_json(&sweep);
+        // The file as submitted: only `sweep show` carries it, listings do not.
+        shown["yaml"] = json!(sweep.spec_yaml);
+        print_json(&shown);
     } else {
         print_sweep(&sweep);
     }

@@ -244,6 +244,7 @@ impl Coordinator {
             }
         }
         if let Some(failure) = failure {
+            let failure = failure.strip_prefix("store error: ").unwrap_or(&failure);
             return Err(CoordinatorError::Store(format!(
                 "{failure}; the coordinator stopped without acknowledging anything unstored. \
                  Fix the cause (a full disk: free space) and start it again: it resumes from what is stored"

@@ -137,7 +137,7 @@ async fn soak_in(dir: &Path, soak: &Soak) -> anyhow::Result<()> {
         .clone()
         .submit_sweep(pb::SubmitSweepRequest {
             file_name: "long.yaml".into(),
-            yaml: "name: long\nproject: soak\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [python3, steps.py]\n".into(),
+            yaml: "name: long\nproject: soak\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [python3, \"{{ladder.code_dir}}/steps.py\"]\n".into(),
             ..Default::default()
         })
         .await
