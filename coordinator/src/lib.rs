@@ -22,6 +22,7 @@ pub mod convert;
 pub mod downsample;
 pub mod error;
 pub mod history;
+pub mod listener;
 pub mod model;
 pub mod placement;
 pub mod protocol;
@@ -42,7 +43,6 @@ use ladder_shared::limits::MAX_MESSAGE_BYTES;
 use ladder_shared::types::RunStatus;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 pub use error::CoordinatorError;
@@ -53,18 +53,32 @@ use crate::scheduler::{Event, Scheduler};
 use crate::service::{AgentServiceImpl, RunServiceImpl, Shared, SweepServiceImpl};
 use crate::store::{SledStore, Store};
 
-/// Accepted connections with Nagle's algorithm off: a small gRPC answer otherwise waits
-/// for the client's delayed ACK (about 40 ms on Linux) before it leaves.
-fn incoming_without_delay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted {
-            let _ = stream.set_nodelay(true);
+/// How many connections to keep open at once: [`ladder_shared::limits::MAX_CONNECTIONS`],
+/// or fewer when the file descriptor limit is lower. Raises the soft descriptor limit to
+/// the hard one first, and keeps 256 descriptors for the store, logs and runs.
+fn connection_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 256;
         }
-        accepted
-    })
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let available = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(256);
+    available.clamp(16, ladder_shared::limits::MAX_CONNECTIONS)
 }
 
 async fn set_services_not_serving(reporter: &tonic_health::server::HealthReporter) {
@@ -205,8 +219,12 @@ impl Coordinator {
         }
         // Health and reflection stay open without a token: they reveal only the schema
         // and whether the services are up.
+        let max_connections = connection_budget();
+        info!(max_connections, "accepting connections");
         let server = builder
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_interval(Some(ladder_shared::limits::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(ladder_shared::limits::KEEPALIVE_TIMEOUT))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -231,7 +249,14 @@ impl Coordinator {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(incoming_without_delay(listener), shutdown);
+            .serve_with_incoming_shutdown(
+                listener::guarded(
+                    listener,
+                    max_connections,
+                    ladder_shared::limits::HANDSHAKE_TIMEOUT,
+                ),
+                shutdown,
+            );
         let result = server
             .await
             .map_err(|e| CoordinatorError::Store(format!("server failed: {e}")));

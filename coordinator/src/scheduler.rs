@@ -319,6 +319,14 @@ pub struct Scheduler {
     /// the store, so nothing more is acknowledged and the scheduler stops; the
     /// coordinator exits and its next start rebuilds the view from what is stored.
     failure: Option<String>,
+    /// Active runs changed in this batch, written once each at the batch's commit.
+    dirty_runs: HashSet<String>,
+    /// Runs that ended in this batch (no longer in `runs`), written at the commit.
+    retired: HashMap<String, RunRecord>,
+    /// Active sweeps changed in this batch, written once each at the commit.
+    dirty_sweeps: HashSet<String>,
+    /// Sweeps that ended in this batch (no longer in `sweeps`), written at the commit.
+    ended_sweeps: HashMap<String, SweepRecord>,
 }
 
 impl Scheduler {
@@ -344,6 +352,10 @@ impl Scheduler {
             changes,
             stopping: false,
             failure: None,
+            dirty_runs: HashSet::new(),
+            retired: HashMap::new(),
+            dirty_sweeps: HashSet::new(),
+            ended_sweeps: HashMap::new(),
         };
         for record in scheduler.store.list_agents()? {
             scheduler.agents.insert(
@@ -442,6 +454,60 @@ impl Scheduler {
             self.schedule();
         }
         self.commit_and_release();
+    }
+
+    /// The latest record of a run: the scheduler's own while the run is active or ended
+    /// in this batch (and so not written yet), else the store's.
+    fn run_record(&self, run_id: &str) -> Result<Option<RunRecord>, CoordinatorError> {
+        if let Some(run) = self.runs.get(run_id) {
+            return Ok(Some(run.clone()));
+        }
+        if let Some(run) = self.retired.get(run_id) {
+            return Ok(Some(run.clone()));
+        }
+        self.store.get_run(run_id)
+    }
+
+    /// The latest record of a sweep, as [`Scheduler::run_record`] for runs.
+    fn sweep_record(&self, sweep_id: &str) -> Result<Option<SweepRecord>, CoordinatorError> {
+        if let Some(sweep) = self.sweeps.get(sweep_id) {
+            return Ok(Some(sweep.record.clone()));
+        }
+        if let Some(sweep) = self.ended_sweeps.get(sweep_id) {
+            return Ok(Some(sweep.clone()));
+        }
+        self.store.get_sweep(sweep_id)
+    }
+
+    /// Writes every run and sweep changed in this batch, each once, before the commit:
+    /// a run created, placed and started in one batch costs one record write, and a
+    /// sweep's record is written once per batch however many of its runs changed.
+    fn write_changes(&mut self) -> Result<(), CoordinatorError> {
+        let mut runs: Vec<String> = self.dirty_runs.drain().collect();
+        runs.sort();
+        for run_id in runs {
+            if let Some(run) = self.runs.get(&run_id) {
+                self.store.put_run(run)?;
+            }
+        }
+        let mut retired: Vec<RunRecord> = self.retired.drain().map(|(_, run)| run).collect();
+        retired.sort_by(|a, b| a.id.cmp(&b.id));
+        for run in &retired {
+            self.store.put_run(run)?;
+        }
+        let mut sweeps: Vec<String> = self.dirty_sweeps.drain().collect();
+        sweeps.sort();
+        for sweep_id in sweeps {
+            if let Some(sweep) = self.sweeps.get(&sweep_id) {
+                self.store.put_sweep(&sweep.record)?;
+            }
+        }
+        let mut ended: Vec<SweepRecord> = self.ended_sweeps.drain().map(|(_, s)| s).collect();
+        ended.sort_by(|a, b| a.id.cmp(&b.id));
+        for sweep in &ended {
+            self.store.put_sweep(sweep)?;
+        }
+        Ok(())
     }
 
     /// Stops the scheduler after a store error (see [`Scheduler::failure`]).
@@ -558,7 +624,7 @@ impl Scheduler {
                 run.clone()
             }
             None => {
-                let mut run = self.store.get_run(&update.run_id)?.ok_or_else(|| {
+                let mut run = self.run_record(&update.run_id)?.ok_or_else(|| {
                     CoordinatorError::NotFound {
                         kind: "run",
                         id: update.run_id.clone(),
@@ -568,7 +634,11 @@ impl Scheduler {
                 run
             }
         };
-        self.store.put_run(&record)?;
+        if self.runs.contains_key(&record.id) {
+            self.dirty_runs.insert(record.id.clone());
+        } else {
+            self.retired.insert(record.id.clone(), record.clone());
+        }
         self.changed.insert(record.sweep_id.clone());
         Ok(record)
     }
@@ -602,7 +672,7 @@ impl Scheduler {
             )));
         }
         let mut id = new_sweep_id();
-        while self.store.get_sweep(&id)?.is_some() {
+        while self.sweep_record(&id)?.is_some() {
             id = new_sweep_id();
         }
         let planned_runs = search::trial_count(&spec);
@@ -620,7 +690,7 @@ impl Scheduler {
             git_commit: git.commit,
             git_dirty: git.dirty,
         };
-        self.store.put_sweep(&record)?;
+        self.dirty_sweeps.insert(id.clone());
         info!(sweep_id = %id, name = %record.spec.name, planned_runs, "sweep submitted");
         self.sweeps
             .insert(id.clone(), SweepState::new(record.clone()));
@@ -635,7 +705,7 @@ impl Scheduler {
         action: SweepAction,
     ) -> Result<SweepRecord, CoordinatorError> {
         let Some(state) = self.sweeps.get_mut(sweep_id) else {
-            return match self.store.get_sweep(sweep_id)? {
+            return match self.sweep_record(sweep_id)? {
                 Some(record) => Err(CoordinatorError::FailedPrecondition(format!(
                     "sweep {sweep_id} has already ended ({})",
                     record.status
@@ -655,7 +725,7 @@ impl Scheduler {
             }
         }
         let record = state.record.clone();
-        self.store.put_sweep(&record)?;
+        self.dirty_sweeps.insert(sweep_id.to_string());
         self.changed.insert(sweep_id.to_string());
         if action == SweepAction::Cancel {
             info!(sweep_id, "sweep cancelled");
@@ -726,10 +796,11 @@ impl Scheduler {
                 state.record.ended_ms = Some(now_ms());
             }
             let record = state.record.clone();
-            self.store.put_sweep(&record)?;
             self.sweeps.remove(sweep_id);
-            self.changed.insert(sweep_id.to_string());
+            self.dirty_sweeps.remove(sweep_id);
             info!(sweep_id, status = %record.status, "sweep ended");
+            self.ended_sweeps.insert(sweep_id.to_string(), record);
+            self.changed.insert(sweep_id.to_string());
         }
         Ok(())
     }
@@ -737,7 +808,7 @@ impl Scheduler {
     /// Stores a run that reached a terminal state and forgets it.
     fn retire(&mut self, run: RunRecord) -> Result<(), CoordinatorError> {
         debug_assert!(run.status.is_terminal());
-        self.store.put_run(&run)?;
+        self.dirty_runs.remove(&run.id);
         self.changed.insert(run.sweep_id.clone());
         if let Some(sweep) = self.sweeps.get_mut(&run.sweep_id) {
             sweep.active = sweep.active.saturating_sub(1);
@@ -746,7 +817,9 @@ impl Scheduler {
                 stopper.finished(run.index);
             }
         }
-        self.maybe_finish_sweep(&run.sweep_id)
+        let sweep_id = run.sweep_id.clone();
+        self.retired.insert(run.id.clone(), run);
+        self.maybe_finish_sweep(&sweep_id)
     }
 
     // ----- placement -----
@@ -873,7 +946,7 @@ impl Scheduler {
             next_note_id: 0,
         };
         state.record.created_runs += 1;
-        self.store.put_sweep(&state.record)?;
+        self.dirty_sweeps.insert(sweep_id.to_string());
         self.changed.insert(sweep_id.to_string());
         match search::render_command(&state.record.spec.command, &run.params) {
             Ok(mut argv) => {
@@ -899,7 +972,7 @@ impl Scheduler {
         state.active += 1;
         state.observe(&run);
         let run_id = run.id.clone();
-        self.store.put_run(&run)?;
+        self.dirty_runs.insert(run_id.clone());
         self.runs.insert(run_id.clone(), run);
         Ok(Some(run_id))
     }
@@ -930,7 +1003,7 @@ impl Scheduler {
             stop_reason: None,
         });
         run.status = RunStatus::Running;
-        self.store.put_run(run)?;
+        self.dirty_runs.insert(run_id.to_string());
         self.changed.insert(run.sweep_id.clone());
         let sweep = &self.sweeps[&run.sweep_id];
         let params_json = search::params_json(&run.params).to_string();
@@ -1125,7 +1198,7 @@ impl Scheduler {
 
     /// Whether the lease names an attempt that has ended with every event stored.
     fn is_finished_attempt(&self, lease: &Lease) -> bool {
-        match self.store.get_run(&lease.run_id) {
+        match self.run_record(&lease.run_id) {
             Ok(Some(run)) => run.attempts.iter().any(|a| {
                 a.number == lease.attempt
                     && a.epoch == lease.epoch
@@ -1179,7 +1252,7 @@ impl Scheduler {
     ) -> Result<(), CoordinatorError> {
         if !self.lease_is_current(&lease, agent) {
             // A resent event of an attempt already stored is acknowledged again.
-            let duplicate = match self.store.get_run(&lease.run_id)? {
+            let duplicate = match self.run_record(&lease.run_id)? {
                 Some(run) => run.attempts.iter().any(|a| {
                     a.number == lease.attempt
                         && a.epoch == lease.epoch
@@ -1276,7 +1349,9 @@ impl Scheduler {
         self.changed.insert(run.sweep_id.clone());
         match finished {
             Some(finish) => self.finish_attempt(&lease.run_id, finish)?,
-            None => self.store.put_run(&self.runs[&lease.run_id])?,
+            None => {
+                self.dirty_runs.insert(lease.run_id.clone());
+            }
         }
         self.deferred
             .push(Deferred::Send(outbox, ToAgent::Ack { lease, seq }));
@@ -1393,7 +1468,7 @@ impl Scheduler {
             return self.retire(run);
         }
         run.status = RunStatus::Queued;
-        self.store.put_run(&run)?;
+        self.dirty_runs.insert(run_id.to_string());
         self.changed.insert(run.sweep_id.clone());
         self.queue.push_front(run_id.to_string());
         self.runs.insert(run_id.to_string(), run);
@@ -1431,13 +1506,20 @@ impl Scheduler {
     }
 
     fn commit_and_release(&mut self) {
-        if self.deferred.is_empty() && self.changed.is_empty() {
+        if self.deferred.is_empty()
+            && self.changed.is_empty()
+            && self.dirty_runs.is_empty()
+            && self.retired.is_empty()
+            && self.dirty_sweeps.is_empty()
+            && self.ended_sweeps.is_empty()
+        {
             return;
         }
-        let committed = match &self.failure {
+        let written = match &self.failure {
             Some(failure) => Err(CoordinatorError::Store(failure.clone())),
-            None => self.store.commit(),
+            None => self.write_changes(),
         };
+        let committed = written.and_then(|()| self.store.commit());
         if let Err(error) = &committed {
             error!(%error, "store commit failed; nothing of this batch is acknowledged");
             self.fail(error);
@@ -1789,14 +1871,42 @@ mod tests {
         assert_eq!(run.attempts.len(), 2);
     }
 
-    /// A store whose next output write fails once, as a transient I/O error would.
+    /// A store that counts what the scheduler writes, and whose next output write can
+    /// be made to fail once, as a transient I/O error would.
     struct FlakyStore {
         inner: SledStore,
         fail_next_output: std::sync::atomic::AtomicBool,
+        commits: std::sync::atomic::AtomicU64,
+        run_writes: std::sync::atomic::AtomicU64,
+        sweep_writes: std::sync::atomic::AtomicU64,
+        record_bytes: std::sync::atomic::AtomicU64,
+    }
+
+    impl FlakyStore {
+        fn open(dir: &std::path::Path) -> FlakyStore {
+            FlakyStore {
+                inner: SledStore::open(dir).unwrap(),
+                fail_next_output: Default::default(),
+                commits: Default::default(),
+                run_writes: Default::default(),
+                sweep_writes: Default::default(),
+                record_bytes: Default::default(),
+            }
+        }
+
+        fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+            counter.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+            counter.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     impl Store for FlakyStore {
         fn put_sweep(&self, sweep: &SweepRecord) -> crate::store::Result<()> {
+            Self::add(&self.sweep_writes, 1);
+            Self::add(&self.record_bytes, serde_json::to_vec(sweep).unwrap().len() as u64);
             self.inner.put_sweep(sweep)
         }
         fn get_sweep(&self, id: &str) -> crate::store::Result<Option<SweepRecord>> {
@@ -1806,6 +1916,8 @@ mod tests {
             self.inner.list_sweeps()
         }
         fn put_run(&self, run: &RunRecord) -> crate::store::Result<()> {
+            Self::add(&self.run_writes, 1);
+            Self::add(&self.record_bytes, serde_json::to_vec(run).unwrap().len() as u64);
             self.inner.put_run(run)
         }
         fn get_run(&self, id: &str) -> crate::store::Result<Option<RunRecord>> {
@@ -1869,6 +1981,7 @@ mod tests {
             self.inner.next_epoch()
         }
         fn commit(&self) -> crate::store::Result<()> {
+            Self::add(&self.commits, 1);
             self.inner.commit()
         }
     }
@@ -1887,10 +2000,7 @@ mod tests {
     #[test]
     fn an_event_whose_output_failed_to_store_is_never_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FlakyStore {
-            inner: SledStore::open(dir.path()).unwrap(),
-            fail_next_output: std::sync::atomic::AtomicBool::new(false),
-        });
+        let store = Arc::new(FlakyStore::open(dir.path()));
         let config = LeaseConfig {
             lease_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_millis(100),
@@ -1928,6 +2038,78 @@ mod tests {
         report(&mut s, &a, &lease, 2, output(0.25));
         assert_eq!(acks(&mut a), vec![1, 2]);
         assert_eq!(store.metrics(&lease.run_id, 1).unwrap().len(), 2);
+    }
+
+    /// Every run of a sweep through the real scheduler, as agents under load report: the
+    /// events of a round arrive together and are applied as one batch (one commit).
+    #[test]
+    fn the_store_is_written_once_per_batch_not_once_per_event() {
+        const RUNS: u64 = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FlakyStore::open(dir.path()));
+        let config = LeaseConfig {
+            lease_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(100),
+        };
+        let (changes, _) = broadcast::channel(64);
+        let mut s = Scheduler::recover(store.clone() as Arc<dyn Store>, config, changes).unwrap();
+        let mut agents: Vec<VirtualAgent> = (0..4)
+            .map(|i| connect(&mut s, i + 1, &format!("a{i}"), 4, vec![]))
+            .collect();
+        let yaml = format!(
+            "# {}\nname: t\nmethod: grid\nparallel: 16\nparameters:\n  x: {{distribution: int_uniform, min: 1, max: {RUNS}}}\ncommand: [\"true\", \"{{{{x}}}}\"]\n",
+            "c".repeat(1000)
+        );
+        submit(&mut s, &yaml);
+        let before = (
+            FlakyStore::count(&store.commits),
+            FlakyStore::count(&store.run_writes),
+            FlakyStore::count(&store.sweep_writes),
+            FlakyStore::count(&store.record_bytes),
+        );
+        let mut finished = 0;
+        let mut rounds = 0;
+        while finished < RUNS {
+            rounds += 1;
+            assert!(rounds < 1_000, "the sweep does not progress");
+            let mut events = Vec::new();
+            for agent in agents.iter_mut() {
+                for assignment in agent.assignments() {
+                    events.push((agent.session, assignment.lease));
+                }
+            }
+            // Started, one metric point and the finish of every run placed, one batch.
+            for (session, lease) in &events {
+                for (seq, event) in [
+                    (1, RunEvent::Started { pid: 1, work_dir: String::new() }),
+                    (2, output(0.5)),
+                    (3, finish(FinishOutcome::Completed, 0)),
+                ] {
+                    s.handle(Event::AgentMessage {
+                        session: *session,
+                        message: FromAgent::RunEvent {
+                            lease: lease.clone(),
+                            seq,
+                            event,
+                        },
+                    });
+                }
+            }
+            s.step(Instant::now());
+            finished += events.len() as u64;
+        }
+        let commits = FlakyStore::count(&store.commits) - before.0;
+        let run_writes = FlakyStore::count(&store.run_writes) - before.1;
+        let sweep_writes = FlakyStore::count(&store.sweep_writes) - before.2;
+        let bytes = FlakyStore::count(&store.record_bytes) - before.3;
+        eprintln!(
+            "{RUNS} runs in {rounds} rounds: {commits} commits, {run_writes} run writes, {sweep_writes} sweep writes, {} record bytes per run",
+            bytes / RUNS
+        );
+        assert!(commits <= rounds + 1, "{commits} commits for {rounds} batches");
+        assert!(sweep_writes <= commits, "{sweep_writes} sweep writes for {commits} commits");
+        assert!(run_writes <= 2 * RUNS, "{run_writes} run writes for {RUNS} runs");
+        assert!(bytes / RUNS <= 2_048, "{} record bytes written per run", bytes / RUNS);
     }
 
     #[test]

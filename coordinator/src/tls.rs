@@ -48,7 +48,9 @@ impl TlsIdentity {
 
     /// The tonic server configuration for this identity.
     pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(ladder_shared::limits::HANDSHAKE_TIMEOUT)
     }
 
     /// Builds the configuration once, as the server will, to surface PEM errors early.

@@ -141,3 +141,16 @@ pub const MAX_SORT_KEYS: usize = 16;
 
 /// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
 pub const MAX_WATCHES_PER_PRINCIPAL: usize = 256;
+
+/// Connections the coordinator keeps open at once (fewer when its file descriptor limit
+/// is lower: it raises its soft limit to the hard one and keeps 256 descriptors for
+/// itself); further clients wait in the listen backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 4_096;
+
+/// How long a new connection may stay silent (no bytes at all) before it is closed.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// HTTP/2 keep-alive: the coordinator pings each connection this often and closes it
+/// when a ping is not answered within [`KEEPALIVE_TIMEOUT`].
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
