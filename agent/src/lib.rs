@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
+use ladder_shared::limits;
 use ladder_shared::spec::Launch;
 use ladder_shared::types::Gpu;
 use rand::Rng;
@@ -95,14 +96,60 @@ impl AgentConfig {
     }
 }
 
+/// Sessions that may end while the same event is the oldest unacknowledged one of an
+/// attempt. Past this many, an output event is taken for one the coordinator refuses: it
+/// is replaced by a note saying so, so that one undeliverable message cannot hold an
+/// attempt (and the agent's session) in a loop of reconnects and resends.
+const MAX_SESSIONS_PER_EVENT: u32 = 5;
+
 /// An attempt this agent holds: running, or finished with events not yet acknowledged.
 struct HeldAttempt {
     lease: pb::Lease,
     next_seq: u64,
     /// Sent or not, every event not yet acknowledged, in order.
     unacked: VecDeque<pb::RunEvent>,
+    /// Sessions that ended while the front of `unacked` was in it, unacknowledged.
+    front_sessions: u32,
     finished: bool,
     control: mpsc::UnboundedSender<Control>,
+}
+
+impl HeldAttempt {
+    /// Replaces the oldest unacknowledged event, an output batch that the coordinator
+    /// would not take in [`MAX_SESSIONS_PER_EVENT`] sessions, by a note in the run's log.
+    fn give_up_front(&mut self, run_id: &str) {
+        let Some(front) = self.unacked.front_mut() else {
+            return;
+        };
+        let Some(pb::run_event::Kind::Output(output)) = &front.kind else {
+            return;
+        };
+        let bytes = prost::Message::encoded_len(front);
+        warn!(
+            run_id,
+            seq = front.seq,
+            bytes,
+            sessions = self.front_sessions,
+            "the coordinator did not accept an output batch; replacing it by a note"
+        );
+        let text = format!(
+            "ladder dropped {} log lines and {} metric points ({bytes} bytes): the coordinator did not accept them in {} sessions",
+            output.logs.len(),
+            output.metrics.len(),
+            self.front_sessions
+        );
+        let time_ms = output.logs.first().map(|l| l.time_ms).unwrap_or_default();
+        front.kind = Some(pb::run_event::Kind::Output(pb::RunOutput {
+            metrics: Vec::new(),
+            logs: vec![pb::LogLine {
+                time_ms,
+                stream: "ladder".into(),
+                text,
+            }],
+            info: Default::default(),
+        }));
+        self.front_sessions = 0;
+    }
 }
 
 /// One open session with the coordinator.
@@ -224,6 +271,11 @@ impl Agent {
                         Ok(None) | Err(_) => {
                             warn!("session with the coordinator ended; reconnecting");
                             connection = None;
+                            for held in self.held.values_mut() {
+                                if !held.unacked.is_empty() {
+                                    held.front_sessions += 1;
+                                }
+                            }
                             next_connect = tokio::time::Instant::now() + rand::rng().random_range(Duration::ZERO..=backoff);
                         }
                     }
@@ -291,8 +343,8 @@ impl Agent {
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut client = AgentServiceClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let register = pb::Register {
             name: self.config.name.clone(),
@@ -354,6 +406,7 @@ impl Agent {
                 metrics,
                 logs,
                 info,
+                bytes: _,
             } => pb::run_event::Kind::Output(pb::RunOutput {
                 metrics,
                 logs,
@@ -385,7 +438,10 @@ impl Agent {
         match message.kind? {
             Kind::Registered(registered) => {
                 // Resend what the previous session left unacknowledged.
-                for held in self.held.values() {
+                for (run_id, held) in self.held.iter_mut() {
+                    if held.front_sessions >= MAX_SESSIONS_PER_EVENT {
+                        held.give_up_front(run_id);
+                    }
                     for event in &held.unacked {
                         Self::send_event(Some(connection), event);
                     }
@@ -419,6 +475,7 @@ impl Agent {
                     if held.lease == lease {
                         while held.unacked.front().is_some_and(|e| e.seq <= ack.seq) {
                             held.unacked.pop_front();
+                            held.front_sessions = 0;
                         }
                         if held.finished && held.unacked.is_empty() {
                             self.held.remove(&lease.run_id);
@@ -527,6 +584,7 @@ impl Agent {
                 lease,
                 next_seq: 1,
                 unacked: VecDeque::new(),
+                front_sessions: 0,
                 finished: false,
                 control,
             },

@@ -22,21 +22,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
+use ladder_shared::limits;
 use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
+use prost::Message;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Longest log line kept; longer lines are cut and marked.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Most log lines of one attempt forwarded to the coordinator; the rest stay in the
-/// attempt's log file in the run directory.
-pub const MAX_FORWARDED_LOG_LINES: u64 = 1_000_000;
 /// Output is sent at least this often while a run prints.
 const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// ... or as soon as this many lines are waiting.
+/// ... or as soon as this many entries are waiting (or
+/// [`limits::MAX_OUTPUT_BATCH_BYTES`] of them).
 const OUTPUT_FLUSH_LINES: usize = 512;
+/// Marker ending a log line that was cut.
+pub const TRUNCATION_MARKER: &str = " [line truncated by ladder]";
 
 /// What the agent asks of a running attempt.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +80,8 @@ pub enum RunnerEventKind {
         /// `@ladder.info` entries read since the previous batch, later lines merged over
         /// earlier ones.
         info: BTreeMap<String, String>,
+        /// Encoded size of the entries, at most [`limits::MAX_OUTPUT_BATCH_BYTES`].
+        bytes: usize,
     },
     Finished(pb::RunFinished),
 }
@@ -133,11 +135,59 @@ async fn read_lines(
     }
 }
 
-/// Output read from the process and not yet sent.
+/// Sends an attempt's events to the agent.
+#[derive(Clone)]
+struct Emitter {
+    events: mpsc::UnboundedSender<RunnerEvent>,
+    run_id: String,
+    attempt: u32,
+}
+
+impl Emitter {
+    fn emit(&self, kind: RunnerEventKind) {
+        let _ = self.events.send(RunnerEvent {
+            run_id: self.run_id.clone(),
+            attempt: self.attempt,
+            kind,
+        });
+    }
+}
+
+/// Bytes an entry of `len` encoded bytes takes in a repeated field or a map of a
+/// message: its tag, its length and itself.
+fn framed_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Cuts `text` so that a log line holding it is at most `max_bytes` long encoded, ending
+/// it in [`TRUNCATION_MARKER`]; returns whether it was cut.
+fn fit_log_line(line: &mut pb::LogLine, max_bytes: usize) -> bool {
+    let size = framed_len(line.encoded_len());
+    if size <= max_bytes {
+        return false;
+    }
+    let excess = size - max_bytes + TRUNCATION_MARKER.len() + 16;
+    let mut keep = line.text.len().saturating_sub(excess);
+    while !line.text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    line.text.truncate(keep);
+    line.text.push_str(TRUNCATION_MARKER);
+    debug_assert!(framed_len(line.encoded_len()) <= max_bytes);
+    true
+}
+
+/// Output read from the process and not yet sent: one batch, at most
+/// [`limits::MAX_OUTPUT_BATCH_BYTES`] encoded, sent when full.
 struct OutputBuffer {
+    emitter: Emitter,
     metrics: Vec<pb::MetricPoint>,
     logs: Vec<pb::LogLine>,
     info: BTreeMap<String, String>,
+    /// Encoded size of `metrics`, `logs` and `info`.
+    pending_bytes: usize,
+    /// Largest batch sent (the limit, lowered by tests).
+    max_batch_bytes: usize,
     /// Reasons for skipped entries already noted in the log.
     noted_skips: std::collections::HashSet<String>,
     forwarded: u64,
@@ -153,15 +203,99 @@ struct OutputBuffer {
 }
 
 impl OutputBuffer {
+    fn new(
+        emitter: Emitter,
+        log_file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+        log_path: PathBuf,
+        log_file_max_bytes: u64,
+        prefix_ranks: bool,
+    ) -> OutputBuffer {
+        OutputBuffer {
+            emitter,
+            metrics: Vec::new(),
+            logs: Vec::new(),
+            info: BTreeMap::new(),
+            pending_bytes: 0,
+            max_batch_bytes: limits::MAX_OUTPUT_BATCH_BYTES,
+            noted_skips: Default::default(),
+            forwarded: 0,
+            cap_reported: false,
+            log_file,
+            log_path,
+            log_bytes: 0,
+            log_file_max_bytes: log_file_max_bytes.max(1),
+            rotations: 0,
+            prefix_ranks,
+        }
+    }
+
     fn pending(&self) -> usize {
         self.metrics.len() + self.logs.len() + self.info.len()
     }
 
-    fn take(&mut self) -> RunnerEventKind {
-        RunnerEventKind::Output {
+    /// Sends what is waiting, if anything.
+    fn flush(&mut self) {
+        if self.pending() == 0 {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        self.emitter.emit(RunnerEventKind::Output {
             metrics: std::mem::take(&mut self.metrics),
             logs: std::mem::take(&mut self.logs),
             info: std::mem::take(&mut self.info),
+            bytes,
+        });
+    }
+
+    /// Makes room for an entry of `size` encoded bytes, sending the batch if it would
+    /// not fit.
+    fn reserve(&mut self, size: usize) {
+        if self.pending_bytes + size > self.max_batch_bytes || self.pending() >= OUTPUT_FLUSH_LINES
+        {
+            self.flush();
+        }
+        self.pending_bytes += size;
+    }
+
+    /// Adds a log line to the batch; one too large for any batch is cut with a marker.
+    fn push_log(&mut self, mut line: pb::LogLine) {
+        fit_log_line(&mut line, self.max_batch_bytes);
+        self.reserve(framed_len(line.encoded_len()));
+        self.logs.push(line);
+    }
+
+    /// Adds a note of ladder's own to the run's log.
+    fn note(&mut self, text: String) {
+        self.push_log(pb::LogLine {
+            time_ms: now_ms(),
+            stream: "ladder".into(),
+            text,
+        });
+    }
+
+    /// Adds a metric point to the batch; one too large for any batch is dropped with a
+    /// note in the log.
+    fn push_metric(&mut self, point: pb::MetricPoint) {
+        let size = framed_len(point.encoded_len());
+        if size > self.max_batch_bytes {
+            let step = point.step.map_or("-".to_string(), |s| s.to_string());
+            self.note(format!(
+                "metric point at step {step} dropped: {size} bytes encoded, more than one batch of {} bytes",
+                self.max_batch_bytes
+            ));
+            return;
+        }
+        self.reserve(size);
+        self.metrics.push(point);
+    }
+
+    /// Adds `@ladder.info` entries to the batch (later values replace earlier ones).
+    fn push_info(&mut self, values: impl IntoIterator<Item = (String, String)>) {
+        for (name, value) in values {
+            // A map entry: the key and the value each framed, the entry framed again.
+            let size = framed_len(framed_len(name.len()) + framed_len(value.len()));
+            self.reserve(size);
+            self.info.insert(name, value);
         }
     }
 
@@ -177,10 +311,11 @@ impl OutputBuffer {
         if fresh.is_empty() {
             return;
         }
-        self.logs.push(pb::LogLine {
+        let text = format!("skipped in {kind} line (noted once): {}", fresh.join("; "));
+        self.push_log(pb::LogLine {
             time_ms,
             stream: "ladder".into(),
-            text: format!("skipped in {kind} line (noted once): {}", fresh.join("; ")),
+            text,
         });
     }
 
@@ -213,11 +348,7 @@ impl OutputBuffer {
                 self.log_path.display()
             ),
         };
-        self.logs.push(pb::LogLine {
-            time_ms: now_ms(),
-            stream: "ladder".into(),
-            text,
-        });
+        self.note(text);
     }
 
     /// Writes the line to the attempt's log file, then keeps it as a metric point
@@ -251,24 +382,20 @@ impl OutputBuffer {
                 // in the log the coordinator keeps, and stop writing the file.
                 warn!(path = %self.log_path.display(), %error, "cannot write the run's log file");
                 self.log_file = None;
-                self.logs.push(pb::LogLine {
-                    time_ms: now_ms(),
-                    stream: "ladder".into(),
-                    text: format!(
-                        "cannot write the log file {}: {error}; the rest of this attempt's log is only on the coordinator",
-                        self.log_path.display()
-                    ),
-                });
+                self.note(format!(
+                    "cannot write the log file {}: {error}; the rest of this attempt's log is only on the coordinator",
+                    self.log_path.display()
+                ));
             }
         }
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
-        let truncated = bytes.len() > MAX_LINE_BYTES;
-        bytes.truncate(MAX_LINE_BYTES);
+        let truncated = bytes.len() > limits::MAX_LINE_BYTES;
+        bytes.truncate(limits::MAX_LINE_BYTES);
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
         if truncated {
-            text.push_str(" [line truncated by ladder]");
+            text.push_str(TRUNCATION_MARKER);
         }
         let time_ms = now_ms();
         if stream == "stdout" && rank == 0 {
@@ -276,10 +403,10 @@ impl OutputBuffer {
             match parse_info_line(unprefixed) {
                 Some(Ok(parsed)) => {
                     self.note_skipped("info", &parsed.skipped, time_ms);
-                    self.info.extend(parsed.values);
+                    self.push_info(parsed.values);
                     return;
                 }
-                Some(Err(error)) => self.logs.push(pb::LogLine {
+                Some(Err(error)) => self.push_log(pb::LogLine {
                     time_ms,
                     stream: "ladder".into(),
                     text: format!("ignored info line: {error}"),
@@ -290,14 +417,14 @@ impl OutputBuffer {
                 Some(Ok(parsed)) => {
                     self.note_skipped("metric", &parsed.skipped, time_ms);
                     let point = parsed.point;
-                    self.metrics.push(pb::MetricPoint {
+                    self.push_metric(pb::MetricPoint {
                         step: point.step,
                         values: point.values.into_iter().collect(),
                         time_ms,
                     });
                     return;
                 }
-                Some(Err(error)) => self.logs.push(pb::LogLine {
+                Some(Err(error)) => self.push_log(pb::LogLine {
                     time_ms,
                     stream: "ladder".into(),
                     text: format!("ignored metric line: {error}"),
@@ -305,23 +432,20 @@ impl OutputBuffer {
                 None => {}
             }
         }
-        if self.forwarded < MAX_FORWARDED_LOG_LINES {
+        if self.forwarded < limits::MAX_ATTEMPT_LOG_LINES {
             self.forwarded += 1;
-            self.logs.push(pb::LogLine {
+            self.push_log(pb::LogLine {
                 time_ms,
                 stream: stream.into(),
                 text,
             });
         } else if !self.cap_reported {
             self.cap_reported = true;
-            self.logs.push(pb::LogLine {
-                time_ms,
-                stream: "ladder".into(),
-                text: format!(
-                    "log cap of {MAX_FORWARDED_LOG_LINES} lines reached; the rest is only in {}",
-                    self.log_path.display()
-                ),
-            });
+            self.note(format!(
+                "log cap of {} lines reached; the rest is only in {}",
+                limits::MAX_ATTEMPT_LOG_LINES,
+                self.log_path.display()
+            ));
         }
     }
 }
@@ -440,20 +564,18 @@ pub async fn execute(
     });
     debug!(run_id = %execution.run_id, pid, ranks = rank_count, "process started");
 
-    let mut output = OutputBuffer {
-        metrics: Vec::new(),
-        logs: Vec::new(),
-        info: BTreeMap::new(),
-        noted_skips: Default::default(),
-        forwarded: 0,
-        cap_reported: false,
+    let emitter = Emitter {
+        events: events.clone(),
+        run_id: execution.run_id.clone(),
+        attempt: execution.attempt,
+    };
+    let mut output = OutputBuffer::new(
+        emitter,
         log_file,
         log_path,
-        log_bytes: 0,
-        log_file_max_bytes: execution.log_file_max_bytes.max(1),
-        rotations: 0,
-        prefix_ranks: rank_count > 1,
-    };
+        execution.log_file_max_bytes,
+        rank_count > 1,
+    );
     let signal_running = |exits: &[Option<std::io::Result<ExitStatus>>], signal: i32| {
         for (rank, &pid) in pids.iter().enumerate() {
             if exits[rank].is_none() {
@@ -481,9 +603,6 @@ pub async fn execute(
             line = line_rx.recv(), if lines_open => {
                 let Some(line) = line else { lines_open = false; continue };
                 output.absorb(line).await;
-                if output.pending() >= OUTPUT_FLUSH_LINES {
-                    emit(output.take());
-                }
             }
             exit = exit_rx.recv(), if running > 0 => {
                 let Some((rank, status)) = exit else {
@@ -545,9 +664,7 @@ pub async fn execute(
                 kill_deadline = None;
             }
             _ = flush_timer.tick() => {
-                if output.pending() > 0 {
-                    emit(output.take());
-                }
+                output.flush();
             }
         }
     }
@@ -557,19 +674,14 @@ pub async fn execute(
     }
     if let Some(file) = output.log_file.as_mut() {
         if let Err(error) = file.flush().await {
-            output.logs.push(pb::LogLine {
-                time_ms: now_ms(),
-                stream: "ladder".into(),
-                text: format!(
-                    "cannot write the log file {}: {error}; the end of this attempt's log is only on the coordinator",
-                    output.log_path.display()
-                ),
-            });
+            let text = format!(
+                "cannot write the log file {}: {error}; the end of this attempt's log is only on the coordinator",
+                output.log_path.display()
+            );
+            output.note(text);
         }
     }
-    if output.pending() > 0 {
-        emit(output.take());
-    }
+    output.flush();
     let finished = outcome(
         &exits,
         first_failure,
@@ -675,5 +787,74 @@ fn outcome(
         exit_code,
         signal,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An output buffer without a log file whose batches go to the returned receiver.
+    fn buffer(max_batch_bytes: usize) -> (OutputBuffer, mpsc::UnboundedReceiver<RunnerEvent>) {
+        let (events, received) = mpsc::unbounded_channel();
+        let emitter = Emitter {
+            events,
+            run_id: "r".into(),
+            attempt: 1,
+        };
+        let mut output = OutputBuffer::new(
+            emitter,
+            None,
+            PathBuf::from("attempt-1.log"),
+            1 << 20,
+            false,
+        );
+        output.max_batch_bytes = max_batch_bytes;
+        (output, received)
+    }
+
+    proptest! {
+        #[test]
+        fn a_cut_log_line_fits_and_keeps_a_prefix(text in "\\PC{0,3000}", max in 64usize..2048) {
+            let mut line = pb::LogLine { time_ms: 1, stream: "stdout".into(), text: text.clone() };
+            let cut = fit_log_line(&mut line, max);
+            prop_assert!(framed_len(line.encoded_len()) <= max);
+            if cut {
+                let kept = line.text.strip_suffix(TRUNCATION_MARKER).expect("marker");
+                prop_assert!(text.starts_with(kept));
+            } else {
+                prop_assert_eq!(line.text, text);
+            }
+        }
+
+        #[test]
+        fn batches_stay_within_their_byte_limit(
+            entries in proptest::collection::vec((0u8..3, 0usize..5000), 1..200),
+            max in 256usize..8192,
+        ) {
+            let (mut output, mut received) = buffer(max);
+            for (kind, size) in entries {
+                match kind {
+                    0 => output.push_log(pb::LogLine { time_ms: 1, stream: "stdout".into(), text: "l".repeat(size) }),
+                    1 => output.push_metric(pb::MetricPoint {
+                        step: Some(1),
+                        values: (0..size / 50).map(|i| (format!("m{i}"), 1.0)).collect(),
+                        time_ms: 1,
+                    }),
+                    // Info entries are far below any batch (names of 256 bytes, values of 4 KiB).
+                    _ => output.push_info([(format!("k{size}"), "v".repeat(size % 100))]),
+                }
+            }
+            output.flush();
+            while let Ok(event) = received.try_recv() {
+                let RunnerEventKind::Output { metrics, logs, info, bytes } = event.kind else {
+                    panic!("not output");
+                };
+                let encoded = pb::RunOutput { metrics, logs, info: info.into_iter().collect() }.encoded_len();
+                prop_assert!(encoded <= max, "{} > {}", encoded, max);
+                prop_assert!(bytes >= encoded, "{} < {}", bytes, encoded);
+            }
+        }
     }
 }

@@ -169,9 +169,14 @@ impl Coordinator {
             .add_service(pb::run_service_server::RunServiceServer::new(
                 RunServiceImpl(self.shared.clone()),
             ))
-            .add_service(pb::agent_service_server::AgentServiceServer::new(
-                AgentServiceImpl(self.shared.clone()),
-            ))
+            .add_service(
+                // Agents send output batches of up to `MAX_OUTPUT_BATCH_BYTES`.
+                pb::agent_service_server::AgentServiceServer::new(AgentServiceImpl(
+                    self.shared.clone(),
+                ))
+                .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(incoming_without_delay(listener), shutdown);
         let result = server
             .await
