@@ -63,6 +63,10 @@ pub struct AgentConfig {
     pub code_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub stop_grace: Duration,
+    /// Time the agent's supervisor waits between its SIGTERM and SIGKILL of the agent
+    /// (Slurm's KillWait, systemd's TimeoutStopSec), if known: a drain then SIGKILLs runs
+    /// [`DRAIN_REPORT_MARGIN`] before it ends, so that they are reported in time.
+    pub kill_wait: Option<Duration>,
     /// Size past which a run's local log file is rotated (one older part is kept).
     pub log_file_max_bytes: u64,
     /// Longest wait between two connection attempts.
@@ -75,7 +79,22 @@ pub struct AgentConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// Time a drain keeps after its runs are SIGKILLed to report them and get the
+/// acknowledgements.
+pub const DRAIN_REPORT_MARGIN: Duration = Duration::from_secs(5);
+
 impl AgentConfig {
+    /// Time between SIGTERM and SIGKILL of the runs of a draining agent: the stop grace,
+    /// cut to fit inside the supervisor's kill wait.
+    pub fn release_grace(&self) -> Duration {
+        match self.kill_wait {
+            Some(kill_wait) => self
+                .stop_grace
+                .min(kill_wait.saturating_sub(DRAIN_REPORT_MARGIN)),
+            None => self.stop_grace,
+        }
+    }
+
     pub fn new(coordinator: impl Into<String>, name: impl Into<String>, work_dir: PathBuf) -> Self {
         AgentConfig {
             coordinator: coordinator.into(),
@@ -88,6 +107,7 @@ impl AgentConfig {
             work_dir,
             code_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             stop_grace: Duration::from_secs(10),
+            kill_wait: None,
             log_file_max_bytes: 64 << 20,
             max_backoff: Duration::from_secs(10),
             token: None,
@@ -200,6 +220,16 @@ impl Agent {
             ),
             source,
         })?;
+        if let Some(kill_wait) = self.config.kill_wait {
+            if self.config.stop_grace + DRAIN_REPORT_MARGIN > kill_wait {
+                warn!(
+                    stop_grace_s = self.config.stop_grace.as_secs_f64(),
+                    kill_wait_s = kill_wait.as_secs_f64(),
+                    release_grace_s = self.config.release_grace().as_secs_f64(),
+                    "the stop grace does not fit in the supervisor's kill wait; a drain gives runs release_grace_s before SIGKILL"
+                );
+            }
+        }
         tokio::pin!(shutdown);
         let mut shutdown_requested = false;
         // Set once draining: when to give up waiting for runs and acknowledgements.
@@ -241,7 +271,10 @@ impl Agent {
                     shutdown_requested = true;
                     // Graceful drain: no new work, runs get SIGTERM to checkpoint and are
                     // handed back, then exit once the coordinator has acknowledged it all.
-                    let grace = self.config.stop_grace + Duration::from_secs(5);
+                    let mut grace = self.config.release_grace() + DRAIN_REPORT_MARGIN;
+                    if let Some(kill_wait) = self.config.kill_wait {
+                        grace = grace.min(kill_wait);
+                    }
                     drain_deadline = Some(tokio::time::Instant::now() + grace);
                     self.draining = true;
                     info!(runs = self.held.len(), "draining: handing runs back before exit");
@@ -574,6 +607,7 @@ impl Agent {
             ranks,
             run_dir,
             stop_grace: self.config.stop_grace,
+            release_grace: self.config.release_grace(),
             log_file_max_bytes: self.config.log_file_max_bytes,
         };
         info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
@@ -619,4 +653,25 @@ fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_drain_fits_inside_the_kill_wait(stop_grace in 0u64..200, kill_wait in proptest::option::of(5u64..200)) {
+            let mut config = AgentConfig::new("http://127.0.0.1:1", "a", PathBuf::from("w"));
+            config.stop_grace = Duration::from_secs(stop_grace);
+            config.kill_wait = kill_wait.map(Duration::from_secs);
+            let grace = config.release_grace();
+            prop_assert!(grace <= config.stop_grace);
+            match config.kill_wait {
+                Some(kill_wait) => prop_assert!(grace + DRAIN_REPORT_MARGIN <= kill_wait),
+                None => prop_assert_eq!(grace, config.stop_grace),
+            }
+        }
+    }
 }

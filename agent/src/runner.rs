@@ -35,6 +35,11 @@ const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// ... or as soon as this many entries are waiting (or
 /// [`limits::MAX_OUTPUT_BATCH_BYTES`] of them).
 const OUTPUT_FLUSH_LINES: usize = 512;
+/// How long the end of a run killed by a termination signal that ladder did not send
+/// waits for a drain of the agent before the run is reported: a supervisor stopping the
+/// node (Slurm's `scancel`, systemd) sends SIGTERM to the runs and to the agent at the
+/// same moment, and such a run is handed back, not failed.
+const EXTERNAL_TERMINATION_SETTLE: Duration = Duration::from_secs(1);
 /// Marker ending a log line that was cut.
 pub const TRUNCATION_MARKER: &str = " [line truncated by ladder]";
 
@@ -63,6 +68,9 @@ pub struct Execution {
     pub ranks: Vec<BTreeMap<String, String>>,
     pub run_dir: PathBuf,
     pub stop_grace: Duration,
+    /// Time between SIGTERM and SIGKILL when the agent drains (at most `stop_grace`, less
+    /// when the agent's supervisor kills it sooner).
+    pub release_grace: Duration,
     /// The attempt's log file is rotated past this size: `attempt-N.log` becomes
     /// `attempt-N.log.1` (replacing an older one), so it never takes more than twice this.
     pub log_file_max_bytes: u64,
@@ -654,7 +662,7 @@ pub async fn execute(
                     if !release_requested {
                         release_requested = true;
                         signal_running(&exits, libc::SIGTERM);
-                        kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
+                        kill_deadline = Some(tokio::time::Instant::now() + execution.release_grace);
                     }
                 }
                 None => control_open = false,
@@ -682,6 +690,23 @@ pub async fn execute(
         }
     }
     output.flush();
+    // A run that died of SIGTERM, SIGINT or SIGHUP from someone else may have died with
+    // its agent's drain: wait briefly for the agent's word, then take every request that
+    // came in with the run's end into account.
+    let externally_terminated = first_failure.is_some_and(|rank| {
+        matches!(&exits[rank], Some(Ok(status))
+            if matches!(status.signal(), Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP)))
+    });
+    if externally_terminated && !stop_requested && !release_requested && control_open {
+        if let Ok(Some(request)) =
+            tokio::time::timeout(EXTERNAL_TERMINATION_SETTLE, control.recv()).await
+        {
+            apply_late_request(request, &mut stop_requested, &mut release_requested);
+        }
+    }
+    while let Ok(request) = control.try_recv() {
+        apply_late_request(request, &mut stop_requested, &mut release_requested);
+    }
     let finished = outcome(
         &exits,
         first_failure,
@@ -690,6 +715,14 @@ pub async fn execute(
         rank_count > 1,
     );
     emit(RunnerEventKind::Finished(finished));
+}
+
+/// Notes a request that arrived after every rank had ended: it decides the outcome.
+fn apply_late_request(request: Control, stop_requested: &mut bool, release_requested: &mut bool) {
+    match request {
+        Control::Stop | Control::Kill => *stop_requested = true,
+        Control::Release => *release_requested = true,
+    }
 }
 
 /// Starts the process of one rank: its own process group, dying with the agent.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ladder_e2e::{as_str, write_file, write_script, Agent, Coordinator, TestDir};
+use ladder_e2e::{as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir};
 
 const WATCH_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -96,3 +96,74 @@ fn long_output_lines_are_delivered_in_bounded_batches() {
     );
 }
 
+/// Sleeps until stopped; on SIGTERM it exits at once (as the default action would).
+const SLEEPER: &str = r#"
+import time
+print("sleeping", flush=True)
+time.sleep(1000)
+"#;
+
+fn signal_group(pgid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
+    unsafe {
+        libc::kill(-(pgid as i32), signal);
+    }
+}
+
+/// A supervisor stopping the node (Slurm's `scancel`, systemd) sends SIGTERM to the runs
+/// and to the agent at the same moment. The run dies of it while the agent starts to
+/// drain: it is handed back (`released`, queued again), not failed.
+#[test]
+fn a_run_terminated_with_its_draining_agent_is_released_not_failed() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let mut agent = Agent::start_with(
+        &coordinator.url(),
+        "a1",
+        1,
+        &dir.join("a1"),
+        dir,
+        &["--stop-grace", "5"],
+    );
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    write_script(dir, "sleeper.py", SLEEPER);
+    let sweep_file = grid_sweep(
+        dir,
+        "terminated",
+        "1",
+        r#"[python3, "{{ladder.code_dir}}/sleeper.py"]"#,
+    );
+    let sweep_id = coordinator.submit(&sweep_file);
+    let run_pid = wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        "the run to start",
+        || {
+            let running = coordinator
+                .runs(&sweep_id)
+                .iter()
+                .any(|r| r["status"] == "running");
+            let pids = agent.run_pids();
+            (running && pids.len() == 1).then(|| pids[0])
+        },
+    );
+    // The run's group first, the agent right after: the run's death can reach the agent
+    // before its own signal does.
+    signal_group(run_pid, libc::SIGTERM);
+    agent.signal(libc::SIGTERM);
+    let status = agent
+        .wait_exit(Duration::from_secs(60))
+        .expect("the agent drains and exits");
+    assert!(status.success(), "{status}");
+
+    let runs = coordinator.runs(&sweep_id);
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["status"], "queued", "{}", runs[0]);
+    let detail = coordinator.run_detail(as_str(&runs[0]["id"], "id"));
+    let attempts = detail["attempt_history"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{detail}");
+    assert_eq!(attempts[0]["outcome"], "released", "{detail}");
+    let sweep = coordinator.json(&["sweep", "show", &sweep_id]);
+    assert_ne!(sweep["status"], "failed", "{sweep}");
+}
