@@ -25,7 +25,7 @@ use ladder_proto::v1 as pb;
 use ladder_shared::limits;
 use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
 use prost::Message;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -108,38 +108,125 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-enum Line {
-    Out(Vec<u8>),
-    Err(Vec<u8>),
+/// A piece of a run's output cut at newlines.
+#[derive(Debug)]
+struct SplitLine {
+    /// The line, with its newline if it had one and was not cut.
+    bytes: Vec<u8>,
+    /// The line was longer than the limit: `bytes` holds its first bytes, and the rest
+    /// (to the next newline) was skipped.
+    truncated: bool,
+}
+
+/// Cuts a byte stream into lines while holding at most `max_line_bytes` of an unfinished
+/// line: a longer line is emitted cut as soon as it reaches the limit, and what follows it
+/// up to the next newline is skipped without being kept.
+struct LineSplitter {
+    max_line_bytes: usize,
+    current: Vec<u8>,
+    /// Within the rest of a line already emitted cut.
+    skipping: bool,
+}
+
+impl LineSplitter {
+    fn new(max_line_bytes: usize) -> LineSplitter {
+        LineSplitter {
+            max_line_bytes,
+            current: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Bytes of an unfinished line held.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Takes the next bytes of the stream; appends the lines they complete to `lines`.
+    fn push(&mut self, mut data: &[u8], lines: &mut Vec<SplitLine>) {
+        while !data.is_empty() {
+            let newline = data.iter().position(|b| *b == b'\n');
+            let end = newline.map_or(data.len(), |i| i + 1);
+            let (piece, rest) = data.split_at(end);
+            data = rest;
+            if self.skipping {
+                if newline.is_some() {
+                    self.skipping = false;
+                }
+                continue;
+            }
+            let room = self.max_line_bytes - self.current.len();
+            // The newline itself does not count against the limit.
+            let content = piece.len() - usize::from(newline.is_some());
+            if content <= room {
+                self.current.extend_from_slice(piece);
+                if newline.is_some() {
+                    lines.push(SplitLine {
+                        bytes: std::mem::take(&mut self.current),
+                        truncated: false,
+                    });
+                }
+                continue;
+            }
+            self.current.extend_from_slice(&piece[..room]);
+            lines.push(SplitLine {
+                bytes: std::mem::take(&mut self.current),
+                truncated: true,
+            });
+            self.skipping = newline.is_none();
+        }
+    }
+
+    /// The unfinished last line at the end of the stream, if any.
+    fn finish(&mut self) -> Option<SplitLine> {
+        if self.current.is_empty() {
+            return None;
+        }
+        Some(SplitLine {
+            bytes: std::mem::take(&mut self.current),
+            truncated: false,
+        })
+    }
+}
+
+/// Bytes read from a run's pipe at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A line of a run's output and the stream it came on.
+struct Line {
+    stderr: bool,
+    split: SplitLine,
 }
 
 /// A line and the rank whose process printed it.
 type RankLine = (usize, Line);
 
+/// Reads one pipe of a rank in chunks and sends its lines, never holding more than
+/// [`limits::MAX_LINE_BYTES`] of an unfinished line (see [`LineSplitter`]).
 async fn read_lines(
-    reader: impl AsyncRead + Unpin,
+    mut reader: impl AsyncRead + Unpin,
     rank: usize,
     stderr: bool,
     lines: mpsc::Sender<RankLine>,
 ) {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let mut buffer = Vec::new();
+    let mut splitter = LineSplitter::new(limits::MAX_LINE_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut complete = Vec::new();
     loop {
-        buffer.clear();
-        match reader.read_until(b'\n', &mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = std::mem::take(&mut buffer);
-                let line = if stderr {
-                    Line::Err(line)
-                } else {
-                    Line::Out(line)
-                };
-                if lines.send((rank, line)).await.is_err() {
-                    return;
-                }
+        let read = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        splitter.push(&chunk[..read], &mut complete);
+        for split in complete.drain(..) {
+            if lines.send((rank, Line { stderr, split })).await.is_err() {
+                return;
             }
         }
+    }
+    if let Some(split) = splitter.finish() {
+        let _ = lines.send((rank, Line { stderr, split })).await;
     }
 }
 
@@ -363,10 +450,12 @@ impl OutputBuffer {
     /// (`@ladder {...}` on rank 0's stdout), as info (`@ladder.info {...}` there) or as a
     /// log line. A malformed metric or info line is kept as a log line after a warning.
     async fn absorb(&mut self, (rank, line): RankLine) {
-        let (stream, mut bytes) = match line {
-            Line::Out(bytes) => ("stdout", bytes),
-            Line::Err(bytes) => ("stderr", bytes),
-        };
+        let stream = if line.stderr { "stderr" } else { "stdout" };
+        let mut bytes = line.split.bytes;
+        if line.split.truncated {
+            bytes.extend_from_slice(TRUNCATION_MARKER.as_bytes());
+            bytes.push(b'\n');
+        }
         let prefix = if self.prefix_ranks {
             format!("[rank {rank}] ")
         } else {
@@ -399,12 +488,7 @@ impl OutputBuffer {
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
-        let truncated = bytes.len() > limits::MAX_LINE_BYTES;
-        bytes.truncate(limits::MAX_LINE_BYTES);
-        let mut text = String::from_utf8_lossy(&bytes).into_owned();
-        if truncated {
-            text.push_str(TRUNCATION_MARKER);
-        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let time_ms = now_ms();
         if stream == "stdout" && rank == 0 {
             let unprefixed = text.strip_prefix(prefix.as_str()).unwrap_or(&text);
@@ -528,7 +612,8 @@ pub async fn execute(
         execution.ranks.clone()
     };
     let rank_count = rank_envs.len();
-    let (line_tx, mut line_rx) = mpsc::channel::<RankLine>(1024);
+    // At most this many lines wait between the pipes and the buffer (4 MiB at most).
+    let (line_tx, mut line_rx) = mpsc::channel::<RankLine>(64);
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, std::io::Result<ExitStatus>)>();
     // Process (and process group) id of each rank.
     let mut pids: Vec<u32> = Vec::with_capacity(rank_count);
@@ -847,7 +932,83 @@ mod tests {
         (output, received)
     }
 
+    #[test]
+    fn a_line_of_many_megabytes_without_newline_is_cut_holding_at_most_the_limit() {
+        let max = limits::MAX_LINE_BYTES;
+        let mut splitter = LineSplitter::new(max);
+        let chunk = vec![b'x'; READ_CHUNK_BYTES];
+        let mut lines = Vec::new();
+        for _ in 0..(64 << 20) / READ_CHUNK_BYTES {
+            splitter.push(&chunk, &mut lines);
+            assert!(splitter.held() <= max, "{} bytes held", splitter.held());
+            assert!(
+                splitter.current.capacity() <= 2 * max,
+                "{} bytes kept",
+                splitter.current.capacity()
+            );
+        }
+        splitter.push(b"end of the long line\nnext\n", &mut lines);
+        assert!(splitter.finish().is_none());
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].truncated);
+        assert_eq!(lines[0].bytes.len(), max);
+        assert!(lines[0].bytes.iter().all(|b| *b == b'x'));
+        assert!(!lines[1].truncated);
+        assert_eq!(lines[1].bytes, b"next\n");
+    }
+
+    #[tokio::test]
+    async fn the_reader_sends_a_huge_line_cut_and_the_lines_after_it_whole() {
+        let mut input = vec![b'y'; 20 << 20];
+        input.extend_from_slice(b"\nsecond\nlast without newline");
+        let (sender, mut received) = mpsc::channel(4);
+        let reader = tokio::spawn(read_lines(std::io::Cursor::new(input), 0, false, sender));
+        let mut lines = Vec::new();
+        while let Some((_, line)) = received.recv().await {
+            lines.push(line.split);
+        }
+        reader.await.expect("reader");
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].truncated);
+        assert_eq!(lines[0].bytes.len(), limits::MAX_LINE_BYTES);
+        assert_eq!(lines[1].bytes, b"second\n");
+        assert_eq!(lines[2].bytes, b"last without newline");
+        assert!(!lines[2].truncated);
+    }
+
     proptest! {
+        /// Whatever the chunking, the splitter gives the lines of the input, each cut to
+        /// the limit, and never holds more than the limit.
+        #[test]
+        fn lines_do_not_depend_on_how_the_output_is_chunked(
+            input in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), Just(b'b')], 0..400),
+            chunk in 1usize..50,
+            max in 1usize..20,
+        ) {
+            let mut splitter = LineSplitter::new(max);
+            let mut lines = Vec::new();
+            for piece in input.chunks(chunk) {
+                splitter.push(piece, &mut lines);
+                prop_assert!(splitter.held() <= max);
+            }
+            lines.extend(splitter.finish());
+            let mut expected = Vec::new();
+            for (i, line) in input.split(|b| *b == b'\n').enumerate() {
+                let last = i == input.split(|b| *b == b'\n').count() - 1;
+                if last && line.is_empty() {
+                    break;
+                }
+                let truncated = line.len() > max;
+                let mut bytes = line[..line.len().min(max)].to_vec();
+                if !truncated && !last {
+                    bytes.push(b'\n');
+                }
+                expected.push((bytes, truncated));
+            }
+            let got: Vec<(Vec<u8>, bool)> = lines.into_iter().map(|l| (l.bytes, l.truncated)).collect();
+            prop_assert_eq!(got, expected);
+        }
+
         #[test]
         fn a_cut_log_line_fits_and_keeps_a_prefix(text in "\\PC{0,3000}", max in 64usize..2048) {
             let mut line = pb::LogLine { time_ms: 1, stream: "stdout".into(), text: text.clone() };
