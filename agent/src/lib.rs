@@ -20,6 +20,7 @@ pub mod runner;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
@@ -130,6 +131,10 @@ struct HeldAttempt {
     unacked: VecDeque<pb::RunEvent>,
     /// Sessions that ended while the front of `unacked` was in it, unacknowledged.
     front_sessions: u32,
+    /// Output bytes of each event in `unacked`, in the same order.
+    unacked_bytes: VecDeque<usize>,
+    /// Output bytes not yet acknowledged, shared with the runner (backpressure).
+    backlog: Arc<runner::Backlog>,
     finished: bool,
     control: mpsc::UnboundedSender<Control>,
 }
@@ -431,6 +436,7 @@ impl Agent {
         if held.lease.attempt != event.attempt {
             return;
         }
+        let mut output_bytes = 0;
         let kind = match event.kind {
             RunnerEventKind::Started { pid, work_dir } => {
                 pb::run_event::Kind::Started(pb::RunStarted { pid, work_dir })
@@ -439,12 +445,15 @@ impl Agent {
                 metrics,
                 logs,
                 info,
-                bytes: _,
-            } => pb::run_event::Kind::Output(pb::RunOutput {
-                metrics,
-                logs,
-                info: info.into_iter().collect(),
-            }),
+                bytes,
+            } => {
+                output_bytes = bytes;
+                pb::run_event::Kind::Output(pb::RunOutput {
+                    metrics,
+                    logs,
+                    info: info.into_iter().collect(),
+                })
+            }
             RunnerEventKind::Finished(finished) => {
                 held.finished = true;
                 info!(run_id = %event.run_id, reason = %finished.reason, "run finished");
@@ -459,6 +468,7 @@ impl Agent {
         held.next_seq += 1;
         Self::send_event(connection, &run_event);
         held.unacked.push_back(run_event);
+        held.unacked_bytes.push_back(output_bytes);
     }
 
     /// Handles one message; returns a new heartbeat interval when the coordinator set one.
@@ -509,6 +519,8 @@ impl Agent {
                         while held.unacked.front().is_some_and(|e| e.seq <= ack.seq) {
                             held.unacked.pop_front();
                             held.front_sessions = 0;
+                            let bytes = held.unacked_bytes.pop_front().unwrap_or(0);
+                            held.backlog.release(bytes);
                         }
                         if held.finished && held.unacked.is_empty() {
                             self.held.remove(&lease.run_id);
@@ -599,7 +611,9 @@ impl Agent {
         };
         let ranks = launch::rank_environments(&assign.gpus, launch, master_port);
         let (control, control_rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(runner::Backlog::default());
         let execution = Execution {
+            backlog: backlog.clone(),
             run_id: lease.run_id.clone(),
             attempt: lease.attempt,
             argv,
@@ -619,6 +633,8 @@ impl Agent {
                 next_seq: 1,
                 unacked: VecDeque::new(),
                 front_sessions: 0,
+                unacked_bytes: VecDeque::new(),
+                backlog: backlog.clone(),
                 finished: false,
                 control,
             },

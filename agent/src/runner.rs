@@ -68,6 +68,8 @@ pub struct Execution {
     pub ranks: Vec<BTreeMap<String, String>>,
     pub run_dir: PathBuf,
     pub stop_grace: Duration,
+    /// Output reported and not yet acknowledged, shared with the agent.
+    pub backlog: std::sync::Arc<Backlog>,
     /// Time between SIGTERM and SIGKILL when the agent drains (at most `stop_grace`, less
     /// when the agent's supervisor kills it sooner).
     pub release_grace: Duration,
@@ -230,10 +232,43 @@ async fn read_lines(
     }
 }
 
+/// Bytes of an attempt's output reported to the agent and not yet acknowledged by the
+/// coordinator. The runner adds what it sends; the agent releases what is acknowledged.
+/// Past [`limits::MAX_UNACKED_BYTES_PER_ATTEMPT`] the runner stops reading the run's
+/// output (the run blocks on its pipe) until acknowledgements arrive.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    bytes: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn add(&self, bytes: usize) {
+        self.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Releases `bytes` acknowledged by the coordinator.
+    pub fn release(&self, bytes: usize) {
+        let _ = self.bytes.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |held| Some(held.saturating_sub(bytes)),
+        );
+        self.released.notify_one();
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.load(std::sync::atomic::Ordering::SeqCst)
+            >= limits::MAX_UNACKED_BYTES_PER_ATTEMPT
+    }
+}
+
 /// Sends an attempt's events to the agent.
 #[derive(Clone)]
 struct Emitter {
     events: mpsc::UnboundedSender<RunnerEvent>,
+    backlog: std::sync::Arc<Backlog>,
     run_id: String,
     attempt: u32,
 }
@@ -334,6 +369,7 @@ impl OutputBuffer {
             return;
         }
         let bytes = std::mem::take(&mut self.pending_bytes);
+        self.emitter.backlog.add(bytes);
         self.emitter.emit(RunnerEventKind::Output {
             metrics: std::mem::take(&mut self.metrics),
             logs: std::mem::take(&mut self.logs),
@@ -657,7 +693,9 @@ pub async fn execute(
     });
     debug!(run_id = %execution.run_id, pid, ranks = rank_count, "process started");
 
+    let backlog = execution.backlog.clone();
     let emitter = Emitter {
+        backlog: backlog.clone(),
         events: events.clone(),
         run_id: execution.run_id.clone(),
         attempt: execution.attempt,
@@ -693,7 +731,9 @@ pub async fn execute(
             break;
         }
         tokio::select! {
-            line = line_rx.recv(), if lines_open => {
+            // Backpressure: no reading while too much output waits for acknowledgement.
+            _ = backlog.released.notified(), if lines_open && backlog.full() => {}
+            line = line_rx.recv(), if lines_open && !backlog.full() => {
                 let Some(line) = line else { lines_open = false; continue };
                 output.absorb(line).await;
             }
@@ -917,6 +957,7 @@ mod tests {
     fn buffer(max_batch_bytes: usize) -> (OutputBuffer, mpsc::UnboundedReceiver<RunnerEvent>) {
         let (events, received) = mpsc::unbounded_channel();
         let emitter = Emitter {
+            backlog: Default::default(),
             events,
             run_id: "r".into(),
             attempt: 1,
@@ -930,6 +971,21 @@ mod tests {
         );
         output.max_batch_bytes = max_batch_bytes;
         (output, received)
+    }
+
+    #[tokio::test]
+    async fn a_full_backlog_stops_reading_until_acknowledgements_release_it() {
+        let backlog = Backlog::default();
+        backlog.add(limits::MAX_UNACKED_BYTES_PER_ATTEMPT);
+        assert!(backlog.full());
+        backlog.release(1);
+        assert!(!backlog.full());
+        // The release left a wake-up for the reader that was waiting.
+        tokio::time::timeout(Duration::from_secs(10), backlog.released.notified())
+            .await
+            .expect("woken");
+        backlog.release(usize::MAX);
+        assert_eq!(backlog.bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]
