@@ -20,10 +20,12 @@ pub mod runner;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
+use ladder_shared::limits;
 use ladder_shared::spec::Launch;
 use ladder_shared::types::Gpu;
 use rand::Rng;
@@ -62,6 +64,10 @@ pub struct AgentConfig {
     pub code_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub stop_grace: Duration,
+    /// Time the agent's supervisor waits between its SIGTERM and SIGKILL of the agent
+    /// (Slurm's KillWait, systemd's TimeoutStopSec), if known: a drain then SIGKILLs runs
+    /// [`DRAIN_REPORT_MARGIN`] before it ends, so that they are reported in time.
+    pub kill_wait: Option<Duration>,
     /// Size past which a run's local log file is rotated (one older part is kept).
     pub log_file_max_bytes: u64,
     /// Longest wait between two connection attempts.
@@ -74,7 +80,22 @@ pub struct AgentConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// Time a drain keeps after its runs are SIGKILLed to report them and get the
+/// acknowledgements.
+pub const DRAIN_REPORT_MARGIN: Duration = Duration::from_secs(5);
+
 impl AgentConfig {
+    /// Time between SIGTERM and SIGKILL of the runs of a draining agent: the stop grace,
+    /// cut to fit inside the supervisor's kill wait.
+    pub fn release_grace(&self) -> Duration {
+        match self.kill_wait {
+            Some(kill_wait) => self
+                .stop_grace
+                .min(kill_wait.saturating_sub(DRAIN_REPORT_MARGIN)),
+            None => self.stop_grace,
+        }
+    }
+
     pub fn new(coordinator: impl Into<String>, name: impl Into<String>, work_dir: PathBuf) -> Self {
         AgentConfig {
             coordinator: coordinator.into(),
@@ -87,6 +108,7 @@ impl AgentConfig {
             work_dir,
             code_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
             stop_grace: Duration::from_secs(10),
+            kill_wait: None,
             log_file_max_bytes: 64 << 20,
             max_backoff: Duration::from_secs(10),
             token: None,
@@ -95,14 +117,64 @@ impl AgentConfig {
     }
 }
 
+/// Sessions that may end while the same event is the oldest unacknowledged one of an
+/// attempt. Past this many, an output event is taken for one the coordinator refuses: it
+/// is replaced by a note saying so, so that one undeliverable message cannot hold an
+/// attempt (and the agent's session) in a loop of reconnects and resends.
+const MAX_SESSIONS_PER_EVENT: u32 = 5;
+
 /// An attempt this agent holds: running, or finished with events not yet acknowledged.
 struct HeldAttempt {
     lease: pb::Lease,
     next_seq: u64,
     /// Sent or not, every event not yet acknowledged, in order.
     unacked: VecDeque<pb::RunEvent>,
+    /// Sessions that ended while the front of `unacked` was in it, unacknowledged.
+    front_sessions: u32,
+    /// Output bytes of each event in `unacked`, in the same order.
+    unacked_bytes: VecDeque<usize>,
+    /// Output bytes not yet acknowledged, shared with the runner (backpressure).
+    backlog: Arc<runner::Backlog>,
     finished: bool,
     control: mpsc::UnboundedSender<Control>,
+}
+
+impl HeldAttempt {
+    /// Replaces the oldest unacknowledged event, an output batch that the coordinator
+    /// would not take in [`MAX_SESSIONS_PER_EVENT`] sessions, by a note in the run's log.
+    fn give_up_front(&mut self, run_id: &str) {
+        let Some(front) = self.unacked.front_mut() else {
+            return;
+        };
+        let Some(pb::run_event::Kind::Output(output)) = &front.kind else {
+            return;
+        };
+        let bytes = prost::Message::encoded_len(front);
+        warn!(
+            run_id,
+            seq = front.seq,
+            bytes,
+            sessions = self.front_sessions,
+            "the coordinator did not accept an output batch; replacing it by a note"
+        );
+        let text = format!(
+            "ladder dropped {} log lines and {} metric points ({bytes} bytes): the coordinator did not accept them in {} sessions",
+            output.logs.len(),
+            output.metrics.len(),
+            self.front_sessions
+        );
+        let time_ms = output.logs.first().map(|l| l.time_ms).unwrap_or_default();
+        front.kind = Some(pb::run_event::Kind::Output(pb::RunOutput {
+            metrics: Vec::new(),
+            logs: vec![pb::LogLine {
+                time_ms,
+                stream: "ladder".into(),
+                text,
+            }],
+            info: Default::default(),
+        }));
+        self.front_sessions = 0;
+    }
 }
 
 /// One open session with the coordinator.
@@ -153,6 +225,16 @@ impl Agent {
             ),
             source,
         })?;
+        if let Some(kill_wait) = self.config.kill_wait {
+            if self.config.stop_grace + DRAIN_REPORT_MARGIN > kill_wait {
+                warn!(
+                    stop_grace_s = self.config.stop_grace.as_secs_f64(),
+                    kill_wait_s = kill_wait.as_secs_f64(),
+                    release_grace_s = self.config.release_grace().as_secs_f64(),
+                    "the stop grace does not fit in the supervisor's kill wait; a drain gives runs release_grace_s before SIGKILL"
+                );
+            }
+        }
         tokio::pin!(shutdown);
         let mut shutdown_requested = false;
         // Set once draining: when to give up waiting for runs and acknowledgements.
@@ -194,7 +276,10 @@ impl Agent {
                     shutdown_requested = true;
                     // Graceful drain: no new work, runs get SIGTERM to checkpoint and are
                     // handed back, then exit once the coordinator has acknowledged it all.
-                    let grace = self.config.stop_grace + Duration::from_secs(5);
+                    let mut grace = self.config.release_grace() + DRAIN_REPORT_MARGIN;
+                    if let Some(kill_wait) = self.config.kill_wait {
+                        grace = grace.min(kill_wait);
+                    }
                     drain_deadline = Some(tokio::time::Instant::now() + grace);
                     self.draining = true;
                     info!(runs = self.held.len(), "draining: handing runs back before exit");
@@ -224,6 +309,11 @@ impl Agent {
                         Ok(None) | Err(_) => {
                             warn!("session with the coordinator ended; reconnecting");
                             connection = None;
+                            for held in self.held.values_mut() {
+                                if !held.unacked.is_empty() {
+                                    held.front_sessions += 1;
+                                }
+                            }
                             next_connect = tokio::time::Instant::now() + rand::rng().random_range(Duration::ZERO..=backoff);
                         }
                     }
@@ -291,8 +381,8 @@ impl Agent {
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let mut client = AgentServiceClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let register = pb::Register {
             name: self.config.name.clone(),
@@ -346,6 +436,7 @@ impl Agent {
         if held.lease.attempt != event.attempt {
             return;
         }
+        let mut output_bytes = 0;
         let kind = match event.kind {
             RunnerEventKind::Started { pid, work_dir } => {
                 pb::run_event::Kind::Started(pb::RunStarted { pid, work_dir })
@@ -354,11 +445,15 @@ impl Agent {
                 metrics,
                 logs,
                 info,
-            } => pb::run_event::Kind::Output(pb::RunOutput {
-                metrics,
-                logs,
-                info: info.into_iter().collect(),
-            }),
+                bytes,
+            } => {
+                output_bytes = bytes;
+                pb::run_event::Kind::Output(pb::RunOutput {
+                    metrics,
+                    logs,
+                    info: info.into_iter().collect(),
+                })
+            }
             RunnerEventKind::Finished(finished) => {
                 held.finished = true;
                 info!(run_id = %event.run_id, reason = %finished.reason, "run finished");
@@ -373,6 +468,7 @@ impl Agent {
         held.next_seq += 1;
         Self::send_event(connection, &run_event);
         held.unacked.push_back(run_event);
+        held.unacked_bytes.push_back(output_bytes);
     }
 
     /// Handles one message; returns a new heartbeat interval when the coordinator set one.
@@ -385,7 +481,10 @@ impl Agent {
         match message.kind? {
             Kind::Registered(registered) => {
                 // Resend what the previous session left unacknowledged.
-                for held in self.held.values() {
+                for (run_id, held) in self.held.iter_mut() {
+                    if held.front_sessions >= MAX_SESSIONS_PER_EVENT {
+                        held.give_up_front(run_id);
+                    }
                     for event in &held.unacked {
                         Self::send_event(Some(connection), event);
                     }
@@ -419,6 +518,9 @@ impl Agent {
                     if held.lease == lease {
                         while held.unacked.front().is_some_and(|e| e.seq <= ack.seq) {
                             held.unacked.pop_front();
+                            held.front_sessions = 0;
+                            let bytes = held.unacked_bytes.pop_front().unwrap_or(0);
+                            held.backlog.release(bytes);
                         }
                         if held.finished && held.unacked.is_empty() {
                             self.held.remove(&lease.run_id);
@@ -509,7 +611,9 @@ impl Agent {
         };
         let ranks = launch::rank_environments(&assign.gpus, launch, master_port);
         let (control, control_rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(runner::Backlog::default());
         let execution = Execution {
+            backlog: backlog.clone(),
             run_id: lease.run_id.clone(),
             attempt: lease.attempt,
             argv,
@@ -517,6 +621,7 @@ impl Agent {
             ranks,
             run_dir,
             stop_grace: self.config.stop_grace,
+            release_grace: self.config.release_grace(),
             log_file_max_bytes: self.config.log_file_max_bytes,
         };
         info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
@@ -527,6 +632,9 @@ impl Agent {
                 lease,
                 next_seq: 1,
                 unacked: VecDeque::new(),
+                front_sessions: 0,
+                unacked_bytes: VecDeque::new(),
+                backlog: backlog.clone(),
                 finished: false,
                 control,
             },
@@ -561,4 +669,25 @@ fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_drain_fits_inside_the_kill_wait(stop_grace in 0u64..200, kill_wait in proptest::option::of(5u64..200)) {
+            let mut config = AgentConfig::new("http://127.0.0.1:1", "a", PathBuf::from("w"));
+            config.stop_grace = Duration::from_secs(stop_grace);
+            config.kill_wait = kill_wait.map(Duration::from_secs);
+            let grace = config.release_grace();
+            prop_assert!(grace <= config.stop_grace);
+            match config.kill_wait {
+                Some(kill_wait) => prop_assert!(grace + DRAIN_REPORT_MARGIN <= kill_wait),
+                None => prop_assert_eq!(grace, config.stop_grace),
+            }
+        }
+    }
 }

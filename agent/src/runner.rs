@@ -22,21 +22,26 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
+use ladder_shared::limits;
 use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Longest log line kept; longer lines are cut and marked.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
-/// Most log lines of one attempt forwarded to the coordinator; the rest stay in the
-/// attempt's log file in the run directory.
-pub const MAX_FORWARDED_LOG_LINES: u64 = 1_000_000;
 /// Output is sent at least this often while a run prints.
 const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// ... or as soon as this many lines are waiting.
+/// ... or as soon as this many entries are waiting (or
+/// [`limits::MAX_OUTPUT_BATCH_BYTES`] of them).
 const OUTPUT_FLUSH_LINES: usize = 512;
+/// How long the end of a run killed by a termination signal that ladder did not send
+/// waits for a drain of the agent before the run is reported: a supervisor stopping the
+/// node (Slurm's `scancel`, systemd) sends SIGTERM to the runs and to the agent at the
+/// same moment, and such a run is handed back, not failed.
+const EXTERNAL_TERMINATION_SETTLE: Duration = Duration::from_secs(1);
+/// Marker ending a log line that was cut.
+pub const TRUNCATION_MARKER: &str = " [line truncated by ladder]";
 
 /// What the agent asks of a running attempt.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +68,11 @@ pub struct Execution {
     pub ranks: Vec<BTreeMap<String, String>>,
     pub run_dir: PathBuf,
     pub stop_grace: Duration,
+    /// Output reported and not yet acknowledged, shared with the agent.
+    pub backlog: std::sync::Arc<Backlog>,
+    /// Time between SIGTERM and SIGKILL when the agent drains (at most `stop_grace`, less
+    /// when the agent's supervisor kills it sooner).
+    pub release_grace: Duration,
     /// The attempt's log file is rotated past this size: `attempt-N.log` becomes
     /// `attempt-N.log.1` (replacing an older one), so it never takes more than twice this.
     pub log_file_max_bytes: u64,
@@ -80,6 +90,8 @@ pub enum RunnerEventKind {
         /// `@ladder.info` entries read since the previous batch, later lines merged over
         /// earlier ones.
         info: BTreeMap<String, String>,
+        /// Encoded size of the entries, at most [`limits::MAX_OUTPUT_BATCH_BYTES`].
+        bytes: usize,
     },
     Finished(pb::RunFinished),
 }
@@ -98,46 +110,214 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-enum Line {
-    Out(Vec<u8>),
-    Err(Vec<u8>),
+/// A piece of a run's output cut at newlines.
+#[derive(Debug)]
+struct SplitLine {
+    /// The line, with its newline if it had one and was not cut.
+    bytes: Vec<u8>,
+    /// The line was longer than the limit: `bytes` holds its first bytes, and the rest
+    /// (to the next newline) was skipped.
+    truncated: bool,
+}
+
+/// Cuts a byte stream into lines while holding at most `max_line_bytes` of an unfinished
+/// line: a longer line is emitted cut as soon as it reaches the limit, and what follows it
+/// up to the next newline is skipped without being kept.
+struct LineSplitter {
+    max_line_bytes: usize,
+    current: Vec<u8>,
+    /// Within the rest of a line already emitted cut.
+    skipping: bool,
+}
+
+impl LineSplitter {
+    fn new(max_line_bytes: usize) -> LineSplitter {
+        LineSplitter {
+            max_line_bytes,
+            current: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// Bytes of an unfinished line held.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.current.len()
+    }
+
+    /// Takes the next bytes of the stream; appends the lines they complete to `lines`.
+    fn push(&mut self, mut data: &[u8], lines: &mut Vec<SplitLine>) {
+        while !data.is_empty() {
+            let newline = data.iter().position(|b| *b == b'\n');
+            let end = newline.map_or(data.len(), |i| i + 1);
+            let (piece, rest) = data.split_at(end);
+            data = rest;
+            if self.skipping {
+                if newline.is_some() {
+                    self.skipping = false;
+                }
+                continue;
+            }
+            let room = self.max_line_bytes - self.current.len();
+            // The newline itself does not count against the limit.
+            let content = piece.len() - usize::from(newline.is_some());
+            if content <= room {
+                self.current.extend_from_slice(piece);
+                if newline.is_some() {
+                    lines.push(SplitLine {
+                        bytes: std::mem::take(&mut self.current),
+                        truncated: false,
+                    });
+                }
+                continue;
+            }
+            self.current.extend_from_slice(&piece[..room]);
+            lines.push(SplitLine {
+                bytes: std::mem::take(&mut self.current),
+                truncated: true,
+            });
+            self.skipping = newline.is_none();
+        }
+    }
+
+    /// The unfinished last line at the end of the stream, if any.
+    fn finish(&mut self) -> Option<SplitLine> {
+        if self.current.is_empty() {
+            return None;
+        }
+        Some(SplitLine {
+            bytes: std::mem::take(&mut self.current),
+            truncated: false,
+        })
+    }
+}
+
+/// Bytes read from a run's pipe at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A line of a run's output and the stream it came on.
+struct Line {
+    stderr: bool,
+    split: SplitLine,
 }
 
 /// A line and the rank whose process printed it.
 type RankLine = (usize, Line);
 
+/// Reads one pipe of a rank in chunks and sends its lines, never holding more than
+/// [`limits::MAX_LINE_BYTES`] of an unfinished line (see [`LineSplitter`]).
 async fn read_lines(
-    reader: impl AsyncRead + Unpin,
+    mut reader: impl AsyncRead + Unpin,
     rank: usize,
     stderr: bool,
     lines: mpsc::Sender<RankLine>,
 ) {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let mut buffer = Vec::new();
+    let mut splitter = LineSplitter::new(limits::MAX_LINE_BYTES);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut complete = Vec::new();
     loop {
-        buffer.clear();
-        match reader.read_until(b'\n', &mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = std::mem::take(&mut buffer);
-                let line = if stderr {
-                    Line::Err(line)
-                } else {
-                    Line::Out(line)
-                };
-                if lines.send((rank, line)).await.is_err() {
-                    return;
-                }
+        let read = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        splitter.push(&chunk[..read], &mut complete);
+        for split in complete.drain(..) {
+            if lines.send((rank, Line { stderr, split })).await.is_err() {
+                return;
             }
         }
     }
+    if let Some(split) = splitter.finish() {
+        let _ = lines.send((rank, Line { stderr, split })).await;
+    }
 }
 
-/// Output read from the process and not yet sent.
+/// Bytes of an attempt's output reported to the agent and not yet acknowledged by the
+/// coordinator. The runner adds what it sends; the agent releases what is acknowledged.
+/// Past [`limits::MAX_UNACKED_BYTES_PER_ATTEMPT`] the runner stops reading the run's
+/// output (the run blocks on its pipe) until acknowledgements arrive.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    bytes: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn add(&self, bytes: usize) {
+        self.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Releases `bytes` acknowledged by the coordinator.
+    pub fn release(&self, bytes: usize) {
+        let _ = self.bytes.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |held| Some(held.saturating_sub(bytes)),
+        );
+        self.released.notify_one();
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.load(std::sync::atomic::Ordering::SeqCst)
+            >= limits::MAX_UNACKED_BYTES_PER_ATTEMPT
+    }
+}
+
+/// Sends an attempt's events to the agent.
+#[derive(Clone)]
+struct Emitter {
+    events: mpsc::UnboundedSender<RunnerEvent>,
+    backlog: std::sync::Arc<Backlog>,
+    run_id: String,
+    attempt: u32,
+}
+
+impl Emitter {
+    fn emit(&self, kind: RunnerEventKind) {
+        let _ = self.events.send(RunnerEvent {
+            run_id: self.run_id.clone(),
+            attempt: self.attempt,
+            kind,
+        });
+    }
+}
+
+/// Bytes an entry of `len` encoded bytes takes in a repeated field or a map of a
+/// message: its tag, its length and itself.
+fn framed_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// Cuts `text` so that a log line holding it is at most `max_bytes` long encoded, ending
+/// it in [`TRUNCATION_MARKER`]; returns whether it was cut.
+fn fit_log_line(line: &mut pb::LogLine, max_bytes: usize) -> bool {
+    let size = framed_len(line.encoded_len());
+    if size <= max_bytes {
+        return false;
+    }
+    let excess = size - max_bytes + TRUNCATION_MARKER.len() + 16;
+    let mut keep = line.text.len().saturating_sub(excess);
+    while !line.text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    line.text.truncate(keep);
+    line.text.push_str(TRUNCATION_MARKER);
+    debug_assert!(framed_len(line.encoded_len()) <= max_bytes);
+    true
+}
+
+/// Output read from the process and not yet sent: one batch, at most
+/// [`limits::MAX_OUTPUT_BATCH_BYTES`] encoded, sent when full.
 struct OutputBuffer {
+    emitter: Emitter,
     metrics: Vec<pb::MetricPoint>,
     logs: Vec<pb::LogLine>,
     info: BTreeMap<String, String>,
+    /// Encoded size of `metrics`, `logs` and `info`.
+    pending_bytes: usize,
+    /// Largest batch sent (the limit, lowered by tests).
+    max_batch_bytes: usize,
     /// Reasons for skipped entries already noted in the log.
     noted_skips: std::collections::HashSet<String>,
     forwarded: u64,
@@ -153,15 +333,100 @@ struct OutputBuffer {
 }
 
 impl OutputBuffer {
+    fn new(
+        emitter: Emitter,
+        log_file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+        log_path: PathBuf,
+        log_file_max_bytes: u64,
+        prefix_ranks: bool,
+    ) -> OutputBuffer {
+        OutputBuffer {
+            emitter,
+            metrics: Vec::new(),
+            logs: Vec::new(),
+            info: BTreeMap::new(),
+            pending_bytes: 0,
+            max_batch_bytes: limits::MAX_OUTPUT_BATCH_BYTES,
+            noted_skips: Default::default(),
+            forwarded: 0,
+            cap_reported: false,
+            log_file,
+            log_path,
+            log_bytes: 0,
+            log_file_max_bytes: log_file_max_bytes.max(1),
+            rotations: 0,
+            prefix_ranks,
+        }
+    }
+
     fn pending(&self) -> usize {
         self.metrics.len() + self.logs.len() + self.info.len()
     }
 
-    fn take(&mut self) -> RunnerEventKind {
-        RunnerEventKind::Output {
+    /// Sends what is waiting, if anything.
+    fn flush(&mut self) {
+        if self.pending() == 0 {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        self.emitter.backlog.add(bytes);
+        self.emitter.emit(RunnerEventKind::Output {
             metrics: std::mem::take(&mut self.metrics),
             logs: std::mem::take(&mut self.logs),
             info: std::mem::take(&mut self.info),
+            bytes,
+        });
+    }
+
+    /// Makes room for an entry of `size` encoded bytes, sending the batch if it would
+    /// not fit.
+    fn reserve(&mut self, size: usize) {
+        if self.pending_bytes + size > self.max_batch_bytes || self.pending() >= OUTPUT_FLUSH_LINES
+        {
+            self.flush();
+        }
+        self.pending_bytes += size;
+    }
+
+    /// Adds a log line to the batch; one too large for any batch is cut with a marker.
+    fn push_log(&mut self, mut line: pb::LogLine) {
+        fit_log_line(&mut line, self.max_batch_bytes);
+        self.reserve(framed_len(line.encoded_len()));
+        self.logs.push(line);
+    }
+
+    /// Adds a note of ladder's own to the run's log.
+    fn note(&mut self, text: String) {
+        self.push_log(pb::LogLine {
+            time_ms: now_ms(),
+            stream: "ladder".into(),
+            text,
+        });
+    }
+
+    /// Adds a metric point to the batch; one too large for any batch is dropped with a
+    /// note in the log.
+    fn push_metric(&mut self, point: pb::MetricPoint) {
+        let size = framed_len(point.encoded_len());
+        if size > self.max_batch_bytes {
+            let step = point.step.map_or("-".to_string(), |s| s.to_string());
+            self.note(format!(
+                "metric point at step {step} dropped: {size} bytes encoded, more than one batch of {} bytes",
+                self.max_batch_bytes
+            ));
+            return;
+        }
+        self.reserve(size);
+        self.metrics.push(point);
+    }
+
+    /// Adds `@ladder.info` entries to the batch (later values replace earlier ones).
+    fn push_info(&mut self, values: impl IntoIterator<Item = (String, String)>) {
+        for (name, value) in values {
+            // A map entry: the key and the value each framed, the entry framed again.
+            let size = framed_len(framed_len(name.len()) + framed_len(value.len()));
+            self.reserve(size);
+            self.info.insert(name, value);
         }
     }
 
@@ -177,10 +442,11 @@ impl OutputBuffer {
         if fresh.is_empty() {
             return;
         }
-        self.logs.push(pb::LogLine {
+        let text = format!("skipped in {kind} line (noted once): {}", fresh.join("; "));
+        self.push_log(pb::LogLine {
             time_ms,
             stream: "ladder".into(),
-            text: format!("skipped in {kind} line (noted once): {}", fresh.join("; ")),
+            text,
         });
     }
 
@@ -213,21 +479,19 @@ impl OutputBuffer {
                 self.log_path.display()
             ),
         };
-        self.logs.push(pb::LogLine {
-            time_ms: now_ms(),
-            stream: "ladder".into(),
-            text,
-        });
+        self.note(text);
     }
 
     /// Writes the line to the attempt's log file, then keeps it as a metric point
     /// (`@ladder {...}` on rank 0's stdout), as info (`@ladder.info {...}` there) or as a
     /// log line. A malformed metric or info line is kept as a log line after a warning.
     async fn absorb(&mut self, (rank, line): RankLine) {
-        let (stream, mut bytes) = match line {
-            Line::Out(bytes) => ("stdout", bytes),
-            Line::Err(bytes) => ("stderr", bytes),
-        };
+        let stream = if line.stderr { "stderr" } else { "stdout" };
+        let mut bytes = line.split.bytes;
+        if line.split.truncated {
+            bytes.extend_from_slice(TRUNCATION_MARKER.as_bytes());
+            bytes.push(b'\n');
+        }
         let prefix = if self.prefix_ranks {
             format!("[rank {rank}] ")
         } else {
@@ -251,35 +515,26 @@ impl OutputBuffer {
                 // in the log the coordinator keeps, and stop writing the file.
                 warn!(path = %self.log_path.display(), %error, "cannot write the run's log file");
                 self.log_file = None;
-                self.logs.push(pb::LogLine {
-                    time_ms: now_ms(),
-                    stream: "ladder".into(),
-                    text: format!(
-                        "cannot write the log file {}: {error}; the rest of this attempt's log is only on the coordinator",
-                        self.log_path.display()
-                    ),
-                });
+                self.note(format!(
+                    "cannot write the log file {}: {error}; the rest of this attempt's log is only on the coordinator",
+                    self.log_path.display()
+                ));
             }
         }
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
-        let truncated = bytes.len() > MAX_LINE_BYTES;
-        bytes.truncate(MAX_LINE_BYTES);
-        let mut text = String::from_utf8_lossy(&bytes).into_owned();
-        if truncated {
-            text.push_str(" [line truncated by ladder]");
-        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let time_ms = now_ms();
         if stream == "stdout" && rank == 0 {
             let unprefixed = text.strip_prefix(prefix.as_str()).unwrap_or(&text);
             match parse_info_line(unprefixed) {
                 Some(Ok(parsed)) => {
                     self.note_skipped("info", &parsed.skipped, time_ms);
-                    self.info.extend(parsed.values);
+                    self.push_info(parsed.values);
                     return;
                 }
-                Some(Err(error)) => self.logs.push(pb::LogLine {
+                Some(Err(error)) => self.push_log(pb::LogLine {
                     time_ms,
                     stream: "ladder".into(),
                     text: format!("ignored info line: {error}"),
@@ -290,14 +545,14 @@ impl OutputBuffer {
                 Some(Ok(parsed)) => {
                     self.note_skipped("metric", &parsed.skipped, time_ms);
                     let point = parsed.point;
-                    self.metrics.push(pb::MetricPoint {
+                    self.push_metric(pb::MetricPoint {
                         step: point.step,
                         values: point.values.into_iter().collect(),
                         time_ms,
                     });
                     return;
                 }
-                Some(Err(error)) => self.logs.push(pb::LogLine {
+                Some(Err(error)) => self.push_log(pb::LogLine {
                     time_ms,
                     stream: "ladder".into(),
                     text: format!("ignored metric line: {error}"),
@@ -305,23 +560,20 @@ impl OutputBuffer {
                 None => {}
             }
         }
-        if self.forwarded < MAX_FORWARDED_LOG_LINES {
+        if self.forwarded < limits::MAX_ATTEMPT_LOG_LINES {
             self.forwarded += 1;
-            self.logs.push(pb::LogLine {
+            self.push_log(pb::LogLine {
                 time_ms,
                 stream: stream.into(),
                 text,
             });
         } else if !self.cap_reported {
             self.cap_reported = true;
-            self.logs.push(pb::LogLine {
-                time_ms,
-                stream: "ladder".into(),
-                text: format!(
-                    "log cap of {MAX_FORWARDED_LOG_LINES} lines reached; the rest is only in {}",
-                    self.log_path.display()
-                ),
-            });
+            self.note(format!(
+                "log cap of {} lines reached; the rest is only in {}",
+                limits::MAX_ATTEMPT_LOG_LINES,
+                self.log_path.display()
+            ));
         }
     }
 }
@@ -396,7 +648,8 @@ pub async fn execute(
         execution.ranks.clone()
     };
     let rank_count = rank_envs.len();
-    let (line_tx, mut line_rx) = mpsc::channel::<RankLine>(1024);
+    // At most this many lines wait between the pipes and the buffer (4 MiB at most).
+    let (line_tx, mut line_rx) = mpsc::channel::<RankLine>(64);
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, std::io::Result<ExitStatus>)>();
     // Process (and process group) id of each rank.
     let mut pids: Vec<u32> = Vec::with_capacity(rank_count);
@@ -440,20 +693,20 @@ pub async fn execute(
     });
     debug!(run_id = %execution.run_id, pid, ranks = rank_count, "process started");
 
-    let mut output = OutputBuffer {
-        metrics: Vec::new(),
-        logs: Vec::new(),
-        info: BTreeMap::new(),
-        noted_skips: Default::default(),
-        forwarded: 0,
-        cap_reported: false,
+    let backlog = execution.backlog.clone();
+    let emitter = Emitter {
+        backlog: backlog.clone(),
+        events: events.clone(),
+        run_id: execution.run_id.clone(),
+        attempt: execution.attempt,
+    };
+    let mut output = OutputBuffer::new(
+        emitter,
         log_file,
         log_path,
-        log_bytes: 0,
-        log_file_max_bytes: execution.log_file_max_bytes.max(1),
-        rotations: 0,
-        prefix_ranks: rank_count > 1,
-    };
+        execution.log_file_max_bytes,
+        rank_count > 1,
+    );
     let signal_running = |exits: &[Option<std::io::Result<ExitStatus>>], signal: i32| {
         for (rank, &pid) in pids.iter().enumerate() {
             if exits[rank].is_none() {
@@ -478,12 +731,11 @@ pub async fn execute(
             break;
         }
         tokio::select! {
-            line = line_rx.recv(), if lines_open => {
+            // Backpressure: no reading while too much output waits for acknowledgement.
+            _ = backlog.released.notified(), if lines_open && backlog.full() => {}
+            line = line_rx.recv(), if lines_open && !backlog.full() => {
                 let Some(line) = line else { lines_open = false; continue };
                 output.absorb(line).await;
-                if output.pending() >= OUTPUT_FLUSH_LINES {
-                    emit(output.take());
-                }
             }
             exit = exit_rx.recv(), if running > 0 => {
                 let Some((rank, status)) = exit else {
@@ -535,7 +787,7 @@ pub async fn execute(
                     if !release_requested {
                         release_requested = true;
                         signal_running(&exits, libc::SIGTERM);
-                        kill_deadline = Some(tokio::time::Instant::now() + execution.stop_grace);
+                        kill_deadline = Some(tokio::time::Instant::now() + execution.release_grace);
                     }
                 }
                 None => control_open = false,
@@ -545,9 +797,7 @@ pub async fn execute(
                 kill_deadline = None;
             }
             _ = flush_timer.tick() => {
-                if output.pending() > 0 {
-                    emit(output.take());
-                }
+                output.flush();
             }
         }
     }
@@ -557,18 +807,30 @@ pub async fn execute(
     }
     if let Some(file) = output.log_file.as_mut() {
         if let Err(error) = file.flush().await {
-            output.logs.push(pb::LogLine {
-                time_ms: now_ms(),
-                stream: "ladder".into(),
-                text: format!(
-                    "cannot write the log file {}: {error}; the end of this attempt's log is only on the coordinator",
-                    output.log_path.display()
-                ),
-            });
+            let text = format!(
+                "cannot write the log file {}: {error}; the end of this attempt's log is only on the coordinator",
+                output.log_path.display()
+            );
+            output.note(text);
         }
     }
-    if output.pending() > 0 {
-        emit(output.take());
+    output.flush();
+    // A run that died of SIGTERM, SIGINT or SIGHUP from someone else may have died with
+    // its agent's drain: wait briefly for the agent's word, then take every request that
+    // came in with the run's end into account.
+    let externally_terminated = first_failure.is_some_and(|rank| {
+        matches!(&exits[rank], Some(Ok(status))
+            if matches!(status.signal(), Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP)))
+    });
+    if externally_terminated && !stop_requested && !release_requested && control_open {
+        if let Ok(Some(request)) =
+            tokio::time::timeout(EXTERNAL_TERMINATION_SETTLE, control.recv()).await
+        {
+            apply_late_request(request, &mut stop_requested, &mut release_requested);
+        }
+    }
+    while let Ok(request) = control.try_recv() {
+        apply_late_request(request, &mut stop_requested, &mut release_requested);
     }
     let finished = outcome(
         &exits,
@@ -578,6 +840,14 @@ pub async fn execute(
         rank_count > 1,
     );
     emit(RunnerEventKind::Finished(finished));
+}
+
+/// Notes a request that arrived after every rank had ended: it decides the outcome.
+fn apply_late_request(request: Control, stop_requested: &mut bool, release_requested: &mut bool) {
+    match request {
+        Control::Stop | Control::Kill => *stop_requested = true,
+        Control::Release => *release_requested = true,
+    }
 }
 
 /// Starts the process of one rank: its own process group, dying with the agent.
@@ -675,5 +945,166 @@ fn outcome(
         exit_code,
         signal,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An output buffer without a log file whose batches go to the returned receiver.
+    fn buffer(max_batch_bytes: usize) -> (OutputBuffer, mpsc::UnboundedReceiver<RunnerEvent>) {
+        let (events, received) = mpsc::unbounded_channel();
+        let emitter = Emitter {
+            backlog: Default::default(),
+            events,
+            run_id: "r".into(),
+            attempt: 1,
+        };
+        let mut output = OutputBuffer::new(
+            emitter,
+            None,
+            PathBuf::from("attempt-1.log"),
+            1 << 20,
+            false,
+        );
+        output.max_batch_bytes = max_batch_bytes;
+        (output, received)
+    }
+
+    #[tokio::test]
+    async fn a_full_backlog_stops_reading_until_acknowledgements_release_it() {
+        let backlog = Backlog::default();
+        backlog.add(limits::MAX_UNACKED_BYTES_PER_ATTEMPT);
+        assert!(backlog.full());
+        backlog.release(1);
+        assert!(!backlog.full());
+        // The release left a wake-up for the reader that was waiting.
+        tokio::time::timeout(Duration::from_secs(10), backlog.released.notified())
+            .await
+            .expect("woken");
+        backlog.release(usize::MAX);
+        assert_eq!(backlog.bytes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_line_of_many_megabytes_without_newline_is_cut_holding_at_most_the_limit() {
+        let max = limits::MAX_LINE_BYTES;
+        let mut splitter = LineSplitter::new(max);
+        let chunk = vec![b'x'; READ_CHUNK_BYTES];
+        let mut lines = Vec::new();
+        for _ in 0..(64 << 20) / READ_CHUNK_BYTES {
+            splitter.push(&chunk, &mut lines);
+            assert!(splitter.held() <= max, "{} bytes held", splitter.held());
+            assert!(
+                splitter.current.capacity() <= 2 * max,
+                "{} bytes kept",
+                splitter.current.capacity()
+            );
+        }
+        splitter.push(b"end of the long line\nnext\n", &mut lines);
+        assert!(splitter.finish().is_none());
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].truncated);
+        assert_eq!(lines[0].bytes.len(), max);
+        assert!(lines[0].bytes.iter().all(|b| *b == b'x'));
+        assert!(!lines[1].truncated);
+        assert_eq!(lines[1].bytes, b"next\n");
+    }
+
+    #[tokio::test]
+    async fn the_reader_sends_a_huge_line_cut_and_the_lines_after_it_whole() {
+        let mut input = vec![b'y'; 20 << 20];
+        input.extend_from_slice(b"\nsecond\nlast without newline");
+        let (sender, mut received) = mpsc::channel(4);
+        let reader = tokio::spawn(read_lines(std::io::Cursor::new(input), 0, false, sender));
+        let mut lines = Vec::new();
+        while let Some((_, line)) = received.recv().await {
+            lines.push(line.split);
+        }
+        reader.await.expect("reader");
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].truncated);
+        assert_eq!(lines[0].bytes.len(), limits::MAX_LINE_BYTES);
+        assert_eq!(lines[1].bytes, b"second\n");
+        assert_eq!(lines[2].bytes, b"last without newline");
+        assert!(!lines[2].truncated);
+    }
+
+    proptest! {
+        /// Whatever the chunking, the splitter gives the lines of the input, each cut to
+        /// the limit, and never holds more than the limit.
+        #[test]
+        fn lines_do_not_depend_on_how_the_output_is_chunked(
+            input in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), Just(b'b')], 0..400),
+            chunk in 1usize..50,
+            max in 1usize..20,
+        ) {
+            let mut splitter = LineSplitter::new(max);
+            let mut lines = Vec::new();
+            for piece in input.chunks(chunk) {
+                splitter.push(piece, &mut lines);
+                prop_assert!(splitter.held() <= max);
+            }
+            lines.extend(splitter.finish());
+            let mut expected = Vec::new();
+            for (i, line) in input.split(|b| *b == b'\n').enumerate() {
+                let last = i == input.split(|b| *b == b'\n').count() - 1;
+                if last && line.is_empty() {
+                    break;
+                }
+                let truncated = line.len() > max;
+                let mut bytes = line[..line.len().min(max)].to_vec();
+                if !truncated && !last {
+                    bytes.push(b'\n');
+                }
+                expected.push((bytes, truncated));
+            }
+            let got: Vec<(Vec<u8>, bool)> = lines.into_iter().map(|l| (l.bytes, l.truncated)).collect();
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn a_cut_log_line_fits_and_keeps_a_prefix(text in "\\PC{0,3000}", max in 64usize..2048) {
+            let mut line = pb::LogLine { time_ms: 1, stream: "stdout".into(), text: text.clone() };
+            let cut = fit_log_line(&mut line, max);
+            prop_assert!(framed_len(line.encoded_len()) <= max);
+            if cut {
+                let kept = line.text.strip_suffix(TRUNCATION_MARKER).expect("marker");
+                prop_assert!(text.starts_with(kept));
+            } else {
+                prop_assert_eq!(line.text, text);
+            }
+        }
+
+        #[test]
+        fn batches_stay_within_their_byte_limit(
+            entries in proptest::collection::vec((0u8..3, 0usize..5000), 1..200),
+            max in 256usize..8192,
+        ) {
+            let (mut output, mut received) = buffer(max);
+            for (kind, size) in entries {
+                match kind {
+                    0 => output.push_log(pb::LogLine { time_ms: 1, stream: "stdout".into(), text: "l".repeat(size) }),
+                    1 => output.push_metric(pb::MetricPoint {
+                        step: Some(1),
+                        values: (0..size / 50).map(|i| (format!("m{i}"), 1.0)).collect(),
+                        time_ms: 1,
+                    }),
+                    // Info entries are far below any batch (names of 256 bytes, values of 4 KiB).
+                    _ => output.push_info([(format!("k{size}"), "v".repeat(size % 100))]),
+                }
+            }
+            output.flush();
+            while let Ok(event) = received.try_recv() {
+                let RunnerEventKind::Output { metrics, logs, info, bytes } = event.kind else {
+                    panic!("not output");
+                };
+                let encoded = pb::RunOutput { metrics, logs, info: info.into_iter().collect() }.encoded_len();
+                prop_assert!(encoded <= max, "{} > {}", encoded, max);
+                prop_assert!(bytes >= encoded, "{} < {}", bytes, encoded);
+            }
+        }
     }
 }

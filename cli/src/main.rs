@@ -153,6 +153,12 @@ struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when a run is stopped.
     #[arg(long, default_value_t = 10.0)]
     stop_grace: f64,
+    /// Seconds the supervisor waits between its SIGTERM and SIGKILL of this agent (Slurm's
+    /// KillWait, systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds). A
+    /// drain then gives runs at most this minus 5 s before SIGKILL, so that they are handed
+    /// back before the agent is killed; the agent logs a warning when --stop-grace is longer.
+    #[arg(long)]
+    kill_wait: Option<f64>,
     /// Size in bytes past which a run's local log file is rotated (one older part is kept).
     #[arg(long, default_value_t = 64 << 20)]
     log_file_max_bytes: u64,
@@ -482,6 +488,9 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
             .with_context(|| format!("--code-dir {}", code_dir.display()))?;
     }
     config.stop_grace = seconds(args.stop_grace, "--stop-grace")?;
+    if let Some(kill_wait) = args.kill_wait {
+        config.kill_wait = Some(seconds(kill_wait, "--kill-wait")?);
+    }
     if args.log_file_max_bytes == 0 {
         bail!("--log-file-max-bytes must be at least 1");
     }

@@ -88,16 +88,9 @@ pub const MAX_TAGS_PER_RUN: usize = 64;
 /// holds more than this much of an unfinished line.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// Log bytes of one attempt forwarded to the coordinator; the rest stays in the
+/// Log lines of one attempt forwarded to the coordinator; the rest stays in the
 /// attempt's log file on the agent and the cut is noted in the log.
-pub const MAX_ATTEMPT_LOG_BYTES: u64 = 256 << 20;
-
-/// Log lines of one attempt forwarded to the coordinator.
 pub const MAX_ATTEMPT_LOG_LINES: u64 = 1_000_000;
-
-/// Metric bytes (the `@ladder` lines as printed) of one attempt forwarded to the
-/// coordinator; later points are dropped and the cut is noted in the log.
-pub const MAX_ATTEMPT_METRIC_BYTES: u64 = 256 << 20;
 
 /// Distinct metric names of one run; points naming further metrics keep only the
 /// metrics already known, and the drop is noted in the run's log.
