@@ -34,7 +34,8 @@ pub enum Role {
     Viewer,
     /// Viewer, plus submitting sweeps and pausing, resuming or cancelling their own.
     Member,
-    /// Everything: any sweep, and lifting an agent's quarantine.
+    /// Everything: any sweep, lifting an agent's quarantine, and forgetting the secret an
+    /// agent's name is bound to.
     Admin,
 }
 
@@ -108,6 +109,8 @@ pub enum Action<'a> {
     },
     /// Lift an agent's quarantine.
     EnableAgent,
+    /// Drop the secret an agent's name is bound to, so that the name can enroll again.
+    ForgetAgent,
     /// Open `AgentService/Session`: be an agent.
     AgentSession,
 }
@@ -125,6 +128,7 @@ impl Action<'_> {
                 format!("pause, resume or cancel sweeps owned by {owner}")
             }
             Action::EnableAgent => "enable agents".into(),
+            Action::ForgetAgent => "forget agents".into(),
             Action::AgentSession => "open an agent session".into(),
         }
     }
@@ -304,7 +308,9 @@ impl Authorizer {
     /// Decides whether `principal` may do `action`.
     ///
     /// Viewers read; members also submit sweeps and control their own; admins do
-    /// everything. Agent tokens only open agent sessions, and user tokens never do.
+    /// everything. Agent tokens only open agent sessions, and user tokens never do. An
+    /// agent token does not say which agent it is: the name an agent registers is bound
+    /// to a secret of its own (see [`crate::identity`]).
     pub fn authorize(&self, principal: &Principal, action: Action<'_>) -> Result<(), AuthError> {
         let denied = |hint: &str| AuthError::Denied {
             principal: principal.to_string(),
@@ -333,6 +339,8 @@ impl Authorizer {
                 Action::ControlSweep { .. } => Err(denied("viewers only read")),
                 Action::EnableAgent if *role == Role::Admin => Ok(()),
                 Action::EnableAgent => Err(denied("only admins enable agents")),
+                Action::ForgetAgent if *role == Role::Admin => Ok(()),
+                Action::ForgetAgent => Err(denied("only admins forget agents")),
             },
         }
     }
@@ -705,6 +713,7 @@ mod tests {
             (&viewer, own, false),
             (&viewer, Action::ControlSweep { owner: "victor" }, false),
             (&viewer, Action::EnableAgent, false),
+            (&viewer, Action::ForgetAgent, false),
             (&viewer, Action::AgentSession, false),
             (&alice, Action::Read, true),
             (&alice, Action::Submit, true),
@@ -712,6 +721,7 @@ mod tests {
             (&alice, other, false),
             (&alice, unowned, false),
             (&alice, Action::EnableAgent, false),
+            (&alice, Action::ForgetAgent, false),
             (&alice, Action::AgentSession, false),
             (&admin, Action::Read, true),
             (&admin, Action::Submit, true),
@@ -719,11 +729,13 @@ mod tests {
             (&admin, other, true),
             (&admin, unowned, true),
             (&admin, Action::EnableAgent, true),
+            (&admin, Action::ForgetAgent, true),
             (&admin, Action::AgentSession, false),
             (&agent, Action::Read, false),
             (&agent, Action::Submit, false),
             (&agent, own, false),
             (&agent, Action::EnableAgent, false),
+            (&agent, Action::ForgetAgent, false),
             (&agent, Action::AgentSession, true),
         ];
         for (principal, action, allowed) in cases {
