@@ -6,6 +6,8 @@
 //! - [`runner`] executes each assigned attempt as subprocesses (one, or one per GPU
 //!   rank as [`launch`] decides) and reports what they do.
 //! - [`gpus`] discovers the node's GPUs (`--gpus auto|none|0,1|fake:N`).
+//! - [`identity`] keeps the secret the agent's name is bound to, issued by the
+//!   coordinator when the name enrolled and presented on every registration.
 //!
 //! Every event of an attempt gets a sequence number and stays buffered until the
 //! coordinator acknowledges it (it acknowledges only what it has durably stored). After
@@ -14,6 +16,7 @@
 //! lease the coordinator rejects is killed and forgotten.
 
 pub mod gpus;
+pub mod identity;
 pub mod launch;
 pub mod runner;
 
@@ -47,6 +50,13 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The secret file of the agent's name cannot be read or written.
+    #[error("{}: {message}", path.display())]
+    Identity { path: PathBuf, message: String },
+    /// The coordinator refused the agent's name: it is bound to a secret this agent does
+    /// not have. Final until an admin forgets the name.
+    #[error("the coordinator refused the agent name {name:?}: {message}")]
+    NameRefused { name: String, message: String },
 }
 
 /// How an agent identifies itself and what it offers.
@@ -235,8 +245,11 @@ impl Agent {
                 );
             }
         }
+        let mut identity = identity::Identity::load(&self.config.work_dir, &self.config.name)?;
         tokio::pin!(shutdown);
         let mut shutdown_requested = false;
+        // Set when the agent must stop: its runs are killed and the error returned.
+        let mut fatal: Option<AgentError> = None;
         // Set once draining: when to give up waiting for runs and acknowledgements.
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut connection: Option<Connection> = None;
@@ -249,13 +262,21 @@ impl Agent {
                 break;
             }
             if connection.is_none() && tokio::time::Instant::now() >= next_connect {
-                match self.connect(&endpoint, authorization.as_ref()).await {
-                    Ok(opened) => {
+                match self
+                    .connect(&endpoint, authorization.as_ref(), &mut identity)
+                    .await
+                {
+                    Err(error) => {
+                        fatal = Some(error);
+                        break;
+                    }
+                    Ok(Ok(opened)) => {
                         info!(coordinator = %self.config.coordinator, "connected");
+                        heartbeat = tokio::time::interval(self.heartbeat_interval);
                         connection = Some(opened);
                         backoff = Duration::from_millis(200);
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         if matches!(
                             error.code(),
                             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
@@ -329,7 +350,10 @@ impl Agent {
         for held in self.held.values() {
             let _ = held.control.send(Control::Kill);
         }
-        Ok(())
+        match fatal {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Adds TLS to `endpoint` when a CA is configured or the URL is `https://`.
@@ -371,15 +395,20 @@ impl Agent {
             })
     }
 
+    /// Opens a session and registers, presenting the name's secret; keeps the secret the
+    /// coordinator issues when the registration enrolled the name. The outer error is
+    /// final (the name is refused, or its secret cannot be kept); the inner one is worth
+    /// retrying.
     async fn connect(
         &mut self,
         endpoint: &tonic::transport::Endpoint,
         authorization: Option<&MetadataValue<Ascii>>,
-    ) -> Result<Connection, tonic::Status> {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        identity: &mut identity::Identity,
+    ) -> Result<Result<Connection, tonic::Status>, AgentError> {
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(error) => return Ok(Err(tonic::Status::unavailable(error.to_string()))),
+        };
         let mut client = AgentServiceClient::new(channel)
             .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
@@ -402,6 +431,7 @@ impl Agent {
             held: self.held.values().map(|h| h.lease.clone()).collect(),
             hostname: hostname(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            secret: identity.secret().to_string(),
         };
         let _ = outgoing.send(pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Register(register)),
@@ -412,13 +442,43 @@ impl Agent {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
-        let response = tokio::time::timeout(Duration::from_secs(10), client.session(request))
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("session did not open in 10s"))??;
-        Ok(Connection {
-            outgoing,
-            incoming: response.into_inner(),
+        let opened = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut incoming = client.session(request).await?.into_inner();
+            // The coordinator answers only once the registration is durable, with
+            // `Registered` first.
+            let first = incoming.message().await?;
+            Ok::<_, tonic::Status>((incoming, first))
         })
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(
+                "session did not open in 10s",
+            ))
+        });
+        let (incoming, first) = match opened {
+            Ok((incoming, Some(first))) => (incoming, first),
+            Ok((_, None)) => {
+                return Ok(Err(tonic::Status::unavailable(
+                    "the coordinator closed the session before registering it",
+                )))
+            }
+            Err(status) if name_refused(&status) => {
+                return Err(AgentError::NameRefused {
+                    name: self.config.name.clone(),
+                    message: status.message().to_string(),
+                })
+            }
+            Err(status) => return Ok(Err(status)),
+        };
+        if let Some(pb::coordinator_message::Kind::Registered(registered)) = &first.kind {
+            if !registered.agent_secret.is_empty() {
+                identity.adopt(&registered.agent_secret)?;
+            }
+        }
+        let connection = Connection { outgoing, incoming };
+        // Sets the heartbeat interval and resends what the previous session left.
+        let _ = self.on_coordinator_message(first, &connection);
+        Ok(Ok(connection))
     }
 
     fn send_event(connection: Option<&Connection>, event: &pb::RunEvent) {
@@ -648,6 +708,15 @@ impl Agent {
             control_rx,
         ));
     }
+}
+
+/// Whether `status` refuses this agent's name itself (see [`identity`]), rather than its
+/// token or the connection.
+fn name_refused(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::PermissionDenied
+        && status
+            .metadata()
+            .contains_key(ladder_proto::AGENT_NAME_REFUSED_METADATA)
 }
 
 /// A run id as a directory name.

@@ -682,6 +682,29 @@ pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+pub async fn agents_forget(args: &ClientArgs, name: &str, force: bool) -> anyhow::Result<()> {
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?);
+    let agent = client
+        .forget_agent(pb::ForgetAgentRequest {
+            name: name.to_string(),
+            force,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .agent
+        .unwrap_or_default();
+    if args.json {
+        print_json(&output::agent_json(&agent));
+    } else {
+        println!(
+            "{} forgotten: the next agent to register as {} enrolls the name",
+            agent.name, agent.name
+        );
+    }
+    Ok(())
+}
+
 /// The best run by the sweep's metric (its summary value: the last reported value unless
 /// the sweep chose another summary).
 pub fn best_run(sweep: &pb::Sweep, runs: &[pb::Run]) -> Option<(String, f64)> {

@@ -322,6 +322,17 @@ enum AgentsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Unbind an agent's name from its secret so that the next agent registering with it
+    /// enrolls it again (an agent whose work directory was lost). Admins only.
+    Forget {
+        name: String,
+        /// Also forget a connected agent: its session is ended, and whichever agent
+        /// registers with the name next enrolls it.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -505,8 +516,16 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
         print!("{}", describe_agent(&config));
         return Ok(());
     }
-    Agent::new(config).run(shutdown_signal()).await?;
-    Ok(())
+    match Agent::new(config).run(shutdown_signal()).await {
+        // Exit code 3: retrying cannot help until an admin forgets the name, so service
+        // managers are told not to restart (RestartPreventExitStatus=3).
+        Err(error @ ladder_agent::AgentError::NameRefused { .. }) => Err(ExitError {
+            code: 3,
+            message: format!("error: {error}"),
+        }
+        .into()),
+        result => Ok(result?),
+    }
 }
 
 /// What `ladder agent --dry-run` prints: what the agent would offer the coordinator.
@@ -637,6 +656,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agents(AgentsCommand::Enable { name, client }) => {
             client::agents_enable(&client, &name).await
         }
+        Command::Agents(AgentsCommand::Forget {
+            name,
+            force,
+            client,
+        }) => client::agents_forget(&client, &name, force).await,
         Command::Store(StoreCommand::Check { data, json }) => store_check(&data, json),
         Command::Bench(command) => bench::run(command).await,
         Command::Auth(command) => access::run(command),

@@ -34,7 +34,8 @@ pub enum Role {
     Viewer,
     /// Viewer, plus submitting sweeps and pausing, resuming or cancelling their own.
     Member,
-    /// Everything: any sweep, and lifting an agent's quarantine.
+    /// Everything: any sweep, lifting an agent's quarantine, and forgetting the secret an
+    /// agent's name is bound to.
     Admin,
 }
 
@@ -117,6 +118,8 @@ pub enum Action<'a> {
     },
     /// Lift an agent's quarantine.
     EnableAgent,
+    /// Drop the secret an agent's name is bound to, so that the name can enroll again.
+    ForgetAgent,
     /// Open `AgentService/Session`: be an agent.
     AgentSession,
 }
@@ -136,6 +139,7 @@ impl Action<'_> {
             Action::UpdateRun { owner: "" } => "annotate runs of sweeps that have no owner".into(),
             Action::UpdateRun { owner } => format!("annotate runs of sweeps owned by {owner}"),
             Action::EnableAgent => "enable agents".into(),
+            Action::ForgetAgent => "forget agents".into(),
             Action::AgentSession => "open an agent session".into(),
         }
     }
@@ -315,7 +319,9 @@ impl Authorizer {
     /// Decides whether `principal` may do `action`.
     ///
     /// Viewers read; members also submit sweeps and control their own; admins do
-    /// everything. Agent tokens only open agent sessions, and user tokens never do.
+    /// everything. Agent tokens only open agent sessions, and user tokens never do. An
+    /// agent token does not say which agent it is: the name an agent registers is bound
+    /// to a secret of its own (see [`crate::identity`]).
     pub fn authorize(&self, principal: &Principal, action: Action<'_>) -> Result<(), AuthError> {
         let denied = |hint: &str| AuthError::Denied {
             principal: principal.to_string(),
@@ -350,6 +356,8 @@ impl Authorizer {
                 Action::UpdateRun { .. } => Err(denied("viewers only read")),
                 Action::EnableAgent if *role == Role::Admin => Ok(()),
                 Action::EnableAgent => Err(denied("only admins enable agents")),
+                Action::ForgetAgent if *role == Role::Admin => Ok(()),
+                Action::ForgetAgent => Err(denied("only admins forget agents")),
             },
         }
     }
@@ -757,6 +765,7 @@ mod tests {
             (&viewer, own, false),
             (&viewer, Action::ControlSweep { owner: "victor" }, false),
             (&viewer, Action::EnableAgent, false),
+            (&viewer, Action::ForgetAgent, false),
             (&viewer, Action::AgentSession, false),
             (&alice, Action::Read, true),
             (&alice, Action::Submit, true),
@@ -764,6 +773,7 @@ mod tests {
             (&alice, other, false),
             (&alice, unowned, false),
             (&alice, Action::EnableAgent, false),
+            (&alice, Action::ForgetAgent, false),
             (&alice, Action::AgentSession, false),
             (&admin, Action::Read, true),
             (&admin, Action::Submit, true),
@@ -771,11 +781,13 @@ mod tests {
             (&admin, other, true),
             (&admin, unowned, true),
             (&admin, Action::EnableAgent, true),
+            (&admin, Action::ForgetAgent, true),
             (&admin, Action::AgentSession, false),
             (&agent, Action::Read, false),
             (&agent, Action::Submit, false),
             (&agent, own, false),
             (&agent, Action::EnableAgent, false),
+            (&agent, Action::ForgetAgent, false),
             (&agent, Action::AgentSession, true),
         ];
         for (principal, action, allowed) in cases {

@@ -8,6 +8,7 @@ use ladder_shared::summary::MetricSummary;
 use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
+use crate::identity::AgentSecret;
 use crate::model::{AttemptRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
 use crate::protocol::{
     Assignment, Finish, FinishOutcome, FromAgent, Lease, Registration, RunEvent, ToAgent,
@@ -413,6 +414,7 @@ impl TryFrom<pb::Register> for Registration {
             held,
             hostname: register.hostname,
             version: register.version,
+            secret: AgentSecret::presented(register.secret)?,
         })
     }
 }
@@ -520,9 +522,13 @@ impl From<ToAgent> for pb::CoordinatorMessage {
             ToAgent::Registered {
                 heartbeat_interval,
                 lease_timeout,
+                agent_secret,
             } => Kind::Registered(pb::Registered {
                 heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
                 lease_timeout_ms: lease_timeout.as_millis() as u64,
+                agent_secret: agent_secret
+                    .map(|secret| secret.expose().to_string())
+                    .unwrap_or_default(),
             }),
             ToAgent::Assign(Assignment {
                 lease,
@@ -948,6 +954,7 @@ mod tests {
                 held: held.into_iter().flatten().collect(),
                 hostname,
                 version: String::new(),
+                secret: String::new(),
             })
     }
 

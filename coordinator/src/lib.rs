@@ -10,6 +10,7 @@
 //!   [`history`]: run queries, the leaderboard, cards, export and watch.
 //! - [`convert`]: the only mapping between `ladder.v1` messages and domain types.
 //! - [`auth`]: who may call what (`--auth FILE`), checked first by every service method;
+//!   [`identity`]: an agent's name is bound to the secret issued when it enrolled;
 //!   [`tls`]: the certificate and key served with `--tls-cert/--tls-key`.
 //!
 //! Data flow: a submitted sweep is validated, stored, and its trials are created lazily
@@ -23,6 +24,7 @@ pub mod downsample;
 pub mod error;
 pub mod history;
 pub mod listener;
+pub mod identity;
 pub mod model;
 pub mod placement;
 pub mod protocol;

@@ -419,6 +419,12 @@ pub struct AgentRecord {
     pub quarantined: bool,
     #[serde(default)]
     pub quarantine_reason: Option<String>,
+    /// The SHA-256 of the secret this name is bound to (see [`crate::identity`]); `None`
+    /// until the name enrolls, after `ladder agents forget`, and in records stored
+    /// before names were bound (such a name enrolls on its next registration). Never
+    /// listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_sha256: Option<crate::identity::SecretHash>,
 }
 
 /// A metric point as stored: what the program printed, and when the agent read it.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ladder_shared::types::Gpu;
 
+use crate::identity::AgentSecret;
 use crate::model::{StoredLogLine, StoredPoint};
 
 /// The right of one agent to execute one attempt of a run.
@@ -27,6 +28,9 @@ pub struct Registration {
     pub held: Vec<Lease>,
     pub hostname: String,
     pub version: String,
+    /// The secret the agent's name is bound to, as the agent presents it; `None` when it
+    /// enrolls its name for the first time.
+    pub secret: Option<AgentSecret>,
 }
 
 /// Messages an agent sends after registering.
@@ -95,6 +99,9 @@ pub enum ToAgent {
     Registered {
         heartbeat_interval: Duration,
         lease_timeout: Duration,
+        /// Set when this registration enrolled the agent's name: the secret it must
+        /// present from now on.
+        agent_secret: Option<AgentSecret>,
     },
     Assign(Assignment),
     Stop {

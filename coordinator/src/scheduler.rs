@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::error::CoordinatorError;
+use crate::identity::{self, Admission, AgentSecret};
 use crate::model::{
     now_ms, AgentRecord, AttemptOutcome, AttemptRecord, GitState, RunRecord, RunUpdate,
     StoredLogLine, StoredPoint, SweepRecord, MAX_METRICS_PER_RUN,
@@ -100,10 +101,22 @@ pub enum Event {
         name: String,
         reply: Reply<AgentView>,
     },
+    /// Drop the secret an agent's name is bound to, so that the name can enroll again;
+    /// refused while the agent is connected unless `force` (which ends its session).
+    ForgetAgent {
+        name: String,
+        force: bool,
+        reply: Reply<AgentView>,
+    },
+    /// An agent opened a session. `reply` answers once the registration is durable
+    /// (`Registered` is then already in `outbox`), or with the refusal when the name is
+    /// bound to a secret the registration did not present; a refused session leaves
+    /// everything as it was.
     AgentConnected {
         session: u64,
         registration: Registration,
         outbox: mpsc::UnboundedSender<ToAgent>,
+        reply: Reply<()>,
     },
     AgentMessage {
         session: u64,
@@ -132,6 +145,7 @@ enum Deferred {
     Agents(Reply<(Vec<AgentView>, bool)>, (Vec<AgentView>, bool)),
     Agent(Reply<AgentView>, Box<Result<AgentView, CoordinatorError>>),
     Run(Reply<RunRecord>, Box<Result<RunRecord, CoordinatorError>>),
+    Registration(Reply<()>, Box<Result<(), CoordinatorError>>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
 }
 
@@ -171,6 +185,7 @@ impl AgentState {
                 last_seen_ms: 0,
                 quarantined: false,
                 quarantine_reason: None,
+                secret_sha256: None,
             },
             session: None,
             last_seen: now,
@@ -579,16 +594,25 @@ impl Scheduler {
                 let page = self.agent_page(&after, limit);
                 self.deferred.push(Deferred::Agents(reply, page));
             }
+            Event::ForgetAgent { name, force, reply } => {
+                let result = self.forget_agent(&name, force);
+                self.check(&result);
+                self.deferred.push(Deferred::Agent(reply, Box::new(result)));
+            }
             Event::AgentConnected {
                 session,
                 registration,
                 outbox,
+                reply,
             } => {
                 let result = self.agent_connected(session, registration, outbox);
                 self.check(&result);
-                if let Err(error) = result {
-                    error!(%error, "failed to register agent");
+                match &result {
+                    Err(CoordinatorError::AgentNameRefused(_)) | Ok(()) => {}
+                    Err(error) => error!(%error, "failed to register agent"),
                 }
+                self.deferred
+                    .push(Deferred::Registration(reply, Box::new(result)));
             }
             Event::AgentMessage { session, message } => {
                 let result = self.agent_message(session, message);
@@ -1100,6 +1124,41 @@ impl Scheduler {
         Ok(self.agent_view(&self.agents[name]))
     }
 
+    /// Drops the secret `name` is bound to (see [`crate::identity`]); its record, runs and
+    /// quarantine stay. A connected agent is only forgotten with `force`, which also ends
+    /// its session: whichever agent registers with the name next enrolls it (the same
+    /// agent, reconnecting, re-adopts the runs it still holds).
+    fn forget_agent(&mut self, name: &str, force: bool) -> Result<AgentView, CoordinatorError> {
+        let Some(agent) = self.agents.get_mut(name) else {
+            return Err(CoordinatorError::NotFound {
+                kind: "agent",
+                id: name.to_string(),
+            });
+        };
+        if agent.session.is_some() && !force {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "agent {name} is connected; stop it before forgetting it, or use --force to \
+                 end its session too (the next agent to register as {name} then enrolls \
+                 the name)"
+            )));
+        }
+        if let Some(session) = agent.session.take() {
+            self.sessions.remove(&session.id);
+            info!(
+                agent = name,
+                session = session.id,
+                "session ended to forget the agent"
+            );
+        }
+        let was_enrolled = agent.record.secret_sha256.take().is_some();
+        self.store.put_agent(&agent.record)?;
+        info!(
+            agent = name,
+            was_enrolled, "agent forgotten; its name may enroll again"
+        );
+        Ok(self.agent_view(&self.agents[name]))
+    }
+
     fn agent_connected(
         &mut self,
         session: u64,
@@ -1108,6 +1167,24 @@ impl Scheduler {
     ) -> Result<(), CoordinatorError> {
         let name = registration.name.clone();
         let now = Instant::now();
+        // The name must be proven before anything of the agent it names is touched.
+        let known = self.agents.get(&name);
+        let stored = known.and_then(|agent| agent.record.secret_sha256.as_ref());
+        let issued = match identity::admit(stored, registration.secret.as_ref()) {
+            Admission::Proven => None,
+            Admission::Enroll => Some(AgentSecret::generate()),
+            Admission::Refused => {
+                warn!(
+                    agent = %name,
+                    session,
+                    live = known.is_some_and(|agent| agent.session.is_some()),
+                    presented_secret = registration.secret.is_some(),
+                    hostname = %registration.hostname,
+                    "agent registration refused: the name is bound to another secret"
+                );
+                return Err(identity::refusal(&name, registration.secret.as_ref()));
+            }
+        };
         let agent = self
             .agents
             .entry(name.clone())
@@ -1128,6 +1205,11 @@ impl Scheduler {
             id: session,
             outbox: outbox.clone(),
         });
+        if let Some(secret) = &issued {
+            // Durable (the commit below) before the agent hears the secret.
+            agent.record.secret_sha256 = Some(secret.hash());
+            info!(agent = %name, session, "agent name enrolled");
+        }
         self.sessions.insert(session, name.clone());
         self.store.put_agent(&agent.record)?;
         info!(agent = %name, session, slots = agent.record.slots, held = registration.held.len(), "agent registered");
@@ -1136,6 +1218,7 @@ impl Scheduler {
             ToAgent::Registered {
                 heartbeat_interval: self.config.heartbeat_interval,
                 lease_timeout: self.config.lease_timeout,
+                agent_secret: issued,
             },
         ));
 
@@ -1550,6 +1633,13 @@ impl Scheduler {
                     };
                     let _ = reply.send(result);
                 }
+                Deferred::Registration(reply, result) => {
+                    let result = match &committed {
+                        Ok(()) => *result,
+                        Err(error) => Err(CoordinatorError::Store(error.to_string())),
+                    };
+                    let _ = reply.send(result);
+                }
                 Deferred::Send(outbox, message) => {
                     if committed.is_ok() {
                         let _ = outbox.send(message);
@@ -1596,15 +1686,33 @@ mod tests {
     struct VirtualAgent {
         session: u64,
         inbox: mpsc::UnboundedReceiver<ToAgent>,
+        /// Messages read at registration and not yet drained.
+        pending: Vec<ToAgent>,
     }
 
     impl VirtualAgent {
         fn drain(&mut self) -> Vec<ToAgent> {
-            let mut messages = Vec::new();
+            let mut messages = std::mem::take(&mut self.pending);
             while let Ok(message) = self.inbox.try_recv() {
                 messages.push(message);
             }
             messages
+        }
+
+        /// The secret the coordinator issued at registration, if it enrolled the name.
+        fn issued_secret(&self) -> Option<AgentSecret> {
+            self.pending.iter().find_map(|m| match m {
+                ToAgent::Registered { agent_secret, .. } => agent_secret.clone(),
+                _ => None,
+            })
+        }
+
+        /// Whether the coordinator has closed this session's outbox.
+        fn closed(&mut self) -> bool {
+            matches!(
+                self.inbox.try_recv(),
+                Err(mpsc::error::TryRecvError::Disconnected)
+            )
         }
 
         fn assignments(&mut self) -> Vec<Assignment> {
@@ -1628,6 +1736,14 @@ mod tests {
         Scheduler::recover(store, config, changes).unwrap()
     }
 
+    thread_local! {
+        /// The secret each agent name enrolled with, as a real agent keeps it in its work
+        /// directory: [`connect`] presents it, as a restarted agent does.
+        static SECRETS: std::cell::RefCell<HashMap<String, AgentSecret>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+
+    /// Registers `name` with the secret it enrolled with (if any); panics if refused.
     fn connect(
         s: &mut Scheduler,
         session: u64,
@@ -1635,6 +1751,21 @@ mod tests {
         slots: u32,
         held: Vec<Lease>,
     ) -> VirtualAgent {
+        let secret = SECRETS.with(|secrets| secrets.borrow().get(name).cloned());
+        let (result, agent) = register(s, session, name, slots, held, secret);
+        result.unwrap_or_else(|error| panic!("{name} refused: {error}"));
+        agent
+    }
+
+    /// Registers `name` presenting `secret`; the scheduler's answer and the session.
+    fn register(
+        s: &mut Scheduler,
+        session: u64,
+        name: &str,
+        slots: u32,
+        held: Vec<Lease>,
+        secret: Option<AgentSecret>,
+    ) -> (Result<(), CoordinatorError>, VirtualAgent) {
         let (outbox, inbox) = mpsc::unbounded_channel();
         let registration = Registration {
             name: name.into(),
@@ -1644,14 +1775,45 @@ mod tests {
             held,
             hostname: "test".into(),
             version: "0".into(),
+            secret,
         };
+        let (reply, mut answer) = oneshot::channel();
         s.handle(Event::AgentConnected {
             session,
             registration,
             outbox,
+            reply,
         });
         s.step(Instant::now());
-        VirtualAgent { session, inbox }
+        let result = answer.try_recv().expect("answered after the commit");
+        let mut agent = VirtualAgent {
+            session,
+            inbox,
+            pending: Vec::new(),
+        };
+        agent.pending = agent.drain();
+        if let Some(secret) = agent.issued_secret() {
+            SECRETS.with(|secrets| secrets.borrow_mut().insert(name.to_string(), secret));
+        }
+        (result, agent)
+    }
+
+    fn forget(s: &mut Scheduler, name: &str, force: bool) -> Result<AgentView, CoordinatorError> {
+        let (reply, mut answer) = oneshot::channel();
+        s.handle(Event::ForgetAgent {
+            name: name.into(),
+            force,
+            reply,
+        });
+        s.step(Instant::now());
+        answer.try_recv().expect("answered after the commit")
+    }
+
+    fn view(s: &Scheduler, name: &str) -> AgentView {
+        s.agent_views()
+            .into_iter()
+            .find(|v| v.record.name == name)
+            .unwrap_or_else(|| panic!("agent {name} unknown"))
     }
 
     fn submit(s: &mut Scheduler, yaml: &str) -> String {
@@ -2332,5 +2494,216 @@ mod tests {
         let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
         assert_eq!(run.attempts[0].outcome, AttemptOutcome::Released);
         assert_eq!(run.status, RunStatus::Running);
+    }
+
+    const ONE_RUN: &str =
+        "name: t\nmethod: grid\nmetric: {name: loss, goal: minimize}\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n";
+
+    /// A second session claiming a live agent's name with the fleet's credentials but
+    /// without the name's secret is refused, and changes nothing: the live session keeps
+    /// its run, the impostor can report nothing, and the run completes credited to the
+    /// real agent with its own result.
+    #[test]
+    fn a_session_without_the_name_s_secret_is_refused_and_the_live_agent_keeps_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut real = connect(&mut s, 1, "gpu-01", 1, vec![]);
+        let secret = SECRETS.with(|secrets| secrets.borrow().get("gpu-01").cloned());
+        assert!(secret.is_some(), "the first registration enrolled the name");
+        let sweep_id = submit(&mut s, ONE_RUN);
+        let lease = real.assignments().remove(0).lease;
+
+        for (session, presented) in [(2, None), (3, Some(AgentSecret::generate()))] {
+            let (result, mut impostor) = register(&mut s, session, "gpu-01", 4, vec![], presented);
+            let error = result.expect_err("the impostor is refused");
+            assert!(
+                matches!(error, CoordinatorError::AgentNameRefused(_)),
+                "{error:?}"
+            );
+            assert!(
+                error.to_string().contains("ladder agents forget gpu-01"),
+                "{error}"
+            );
+            assert!(impostor.drain().is_empty(), "the impostor hears nothing");
+            // It cannot report for the real agent's lease either.
+            report(&mut s, &impostor, &lease, 1, output(-1000.0));
+            report(
+                &mut s,
+                &impostor,
+                &lease,
+                2,
+                finish(FinishOutcome::Completed, 0),
+            );
+            assert!(impostor.drain().is_empty());
+        }
+        let live = view(&s, "gpu-01");
+        assert!(live.connected);
+        assert_eq!(
+            live.record.slots, 1,
+            "the impostor's registration was not applied"
+        );
+        assert_eq!(live.runs, vec![lease.run_id.clone()]);
+        let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Running);
+        assert_eq!(run.attempts.len(), 1);
+        assert_eq!(run.attempts[0].outcome, AttemptOutcome::Running);
+        assert!(run.last_metrics.is_empty(), "no impostor metric landed");
+
+        // The real agent's session is untouched: its reports land and are acknowledged.
+        report(&mut s, &real, &lease, 1, output(0.25));
+        report(
+            &mut s,
+            &real,
+            &lease,
+            2,
+            finish(FinishOutcome::Completed, 0),
+        );
+        let acks: Vec<u64> = real
+            .drain()
+            .into_iter()
+            .filter_map(|m| match m {
+                ToAgent::Ack { seq, .. } => Some(seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acks, vec![1, 2]);
+        let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Completed);
+        assert_eq!(run.attempts.len(), 1);
+        assert_eq!(run.attempts[0].agent, "gpu-01");
+        assert_eq!(run.last_metrics["loss"], 0.25);
+        let sweep = s.store.get_sweep(&sweep_id).unwrap().unwrap();
+        assert_eq!(sweep.status, SweepStatus::Completed);
+    }
+
+    /// Taking a quarantined agent's name does not lift its quarantine, and a refused
+    /// impostor is given nothing to run.
+    #[test]
+    fn a_quarantined_name_cannot_be_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut bad = connect(&mut s, 1, "bad", 1, vec![]);
+        submit(&mut s, "name: t\nmethod: grid\nparameters:\n  x: {distribution: int_uniform, min: 1, max: 5}\ncommand: [\"false\"]\n");
+        for _ in 0..3 {
+            let assigned = bad.assignments();
+            report(
+                &mut s,
+                &bad,
+                &assigned[0].lease,
+                1,
+                finish(FinishOutcome::Failed, 1),
+            );
+        }
+        assert!(view(&s, "bad").record.quarantined);
+        drop(bad);
+        s.handle(Event::AgentDisconnected { session: 1 });
+        let (result, mut impostor) = register(&mut s, 2, "bad", 8, vec![], None);
+        assert!(matches!(result, Err(CoordinatorError::AgentNameRefused(_))));
+        assert!(impostor.drain().is_empty());
+        let after = view(&s, "bad");
+        assert!(after.record.quarantined && !after.connected);
+        assert!(s
+            .store
+            .list_agents()
+            .unwrap()
+            .iter()
+            .any(|a| a.name == "bad" && a.quarantined));
+    }
+
+    /// The right secret may open a new session while one is live (a reconnect); the
+    /// binding survives a coordinator restart; forgetting is refused while the agent is
+    /// connected, and afterwards the name enrolls again with a new secret.
+    #[test]
+    fn the_name_s_secret_reconnects_and_forgetting_lets_the_name_enroll_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_secret = {
+            let mut s = scheduler(dir.path(), Duration::from_secs(60));
+            let mut first = connect(&mut s, 1, "gpu-01", 1, vec![]);
+            let secret = first.issued_secret().expect("enrolled");
+            // A reconnect with the secret replaces the live session.
+            let mut second = connect(&mut s, 2, "gpu-01", 1, vec![]);
+            assert!(
+                second.issued_secret().is_none(),
+                "proven, not enrolled again"
+            );
+            assert!(first.closed(), "the older session is closed");
+            assert!(second
+                .drain()
+                .iter()
+                .any(|m| matches!(m, ToAgent::Registered { .. })));
+            secret
+        };
+        // Reopened as after kill -9: the store kept only the hash.
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let stored = s.store.list_agents().unwrap();
+        assert_eq!(stored[0].secret_sha256, Some(first_secret.hash()));
+        let listed = crate::convert::agent_to_pb(&view(&s, "gpu-01"));
+        assert!(!format!("{listed:?}").contains(first_secret.expose()));
+        let (result, _) = register(&mut s, 3, "gpu-01", 1, vec![], None);
+        assert!(matches!(result, Err(CoordinatorError::AgentNameRefused(_))));
+        let _agent = connect(&mut s, 4, "gpu-01", 1, vec![]);
+
+        let error = forget(&mut s, "gpu-01", false).unwrap_err();
+        assert!(
+            matches!(error, CoordinatorError::FailedPrecondition(_)),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("--force"), "{error}");
+        assert!(
+            view(&s, "gpu-01").connected,
+            "a refused forget changes nothing"
+        );
+        s.handle(Event::AgentDisconnected { session: 4 });
+        let forgotten = forget(&mut s, "gpu-01", false).unwrap();
+        assert!(forgotten.record.secret_sha256.is_none());
+        assert!(s.store.list_agents().unwrap()[0].secret_sha256.is_none());
+        assert!(matches!(
+            forget(&mut s, "nobody", false),
+            Err(CoordinatorError::NotFound { .. })
+        ));
+
+        // A new agent (no secret) enrolls the name and gets a new secret; the old one
+        // no longer proves it.
+        let (result, fresh) = register(&mut s, 5, "gpu-01", 1, vec![], None);
+        result.unwrap();
+        let new_secret = fresh.issued_secret().expect("enrolled again");
+        assert_ne!(new_secret, first_secret);
+        s.handle(Event::AgentDisconnected { session: 5 });
+        let (result, _) = register(&mut s, 6, "gpu-01", 1, vec![], Some(first_secret));
+        assert!(matches!(result, Err(CoordinatorError::AgentNameRefused(_))));
+        let (result, _) = register(&mut s, 7, "gpu-01", 1, vec![], Some(new_secret));
+        result.unwrap();
+    }
+
+    /// `forget --force` of a connected agent ends its session and keeps its runs, which
+    /// the agent re-adopts when it reconnects and enrolls again.
+    #[test]
+    fn forcing_forget_ends_the_session_and_the_agent_re_enrolls_with_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut agent = connect(&mut s, 1, "gpu-01", 1, vec![]);
+        submit(&mut s, ONE_RUN);
+        let lease = agent.assignments().remove(0).lease;
+        let forgotten = forget(&mut s, "gpu-01", true).unwrap();
+        assert!(!forgotten.connected);
+        assert_eq!(forgotten.runs, vec![lease.run_id.clone()]);
+        assert!(agent.closed(), "the session is ended");
+        // The same agent reconnects with the secret it had: the name enrolls again.
+        let mut back = connect(&mut s, 2, "gpu-01", 1, vec![lease.clone()]);
+        assert!(back.issued_secret().is_some());
+        assert!(back
+            .drain()
+            .iter()
+            .all(|m| !matches!(m, ToAgent::Reject { .. })));
+        report(
+            &mut s,
+            &back,
+            &lease,
+            1,
+            finish(FinishOutcome::Completed, 0),
+        );
+        let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Completed);
+        assert_eq!(run.attempts.len(), 1, "re-adopted, not restarted");
     }
 }

@@ -530,11 +530,16 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         let registration = Registration::try_from(register)?;
         let session = self.0.next_session.fetch_add(1, Ordering::Relaxed);
         let (outbox, outgoing) = mpsc::unbounded_channel::<ToAgent>();
-        self.0.send(Event::AgentConnected {
-            session,
-            registration,
-            outbox,
-        })?;
+        // Answered once the registration is durable, or refused when the name is bound to
+        // a secret this session did not present (see `identity`).
+        self.0
+            .ask(|reply| Event::AgentConnected {
+                session,
+                registration,
+                outbox,
+                reply,
+            })
+            .await?;
         let shared = self.0.clone();
         tokio::spawn(async move {
             loop {
@@ -576,6 +581,22 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
             .ask(|reply| Event::EnableAgent { name, reply })
             .await?;
         Ok(Response::new(pb::EnableAgentResponse {
+            agent: Some(convert::agent_to_pb(&view)),
+        }))
+    }
+
+    async fn forget_agent(
+        &self,
+        request: Request<pb::ForgetAgentRequest>,
+    ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
+        self.0.authorize(request.metadata(), Action::ForgetAgent)?;
+        let pb::ForgetAgentRequest { name, force } = request.into_inner();
+        require_id(&name, "name")?;
+        let view = self
+            .0
+            .ask(|reply| Event::ForgetAgent { name, force, reply })
+            .await?;
+        Ok(Response::new(pb::ForgetAgentResponse {
             agent: Some(convert::agent_to_pb(&view)),
         }))
     }

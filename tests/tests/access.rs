@@ -556,3 +556,171 @@ fn without_auth_the_client_declares_the_owner() {
     let cancelled = coordinator.json(&["sweep", "cancel", id]);
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
 }
+
+/// The agent `name` as `agents ls --json` shows it to `token`'s user.
+fn agent_entry(coordinator: &Coordinator, token: &str, name: &str) -> Option<Value> {
+    let agents = json_as(coordinator, token, &["agents", "ls"]);
+    agents["agents"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == name).cloned())
+}
+
+/// The mode bits of the secret file that keeps agent `name`'s secret in `work_dir`.
+fn secret_file_mode(work_dir: &Path, name: &str) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let path = work_dir.join("secrets").join(name);
+    let metadata = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("no secret file {}: {e}", path.display()));
+    metadata.permissions().mode() & 0o777
+}
+
+/// The fleet's agent token only enrolls a name: a second agent process holding it and
+/// registering as a live agent's name is refused and stops, while the live agent's run
+/// completes credited to it; a restarted agent with its work directory keeps its name;
+/// after an admin's `agents forget`, a new agent enrolls the name.
+#[test]
+fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let tokens = write_auth_file(dir);
+    let coordinator = start_with_auth(dir, &tokens);
+    let url = coordinator.url();
+    let fleet = ["--token", tokens.agent.as_str()];
+    let real_dir = dir.join("gpu-01");
+    let mut real = Agent::start_with(&url, "gpu-01", 1, &real_dir, dir, &fleet);
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "agent gpu-01 to connect",
+        || {
+            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+                .filter(|a| a["connected"] == true)
+                .map(|_| ())
+        },
+    );
+    assert_eq!(secret_file_mode(&real_dir, "gpu-01"), 0o600);
+    let enrolled = std::fs::read_to_string(real_dir.join("secrets").join("gpu-01")).unwrap();
+
+    // A run that holds until released, so that it is running while its agent's name is
+    // claimed.
+    let release = dir.join("release");
+    write_script(
+        dir,
+        "held.sh",
+        "#!/bin/sh\nwhile [ ! -f \"$1\" ]; do sleep 0.1; done\necho '@ladder {\"loss\": 0.5}'\n",
+    );
+    let sweep_file = write_file(
+        dir,
+        "held.yaml",
+        &format!(
+            "name: held\nmethod: grid\nmetric: {{name: loss, goal: minimize}}\nparameters:\n  x: {{value: 1}}\ncommand: [sh, \"{{{{ladder.code_dir}}}}/held.sh\", \"{}\"]\n",
+            release.display()
+        ),
+    );
+    let sweep = submit_as(&coordinator, &tokens.alice, &sweep_file);
+    let sweep_id = as_str(&sweep["id"], "sweep id").to_string();
+    let run_id = format!("{sweep_id}-000000");
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the run to start on gpu-01",
+        || {
+            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+                .filter(|a| a["runs"].as_array().is_some_and(|r| r.len() == 1))
+                .map(|_| ())
+        },
+    );
+
+    // The impostor: the fleet token, the same name, its own work directory.
+    let mut impostor = Agent::start_with(&url, "gpu-01", 4, &dir.join("impostor"), dir, &fleet);
+    let status = impostor
+        .wait_exit(Duration::from_secs(60))
+        .expect("the refused impostor stops");
+    let log = std::fs::read_to_string(impostor.log()).unwrap_or_default();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("refused the agent name \"gpu-01\"")
+            && log.contains("ladder agents forget gpu-01"),
+        "{log}"
+    );
+    let live = agent_entry(&coordinator, &tokens.admin, "gpu-01").expect("gpu-01 listed");
+    assert_eq!(live["connected"], true, "{live}");
+    assert_eq!(
+        live["slots"], 1,
+        "the impostor's registration was not applied: {live}"
+    );
+    assert_eq!(live["runs"][0], run_id.as_str(), "{live}");
+    assert!(
+        !live.to_string().contains(enrolled.trim()),
+        "secrets are never listed: {live}"
+    );
+
+    // The real run goes on and completes on gpu-01, in its first attempt.
+    std::fs::write(&release, "go").unwrap();
+    let watch_args = ["sweep", "watch", sweep_id.as_str()];
+    let finished = json_as(&coordinator, &tokens.alice, &watch_args);
+    assert_eq!(finished["counts"]["completed"], 1, "{finished}");
+    let detail = json_as(&coordinator, &tokens.alice, &["runs", "show", &run_id]);
+    let attempts = detail["attempt_history"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "never lost nor restarted: {detail}");
+    assert_eq!(attempts[0]["agent"], "gpu-01", "{detail}");
+    assert_eq!(detail["metrics"]["loss"], 0.5, "{detail}");
+
+    // Restarted with the same work directory, the real agent keeps its name.
+    real.kill9();
+    let mut real = Agent::start_with(&url, "gpu-01", 1, &real_dir, dir, &fleet);
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the restarted gpu-01 to reconnect",
+        || {
+            let log = std::fs::read_to_string(real.log()).unwrap_or_default();
+            log.contains("connected").then_some(())
+        },
+    );
+    assert!(
+        real.wait_exit(Duration::ZERO).is_none(),
+        "the restarted agent runs on"
+    );
+    assert_eq!(
+        std::fs::read_to_string(real_dir.join("secrets").join("gpu-01")).unwrap(),
+        enrolled,
+        "proven with its secret, not enrolled again"
+    );
+
+    // Only admins forget agents, and a connected one only with --force.
+    let args = ["agents", "forget", "gpu-01"];
+    let output = as_user(&coordinator, &tokens.alice, &args);
+    assert_refused(&args, &output, "user alice (member) may not forget agents");
+    let output = as_user(&coordinator, &tokens.admin, &args);
+    assert_refused(&args, &output, "--force");
+    real.kill9();
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "gpu-01 to disconnect",
+        || {
+            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+                .filter(|a| a["connected"] == false)
+                .map(|_| ())
+        },
+    );
+    json_as(&coordinator, &tokens.admin, &args);
+
+    // Now a new agent (a new work directory) enrolls the name, with a new secret.
+    let new_dir = dir.join("replacement");
+    let _replacement = Agent::start_with(&url, "gpu-01", 1, &new_dir, dir, &fleet);
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "the replacement to enroll gpu-01",
+        || {
+            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+                .filter(|a| a["connected"] == true)
+                .map(|_| ())
+        },
+    );
+    assert_eq!(secret_file_mode(&new_dir, "gpu-01"), 0o600);
+    let replaced = std::fs::read_to_string(new_dir.join("secrets").join("gpu-01")).unwrap();
+    assert_ne!(replaced, enrolled);
+}

@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ladder_e2e::{
-    as_str, describe, ladder_command, write_file, write_script, Agent, Coordinator, TestDir, Value,
+    as_str, describe, ladder_command, wait_until, write_file, write_script, Agent, Coordinator,
+    TestDir, Value,
 };
 
 const WATCH_TIMEOUT: Duration = Duration::from_secs(180);
@@ -521,4 +522,51 @@ fn huge_logs_rotate_the_local_file_and_reach_the_coordinator() {
         rotated >= 1,
         "the last rotation is reported in the run's log"
     );
+}
+
+/// Without `--auth` a name is still bound to the secret of the agent that enrolled it: a
+/// second agent process claiming it is refused and stops, leaving the live one alone.
+/// `agents forget --force` ends the live agent's session; that agent reconnects and
+/// enrolls its name again with a new secret.
+#[test]
+fn without_auth_a_second_agent_cannot_take_a_live_agent_s_name() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let work_dir = dir.join("a1");
+    let real = Agent::start(&coordinator.url(), "a1", 1, &work_dir, dir);
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let secret_file = work_dir.join("secrets").join("a1");
+    let enrolled = fs::read_to_string(&secret_file).expect("the enrolled secret is kept");
+
+    let mut impostor = Agent::start(&coordinator.url(), "a1", 1, &dir.join("other"), dir);
+    let status = impostor
+        .wait_exit(Duration::from_secs(60))
+        .expect("the refused agent stops");
+    let log = fs::read_to_string(impostor.log()).unwrap_or_default();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("ladder agents forget a1"), "{log}");
+    assert!(coordinator.connected_agents().contains("a1"));
+
+    let output = coordinator.ladder(&["agents", "forget", "a1"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("a1 is connected"),
+        "{}",
+        stderr(&output)
+    );
+    let forgotten = coordinator.json(&["agents", "forget", "a1", "--force"]);
+    assert_eq!(forgotten["name"], "a1", "{forgotten}");
+    // The live agent's session was ended; it reconnects and enrolls the name anew.
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        "a1 to enroll again",
+        || {
+            let now = fs::read_to_string(&secret_file).unwrap_or_default();
+            (now.len() == enrolled.len() && now != enrolled).then_some(())
+        },
+    );
+    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    drop(real);
 }
