@@ -181,9 +181,12 @@ pub fn runtime_dir() -> PathBuf {
     .clone()
 }
 
-/// The runtime file a coordinator without `--auth` listening on `addr` writes.
+/// The runtime file a coordinator without `--auth` listening on `addr` writes (in
+/// `$XDG_RUNTIME_DIR/ladder`).
 pub fn runtime_file(addr: SocketAddr) -> PathBuf {
-    runtime_dir().join(format!("coordinator-{}-{}.json", addr.ip(), addr.port()))
+    runtime_dir()
+        .join("ladder")
+        .join(format!("coordinator-{}-{}.json", addr.ip(), addr.port()))
 }
 
 /// A `Command` for the ladder binary with a clean client environment.

@@ -99,7 +99,7 @@ fn a_coordinator_without_auth_serves_only_the_holder_of_its_private_admin_token(
     assert_eq!(mode(&token_file), 0o600);
     let runtime = runtime_file(coordinator.addr());
     assert_eq!(mode(&runtime), 0o600);
-    assert_eq!(mode(&runtime_dir()), 0o700);
+    assert_eq!(mode(&runtime_dir().join("ladder")), 0o700);
     let info: Value =
         serde_json::from_str(&fs::read_to_string(&runtime).expect("runtime file")).expect("json");
     assert_eq!(info["url"], url.as_str(), "{info}");
