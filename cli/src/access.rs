@@ -1,13 +1,16 @@
-//! The coordinator's access options (`--auth`, `--tls-cert/--tls-key`,
+//! The coordinator's access options (`--auth`, `--no-auth`, `--tls-cert/--tls-key`,
 //! `--insecure-listen-anywhere`) and `ladder auth token`, which makes the tokens an admin
-//! puts in the auth file. The rules themselves live in `ladder_coordinator::auth`.
+//! puts in the auth file. The rules themselves live in `ladder_coordinator::auth`; the
+//! admin token of a coordinator started without `--auth` in
+//! `ladder_coordinator::local_token`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use ladder_coordinator::auth::{new_token, token_sha256_hex, Authorizer};
+use ladder_coordinator::local_token;
 use ladder_coordinator::tls::TlsIdentity;
 use serde_json::json;
 use tracing::{info, warn};
@@ -24,29 +27,46 @@ pub struct CoordinatorAccessArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Listen on a non-loopback address without --auth: anyone who reaches the port can run commands on your agents.
-    #[arg(long)]
+    /// Listen on a non-loopback address without --auth, guarded only by the one admin token the coordinator makes (in clear text on the network unless TLS is on).
+    #[arg(long, conflicts_with = "no_auth")]
     pub insecure_listen_anywhere: bool,
+    /// Serve every request without a token (loopback addresses only). Unsafe on a shared machine: any local user could run commands as you.
+    #[arg(long, conflicts_with = "auth")]
+    pub no_auth: bool,
 }
 
 /// What [`CoordinatorAccessArgs::load`] found.
 pub struct CoordinatorAccess {
     pub auth: Option<Authorizer>,
     pub tls: Option<TlsIdentity>,
+    /// The admin token required without `--auth` (`None` with `--auth` or `--no-auth`).
+    pub local_token: Option<String>,
 }
 
 impl CoordinatorAccessArgs {
-    /// Loads the auth file and the TLS identity, and refuses to serve a non-loopback
-    /// address to everyone unless asked to.
-    pub fn load(&self, listen: SocketAddr) -> anyhow::Result<CoordinatorAccess> {
-        if self.auth.is_none() && !listen.ip().is_loopback() && !self.insecure_listen_anywhere {
+    /// Loads the auth file (or, without one, the admin token of `data_dir`) and the TLS
+    /// identity; refuses `--no-auth` on a non-loopback address, and a non-loopback
+    /// address without `--auth` unless asked to.
+    pub fn load(&self, listen: SocketAddr, data_dir: &Path) -> anyhow::Result<CoordinatorAccess> {
+        if self.no_auth && !listen.ip().is_loopback() {
             bail!(
-                "refusing to listen on {listen} without --auth: anyone who can reach it could \
-                 run commands on your agents. Listen on a loopback address (127.0.0.1), give \
-                 --auth FILE (`ladder auth token` makes its entries), or pass \
-                 --insecure-listen-anywhere"
+                "--no-auth is allowed only on a loopback address, not {listen}: anyone who can \
+                 reach it could run commands on your agents. Listen on 127.0.0.1, or drop \
+                 --no-auth (the coordinator then requires the admin token it writes to \
+                 {}/{})",
+                data_dir.display(),
+                local_token::DATA_DIR_TOKEN_FILE
             );
         }
+        if self.auth.is_none() && !listen.ip().is_loopback() && !self.insecure_listen_anywhere {
+            bail!(
+                "refusing to listen on {listen} without --auth: its one admin token would be \
+                 the only guard, and every agent and user would share it. Listen on a \
+                 loopback address (127.0.0.1), give --auth FILE (`ladder auth token` makes \
+                 its entries), or pass --insecure-listen-anywhere"
+            );
+        }
+        let mut local_token = None;
         let auth = match &self.auth {
             Some(path) => {
                 let authorizer = Authorizer::from_file(path).map_err(|error| {
@@ -56,7 +76,22 @@ impl CoordinatorAccessArgs {
                 info!(file = %path.display(), users, agents, "access control on");
                 Some(authorizer)
             }
-            None => None,
+            None if self.no_auth => {
+                warn!(
+                    %listen,
+                    "--no-auth: every request is served without a token; any user of this \
+                     machine can run commands as you"
+                );
+                None
+            }
+            None => {
+                let token = local_token::load_or_create(data_dir).with_context(|| {
+                    format!("cannot keep the admin token in {}", data_dir.display())
+                })?;
+                let authorizer = Authorizer::local(&crate::connect::declared_user(), &token);
+                local_token = Some(token);
+                Some(authorizer)
+            }
         };
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsIdentity::from_files(cert, key)?),
@@ -64,14 +99,22 @@ impl CoordinatorAccessArgs {
         };
         if auth.is_some() && tls.is_none() && !listen.ip().is_loopback() {
             warn!(
-                "--auth without --tls-cert: tokens cross the network in clear text; \
-                 serve TLS on non-loopback addresses"
+                "no --tls-cert: tokens cross the network in clear text; serve TLS on \
+                 non-loopback addresses"
             );
         }
-        if auth.is_none() && !listen.ip().is_loopback() {
-            warn!(%listen, "--insecure-listen-anywhere: every request is served without a token");
+        if local_token.is_some() && !listen.ip().is_loopback() {
+            warn!(
+                %listen,
+                "--insecure-listen-anywhere: one admin token guards this coordinator; give \
+                 --auth FILE for per-user tokens"
+            );
         }
-        Ok(CoordinatorAccess { auth, tls })
+        Ok(CoordinatorAccess {
+            auth,
+            tls,
+            local_token,
+        })
     }
 }
 

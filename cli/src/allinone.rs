@@ -1,12 +1,16 @@
 //! `ladder run FILE`: the whole system on one machine. An embedded coordinator (store in
 //! `--data`, `./.ladder` by default) and a local agent serve one sweep; progress is drawn
-//! on stderr and the runs are ranked by the sweep's metric at the end.
+//! on stderr and the runs are ranked by the sweep's metric at the end. The embedded
+//! coordinator requires the admin token of its data directory, as `ladder coordinator`
+//! without `--auth` does, so no other user of the machine can reach it.
 
 use std::path::Path;
 
 use anyhow::Context;
 use ladder_agent::gpus::GpuSelection;
 use ladder_agent::{Agent, AgentConfig};
+use ladder_coordinator::auth::Authorizer;
+use ladder_coordinator::local_token::{self, RuntimeFile};
 use ladder_coordinator::{Coordinator, CoordinatorConfig, LeaseConfig};
 use ladder_proto::v1 as pb;
 use serde_json::json;
@@ -22,6 +26,8 @@ pub struct Embedded {
     agents: Vec<tokio::task::JoinHandle<Result<(), ladder_agent::AgentError>>>,
     server: tokio::task::JoinHandle<Result<(), ladder_coordinator::CoordinatorError>>,
     server_stop: oneshot::Sender<()>,
+    /// Lets this user's other clients find the token; removed at [`Embedded::stop`].
+    runtime_file: Option<RuntimeFile>,
 }
 
 impl Embedded {
@@ -36,18 +42,27 @@ impl Embedded {
         agents: &[(String, u32)],
         gpus: &[ladder_shared::types::Gpu],
     ) -> anyhow::Result<Embedded> {
+        let token = local_token::load_or_create(data)
+            .with_context(|| format!("cannot keep the admin token in {}", data.display()))?;
         let coordinator = Coordinator::open(CoordinatorConfig {
             data_dir: data.to_path_buf(),
             lease: LeaseConfig::default(),
-            // Loopback only, for this process's own agent and client.
-            auth: None,
+            // Loopback, and only for the holder of the token: this user.
+            auth: Some(Authorizer::local(&crate::connect::declared_user(), &token)),
             tls: None,
         })
         .with_context(|| format!("failed to open the store in {}", data.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("failed to bind a loopback port")?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let address = listener.local_addr()?;
+        let url = format!("http://{address}");
+        crate::connect::remember_token(&url, &token);
+        let runtime_file = RuntimeFile::write(address, &url, &token, data)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot write the runtime file of the embedded coordinator")
+            })
+            .ok();
         let (server_stop, server_stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(coordinator.serve(listener, async move {
             let _ = server_stopped.await;
@@ -58,6 +73,7 @@ impl Embedded {
             let mut config =
                 AgentConfig::new(url.clone(), name.clone(), data.join("work").join(name));
             config.slots = *slots;
+            config.token = Some(token.clone());
             if number == 0 {
                 config.gpus = gpus.to_vec();
             }
@@ -73,6 +89,7 @@ impl Embedded {
             agents: handles,
             server,
             server_stop,
+            runtime_file,
         })
     }
 
@@ -85,6 +102,7 @@ impl Embedded {
         }
         let _ = self.server_stop.send(());
         self.server.await??;
+        drop(self.runtime_file);
         Ok(())
     }
 }
@@ -113,14 +131,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Embedded::start_with_gpus(&args.data, &[("local".to_string(), slots)], &gpus).await?;
     let sweep = client::submit(&embedded.url, &args.file).await?;
     eprintln!(
-        "sweep {} \"{}\": {} runs ({}), {} at a time on {} local slots; store in {}",
+        "sweep {} \"{}\": {} runs ({}), {} at a time on {} local slots; store in {}; \
+         coordinator {} (your clients find its token)",
         sweep.id,
         spec.name,
         sweep.planned_runs,
         sweep.method,
         sweep.parallel,
         slots,
-        args.data.display()
+        args.data.display(),
+        embedded.url
     );
     let finished = tokio::select! {
         result = client::watch(&embedded.url, &sweep.id, false) => result?,

@@ -33,6 +33,18 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
             message: status.message().to_string(),
         }
         .into(),
+        tonic::Code::Unauthenticated if status.message().starts_with("missing bearer token") => {
+            ExitError {
+                code: 1,
+                message: format!(
+                    "error: {}; a coordinator started without --auth keeps its token in \
+                     DATA_DIR/admin-token, and its own user's clients find it in the runtime \
+                     file it writes for its address",
+                    status.message()
+                ),
+            }
+            .into()
+        }
         tonic::Code::NotFound
         | tonic::Code::FailedPrecondition
         | tonic::Code::Unauthenticated

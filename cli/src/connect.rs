@@ -3,21 +3,28 @@
 //! - TLS when the URL is `https://`, trusting the CA of `--ca` / `LADDER_CA` (or, without
 //!   it, the system's roots);
 //! - the bearer token of `--token` / `LADDER_TOKEN` on every request, added by a tonic
-//!   interceptor, so every verb (and every client built on [`channel`]) carries it.
+//!   interceptor, so every verb (and every client built on [`channel`]) carries it;
+//! - without either, the token of a coordinator this process started ([`remember_token`]:
+//!   `ladder run`, `ladder bench`), else the admin token that a coordinator of this user
+//!   started without `--auth` left in its runtime file for the URL
+//!   (`ladder_coordinator::local_token::find`).
 //!
 //! `main` calls [`configure`] before a client verb runs; `ladder run` and `ladder bench`
 //! talk to their own embedded, loopback coordinator and leave it unconfigured.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use ladder_coordinator::local_token;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tracing::debug;
 
 /// `--token` and `--ca`, accepted by every client verb and by `ladder agent`.
 #[derive(Args, Clone, Debug, Default)]
@@ -56,11 +63,9 @@ impl SecurityArgs {
             .map(str::trim)
             .filter(|t| !t.is_empty());
         let authorization = match token {
-            Some(token) => Some(
-                MetadataValue::try_from(format!("Bearer {token}"))
-                    .ok()
-                    .context("--token / LADDER_TOKEN must be printable ASCII")?,
-            ),
+            Some(token) => {
+                Some(bearer(token).context("--token / LADDER_TOKEN must be printable ASCII")?)
+            }
             None => None,
         };
         Ok(ClientSecurity {
@@ -71,11 +76,44 @@ impl SecurityArgs {
     }
 }
 
+fn bearer(token: &str) -> Option<MetadataValue<Ascii>> {
+    MetadataValue::try_from(format!("Bearer {token}")).ok()
+}
+
 static SECURITY: OnceLock<ClientSecurity> = OnceLock::new();
 
 /// Sets how this process's client verbs connect; the first call wins.
 pub fn configure(security: ClientSecurity) {
     let _ = SECURITY.set(security);
+}
+
+/// Tokens of the coordinators this process started, by URL.
+static OWN_COORDINATORS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// Makes [`channel`] send `token` to the coordinator at `url`, which this process started,
+/// unless `--token` / `LADDER_TOKEN` says otherwise.
+pub fn remember_token(url: &str, token: &str) {
+    let mut own = OWN_COORDINATORS.lock().unwrap_or_else(|e| e.into_inner());
+    own.insert(url.to_string(), token.to_string());
+}
+
+/// The token for `url` when none was given: one this process started the coordinator
+/// with, else one from this user's runtime files.
+fn discovered_authorization(url: &str) -> Option<MetadataValue<Ascii>> {
+    let own = OWN_COORDINATORS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(url)
+        .cloned();
+    let token = match own {
+        Some(token) => token,
+        None => {
+            let found = local_token::find(url)?;
+            debug!(file = %found.file.display(), "using the token of a local coordinator");
+            found.token
+        }
+    };
+    bearer(token.trim())
 }
 
 /// Adds `authorization: Bearer <token>` to every request, when a token is configured.
@@ -137,10 +175,10 @@ pub async fn channel(url: &str) -> anyhow::Result<CoordinatorChannel> {
             )
         }
     })?;
-    Ok(InterceptedService::new(
-        channel,
-        BearerToken(security.authorization),
-    ))
+    let authorization = security
+        .authorization
+        .or_else(|| discovered_authorization(url));
+    Ok(InterceptedService::new(channel, BearerToken(authorization)))
 }
 
 /// Who submits sweeps, as declared to a coordinator without `--auth`: `$LADDER_USER`,

@@ -32,7 +32,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use ladder_agent::gpus::{self, GpuSelection};
 use ladder_agent::{Agent, AgentConfig};
-use ladder_coordinator::{Coordinator, CoordinatorConfig, LeaseConfig};
+use ladder_coordinator::{local_token, Coordinator, CoordinatorConfig, LeaseConfig};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
@@ -451,7 +451,8 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     if lease.heartbeat_interval >= lease.lease_timeout {
         bail!("--heartbeat-interval must be shorter than --lease-timeout");
     }
-    let access = args.access.load(args.listen)?;
+    let access = args.access.load(args.listen, &args.data)?;
+    let https = access.tls.is_some();
     let coordinator = Coordinator::open(CoordinatorConfig {
         data_dir: args.data.clone(),
         lease,
@@ -468,11 +469,68 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    // Written before the listening line, so a client started after it finds the token.
+    let runtime_file = match &access.local_token {
+        Some(token) => publish_local_token(address, https, token, &args.data),
+        None => {
+            local_token::remove_stale(address);
+            None
+        }
+    };
     println!("ladder coordinator listening on {address}");
     use std::io::Write;
     std::io::stdout().flush()?;
     coordinator.serve(listener, shutdown_signal()).await?;
+    // A clean shutdown removes the runtime file; the data directory's token stays.
+    drop(runtime_file);
     Ok(())
+}
+
+/// Writes the runtime file of a coordinator listening on `address` that requires the
+/// admin `token` (see `ladder_coordinator::local_token`). Without a usable runtime
+/// directory the coordinator still serves: its data directory holds the token.
+fn publish_local_token(
+    address: SocketAddr,
+    https: bool,
+    token: &str,
+    data: &std::path::Path,
+) -> Option<local_token::RuntimeFile> {
+    let token_file = data.join(local_token::DATA_DIR_TOKEN_FILE);
+    let url = local_url(address, https);
+    match local_token::RuntimeFile::write(address, &url, token, data) {
+        Ok(file) => {
+            tracing::info!(
+                token_file = %token_file.display(),
+                runtime_file = %file.path().display(),
+                "no --auth: every request needs the admin token of these files, which this \
+                 user's clients and agents read by themselves"
+            );
+            Some(file)
+        }
+        Err(error) => {
+            tracing::warn!(
+                token_file = %token_file.display(),
+                %error,
+                "cannot write the runtime file; give clients the admin token of the data \
+                 directory (LADDER_TOKEN)"
+            );
+            None
+        }
+    }
+}
+
+/// A URL that reaches a coordinator listening on `address` from this machine (a wildcard
+/// address is reached on loopback).
+pub fn local_url(address: SocketAddr, https: bool) -> String {
+    let mut reachable = address;
+    if address.ip().is_unspecified() {
+        reachable.set_ip(match address.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{reachable}")
 }
 
 pub fn default_name() -> String {
@@ -506,7 +564,13 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
         bail!("--log-file-max-bytes must be at least 1");
     }
     config.log_file_max_bytes = args.log_file_max_bytes;
-    config.token = security.token;
+    // Without --token / LADDER_TOKEN, a coordinator of this user on this machine has
+    // left its admin token in a runtime file.
+    config.token = security.token.or_else(|| {
+        let found = local_token::find(&config.coordinator)?;
+        tracing::info!(file = %found.file.display(), "using the local coordinator's token");
+        Some(found.token)
+    });
     config.ca_pem = security.ca_pem;
     let selection = GpuSelection::parse(&args.gpus)?;
     config.gpus = tokio::task::spawn_blocking(move || gpus::resolve(&selection))

@@ -9,9 +9,16 @@ generated code, no .proto files).
 
 Prints one JSON document: the services, the health status, the runs and the
 leaderboard of the project.
+
+The ladder calls carry `authorization: Bearer TOKEN`: $LADDER_TOKEN, else, as the ladder
+CLI does, the admin token that a coordinator of this user started without --auth left in
+its runtime file ($XDG_RUNTIME_DIR/ladder/coordinator-HOST-PORT.json, else
+~/.local/share/ladder/runtime/...). Reflection and health need no token.
 """
 
+import ipaddress
 import json
+import os
 import sys
 
 import grpc
@@ -59,11 +66,61 @@ def reflect(channel):
     return services, pool
 
 
+def runtime_dir():
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        return os.path.join(xdg, "ladder")
+    home = os.environ.get("HOME", "")
+    if os.path.isabs(home):
+        return os.path.join(home, ".local", "share", "ladder", "runtime")
+    return None
+
+
+def lookup_keys(host, port):
+    """The listen addresses whose runtime file may belong to the coordinator at
+    HOST:PORT (the same rule as ladder's `local_token::lookup_keys`)."""
+    host = host.strip("[]")
+    wildcard = ["0.0.0.0", "::"]
+    if host.lower() == "localhost":
+        ips = ["127.0.0.1", "::1"] + wildcard
+    else:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return []
+        ips = [str(ip)] + (wildcard if ip.is_loopback else [])
+    return [f"{ip}-{port}" for ip in ips]
+
+
+def process_alive(pid):
+    if not os.path.exists("/proc/self"):
+        return True
+    return os.path.exists(f"/proc/{pid}")
+
+
+def local_token(address):
+    directory = runtime_dir()
+    host, _, port = address.rpartition(":")
+    if directory is None or not port.isdigit():
+        return None
+    for key in lookup_keys(host, int(port)):
+        try:
+            with open(os.path.join(directory, f"coordinator-{key}.json")) as file:
+                info = json.load(file)
+        except (OSError, ValueError):
+            continue
+        if process_alive(info.get("pid", 0)) and info.get("token"):
+            return info["token"]
+    return None
+
+
 def main():
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:7070"
     sweep_id = sys.argv[2] if len(sys.argv) > 2 else ""
     project = sys.argv[3] if len(sys.argv) > 3 else ""
     channel = grpc.insecure_channel(address)
+    token = os.environ.get("LADDER_TOKEN", "").strip() or local_token(address)
+    metadata = [("authorization", f"Bearer {token}")] if token else None
     services, pool = reflect(channel)
 
     health = health_pb2_grpc.HealthStub(channel)
@@ -77,7 +134,7 @@ def main():
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=response_class.FromString,
     )
-    response = call(request_class(sweep_id=sweep_id))
+    response = call(request_class(sweep_id=sweep_id), metadata=metadata)
 
     board_method = pool.FindServiceByName("ladder.v1.RunService").FindMethodByName("Leaderboard")
     board_request = message_factory.GetMessageClass(board_method.input_type)
@@ -87,7 +144,7 @@ def main():
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=board_response.FromString,
     )
-    board = board_call(board_request(project=project, limit=10))
+    board = board_call(board_request(project=project, limit=10), metadata=metadata)
 
     print(json.dumps({
         "services": sorted(services),

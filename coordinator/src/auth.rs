@@ -230,6 +230,8 @@ struct Credential {
 #[derive(Clone)]
 pub struct Authorizer {
     credentials: Vec<Credential>,
+    /// Built by [`Authorizer::local`]: its one admin also opens agent sessions.
+    local: bool,
 }
 
 impl fmt::Debug for Authorizer {
@@ -262,12 +264,36 @@ impl Authorizer {
         if parser.problems.is_empty() {
             Ok(Authorizer {
                 credentials: parser.credentials,
+                local: false,
             })
         } else {
             Err(AuthFileError {
                 problems: parser.problems,
             })
         }
+    }
+
+    /// The access rules of a coordinator started without `--auth` (see
+    /// [`crate::local_token`]): one token, held by the user who started it, that makes
+    /// its holder admin `name` and also opens agent sessions, so that user's own agents
+    /// connect with it. An invalid `name` becomes `local`.
+    pub fn local(name: &str, token: &str) -> Authorizer {
+        let name = if valid_name(name) { name } else { "local" };
+        Authorizer {
+            credentials: vec![Credential {
+                token_sha256: Sha256::digest(token.as_bytes()).into(),
+                principal: Principal::User {
+                    name: name.to_string(),
+                    role: Role::Admin,
+                },
+            }],
+            local: true,
+        }
+    }
+
+    /// Whether this is the one-token authorizer of [`Authorizer::local`].
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// How many users and agents the file defines.
@@ -339,6 +365,7 @@ impl Authorizer {
             },
             Principal::User { name, role } => match action {
                 Action::Read => Ok(()),
+                Action::AgentSession if self.local && *role == Role::Admin => Ok(()),
                 Action::AgentSession => Err(denied("agents need an agent token")),
                 Action::Submit if *role >= Role::Member => Ok(()),
                 Action::Submit => Err(denied("viewers only read")),
@@ -798,6 +825,37 @@ mod tests {
                 "{principal} {action:?}: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_local_token_is_an_admin_that_also_opens_agent_sessions() {
+        let auth = Authorizer::local("carol", ADMIN);
+        assert!(auth.is_local() && !authorizer().is_local());
+        let carol = auth
+            .authenticate(&metadata(&format!("Bearer {ADMIN}")))
+            .expect("the local token");
+        assert_eq!(carol, user("carol", Role::Admin));
+        for action in [
+            Action::Read,
+            Action::Submit,
+            Action::ControlSweep { owner: "bob" },
+            Action::EnableAgent,
+            Action::AgentSession,
+        ] {
+            assert_eq!(auth.authorize(&carol, action), Ok(()), "{action:?}");
+        }
+        assert_eq!(
+            auth.authenticate(&MetadataMap::new()),
+            Err(AuthError::MissingToken)
+        );
+        assert_eq!(
+            auth.authenticate(&metadata(&format!("Bearer {ALICE}"))),
+            Err(AuthError::UnknownToken)
+        );
+        let unnamed = Authorizer::local("", ADMIN)
+            .authenticate(&metadata(&format!("Bearer {ADMIN}")))
+            .expect("the local token");
+        assert_eq!(unnamed.name(), "local");
     }
 
     #[test]

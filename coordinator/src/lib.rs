@@ -11,6 +11,8 @@
 //! - [`convert`]: the only mapping between `ladder.v1` messages and domain types.
 //! - [`auth`]: who may call what (`--auth FILE`), checked first by every service method;
 //!   [`identity`]: an agent's name is bound to the secret issued when it enrolled;
+//!   [`local_token`]: the admin token of a coordinator started without `--auth`, in
+//!   private files its user's clients find from the URL alone;
 //!   [`tls`]: the certificate and key served with `--tls-cert/--tls-key`.
 //!
 //! Data flow: a submitted sweep is validated, stored, and its trials are created lazily
@@ -25,6 +27,7 @@ pub mod error;
 pub mod history;
 pub mod listener;
 pub mod identity;
+pub mod local_token;
 pub mod model;
 pub mod placement;
 pub mod protocol;
@@ -103,7 +106,8 @@ pub struct RunStatusFilter(pub RunStatus);
 pub struct CoordinatorConfig {
     pub data_dir: PathBuf,
     pub lease: LeaseConfig,
-    /// Who may call what; `None` serves every request (loopback use, `ladder run`).
+    /// Who may call what: an auth file's rules, or [`auth::Authorizer::local`]'s one
+    /// admin token; `None` serves every request (`--no-auth`, loopback only).
     pub auth: Option<auth::Authorizer>,
     /// Serve TLS with this certificate; `None` serves plain HTTP/2.
     pub tls: Option<tls::TlsIdentity>,

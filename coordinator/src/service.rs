@@ -37,7 +37,7 @@ pub struct Shared {
     pub queries: Queries,
     pub changes: broadcast::Sender<String>,
     pub next_session: AtomicU64,
-    /// Access control; `None` when the coordinator runs without `--auth`.
+    /// Access control; `None` when the coordinator runs with `--no-auth`.
     pub auth: Option<Arc<Authorizer>>,
     /// Open watch streams per principal name ("" without access control).
     pub watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
@@ -85,7 +85,7 @@ pub(crate) fn watch_slot(
 
 impl Shared {
     /// Checks that the request's token may do `action`, and returns who sent it; `None`
-    /// (and no check) when the coordinator runs without `--auth`.
+    /// (and no check) when the coordinator runs with `--no-auth`.
     fn authorize(
         &self,
         metadata: &MetadataMap,
@@ -228,8 +228,19 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
         let principal = self.0.authorize(request.metadata(), Action::Submit)?;
         let request = request.into_inner();
-        // With --auth the token says who submits; without, the client's word is taken.
+        // With --auth the token says who submits; without, the client's word is taken,
+        // also from the holder of a local coordinator's admin token (its owner, who
+        // may label sweeps as anyone's), defaulting to that token's name.
+        let local_token = self.0.auth.as_ref().is_some_and(|auth| auth.is_local());
         let owner = match principal {
+            Some(principal) if local_token => {
+                let declared = declared_owner(&request.owner)?;
+                if declared.is_empty() {
+                    principal.name().to_string()
+                } else {
+                    declared
+                }
+            }
             Some(principal) => principal.name().to_string(),
             None => declared_owner(&request.owner)?,
         };

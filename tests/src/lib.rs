@@ -12,6 +12,12 @@
 //! - [`wait_until`] polls a condition; polling is how the *test* observes, it is not part
 //!   of the system under test.
 //!
+//! - Every process started through [`ladder_command`] shares one runtime directory,
+//!   [`runtime_dir`] (its `XDG_RUNTIME_DIR`), as one user's processes do: a coordinator
+//!   started without `--auth` leaves its admin token there, keyed by its address, and the
+//!   client verbs and agents find it from the coordinator URL, so tests talk to such a
+//!   coordinator the way its user would, token included.
+//!
 //! Every test should use its own [`tempfile::TempDir`] and listen on port 0, so tests
 //! run in parallel without sharing anything.
 
@@ -156,12 +162,41 @@ impl Drop for TestDir {
     }
 }
 
+/// The runtime directory (`XDG_RUNTIME_DIR`) of every process [`ladder_command`]
+/// starts: `ladder-e2e-runtime-UID` in the system's temporary directory, mode 0700,
+/// shared by the tests of this user (runtime files are keyed by port, unique while
+/// bound) and never the user's real one.
+pub fn runtime_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let dir = std::env::temp_dir().join(format!("ladder-e2e-runtime-{uid}"));
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = fs::DirBuilder::new().mode(0o700).create(&dir);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("cannot make {} private: {e}", dir.display()));
+        dir
+    })
+    .clone()
+}
+
+/// The runtime file a coordinator without `--auth` listening on `addr` writes (in
+/// `$XDG_RUNTIME_DIR/ladder`).
+pub fn runtime_file(addr: SocketAddr) -> PathBuf {
+    runtime_dir()
+        .join("ladder")
+        .join(format!("coordinator-{}-{}.json", addr.ip(), addr.port()))
+}
+
 /// A `Command` for the ladder binary with a clean client environment.
 pub fn ladder_command() -> Command {
     let mut command = Command::new(ladder_bin());
-    // Plain-text logs (tracing colours them otherwise), no ambient coordinator, token or CA.
+    // Plain-text logs (tracing colours them otherwise), no ambient coordinator, token or
+    // CA, and the harness's runtime directory.
     command
         .env("NO_COLOR", "1")
+        .env("XDG_RUNTIME_DIR", runtime_dir())
         .env_remove("LADDER_COORDINATOR")
         .env_remove("LADDER_TOKEN")
         .env_remove("LADDER_CA");
@@ -481,6 +516,25 @@ impl Coordinator {
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(|p| p.child.id())
+    }
+
+    /// Asks the coordinator to shut down cleanly (SIGTERM) and waits up to `timeout` for
+    /// it to exit; returns its exit status (`None`: not running, or still running).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let proc = self.proc.as_mut()?;
+        send_signal(proc.child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            match proc.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.proc = None;
+                    return Some(status);
+                }
+                Ok(None) if Instant::now() >= deadline => return None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("cannot wait for the coordinator: {e}"),
+            }
+        }
     }
 
     /// SIGKILLs the coordinator and reaps it.

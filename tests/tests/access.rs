@@ -551,7 +551,7 @@ fn without_auth_the_client_declares_the_owner() {
     let output = wait_with_timeout(command, CLIENT_TIMEOUT);
     let sweep = parse_json_output(&args, &output);
     assert_eq!(sweep["owner"], "carol", "{sweep}");
-    // Anyone may control it: there is no access control without --auth.
+    // Without --auth the one local admin token (found by the CLI) controls every sweep.
     let id = as_str(&sweep["id"], "id");
     let cancelled = coordinator.json(&["sweep", "cancel", id]);
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use ladder_e2e::{as_str, write_file, Agent, Coordinator, TestDir, Value};
+use ladder_e2e::{as_str, runtime_dir, write_file, Agent, Coordinator, TestDir, Value};
 
 #[test]
 fn python_grpc_client_discovers_and_calls_the_coordinator() {
@@ -47,7 +47,11 @@ command: [sh, -c, 'printf ''@ladder {"score": %s}\n'' "$0"', "{{i}}"]
     coordinator.watch(&sweep_id, Duration::from_secs(60));
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../clients/python/reflect.py");
+    // The client finds the coordinator's token in the runtime directory its user's
+    // processes share, as the ladder CLI does.
     let output = Command::new("python3")
+        .env("XDG_RUNTIME_DIR", runtime_dir())
+        .env_remove("LADDER_TOKEN")
         .arg(&script)
         .arg(coordinator.addr().to_string())
         .arg(&sweep_id)
