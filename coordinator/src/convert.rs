@@ -573,6 +573,7 @@ mod tests {
     use super::*;
     use ladder_proto::v1::agent_message::Kind;
     use ladder_proto::v1::run_event::Kind as EventKind;
+    use ladder_shared::limits;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
     use prost::Message;
@@ -825,6 +826,12 @@ mod tests {
                 for raw in &request.statuses {
                     prop_assert!((1..=6).contains(raw), "status {} accepted", raw);
                 }
+                prop_assert!(request.r#where.len() <= limits::MAX_QUERY_BYTES);
+                if let Some(filter) = &query.filter {
+                    prop_assert!(filter.depth() <= ladder_shared::query::MAX_TREE_DEPTH);
+                }
+                prop_assert!(query.sort.len() <= limits::MAX_SORT_KEYS);
+                prop_assert!(request.cursor.len() <= limits::MAX_CURSOR_BYTES);
             }
             Err(error) => {
                 let text = error.to_string();
@@ -1059,10 +1066,25 @@ mod tests {
             prop_oneof![
                 Just(String::new()),
                 "\\PC{0,40}",
-                Just("metrics.loss < 1e400 and status = completed".to_string())
+                Just("metrics.loss < 1e400 and status = completed".to_string()),
+                // Nesting and length around and beyond the limits.
+                (
+                    0usize..200,
+                    prop::sample::select(vec!["(", "not ", "not ("])
+                )
+                    .prop_map(|(depth, opener)| format!("{}status = failed", opener.repeat(depth))),
+                (0usize..4_000).prop_map(|n| format!("status = failed{}", " or tag = x".repeat(n))),
             ],
-            prop::collection::vec(prop_oneof!["-?metrics\\.[a-z]{1,4}", "\\PC{0,10}"], 0..3),
-            prop_oneof![Just(String::new()), "[A-Za-z0-9_=-]{0,40}", "\\PC{0,20}"],
+            prop_oneof![
+                prop::collection::vec(prop_oneof!["-?metrics\\.[a-z]{1,4}", "\\PC{0,10}"], 0..3),
+                prop::collection::vec(Just("-created".to_string()), 0..40),
+            ],
+            prop_oneof![
+                Just(String::new()),
+                "[A-Za-z0-9_=-]{0,40}",
+                "\\PC{0,20}",
+                (0usize..4_000).prop_map(|n| "7b".repeat(n)),
+            ],
         )
             .prop_map(|(sweep_id, statuses, limit, r#where, sort, cursor)| {
                 pb::ListRunsRequest {

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_shared::query::{
-    self, compare_rows, parse_sort, parse_where, row_key, Cursor, Expr, Field, Position, RowKey,
-    RunFacts, SortKey, Value,
+    self, compare_rows, parse_where, row_key, Cursor, Expr, Field, Position, RowKey, RunFacts,
+    SortKey, Value,
 };
 use ladder_shared::spec::Goal;
 use ladder_shared::types::RunStatus;
@@ -120,14 +120,11 @@ impl RunQuery {
         } else {
             Some(parse_where("--where", &request.r#where, now_ms()).map_err(invalid)?)
         };
-        let mut sort = Vec::new();
-        for key in &request.sort {
-            sort.push(parse_sort(key).map_err(invalid)?);
-        }
+        let sort = query::parse_sort_keys(&request.sort).map_err(invalid)?;
         let after = if request.cursor.is_empty() {
             None
         } else {
-            let cursor = Cursor::decode(&request.cursor).map_err(invalid)?;
+            let cursor = query::parse_cursor(&request.cursor).map_err(invalid)?;
             if cursor.sort != request.sort {
                 return Err(CoordinatorError::InvalidArgument(format!(
                     "--cursor: this cursor belongs to a listing sorted by [{}], not [{}]",

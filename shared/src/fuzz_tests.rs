@@ -1,5 +1,7 @@
-//! Property-based fuzzing of the two parsers that see untrusted text: sweep files
-//! ([`parse_sweep`]) and `@ladder` metric lines ([`parse_metric_line`]).
+//! Property-based fuzzing of the parsers that see untrusted text: sweep files
+//! ([`parse_sweep`]), `@ladder` metric lines ([`parse_metric_line`]) and the run query
+//! language (`--where`, `--sort` and `--cursor`: [`parse_where`], [`parse_sort_keys`],
+//! [`parse_cursor`]).
 //!
 //! Each property runs a fixed number of generated inputs through a [`TestRunner`] and
 //! prints how many it executed (`cargo nextest run -p ladder-shared -E 'test(fuzz_)'
@@ -11,7 +13,11 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
+use crate::limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
 use crate::metric_line::{parse_metric_line, parse_metric_line_detailed};
+use crate::query::{
+    parse_cursor, parse_sort_keys, parse_where, Op, RunFacts, Value, MAX_TREE_DEPTH, STATUSES,
+};
 use crate::spec::{parse_sweep, SweepSpec};
 
 /// Runs `property` on `cases` inputs from `strategy`; returns how many were executed.
@@ -711,4 +717,388 @@ fn hostile_metric_lines() {
     assert!(parse_metric_line(&format!("@ladder {{\"{long_key}\": 1}}"))
         .unwrap()
         .is_err());
+}
+
+// ----- run queries -----
+
+/// A run the query fuzzers evaluate: one metric, a status and tags among `a`, `b`, `c`.
+#[derive(Debug, Clone)]
+struct QueryRun {
+    metric: Option<i32>,
+    status: &'static str,
+    tags: Vec<&'static str>,
+}
+
+impl RunFacts for QueryRun {
+    fn param(&self, _name: &str) -> Option<Value> {
+        None
+    }
+    fn metric(&self, name: &str) -> Option<f64> {
+        (name == "m").then_some(self.metric?.into())
+    }
+    fn status(&self) -> &str {
+        self.status
+    }
+    fn sweep(&self) -> &str {
+        "s"
+    }
+    fn project(&self) -> &str {
+        "p"
+    }
+    fn owner(&self) -> &str {
+        "o"
+    }
+    fn has_tag(&self, tag: &str) -> bool {
+        self.tags.contains(&tag)
+    }
+    fn agent(&self) -> &str {
+        ""
+    }
+    fn created_ms(&self) -> i64 {
+        0
+    }
+}
+
+fn query_run() -> impl Strategy<Value = QueryRun> {
+    (
+        proptest::option::of(-3i32..3),
+        prop::sample::select(STATUSES.to_vec()),
+        prop::sample::subsequence(vec!["a", "b", "c"], 0..=3),
+    )
+        .prop_map(|(metric, status, tags)| QueryRun {
+            metric,
+            status,
+            tags,
+        })
+}
+
+/// Checks what `parse_where` promises for any text: no panic (the caller sees one), an
+/// error positioned within the text, a tree no deeper than [`MAX_TREE_DEPTH`] that
+/// evaluates. Runs on a 256 KiB stack so that unbounded recursion aborts the test.
+fn check_query(text: String) -> Result<(), TestCaseError> {
+    let checked = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || -> Result<(), String> {
+            let width = text.chars().count();
+            match parse_where("--where", &text, 0) {
+                Ok(expr) => {
+                    if text.len() > MAX_QUERY_BYTES {
+                        return Err(format!("{} bytes accepted", text.len()));
+                    }
+                    if expr.depth() > MAX_TREE_DEPTH {
+                        return Err(format!("a tree {} deep", expr.depth()));
+                    }
+                    let run = QueryRun {
+                        metric: Some(0),
+                        status: "failed",
+                        tags: vec!["a"],
+                    };
+                    let _ = expr.matches(&run);
+                    Ok(())
+                }
+                Err(error) => {
+                    if error.column < 1 || error.column > width + 1 || error.message.is_empty() {
+                        return Err(format!("{error} is outside {width} characters"));
+                    }
+                    Ok(())
+                }
+            }
+        })
+        .expect("spawn a thread")
+        .join();
+    match checked {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(TestCaseError::fail(message)),
+        Err(_) => Err(TestCaseError::fail("parse_where panicked")),
+    }
+}
+
+/// Tokens of the query language, runs of openers, and a few other characters.
+fn query_token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => prop::sample::select(vec![
+            "(", ")", "[", "]", ",", " ", "  ", "\t", "\n", "not ", "NOT ", "and ", " AND ",
+            "or ", " or ", "in ", "=", "==", "!=", "<", "<=", ">", ">=", "=<", "<>", "!",
+            "\"", "'", "\\", "metrics.m", "metrics.", "params.lr", "param.lr", "status",
+            "tag", "tags", "created", "project", "sweep", "owner", "agent", "failed",
+            "completed", "x", "0", "-1", "1e400", "NaN", "inf", "-2h", "-1e300d",
+            "2024-05-01T12:00:00Z", "2024-13-01", "((((((((((", "))))))))))",
+            "not not not not ", "not (not (not (", "é", "\u{0}",
+        ])
+        .prop_map(String::from),
+        1 => any::<char>().prop_map(String::from),
+    ]
+}
+
+#[test]
+fn fuzz_query_arbitrary_unicode_never_panics() {
+    fuzz("query/unicode", 5_000, "(?s).{0,300}", check_query);
+}
+
+#[test]
+fn fuzz_query_token_soup_never_panics() {
+    // Short soups, and soups repeated up to 600 times: beyond the length limit.
+    let soup = prop::collection::vec(query_token(), 0..60).prop_map(|tokens| tokens.concat());
+    let strategy = (soup, prop_oneof![3 => Just(1usize), 1 => 1usize..600])
+        .prop_map(|(text, times)| text.repeat(times));
+    fuzz("query/token-soup", 5_000, strategy, check_query);
+}
+
+/// A query built to be deep or long: `openers` (`not ` when true, `(` when false) around
+/// a parenthesised chain `(status = failed and tag = a and ...)` of `chain` more
+/// conditions, the parentheses closed, then `pad` spaces.
+#[derive(Debug, Clone)]
+struct DeepQuery {
+    openers: Vec<bool>,
+    or: bool,
+    chain: usize,
+    pad: usize,
+}
+
+impl DeepQuery {
+    /// The text and the column of each opener.
+    fn render(&self) -> (String, Vec<usize>) {
+        let mut text = String::new();
+        let mut columns = Vec::new();
+        for &not in &self.openers {
+            columns.push(text.len() + 1);
+            text.push_str(if not { "not " } else { "(" });
+        }
+        columns.push(text.len() + 1);
+        text.push_str("(status = failed");
+        let joiner = if self.or {
+            " or tag = a"
+        } else {
+            " and tag = a"
+        };
+        text.push_str(&joiner.repeat(self.chain));
+        let parens = self.openers.iter().filter(|not| !**not).count();
+        text.push_str(&")".repeat(parens + 1));
+        text.push_str(&" ".repeat(self.pad));
+        (text, columns)
+    }
+}
+
+#[test]
+fn fuzz_query_deep_and_long_inputs_are_refused_at_the_limits() {
+    let strategy = (
+        prop::collection::vec(any::<bool>(), 0..200),
+        any::<bool>(),
+        prop_oneof![0usize..20, 0usize..3_000],
+        prop_oneof![Just(0usize), 0usize..20_000],
+        prop::collection::vec(query_run(), 1..6),
+    )
+        .prop_map(|(openers, or, chain, pad, runs)| {
+            (
+                DeepQuery {
+                    openers,
+                    or,
+                    chain,
+                    pad,
+                },
+                runs,
+            )
+        });
+    fuzz("query/deep-and-long", 2_000, strategy, |(query, runs)| {
+        let (text, columns) = query.render();
+        check_query(text.clone())?;
+        let result = parse_where("--where", &text, 0);
+        if text.len() > MAX_QUERY_BYTES {
+            let error = result.expect_err("too long");
+            prop_assert_eq!(error.column, MAX_QUERY_BYTES + 1);
+            prop_assert!(error.message.contains("longer than the limit"), "{}", error);
+            return Ok(());
+        }
+        if columns.len() > MAX_QUERY_DEPTH {
+            let error = result.expect_err("too deep");
+            prop_assert_eq!(error.column, columns[MAX_QUERY_DEPTH]);
+            prop_assert!(error.message.contains("nested more than 64 levels deep"));
+            return Ok(());
+        }
+        let expr = result.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let nots = query.openers.iter().filter(|not| **not).count();
+        for run in &runs {
+            let failed = run.status == "failed";
+            let tagged = run.tags.contains(&"a") && query.chain > 0;
+            let chain = if query.or {
+                failed || tagged
+            } else {
+                failed && (query.chain == 0 || run.tags.contains(&"a"))
+            };
+            prop_assert_eq!(expr.matches(run), chain ^ (nots % 2 == 1), "{:?}", run);
+        }
+        Ok(())
+    });
+}
+
+/// A valid query as a tree, evaluated directly: the reference `parse_where` must agree
+/// with.
+#[derive(Debug, Clone)]
+enum QueryModel {
+    Metric(Op, i32),
+    StatusIn(Vec<&'static str>),
+    Tag { equal: bool, tag: &'static str },
+    Not(Box<QueryModel>),
+    Paren(Box<QueryModel>),
+    All(Vec<QueryModel>),
+    Any(Vec<QueryModel>),
+}
+
+impl QueryModel {
+    fn eval(&self, run: &QueryRun) -> bool {
+        match self {
+            QueryModel::Metric(op, value) => run.metric.is_some_and(|m| match op {
+                Op::Eq => m == *value,
+                Op::Ne => m != *value,
+                Op::Lt => m < *value,
+                Op::Le => m <= *value,
+                Op::Gt => m > *value,
+                Op::Ge => m >= *value,
+            }),
+            QueryModel::StatusIn(statuses) => statuses.contains(&run.status),
+            QueryModel::Tag { equal, tag } => run.tags.contains(tag) == *equal,
+            QueryModel::Not(inner) => !inner.eval(run),
+            QueryModel::Paren(inner) => inner.eval(run),
+            QueryModel::All(terms) => terms.iter().all(|t| t.eval(run)),
+            QueryModel::Any(terms) => terms.iter().any(|t| t.eval(run)),
+        }
+    }
+
+    /// The query text; `loud` writes keywords in capitals, `==` for `=` and more space.
+    fn render(&self, loud: bool) -> String {
+        let (and, or, not, space) = if loud {
+            ("  AND\t", " OR\n ", "NOT  ", "  ")
+        } else {
+            (" and ", " or ", "not ", " ")
+        };
+        match self {
+            QueryModel::Metric(op, value) => {
+                let op = match op {
+                    Op::Eq if loud => "==",
+                    Op::Eq => "=",
+                    Op::Ne => "!=",
+                    Op::Lt => "<",
+                    Op::Le => "<=",
+                    Op::Gt => ">",
+                    Op::Ge => ">=",
+                };
+                format!("metrics.m{space}{op}{space}{value}")
+            }
+            QueryModel::StatusIn(statuses) => {
+                let statuses: Vec<String> = statuses
+                    .iter()
+                    .map(|s| {
+                        if loud {
+                            s.to_uppercase()
+                        } else {
+                            s.to_string()
+                        }
+                    })
+                    .collect();
+                format!("status in [{}]", statuses.join(","))
+            }
+            QueryModel::Tag { equal, tag } => {
+                format!("tag {} '{tag}'", if *equal { "=" } else { "!=" })
+            }
+            QueryModel::Not(inner) => match **inner {
+                QueryModel::All(_) | QueryModel::Any(_) => {
+                    format!("{not}({})", inner.render(loud))
+                }
+                _ => format!("{not}{}", inner.render(loud)),
+            },
+            QueryModel::Paren(inner) => format!("({})", inner.render(loud)),
+            QueryModel::All(terms) => terms
+                .iter()
+                .map(|term| match term {
+                    QueryModel::Any(_) => format!("({})", term.render(loud)),
+                    _ => term.render(loud),
+                })
+                .collect::<Vec<_>>()
+                .join(and),
+            QueryModel::Any(terms) => terms
+                .iter()
+                .map(|term| term.render(loud))
+                .collect::<Vec<_>>()
+                .join(or),
+        }
+    }
+}
+
+fn query_model() -> impl Strategy<Value = QueryModel> {
+    let op = prop::sample::select(vec![Op::Eq, Op::Ne, Op::Lt, Op::Le, Op::Gt, Op::Ge]);
+    let leaf = prop_oneof![
+        (op, -3i32..3).prop_map(|(op, value)| QueryModel::Metric(op, value)),
+        prop::collection::vec(prop::sample::select(STATUSES.to_vec()), 1..4)
+            .prop_map(QueryModel::StatusIn),
+        (any::<bool>(), prop::sample::select(vec!["a", "b", "c"]))
+            .prop_map(|(equal, tag)| QueryModel::Tag { equal, tag }),
+    ];
+    leaf.prop_recursive(8, 64, 4, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|m| QueryModel::Not(Box::new(m))),
+            inner.clone().prop_map(|m| QueryModel::Paren(Box::new(m))),
+            prop::collection::vec(inner.clone(), 2..5).prop_map(QueryModel::All),
+            prop::collection::vec(inner, 2..5).prop_map(QueryModel::Any),
+        ]
+    })
+}
+
+#[test]
+fn fuzz_query_valid_queries_evaluate_as_written() {
+    let strategy = (query_model(), prop::collection::vec(query_run(), 1..8));
+    fuzz("query/valid", 3_000, strategy, |(model, runs)| {
+        let text = model.render(false);
+        let expr = parse_where("--where", &text, 0)
+            .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+        // The same query written differently parses to the same tree.
+        let loud = model.render(true);
+        let same = parse_where("--where", &loud, 0)
+            .map_err(|e| TestCaseError::fail(format!("{loud}: {e}")))?;
+        prop_assert_eq!(&same, &expr, "{} / {}", text, loud);
+        prop_assert!(expr.depth() <= MAX_TREE_DEPTH);
+        for run in &runs {
+            prop_assert_eq!(expr.matches(run), model.eval(run), "{} on {:?}", text, run);
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_query_sort_keys_and_cursors_never_panic() {
+    let key = prop_oneof![
+        4 => prop::sample::select(vec![
+            "metrics.m", "-metrics.m", "+params.lr", "created", "tag", "-", "", " status ",
+        ])
+        .prop_map(String::from),
+        1 => "(?s).{0,40}",
+        1 => (Just("x"), 0usize..20_000).prop_map(|(s, n)| s.repeat(n)),
+    ];
+    let cursor = prop_oneof![
+        "[0-9a-f]{0,200}",
+        "(?s).{0,100}",
+        (Just("7b"), 0usize..5_000).prop_map(|(s, n)| s.repeat(n)),
+    ];
+    let strategy = (prop::collection::vec(key, 0..40), cursor);
+    fuzz(
+        "query/sort-and-cursor",
+        2_000,
+        strategy,
+        |(keys, cursor)| {
+            match parse_sort_keys(&keys) {
+                Ok(parsed) => {
+                    prop_assert!(parsed.len() <= MAX_SORT_KEYS);
+                    prop_assert!(keys.iter().all(|k| k.len() <= MAX_QUERY_BYTES));
+                }
+                Err(error) => prop_assert!(error.column >= 1 && !error.message.is_empty()),
+            }
+            match parse_cursor(&cursor) {
+                Ok(_) => prop_assert!(cursor.len() <= MAX_CURSOR_BYTES),
+                Err(error) => {
+                    prop_assert!(error.column >= 1 && error.column <= cursor.chars().count() + 1);
+                    prop_assert!(!error.message.is_empty());
+                }
+            }
+            Ok(())
+        },
+    );
 }

@@ -7,7 +7,8 @@
 //! ```text
 //! expr    := and ("or" and)*
 //! and     := atom ("and" atom)*
-//! atom    := "(" expr ")" | field op literal | field "in" "[" literal ("," literal)* "]"
+//! atom    := "not" atom | "(" expr ")" | field op literal
+//!          | field "in" "[" literal ("," literal)* "]"
 //! field   := params.NAME | metrics.NAME | status | sweep | project | owner | tag | agent | created
 //! op      := "=" | "!=" | "<" | "<=" | ">" | ">="
 //! literal := number | "quoted string" | 'quoted string' | bare-word | -2h | RFC3339 time
@@ -17,7 +18,8 @@
 //! metric names keep their `/`, `.` and `-` (`metrics.eval/hellaswag/acc_norm`).
 //! Comparisons with a value a run does not have (a missing metric or parameter, a type
 //! mismatch) are false, whichever the operator. `tag = x` holds when the run has tag `x`,
-//! `tag != x` when it has not. `created` compares times: RFC3339
+//! `tag != x` when it has not; `not` negates what follows it (so `not metrics.x < 1`
+//! holds for a run without `x`). `created` compares times: RFC3339
 //! (`2024-05-01T12:00:00Z`) or relative to now (`-2h`, `-30m`, `-7d`, `-45s`).
 //!
 //! Sorting ([`SortKey`]): `metrics.eval/avg` ascending, `-params.lr` descending; runs
@@ -25,12 +27,21 @@
 //! position (sweep creation time, sweep id, trial index), which is also the order when
 //! no sort is given. Pages are cut by [`Cursor`]s: the position of the last row shown,
 //! so the next page starts strictly after it and pages never overlap or skip.
+//!
+//! Everything here reads text a client sent, so everything is bounded
+//! ([`crate::limits`]): a query is at most `MAX_QUERY_BYTES` long and at most
+//! `MAX_QUERY_DEPTH` parentheses and `not`s deep, chains of `and`/`or` become flat nodes,
+//! and so the parsed tree is at most [`MAX_TREE_DEPTH`] deep whatever the input; a
+//! listing has at most `MAX_SORT_KEYS` sort keys and a client's cursor is at most
+//! `MAX_CURSOR_BYTES` long.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
 
 /// A positioned error in a query: `--where:1:12: unknown operator "=<" (did you mean "<="?)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,9 +225,22 @@ pub trait RunFacts {
     }
 }
 
-/// A parsed `--where` expression.
+/// Deepest tree [`parse_where`] builds: each level of nesting (a parenthesis or a `not`,
+/// at most [`MAX_QUERY_DEPTH`]) adds at most an `or` node and an `and` node, and the
+/// innermost level an `or`, an `and` and a condition. Chains of `and`/`or` are flat
+/// nodes, so however long a query is, its tree is no deeper than this and evaluating,
+/// cloning, comparing or dropping it recurses at most this many times.
+pub const MAX_TREE_DEPTH: usize = 2 * MAX_QUERY_DEPTH + 3;
+
+/// A parsed `--where` expression. Only [`parse_where`] builds one, so its depth is at
+/// most [`MAX_TREE_DEPTH`].
 #[derive(Debug, Clone, PartialEq)]
-pub enum Expr {
+pub struct Expr {
+    root: Node,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
     Compare {
         field: Field,
         op: Op,
@@ -226,32 +250,61 @@ pub enum Expr {
         field: Field,
         values: Vec<Literal>,
     },
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Every one holds (two or more).
+    All(Vec<Node>),
+    /// At least one holds (two or more).
+    Any(Vec<Node>),
+    Not(Box<Node>),
 }
 
 impl Expr {
     /// Whether the run satisfies the expression.
     pub fn matches(&self, run: &dyn RunFacts) -> bool {
-        match self {
-            Expr::And(a, b) => a.matches(run) && b.matches(run),
-            Expr::Or(a, b) => a.matches(run) || b.matches(run),
-            Expr::Compare { field, op, value } => compare(run, field, *op, value),
-            Expr::In { field, values } => values.iter().any(|v| compare(run, field, Op::Eq, v)),
-        }
+        self.root.matches(run)
     }
 
     /// Every `project = X` that must hold for the expression to hold (used to narrow
     /// the runs considered).
     pub fn required_project(&self) -> Option<&str> {
+        self.root.required_project()
+    }
+
+    /// Levels of the tree (a lone condition is 1); at most [`MAX_TREE_DEPTH`].
+    pub fn depth(&self) -> usize {
+        self.root.depth()
+    }
+}
+
+impl Node {
+    fn matches(&self, run: &dyn RunFacts) -> bool {
         match self {
-            Expr::Compare {
+            Node::All(nodes) => nodes.iter().all(|node| node.matches(run)),
+            Node::Any(nodes) => nodes.iter().any(|node| node.matches(run)),
+            Node::Not(node) => !node.matches(run),
+            Node::Compare { field, op, value } => compare(run, field, *op, value),
+            Node::In { field, values } => values.iter().any(|v| compare(run, field, Op::Eq, v)),
+        }
+    }
+
+    fn required_project(&self) -> Option<&str> {
+        match self {
+            Node::Compare {
                 field: Field::Project,
                 op: Op::Eq,
                 value: Literal::Text(project),
             } => Some(project),
-            Expr::And(a, b) => a.required_project().or_else(|| b.required_project()),
+            Node::All(nodes) => nodes.iter().find_map(|node| node.required_project()),
             _ => None,
+        }
+    }
+
+    fn depth(&self) -> usize {
+        match self {
+            Node::All(nodes) | Node::Any(nodes) => {
+                1 + nodes.iter().map(Node::depth).max().unwrap_or(0)
+            }
+            Node::Not(node) => 1 + node.depth(),
+            Node::Compare { .. } | Node::In { .. } => 1,
         }
     }
 }
@@ -409,12 +462,49 @@ pub const STATUSES: [&str; 6] = [
     "cancelled",
 ];
 
+/// The terms of one parenthesis (or of the whole query) read so far: `a and b or c and`
+/// is `any: [a and b]`, `all: [c]`.
+#[derive(Default)]
+struct Group {
+    /// `not`s in front of the parenthesis, applied to its value when it closes.
+    nots: usize,
+    /// Finished `and` chains, joined by `or`.
+    any: Vec<Node>,
+    /// The `and` chain being read.
+    all: Vec<Node>,
+}
+
+impl Group {
+    /// Ends the `and` chain being read (at an `or`).
+    fn close_and(&mut self) {
+        let all = std::mem::take(&mut self.all);
+        self.any.push(flat(all, Node::All));
+    }
+
+    /// The group's value: one flat `or` of flat `and`s (a single term stands alone).
+    fn finish(mut self) -> Node {
+        self.close_and();
+        flat(self.any, Node::Any)
+    }
+}
+
+/// `terms` under one node made by `join`, or the term itself when there is one.
+fn flat(mut terms: Vec<Node>, join: fn(Vec<Node>) -> Node) -> Node {
+    debug_assert!(!terms.is_empty());
+    if terms.len() == 1 {
+        return terms.pop().expect("one term");
+    }
+    join(terms)
+}
+
 struct Parser<'a> {
     source: &'a str,
     tokens: Vec<Spanned>,
     position: usize,
     end_column: usize,
     now_ms: i64,
+    /// Parentheses and `not`s open around the current token.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -444,46 +534,92 @@ impl Parser<'_> {
         matches!(self.peek(), Some(Spanned { token: Token::Word(w), .. }) if w.eq_ignore_ascii_case(word))
     }
 
-    fn expr(&mut self) -> Result<Expr, QueryError> {
-        let mut left = self.and()?;
-        while self.keyword("or") {
-            self.next();
-            let right = self.and()?;
-            left = Expr::Or(Box::new(left), Box::new(right));
+    /// Parses `expr` (see the grammar) without recursion: open parentheses are a stack
+    /// of [`Group`]s on the heap, so parsing needs the same few frames however deeply a
+    /// query nests. `and` and `or` chains are gathered into flat nodes.
+    fn expr(&mut self) -> Result<Node, QueryError> {
+        let mut groups = vec![Group::default()];
+        // `not`s read since the last operand, waiting for the operand they negate.
+        let mut nots = 0;
+        loop {
+            let column = self.column();
+            if self.keyword("not") {
+                self.next();
+                self.enter(column)?;
+                nots += 1;
+                continue;
+            }
+            let Some(token) = self.next() else {
+                return Err(self.error(
+                    column,
+                    "expected a condition such as `metrics.loss < 0.5`, found the end",
+                ));
+            };
+            if token.token == Token::LParen {
+                self.enter(column)?;
+                groups.push(Group {
+                    nots,
+                    ..Group::default()
+                });
+                nots = 0;
+                continue;
+            }
+            let mut operand = self.condition(token.token, column)?;
+            // Whatever follows an operand: `and`, `or`, a `)` closing its group (whose
+            // value is then the operand of the group around it), or the end.
+            loop {
+                for _ in 0..nots {
+                    operand = Node::Not(Box::new(operand));
+                }
+                self.depth -= nots;
+                nots = 0;
+                let group = groups.last_mut().expect("the outermost group stays");
+                group.all.push(operand);
+                if self.keyword("and") {
+                    self.next();
+                    break;
+                }
+                if self.keyword("or") {
+                    self.next();
+                    group.close_and();
+                    break;
+                }
+                if groups.len() == 1 {
+                    // The end, or a token `parse_where` reports.
+                    let outermost = groups.pop().expect("the outermost group");
+                    return Ok(outermost.finish());
+                }
+                let column = self.column();
+                if !matches!(self.peek().map(|t| &t.token), Some(Token::RParen)) {
+                    return Err(self.error(column, "expected `)`"));
+                }
+                self.next();
+                let closed = groups.pop().expect("an open parenthesis");
+                self.depth -= 1;
+                nots = closed.nots;
+                operand = closed.finish();
+            }
         }
-        Ok(left)
     }
 
-    fn and(&mut self) -> Result<Expr, QueryError> {
-        let mut left = self.atom()?;
-        while self.keyword("and") {
-            self.next();
-            let right = self.atom()?;
-            left = Expr::And(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn atom(&mut self) -> Result<Expr, QueryError> {
-        let column = self.column();
-        let Some(token) = self.next() else {
+    /// Enters a parenthesis or a `not` at `column`; refused past [`MAX_QUERY_DEPTH`].
+    /// This is what bounds the depth of the tree.
+    fn enter(&mut self, column: usize) -> Result<(), QueryError> {
+        self.depth += 1;
+        if self.depth > MAX_QUERY_DEPTH {
             return Err(self.error(
                 column,
-                "expected a condition such as `metrics.loss < 0.5`, found the end",
+                format!(
+                    "query is nested more than {MAX_QUERY_DEPTH} levels deep (parentheses and `not` inside one another)"
+                ),
             ));
-        };
-        let word = match token.token {
-            Token::LParen => {
-                let inner = self.expr()?;
-                let column = self.column();
-                match self.next() {
-                    Some(Spanned {
-                        token: Token::RParen,
-                        ..
-                    }) => return Ok(inner),
-                    _ => return Err(self.error(column, "expected `)`")),
-                }
-            }
+        }
+        Ok(())
+    }
+
+    /// A comparison or an `in` list starting with `token` (the field) at `column`.
+    fn condition(&mut self, token: Token, column: usize) -> Result<Node, QueryError> {
+        let word = match token {
             Token::Word(word) => word,
             other => {
                 return Err(self.error(
@@ -526,7 +662,7 @@ impl Parser<'_> {
                     _ => return Err(self.error(column, "expected `,` or `]` in the list")),
                 }
             }
-            return Ok(Expr::In { field, values });
+            return Ok(Node::In { field, values });
         }
         let column = self.column();
         let op = match self.next().map(|t| t.token) {
@@ -555,7 +691,7 @@ impl Parser<'_> {
             ));
         }
         let value = self.literal(&field, op)?;
-        Ok(Expr::Compare { field, op, value })
+        Ok(Node::Compare { field, op, value })
     }
 
     fn literal(&mut self, field: &Field, _op: Op) -> Result<Literal, QueryError> {
@@ -623,8 +759,31 @@ fn describe(token: &Token) -> String {
     }
 }
 
+/// The error for `text` longer than `limit` bytes, at the column of the first character
+/// that does not fit.
+fn too_long(source: &str, what: &str, text: &str, limit: usize, hint: &str) -> QueryError {
+    let fitting = text
+        .char_indices()
+        .take_while(|(start, c)| start + c.len_utf8() <= limit)
+        .count();
+    QueryError {
+        source: source.to_string(),
+        column: fitting + 1,
+        message: format!(
+            "the {what} is {} bytes long, longer than the limit of {limit} bytes{hint}",
+            text.len()
+        ),
+    }
+}
+
 /// Parses a `--where` expression. `now_ms` resolves relative times (`created > -2h`).
+///
+/// At most [`MAX_QUERY_BYTES`] long and [`MAX_QUERY_DEPTH`] parentheses and `not`s deep;
+/// the work is linear in the length.
 pub fn parse_where(source: &str, text: &str, now_ms: i64) -> Result<Expr, QueryError> {
+    if text.len() > MAX_QUERY_BYTES {
+        return Err(too_long(source, "query", text, MAX_QUERY_BYTES, ""));
+    }
     let tokens = lex(source, text)?;
     let mut parser = Parser {
         source,
@@ -632,8 +791,11 @@ pub fn parse_where(source: &str, text: &str, now_ms: i64) -> Result<Expr, QueryE
         tokens,
         position: 0,
         now_ms,
+        depth: 0,
     };
-    let expr = parser.expr()?;
+    let root = parser.expr()?;
+    debug_assert!(root.depth() <= MAX_TREE_DEPTH);
+    let expr = Expr { root };
     if let Some(extra) = parser.peek() {
         return Err(parser.error(
             extra.column,
@@ -779,6 +941,44 @@ pub fn parse_sort(text: &str) -> Result<SortKey, QueryError> {
         return Err(error("runs cannot be sorted by tag".into()));
     }
     Ok(SortKey { field, descending })
+}
+
+/// Parses the `--sort` keys of one listing: at most [`MAX_SORT_KEYS`] of them, each at
+/// most [`MAX_QUERY_BYTES`] long.
+pub fn parse_sort_keys(texts: &[String]) -> Result<Vec<SortKey>, QueryError> {
+    if texts.len() > MAX_SORT_KEYS {
+        return Err(QueryError {
+            source: "--sort".into(),
+            column: 1,
+            message: format!(
+                "{} sort keys, more than the limit of {MAX_SORT_KEYS}",
+                texts.len()
+            ),
+        });
+    }
+    let mut keys = Vec::with_capacity(texts.len());
+    for text in texts {
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(too_long("--sort", "sort key", text, MAX_QUERY_BYTES, ""));
+        }
+        keys.push(parse_sort(text)?);
+    }
+    Ok(keys)
+}
+
+/// Decodes a `--cursor` sent by a client: at most [`MAX_CURSOR_BYTES`], then
+/// [`Cursor::decode`].
+pub fn parse_cursor(text: &str) -> Result<Cursor, QueryError> {
+    if text.len() > MAX_CURSOR_BYTES {
+        return Err(too_long(
+            "--cursor",
+            "cursor",
+            text,
+            MAX_CURSOR_BYTES,
+            " (pass the `next_cursor` of the previous page)",
+        ));
+    }
+    Cursor::decode(text)
 }
 
 /// Where a run stands in every listing: sweep creation time, sweep id, trial index.
@@ -1261,6 +1461,166 @@ mod tests {
         assert!(parse_where("--where", "status < failed", 0).is_err());
         assert!(parse_where("--where", "created > yesterday", 0).is_err());
         assert!(parse_where("--where", "'open", 0).is_err());
+    }
+
+    /// Runs `check` on a thread with a 256 KiB stack: recursion over the input that the
+    /// limits failed to bound overflows it and aborts the test binary, loudly.
+    fn on_small_stack<T: Send + 'static>(check: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(check)
+            .expect("spawn a thread")
+            .join()
+            .expect("the check panicked")
+    }
+
+    fn where_error(text: String) -> QueryError {
+        on_small_stack(move || parse_where("--where", &text, 0).unwrap_err())
+    }
+
+    const TOO_DEEP: &str =
+        "query is nested more than 64 levels deep (parentheses and `not` inside one another)";
+
+    #[test]
+    fn five_thousand_nested_parentheses_are_refused_at_the_65th() {
+        let text = format!("{}status = failed{}", "(".repeat(5_000), ")".repeat(5_000));
+        let error = where_error(text);
+        assert_eq!(error.to_string(), format!("--where:1:65: {TOO_DEEP}"));
+    }
+
+    #[test]
+    fn nested_nots_are_refused_beyond_the_depth_limit() {
+        // 100,000 `not`s are over the length limit before they are too deep.
+        let error = where_error(format!("{}status = failed", "not ".repeat(100_000)));
+        assert_eq!(error.column, MAX_QUERY_BYTES + 1, "{error}");
+        assert!(error.message.contains("longer than"), "{error}");
+        // 1,000 fit in the length: the 65th is refused.
+        let error = where_error(format!("{}status = failed", "not ".repeat(1_000)));
+        assert_eq!(error.to_string(), format!("--where:1:257: {TOO_DEEP}"));
+        // Parentheses and `not` count together.
+        let error = where_error(format!("{}status = failed", "not (".repeat(40)));
+        assert_eq!(error.column, 32 * 5 + 1, "{error}");
+        assert_eq!(error.message, TOO_DEEP);
+    }
+
+    #[test]
+    fn a_megabyte_query_is_refused_by_its_length() {
+        let error = where_error("a".repeat(1 << 20));
+        assert_eq!(
+            error.to_string(),
+            "--where:1:16385: the query is 1048576 bytes long, longer than the limit of 16384 bytes"
+        );
+        let error = where_error("status = failed or ".repeat(60_000));
+        assert_eq!(error.column, MAX_QUERY_BYTES + 1);
+        // The column counts characters, not bytes.
+        let error = where_error("é".repeat(MAX_QUERY_BYTES));
+        assert_eq!(error.column, MAX_QUERY_BYTES / 2 + 1, "{error}");
+    }
+
+    #[test]
+    fn a_chain_of_fifty_thousand_ands_is_refused_and_a_long_one_within_the_limit_evaluates() {
+        let error = where_error(format!("status = failed{}", " and tag = x".repeat(50_000)));
+        assert_eq!(error.column, MAX_QUERY_BYTES + 1);
+        // As many conditions as fit: a flat node, evaluated and dropped on a small stack.
+        let (all_tags, one_missing) = on_small_stack(|| {
+            let terms: Vec<String> = (0..1_000).map(|i| format!("tag=t{i}")).collect();
+            let conjunction = terms.join(" and ");
+            let disjunction = terms.join(" or ");
+            assert!(conjunction.len() <= MAX_QUERY_BYTES);
+            let mut fake = run(1.0, None, "completed");
+            fake.tags = (0..1_000).map(|i| format!("t{i}")).collect();
+            let and = parse_where("--where", &conjunction, 0).unwrap();
+            let or = parse_where("--where", &disjunction, 0).unwrap();
+            assert_eq!(and.depth(), 2);
+            assert_eq!(or.depth(), 2);
+            let all_tags = and.matches(&fake) && or.matches(&fake);
+            fake.tags.remove(700);
+            let one_missing = (and.matches(&fake), or.matches(&fake));
+            (all_tags, one_missing)
+        });
+        assert!(all_tags);
+        assert_eq!(one_missing, (false, true));
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_parses_and_evaluates_on_a_small_stack() {
+        let (parens, nots, mixed) = on_small_stack(|| {
+            let fake = run(1.0, Some(0.5), "failed");
+            let parens = format!("{}status = failed{}", "(".repeat(64), ")".repeat(64));
+            let nots = format!("{}status = failed", "not ".repeat(64));
+            // Every level an `or` of an `and`: the deepest tree the parser builds.
+            let mixed = format!(
+                "{}tag = x or params.lr = 1 and status = failed{}",
+                "tag = x or params.lr = 1 and (".repeat(64),
+                ")".repeat(64)
+            );
+            let parsed: Vec<Expr> = [parens, nots, mixed]
+                .iter()
+                .map(|text| parse_where("--where", text, 0).unwrap())
+                .collect();
+            assert!(parsed.iter().all(|e| e.depth() <= MAX_TREE_DEPTH));
+            assert_eq!(parsed[2].depth(), MAX_TREE_DEPTH);
+            (
+                parsed[0].matches(&fake),
+                parsed[1].matches(&fake),
+                parsed[2].matches(&fake),
+            )
+        });
+        assert!(parens);
+        assert!(nots, "64 `not`s cancel out");
+        assert!(mixed);
+    }
+
+    #[test]
+    fn not_negates_the_condition_after_it() {
+        let fake = run(1.0, None, "failed");
+        assert!(matches("not status = completed", &fake));
+        assert!(!matches("not status = failed", &fake));
+        assert!(
+            matches("NOT metrics.eval/avg > 0", &fake),
+            "a missing metric"
+        );
+        assert!(matches("not status = failed or params.lr = 1", &fake));
+        assert!(!matches("not (status = failed or params.lr = 1)", &fake));
+        assert!(matches("params.lr = 1 and not not status = failed", &fake));
+        let error = parse_where("--where", "status = failed and not", 0).unwrap_err();
+        assert_eq!(error.column, 24, "{error}");
+    }
+
+    #[test]
+    fn sort_keys_and_cursors_are_bounded() {
+        let keys: Vec<String> = (0..=MAX_SORT_KEYS)
+            .map(|_| "-metrics.loss".to_string())
+            .collect();
+        let error = parse_sort_keys(&keys).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--sort:1:1: 17 sort keys, more than the limit of 16"
+        );
+        assert_eq!(
+            parse_sort_keys(&keys[..MAX_SORT_KEYS]).unwrap().len(),
+            MAX_SORT_KEYS
+        );
+        let long = format!("metrics.{}", "m".repeat(MAX_QUERY_BYTES));
+        let error = parse_sort_keys(&[long]).unwrap_err();
+        assert!(error.message.contains("longer than the limit"), "{error}");
+        let error = parse_cursor(&"7b".repeat(MAX_CURSOR_BYTES)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--cursor:1:4097: the cursor is 8192 bytes long, longer than the limit of 4096 bytes (pass the `next_cursor` of the previous page)"
+        );
+        let cursor = Cursor {
+            sort: vec![],
+            last: RowKey {
+                values: vec![],
+                position: Position {
+                    sweep_created_ms: 1,
+                    sweep_id: "s".into(),
+                    index: 2,
+                },
+            },
+        };
+        assert_eq!(parse_cursor(&cursor.encode()).unwrap(), cursor);
     }
 
     #[test]

@@ -118,6 +118,51 @@ fn unknown_ids_are_named_and_harmless() {
     assert!(coordinator.connected_agents().is_empty());
 }
 
+#[test]
+fn deep_and_long_queries_are_refused_and_the_coordinator_keeps_answering() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let coordinator = start(dir);
+    let parens = format!("{}status = failed{}", "(".repeat(5_000), ")".repeat(5_000));
+    let nots = format!("{}status = failed", "not ".repeat(20_000));
+    let sorts: Vec<&str> = ["--sort", "-metrics.loss"].repeat(17);
+    let cursor = "7b".repeat(10_000);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["runs", "ls", "--where", &parens],
+            "--where:1:65: query is nested more than 64 levels deep",
+        ),
+        (
+            vec!["runs", "ls", "--where", &nots],
+            "--where:1:16385: the query is 80015 bytes long, longer than the limit of 16384 bytes",
+        ),
+        (
+            [&["runs", "ls"][..], &sorts].concat(),
+            "--sort:1:1: 17 sort keys, more than the limit of 16",
+        ),
+        (
+            vec!["runs", "ls", "--cursor", &cursor],
+            "--cursor:1:4097: the cursor is 20000 bytes long",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = coordinator.ladder(&args);
+        let shown = describe(&args[..3], &output);
+        assert_eq!(output.status.code(), Some(2), "{shown}");
+        assert!(
+            stderr(&output).contains(expected),
+            "expected {expected:?}: {shown}"
+        );
+        // The coordinator is still there and answers the next request.
+        let listed = coordinator.json(&["runs", "ls"]);
+        assert_eq!(listed["runs"].as_array().map(Vec::len), Some(0), "{listed}");
+    }
+    // Nesting within the limit is a query like any other.
+    let nested = format!("{}status = failed{}", "(".repeat(64), ")".repeat(64));
+    let listed = coordinator.json(&["runs", "ls", "--where", &nested]);
+    assert_eq!(listed["runs"].as_array().map(Vec::len), Some(0), "{listed}");
+}
+
 /// Prints hostile `@ladder` lines, a huge plain line and one valid point.
 const HOSTILE_PRINTER: &str = r#"
 import sys
