@@ -101,6 +101,12 @@ pub async fn run(soak: Soak) -> anyhow::Result<()> {
 async fn soak_in(dir: &Path, soak: &Soak) -> anyhow::Result<()> {
     let (mut coordinator, url) = start_coordinator(&dir.join("data")).await?;
     let pid = coordinator.id().context("coordinator pid")?;
+    // The coordinator serves the holder of its admin token: this benchmark.
+    let token = std::fs::read_to_string(dir.join("data").join("admin-token"))
+        .context("cannot read the coordinator's admin token")?
+        .trim()
+        .to_string();
+    crate::connect::remember_token(&url, &token);
     let code = dir.join("code");
     std::fs::create_dir_all(&code)?;
     // The long run prints its points in bursts, so it is still running while watched.
@@ -118,6 +124,7 @@ async fn soak_in(dir: &Path, soak: &Soak) -> anyhow::Result<()> {
         let mut config = AgentConfig::new(url.clone(), name.clone(), dir.join("work").join(&name));
         config.slots = 1;
         config.code_dir = code.clone();
+        config.token = Some(token.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         stops.push(stop);
         agents.push(tokio::spawn(Agent::new(config).run(async move {
