@@ -282,7 +282,10 @@ pub(crate) fn fresh_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = base.join(format!("{prefix}-{}-{nanos:x}-{attempt}", std::process::id()));
+        let dir = base.join(format!(
+            "{prefix}-{}-{nanos:x}-{attempt}",
+            std::process::id()
+        ));
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -421,7 +424,8 @@ async fn dispatch(
     let started = Instant::now();
     loop {
         let channel = client::channel(&embedded.url).await?;
-        let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
+        let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel)
+            .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
             .list_agents(ladder_proto::v1::ListAgentsRequest::default())
             .await?
             .into_inner()

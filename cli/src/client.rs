@@ -116,7 +116,8 @@ pub fn sweep_validate(file: &Path, json_output: bool) -> anyhow::Result<()> {
 pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
     let (file_name, yaml, _spec) = read_sweep(file)?;
     let (git_commit, git_dirty) = crate::history::git_state(file);
-    let mut client = SweepServiceClient::new(channel(url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = SweepServiceClient::new(channel(url).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let response = client
         .submit_sweep(pb::SubmitSweepRequest {
             file_name,
@@ -179,7 +180,9 @@ pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> an
     .into_iter()
     .collect::<anyhow::Result<_>>()?;
     if args.json {
-        print_json(&json!({ "sweeps": submitted.iter().map(output::sweep_json).collect::<Vec<_>>() }));
+        print_json(
+            &json!({ "sweeps": submitted.iter().map(output::sweep_json).collect::<Vec<_>>() }),
+        );
     } else {
         for sweep in &submitted {
             println!("{}", sweep.id);
@@ -189,7 +192,8 @@ pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> an
 }
 
 pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Result<()> {
-    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     // Every page, each bounded by the coordinator's page size.
     let mut sweeps = Vec::new();
     let mut cursor = String::new();
@@ -237,7 +241,8 @@ pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Res
 }
 
 pub async fn get_sweep(url: &str, id: &str) -> anyhow::Result<pb::Sweep> {
-    let mut client = SweepServiceClient::new(channel(url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = SweepServiceClient::new(channel(url).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     Ok(client
         .get_sweep(pb::GetSweepRequest {
             sweep_id: id.to_string(),
@@ -305,8 +310,10 @@ pub fn progress_line(sweep: &pb::Sweep, best: Option<(String, f64)>) -> String {
 /// Follows a sweep until it ends, drawing progress on stderr. Returns the final snapshot.
 pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep> {
     let channel = channel(url).await?;
-    let mut sweeps = SweepServiceClient::new(channel.clone()).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
-    let mut runs = RunServiceClient::new(channel).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut sweeps = SweepServiceClient::new(channel.clone())
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut runs = RunServiceClient::new(channel)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let mut stream = sweeps
         .watch_sweep(pb::WatchSweepRequest {
             sweep_id: id.to_string(),
@@ -373,7 +380,8 @@ pub async fn sweep_watch(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
 }
 
 pub async fn sweep_action(args: &ClientArgs, id: &str, action: Action) -> anyhow::Result<()> {
-    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let sweep = match action {
         Action::Pause => {
             client
@@ -426,7 +434,8 @@ pub async fn list_runs(
         let proto = crate::history::parse_status(status, "--status")?;
         status_filter.push(proto as i32);
     }
-    let mut client = RunServiceClient::new(channel(url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = RunServiceClient::new(channel(url).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     Ok(client
         .list_runs(pb::ListRunsRequest {
             sweep_id: sweep.unwrap_or_default(),
@@ -441,7 +450,8 @@ pub async fn list_runs(
 }
 
 pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyhow::Result<()> {
-    let mut client = RunServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = RunServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let detail = client
         .get_run(pb::GetRunRequest {
             run_id: run_id.to_string(),
@@ -594,7 +604,8 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
 }
 
 pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
-    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let mut agents = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -676,7 +687,8 @@ fn agent_state(agent: &pb::Agent) -> String {
 }
 
 pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
-    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let agent = client
         .enable_agent(pb::EnableAgentRequest {
             name: name.to_string(),

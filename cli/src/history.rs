@@ -76,7 +76,8 @@ pub fn parse_status(text: &str, flag: &str) -> anyhow::Result<pb::RunStatus> {
 async fn client(
     args: &ClientArgs,
 ) -> anyhow::Result<RunServiceClient<crate::connect::CoordinatorChannel>> {
-    Ok(RunServiceClient::new(channel(&args.coordinator).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES))
+    Ok(RunServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES))
 }
 
 fn print_json(value: &Value) {

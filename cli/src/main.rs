@@ -660,9 +660,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(args) => coordinator(args).await,
         Command::Agent(args) => agent(args, security).await,
         Command::Sweep(command) => match command {
-            SweepCommand::Submit { files, client } => {
-                client::sweep_submit(&client, &files).await
-            }
+            SweepCommand::Submit { files, client } => client::sweep_submit(&client, &files).await,
             SweepCommand::Validate { file, json } => client::sweep_validate(&file, json),
             SweepCommand::Ls { project, client } => client::sweep_ls(&client, project).await,
             SweepCommand::Show { id, client } => client::sweep_show(&client, &id).await,

@@ -89,7 +89,13 @@ impl Principal {
 
     /// Whether this is a user with the admin role.
     pub fn is_admin(&self) -> bool {
-        matches!(self, Principal::User { role: Role::Admin, .. })
+        matches!(
+            self,
+            Principal::User {
+                role: Role::Admin,
+                ..
+            }
+        )
     }
 }
 

@@ -208,8 +208,16 @@ impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
             return Err(invalid("run_id must be a non-empty id".into()));
         }
         check_count("add_tags", request.add_tags.len(), limits::MAX_TAGS_PER_RUN)?;
-        check_count("remove_tags", request.remove_tags.len(), limits::MAX_TAGS_PER_RUN)?;
-        check_count("delete_notes", request.delete_notes.len(), limits::MAX_NOTES_PER_RUN)?;
+        check_count(
+            "remove_tags",
+            request.remove_tags.len(),
+            limits::MAX_TAGS_PER_RUN,
+        )?;
+        check_count(
+            "delete_notes",
+            request.delete_notes.len(),
+            limits::MAX_NOTES_PER_RUN,
+        )?;
         if request.note.len() > MAX_NOTE_BYTES {
             return Err(invalid(format!(
                 "a note is at most {MAX_NOTE_BYTES} bytes; this one is {}",
@@ -361,8 +369,16 @@ impl TryFrom<pb::Register> for Registration {
                 "agent name must be 1 to {MAX_NAME_LEN} bytes long"
             )));
         }
-        check_len("register.hostname", &register.hostname, limits::MAX_HOSTNAME_BYTES)?;
-        check_len("register.version", &register.version, limits::MAX_VERSION_BYTES)?;
+        check_len(
+            "register.hostname",
+            &register.hostname,
+            limits::MAX_HOSTNAME_BYTES,
+        )?;
+        check_len(
+            "register.version",
+            &register.version,
+            limits::MAX_VERSION_BYTES,
+        )?;
         check_count("register.labels", register.labels.len(), limits::MAX_LABELS)?;
         for (key, value) in &register.labels {
             if key.is_empty() {
@@ -371,7 +387,11 @@ impl TryFrom<pb::Register> for Registration {
                 ));
             }
             check_len("register.labels key", key, limits::MAX_LABEL_KEY_BYTES)?;
-            check_len(&format!("register.labels[{key}]"), value, limits::MAX_LABEL_VALUE_BYTES)?;
+            check_len(
+                &format!("register.labels[{key}]"),
+                value,
+                limits::MAX_LABEL_VALUE_BYTES,
+            )?;
         }
         if register.slots > limits::MAX_AGENT_SLOTS {
             return Err(CoordinatorError::InvalidArgument(format!(
@@ -380,7 +400,11 @@ impl TryFrom<pb::Register> for Registration {
                 limits::MAX_AGENT_SLOTS
             )));
         }
-        check_count("register.gpus", register.gpus.len(), limits::MAX_GPUS_PER_AGENT)?;
+        check_count(
+            "register.gpus",
+            register.gpus.len(),
+            limits::MAX_GPUS_PER_AGENT,
+        )?;
         let mut indices = std::collections::BTreeSet::new();
         for gpu in &register.gpus {
             check_len("register.gpus.uuid", &gpu.uuid, limits::MAX_GPU_TEXT_BYTES)?;
@@ -392,7 +416,11 @@ impl TryFrom<pb::Register> for Registration {
                 )));
             }
         }
-        check_count("register.held", register.held.len(), limits::MAX_HELD_LEASES)?;
+        check_count(
+            "register.held",
+            register.held.len(),
+            limits::MAX_HELD_LEASES,
+        )?;
         let mut held = Vec::new();
         for lease in register.held {
             held.push(lease_from_pb(Some(lease))?);

@@ -137,7 +137,11 @@ mod tests {
                 "{name}: {} points",
                 series.len()
             );
-            assert_eq!(series.last().unwrap().step, Some(99_999), "{name}: last kept");
+            assert_eq!(
+                series.last().unwrap().step,
+                Some(99_999),
+                "{name}: last kept"
+            );
         }
         let loss_max = sampled
             .iter()

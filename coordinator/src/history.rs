@@ -37,10 +37,10 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::convert;
 use crate::error::CoordinatorError;
+use crate::model::StoredPoint;
 use crate::model::{now_ms, RunRecord, SweepRecord};
 use crate::queries::Queries;
 use crate::service::Shared;
-use crate::model::StoredPoint;
 use crate::store::{param_query_value, IndexWalk, PointKey, TASKS_AVG_METRIC};
 
 /// Most rows one leaderboard returns.
@@ -758,9 +758,13 @@ impl Queries {
         let points = if attempt.metric_points > seen.points {
             if seen.after.is_none() {
                 // What was stored before the watch: the card's bounded view of it.
-                let all =
-                    self.store
-                        .metrics_after(&run.id, attempt.number, None, usize::MAX, usize::MAX)?;
+                let all = self.store.metrics_after(
+                    &run.id,
+                    attempt.number,
+                    None,
+                    usize::MAX,
+                    usize::MAX,
+                )?;
                 seen.points = all.len() as u64;
                 seen.after = all.last().map(|(key, _)| *key);
                 let points: Vec<StoredPoint> = all.into_iter().map(|(_, point)| point).collect();

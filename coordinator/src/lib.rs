@@ -25,8 +25,8 @@ pub mod convert;
 pub mod downsample;
 pub mod error;
 pub mod history;
-pub mod listener;
 pub mod identity;
+pub mod listener;
 pub mod local_token;
 pub mod model;
 pub mod placement;
@@ -82,7 +82,9 @@ fn connection_budget() -> usize {
         }
         limit.rlim_cur
     };
-    let available = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(256);
+    let available = usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(256);
     available.clamp(16, ladder_shared::limits::MAX_CONNECTIONS)
 }
 
@@ -242,11 +244,9 @@ impl Coordinator {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                pb::run_service_server::RunServiceServer::new(RunServiceImpl(
-                    self.shared.clone(),
-                ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                pb::run_service_server::RunServiceServer::new(RunServiceImpl(self.shared.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
                 pb::agent_service_server::AgentServiceServer::new(AgentServiceImpl(

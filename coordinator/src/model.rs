@@ -225,7 +225,8 @@ impl RunUpdate {
                 tags.len()
             )));
         }
-        run.notes.retain(|note| !self.delete_notes.contains(&note.id));
+        run.notes
+            .retain(|note| !self.delete_notes.contains(&note.id));
         if !self.note.is_empty() {
             let id = run.next_note_id.max(1);
             run.next_note_id = id + 1;
@@ -545,8 +546,13 @@ mod tests {
                 .apply(&mut run, 1)
                 .unwrap();
         }
-        let refused = note("one more", "alice", false).apply(&mut run, 2).unwrap_err();
-        assert!(refused.to_string().contains("the limit is 100"), "{refused}");
+        let refused = note("one more", "alice", false)
+            .apply(&mut run, 2)
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("the limit is 100"),
+            "{refused}"
+        );
         assert_eq!(run.notes.len(), MAX_NOTES_PER_RUN);
 
         let first = run.notes[0].id;
@@ -559,7 +565,10 @@ mod tests {
             ..RunUpdate::default()
         };
         let refused = delete("bob", false).apply(&mut run, 3).unwrap_err();
-        assert!(refused.to_string().contains("only its author or an admin"), "{refused}");
+        assert!(
+            refused.to_string().contains("only its author or an admin"),
+            "{refused}"
+        );
         assert_eq!(run.notes.len(), MAX_NOTES_PER_RUN, "nothing changed");
         delete("root", true).apply(&mut run, 3).unwrap();
         assert_eq!(run.notes.len(), MAX_NOTES_PER_RUN - 1);

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use ladder_proto::v1 as pb;
 
 use crate::convert;
+use crate::downsample;
 use crate::error::CoordinatorError;
 use crate::model::SweepRecord;
-use crate::downsample;
 use crate::store::{PointKey, Store};
 use ladder_shared::limits;
 
@@ -142,7 +142,9 @@ impl Queries {
             None
         } else {
             Some(PointKey::from_cursor(cursor).ok_or_else(|| {
-                CoordinatorError::InvalidArgument(format!("cursor {cursor:?} is not a cursor of ListMetricPoints"))
+                CoordinatorError::InvalidArgument(format!(
+                    "cursor {cursor:?} is not a cursor of ListMetricPoints"
+                ))
             })?)
         };
         let mut points = self.store.metrics_after(
@@ -160,7 +162,10 @@ impl Queries {
                     .is_empty());
         points.truncate(page_size);
         let next_cursor = if more {
-            points.last().map(|(key, _)| key.to_cursor()).unwrap_or_default()
+            points
+                .last()
+                .map(|(key, _)| key.to_cursor())
+                .unwrap_or_default()
         } else {
             String::new()
         };

@@ -547,13 +547,22 @@ impl Scheduler {
             // left unacknowledged, to be resent to the restarted coordinator.
             match event {
                 Event::Submit { reply, .. } | Event::SweepAction { reply, .. } => {
-                    self.deferred.push(Deferred::Sweep(reply, Box::new(Err(CoordinatorError::ShuttingDown))));
+                    self.deferred.push(Deferred::Sweep(
+                        reply,
+                        Box::new(Err(CoordinatorError::ShuttingDown)),
+                    ));
                 }
                 Event::EnableAgent { reply, .. } => {
-                    self.deferred.push(Deferred::Agent(reply, Box::new(Err(CoordinatorError::ShuttingDown))));
+                    self.deferred.push(Deferred::Agent(
+                        reply,
+                        Box::new(Err(CoordinatorError::ShuttingDown)),
+                    ));
                 }
                 Event::UpdateRun { reply, .. } => {
-                    self.deferred.push(Deferred::Run(reply, Box::new(Err(CoordinatorError::ShuttingDown))));
+                    self.deferred.push(Deferred::Run(
+                        reply,
+                        Box::new(Err(CoordinatorError::ShuttingDown)),
+                    ));
                 }
                 _ => {}
             }
@@ -648,12 +657,12 @@ impl Scheduler {
                 run.clone()
             }
             None => {
-                let mut run = self.run_record(&update.run_id)?.ok_or_else(|| {
-                    CoordinatorError::NotFound {
-                        kind: "run",
-                        id: update.run_id.clone(),
-                    }
-                })?;
+                let mut run =
+                    self.run_record(&update.run_id)?
+                        .ok_or_else(|| CoordinatorError::NotFound {
+                            kind: "run",
+                            id: update.run_id.clone(),
+                        })?;
                 update.apply(&mut run, now_ms())?;
                 run
             }
@@ -2068,7 +2077,10 @@ mod tests {
     impl Store for FlakyStore {
         fn put_sweep(&self, sweep: &SweepRecord) -> crate::store::Result<()> {
             Self::add(&self.sweep_writes, 1);
-            Self::add(&self.record_bytes, serde_json::to_vec(sweep).unwrap().len() as u64);
+            Self::add(
+                &self.record_bytes,
+                serde_json::to_vec(sweep).unwrap().len() as u64,
+            );
             self.inner.put_sweep(sweep)
         }
         fn get_sweep(&self, id: &str) -> crate::store::Result<Option<SweepRecord>> {
@@ -2079,7 +2091,10 @@ mod tests {
         }
         fn put_run(&self, run: &RunRecord) -> crate::store::Result<()> {
             Self::add(&self.run_writes, 1);
-            Self::add(&self.record_bytes, serde_json::to_vec(run).unwrap().len() as u64);
+            Self::add(
+                &self.record_bytes,
+                serde_json::to_vec(run).unwrap().len() as u64,
+            );
             self.inner.put_run(run)
         }
         fn get_run(&self, id: &str) -> crate::store::Result<Option<RunRecord>> {
@@ -2168,7 +2183,8 @@ mod tests {
             heartbeat_interval: Duration::from_millis(100),
         };
         let (changes, _) = broadcast::channel(64);
-        let mut s = Scheduler::recover(store.clone() as Arc<dyn Store>, config, changes.clone()).unwrap();
+        let mut s =
+            Scheduler::recover(store.clone() as Arc<dyn Store>, config, changes.clone()).unwrap();
         let mut a = connect(&mut s, 1, "a", 1, vec![]);
         submit(
             &mut s,
@@ -2190,7 +2206,10 @@ mod tests {
                 "event {seq} acknowledged but only {stored} events of output are stored"
             );
         }
-        assert!(s.failure.is_some(), "the scheduler stops after a store error");
+        assert!(
+            s.failure.is_some(),
+            "the scheduler stops after a store error"
+        );
 
         // A restarted coordinator takes the resent events and stores each of them.
         let mut s = Scheduler::recover(store.clone() as Arc<dyn Store>, config, changes).unwrap();
@@ -2243,7 +2262,13 @@ mod tests {
             // Started, one metric point and the finish of every run placed, one batch.
             for (session, lease) in &events {
                 for (seq, event) in [
-                    (1, RunEvent::Started { pid: 1, work_dir: String::new() }),
+                    (
+                        1,
+                        RunEvent::Started {
+                            pid: 1,
+                            work_dir: String::new(),
+                        },
+                    ),
                     (2, output(0.5)),
                     (3, finish(FinishOutcome::Completed, 0)),
                 ] {
@@ -2268,10 +2293,23 @@ mod tests {
             "{RUNS} runs in {rounds} rounds: {commits} commits, {run_writes} run writes, {sweep_writes} sweep writes, {} record bytes per run",
             bytes / RUNS
         );
-        assert!(commits <= rounds + 1, "{commits} commits for {rounds} batches");
-        assert!(sweep_writes <= commits, "{sweep_writes} sweep writes for {commits} commits");
-        assert!(run_writes <= 2 * RUNS, "{run_writes} run writes for {RUNS} runs");
-        assert!(bytes / RUNS <= 2_048, "{} record bytes written per run", bytes / RUNS);
+        assert!(
+            commits <= rounds + 1,
+            "{commits} commits for {rounds} batches"
+        );
+        assert!(
+            sweep_writes <= commits,
+            "{sweep_writes} sweep writes for {commits} commits"
+        );
+        assert!(
+            run_writes <= 2 * RUNS,
+            "{run_writes} run writes for {RUNS} runs"
+        );
+        assert!(
+            bytes / RUNS <= 2_048,
+            "{} record bytes written per run",
+            bytes / RUNS
+        );
     }
 
     #[test]
@@ -2294,7 +2332,13 @@ mod tests {
             info: BTreeMap::new(),
         };
         report(&mut s, &a, &lease, 1, many(0, MAX_METRICS_PER_RUN - 1));
-        report(&mut s, &a, &lease, 2, many(MAX_METRICS_PER_RUN - 1, MAX_METRICS_PER_RUN + 50));
+        report(
+            &mut s,
+            &a,
+            &lease,
+            2,
+            many(MAX_METRICS_PER_RUN - 1, MAX_METRICS_PER_RUN + 50),
+        );
         // Known names still update past the limit.
         report(&mut s, &a, &lease, 3, many(0, 10));
         assert_eq!(acks(&mut a), vec![1, 2, 3]);

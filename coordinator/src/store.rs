@@ -38,8 +38,8 @@
 //! acknowledges any of them: a group commit.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -1273,8 +1273,12 @@ mod tests {
             values: [("m".to_string(), value)].into(),
             time_ms: 0,
         };
-        store.put_output(&run.id, 1, 1, &[point(10, 1.0)], &[]).unwrap();
-        store.put_output(&run.id, 1, 2, &[point(5, 2.0)], &[]).unwrap();
+        store
+            .put_output(&run.id, 1, 1, &[point(10, 1.0)], &[])
+            .unwrap();
+        store
+            .put_output(&run.id, 1, 2, &[point(5, 2.0)], &[])
+            .unwrap();
         store.put_run(&run).unwrap();
         store
             .put_sweep(&SweepRecord {
@@ -1294,7 +1298,12 @@ mod tests {
             .unwrap();
         let report = store.check().unwrap();
         assert!(report.ok(), "{:?}", report.problems);
-        let steps: Vec<Option<i64>> = store.metrics(&run.id, 1).unwrap().iter().map(|p| p.step).collect();
+        let steps: Vec<Option<i64>> = store
+            .metrics(&run.id, 1)
+            .unwrap()
+            .iter()
+            .map(|p| p.step)
+            .collect();
         assert_eq!(steps, vec![Some(10), Some(5)], "kept as reported");
     }
 }

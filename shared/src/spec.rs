@@ -562,13 +562,8 @@ impl Checker<'_> {
                 .map(Some),
             _ => Some(None),
         };
-        let parallel = self.optional_integer(
-            entries,
-            "parallel",
-            1,
-            1,
-            crate::limits::MAX_SWEEP_PARALLEL,
-        );
+        let parallel =
+            self.optional_integer(entries, "parallel", 1, 1, crate::limits::MAX_SWEEP_PARALLEL);
         let seed = self.optional_integer(entries, "seed", 0, 0, u64::MAX);
         let max_restarts = self.optional_integer(entries, "max_restarts", 3, 0, u32::MAX.into());
         let train_node = field(entries, "train").filter(|node| !node.is_null());

@@ -66,14 +66,25 @@ fn five_thousand_sweeps_are_listed_completely_through_pages() {
     assert_eq!(sweeps.len(), 5_000, "every sweep listed once");
     assert_eq!(ids, submitted);
     // Oldest first.
-    let created: Vec<i64> = sweeps.iter().filter_map(|s| s["created_ms"].as_i64()).collect();
+    let created: Vec<i64> = sweeps
+        .iter()
+        .filter_map(|s| s["created_ms"].as_i64())
+        .collect();
     assert_eq!(created.len(), 5_000);
-    assert!(created.windows(2).all(|w| w[0] <= w[1]), "listed oldest first");
+    assert!(
+        created.windows(2).all(|w| w[0] <= w[1]),
+        "listed oldest first"
+    );
     // The YAML stays on `sweep show`.
     assert!(sweeps.iter().all(|s| s.get("yaml").is_none()));
-    let shown = json_slow(&coordinator, &["sweep", "show", sweeps[0]["id"].as_str().unwrap()]);
+    let shown = json_slow(
+        &coordinator,
+        &["sweep", "show", sweeps[0]["id"].as_str().unwrap()],
+    );
     assert!(
-        shown["yaml"].as_str().is_some_and(|y| y.contains("cccccccc") && y.contains("name: s")),
+        shown["yaml"]
+            .as_str()
+            .is_some_and(|y| y.contains("cccccccc") && y.contains("name: s")),
         "sweep show has the file as submitted: {}",
         shown["yaml"]
     );
@@ -104,7 +115,11 @@ fn a_hundred_thousand_step_run_is_shown_watched_and_exported() {
     // Shown: the card carries a bounded history with the peak and the last point.
     let card = json_slow(&coordinator, &["runs", "show", &run_id]);
     let history = &card["metric_history"][0];
-    assert_eq!(history["total_points"], 100_000, "{}", history["total_points"]);
+    assert_eq!(
+        history["total_points"], 100_000,
+        "{}",
+        history["total_points"]
+    );
     assert_eq!(history["downsampled"], true);
     let points = history["points"].as_array().expect("points");
     for metric in ["loss", "acc", "lr"] {
@@ -117,7 +132,11 @@ fn a_hundred_thousand_step_run_is_shown_watched_and_exported() {
             "{metric}: {} points on the card",
             series.len()
         );
-        assert_eq!(series.last().unwrap()["step"], 100_000, "{metric}: last step kept");
+        assert_eq!(
+            series.last().unwrap()["step"],
+            100_000,
+            "{metric}: last step kept"
+        );
     }
     let peak = points
         .iter()
@@ -138,7 +157,15 @@ fn a_hundred_thousand_step_run_is_shown_watched_and_exported() {
     assert!(messages.iter().any(|m| m["downsampled"] == true));
 
     // Exported: every point, page by page.
-    let args = ["runs", "metrics", &run_id, "--format", "csv", "--coordinator", &url];
+    let args = [
+        "runs",
+        "metrics",
+        &run_id,
+        "--format",
+        "csv",
+        "--coordinator",
+        &url,
+    ];
     let output = ladder_with_timeout(&args, SLOW);
     assert!(output.status.success(), "{}", describe(&args, &output));
     let csv = String::from_utf8_lossy(&output.stdout);
@@ -229,7 +256,9 @@ fn a_full_disk_stops_the_coordinator_with_a_clear_message_and_it_resumes_once_sp
         write_file(
             tmp.path(),
             &format!("{name}.yaml"),
-            &format!("name: {name}\nmethod: grid\nparameters:\n  x: {{value: 1}}\ncommand: [\"true\"]\n"),
+            &format!(
+                "name: {name}\nmethod: grid\nparameters:\n  x: {{value: 1}}\ncommand: [\"true\"]\n"
+            ),
         )
     };
     let before = coordinator.submit(&sweep("before"));
@@ -239,7 +268,13 @@ fn a_full_disk_stops_the_coordinator_with_a_clear_message_and_it_resumes_once_sp
     let mut refused = 0;
     for i in 0..50 {
         let file = sweep(&format!("full{i}"));
-        let args = ["sweep", "submit", file.to_str().unwrap(), "--coordinator", &url];
+        let args = [
+            "sweep",
+            "submit",
+            file.to_str().unwrap(),
+            "--coordinator",
+            &url,
+        ];
         let output = ladder_with_timeout(&args, SLOW);
         if !output.status.success() {
             refused += 1;
@@ -249,7 +284,8 @@ fn a_full_disk_stops_the_coordinator_with_a_clear_message_and_it_resumes_once_sp
     assert!(refused > 0, "some submission on a full disk was refused");
     let status = coordinator.wait_exit(Duration::from_secs(120));
     let log = coordinator.log_text();
-    let status = status.unwrap_or_else(|| panic!("the coordinator still runs on a full disk; log:\n{log}"));
+    let status =
+        status.unwrap_or_else(|| panic!("the coordinator still runs on a full disk; log:\n{log}"));
     assert!(!status.success(), "exit status {status:?}");
     assert!(
         log.contains("No space left on device") && log.contains("start it again"),
@@ -269,5 +305,8 @@ fn a_full_disk_stops_the_coordinator_with_a_clear_message_and_it_resumes_once_sp
         .iter()
         .filter_map(|s| s["id"].as_str())
         .collect();
-    assert!(ids.contains(&before.as_str()) && ids.contains(&after.as_str()), "{listed}");
+    assert!(
+        ids.contains(&before.as_str()) && ids.contains(&after.as_str()),
+        "{listed}"
+    );
 }

@@ -285,7 +285,8 @@ pub async fn run(
     let opened = Instant::now();
     let embedded = Embedded::start(&data, &[]).await?;
     let open_seconds = opened.elapsed().as_secs_f64();
-    let mut service = RunServiceClient::new(client::channel(&embedded.url).await?).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let mut service = RunServiceClient::new(client::channel(&embedded.url).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
 
     let mut leaderboard = Vec::with_capacity(calls);
     let mut top = None;
