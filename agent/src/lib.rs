@@ -6,6 +6,8 @@
 //! - [`runner`] executes each assigned attempt as subprocesses (one, or one per GPU
 //!   rank as [`launch`] decides) and reports what they do.
 //! - [`gpus`] discovers the node's GPUs (`--gpus auto|none|0,1|fake:N`).
+//! - [`contain`] keeps every process a run starts (setsid and daemons included) inside
+//!   the run, in a cgroup or as a child subreaper, and kills them all when it ends.
 //! - [`identity`] keeps the secret the agent's name is bound to, issued by the
 //!   coordinator when the name enrolled and presented on every registration.
 //!
@@ -15,6 +17,7 @@
 //! coordinator re-adopts them, and resends everything unacknowledged. An attempt whose
 //! lease the coordinator rejects is killed and forgotten.
 
+pub mod contain;
 pub mod gpus;
 pub mod identity;
 pub mod launch;
@@ -88,6 +91,8 @@ pub struct AgentConfig {
     /// PEM of the CA that signed the coordinator's certificate; TLS is used when this is
     /// set or the URL is `https://` (then with the system's roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// Tracks every process of each run (see [`contain`]); None: process groups only.
+    pub containment: Option<Arc<contain::Containment>>,
 }
 
 /// Time a drain keeps after its runs are SIGKILLed to report them and get the
@@ -123,6 +128,7 @@ impl AgentConfig {
             max_backoff: Duration::from_secs(10),
             token: None,
             ca_pem: None,
+            containment: None,
         }
     }
 }
@@ -683,6 +689,7 @@ impl Agent {
             stop_grace: self.config.stop_grace,
             release_grace: self.config.release_grace(),
             log_file_max_bytes: self.config.log_file_max_bytes,
+            containment: self.config.containment.clone(),
         };
         info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
         let lease_run_id = lease.run_id.clone();

@@ -76,6 +76,8 @@ pub struct Execution {
     /// The attempt's log file is rotated past this size: `attempt-N.log` becomes
     /// `attempt-N.log.1` (replacing an older one), so it never takes more than twice this.
     pub log_file_max_bytes: u64,
+    /// Tracks every process of the attempt (None: its process groups only).
+    pub containment: Option<std::sync::Arc<crate::contain::Containment>>,
 }
 
 #[derive(Debug)]
@@ -648,13 +650,28 @@ pub async fn execute(
         execution.ranks.clone()
     };
     let rank_count = rank_envs.len();
+    let scope = match execution
+        .containment
+        .as_ref()
+        .map(|c| c.attempt(&execution.run_id, execution.attempt))
+        .transpose()
+    {
+        Ok(scope) => scope,
+        Err(error) => {
+            emit(finish_failed(format!(
+                "cannot set up the run's process tracking: {error}"
+            )));
+            return;
+        }
+    };
+    let procs_fd = scope.as_ref().and_then(crate::contain::Scope::procs_fd);
     // At most this many lines wait between the pipes and the buffer (4 MiB at most).
     let (line_tx, mut line_rx) = mpsc::channel::<RankLine>(64);
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(usize, std::io::Result<ExitStatus>)>();
     // Process (and process group) id of each rank.
     let mut pids: Vec<u32> = Vec::with_capacity(rank_count);
     for (rank, rank_env) in rank_envs.iter().enumerate() {
-        let mut child = match spawn(&execution, rank_env) {
+        let mut child = match spawn(&execution, rank_env, procs_fd) {
             Ok(child) => child,
             Err(error) => {
                 for &pid in &pids {
@@ -671,7 +688,8 @@ pub async fn execute(
                 return;
             }
         };
-        pids.push(child.id().unwrap_or(0));
+        let child_pid = child.id().unwrap_or(0);
+        pids.push(child_pid);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(read_lines(stdout, rank, false, line_tx.clone()));
         }
@@ -681,6 +699,7 @@ pub async fn execute(
         let exit_tx = exit_tx.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            crate::contain::rank_reaped(child_pid);
             let _ = exit_tx.send((rank, status));
         });
     }
@@ -805,6 +824,16 @@ pub async fn execute(
     for &pid in &pids {
         signal_group(pid, libc::SIGKILL);
     }
+    // And so does every process that left the groups (setsid, daemons), before the
+    // slot is free again.
+    if let Some(scope) = &scope {
+        let left = scope.kill_all(&pids).await;
+        if left > 0 {
+            output.note(format!(
+                "killed {left} process(es) the run left behind when it ended"
+            ));
+        }
+    }
     if let Some(file) = output.log_file.as_mut() {
         if let Err(error) = file.flush().await {
             let text = format!(
@@ -854,6 +883,7 @@ fn apply_late_request(request: Control, stop_requested: &mut bool, release_reque
 fn spawn(
     execution: &Execution,
     rank_env: &BTreeMap<String, String>,
+    cgroup_procs: Option<std::os::fd::RawFd>,
 ) -> std::io::Result<tokio::process::Child> {
     let mut command = Command::new(&execution.argv[0]);
     command
@@ -865,16 +895,27 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl(2) is async-signal-safe; it only sets a flag of the child process.
+    // SAFETY: prctl(2) and write(2) are async-signal-safe; the first only sets a flag of
+    // the child process, the second moves it into the attempt's cgroup (the descriptor
+    // stays open in the agent until the attempt ends).
     // The run dies with the agent (SIGKILL when the spawning thread's process goes away),
     // so a killed agent leaves no orphan that could finish a run a second time.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = cgroup_procs {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
-    command.spawn()
+    crate::contain::spawn_rank(|| {
+        let child = command.spawn()?;
+        let pid = child.id();
+        Ok((child, pid))
+    })
 }
 
 /// How an exit status reads in a finished run's reason: "exit code 1".

@@ -69,11 +69,15 @@ impl Embedded {
         }));
         let mut stops = Vec::new();
         let mut handles = Vec::new();
+        let containment =
+            ladder_agent::contain::Containment::set_up(ladder_agent::contain::Isolation::Auto)
+                .map_err(|message| anyhow::anyhow!(message))?;
         for (number, (name, slots)) in agents.iter().enumerate() {
             let mut config =
                 AgentConfig::new(url.clone(), name.clone(), data.join("work").join(name));
             config.slots = *slots;
             config.token = Some(token.clone());
+            config.containment = Some(containment.clone());
             if number == 0 {
                 config.gpus = gpus.to_vec();
             }

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use ladder_agent::contain::{Containment, Isolation};
 use ladder_agent::gpus::{self, GpuSelection};
 use ladder_agent::{Agent, AgentConfig};
 use ladder_coordinator::{local_token, Coordinator, CoordinatorConfig, LeaseConfig};
@@ -171,6 +172,12 @@ struct AgentArgs {
     /// without connecting: the check of a GPU node.
     #[arg(long)]
     dry_run: bool,
+    /// How the agent keeps track of every process a run starts, so that none outlives
+    /// it (a child started with setsid, a daemon): auto (a cgroup v2 per run where the
+    /// agent's cgroup is writable, else a child subreaper), cgroup (refuse to start
+    /// without one) or subreaper.
+    #[arg(long, default_value = "auto")]
+    isolation: String,
 }
 
 #[derive(Subcommand)]
@@ -580,6 +587,11 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
         print!("{}", describe_agent(&config));
         return Ok(());
     }
+    let isolation =
+        Isolation::parse(&args.isolation).map_err(|e| anyhow::anyhow!("--isolation: {e}"))?;
+    let containment = Containment::set_up(isolation).map_err(|message| anyhow::anyhow!(message))?;
+    tracing::info!(isolation = %containment.describe(), "run processes are tracked");
+    config.containment = Some(containment);
     match Agent::new(config).run(shutdown_signal()).await {
         // Exit code 3: retrying cannot help until an admin forgets the name, so service
         // managers are told not to restart (RestartPreventExitStatus=3).
