@@ -322,7 +322,9 @@ struct OutputBuffer {
     max_batch_bytes: usize,
     /// Reasons for skipped entries already noted in the log.
     noted_skips: std::collections::HashSet<String>,
+    /// Log lines forwarded to the coordinator, and their bytes of text.
     forwarded: u64,
+    forwarded_bytes: u64,
     cap_reported: bool,
     log_file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     log_path: PathBuf,
@@ -351,6 +353,7 @@ impl OutputBuffer {
             max_batch_bytes: limits::MAX_OUTPUT_BATCH_BYTES,
             noted_skips: Default::default(),
             forwarded: 0,
+            forwarded_bytes: 0,
             cap_reported: false,
             log_file,
             log_path,
@@ -562,8 +565,11 @@ impl OutputBuffer {
                 None => {}
             }
         }
-        if self.forwarded < limits::MAX_ATTEMPT_LOG_LINES {
+        if self.forwarded < limits::MAX_ATTEMPT_LOG_LINES
+            && self.forwarded_bytes + text.len() as u64 <= limits::MAX_ATTEMPT_LOG_BYTES
+        {
             self.forwarded += 1;
+            self.forwarded_bytes += text.len() as u64;
             self.push_log(pb::LogLine {
                 time_ms,
                 stream: stream.into(),
@@ -572,8 +578,9 @@ impl OutputBuffer {
         } else if !self.cap_reported {
             self.cap_reported = true;
             self.note(format!(
-                "log cap of {} lines reached; the rest is only in {}",
+                "log cap of {} lines or {} bytes reached; the rest is only in {}",
                 limits::MAX_ATTEMPT_LOG_LINES,
+                limits::MAX_ATTEMPT_LOG_BYTES,
                 self.log_path.display()
             ));
         }

@@ -567,6 +567,20 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
         &["ATTEMPT", "AGENT", "GPUS", "OUTCOME", "EXIT", "REASON"],
         &attempts,
     );
+    for a in &run.attempts {
+        if a.log_capped {
+            println!(
+                "attempt {}: log capped at {} bytes stored; the rest is in the agent's log file",
+                a.number, a.log_bytes
+            );
+        }
+        if a.points_capped {
+            println!(
+                "attempt {}: metric points capped at {}; later points were dropped",
+                a.number, a.metric_points
+            );
+        }
+    }
     for history in &detail.metrics {
         if history.points.is_empty() {
             continue;

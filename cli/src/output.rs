@@ -195,6 +195,10 @@ pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
                         "started_ms": a.started_ms,
                         "ended_ms": ms_or_null(a.ended_ms),
                         "gpus": a.gpus,
+                        "log_bytes": a.log_bytes,
+                        "metric_points": a.metric_points,
+                        "log_capped": a.log_capped,
+                        "points_capped": a.points_capped,
                     })
                 })
                 .collect(),

@@ -126,6 +126,10 @@ fn attempt_to_pb(attempt: &AttemptRecord) -> pb::Attempt {
         started_ms: attempt.started_ms,
         ended_ms: attempt.ended_ms.unwrap_or(0),
         gpus: attempt.gpus.clone(),
+        log_bytes: attempt.log_bytes,
+        metric_points: attempt.metric_points,
+        log_capped: attempt.log_capped,
+        points_capped: attempt.points_capped,
     }
 }
 

@@ -94,6 +94,14 @@ pub struct AttemptRecord {
     pub acked_seq: u64,
     pub log_lines: u64,
     pub metric_points: u64,
+    /// Bytes of log text stored, against [`ladder_shared::limits::MAX_ATTEMPT_LOG_BYTES`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_bytes: u64,
+    /// Lines or points were dropped: the attempt reached its budget of either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_capped: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub points_capped: bool,
     /// Why the coordinator asked the agent to stop this attempt (early termination),
     /// once it did.
     #[serde(default)]
@@ -256,6 +264,50 @@ pub struct RunNote {
     /// read, see [`RunRecord::number_notes`]).
     #[serde(default)]
     pub id: u64,
+}
+
+impl AttemptRecord {
+    /// Keeps one batch of output within the attempt's budgets (`log_budget` bytes of log
+    /// text, `point_budget` metric points, counted over what is already stored):
+    /// lines and points past them are removed and the attempt is marked capped. Returns
+    /// a note for each budget this batch reached, to be logged with the run.
+    pub fn admit_output(
+        &mut self,
+        metrics: &mut Vec<StoredPoint>,
+        logs: &mut Vec<StoredLogLine>,
+        log_budget: u64,
+        point_budget: u64,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        let room = point_budget.saturating_sub(self.metric_points);
+        if metrics.len() as u64 > room {
+            metrics.truncate(room as usize);
+            if !self.points_capped {
+                self.points_capped = true;
+                notes.push(format!(
+                    "this attempt reached its budget of {point_budget} metric points; later points are dropped"
+                ));
+            }
+        }
+        let mut used = self.log_bytes;
+        let kept = logs
+            .iter()
+            .take_while(|line| {
+                used += line.text.len() as u64;
+                used <= log_budget
+            })
+            .count();
+        if kept < logs.len() {
+            logs.truncate(kept);
+            if !self.log_capped {
+                self.log_capped = true;
+                notes.push(format!(
+                    "this attempt reached its budget of {log_budget} bytes of log; later lines are dropped (the agent's log file keeps them)"
+                ));
+            }
+        }
+        notes
+    }
 }
 
 impl RunRecord {
@@ -453,24 +505,9 @@ mod tests {
         let yaml = "name: s\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n";
         let spec = ladder_shared::spec::parse_sweep("s.yaml", yaml).unwrap();
         let mut run = RunRecord {
-            id: "s-000000".into(),
-            sweep_id: "s".into(),
             project: spec.project.clone(),
-            index: 0,
-            params: Default::default(),
-            argv: Vec::new(),
             status: RunStatus::Running,
-            attempts: Vec::new(),
-            last_metrics: BTreeMap::new(),
-            last_step: None,
-            created_ms: 0,
-            ended_ms: None,
-            tags: Default::default(),
-            notes: Vec::new(),
-            summaries: BTreeMap::new(),
-            info: BTreeMap::new(),
-            metrics_dropped: 0,
-            next_note_id: 0,
+            ..empty_run()
         };
         let batch = |entries: &[(&str, &str)]| -> BTreeMap<String, String> {
             entries
@@ -526,6 +563,67 @@ mod tests {
             metrics_dropped: 0,
             next_note_id: 0,
         }
+    }
+
+    #[test]
+    fn output_past_an_attempt_s_budgets_is_dropped_and_marked_once() {
+        let mut attempt = AttemptRecord {
+            number: 1,
+            epoch: 1,
+            agent: "a".into(),
+            gpus: Vec::new(),
+            outcome: AttemptOutcome::Running,
+            exit_code: None,
+            signal: None,
+            reason: String::new(),
+            started_ms: 0,
+            ended_ms: None,
+            acked_seq: 0,
+            log_lines: 0,
+            metric_points: 0,
+            log_bytes: 0,
+            log_capped: false,
+            points_capped: false,
+            stop_reason: None,
+        };
+        let line = |text: &str| StoredLogLine {
+            time_ms: 0,
+            stream: "stdout".into(),
+            text: text.into(),
+        };
+        let point = |step: i64| StoredPoint {
+            step: Some(step),
+            values: BTreeMap::from([("loss".to_string(), 1.0)]),
+            time_ms: 0,
+        };
+        // Within both budgets nothing changes; the caller counts what was stored.
+        let mut logs = vec![line("0123456789"), line("abcde")];
+        let mut points = vec![point(1), point(2)];
+        assert!(attempt
+            .admit_output(&mut points, &mut logs, 20, 3)
+            .is_empty());
+        assert_eq!((logs.len(), points.len()), (2, 2));
+        attempt.log_bytes += 15;
+        attempt.metric_points += 2;
+        // The batch that crosses them keeps what fits, drops the rest and says so.
+        let mut logs = vec![line("12345"), line("x")];
+        let mut points = vec![point(3), point(4), point(5)];
+        let notes = attempt.admit_output(&mut points, &mut logs, 20, 3);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("3 metric points"), "{notes:?}");
+        assert!(notes[1].contains("20 bytes of log"), "{notes:?}");
+        assert_eq!(logs, vec![line("12345")]);
+        assert_eq!(points, vec![point(3)]);
+        assert!(attempt.log_capped && attempt.points_capped);
+        attempt.log_bytes += 5;
+        attempt.metric_points += 1;
+        // Later batches are dropped whole, without a second note.
+        let mut logs = vec![line("y")];
+        let mut points = vec![point(6)];
+        assert!(attempt
+            .admit_output(&mut points, &mut logs, 20, 3)
+            .is_empty());
+        assert!(logs.is_empty() && points.is_empty());
     }
 
     fn note(text: &str, author: &str, admin: bool) -> RunUpdate {

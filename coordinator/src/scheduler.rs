@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ladder_shared::early_stop::{Decision, EarlyStopper};
+use ladder_shared::limits::{MAX_ATTEMPT_LOG_BYTES, MAX_ATTEMPT_METRIC_POINTS};
 use ladder_shared::search::{self, Observation};
 use ladder_shared::spec::SweepSpec;
 use ladder_shared::types::{RunStatus, SweepStatus};
@@ -1033,6 +1034,9 @@ impl Scheduler {
             acked_seq: 0,
             log_lines: 0,
             metric_points: 0,
+            log_bytes: 0,
+            log_capped: false,
+            points_capped: false,
             stop_reason: None,
         });
         run.status = RunStatus::Running;
@@ -1403,6 +1407,21 @@ impl Scheduler {
                         ),
                     });
                 }
+                let attempt = run.current_attempt_mut().expect("attempt");
+                let notes = attempt.admit_output(
+                    &mut metrics,
+                    &mut logs,
+                    MAX_ATTEMPT_LOG_BYTES,
+                    MAX_ATTEMPT_METRIC_POINTS,
+                );
+                for note in notes {
+                    warn!(run_id = %lease.run_id, attempt = attempt.number, "{note}");
+                    logs.push(StoredLogLine {
+                        time_ms: now_ms(),
+                        stream: "stderr".into(),
+                        text: format!("[ladder] {note}"),
+                    });
+                }
                 // Stored before anything is counted: an event whose output could not be
                 // stored is neither acknowledged nor taken as seen when it is resent.
                 self.store
@@ -1410,6 +1429,7 @@ impl Scheduler {
                 let attempt = run.current_attempt_mut().expect("attempt");
                 let first_point = attempt.metric_points;
                 attempt.log_lines += logs.len() as u64;
+                attempt.log_bytes += logs.iter().map(|l| l.text.len() as u64).sum::<u64>();
                 attempt.metric_points += metrics.len() as u64;
                 let already_stopping = attempt.stop_reason.is_some();
                 let verdict = match self.sweeps.get_mut(&run.sweep_id) {

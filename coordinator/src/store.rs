@@ -1173,6 +1173,9 @@ mod tests {
                 acked_seq: 1,
                 log_lines: 0,
                 metric_points: 3,
+                log_bytes: 0,
+                log_capped: false,
+                points_capped: false,
                 stop_reason: None,
             }],
             last_metrics: [("m".to_string(), 9.0), ("n".to_string(), 7.0)]

@@ -92,6 +92,17 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// attempt's log file on the agent and the cut is noted in the log.
 pub const MAX_ATTEMPT_LOG_LINES: u64 = 1_000_000;
 
+/// Bytes of log text of one attempt the coordinator stores (each line's text; a line
+/// is cut at [`MAX_LINE_BYTES`]). Past it, further lines are dropped, the attempt is
+/// marked `log_capped` on the run's card and the cut is noted in its log; the whole
+/// output stays in the attempt's log file on the agent. The agent stops forwarding there.
+pub const MAX_ATTEMPT_LOG_BYTES: u64 = 256 << 20;
+
+/// Metric points of one attempt the coordinator stores (a point is one step's values).
+/// Past it, further points are dropped, the attempt is marked `points_capped` and the
+/// cut is noted in its log.
+pub const MAX_ATTEMPT_METRIC_POINTS: u64 = 5_000_000;
+
 /// Distinct metric names of one run; points naming further metrics keep only the
 /// metrics already known, and the drop is noted in the run's log.
 pub const MAX_METRICS_PER_RUN: usize = 1_000;
