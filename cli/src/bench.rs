@@ -58,6 +58,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Metric points per second stored durably: runs on in-process agents print
+    /// `@ladder` points as fast as they can, streamed over gRPC and acknowledged only
+    /// once fsynced. Needs python3.
+    Ingest {
+        #[arg(long, default_value_t = 8)]
+        runs: u64,
+        /// Points each run prints (one metric value and a step each).
+        #[arg(long, default_value_t = 200_000)]
+        points: u64,
+        #[arg(long, default_value_t = 2)]
+        agents: u32,
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Training throughput of the built-in trainer (tokens per second, full fine-tuning
     /// with AdamW, forward + backward + update) on a fresh LLaMA model.
     Train {
@@ -127,6 +143,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             trials,
             json,
         } => search(seeds, trials, json),
+        BenchCommand::Ingest {
+            runs,
+            points,
+            agents,
+            slots,
+            json,
+        } => ingest(runs, points, agents, slots, json).await,
         BenchCommand::Soak {
             sweeps,
             steps,
@@ -396,6 +419,116 @@ fn sig(x: f64) -> String {
     }
 }
 
+/// Starts an embedded coordinator with `agents` agents of `slots` slots in a fresh
+/// directory and waits until every agent is connected.
+async fn bench_cluster(agents: u32, slots: u32) -> anyhow::Result<(std::path::PathBuf, Embedded)> {
+    let dir = fresh_dir("ladder-bench")?;
+    let names: Vec<(String, u32)> = (0..agents)
+        .map(|i| (format!("bench-agent-{i}"), slots))
+        .collect();
+    let embedded = Embedded::start(&dir.join("data"), &names).await?;
+    let started = Instant::now();
+    loop {
+        let channel = client::channel(&embedded.url).await?;
+        let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel)
+            .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
+            .list_agents(ladder_proto::v1::ListAgentsRequest::default())
+            .await?
+            .into_inner()
+            .agents;
+        if listed.iter().filter(|a| a.connected).count() == agents as usize {
+            return Ok((dir, embedded));
+        }
+        anyhow::ensure!(
+            started.elapsed().as_secs() < 30,
+            "agents did not register within 30s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The program of `bench ingest`: POINTS `@ladder` lines as fast as Python writes them.
+const INGEST_PROGRAM: &str = r#"
+import sys
+points = int(sys.argv[1])
+out = sys.stdout
+for step in range(points):
+    out.write('@ladder {"step": %d, "loss": %.6f}\n' % (step, 1.0 / (step + 1)))
+out.flush()
+"#;
+
+async fn ingest(
+    runs: u64,
+    points: u64,
+    agents: u32,
+    slots: u32,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        runs >= 1 && points >= 1 && agents >= 1 && slots >= 1,
+        "--runs, --points, --agents and --slots must be at least 1"
+    );
+    let (dir, embedded) = bench_cluster(agents, slots).await?;
+    let program = dir.join("emit.py");
+    std::fs::write(&program, INGEST_PROGRAM)?;
+    let sweep_file = dir.join("ingest.yaml");
+    std::fs::write(
+        &sweep_file,
+        format!(
+            "name: bench-ingest\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [python3, {:?}, \"{points}\"]\n",
+            agents * slots,
+            program.display().to_string()
+        ),
+    )?;
+    let start = Instant::now();
+    let sweep = client::submit(&embedded.url, &sweep_file).await?;
+    let finished = client::watch(&embedded.url, &sweep.id, true).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let counts = finished.counts.unwrap_or_default();
+    // Every point of every run must be stored for the figure to count.
+    let channel = client::channel(&embedded.url).await?;
+    let mut runs_client = ladder_proto::v1::run_service_client::RunServiceClient::new(channel)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let listed = runs_client
+        .list_runs(ladder_proto::v1::ListRunsRequest {
+            sweep_id: sweep.id.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .runs;
+    let stored: u64 = listed
+        .iter()
+        .flat_map(|run| &run.attempts)
+        .map(|attempt| attempt.metric_points)
+        .sum();
+    embedded.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let reasons: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .flat_map(|run| &run.attempts)
+        .map(|attempt| attempt.reason.as_str())
+        .collect();
+    anyhow::ensure!(
+        counts.completed == runs && stored == runs * points,
+        "not every point was stored: {} of {runs} runs completed, {stored} of {} points stored (attempts ended with: {reasons:?})",
+        counts.completed,
+        runs * points
+    );
+    let rate = stored as f64 / elapsed;
+    if json_output {
+        println!(
+            "{}",
+            json!({"runs": runs, "points_per_run": points, "agents": agents, "slots": slots, "points": stored, "seconds": elapsed, "points_per_second": rate})
+        );
+    } else {
+        println!(
+            "ingest: {runs} runs x {points} points on {agents} agents x {slots} slots: {stored} points stored durably in {elapsed:.2}s = {rate:.0} points/s (process start and exit included)"
+        );
+    }
+    Ok(())
+}
+
 async fn dispatch(
     runs: u64,
     agents: u32,
@@ -407,7 +540,7 @@ async fn dispatch(
         runs >= 1 && agents >= 1 && slots >= 1,
         "--runs, --agents and --slots must be at least 1"
     );
-    let dir = fresh_dir("ladder-bench")?;
+    let (dir, embedded) = bench_cluster(agents, slots).await?;
     let sweep_file = dir.join("bench.yaml");
     std::fs::write(
         &sweep_file,
@@ -416,29 +549,6 @@ async fn dispatch(
             agents * slots
         ),
     )?;
-    let names: Vec<(String, u32)> = (0..agents)
-        .map(|i| (format!("bench-agent-{i}"), slots))
-        .collect();
-    let embedded = Embedded::start(&dir.join("data"), &names).await?;
-    // Let every agent register before the clock starts.
-    let started = Instant::now();
-    loop {
-        let channel = client::channel(&embedded.url).await?;
-        let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel)
-            .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
-            .list_agents(ladder_proto::v1::ListAgentsRequest::default())
-            .await?
-            .into_inner()
-            .agents;
-        if listed.iter().filter(|a| a.connected).count() == agents as usize {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed().as_secs() < 30,
-            "agents did not register within 30s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
     let start = Instant::now();
     let sweep = client::submit(&embedded.url, &sweep_file).await?;
     let finished = client::watch(&embedded.url, &sweep.id, true).await?;
