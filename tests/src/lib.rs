@@ -26,6 +26,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -427,6 +428,8 @@ pub struct Coordinator {
     addr: SocketAddr,
     /// Every log file this coordinator wrote, one per start.
     logs: Vec<PathBuf>,
+    /// Soft and hard RLIMIT_NOFILE the process starts with, when set.
+    nofile: Option<u64>,
 }
 
 impl Coordinator {
@@ -434,12 +437,22 @@ impl Coordinator {
     /// waits for its listening line. Its stderr goes to `DATA_DIR.coordinator-N.log`
     /// (next to the data directory, so inside the test's temporary directory).
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> Coordinator {
+        Coordinator::start_with_nofile(data_dir, extra_args, None)
+    }
+
+    /// Like [`Coordinator::start`], the process limited to `nofile` open descriptors.
+    pub fn start_with_nofile(
+        data_dir: &Path,
+        extra_args: &[&str],
+        nofile: Option<u64>,
+    ) -> Coordinator {
         let mut coordinator = Coordinator {
             proc: None,
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             addr: "127.0.0.1:0".parse().expect("address"),
             logs: Vec::new(),
+            nofile,
         };
         let (proc, addr) = coordinator
             .spawn("127.0.0.1:0")
@@ -456,7 +469,23 @@ impl Coordinator {
             self.logs.len() + 1
         ));
         self.logs.push(log.clone());
-        let mut child = ladder_command()
+        let mut command = ladder_command();
+        if let Some(nofile) = self.nofile {
+            // SAFETY: setrlimit(2) is async-signal-safe and changes only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("coordinator")
             .args(["--listen", listen, "--data"])
             .arg(&self.data_dir)

@@ -615,3 +615,74 @@ fn without_auth_a_second_agent_cannot_take_a_live_agent_s_name() {
     coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
     drop(real);
 }
+
+/// Idle sockets opened before any TLS or token (a slowloris) neither exhaust the
+/// coordinator's descriptors nor lock clients out: with 300 descriptors it keeps 44
+/// connections open, closes each silent one 10 s after accepting it, and serves a client
+/// queued behind 120 of them; it never runs out of descriptors, so it never spins on
+/// EMFILE.
+#[test]
+fn idle_connections_neither_exhaust_descriptors_nor_lock_clients_out() {
+    use std::io::Read;
+    let tmp = TestDir::new();
+    let coordinator = Coordinator::start_with_nofile(&tmp.path().join("data"), &[], Some(300));
+    let idle: Vec<std::net::TcpStream> = (0..120)
+        .map(|i| {
+            std::net::TcpStream::connect(coordinator.addr())
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    let started = Instant::now();
+    let output = ladder_e2e::ladder_with_timeout(
+        &["sweep", "ls", "--coordinator", &coordinator.url()],
+        Duration::from_secs(180),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        describe(&["sweep", "ls"], &output)
+    );
+    eprintln!(
+        "a client behind 120 idle connections was served after {:?}",
+        started.elapsed()
+    );
+    // Every idle connection is closed by the coordinator (end of stream or reset), none
+    // left open for ever.
+    for (i, mut stream) in idle.into_iter().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(180)))
+            .expect("read timeout");
+        // The server may say something first (HTTP/2 settings, a GOAWAY): read to the end.
+        let mut received = Vec::new();
+        if let Err(e) = stream.read_to_end(&mut received) {
+            assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "idle connection {i} was still open after 180 s"
+            );
+        }
+        assert!(
+            received.len() < 4096,
+            "idle connection {i} received {} bytes",
+            received.len()
+        );
+    }
+    let log = coordinator.log_text();
+    assert!(
+        log.contains("max_connections=44"),
+        "the connection budget does not follow the descriptor limit:\n{log}"
+    );
+    assert!(
+        !log.contains("out of file descriptors"),
+        "the coordinator ran out of descriptors:\n{log}"
+    );
+    // Still serving.
+    let output = coordinator.ladder(&["sweep", "ls"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        describe(&["sweep", "ls"], &output)
+    );
+}
