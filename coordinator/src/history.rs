@@ -735,6 +735,7 @@ impl Queries {
         &self,
         run_id: &str,
         seen: &mut WatchState,
+        card: bool,
     ) -> Result<(RunStatus, Option<pb::WatchRunResponse>), CoordinatorError> {
         let run = self
             .store
@@ -756,7 +757,7 @@ impl Queries {
         let mut downsampled = false;
         seen.behind = false;
         let points = if attempt.metric_points > seen.points {
-            if seen.after.is_none() {
+            if seen.after.is_none() && card {
                 // What was stored before the watch: the card's bounded view of it.
                 let all = self.store.metrics_after(
                     &run.id,
@@ -848,8 +849,150 @@ impl std::fmt::Debug for WatchState {
 
 type Sender<T> = mpsc::Sender<Result<T, tonic::Status>>;
 
-/// Feeds a `WatchRun` stream: a delta now, then one after every change of the run's
-/// sweep (the scheduler broadcasts sweep ids after each commit), until the run ends.
+/// What one run's feed publishes after a change: the points and log lines of the
+/// current attempt that were stored since its previous delta, and the run's status.
+/// Read once per change for every watcher of the run.
+#[derive(Debug)]
+pub(crate) struct FeedDelta {
+    attempt: u32,
+    /// The key of the last point before this delta's first (None: the attempt's start)
+    /// and of its last point; the points in between, in order.
+    from: Option<PointKey>,
+    to: Option<PointKey>,
+    points: Vec<pb::MetricPoint>,
+    /// The attempt's log line count after this delta; `lines` are its last lines.
+    lines_to: u64,
+    lines: Vec<pb::LogLine>,
+    status: RunStatus,
+}
+
+/// The feeds of watched runs: one reader per run, however many watch it.
+pub(crate) type Feeds = std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<FeedDelta>>>>;
+
+/// Deltas a feed keeps for slow watchers; one that falls further behind reads what it
+/// missed from the store itself.
+const FEED_CAPACITY: usize = 64;
+
+/// A receiver of `run_id`'s feed, starting the feed's reader if the run has none.
+fn subscribe(
+    shared: &Arc<Shared>,
+    run_id: &str,
+    sweep_id: &str,
+) -> broadcast::Receiver<Arc<FeedDelta>> {
+    let mut feeds = shared.feeds.lock().expect("feeds");
+    if let Some(sender) = feeds.get(run_id) {
+        return sender.subscribe();
+    }
+    let (sender, receiver) = broadcast::channel(FEED_CAPACITY);
+    feeds.insert(run_id.to_string(), sender.clone());
+    drop(feeds);
+    tokio::spawn(run_feed(
+        shared.clone(),
+        run_id.to_string(),
+        sweep_id.to_string(),
+        sender,
+    ));
+    receiver
+}
+
+/// Waits for a change of `sweep_id` (or 2 s). False when the coordinator stops.
+async fn sweep_changed(changes: &mut broadcast::Receiver<String>, sweep_id: &str) -> bool {
+    let wait = async {
+        loop {
+            match changes.recv().await {
+                Ok(changed) if changed == sweep_id => return true,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            }
+        }
+    };
+    !matches!(
+        tokio::time::timeout(Duration::from_secs(2), wait).await,
+        Ok(false)
+    )
+}
+
+/// The reader of one run's feed: after every change of the run's sweep it reads what
+/// the run stored since its previous delta and publishes it, until the run ends or no
+/// one watches it any more.
+async fn run_feed(
+    shared: Arc<Shared>,
+    run_id: String,
+    sweep_id: String,
+    sender: broadcast::Sender<Arc<FeedDelta>>,
+) {
+    let mut changes = shared.changes.subscribe();
+    // The feed starts at what is stored now: watchers read what came before themselves.
+    let id = run_id.clone();
+    let mut seen = shared
+        .read(move |q| {
+            let mut state = WatchState::default();
+            q.watch_skip(&id, &mut state)?;
+            Ok(state)
+        })
+        .await
+        .unwrap_or_default();
+    loop {
+        if !seen.behind && !sweep_changed(&mut changes, &sweep_id).await {
+            break;
+        }
+        let id = run_id.clone();
+        let mut state = std::mem::take(&mut seen);
+        let before = (state.attempt, state.after);
+        let result = shared
+            .read(move |q| {
+                let delta = q.run_delta(&id, &mut state, false)?;
+                Ok((delta, state))
+            })
+            .await;
+        let Ok(((status, message), state)) = result else {
+            break;
+        };
+        seen = state;
+        if let Some(message) = message {
+            let from = if before.0 == message.attempt {
+                before.1
+            } else {
+                None
+            };
+            let delta = FeedDelta {
+                attempt: message.attempt,
+                from,
+                to: seen.after,
+                points: message.points,
+                lines_to: seen.lines,
+                lines: message.lines,
+                status,
+            };
+            if sender.send(Arc::new(delta)).is_err() && !seen.behind {
+                // No one listens: stop, unless someone subscribed meanwhile.
+                let mut feeds = shared.feeds.lock().expect("feeds");
+                if sender.receiver_count() == 0 {
+                    feeds.remove(&run_id);
+                    return;
+                }
+            }
+        } else if sender.receiver_count() == 0 {
+            let mut feeds = shared.feeds.lock().expect("feeds");
+            if sender.receiver_count() == 0 {
+                feeds.remove(&run_id);
+                return;
+            }
+        }
+        if status.is_terminal() {
+            break;
+        }
+    }
+    let mut feeds = shared.feeds.lock().expect("feeds");
+    if feeds.get(&run_id).is_some_and(|s| s.same_channel(&sender)) {
+        feeds.remove(&run_id);
+    }
+}
+
+/// Feeds a `WatchRun` stream: the run's card view now, then the deltas of the run's
+/// feed (shared by every watcher of the run), reading from the store itself only what
+/// it missed (it joined between two deltas, or fell behind), until the run ends.
 pub(crate) fn spawn_watch(
     shared: Arc<Shared>,
     run_id: String,
@@ -857,7 +1000,6 @@ pub(crate) fn spawn_watch(
     tx: Sender<pb::WatchRunResponse>,
     slot: crate::service::WatchSlot,
 ) {
-    let mut changes = shared.changes.subscribe();
     tokio::spawn(async move {
         let _slot = slot;
         let sweep_id = {
@@ -870,6 +1012,8 @@ pub(crate) fn spawn_watch(
                 }
             }
         };
+        // Subscribed before the first read: no delta published after it is missed.
+        let mut feed = subscribe(&shared, &run_id, &sweep_id);
         let mut seen = WatchState::default();
         if only_new {
             let id = run_id.clone();
@@ -885,54 +1029,118 @@ pub(crate) fn spawn_watch(
                 seen.status = None;
             }
         }
+        // Read from the store until caught up, then follow the feed.
+        let mut own_read = true;
+        let mut feeds_closed = 0u32;
         loop {
-            let id = run_id.clone();
-            let mut state = std::mem::take(&mut seen);
-            let result = shared
-                .read(move |q| {
-                    let delta = q.run_delta(&id, &mut state)?;
-                    Ok((delta, state))
-                })
-                .await;
-            let ((status, message), state) = match result {
-                Ok(answer) => answer,
-                Err(error) => {
-                    let _ = tx.send(Err(error.into())).await;
-                    return;
-                }
-            };
-            seen = state;
-            if let Some(message) = message {
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
-                }
-            }
-            if seen.behind {
-                continue;
-            }
-            if status.is_terminal() {
-                return;
-            }
-            // Wait for a change of the run's sweep (or re-check after a while).
-            let wait = async {
-                loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed == sweep_id => return true,
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                        Err(broadcast::error::RecvError::Closed) => return false,
+            if own_read {
+                let id = run_id.clone();
+                let mut state = std::mem::take(&mut seen);
+                let result = shared
+                    .read(move |q| {
+                        let delta = q.run_delta(&id, &mut state, true)?;
+                        Ok((delta, state))
+                    })
+                    .await;
+                let ((status, message), state) = match result {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        let _ = tx.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                seen = state;
+                if let Some(message) = message {
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
                     }
                 }
+                if status.is_terminal() {
+                    return;
+                }
+                own_read = seen.behind;
+                continue;
+            }
+            let delta = match feed.recv().await {
+                Ok(delta) => delta,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    own_read = true;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The feed ended: the run ended (the read says so and the watch
+                    // ends), or its reader failed. A new feed follows a run that goes
+                    // on, once; a second feed that ends without a delta ends the watch.
+                    if tx.is_closed() || feeds_closed > 0 {
+                        let _ = tx
+                            .send(Err(tonic::Status::unavailable(
+                                "the run's changes cannot be read; watch it again",
+                            )))
+                            .await;
+                        return;
+                    }
+                    feeds_closed += 1;
+                    feed = subscribe(&shared, &run_id, &sweep_id);
+                    own_read = true;
+                    continue;
+                }
             };
-            // A timeout re-checks anyway; a closed broadcast means the coordinator stops.
-            if let Ok(false) = tokio::time::timeout(Duration::from_secs(2), wait).await {
-                return;
+            feeds_closed = 0;
+            match apply_delta(&mut seen, &delta) {
+                Some(message) => {
+                    if let Some(message) = message {
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if delta.status.is_terminal() {
+                        return;
+                    }
+                }
+                // A gap between what this watcher saw and the delta: read it.
+                None => own_read = true,
             }
             if tx.is_closed() {
                 return;
             }
         }
     });
+}
+
+/// The message a watcher whose state is `seen` sends for `delta`: `Some(None)` when it
+/// brings nothing new, `None` when the watcher lacks points between its last one and
+/// the delta's first, or the delta is of another attempt (it must read from the store).
+fn apply_delta(seen: &mut WatchState, delta: &FeedDelta) -> Option<Option<pb::WatchRunResponse>> {
+    if delta.attempt != seen.attempt {
+        return None;
+    }
+    let points: Vec<pb::MetricPoint> = if seen.after == delta.from {
+        seen.after = delta.to;
+        seen.points += delta.points.len() as u64;
+        delta.points.clone()
+    } else if delta.points.is_empty() || seen.after >= delta.to {
+        // Already read by the watcher itself.
+        Vec::new()
+    } else {
+        return None;
+    };
+    let lines: Vec<pb::LogLine> = if delta.lines_to > seen.lines {
+        let new = (delta.lines_to - seen.lines) as usize;
+        let skip = delta.lines.len().saturating_sub(new);
+        delta.lines[skip..].to_vec()
+    } else {
+        Vec::new()
+    };
+    seen.lines = seen.lines.max(delta.lines_to);
+    let changed = !points.is_empty() || !lines.is_empty() || seen.status != Some(delta.status);
+    seen.status = Some(delta.status);
+    Some(changed.then(|| pb::WatchRunResponse {
+        attempt: delta.attempt,
+        points,
+        lines,
+        status: convert::run_status_to_pb(delta.status) as i32,
+        downsampled: false,
+    }))
 }
 
 /// Feeds an `ExportRuns` stream page by page.

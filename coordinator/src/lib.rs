@@ -150,6 +150,7 @@ impl Coordinator {
                 changes,
                 next_session: AtomicU64::new(1),
                 watches: Default::default(),
+                feeds: Default::default(),
                 auth: config.auth.map(Arc::new),
             }),
             tls: config.tls,

@@ -41,6 +41,8 @@ pub struct Shared {
     pub auth: Option<Arc<Authorizer>>,
     /// Open watch streams per principal name ("" without access control).
     pub watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// One reader per watched run, whose deltas every watcher of the run receives.
+    pub(crate) feeds: crate::history::Feeds,
 }
 
 /// One open watch stream, counted against its principal's

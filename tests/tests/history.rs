@@ -536,17 +536,39 @@ command: [python3, "{{ladder.code_dir}}/slow.py"]
             (runs.first().map(|r| r["status"] == "running") == Some(true)).then_some(())
         },
     );
-    let output = coordinator.ladder(&["runs", "watch", &run_id]);
-    assert!(
-        output.status.success(),
-        "{}",
-        describe(&["runs", "watch"], &output)
+    // Watchers share one reader of the run's changes: two join now, three more once
+    // the run is halfway, and each sees every point once and every line.
+    let watch = || {
+        let url = coordinator.url();
+        let run_id = run_id.clone();
+        std::thread::spawn(move || {
+            ladder_e2e::ladder(&["runs", "watch", &run_id, "--coordinator", &url])
+        })
+    };
+    let mut watchers: Vec<_> = (0..2).map(|_| watch()).collect();
+    ladder_e2e::wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "the run halfway",
+        || {
+            let runs = coordinator.runs(&sweep_id);
+            (runs.first().and_then(|r| r["last_step"].as_i64()) >= Some(4)).then_some(())
+        },
     );
-    let text = String::from_utf8_lossy(&output.stdout);
-    for step in 1..=8 {
-        assert!(text.contains(&format!("working on step {step}")), "{text}");
-        let point = format!("step {step:>6}  loss=");
-        assert_eq!(text.matches(&point).count(), 1, "{point:?} once in {text}");
+    watchers.extend((0..3).map(|_| watch()));
+    for watcher in watchers {
+        let output = watcher.join().expect("watcher thread");
+        assert!(
+            output.status.success(),
+            "{}",
+            describe(&["runs", "watch"], &output)
+        );
+        let text = String::from_utf8_lossy(&output.stdout);
+        for step in 1..=8 {
+            assert!(text.contains(&format!("working on step {step}")), "{text}");
+            let point = format!("step {step:>6}  loss=");
+            assert_eq!(text.matches(&point).count(), 1, "{point:?} once in {text}");
+        }
     }
     let detail = coordinator.run_detail(&run_id);
     assert_eq!(detail["status"], "completed", "{detail}");
