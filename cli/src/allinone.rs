@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use ladder_agent::contain::{Containment, Isolation};
 use ladder_agent::gpus::GpuSelection;
 use ladder_agent::{Agent, AgentConfig};
 use ladder_coordinator::auth::Authorizer;
@@ -33,7 +34,7 @@ pub struct Embedded {
 impl Embedded {
     /// Starts a coordinator on `data` and one agent per entry of `agents` (name, slots).
     pub async fn start(data: &Path, agents: &[(String, u32)]) -> anyhow::Result<Embedded> {
-        Embedded::start_with_gpus(data, agents, &[]).await
+        Embedded::start_with_gpus(data, agents, &[], Some(Isolation::Auto)).await
     }
 
     /// Like [`Embedded::start`], the first agent offering `gpus`.
@@ -41,6 +42,7 @@ impl Embedded {
         data: &Path,
         agents: &[(String, u32)],
         gpus: &[ladder_shared::types::Gpu],
+        isolation: Option<Isolation>,
     ) -> anyhow::Result<Embedded> {
         let token = local_token::load_or_create(data)
             .with_context(|| format!("cannot keep the admin token in {}", data.display()))?;
@@ -69,15 +71,17 @@ impl Embedded {
         }));
         let mut stops = Vec::new();
         let mut handles = Vec::new();
-        let containment =
-            ladder_agent::contain::Containment::set_up(ladder_agent::contain::Isolation::Auto)
-                .map_err(|message| anyhow::anyhow!(message))?;
+        // None: process groups only (benchmarks measuring what tracking costs).
+        let containment = isolation
+            .map(Containment::set_up)
+            .transpose()
+            .map_err(|message| anyhow::anyhow!(message))?;
         for (number, (name, slots)) in agents.iter().enumerate() {
             let mut config =
                 AgentConfig::new(url.clone(), name.clone(), data.join("work").join(name));
             config.slots = *slots;
             config.token = Some(token.clone());
-            config.containment = Some(containment.clone());
+            config.containment = containment.clone();
             if number == 0 {
                 config.gpus = gpus.to_vec();
             }
@@ -131,8 +135,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let gpus = tokio::task::spawn_blocking(move || ladder_agent::gpus::resolve(&selection))
         .await?
         .context("failed to discover this node's GPUs")?;
-    let embedded =
-        Embedded::start_with_gpus(&args.data, &[("local".to_string(), slots)], &gpus).await?;
+    let embedded = Embedded::start_with_gpus(
+        &args.data,
+        &[("local".to_string(), slots)],
+        &gpus,
+        Some(Isolation::Auto),
+    )
+    .await?;
     let sweep = client::submit(&embedded.url, &args.file).await?;
     eprintln!(
         "sweep {} \"{}\": {} runs ({}), {} at a time on {} local slots; store in {}; \

@@ -55,6 +55,10 @@ pub enum BenchCommand {
         /// The command each run executes.
         #[arg(long, default_value = "true")]
         command: String,
+        /// How agents track each run's processes: auto (as `ladder agent`), cgroup,
+        /// subreaper, or none (process groups only, to measure what tracking costs).
+        #[arg(long, default_value = "auto")]
+        isolation: String,
         #[arg(long)]
         json: bool,
     },
@@ -71,6 +75,10 @@ pub enum BenchCommand {
         agents: u32,
         #[arg(long, default_value_t = 4)]
         slots: u32,
+        /// How agents track each run's processes: auto (as `ladder agent`), cgroup,
+        /// subreaper, or none (process groups only, to measure what tracking costs).
+        #[arg(long, default_value = "auto")]
+        isolation: String,
         #[arg(long)]
         json: bool,
     },
@@ -136,8 +144,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             agents,
             slots,
             command,
+            isolation,
             json,
-        } => dispatch(runs, agents, slots, &command, json).await,
+        } => dispatch(runs, agents, slots, &command, &isolation, json).await,
         BenchCommand::Search {
             seeds,
             trials,
@@ -148,8 +157,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             points,
             agents,
             slots,
+            isolation,
             json,
-        } => ingest(runs, points, agents, slots, json).await,
+        } => ingest(runs, points, agents, slots, &isolation, json).await,
         BenchCommand::Soak {
             sweeps,
             steps,
@@ -421,12 +431,23 @@ fn sig(x: f64) -> String {
 
 /// Starts an embedded coordinator with `agents` agents of `slots` slots in a fresh
 /// directory and waits until every agent is connected.
-async fn bench_cluster(agents: u32, slots: u32) -> anyhow::Result<(std::path::PathBuf, Embedded)> {
+async fn bench_cluster(
+    agents: u32,
+    slots: u32,
+    isolation: &str,
+) -> anyhow::Result<(std::path::PathBuf, Embedded)> {
+    let isolation = match isolation {
+        "none" => None,
+        other => Some(
+            ladder_agent::contain::Isolation::parse(other)
+                .map_err(|e| anyhow::anyhow!("--isolation: {e} or none"))?,
+        ),
+    };
     let dir = fresh_dir("ladder-bench")?;
     let names: Vec<(String, u32)> = (0..agents)
         .map(|i| (format!("bench-agent-{i}"), slots))
         .collect();
-    let embedded = Embedded::start(&dir.join("data"), &names).await?;
+    let embedded = Embedded::start_with_gpus(&dir.join("data"), &names, &[], isolation).await?;
     let started = Instant::now();
     loop {
         let channel = client::channel(&embedded.url).await?;
@@ -462,13 +483,14 @@ async fn ingest(
     points: u64,
     agents: u32,
     slots: u32,
+    isolation: &str,
     json_output: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         runs >= 1 && points >= 1 && agents >= 1 && slots >= 1,
         "--runs, --points, --agents and --slots must be at least 1"
     );
-    let (dir, embedded) = bench_cluster(agents, slots).await?;
+    let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
     let program = dir.join("emit.py");
     std::fs::write(&program, INGEST_PROGRAM)?;
     let sweep_file = dir.join("ingest.yaml");
@@ -534,13 +556,14 @@ async fn dispatch(
     agents: u32,
     slots: u32,
     command: &str,
+    isolation: &str,
     json_output: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         runs >= 1 && agents >= 1 && slots >= 1,
         "--runs, --agents and --slots must be at least 1"
     );
-    let (dir, embedded) = bench_cluster(agents, slots).await?;
+    let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
     let sweep_file = dir.join("bench.yaml");
     std::fs::write(
         &sweep_file,
