@@ -191,28 +191,41 @@ pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> an
     Ok(())
 }
 
-pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Result<()> {
-    let mut client = SweepServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
-    // Every page, each bounded by the coordinator's page size.
-    let mut sweeps = Vec::new();
+/// Every item of a paged listing: `fetch(cursor)` returns one page and the next cursor
+/// (empty after the last page), each page bounded by the coordinator's page size.
+async fn every_page<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut items = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page = client
-            .list_sweeps(pb::ListSweepsRequest {
-                project: project.clone().unwrap_or_default(),
-                page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
-                cursor,
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        sweeps.extend(page.sweeps);
-        if page.next_cursor.is_empty() {
-            break;
+        let (page, next) = fetch(cursor).await.map_err(status_error)?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
         }
-        cursor = page.next_cursor;
+        cursor = next;
     }
+}
+
+pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Result<()> {
+    let client = SweepServiceClient::new(channel(&args.coordinator).await?)
+        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+    let sweeps = every_page(|cursor| {
+        let request = pb::ListSweepsRequest {
+            project: project.clone().unwrap_or_default(),
+            page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
+            cursor,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.list_sweeps(request).await?.into_inner();
+            Ok((page.sweeps, page.next_cursor))
+        }
+    })
+    .await?;
     if args.json {
         print_json(&json!({ "sweeps": sweeps.iter().map(output::sweep_json).collect::<Vec<_>>() }));
         return Ok(());
@@ -618,25 +631,20 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
 }
 
 pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
-    let mut client = AgentServiceClient::new(channel(&args.coordinator).await?)
+    let client = AgentServiceClient::new(channel(&args.coordinator).await?)
         .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
-    let mut agents = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let page = client
-            .list_agents(pb::ListAgentsRequest {
-                page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
-                cursor,
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        agents.extend(page.agents);
-        if page.next_cursor.is_empty() {
-            break;
+    let agents = every_page(|cursor| {
+        let request = pb::ListAgentsRequest {
+            page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
+            cursor,
+        };
+        let mut client = client.clone();
+        async move {
+            let page = client.list_agents(request).await?.into_inner();
+            Ok((page.agents, page.next_cursor))
         }
-        cursor = page.next_cursor;
-    }
+    })
+    .await?;
     if args.json {
         print_json(&json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }));
         return Ok(());

@@ -51,8 +51,10 @@ pub const DEFAULT_LEADERBOARD_ROWS: usize = 20;
 const EXPORT_PAGE: usize = 500;
 /// Most log lines one `WatchRun` message carries when catching up.
 const WATCH_BACKLOG_LINES: usize = 10_000;
-/// Most points in one `WatchRun` message after the first.
-const WATCH_POINTS_PER_MESSAGE: usize = 50_000;
+/// Most points and bytes of points in one `WatchRun` message after the first: every
+/// watcher holds a few such messages, so they stay small.
+const WATCH_POINTS_PER_MESSAGE: usize = ladder_shared::limits::MAX_WATCH_MESSAGE_POINTS;
+const WATCH_BYTES_PER_MESSAGE: usize = ladder_shared::limits::MAX_WATCH_MESSAGE_BYTES;
 
 /// A run as the query language sees it: its record and its sweep's.
 struct Facts<'a> {
@@ -700,13 +702,7 @@ impl Queries {
     /// Marks everything stored of the run's current attempt as seen (a watch of only
     /// what is new), reading the points' keys page by page.
     fn watch_skip(&self, run_id: &str, seen: &mut WatchState) -> Result<(), CoordinatorError> {
-        let run = self
-            .store
-            .get_run(run_id)?
-            .ok_or_else(|| CoordinatorError::NotFound {
-                kind: "run",
-                id: run_id.to_string(),
-            })?;
+        let run = self.run_record(run_id)?;
         let Some(attempt) = run.current_attempt() else {
             return Ok(());
         };
@@ -737,13 +733,7 @@ impl Queries {
         seen: &mut WatchState,
         card: bool,
     ) -> Result<(RunStatus, Option<pb::WatchRunResponse>), CoordinatorError> {
-        let run = self
-            .store
-            .get_run(run_id)?
-            .ok_or_else(|| CoordinatorError::NotFound {
-                kind: "run",
-                id: run_id.to_string(),
-            })?;
+        let run = self.run_record(run_id)?;
         let Some(attempt) = run.current_attempt() else {
             return Ok((run.status, None));
         };
@@ -779,7 +769,7 @@ impl Queries {
                     attempt.number,
                     seen.after,
                     WATCH_POINTS_PER_MESSAGE,
-                    ladder_shared::limits::MAX_PAGE_BYTES,
+                    WATCH_BYTES_PER_MESSAGE,
                 )?;
                 seen.points += fresh.len() as u64;
                 if let Some((key, _)) = fresh.last() {
@@ -1199,13 +1189,7 @@ pub(crate) fn spawn_export(shared: Arc<Shared>, mut query: RunQuery, tx: Sender<
 impl Queries {
     /// The sweep id of a run (`NOT_FOUND` when there is no such run).
     pub fn run_sweep(&self, run_id: &str) -> Result<String, CoordinatorError> {
-        self.store
-            .get_run(run_id)?
-            .map(|run| run.sweep_id)
-            .ok_or_else(|| CoordinatorError::NotFound {
-                kind: "run",
-                id: run_id.to_string(),
-            })
+        Ok(self.run_record(run_id)?.sweep_id)
     }
 }
 

@@ -8,7 +8,7 @@ use ladder_proto::v1 as pb;
 use crate::convert;
 use crate::downsample;
 use crate::error::CoordinatorError;
-use crate::model::SweepRecord;
+use crate::model::{RunRecord, SweepRecord};
 use crate::store::{PointKey, Store};
 use ladder_shared::limits;
 
@@ -53,15 +53,19 @@ impl Queries {
         Ok(self.sweep_record(sweep_id)?.owner)
     }
 
-    /// Who owns the run `run_id`: the owner of its sweep.
-    pub fn run_owner(&self, run_id: &str) -> Result<String, CoordinatorError> {
-        let run = self
-            .store
+    /// The stored record of a run (`NOT_FOUND` when there is no such run).
+    pub fn run_record(&self, run_id: &str) -> Result<RunRecord, CoordinatorError> {
+        self.store
             .get_run(run_id)?
             .ok_or_else(|| CoordinatorError::NotFound {
                 kind: "run",
                 id: run_id.to_string(),
-            })?;
+            })
+    }
+
+    /// Who owns the run `run_id`: the owner of its sweep.
+    pub fn run_owner(&self, run_id: &str) -> Result<String, CoordinatorError> {
+        let run = self.run_record(run_id)?;
         self.sweep_owner(&run.sweep_id)
     }
 
@@ -121,13 +125,7 @@ impl Queries {
         cursor: &str,
         page_size: usize,
     ) -> Result<pb::ListMetricPointsResponse, CoordinatorError> {
-        let run = self
-            .store
-            .get_run(run_id)?
-            .ok_or_else(|| CoordinatorError::NotFound {
-                kind: "run",
-                id: run_id.to_string(),
-            })?;
+        let run = self.run_record(run_id)?;
         let attempt = if attempt == 0 {
             run.current_attempt().map_or(1, |a| a.number)
         } else if run.attempts.iter().any(|a| a.number == attempt) {
@@ -184,13 +182,7 @@ impl Queries {
         run_id: &str,
         log_tail: usize,
     ) -> Result<pb::GetRunResponse, CoordinatorError> {
-        let run = self
-            .store
-            .get_run(run_id)?
-            .ok_or_else(|| CoordinatorError::NotFound {
-                kind: "run",
-                id: run_id.to_string(),
-            })?;
+        let run = self.run_record(run_id)?;
         let mut metrics = Vec::new();
         for attempt in &run.attempts {
             let points = self.store.metrics(&run.id, attempt.number)?;

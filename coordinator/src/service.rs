@@ -482,7 +482,7 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         let request = request.into_inner();
         require_id(&request.run_id, "run_id")?;
         let slot = watch_slot(&self.0, principal.as_ref())?;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(limits::WATCH_STREAM_MESSAGES);
         history::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx, slot);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

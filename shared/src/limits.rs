@@ -146,6 +146,13 @@ pub const MAX_SORT_KEYS: usize = 16;
 /// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
 pub const MAX_WATCHES_PER_PRINCIPAL: usize = 256;
 
+/// Points, and bytes of points, in one `WatchRun` message after the first; a stream
+/// holds at most [`WATCH_STREAM_MESSAGES`] of them unsent, so a slow watcher costs the
+/// coordinator at most about 1 MiB.
+pub const MAX_WATCH_MESSAGE_POINTS: usize = 5_000;
+pub const MAX_WATCH_MESSAGE_BYTES: usize = 512 * 1024;
+pub const WATCH_STREAM_MESSAGES: usize = 2;
+
 /// Connections the coordinator keeps open at once (fewer when its file descriptor limit
 /// is lower: it raises its soft limit to the hard one and keeps 256 descriptors for
 /// itself); further clients wait in the listen backlog until one closes.
