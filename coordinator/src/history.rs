@@ -1024,6 +1024,11 @@ pub(crate) fn spawn_watch(
         let mut feeds_closed = 0u32;
         loop {
             if own_read {
+                // The first read of an attempt builds its card from the whole series.
+                let _permit = match seen.after {
+                    None => Some(shared.card_reads.acquire().await.expect("never closed")),
+                    Some(_) => None,
+                };
                 let id = run_id.clone();
                 let mut state = std::mem::take(&mut seen);
                 let result = shared

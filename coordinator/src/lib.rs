@@ -151,6 +151,9 @@ impl Coordinator {
                 next_session: AtomicU64::new(1),
                 watches: Default::default(),
                 feeds: Default::default(),
+                card_reads: tokio::sync::Semaphore::new(
+                    ladder_shared::limits::MAX_CONCURRENT_CARD_READS,
+                ),
                 auth: config.auth.map(Arc::new),
             }),
             tls: config.tls,

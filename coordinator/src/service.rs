@@ -43,6 +43,10 @@ pub struct Shared {
     pub watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// One reader per watched run, whose deltas every watcher of the run receives.
     pub(crate) feeds: crate::history::Feeds,
+    /// Reads of a whole metric series at once (a run card: `GetRun`, the first
+    /// `WatchRun` message), at most [`limits::MAX_CONCURRENT_CARD_READS`] at a time: each
+    /// holds the attempt's points in memory while it downsamples them.
+    pub(crate) card_reads: tokio::sync::Semaphore,
 }
 
 /// One open watch stream, counted against its principal's
@@ -433,6 +437,7 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         require_id(&request.run_id, "run_id")?;
         let run_id = request.run_id;
         let tail = request.log_tail as usize;
+        let _permit = self.0.card_reads.acquire().await.expect("never closed");
         let response = self.0.read(move |q| q.run(&run_id, tail)).await?;
         Ok(Response::new(response))
     }

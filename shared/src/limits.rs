@@ -146,6 +146,10 @@ pub const MAX_SORT_KEYS: usize = 16;
 /// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
 pub const MAX_WATCHES_PER_PRINCIPAL: usize = 256;
 
+/// Run cards (`GetRun`, the first `WatchRun` message) built at once; each holds its
+/// attempt's whole metric series in memory while downsampling it, so more wait.
+pub const MAX_CONCURRENT_CARD_READS: usize = 4;
+
 /// Points, and bytes of points, in one `WatchRun` message after the first; a stream
 /// holds at most [`WATCH_STREAM_MESSAGES`] of them unsent, so a slow watcher costs the
 /// coordinator at most about 1 MiB.
