@@ -37,7 +37,6 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::convert;
 use crate::error::CoordinatorError;
-use crate::model::StoredPoint;
 use crate::model::{now_ms, RunRecord, SweepRecord};
 use crate::queries::Queries;
 use crate::service::Shared;
@@ -749,19 +748,11 @@ impl Queries {
         let points = if attempt.metric_points > seen.points {
             if seen.after.is_none() && card {
                 // What was stored before the watch: the card's bounded view of it.
-                let all = self.store.metrics_after(
-                    &run.id,
-                    attempt.number,
-                    None,
-                    usize::MAX,
-                    usize::MAX,
-                )?;
-                seen.points = all.len() as u64;
-                seen.after = all.last().map(|(key, _)| *key);
-                let points: Vec<StoredPoint> = all.into_iter().map(|(_, point)| point).collect();
-                let (sampled, cut) = crate::downsample::downsample(&points);
-                downsampled = cut;
-                sampled.iter().map(convert::point_to_pb).collect()
+                let card = self.card_series(&run.id, attempt.number)?;
+                seen.points = card.total;
+                seen.after = card.last;
+                downsampled = card.downsampled;
+                card.points.iter().map(convert::point_to_pb).collect()
             } else {
                 // Only what arrived since, read from where the last message ended.
                 let fresh = self.store.metrics_after(

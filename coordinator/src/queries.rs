@@ -12,6 +12,17 @@ use crate::model::{RunRecord, SweepRecord};
 use crate::store::{PointKey, Store};
 use ladder_shared::limits;
 
+/// What [`Queries::card_series`] returns.
+pub(crate) struct CardSeries {
+    pub points: Vec<crate::model::StoredPoint>,
+    /// Whether a series was cut (the card is not every point).
+    pub downsampled: bool,
+    /// Points stored for the attempt when it was read.
+    pub total: u64,
+    /// Key of the last of them.
+    pub last: Option<PointKey>,
+}
+
 /// Reads a `ListSweeps` cursor (`CREATED_MS.ID` of the last sweep of a page).
 fn parse_sweep_cursor(cursor: &str) -> Result<(i64, String), CoordinatorError> {
     cursor
@@ -51,6 +62,63 @@ impl Queries {
     /// Who owns the sweep `sweep_id` (empty: no owner recorded).
     pub fn sweep_owner(&self, sweep_id: &str) -> Result<String, CoordinatorError> {
         Ok(self.sweep_record(sweep_id)?.owner)
+    }
+
+    /// The card's view of one attempt's metric series (see [`downsample`]), read twice
+    /// from the store page by page rather than held whole, the second pass stopping at
+    /// the last point the first one saw.
+    pub(crate) fn card_series(
+        &self,
+        run_id: &str,
+        attempt: u32,
+    ) -> Result<CardSeries, CoordinatorError> {
+        let mut lengths = downsample::Lengths::default();
+        let mut total = 0u64;
+        let mut last = None;
+        self.each_point(run_id, attempt, None, |key, point| {
+            lengths.count(point);
+            total += 1;
+            last = Some(key);
+        })?;
+        let mut sampler = downsample::Sampler::new(&lengths);
+        if let Some(last) = last {
+            self.each_point(run_id, attempt, Some(last), |_, point| sampler.feed(point))?;
+        }
+        let (points, downsampled) = sampler.finish();
+        Ok(CardSeries {
+            points,
+            downsampled,
+            total,
+            last,
+        })
+    }
+
+    /// Calls `visit` on every point of the attempt in report order, up to `upto`
+    /// (included) when given, reading the store a page at a time.
+    fn each_point(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        upto: Option<PointKey>,
+        mut visit: impl FnMut(PointKey, &crate::model::StoredPoint),
+    ) -> Result<(), CoordinatorError> {
+        const PAGE: usize = 10_000;
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .metrics_after(run_id, attempt, after, PAGE, usize::MAX)?;
+            for (key, point) in &page {
+                if upto.is_some_and(|upto| *key > upto) {
+                    return Ok(());
+                }
+                visit(*key, point);
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == PAGE => after = Some(*key),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// The stored record of a run (`NOT_FOUND` when there is no such run).
@@ -185,9 +253,8 @@ impl Queries {
         let run = self.run_record(run_id)?;
         let mut metrics = Vec::new();
         for attempt in &run.attempts {
-            let points = self.store.metrics(&run.id, attempt.number)?;
-            let total_points = points.len() as u64;
-            let (points, downsampled) = downsample::downsample(&points);
+            let card = self.card_series(&run.id, attempt.number)?;
+            let (points, downsampled, total_points) = (card.points, card.downsampled, card.total);
             metrics.push(pb::AttemptMetrics {
                 attempt: attempt.number,
                 points: points.iter().map(convert::point_to_pb).collect(),
