@@ -267,6 +267,35 @@ pub struct RunNote {
 }
 
 impl AttemptRecord {
+    /// A new attempt, running from `started_ms`, with nothing reported yet.
+    pub fn running(
+        number: u32,
+        epoch: u64,
+        agent: String,
+        gpus: Vec<u32>,
+        started_ms: i64,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            number,
+            epoch,
+            agent,
+            gpus,
+            outcome: AttemptOutcome::Running,
+            exit_code: None,
+            signal: None,
+            reason: String::new(),
+            started_ms,
+            ended_ms: None,
+            acked_seq: 0,
+            log_lines: 0,
+            metric_points: 0,
+            log_bytes: 0,
+            log_capped: false,
+            points_capped: false,
+            stop_reason: None,
+        }
+    }
+
     /// Keeps one batch of output within the attempt's budgets (`log_budget` bytes of log
     /// text, `point_budget` metric points, counted over what is already stored):
     /// lines and points past them are removed and the attempt is marked capped. Returns
@@ -567,25 +596,7 @@ mod tests {
 
     #[test]
     fn output_past_an_attempt_s_budgets_is_dropped_and_marked_once() {
-        let mut attempt = AttemptRecord {
-            number: 1,
-            epoch: 1,
-            agent: "a".into(),
-            gpus: Vec::new(),
-            outcome: AttemptOutcome::Running,
-            exit_code: None,
-            signal: None,
-            reason: String::new(),
-            started_ms: 0,
-            ended_ms: None,
-            acked_seq: 0,
-            log_lines: 0,
-            metric_points: 0,
-            log_bytes: 0,
-            log_capped: false,
-            points_capped: false,
-            stop_reason: None,
-        };
+        let mut attempt = AttemptRecord::running(1, 1, "a".into(), Vec::new(), 0);
         let line = |text: &str| StoredLogLine {
             time_ms: 0,
             stream: "stdout".into(),

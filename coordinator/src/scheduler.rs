@@ -1020,25 +1020,13 @@ impl Scheduler {
         let epoch = self.store.next_epoch()?;
         let run = self.runs.get_mut(run_id).expect("run present");
         let number = run.attempts.len() as u32 + 1;
-        run.attempts.push(AttemptRecord {
+        run.attempts.push(AttemptRecord::running(
             number,
             epoch,
-            agent: agent_name.to_string(),
-            gpus: gpus.clone(),
-            outcome: AttemptOutcome::Running,
-            exit_code: None,
-            signal: None,
-            reason: String::new(),
-            started_ms: now_ms(),
-            ended_ms: None,
-            acked_seq: 0,
-            log_lines: 0,
-            metric_points: 0,
-            log_bytes: 0,
-            log_capped: false,
-            points_capped: false,
-            stop_reason: None,
-        });
+            agent_name.to_string(),
+            gpus.clone(),
+            now_ms(),
+        ));
         run.status = RunStatus::Running;
         self.dirty_runs.insert(run_id.to_string());
         self.changed.insert(run.sweep_id.clone());

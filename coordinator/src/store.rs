@@ -1160,23 +1160,12 @@ mod tests {
             argv: Vec::new(),
             status: RunStatus::Completed,
             attempts: vec![crate::model::AttemptRecord {
-                number: 1,
-                epoch: 1,
-                agent: "a".into(),
-                gpus: Vec::new(),
                 outcome: AttemptOutcome::Completed,
                 exit_code: Some(0),
-                signal: None,
-                reason: String::new(),
-                started_ms: 0,
                 ended_ms: Some(1),
                 acked_seq: 1,
-                log_lines: 0,
                 metric_points: 3,
-                log_bytes: 0,
-                log_capped: false,
-                points_capped: false,
-                stop_reason: None,
+                ..crate::model::AttemptRecord::running(1, 1, "a".into(), Vec::new(), 0)
             }],
             last_metrics: [("m".to_string(), 9.0), ("n".to_string(), 7.0)]
                 .into_iter()
