@@ -706,20 +706,10 @@ impl Queries {
             return Ok(());
         };
         seen.attempt = attempt.number;
-        loop {
-            let page = self.store.metrics_after(
-                &run.id,
-                attempt.number,
-                seen.after,
-                WATCH_POINTS_PER_MESSAGE,
-                usize::MAX,
-            )?;
-            let Some((last, _)) = page.last() else {
-                break;
-            };
-            seen.after = Some(*last);
-            seen.points += page.len() as u64;
-        }
+        self.each_point(&run.id, attempt.number, None, |key, _| {
+            seen.after = Some(key);
+            seen.points += 1;
+        })?;
         seen.lines = attempt.log_lines;
         Ok(())
     }
@@ -876,6 +866,29 @@ fn subscribe(
     receiver
 }
 
+/// A watch state that has seen everything stored of the run's current attempt.
+async fn everything_seen(shared: &Shared, run_id: &str) -> Result<WatchState, CoordinatorError> {
+    let id = run_id.to_string();
+    shared
+        .read(move |q| {
+            let mut state = WatchState::default();
+            q.watch_skip(&id, &mut state)?;
+            Ok(state)
+        })
+        .await
+}
+
+/// Ends `run_id`'s feed if no watcher listens to `sender` (checked under the lock a new
+/// watcher subscribes under). True when it ended.
+fn unwatched(shared: &Shared, run_id: &str, sender: &broadcast::Sender<Arc<FeedDelta>>) -> bool {
+    let mut feeds = shared.feeds.lock().expect("feeds");
+    if sender.receiver_count() > 0 {
+        return false;
+    }
+    feeds.remove(run_id);
+    true
+}
+
 /// Waits for a change of `sweep_id` (or 2 s). False when the coordinator stops.
 async fn sweep_changed(changes: &mut broadcast::Receiver<String>, sweep_id: &str) -> bool {
     let wait = async {
@@ -905,15 +918,7 @@ async fn run_feed(
 ) {
     let mut changes = shared.changes.subscribe();
     // The feed starts at what is stored now: watchers read what came before themselves.
-    let id = run_id.clone();
-    let mut seen = shared
-        .read(move |q| {
-            let mut state = WatchState::default();
-            q.watch_skip(&id, &mut state)?;
-            Ok(state)
-        })
-        .await
-        .unwrap_or_default();
+    let mut seen = everything_seen(&shared, &run_id).await.unwrap_or_default();
     loop {
         if !seen.behind && !sweep_changed(&mut changes, &sweep_id).await {
             break;
@@ -931,35 +936,29 @@ async fn run_feed(
             break;
         };
         seen = state;
-        if let Some(message) = message {
-            let from = if before.0 == message.attempt {
-                before.1
-            } else {
-                None
-            };
-            let delta = FeedDelta {
-                attempt: message.attempt,
-                from,
-                to: seen.after,
-                points: message.points,
-                lines_to: seen.lines,
-                lines: message.lines,
-                status,
-            };
-            if sender.send(Arc::new(delta)).is_err() && !seen.behind {
-                // No one listens: stop, unless someone subscribed meanwhile.
-                let mut feeds = shared.feeds.lock().expect("feeds");
-                if sender.receiver_count() == 0 {
-                    feeds.remove(&run_id);
-                    return;
-                }
+        let listened = match message {
+            Some(message) => {
+                let from = if before.0 == message.attempt {
+                    before.1
+                } else {
+                    None
+                };
+                let delta = FeedDelta {
+                    attempt: message.attempt,
+                    from,
+                    to: seen.after,
+                    points: message.points,
+                    lines_to: seen.lines,
+                    lines: message.lines,
+                    status,
+                };
+                sender.send(Arc::new(delta)).is_ok()
             }
-        } else if sender.receiver_count() == 0 {
-            let mut feeds = shared.feeds.lock().expect("feeds");
-            if sender.receiver_count() == 0 {
-                feeds.remove(&run_id);
-                return;
-            }
+            None => sender.receiver_count() > 0,
+        };
+        // No one listens: stop, unless someone subscribed meanwhile.
+        if !listened && !seen.behind && unwatched(&shared, &run_id, &sender) {
+            return;
         }
         if status.is_terminal() {
             break;
@@ -997,15 +996,7 @@ pub(crate) fn spawn_watch(
         let mut feed = subscribe(&shared, &run_id, &sweep_id);
         let mut seen = WatchState::default();
         if only_new {
-            let id = run_id.clone();
-            let skipped = shared
-                .read(move |q| {
-                    let mut state = WatchState::default();
-                    q.watch_skip(&id, &mut state)?;
-                    Ok(state)
-                })
-                .await;
-            if let Ok(state) = skipped {
+            if let Ok(state) = everything_seen(&shared, &run_id).await {
                 seen = state;
                 seen.status = None;
             }

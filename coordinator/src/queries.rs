@@ -95,7 +95,7 @@ impl Queries {
 
     /// Calls `visit` on every point of the attempt in report order, up to `upto`
     /// (included) when given, reading the store a page at a time.
-    fn each_point(
+    pub(crate) fn each_point(
         &self,
         run_id: &str,
         attempt: u32,
