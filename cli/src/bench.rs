@@ -468,6 +468,23 @@ async fn bench_cluster(
     }
 }
 
+/// Writes `yaml` as DIR/`file`, submits it and follows it to its end: the sweep id,
+/// its final counts and the seconds from submission to the last durable completion.
+async fn timed_sweep(
+    embedded: &Embedded,
+    dir: &std::path::Path,
+    file: &str,
+    yaml: String,
+) -> anyhow::Result<(String, ladder_proto::v1::RunCounts, f64)> {
+    let sweep_file = dir.join(file);
+    std::fs::write(&sweep_file, yaml)?;
+    let start = Instant::now();
+    let sweep = client::submit(&embedded.url, &sweep_file).await?;
+    let finished = client::watch(&embedded.url, &sweep.id, true).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok((sweep.id, finished.counts.unwrap_or_default(), elapsed))
+}
+
 /// The program of `bench ingest`: POINTS `@ladder` lines as fast as Python writes them.
 const INGEST_PROGRAM: &str = r#"
 import sys
@@ -493,27 +510,19 @@ async fn ingest(
     let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
     let program = dir.join("emit.py");
     std::fs::write(&program, INGEST_PROGRAM)?;
-    let sweep_file = dir.join("ingest.yaml");
-    std::fs::write(
-        &sweep_file,
-        format!(
-            "name: bench-ingest\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [python3, {:?}, \"{points}\"]\n",
-            agents * slots,
-            program.display().to_string()
-        ),
-    )?;
-    let start = Instant::now();
-    let sweep = client::submit(&embedded.url, &sweep_file).await?;
-    let finished = client::watch(&embedded.url, &sweep.id, true).await?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let counts = finished.counts.unwrap_or_default();
+    let yaml = format!(
+        "name: bench-ingest\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [python3, {:?}, \"{points}\"]\n",
+        agents * slots,
+        program.display().to_string()
+    );
+    let (sweep_id, counts, elapsed) = timed_sweep(&embedded, &dir, "ingest.yaml", yaml).await?;
     // Every point of every run must be stored for the figure to count.
     let channel = client::channel(&embedded.url).await?;
     let mut runs_client = ladder_proto::v1::run_service_client::RunServiceClient::new(channel)
         .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
     let listed = runs_client
         .list_runs(ladder_proto::v1::ListRunsRequest {
-            sweep_id: sweep.id.clone(),
+            sweep_id,
             ..Default::default()
         })
         .await?
@@ -564,19 +573,11 @@ async fn dispatch(
         "--runs, --agents and --slots must be at least 1"
     );
     let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
-    let sweep_file = dir.join("bench.yaml");
-    std::fs::write(
-        &sweep_file,
-        format!(
-            "name: bench-dispatch\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [{command:?}]\n",
-            agents * slots
-        ),
-    )?;
-    let start = Instant::now();
-    let sweep = client::submit(&embedded.url, &sweep_file).await?;
-    let finished = client::watch(&embedded.url, &sweep.id, true).await?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let counts = finished.counts.unwrap_or_default();
+    let yaml = format!(
+        "name: bench-dispatch\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [{command:?}]\n",
+        agents * slots
+    );
+    let (_, counts, elapsed) = timed_sweep(&embedded, &dir, "bench.yaml", yaml).await?;
     embedded.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     let rate = counts.completed as f64 / elapsed;
