@@ -446,6 +446,7 @@ impl SledStore {
         })?;
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(ladder_shared::limits::STORE_CACHE_BYTES)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| {

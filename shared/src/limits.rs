@@ -146,6 +146,11 @@ pub const MAX_SORT_KEYS: usize = 16;
 /// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
 pub const MAX_WATCHES_PER_PRINCIPAL: usize = 256;
 
+/// Bytes of the store's page cache held in the coordinator's memory (sled's
+/// `cache_capacity`, whose default is 1 GiB). Reads beyond it go to the file and the
+/// operating system's page cache.
+pub const STORE_CACHE_BYTES: u64 = 128 << 20;
+
 /// Run cards (`GetRun`, the first `WatchRun` message) built at once; each holds its
 /// attempt's whole metric series in memory while downsampling it, so more wait.
 pub const MAX_CONCURRENT_CARD_READS: usize = 4;
