@@ -2581,14 +2581,10 @@ mod tests {
         let mut s = scheduler(dir.path(), Duration::from_secs(60));
         let mut job = connect(&mut s, 1, "slurm-1-n1", 1, vec![]);
         let mut stuck = connect(&mut s, 2, "slurm-2-n1", 1, vec![]);
-        let mut kept = connect(&mut s, 3, "gpu-01", 1, vec![]);
-        submit(
-            &mut s,
-            "name: t\nmethod: grid\nparameters:\n  x: {values: [1, 2]}\ncommand: [\"true\"]\n",
-        );
+        submit(&mut s, "name: t\nmethod: grid\nparallel: 2\nparameters:\n  x: {values: [1, 2]}\ncommand: [\"true\"]\n");
         let job_lease = job.assignments()[0].lease.clone();
         assert_eq!(stuck.assignments().len(), 1);
-        assert!(kept.assignments().is_empty());
+        let _kept = connect(&mut s, 3, "gpu-01", 1, vec![]);
         for (session, forget) in [(1, true), (2, true), (3, false)] {
             s.handle(Event::AgentMessage {
                 session,
