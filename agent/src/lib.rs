@@ -93,6 +93,9 @@ pub struct AgentConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// Tracks every process of each run (see [`contain`]); None: process groups only.
     pub containment: Option<Arc<contain::Containment>>,
+    /// This name is used once (a Slurm job's agent): a drain asks the coordinator to drop
+    /// the agent's record once its runs are handed back and the session ends.
+    pub forget_on_exit: bool,
 }
 
 /// Time a drain keeps after its runs are SIGKILLed to report them and get the
@@ -129,6 +132,7 @@ impl AgentConfig {
             token: None,
             ca_pem: None,
             containment: None,
+            forget_on_exit: false,
         }
     }
 }
@@ -263,8 +267,22 @@ impl Agent {
         let mut next_connect = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         loop {
-            if drain_deadline.is_some() && self.held.is_empty() {
+            if let (Some(deadline), true) = (drain_deadline, self.held.is_empty()) {
                 info!("drained; exiting");
+                if let Some(Connection {
+                    outgoing,
+                    mut incoming,
+                }) = connection.take()
+                {
+                    // Close this side of the session and wait for the coordinator to
+                    // close its own, so that the drain reaches it even when no run was
+                    // there to hand back.
+                    drop(outgoing);
+                    let _ = tokio::time::timeout_at(deadline, async {
+                        while let Ok(Some(_)) = incoming.message().await {}
+                    })
+                    .await;
+                }
                 break;
             }
             if connection.is_none() && tokio::time::Instant::now() >= next_connect {
@@ -311,7 +329,7 @@ impl Agent {
                     self.draining = true;
                     info!(runs = self.held.len(), "draining: handing runs back before exit");
                     if let Some(connection) = &connection {
-                        let _ = connection.outgoing.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Drain(pb::Drain {})) });
+                        let _ = connection.outgoing.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Drain(pb::Drain { forget: self.config.forget_on_exit })) });
                     }
                     for held in self.held.values().filter(|h| !h.finished) {
                         let _ = held.control.send(Control::Release);
@@ -557,7 +575,9 @@ impl Agent {
                 }
                 if self.draining {
                     let _ = connection.outgoing.send(pb::AgentMessage {
-                        kind: Some(pb::agent_message::Kind::Drain(pb::Drain {})),
+                        kind: Some(pb::agent_message::Kind::Drain(pb::Drain {
+                            forget: self.config.forget_on_exit,
+                        })),
                     });
                 }
                 let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));

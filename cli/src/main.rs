@@ -23,6 +23,7 @@ mod output;
 mod trainer;
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -172,6 +173,12 @@ struct AgentArgs {
     /// without connecting: the check of a GPU node.
     #[arg(long)]
     dry_run: bool,
+    /// This agent's name is used once (e.g. slurm-JOBID-NODE): when it drains, the
+    /// coordinator drops its entry (and the secret its name is bound to) once its runs are
+    /// handed back, so `agents ls` does not keep listing it. An agent that dies without
+    /// draining stays listed as disconnected.
+    #[arg(long)]
+    forget_on_exit: bool,
     /// How the agent keeps track of every process a run starts, so that none outlives
     /// it (a child started with setsid, a daemon): auto (a cgroup v2 per run where the
     /// agent's cgroup is writable, else a child subreaper), cgroup (refuse to start
@@ -411,11 +418,17 @@ impl std::fmt::Display for ExitError {
 
 impl std::error::Error for ExitError {}
 
+/// Logs go to stderr, coloured only when stderr is a terminal and `NO_COLOR` is unset
+/// or empty (<https://no-color.org>), so log files (a Slurm job's output, a redirected
+/// agent) hold plain text.
 fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    let colour = std::io::stderr().is_terminal() && !no_color;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .try_init();
 }
 
@@ -564,6 +577,7 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
             .with_context(|| format!("--code-dir {}", code_dir.display()))?;
     }
     config.stop_grace = seconds(args.stop_grace, "--stop-grace")?;
+    config.forget_on_exit = args.forget_on_exit;
     if let Some(kill_wait) = args.kill_wait {
         config.kill_wait = Some(seconds(kill_wait, "--kill-wait")?);
     }

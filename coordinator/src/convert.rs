@@ -470,7 +470,9 @@ impl TryFrom<pb::AgentMessage> for FromAgent {
         use pb::agent_message::Kind;
         match message.kind {
             Some(Kind::Heartbeat(_)) => Ok(FromAgent::Heartbeat),
-            Some(Kind::Drain(_)) => Ok(FromAgent::Drain),
+            Some(Kind::Drain(drain)) => Ok(FromAgent::Drain {
+                forget: drain.forget,
+            }),
             Some(Kind::Register(_)) => Err(CoordinatorError::InvalidArgument(
                 "register is only valid as the first message of a session".into(),
             )),
@@ -710,7 +712,9 @@ mod tests {
         let original = message.clone();
         match (FromAgent::try_from(message), &original.kind) {
             (Ok(FromAgent::Heartbeat), Some(Kind::Heartbeat(_))) => {}
-            (Ok(FromAgent::Drain), Some(Kind::Drain(_))) => {}
+            (Ok(FromAgent::Drain { forget }), Some(Kind::Drain(raw))) => {
+                prop_assert_eq!(forget, raw.forget);
+            }
             (Ok(FromAgent::RunEvent { lease, seq, event }), Some(Kind::RunEvent(raw))) => {
                 prop_assert!(!lease.run_id.is_empty());
                 prop_assert!(lease.attempt >= 1);
@@ -1007,7 +1011,7 @@ mod tests {
         prop_oneof![
             1 => Just(None),
             1 => Just(Some(Kind::Heartbeat(pb::Heartbeat {}))),
-            1 => Just(Some(Kind::Drain(pb::Drain {}))),
+            1 => any::<bool>().prop_map(|forget| Some(Kind::Drain(pb::Drain { forget }))),
             1 => register().prop_map(|r| Some(Kind::Register(r))),
             8 => run_event.prop_map(Some),
         ]

@@ -37,8 +37,11 @@ pub struct Registration {
 #[derive(Debug, Clone)]
 pub enum FromAgent {
     Heartbeat,
-    /// The agent is shutting down gracefully.
-    Drain,
+    /// The agent is shutting down gracefully; with `forget`, it will not come back under
+    /// its name, and its record is dropped once its session ends with no run left on it.
+    Drain {
+        forget: bool,
+    },
     RunEvent {
         lease: Lease,
         seq: u64,

@@ -163,6 +163,9 @@ struct AgentState {
     runs: HashMap<String, Vec<u32>>,
     /// The agent is shutting down gracefully: nothing new is placed on it.
     draining: bool,
+    /// The draining agent will not come back under its name: its record is dropped when
+    /// its session ends with no run left on it.
+    forget_on_exit: bool,
     /// End times (ms) of the consecutive fast failures of runs on this agent.
     fast_failures: Vec<i64>,
 }
@@ -192,6 +195,7 @@ impl AgentState {
             last_seen: now,
             runs: HashMap::new(),
             draining: false,
+            forget_on_exit: false,
             fast_failures: Vec::new(),
         }
     }
@@ -382,6 +386,7 @@ impl Scheduler {
                     last_seen: now,
                     runs: HashMap::new(),
                     draining: false,
+                    forget_on_exit: false,
                     fast_failures: Vec::new(),
                 },
             );
@@ -1202,6 +1207,7 @@ impl Scheduler {
         agent.record.last_seen_ms = now_ms();
         agent.last_seen = now;
         agent.draining = false;
+        agent.forget_on_exit = false;
         agent.session = Some(Session {
             id: session,
             outbox: outbox.clone(),
@@ -1297,11 +1303,25 @@ impl Scheduler {
         let Some(name) = self.sessions.remove(&session) else {
             return;
         };
-        if let Some(agent) = self.agents.get_mut(&name) {
-            if agent.session.as_ref().map(|s| s.id) == Some(session) {
-                agent.session = None;
-                info!(agent = %name, session, "agent disconnected");
+        let Some(agent) = self.agents.get_mut(&name) else {
+            return;
+        };
+        if agent.session.as_ref().map(|s| s.id) != Some(session) {
+            return;
+        }
+        agent.session = None;
+        info!(agent = %name, session, "agent disconnected");
+        // An agent that asked to be forgotten is dropped only once nothing of it is left
+        // to track: a run still on it keeps the record until its lease expires.
+        if !(agent.draining && agent.forget_on_exit && agent.runs.is_empty()) {
+            return;
+        }
+        match self.store.delete_agent(&name) {
+            Ok(()) => {
+                self.agents.remove(&name);
+                info!(agent = %name, "agent forgotten on exit");
             }
+            Err(error) => warn!(agent = %name, %error, "cannot forget the agent on exit"),
         }
     }
 
@@ -1315,9 +1335,10 @@ impl Scheduler {
         let outbox = agent.session.as_ref().expect("session").outbox.clone();
         match message {
             FromAgent::Heartbeat => Ok(()),
-            FromAgent::Drain => {
-                info!(agent = %name, "agent draining");
+            FromAgent::Drain { forget } => {
+                info!(agent = %name, forget, "agent draining");
                 agent.draining = true;
+                agent.forget_on_exit = forget;
                 Ok(())
             }
             FromAgent::RunEvent { lease, seq, event } => {
@@ -2162,6 +2183,9 @@ mod tests {
         fn list_agents(&self) -> crate::store::Result<Vec<AgentRecord>> {
             self.inner.list_agents()
         }
+        fn delete_agent(&self, name: &str) -> crate::store::Result<()> {
+            self.inner.delete_agent(name)
+        }
         fn next_epoch(&self) -> crate::store::Result<u64> {
             self.inner.next_epoch()
         }
@@ -2522,7 +2546,7 @@ mod tests {
         let lease = a.assignments()[0].lease.clone();
         s.handle(Event::AgentMessage {
             session: a.session,
-            message: FromAgent::Drain,
+            message: FromAgent::Drain { forget: false },
         });
         let release = RunEvent::Finished(Finish {
             outcome: FinishOutcome::Released,
@@ -2546,6 +2570,48 @@ mod tests {
         let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
         assert_eq!(run.attempts[0].outcome, AttemptOutcome::Released);
         assert_eq!(run.status, RunStatus::Running);
+    }
+
+    /// An agent that drains with `forget` is dropped (record and store) once its session
+    /// ends with its runs handed back; one that ends its session with a run still on it,
+    /// or drains without `forget`, stays listed.
+    #[test]
+    fn an_agent_draining_to_be_forgotten_is_dropped_once_its_runs_are_handed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let mut job = connect(&mut s, 1, "slurm-1-n1", 1, vec![]);
+        let mut stuck = connect(&mut s, 2, "slurm-2-n1", 1, vec![]);
+        submit(&mut s, "name: t\nmethod: grid\nparallel: 2\nparameters:\n  x: {values: [1, 2]}\ncommand: [\"true\"]\n");
+        let job_lease = job.assignments()[0].lease.clone();
+        assert_eq!(stuck.assignments().len(), 1);
+        let _kept = connect(&mut s, 3, "gpu-01", 1, vec![]);
+        for (session, forget) in [(1, true), (2, true), (3, false)] {
+            s.handle(Event::AgentMessage {
+                session,
+                message: FromAgent::Drain { forget },
+            });
+        }
+        let release = RunEvent::Finished(Finish {
+            outcome: FinishOutcome::Released,
+            exit_code: None,
+            signal: Some(15),
+            reason: "released".into(),
+        });
+        report(&mut s, &job, &job_lease, 1, release);
+        for session in 1..=3 {
+            s.handle(Event::AgentDisconnected { session });
+        }
+        s.step(Instant::now());
+        let stored: Vec<String> = s
+            .store
+            .list_agents()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(stored, ["gpu-01", "slurm-2-n1"]);
+        assert!(!s.agents.contains_key("slurm-1-n1"));
+        assert!(s.agents.contains_key("slurm-2-n1"), "a run is still on it");
     }
 
     const ONE_RUN: &str =

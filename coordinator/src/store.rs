@@ -103,6 +103,8 @@ pub trait Store: Send + Sync + 'static {
 
     fn put_agent(&self, agent: &AgentRecord) -> Result<()>;
     fn list_agents(&self) -> Result<Vec<AgentRecord>>;
+    /// Drops an agent's record (its runs' history keeps naming it).
+    fn delete_agent(&self, name: &str) -> Result<()>;
 
     /// A new lease epoch, never handed out before (persisted with the next commit; the
     /// scheduler commits before any lease leaves the coordinator).
@@ -1003,6 +1005,11 @@ impl Store for SledStore {
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>> {
         scan_all(&self.agents, "agents", b"")
+    }
+
+    fn delete_agent(&self, name: &str) -> Result<()> {
+        self.agents.remove(name.as_bytes()).map_err(sled_err)?;
+        Ok(())
     }
 
     fn next_epoch(&self) -> Result<u64> {

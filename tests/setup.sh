@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need beyond Rust: Debian packages (slurm-wlm and
+# munge for tests/tests/slurm.rs, systemd for systemd-analyze in tests/tests/deploy.rs)
+# when their commands are missing, and the Python packages of clients/python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v slurmctld >/dev/null || missing+=(slurm-wlm)
+command -v munged >/dev/null || missing+=(munge)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+
+if ((${#missing[@]})); then
+  sudo=()
+  if ((EUID != 0)); then
+    sudo=(sudo)
+  fi
+  install=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}")
+  # A fresh image has no package lists: fetch them only when the install needs them.
+  if ! "${install[@]}"; then
+    "${sudo[@]}" apt-get update
+    "${install[@]}"
+  fi
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -r clients/python/requirements.txt
