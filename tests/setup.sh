@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need beyond Rust: Debian packages (slurm-wlm and
-# munge for tests/tests/slurm.rs, systemd for systemd-analyze in tests/tests/deploy.rs)
+# munge for tests/tests/slurm.rs; systemd for systemd-analyze and kubernetes-client for
+# `kubectl kustomize` in tests/tests/deploy.rs)
 # when their commands are missing, and the Python packages of clients/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ missing=()
 command -v slurmctld >/dev/null || missing+=(slurm-wlm)
 command -v munged >/dev/null || missing+=(munge)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 
 if ((${#missing[@]})); then
   sudo=()

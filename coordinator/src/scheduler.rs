@@ -1312,8 +1312,13 @@ impl Scheduler {
         agent.session = None;
         info!(agent = %name, session, "agent disconnected");
         // An agent that asked to be forgotten is dropped only once nothing of it is left
-        // to track: a run still on it keeps the record until its lease expires.
-        if !(agent.draining && agent.forget_on_exit && agent.runs.is_empty()) {
+        // to track: a run still on it keeps the record until its lease expires, and a
+        // quarantined agent stays (forgetting it would lift the quarantine).
+        if !(agent.draining
+            && agent.forget_on_exit
+            && agent.runs.is_empty()
+            && !agent.record.quarantined)
+        {
             return;
         }
         match self.store.delete_agent(&name) {
