@@ -22,6 +22,7 @@ pub mod gpus;
 pub mod identity;
 pub mod launch;
 pub mod runner;
+pub mod spawn;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::process::Stdio;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
@@ -26,7 +25,6 @@ use ladder_shared::limits;
 use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -695,7 +693,7 @@ pub async fn execute(
                 return;
             }
         };
-        let child_pid = child.id().unwrap_or(0);
+        let child_pid = child.id();
         pids.push(child_pid);
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(read_lines(stdout, rank, false, line_tx.clone()));
@@ -886,42 +884,23 @@ fn apply_late_request(request: Control, stop_requested: &mut bool, release_reque
     }
 }
 
-/// Starts the process of one rank: its own process group, dying with the agent.
+/// Starts the process of one rank: its own process group, dying with the agent, inside
+/// the attempt's cgroup when there is one (see [`crate::spawn`]).
 fn spawn(
     execution: &Execution,
     rank_env: &BTreeMap<String, String>,
     cgroup_procs: Option<std::os::fd::RawFd>,
-) -> std::io::Result<tokio::process::Child> {
-    let mut command = Command::new(&execution.argv[0]);
-    command
-        .args(&execution.argv[1..])
-        .current_dir(&execution.run_dir)
-        .envs(&execution.env)
-        .envs(rank_env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl(2) and write(2) are async-signal-safe; the first only sets a flag of
-    // the child process, the second moves it into the attempt's cgroup (the descriptor
-    // stays open in the agent until the attempt ends).
-    // The run dies with the agent (SIGKILL when the spawning thread's process goes away),
-    // so a killed agent leaves no orphan that could finish a run a second time.
-    unsafe {
-        command.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if let Some(fd) = cgroup_procs {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+) -> std::io::Result<crate::spawn::RankProcess> {
+    let request = crate::spawn::SpawnRequest {
+        argv: &execution.argv,
+        env: &[&execution.env, rank_env],
+        cwd: &execution.run_dir,
+        cgroup_procs,
+    };
     crate::contain::spawn_rank(|| {
-        let child = command.spawn()?;
-        let pid = child.id();
-        Ok((child, pid))
+        let process = crate::spawn::spawn(&request)?;
+        let pid = process.id();
+        Ok((process, Some(pid)))
     })
 }
 
