@@ -631,6 +631,11 @@ impl Agent {
 
     fn start(&mut self, assign: pb::Assign) {
         let Some(lease) = assign.lease else { return };
+        ladder_shared::timeline::mark(
+            ladder_shared::timeline::Stage::LeaseReceived,
+            || format!("{}/{}", lease.run_id, lease.attempt),
+            "",
+        );
         if let Some(previous) = self.held.get(&lease.run_id) {
             if previous.lease == lease {
                 return;
@@ -700,6 +705,7 @@ impl Agent {
         let (control, control_rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(runner::Backlog::default());
         let execution = Execution {
+            agent: self.config.name.clone(),
             backlog: backlog.clone(),
             run_id: lease.run_id.clone(),
             attempt: lease.attempt,

@@ -23,6 +23,7 @@ use std::time::Duration;
 use ladder_proto::v1 as pb;
 use ladder_shared::limits;
 use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
+use ladder_shared::timeline;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -56,6 +57,8 @@ pub enum Control {
 /// Everything needed to execute one attempt.
 #[derive(Debug, Clone)]
 pub struct Execution {
+    /// The agent's name (for `ladder bench dispatch`'s timeline).
+    pub agent: String,
     pub run_id: String,
     pub attempt: u32,
     pub argv: Vec<String>,
@@ -695,6 +698,13 @@ pub async fn execute(
         };
         let child_pid = child.id();
         pids.push(child_pid);
+        if rank == 0 {
+            timeline::mark(
+                timeline::Stage::Started,
+                || format!("{}/{}", execution.run_id, execution.attempt),
+                &execution.agent,
+            );
+        }
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(read_lines(stdout, rank, false, line_tx.clone()));
         }
@@ -702,8 +712,12 @@ pub async fn execute(
             tokio::spawn(read_lines(stderr, rank, true, line_tx.clone()));
         }
         let exit_tx = exit_tx.clone();
+        let timeline_key = format!("{}/{}", execution.run_id, execution.attempt);
         tokio::spawn(async move {
             let status = child.wait().await;
+            if rank == 0 {
+                timeline::mark(timeline::Stage::Exited, || timeline_key, "");
+            }
             crate::contain::rank_reaped(child_pid);
             let _ = exit_tx.send((rank, status));
         });

@@ -22,6 +22,15 @@ use crate::client;
 mod history;
 mod soak;
 
+/// The `q` quantile (0..=1) of `sorted`, in milliseconds; NaN when empty.
+fn percentile(sorted: &[std::time::Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Leaderboard and filtered sorted queries over a store filled with many runs.
@@ -572,6 +581,7 @@ async fn dispatch(
         runs >= 1 && agents >= 1 && slots >= 1,
         "--runs, --agents and --slots must be at least 1"
     );
+    ladder_shared::timeline::enable();
     let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
     let yaml = format!(
         "name: bench-dispatch\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [{command:?}]\n",
@@ -581,16 +591,61 @@ async fn dispatch(
     embedded.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
     let rate = counts.completed as f64 / elapsed;
+    let mut latencies = ladder_shared::timeline::latencies(&ladder_shared::timeline::take());
+    let figures: Vec<(&str, &str, &mut Vec<std::time::Duration>)> = vec![
+        (
+            "slot_freed_to_process_started",
+            "slot freed -> process started",
+            &mut latencies.slot_to_started,
+        ),
+        (
+            "slot_freed_to_lease_sent",
+            "  placement + group commit",
+            &mut latencies.slot_to_lease_sent,
+        ),
+        (
+            "lease_sent_to_received",
+            "  lease message to the agent",
+            &mut latencies.lease_sent_to_received,
+        ),
+        (
+            "lease_received_to_process_started",
+            "  run dir, log, cgroup, spawn",
+            &mut latencies.received_to_started,
+        ),
+        (
+            "process_exited_to_completion_durable",
+            "process exited -> completion durable",
+            &mut latencies.exited_to_durable,
+        ),
+    ];
+    let mut latency_json = serde_json::Map::new();
+    let mut latency_lines = Vec::new();
+    for (key, label, samples) in figures {
+        samples.sort();
+        let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
+        latency_json.insert(
+            key.into(),
+            json!({"p50_ms": p50, "p99_ms": p99, "samples": samples.len()}),
+        );
+        latency_lines.push(format!(
+            "  {label:<38} p50 {p50:>7.2} ms  p99 {p99:>7.2} ms  ({} samples)",
+            samples.len()
+        ));
+    }
     if json_output {
         println!(
             "{}",
-            json!({"runs": runs, "agents": agents, "slots": slots, "completed": counts.completed, "failed": counts.failed, "seconds": elapsed, "runs_per_second": rate})
+            json!({"runs": runs, "agents": agents, "slots": slots, "completed": counts.completed, "failed": counts.failed, "seconds": elapsed, "runs_per_second": rate, "latency": latency_json})
         );
     } else {
         println!(
             "dispatch: {} runs of {command:?} on {agents} agents x {slots} slots: {} completed, {} failed in {:.2}s = {:.1} runs/s",
             runs, counts.completed, counts.failed, elapsed, rate
         );
+        for line in latency_lines {
+            println!("{line}");
+        }
     }
     Ok(())
 }

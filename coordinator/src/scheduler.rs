@@ -17,6 +17,7 @@ use ladder_shared::early_stop::{Decision, EarlyStopper};
 use ladder_shared::limits::{MAX_ATTEMPT_LOG_BYTES, MAX_ATTEMPT_METRIC_POINTS};
 use ladder_shared::search::{self, Observation};
 use ladder_shared::spec::SweepSpec;
+use ladder_shared::timeline;
 use ladder_shared::types::{RunStatus, SweepStatus};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -148,6 +149,8 @@ enum Deferred {
     Run(Reply<RunRecord>, Box<Result<RunRecord, CoordinatorError>>),
     Registration(Reply<()>, Box<Result<(), CoordinatorError>>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
+    /// A run reached a stage once this batch is durable (`ladder bench dispatch`).
+    Timeline(timeline::Stage, String),
 }
 
 struct Session {
@@ -1469,7 +1472,16 @@ impl Scheduler {
                     warn!(run_id = %lease.run_id, dropped, "run info has too many names; new ones dropped");
                 }
             }
-            RunEvent::Finished(finish) => finished = Some(finish),
+            RunEvent::Finished(finish) => {
+                if timeline::enabled() {
+                    timeline::mark(timeline::Stage::SlotFreed, || agent.to_string(), "");
+                    self.deferred.push(Deferred::Timeline(
+                        timeline::Stage::CompletionDurable,
+                        format!("{}/{}", lease.run_id, lease.attempt),
+                    ));
+                }
+                finished = Some(finish)
+            }
         }
         run.current_attempt_mut().expect("attempt").acked_seq = seq;
         self.changed.insert(run.sweep_id.clone());
@@ -1685,7 +1697,20 @@ impl Scheduler {
                 }
                 Deferred::Send(outbox, message) => {
                     if committed.is_ok() {
+                        if let ToAgent::Assign(assignment) = &message {
+                            let lease = &assignment.lease;
+                            timeline::mark(
+                                timeline::Stage::LeaseSent,
+                                || format!("{}/{}", lease.run_id, lease.attempt),
+                                "",
+                            );
+                        }
                         let _ = outbox.send(message);
+                    }
+                }
+                Deferred::Timeline(stage, key) => {
+                    if committed.is_ok() {
+                        timeline::mark(stage, || key, "");
                     }
                 }
             }

@@ -33,6 +33,7 @@ pub mod search;
 pub mod spec;
 pub mod summary;
 pub mod testfns;
+pub mod timeline;
 pub mod tpe;
 pub mod train_config;
 pub mod types;

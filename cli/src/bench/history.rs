@@ -13,6 +13,7 @@
 //! process (`--fill-only`); RSS is then this process's `VmRSS` from /proc/self/status:
 //! the coordinator and the client, which run in-process.
 
+use super::percentile;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -89,14 +90,6 @@ fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[index].as_secs_f64() * 1000.0
 }
 
 /// Times `calls` calls of one page query, sorted; checks each page is full.

@@ -5,6 +5,7 @@
 //! process's peak RSS and CPU time (read from /proc, so the benchmark's own agents and
 //! clients do not count).
 
+use super::percentile;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,14 +29,6 @@ pub struct Soak {
     pub agents: u32,
     pub calls: usize,
     pub json: bool,
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[index].as_secs_f64() * 1000.0
 }
 
 /// Peak RSS (MiB) and CPU seconds (user + system) of process `pid`, from /proc.
