@@ -43,7 +43,10 @@ def _worker(path, study_name, trials, spawn):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(path))
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    # Random sampling, as ladder's grid needs no model: load_study's default sampler is
+    # TPE, whose cost grows with the trials and would measure the sampler, not storage.
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler())
 
     def objective(trial):
         trial.suggest_int("i", 1, 1_000_000)
