@@ -25,6 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Written by hand in src/watch.rs (shared pre-encoded points), same wire format.
+        .extern_path(
+            ".ladder.v1.WatchRunResponse",
+            "crate::watch::WatchRunResponse",
+        )
         .compile_fds(file_descriptors)?;
     Ok(())
 }

@@ -781,6 +781,7 @@ impl Queries {
             lines,
             status: convert::run_status_to_pb(run.status) as i32,
             downsampled,
+            encoded_points: Default::default(),
         });
         Ok((run.status, message))
     }
@@ -830,7 +831,9 @@ pub(crate) struct FeedDelta {
     /// and of its last point; the points in between, in order.
     from: Option<PointKey>,
     to: Option<PointKey>,
-    points: Vec<pb::MetricPoint>,
+    /// The points, encoded once for every watcher's message ([`pb::encode_points`]).
+    points: prost::bytes::Bytes,
+    point_count: u64,
     /// The attempt's log line count after this delta; `lines` are its last lines.
     lines_to: u64,
     lines: Vec<pb::LogLine>,
@@ -947,7 +950,8 @@ async fn run_feed(
                     attempt: message.attempt,
                     from,
                     to: seen.after,
-                    points: message.points,
+                    points: pb::encode_points(&message.points),
+                    point_count: message.points.len() as u64,
                     lines_to: seen.lines,
                     lines: message.lines,
                     status,
@@ -1006,11 +1010,10 @@ pub(crate) fn spawn_watch(
         let mut feeds_closed = 0u32;
         loop {
             if own_read {
-                // The first read of an attempt builds its card from the whole series.
-                let _permit = match seen.after {
-                    None => Some(shared.card_reads.acquire().await.expect("never closed")),
-                    Some(_) => None,
-                };
+                // Watchers' own reads (the first builds the attempt's card from the whole
+                // series) take turns, so that however many watch, other requests' reads
+                // are not queued behind theirs.
+                let _permit = shared.card_reads.acquire().await.expect("never closed");
                 let id = run_id.clone();
                 let mut state = std::mem::take(&mut seen);
                 let result = shared
@@ -1091,13 +1094,13 @@ fn apply_delta(seen: &mut WatchState, delta: &FeedDelta) -> Option<Option<pb::Wa
     if delta.attempt != seen.attempt {
         return None;
     }
-    let points: Vec<pb::MetricPoint> = if seen.after == delta.from {
+    let points = if seen.after == delta.from {
         seen.after = delta.to;
-        seen.points += delta.points.len() as u64;
+        seen.points += delta.point_count;
         delta.points.clone()
-    } else if delta.points.is_empty() || seen.after >= delta.to {
+    } else if delta.point_count == 0 || seen.after >= delta.to {
         // Already read by the watcher itself.
-        Vec::new()
+        prost::bytes::Bytes::new()
     } else {
         return None;
     };
@@ -1113,7 +1116,8 @@ fn apply_delta(seen: &mut WatchState, delta: &FeedDelta) -> Option<Option<pb::Wa
     seen.status = Some(delta.status);
     Some(changed.then(|| pb::WatchRunResponse {
         attempt: delta.attempt,
-        points,
+        points: Vec::new(),
+        encoded_points: points,
         lines,
         status: convert::run_status_to_pb(delta.status) as i32,
         downsampled: false,
@@ -1224,13 +1228,16 @@ mod tests {
             attempt,
             from: (from > 0).then(|| key(from)).flatten(),
             to: key(to),
-            points: (from + 1..=to)
-                .map(|step| pb::MetricPoint {
-                    step: Some(step as i64),
-                    values: Default::default(),
-                    time_ms: 0,
-                })
-                .collect(),
+            points: pb::encode_points(
+                &(from + 1..=to)
+                    .map(|step| pb::MetricPoint {
+                        step: Some(step as i64),
+                        values: Default::default(),
+                        time_ms: 0,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            point_count: to - from,
             lines_to,
             lines: lines
                 .iter()
@@ -1246,8 +1253,12 @@ mod tests {
 
     #[test]
     fn a_watcher_takes_a_feed_delta_only_where_it_continues_what_it_saw() {
+        // As the watcher's client decodes the message.
         let steps = |message: &pb::WatchRunResponse| -> Vec<i64> {
-            message.points.iter().filter_map(|p| p.step).collect()
+            use prost::Message;
+            let decoded =
+                pb::WatchRunResponse::decode(message.encode_to_vec().as_slice()).expect("decodes");
+            decoded.points.iter().filter_map(|p| p.step).collect()
         };
         // In step: the delta continues from the watcher's last point.
         let mut seen = WatchState {

@@ -13,7 +13,10 @@
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("ladder.v1");
+    pub use crate::watch::{encode_points, WatchRunResponse};
 }
+
+mod watch;
 
 /// Metadata key set (to `"1"`) on the status that refuses an agent session because the
 /// name it registers is enrolled with another secret. The refusal is final until an admin
