@@ -1041,7 +1041,13 @@ pub(crate) fn spawn_watch(
                 own_read = seen.behind;
                 continue;
             }
-            let delta = match feed.recv().await {
+            // The client going away ends the watch (and frees its slot) even while
+            // the run is quiet.
+            let received = tokio::select! {
+                _ = tx.closed() => return,
+                received = feed.recv() => received,
+            };
+            let delta = match received {
                 Ok(delta) => delta,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     own_read = true;

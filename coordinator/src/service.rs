@@ -352,13 +352,24 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
                 {
                     return;
                 }
-                // Wait for a change of this sweep, then let a burst of changes settle.
-                loop {
-                    match changes.recv().await {
-                        Ok(changed) if changed == sweep_id => break,
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return,
+                // Wait for a change of this sweep (or the client to go away, which frees
+                // its watch slot), then let a burst of changes settle.
+                let changed = async {
+                    loop {
+                        match changes.recv().await {
+                            Ok(changed) if changed == sweep_id => return true,
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                            Err(broadcast::error::RecvError::Closed) => return false,
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = changed => {
+                        if !changed {
+                            return;
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -686,3 +686,96 @@ fn idle_connections_neither_exhaust_descriptors_nor_lock_clients_out() {
         describe(&["sweep", "ls"], &output)
     );
 }
+
+/// A viewer cannot hold the coordinator's watch machinery with endless streams: past
+/// 256 open `WatchSweep`/`WatchRun` streams on one token, a further one is refused with
+/// RESOURCE_EXHAUSTED (naming the limit), and closing streams gives the room back.
+#[test]
+fn watch_streams_per_token_are_capped_and_closing_them_frees_room() {
+    use ladder_proto::v1 as pb;
+    const LIMIT: usize = 256;
+    let dir = TestDir::new();
+    let coordinator = start(dir.path());
+    // A sweep no agent runs: its watchers stay open until dropped.
+    let sweep_id = coordinator.submit(&one_run_sweep(dir.path(), "held", "[\"true\"]"));
+    let token = fs::read_to_string(coordinator.data_dir().join("admin-token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+    let url = coordinator.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let watch = |client: &mut pb::sweep_service_client::SweepServiceClient<_>| {
+            let mut request = tonic::Request::new(pb::WatchSweepRequest {
+                sweep_id: sweep_id.clone(),
+            });
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+            let mut client: pb::sweep_service_client::SweepServiceClient<
+                tonic::transport::Channel,
+            > = client.clone();
+            async move { client.watch_sweep(request).await }
+        };
+        let mut client = pb::sweep_service_client::SweepServiceClient::new(channel);
+        let mut open = Vec::new();
+        for i in 0..LIMIT {
+            let stream = watch(&mut client)
+                .await
+                .unwrap_or_else(|status| panic!("watch {i} of {LIMIT} refused: {status:?}"))
+                .into_inner();
+            open.push(stream);
+        }
+        let Err(refused) = watch(&mut client).await else {
+            panic!("the stream past the limit was accepted");
+        };
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains("256 watch streams"),
+            "{}",
+            refused.message()
+        );
+        // Other requests of the same token are still served.
+        let mut listing = tonic::Request::new(pb::ListSweepsRequest::default());
+        listing.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+        let listed = client.list_sweeps(listing).await.expect("sweep ls");
+        assert_eq!(listed.into_inner().sweeps.len(), 1);
+        // Closing streams gives their slots back, though the sweep they watched never
+        // changes again (the coordinator notices the client's reset).
+        open.truncate(LIMIT - 8);
+        let started = Instant::now();
+        loop {
+            match watch(&mut client).await {
+                Ok(stream) => {
+                    open.push(stream.into_inner());
+                    break;
+                }
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "closed streams never gave their slots back"
+                    );
+                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("unexpected refusal: {status:?}"),
+            }
+        }
+    });
+}
