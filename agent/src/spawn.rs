@@ -297,6 +297,9 @@ pub fn spawn(request: &SpawnRequest) -> io::Result<RankProcess> {
     let stdin = std::fs::File::open("/dev/null")?;
     let (stdout_read, stdout_write) = pipe_pair()?;
     let (stderr_read, stderr_write) = pipe_pair()?;
+    // Registered before the clone: nothing can fail once the process runs.
+    let stdout = receiver(stdout_read)?;
+    let stderr = receiver(stderr_read)?;
     let setup = ChildSetup {
         path: path.as_ptr(),
         argv: argv.as_ptr(),
@@ -357,8 +360,8 @@ pub fn spawn(request: &SpawnRequest) -> io::Result<RankProcess> {
     Ok(RankProcess {
         pid: pid as u32,
         pidfd,
-        stdout: Some(receiver(stdout_read)?),
-        stderr: Some(receiver(stderr_read)?),
+        stdout: Some(stdout),
+        stderr: Some(stderr),
     })
 }
 

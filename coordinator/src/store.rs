@@ -1141,6 +1141,48 @@ impl Store for SledStore {
     }
 }
 
+impl SledStore {
+    /// Records and bytes (keys, values) of each tree, as stored before sled's own
+    /// overhead: where the store's size per run goes (`ladder bench history`).
+    pub fn tree_usage(&self) -> Result<Vec<TreeUsage>> {
+        let trees = [
+            ("sweeps", &self.sweeps),
+            ("runs", &self.runs),
+            ("metrics", &self.metrics),
+            ("logs", &self.logs),
+            ("agents", &self.agents),
+            ("meta", &self.meta),
+            ("idx_metric", &self.idx_metric),
+            ("idx_metric_all", &self.idx_metric_all),
+            ("idx_param", &self.idx_param),
+        ];
+        let mut usage = Vec::with_capacity(trees.len());
+        for (name, tree) in trees {
+            let mut tree_usage = TreeUsage {
+                tree: name,
+                ..TreeUsage::default()
+            };
+            for entry in tree.iter() {
+                let (key, value) = entry.map_err(sled_err)?;
+                tree_usage.records += 1;
+                tree_usage.key_bytes += key.len() as u64;
+                tree_usage.value_bytes += value.len() as u64;
+            }
+            usage.push(tree_usage);
+        }
+        Ok(usage)
+    }
+}
+
+/// See [`SledStore::tree_usage`].
+#[derive(Debug, Default, Clone)]
+pub struct TreeUsage {
+    pub tree: &'static str,
+    pub records: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+}
+
 #[cfg(test)]
 impl SledStore {
     /// Makes the store look like one written before the parameter index.
