@@ -633,7 +633,7 @@ impl Agent {
         let Some(lease) = assign.lease else { return };
         ladder_shared::timeline::mark(
             ladder_shared::timeline::Stage::LeaseReceived,
-            || format!("{}/{}", lease.run_id, lease.attempt),
+            || ladder_shared::timeline::attempt_key(&lease.run_id, lease.attempt),
             "",
         );
         if let Some(previous) = self.held.get(&lease.run_id) {

@@ -701,7 +701,7 @@ pub async fn execute(
         if rank == 0 {
             timeline::mark(
                 timeline::Stage::Started,
-                || format!("{}/{}", execution.run_id, execution.attempt),
+                || timeline::attempt_key(&execution.run_id, execution.attempt),
                 &execution.agent,
             );
         }
@@ -712,7 +712,7 @@ pub async fn execute(
             tokio::spawn(read_lines(stderr, rank, true, line_tx.clone()));
         }
         let exit_tx = exit_tx.clone();
-        let timeline_key = format!("{}/{}", execution.run_id, execution.attempt);
+        let timeline_key = timeline::attempt_key(&execution.run_id, execution.attempt);
         tokio::spawn(async move {
             let status = child.wait().await;
             if rank == 0 {

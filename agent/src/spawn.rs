@@ -252,10 +252,6 @@ fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn receiver(fd: OwnedFd) -> io::Result<pipe::Receiver> {
-    pipe::Receiver::from_owned_fd(fd)
-}
-
 /// Starts one rank (see the module's overview). Must run inside a tokio runtime (the
 /// pipes register with it).
 pub fn spawn(request: &SpawnRequest) -> io::Result<RankProcess> {
@@ -298,8 +294,8 @@ pub fn spawn(request: &SpawnRequest) -> io::Result<RankProcess> {
     let (stdout_read, stdout_write) = pipe_pair()?;
     let (stderr_read, stderr_write) = pipe_pair()?;
     // Registered before the clone: nothing can fail once the process runs.
-    let stdout = receiver(stdout_read)?;
-    let stderr = receiver(stderr_read)?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout_read)?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr_read)?;
     let setup = ChildSetup {
         path: path.as_ptr(),
         argv: argv.as_ptr(),

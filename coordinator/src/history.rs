@@ -892,20 +892,23 @@ fn unwatched(shared: &Shared, run_id: &str, sender: &broadcast::Sender<Arc<FeedD
     true
 }
 
+/// Waits for a change of `sweep_id` (a lagging receiver counts as one). False when the
+/// coordinator stops.
+pub(crate) async fn next_change(changes: &mut broadcast::Receiver<String>, sweep_id: &str) -> bool {
+    loop {
+        match changes.recv().await {
+            Ok(changed) if changed == sweep_id => return true,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}
+
 /// Waits for a change of `sweep_id` (or 2 s). False when the coordinator stops.
 async fn sweep_changed(changes: &mut broadcast::Receiver<String>, sweep_id: &str) -> bool {
-    let wait = async {
-        loop {
-            match changes.recv().await {
-                Ok(changed) if changed == sweep_id => return true,
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                Err(broadcast::error::RecvError::Closed) => return false,
-            }
-        }
-    };
     !matches!(
-        tokio::time::timeout(Duration::from_secs(2), wait).await,
+        tokio::time::timeout(Duration::from_secs(2), next_change(changes, sweep_id)).await,
         Ok(false)
     )
 }

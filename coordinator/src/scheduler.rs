@@ -1477,7 +1477,7 @@ impl Scheduler {
                     timeline::mark(timeline::Stage::SlotFreed, || agent.to_string(), "");
                     self.deferred.push(Deferred::Timeline(
                         timeline::Stage::CompletionDurable,
-                        format!("{}/{}", lease.run_id, lease.attempt),
+                        timeline::attempt_key(&lease.run_id, lease.attempt),
                     ));
                 }
                 finished = Some(finish)
@@ -1701,7 +1701,7 @@ impl Scheduler {
                             let lease = &assignment.lease;
                             timeline::mark(
                                 timeline::Stage::LeaseSent,
-                                || format!("{}/{}", lease.run_id, lease.attempt),
+                                || timeline::attempt_key(&lease.run_id, lease.attempt),
                                 "",
                             );
                         }

@@ -354,19 +354,9 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
                 }
                 // Wait for a change of this sweep (or the client to go away, which frees
                 // its watch slot), then let a burst of changes settle.
-                let changed = async {
-                    loop {
-                        match changes.recv().await {
-                            Ok(changed) if changed == sweep_id => return true,
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                            Err(broadcast::error::RecvError::Closed) => return false,
-                        }
-                    }
-                };
                 tokio::select! {
                     _ = tx.closed() => return,
-                    changed = changed => {
+                    changed = crate::history::next_change(&mut changes, &sweep_id) => {
                         if !changed {
                             return;
                         }

@@ -44,6 +44,11 @@ pub const MAX_MARKS: usize = 4_000_000;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static MARKS: Mutex<Vec<Mark>> = Mutex::new(Vec::new());
 
+/// The key of an attempt's marks: `RUN_ID/ATTEMPT`.
+pub fn attempt_key(run_id: &str, attempt: u32) -> String {
+    format!("{run_id}/{attempt}")
+}
+
 /// Starts keeping marks in this process.
 pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
