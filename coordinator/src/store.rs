@@ -5,9 +5,15 @@
 //! - `sweeps`: sweep id -> [`SweepRecord`] (JSON)
 //! - `runs`: run id -> [`RunRecord`] (JSON); run ids start with their sweep id, so the
 //!   runs of a sweep are one prefix scan
-//! - `metrics` / `logs`: `run id / attempt / seq / index` -> point or line (JSON). The
-//!   key is a pure function of the event that carried it, so storing a resent event
-//!   again rewrites the same keys instead of duplicating them.
+//! - `metrics`: `run id / attempt / seq / index` -> a chunk of the points of one output
+//!   event, starting at the point at `index` within that event (a JSON array of at most
+//!   [`POINT_CHUNK_BYTES`], so that sled's pages stay inline in its log; stores written
+//!   before chunking hold one point per record, as a JSON object, and are read as
+//!   chunks of one).
+//! - `logs`: `run id / attempt / seq / index` -> one log line (JSON).
+//!
+//!   Both keys are a pure function of the event that carried the record, so storing a
+//!   resent event again rewrites the same keys instead of duplicating them.
 //! - `agents`: agent name -> [`AgentRecord`]
 //! - `meta`: counters (the lease epoch), index versions
 //! - `idx_metric`: `project \0 metric \0 f64_key(value) run id` -> empty: every run's
@@ -429,6 +435,8 @@ pub struct SledStore {
     idx_param: sled::Tree,
     /// sled's data file, fsynced after each flush.
     data_file: Mutex<Option<File>>,
+    /// The highest blob file (named by its log sequence number) fsynced so far.
+    blobs_synced: Mutex<u64>,
     path: PathBuf,
 }
 
@@ -471,6 +479,7 @@ impl SledStore {
             idx_param: open_tree("idx_param")?,
             db,
             data_file: Mutex::new(data_file),
+            blobs_synced: Mutex::new(0),
             path: dir.to_path_buf(),
         };
         if store
@@ -629,6 +638,49 @@ impl SledStore {
     }
 }
 
+/// Largest encoded chunk of metric points stored as one record (one point larger than
+/// this is a chunk of its own). sled splits a leaf page at 16 entries whatever their
+/// size, and writes a page larger than a quarter of its 512 KiB log segment to a
+/// separate blob file; chunks of 4 KiB keep every page of `metrics` inline in the log.
+pub const POINT_CHUNK_BYTES: usize = 4096;
+
+/// The points of one event as records: `(index of the chunk's first point, JSON array)`,
+/// each array at most [`POINT_CHUNK_BYTES`] unless it holds a single point.
+fn encode_point_chunks(points: &[StoredPoint]) -> Result<Vec<(u32, Vec<u8>)>> {
+    let mut chunks = Vec::new();
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut first = 0u32;
+    for (index, point) in points.iter().enumerate() {
+        let encoded = encode(point)?;
+        if !chunk.is_empty() && chunk.len() + 1 + encoded.len() + 1 > POINT_CHUNK_BYTES {
+            chunk.push(b']');
+            chunks.push((first, std::mem::take(&mut chunk)));
+        }
+        if chunk.is_empty() {
+            first = index as u32;
+            chunk.push(b'[');
+        } else {
+            chunk.push(b',');
+        }
+        chunk.extend_from_slice(&encoded);
+    }
+    if !chunk.is_empty() {
+        chunk.push(b']');
+        chunks.push((first, chunk));
+    }
+    Ok(chunks)
+}
+
+/// The points of one `metrics` record: a chunk (JSON array), or the single point (JSON
+/// object) of a store written before chunking.
+fn decode_point_chunk(key: &[u8], value: &[u8]) -> Result<Vec<StoredPoint>> {
+    if value.first() == Some(&b'[') {
+        decode("metrics", key, value)
+    } else {
+        Ok(vec![decode("metrics", key, value)?])
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value)
         .map_err(|e| CoordinatorError::Store(format!("cannot encode record: {e}")))
@@ -782,7 +834,14 @@ impl SledStore {
         };
         for entry in self.metrics.iter() {
             let (key, value) = entry.map_err(sled_err)?;
-            report.metric_points += 1;
+            let points = match decode_point_chunk(&key, &value) {
+                Ok(points) => points.len() as u64,
+                Err(error) => {
+                    report.problems.push(error.to_string());
+                    1
+                }
+            };
+            report.metric_points += points;
             let Some((run_id, attempt, seq, _)) = parse_event_key(&key) else {
                 report.problems.push(format!(
                     "malformed metric key {:?}",
@@ -798,9 +857,6 @@ impl SledStore {
             };
             if seq > record.acked_seq {
                 report.problems.push(format!("metric point of run {run_id} attempt {attempt} from event {seq} beyond the stored {}", record.acked_seq));
-            }
-            if let Err(error) = decode::<StoredPoint>("metrics", &key, &value) {
-                report.problems.push(error.to_string());
             }
         }
         for entry in self.logs.iter() {
@@ -926,8 +982,8 @@ impl Store for SledStore {
         logs: &[StoredLogLine],
     ) -> Result<()> {
         let mut metric_batch = sled::Batch::default();
-        for (i, point) in metrics.iter().enumerate() {
-            metric_batch.insert(event_key(run_id, attempt, seq, i as u32), encode(point)?);
+        for (first, chunk) in encode_point_chunks(metrics)? {
+            metric_batch.insert(event_key(run_id, attempt, seq, first), chunk);
         }
         let mut log_batch = sled::Batch::default();
         for (i, line) in logs.iter().enumerate() {
@@ -939,7 +995,12 @@ impl Store for SledStore {
     }
 
     fn metrics(&self, run_id: &str, attempt: u32) -> Result<Vec<StoredPoint>> {
-        scan_all(&self.metrics, "metrics", &attempt_prefix(run_id, attempt))
+        let mut points = Vec::new();
+        for entry in self.metrics.scan_prefix(attempt_prefix(run_id, attempt)) {
+            let (key, value) = entry.map_err(sled_err)?;
+            points.extend(decode_point_chunk(&key, &value)?);
+        }
+        Ok(points)
     }
 
     fn metrics_after(
@@ -951,8 +1012,10 @@ impl Store for SledStore {
         max_bytes: usize,
     ) -> Result<Vec<(PointKey, StoredPoint)>> {
         let prefix = attempt_prefix(run_id, attempt);
+        // The chunk holding the point after `after` starts at or before it within its
+        // event: start at the event's first chunk and skip what is not after `after`.
         let start = match after {
-            Some(key) => Bound::Excluded(event_key(run_id, attempt, key.seq, key.index)),
+            Some(key) => Bound::Included(event_key(run_id, attempt, key.seq, 0)),
             None => Bound::Included(prefix.clone()),
         };
         let mut end = attempt_prefix(run_id, attempt.saturating_add(1));
@@ -962,10 +1025,7 @@ impl Store for SledStore {
         }
         let mut points = Vec::new();
         let mut bytes = 0usize;
-        for entry in self.metrics.range((start, Bound::Excluded(end))) {
-            if points.len() >= limit || (bytes >= max_bytes && !points.is_empty()) {
-                break;
-            }
+        'chunks: for entry in self.metrics.range((start, Bound::Excluded(end))) {
             let (key, value) = entry.map_err(sled_err)?;
             let Some(suffix) = key.get(prefix.len()..) else {
                 continue;
@@ -974,9 +1034,23 @@ impl Store for SledStore {
                 continue;
             }
             let seq = u64::from_be_bytes(suffix[..8].try_into().expect("8 bytes"));
-            let index = u32::from_be_bytes(suffix[8..].try_into().expect("4 bytes"));
-            bytes += value.len();
-            points.push((PointKey { seq, index }, decode("metrics", &key, &value)?));
+            let first = u32::from_be_bytes(suffix[8..].try_into().expect("4 bytes"));
+            let chunk = decode_point_chunk(&key, &value)?;
+            let point_bytes = value.len() / chunk.len().max(1);
+            for (offset, point) in chunk.into_iter().enumerate() {
+                let point_key = PointKey {
+                    seq,
+                    index: first.saturating_add(offset as u32),
+                };
+                if after.is_some_and(|after| point_key <= after) {
+                    continue;
+                }
+                if points.len() >= limit || (bytes >= max_bytes && !points.is_empty()) {
+                    break 'chunks;
+                }
+                bytes += point_bytes;
+                points.push((point_key, point));
+            }
         }
         Ok(points)
     }
@@ -1127,6 +1201,8 @@ impl Store for SledStore {
 
     fn commit(&self) -> Result<()> {
         self.db.flush().map_err(sled_err)?;
+        // Blobs first: the flushed log may point at them.
+        self.sync_blobs()?;
         let mut data_file = self.data_file.lock().unwrap_or_else(|e| e.into_inner());
         if data_file.is_none() {
             *data_file = File::open(self.path.join("db")).ok();
@@ -1142,6 +1218,54 @@ impl Store for SledStore {
 }
 
 impl SledStore {
+    /// fsyncs the blob files sled wrote since the last commit. sled writes a page larger
+    /// than a quarter of a log segment (a leaf of long log lines, say) to its own file
+    /// under `blobs/`, named by its log sequence number, and never syncs it; the log
+    /// that points at it is synced by [`Store::commit`].
+    fn sync_blobs(&self) -> Result<()> {
+        let dir = self.path.join("blobs");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(CoordinatorError::Io {
+                    context: format!("failed to list {}", dir.display()),
+                    source,
+                })
+            }
+        };
+        let io_error = |path: &Path| {
+            let context = format!("failed to fsync {}", path.display());
+            move |source| CoordinatorError::Io { context, source }
+        };
+        let mut synced = self.blobs_synced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut newest = *synced;
+        for entry in entries {
+            let entry = entry.map_err(io_error(&dir))?;
+            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if lsn <= *synced {
+                continue;
+            }
+            let path = entry.path();
+            match File::open(&path) {
+                Ok(file) => file.sync_data().map_err(io_error(&path))?,
+                // Collected by sled since it was listed: nothing points at it any more.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(io_error(&path)(source)),
+            }
+            newest = newest.max(lsn);
+        }
+        if newest > *synced {
+            File::open(&dir)
+                .and_then(|dir_file| dir_file.sync_all())
+                .map_err(io_error(&dir))?;
+            *synced = newest;
+        }
+        Ok(())
+    }
+
     /// Records and bytes (keys, values) of each tree, as stored before sled's own
     /// overhead: where the store's size per run goes (`ladder bench history`).
     pub fn tree_usage(&self) -> Result<Vec<TreeUsage>> {
@@ -1347,5 +1471,118 @@ mod tests {
             .map(|p| p.step)
             .collect();
         assert_eq!(steps, vec![Some(10), Some(5)], "kept as reported");
+    }
+
+    /// Points of `event` numbered from `from`, with a metric name long enough that a few
+    /// dozen fill a chunk.
+    fn points(from: i64, n: usize) -> Vec<StoredPoint> {
+        (0..n as i64)
+            .map(|i| StoredPoint {
+                step: Some(from + i),
+                values: [
+                    ("train/loss".to_string(), 1.0 / (1 + from + i) as f64),
+                    ("train/a_longer_metric_name_of_an_eval".to_string(), 0.5),
+                ]
+                .into(),
+                time_ms: 1_796_469_698_743 + i,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_points_of_an_event_are_stored_in_chunks_that_keep_sled_pages_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // Events of 512 points (a full agent batch) and of 1, as many as a long run sends.
+        let mut expected = Vec::new();
+        for seq in 1..=40u64 {
+            let n = if seq % 2 == 0 { 512 } else { 1 };
+            let batch = points(expected.len() as i64, n);
+            store.put_output("s-000000", 1, seq, &batch, &[]).unwrap();
+            expected.extend(batch);
+        }
+        store.commit().unwrap();
+        assert_eq!(store.metrics("s-000000", 1).unwrap(), expected);
+        let records = store.metrics.len();
+        assert!(
+            records < expected.len() / 20,
+            "{records} records for {} points",
+            expected.len()
+        );
+        for entry in store.metrics.iter() {
+            let (_, value) = entry.unwrap();
+            assert!(value.len() <= POINT_CHUNK_BYTES, "{} bytes", value.len());
+        }
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("blobs"))
+            .map(|entries| entries.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(blobs.is_empty(), "pages written as blobs: {blobs:?}");
+    }
+
+    #[test]
+    fn reading_points_after_a_key_resumes_inside_a_chunk_and_across_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut expected = Vec::new();
+        for (seq, n) in [(1u64, 300usize), (2, 1), (5, 200)] {
+            let batch = points(expected.len() as i64, n);
+            for (index, point) in batch.iter().enumerate() {
+                let key = PointKey {
+                    seq,
+                    index: index as u32,
+                };
+                expected.push((key, point.clone()));
+            }
+            store.put_output("s-000000", 1, seq, &batch, &[]).unwrap();
+        }
+        // Another attempt and another run around it, never read by mistake.
+        store.put_output("s-000000", 2, 1, &points(0, 3), &[]).unwrap();
+        store.put_output("s-00000", 1, 1, &points(0, 3), &[]).unwrap();
+        // Every cursor, including each chunk's first and last point.
+        for start in 0..expected.len() {
+            let after = start.checked_sub(1).map(|i| expected[i].0);
+            let got = store
+                .metrics_after("s-000000", 1, after, 7, usize::MAX)
+                .unwrap();
+            let want: Vec<_> = expected[start..].iter().take(7).cloned().collect();
+            assert_eq!(got, want, "after {after:?}");
+        }
+        // A byte budget still returns at least one point, and stops near the budget.
+        let one = store.metrics_after("s-000000", 1, None, 1000, 1).unwrap();
+        assert_eq!(one.len(), 1);
+        let some = store.metrics_after("s-000000", 1, None, 1000, 2000).unwrap();
+        assert!(!some.is_empty() && some.len() < 100, "{}", some.len());
+    }
+
+    #[test]
+    fn points_stored_one_per_record_before_chunking_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let old = points(0, 3);
+        for (index, point) in old.iter().enumerate() {
+            store
+                .metrics
+                .insert(
+                    event_key("s-000000", 1, 1, index as u32),
+                    encode(point).unwrap(),
+                )
+                .unwrap();
+        }
+        let new = points(3, 2);
+        store.put_output("s-000000", 1, 2, &new, &[]).unwrap();
+        let all: Vec<StoredPoint> = old.iter().chain(&new).cloned().collect();
+        assert_eq!(store.metrics("s-000000", 1).unwrap(), all);
+        let after = store
+            .metrics_after("s-000000", 1, Some(PointKey { seq: 1, index: 1 }), 10, usize::MAX)
+            .unwrap();
+        let keys: Vec<PointKey> = after.iter().map(|(key, _)| *key).collect();
+        assert_eq!(
+            keys,
+            [
+                PointKey { seq: 1, index: 2 },
+                PointKey { seq: 2, index: 0 },
+                PointKey { seq: 2, index: 1 }
+            ]
+        );
     }
 }
