@@ -1,4 +1,4 @@
-//! `ladder bench`: measurements whose figures the README quotes.
+//! `ladder bench`: measurements whose figures docs/internals/benchmarks.md quotes.
 //!
 //! `dispatch` measures end-to-end dispatch throughput: a coordinator and N agents (in
 //! this process, over loopback gRPC, with the durable store on disk) run a sweep of

@@ -1,7 +1,7 @@
 //! The history verbs: `runs ls` with queries, `leaderboard`, `runs note|tag|compare|
 //! export|watch`, and the git state recorded at `sweep submit`. Each calls the
 //! coordinator's `RunService` and prints a table, or JSON with `--json` (the forms are
-//! documented in the README, "JSON output").
+//! documented in docs/reference/json-output.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

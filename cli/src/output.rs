@@ -1,6 +1,6 @@
 //! Human tables and the documented `--json` forms of every read verb.
 //!
-//! The JSON field names are stable (README, "JSON output"). Times are milliseconds since
+//! The JSON field names are stable (docs/reference/json-output.md). Times are milliseconds since
 //! the Unix epoch; absent values are `null`.
 
 use ladder_proto::v1 as pb;

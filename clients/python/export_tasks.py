@@ -10,7 +10,7 @@ With no task names it exports all four. Each task lands in OUT_DIR/<task>/ as
 `test.jsonl`, `fewshot.jsonl` (when the benchmark has a few-shot split) and
 `<task>.yaml`; MMLU writes one directory per subject (`mmlu_<subject>`). Point the
 trainer at the YAML file. This script downloads data, so it does not run in CI; see
-trainer/TASKS.md for the format.
+docs/reference/train-config.md ("Evaluation tasks") for the format.
 """
 
 import json

@@ -722,9 +722,9 @@ pub fn sample(param: &ParamSpec, rng: &mut ChaCha8Rng) -> ParamValue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     pub params: Params,
-    /// The sweep metric's value (the run's last reported value, as the sweep's goal
-    /// says: larger is better for `maximize`); `None` when the run failed, never reported
-    /// it, or is still in flight.
+    /// The sweep metric's value: the run's summary of it as the sweep chose it (`last`
+    /// unless `summary:` says `min`, `max` or `best`); larger is better for `maximize`.
+    /// `None` when the run failed, never reported it, or is still in flight.
     pub value: Option<f64>,
     /// The trial is queued or running: learning methods must not propose it again
     /// (e.g. treat it with a "constant liar" value).

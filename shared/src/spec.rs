@@ -11,7 +11,7 @@
 //! corresponding `Checker` method. The `parameters:` section (forms, distributions,
 //! nested groups, `when:` conditions) lives in `params`, `early_terminate:` in
 //! `early_terminate`, `metric.summary` and `summaries:` in `summaries`; the language is
-//! documented for users in `shared/PARAMETERS.md`.
+//! documented for users in `docs/reference/sweep-file.md`.
 
 mod early_terminate;
 mod params;

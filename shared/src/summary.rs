@@ -4,7 +4,7 @@
 //! sorting, the leaderboard and the search's objective need one number per run and
 //! metric, as W&B's `run.summary` does. By default it is the last reported value; a sweep
 //! may choose another per metric (`metric: {name: eval/loss, goal: minimize, summary:
-//! best}`, `summaries: {train/loss: min}`, see `shared/PARAMETERS.md`):
+//! best}`, `summaries: {train/loss: min}`, see `docs/reference/sweep-file.md`):
 //!
 //! - [`Summary`] is the choice as written in the sweep file (`best` included);
 //! - [`Reduction`] is what it resolves to once the metric's goal is known (`best` is

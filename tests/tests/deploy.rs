@@ -11,7 +11,7 @@
 //! - every `--flag` given to `ladder coordinator` or `ladder agent` in these files is one
 //!   the binary's `--help` lists (the only test here that needs the `ladder` binary).
 //!
-//! deploy/README.md ("What CI checks") describes the same list to users.
+//! docs/guides/deploy.md ("What CI checks") describes the same list to users.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -746,7 +746,20 @@ fn unknown_flags(uses: &[FlagUse], accepted: &dyn Fn(Role) -> BTreeSet<String>) 
 fn flag_uses_in_deploy() -> Vec<FlagUse> {
     let root = workspace_dir();
     let mut uses = Vec::new();
-    for file in files_under(&deploy_dir()) {
+    // The deployment guide whole, and the code blocks of every other page.
+    let deploy_guide = root.join("docs/guides/deploy.md");
+    let pages = files_under(&root.join("docs"))
+        .into_iter()
+        .chain([root.join("README.md")])
+        .filter(|f| f.extension().is_some_and(|e| e == "md") && *f != deploy_guide);
+    for page in pages {
+        let shown = page.strip_prefix(&root).unwrap_or(&page).display().to_string();
+        let text = fs::read_to_string(&page).expect("docs pages are text");
+        uses.extend(flag_uses_in_text(&code_blocks_only(&text), &shown));
+    }
+    let mut files = files_under(&deploy_dir());
+    files.push(deploy_guide);
+    for file in files {
         let shown = file
             .strip_prefix(&root)
             .unwrap_or(&file)
@@ -764,6 +777,21 @@ fn flag_uses_in_deploy() -> Vec<FlagUse> {
         }
     }
     uses
+}
+
+/// `text` with every line outside a fenced code block blanked (line numbers kept).
+fn code_blocks_only(text: &str) -> String {
+    let mut in_block = false;
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+        } else if in_block {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[test]

@@ -211,7 +211,7 @@ fn nccl(launched: &Launched, device: &Device) -> Result<Box<dyn Collective>> {
 #[cfg(not(feature = "nccl"))]
 fn nccl(launched: &Launched, _device: &Device) -> Result<Box<dyn Collective>> {
     Err(TrainerError::Collective(format!(
-        "rank {} of {} is on a GPU, but this ladder was built without NCCL; build it with `cargo build --release --features cuda,nccl` (see deploy/GPU-BUILD.md)",
+        "rank {} of {} is on a GPU, but this ladder was built without NCCL; build it with `cargo build --release --features cuda,nccl` (see docs/guides/gpu-build.md)",
         launched.rank, launched.world_size
     )))
 }

@@ -1810,7 +1810,7 @@ mod tests {
 
     #[test]
     fn the_reference_example_parses() {
-        let doc = include_str!("../../PARAMETERS.md");
+        let doc = include_str!("../../../docs/reference/sweep-file.md");
         let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
         let end = start + doc[start..].find("```").expect("closed");
         let spec = parse(&doc[start..end]);
