@@ -130,11 +130,14 @@ impl Containment {
                     })
                     .collect();
                 let path = dir.join(format!("run-{name}-{attempt}"));
-                if path.exists() {
+                if let Err(error) = fs::create_dir(&path) {
+                    if error.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(annotate(error, &path));
+                    }
                     // A scope of the same attempt that was not removed: end it first.
                     kill_cgroup_tree(&path);
+                    fs::create_dir(&path).map_err(|e| annotate(e, &path))?;
                 }
-                fs::create_dir(&path).map_err(|e| annotate(e, &path))?;
                 let procs = path.join("cgroup.procs");
                 let file = fs::OpenOptions::new()
                     .write(true)
@@ -208,10 +211,13 @@ impl Scope {
                 let path = path.clone();
                 let ranks: HashSet<u32> = ranks.iter().copied().collect();
                 tokio::task::spawn_blocking(move || {
-                    let others = read_pids(&path.join("cgroup.procs"))
-                        .into_iter()
-                        .filter(|pid| !ranks.contains(pid))
-                        .count();
+                    let pids = read_pids(&path.join("cgroup.procs"));
+                    // The common end: nothing left, no child cgroup; the kernel refuses
+                    // the removal otherwise (EBUSY), and the whole tree is killed.
+                    if pids.is_empty() && fs::remove_dir(&path).is_ok() {
+                        return 0;
+                    }
+                    let others = pids.iter().filter(|pid| !ranks.contains(pid)).count();
                     kill_cgroup_tree(&path);
                     others
                 })

@@ -660,7 +660,7 @@ impl Agent {
         }
         // Runs sharing this machine's cores share them evenly instead of each starting a
         // thread per core (the built-in trainer, PyTorch and NumPy all honour these).
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = machine_cores();
         let threads = (cores / self.config.slots.max(1) as usize)
             .max(1)
             .to_string();
@@ -679,9 +679,7 @@ impl Agent {
             // Runs of the built-in trainer are this same binary's `train` verb.
             (
                 "ladder.exe",
-                std::env::current_exe()
-                    .map(|exe| exe.display().to_string())
-                    .unwrap_or_else(|_| "ladder".to_string()),
+                own_exe().to_string(),
             ),
         ]);
         let argv = ladder_shared::search::render_agent_placeholders(&assign.argv, &placeholders);
@@ -754,6 +752,23 @@ fn name_refused(status: &tonic::Status) -> bool {
 }
 
 /// A run id as a directory name.
+/// The cores this agent may use (its cgroup's CPU quota counted), read once: the
+/// answer takes several file reads, and runs are started by the hundred per second.
+fn machine_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// This binary's path, for `{{ladder.exe}}` (runs of the built-in trainer), read once.
+fn own_exe() -> &'static str {
+    static EXE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| {
+        std::env::current_exe()
+            .map(|exe| exe.display().to_string())
+            .unwrap_or_else(|_| "ladder".to_string())
+    })
+}
+
 fn sanitize(run_id: &str) -> String {
     run_id
         .chars()

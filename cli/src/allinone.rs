@@ -34,12 +34,15 @@ pub struct Embedded {
 impl Embedded {
     /// Starts a coordinator on `data` and one agent per entry of `agents` (name, slots).
     pub async fn start(data: &Path, agents: &[(String, u32)]) -> anyhow::Result<Embedded> {
-        Embedded::start_with_gpus(data, agents, &[], Some(Isolation::Auto)).await
+        let work = data.join("work");
+        Embedded::start_with_gpus(data, &work, agents, &[], Some(Isolation::Auto)).await
     }
 
-    /// Like [`Embedded::start`], the first agent offering `gpus`.
+    /// Like [`Embedded::start`], the first agent offering `gpus`; each agent's work
+    /// directory is `work/NAME`.
     pub async fn start_with_gpus(
         data: &Path,
+        work: &Path,
         agents: &[(String, u32)],
         gpus: &[ladder_shared::types::Gpu],
         isolation: Option<Isolation>,
@@ -77,8 +80,7 @@ impl Embedded {
             .transpose()
             .map_err(|message| anyhow::anyhow!(message))?;
         for (number, (name, slots)) in agents.iter().enumerate() {
-            let mut config =
-                AgentConfig::new(url.clone(), name.clone(), data.join("work").join(name));
+            let mut config = AgentConfig::new(url.clone(), name.clone(), work.join(name));
             config.slots = *slots;
             config.token = Some(token.clone());
             config.containment = containment.clone();
@@ -137,6 +139,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("failed to discover this node's GPUs")?;
     let embedded = Embedded::start_with_gpus(
         &args.data,
+        &args.data.join("work"),
         &[("local".to_string(), slots)],
         &gpus,
         Some(Isolation::Auto),

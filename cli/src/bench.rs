@@ -68,6 +68,12 @@ pub enum BenchCommand {
         /// subreaper, or none (process groups only, to measure what tracking costs).
         #[arg(long, default_value = "auto")]
         isolation: String,
+        /// Where the agents' run directories go (default: the benchmark's temporary
+        /// directory, beside the store). The store stays there, on disk and fsynced,
+        /// whatever this says; see docs/internals/benchmarks.md for when a tmpfs here
+        /// measures ladder rather than the filesystem.
+        #[arg(long)]
+        work_dir: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +94,12 @@ pub enum BenchCommand {
         /// subreaper, or none (process groups only, to measure what tracking costs).
         #[arg(long, default_value = "auto")]
         isolation: String,
+        /// Where the agents' run directories go (default: the benchmark's temporary
+        /// directory, beside the store). The store stays there, on disk and fsynced,
+        /// whatever this says; see docs/internals/benchmarks.md for when a tmpfs here
+        /// measures ladder rather than the filesystem.
+        #[arg(long)]
+        work_dir: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -154,8 +166,17 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             slots,
             command,
             isolation,
+            work_dir,
             json,
-        } => dispatch(runs, agents, slots, &command, &isolation, json).await,
+        } => {
+            let cluster = BenchCluster {
+                agents,
+                slots,
+                isolation: &isolation,
+                work_dir: work_dir.as_deref(),
+            };
+            dispatch(runs, &cluster, &command, json).await
+        }
         BenchCommand::Search {
             seeds,
             trials,
@@ -167,8 +188,17 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             agents,
             slots,
             isolation,
+            work_dir,
             json,
-        } => ingest(runs, points, agents, slots, &isolation, json).await,
+        } => {
+            let cluster = BenchCluster {
+                agents,
+                slots,
+                isolation: &isolation,
+                work_dir: work_dir.as_deref(),
+            };
+            ingest(runs, points, &cluster, json).await
+        }
         BenchCommand::Soak {
             sweeps,
             steps,
@@ -318,7 +348,11 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 /// one that already existed), so that removing it afterwards removes only what the
 /// benchmark wrote.
 pub(crate) fn fresh_dir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
-    let base = std::env::temp_dir();
+    fresh_dir_in(&std::env::temp_dir(), prefix)
+}
+
+/// A new, empty directory under `base`, created here.
+fn fresh_dir_in(base: &std::path::Path, prefix: &str) -> anyhow::Result<std::path::PathBuf> {
     for attempt in 0u32..1000 {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -440,12 +474,28 @@ fn sig(x: f64) -> String {
 
 /// Starts an embedded coordinator with `agents` agents of `slots` slots in a fresh
 /// directory and waits until every agent is connected.
-async fn bench_cluster(
+/// The in-process cluster a benchmark runs on.
+struct BenchCluster<'a> {
     agents: u32,
     slots: u32,
-    isolation: &str,
-) -> anyhow::Result<(std::path::PathBuf, Embedded)> {
-    let isolation = match isolation {
+    /// `--isolation`: auto, cgroup, subreaper or none.
+    isolation: &'a str,
+    /// `--work-dir`: where the agents' run directories go instead of beside the store.
+    work_dir: Option<&'a std::path::Path>,
+}
+
+/// A coordinator with its store in a fresh temporary directory (returned, with the
+/// agents' fresh work directory; both removed by the caller) and its agents, once
+/// every agent is connected.
+async fn bench_cluster(
+    cluster: &BenchCluster<'_>,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, Embedded)> {
+    let (agents, slots) = (cluster.agents, cluster.slots);
+    anyhow::ensure!(
+        agents >= 1 && slots >= 1,
+        "--agents and --slots must be at least 1"
+    );
+    let isolation = match cluster.isolation {
         "none" => None,
         other => Some(
             ladder_agent::contain::Isolation::parse(other)
@@ -453,10 +503,15 @@ async fn bench_cluster(
         ),
     };
     let dir = fresh_dir("ladder-bench")?;
+    let work = match cluster.work_dir {
+        Some(base) => fresh_dir_in(base, "ladder-bench-work")?,
+        None => dir.join("work"),
+    };
     let names: Vec<(String, u32)> = (0..agents)
         .map(|i| (format!("bench-agent-{i}"), slots))
         .collect();
-    let embedded = Embedded::start_with_gpus(&dir.join("data"), &names, &[], isolation).await?;
+    let embedded =
+        Embedded::start_with_gpus(&dir.join("data"), &work, &names, &[], isolation).await?;
     let started = Instant::now();
     loop {
         let channel = client::channel(&embedded.url).await?;
@@ -467,7 +522,7 @@ async fn bench_cluster(
             .into_inner()
             .agents;
         if listed.iter().filter(|a| a.connected).count() == agents as usize {
-            return Ok((dir, embedded));
+            return Ok((dir, work, embedded));
         }
         anyhow::ensure!(
             started.elapsed().as_secs() < 30,
@@ -507,16 +562,15 @@ out.flush()
 async fn ingest(
     runs: u64,
     points: u64,
-    agents: u32,
-    slots: u32,
-    isolation: &str,
+    cluster: &BenchCluster<'_>,
     json_output: bool,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        runs >= 1 && points >= 1 && agents >= 1 && slots >= 1,
-        "--runs, --points, --agents and --slots must be at least 1"
+        runs >= 1 && points >= 1,
+        "--runs and --points must be at least 1"
     );
-    let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
+    let (agents, slots) = (cluster.agents, cluster.slots);
+    let (dir, work, embedded) = bench_cluster(cluster).await?;
     let program = dir.join("emit.py");
     std::fs::write(&program, INGEST_PROGRAM)?;
     let yaml = format!(
@@ -544,6 +598,7 @@ async fn ingest(
         .sum();
     embedded.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&work);
     let reasons: std::collections::BTreeSet<&str> = listed
         .iter()
         .flat_map(|run| &run.attempts)
@@ -571,18 +626,14 @@ async fn ingest(
 
 async fn dispatch(
     runs: u64,
-    agents: u32,
-    slots: u32,
+    cluster: &BenchCluster<'_>,
     command: &str,
-    isolation: &str,
     json_output: bool,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        runs >= 1 && agents >= 1 && slots >= 1,
-        "--runs, --agents and --slots must be at least 1"
-    );
+    anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+    let (agents, slots) = (cluster.agents, cluster.slots);
     ladder_shared::timeline::enable();
-    let (dir, embedded) = bench_cluster(agents, slots, isolation).await?;
+    let (dir, work, embedded) = bench_cluster(cluster).await?;
     let yaml = format!(
         "name: bench-dispatch\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [{command:?}]\n",
         agents * slots
@@ -590,6 +641,7 @@ async fn dispatch(
     let (_, counts, elapsed) = timed_sweep(&embedded, &dir, "bench.yaml", yaml).await?;
     embedded.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&work);
     let rate = counts.completed as f64 / elapsed;
     let mut latencies = ladder_shared::timeline::latencies(&ladder_shared::timeline::take());
     let figures: Vec<(&str, &str, &mut Vec<std::time::Duration>)> = vec![
