@@ -440,6 +440,63 @@ pub struct SledStore {
     path: PathBuf,
 }
 
+/// How long [`SledStore::open`] waits for a handle this process dropped to let go of
+/// the store's lock.
+const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens sled's database in `dir`. sled holds an exclusive `flock` on its `db` file
+/// until the last of its own threads lets go of a dropped handle, a little after the
+/// handle itself is gone: while the lock's holder is this process, the open is retried
+/// (for at most [`OWN_LOCK_WAIT`]); held by another process, it fails at once, naming it.
+fn open_when_released(config: &sled::Config, dir: &Path) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let error = match config.open() {
+            Ok(db) => return Ok(db),
+            Err(error) => error,
+        };
+        let lock_holder = match &error {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                lock_holder(&dir.join("db"))
+            }
+            _ => None,
+        };
+        let message = match lock_holder {
+            Some(pid) if pid == std::process::id() && started.elapsed() < OWN_LOCK_WAIT => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                continue;
+            }
+            Some(pid) if pid != std::process::id() => format!(
+                "cannot open store in {}: it is in use by process {pid} (another coordinator?)",
+                dir.display()
+            ),
+            _ => format!("cannot open store in {}: {error}", dir.display()),
+        };
+        return Err(CoordinatorError::Store(message));
+    }
+}
+
+/// The process holding the `flock` on `file`, from `/proc/locks` (Linux).
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF`; waiters have a `->` field.
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let lock_inode = fields.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+        if lock_inode != inode {
+            return None;
+        }
+        fields.get(4)?.parse().ok()
+    })
+}
+
 const EPOCH_KEY: &[u8] = b"epoch";
 /// Present once `idx_metric` and `idx_metric_all` cover every run by its summary values
 /// and every run record has its summaries (v1: last values, one project at a time).
@@ -454,14 +511,11 @@ impl SledStore {
             context: format!("failed to create data directory {}", dir.display()),
             source,
         })?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(ladder_shared::limits::STORE_CACHE_BYTES)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| {
-                CoordinatorError::Store(format!("cannot open store in {}: {e}", dir.display()))
-            })?;
+            .flush_every_ms(Some(500));
+        let db = open_when_released(&config, dir)?;
         let open_tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| CoordinatorError::Store(format!("cannot open tree {name}: {e}")))
@@ -1584,5 +1638,50 @@ mod tests {
                 PointKey { seq: 2, index: 1 }
             ]
         );
+    }
+
+    #[test]
+    fn a_store_reopened_at_once_after_its_handle_is_dropped_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20u64 {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_output("s-000000", 1, round + 1, &points(0, 50), &[]).unwrap();
+            store.commit().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.metrics("s-000000", 1).unwrap().len(), 20 * 50);
+    }
+
+    #[test]
+    fn a_store_locked_by_another_process_is_refused_at_once_naming_it() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        let mut holder = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl, sys\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n",
+            ])
+            .arg(dir.path().join("db"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        // The lock of this process's own dropped handle may still be there: the open
+        // waits for it, then meets the other process's.
+        let started = std::time::Instant::now();
+        let error = SledStore::open(dir.path()).err().expect("refused").to_string();
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+        assert!(
+            error.contains(&format!("in use by process {}", holder.id())),
+            "{error}"
+        );
+        assert!(started.elapsed() < OWN_LOCK_WAIT, "waited for another process");
     }
 }
