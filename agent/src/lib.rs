@@ -677,10 +677,7 @@ impl Agent {
             ("ladder.run_dir", run_dir.display().to_string()),
             ("ladder.run_id", lease.run_id.clone()),
             // Runs of the built-in trainer are this same binary's `train` verb.
-            (
-                "ladder.exe",
-                own_exe().to_string(),
-            ),
+            ("ladder.exe", own_exe().to_string()),
         ]);
         let argv = ladder_shared::search::render_agent_placeholders(&assign.argv, &placeholders);
         env.insert(

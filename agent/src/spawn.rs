@@ -254,7 +254,7 @@ fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Starts one rank (see the module's overview). Must run inside a tokio runtime (the
 /// pipes register with it).
-pub fn spawn(request: &SpawnRequest) -> io::Result<RankProcess> {
+pub fn spawn(request: &SpawnRequest<'_>) -> io::Result<RankProcess> {
     let program = request
         .argv
         .first()

@@ -229,7 +229,7 @@ pub struct LeaderboardArgs {
     /// maximize or minimize (default: the goal the project's sweeps give the metric).
     #[arg(long)]
     pub goal: Option<String>,
-    /// `avg`: rank by the mean of the eval/<task>/{acc_norm,acc,mc2} scores, one column per task.
+    /// `avg`: rank by the mean of the `eval/<task>/{acc_norm,acc,mc2}` scores, one column per task.
     #[arg(long)]
     pub tasks: Option<String>,
     /// run (default), sweep (best run of each sweep) or model (best run per `model` param).

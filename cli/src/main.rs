@@ -10,7 +10,7 @@
 //!
 //! Modules: [`client`] (verbs), [`history`] (queries, leaderboard, notes, compare,
 //! export, watch), [`output`] (tables and the documented `--json` forms),
-//! [`allinone`] (`ladder run`), [`bench`], [`connect`] (TLS and token of client
+//! [`allinone`] (`ladder run`), [`bench`](mod@bench), [`connect`] (TLS and token of client
 //! connections), [`access`] (the coordinator's `--auth`/TLS options, `ladder auth`).
 
 mod access;

@@ -1,6 +1,6 @@
 //! The gRPC adapters: each method converts its request, calls the scheduler (writes) or
 //! [`Queries`] (reads), and maps errors through `From<CoordinatorError> for Status`.
-//! Each method first asks [`Shared::authorize`] (see [`crate::auth`]) whether the caller
+//! Each method first asks `Shared::authorize` (see [`crate::auth`]) whether the caller
 //! may do what it asks.
 
 use std::pin::Pin;

@@ -655,7 +655,7 @@ impl SledStore {
     }
 
     /// Stores many new runs at once (benchmarks and imports): the records in one batch,
-    /// their index keys in bounded batches (see [`insert_keys`]). The runs must not exist
+    /// their index keys in bounded batches (see `insert_keys`). The runs must not exist
     /// yet.
     pub fn put_new_runs(&self, runs: &[RunRecord]) -> Result<()> {
         let mut per_project = Vec::new();
@@ -1296,7 +1296,11 @@ impl SledStore {
         let mut newest = *synced;
         for entry in entries {
             let entry = entry.map_err(io_error(&dir))?;
-            let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
                 continue;
             };
             if lsn <= *synced {
@@ -1590,8 +1594,12 @@ mod tests {
             store.put_output("s-000000", 1, seq, &batch, &[]).unwrap();
         }
         // Another attempt and another run around it, never read by mistake.
-        store.put_output("s-000000", 2, 1, &points(0, 3), &[]).unwrap();
-        store.put_output("s-00000", 1, 1, &points(0, 3), &[]).unwrap();
+        store
+            .put_output("s-000000", 2, 1, &points(0, 3), &[])
+            .unwrap();
+        store
+            .put_output("s-00000", 1, 1, &points(0, 3), &[])
+            .unwrap();
         // Every cursor, including each chunk's first and last point.
         for start in 0..expected.len() {
             let after = start.checked_sub(1).map(|i| expected[i].0);
@@ -1604,7 +1612,9 @@ mod tests {
         // A byte budget still returns at least one point, and stops near the budget.
         let one = store.metrics_after("s-000000", 1, None, 1000, 1).unwrap();
         assert_eq!(one.len(), 1);
-        let some = store.metrics_after("s-000000", 1, None, 1000, 2000).unwrap();
+        let some = store
+            .metrics_after("s-000000", 1, None, 1000, 2000)
+            .unwrap();
         assert!(!some.is_empty() && some.len() < 100, "{}", some.len());
     }
 
@@ -1627,7 +1637,13 @@ mod tests {
         let all: Vec<StoredPoint> = old.iter().chain(&new).cloned().collect();
         assert_eq!(store.metrics("s-000000", 1).unwrap(), all);
         let after = store
-            .metrics_after("s-000000", 1, Some(PointKey { seq: 1, index: 1 }), 10, usize::MAX)
+            .metrics_after(
+                "s-000000",
+                1,
+                Some(PointKey { seq: 1, index: 1 }),
+                10,
+                usize::MAX,
+            )
             .unwrap();
         let keys: Vec<PointKey> = after.iter().map(|(key, _)| *key).collect();
         assert_eq!(
@@ -1645,7 +1661,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for round in 0..20u64 {
             let store = SledStore::open(dir.path()).unwrap();
-            store.put_output("s-000000", 1, round + 1, &points(0, 50), &[]).unwrap();
+            store
+                .put_output("s-000000", 1, round + 1, &points(0, 50), &[])
+                .unwrap();
             store.commit().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -1675,13 +1693,19 @@ mod tests {
         // The lock of this process's own dropped handle may still be there: the open
         // waits for it, then meets the other process's.
         let started = std::time::Instant::now();
-        let error = SledStore::open(dir.path()).err().expect("refused").to_string();
+        let error = SledStore::open(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
         drop(holder.stdin.take());
         holder.wait().unwrap();
         assert!(
             error.contains(&format!("in use by process {}", holder.id())),
             "{error}"
         );
-        assert!(started.elapsed() < OWN_LOCK_WAIT, "waited for another process");
+        assert!(
+            started.elapsed() < OWN_LOCK_WAIT,
+            "waited for another process"
+        );
     }
 }

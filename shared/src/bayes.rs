@@ -1,4 +1,4 @@
-//! `method: bayes`: the sweep's parameters as a [`tpe`](crate::tpe) search space, and
+//! `method: bayes`: the sweep's parameters as a [`crate::tpe`] search space, and
 //! proposals that learn from every trial so far.
 //!
 //! Each non-constant parameter is one TPE dimension: `values` a categorical (its

@@ -1,6 +1,6 @@
 //! The run query language of `ladder runs ls --where/--sort/--cursor` and the
 //! leaderboard's task convention. Pure: text in, values out; the coordinator evaluates
-//! a parsed [`Query`] against each run it considers (see `coordinator/src/history.rs`).
+//! a parsed `Query` against each run it considers (see `coordinator/src/history.rs`).
 //!
 //! Grammar (keywords case-insensitive):
 //!

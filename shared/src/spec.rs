@@ -2,7 +2,7 @@
 //! [`SpecError`] with `file:line:column`.
 //!
 //! Parsing happens in two layers: [`yaml`] builds a spanned tree (positions, duplicate
-//! keys, scalar types), then the [`Checker`] here walks it against the sweep schema,
+//! keys, scalar types), then the `Checker` here walks it against the sweep schema,
 //! collecting all errors instead of stopping at the first. A [`SweepSpec`] is only
 //! returned when no error was found, so its invariants (documented per field) hold for
 //! every caller, and [`crate::search`] relies on them.

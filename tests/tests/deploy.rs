@@ -753,7 +753,11 @@ fn flag_uses_in_deploy() -> Vec<FlagUse> {
         .chain([root.join("README.md")])
         .filter(|f| f.extension().is_some_and(|e| e == "md") && *f != deploy_guide);
     for page in pages {
-        let shown = page.strip_prefix(&root).unwrap_or(&page).display().to_string();
+        let shown = page
+            .strip_prefix(&root)
+            .unwrap_or(&page)
+            .display()
+            .to_string();
         let text = fs::read_to_string(&page).expect("docs pages are text");
         uses.extend(flag_uses_in_text(&code_blocks_only(&text), &shown));
     }
