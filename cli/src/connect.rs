@@ -29,11 +29,11 @@ use tracing::debug;
 /// `--token` and `--ca`, accepted by every client verb and by `ladder agent`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct SecurityArgs {
-    /// Bearer token for a coordinator started with --auth (client verbs and `ladder agent`).
-    #[arg(long, global = true, env = "LADDER_TOKEN", hide_env_values = true)]
+    /// Bearer token for a coordinator started with --auth.
+    #[arg(long, env = "LADDER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM file of the CA that signed the coordinator's TLS certificate (the URL must then be https://).
-    #[arg(long, global = true, env = "LADDER_CA", value_name = "FILE")]
+    #[arg(long, env = "LADDER_CA", hide_env_values = true, value_name = "FILE")]
     pub ca: Option<PathBuf>,
 }
 

@@ -48,18 +48,18 @@ const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    security: connect::SecurityArgs,
 }
 
 #[derive(Args, Clone)]
 pub struct ClientArgs {
     /// Coordinator URL.
-    #[arg(long, global = true, env = "LADDER_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    #[arg(long, global = true, env = "LADDER_COORDINATOR", hide_env_values = true, default_value = DEFAULT_COORDINATOR)]
     coordinator: String,
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    security: connect::SecurityArgs,
 }
 
 #[derive(Subcommand)]
@@ -108,7 +108,12 @@ pub struct RunArgs {
     #[arg(long)]
     slots: Option<u32>,
     /// GPUs the local agent offers: auto, none, 0,1,3 or fake:N (as `ladder agent --gpus`).
-    #[arg(long, env = "LADDER_GPUS", default_value = "auto")]
+    #[arg(
+        long,
+        env = "LADDER_GPUS",
+        hide_env_values = true,
+        default_value = "auto"
+    )]
     gpus: String,
     /// Print the final ranking as JSON.
     #[arg(long)]
@@ -135,8 +140,10 @@ struct CoordinatorArgs {
 
 #[derive(Args)]
 struct AgentArgs {
-    #[arg(long, env = "LADDER_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    #[arg(long, env = "LADDER_COORDINATOR", hide_env_values = true, default_value = DEFAULT_COORDINATOR)]
     coordinator: String,
+    #[command(flatten)]
+    security: connect::SecurityArgs,
     /// Unique name of this agent (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -167,7 +174,12 @@ struct AgentArgs {
     /// GPUs offered to runs: auto (every GPU nvidia-smi reports; none without a driver),
     /// none (CPU only), a list of indexes like 0,1,3, or fake:N (N fake GPUs, for tests
     /// and demos on machines without GPUs).
-    #[arg(long, env = "LADDER_GPUS", default_value = "auto")]
+    #[arg(
+        long,
+        env = "LADDER_GPUS",
+        hide_env_values = true,
+        default_value = "auto"
+    )]
     gpus: String,
     /// Print what this agent found (GPUs, labels, slots, work directory) and exit
     /// without connecting: the check of a GPU node.
@@ -185,6 +197,67 @@ struct AgentArgs {
     /// without one) or subreaper.
     #[arg(long, default_value = "auto")]
     isolation: String,
+}
+
+impl Command {
+    /// `--token` and `--ca` of a verb that talks to a coordinator by URL.
+    fn security(&self) -> Option<&connect::SecurityArgs> {
+        let client = match self {
+            Command::Agent(args) => return Some(&args.security),
+            Command::Sweep(command) => command.client(),
+            Command::Runs(command) => Some(command.client()),
+            Command::Agents(command) => Some(command.client()),
+            Command::Leaderboard(args) => Some(&args.client),
+            Command::Run(_)
+            | Command::Coordinator(_)
+            | Command::Store(_)
+            | Command::Bench(_)
+            | Command::Auth(_)
+            | Command::Train(_)
+            | Command::Eval(_) => None,
+        };
+        client.map(|client| &client.security)
+    }
+}
+
+impl SweepCommand {
+    fn client(&self) -> Option<&ClientArgs> {
+        match self {
+            SweepCommand::Validate { .. } => None,
+            SweepCommand::Submit { client, .. }
+            | SweepCommand::Ls { client, .. }
+            | SweepCommand::Show { client, .. }
+            | SweepCommand::Watch { client, .. }
+            | SweepCommand::Pause { client, .. }
+            | SweepCommand::Resume { client, .. }
+            | SweepCommand::Cancel { client, .. } => Some(client),
+        }
+    }
+}
+
+impl RunsCommand {
+    fn client(&self) -> &ClientArgs {
+        match self {
+            RunsCommand::Ls { client, .. }
+            | RunsCommand::Note { client, .. }
+            | RunsCommand::Tag { client, .. }
+            | RunsCommand::Compare { client, .. }
+            | RunsCommand::Export { client, .. }
+            | RunsCommand::Metrics { client, .. }
+            | RunsCommand::Watch { client, .. }
+            | RunsCommand::Show { client, .. } => client,
+        }
+    }
+}
+
+impl AgentsCommand {
+    fn client(&self) -> &ClientArgs {
+        match self {
+            AgentsCommand::Ls { client, .. }
+            | AgentsCommand::Enable { client, .. }
+            | AgentsCommand::Forget { client, .. } => client,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -661,22 +734,11 @@ fn describe_agent(config: &AgentConfig) -> String {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    // Everything but these talks to a coordinator given by URL, with --token and --ca.
-    let own_coordinator = matches!(
-        cli.command,
-        Command::Run(_)
-            | Command::Coordinator(_)
-            | Command::Bench(_)
-            | Command::Store(_)
-            | Command::Auth(_)
-            | Command::Train(_)
-            | Command::Eval(_)
-            | Command::Sweep(SweepCommand::Validate { .. })
-    );
-    let security = if own_coordinator {
-        connect::ClientSecurity::default()
-    } else {
-        cli.security.load()?
+    // The verbs that talk to a coordinator given by URL take --token and --ca; the
+    // others (`run`, `bench`: their own embedded coordinator) leave them unset.
+    let security = match cli.command.security() {
+        Some(args) => args.load()?,
+        None => connect::ClientSecurity::default(),
     };
     connect::configure(security.clone());
     match cli.command {

@@ -1666,7 +1666,11 @@ impl Scheduler {
             match deferred {
                 Deferred::Sweep(reply, result) => {
                     let result = match &committed {
-                        Ok(()) => *result,
+                        // The record as committed: runs this batch created included.
+                        Ok(()) => result.map(|record| match self.sweeps.get(&record.id) {
+                            Some(state) => state.record.clone(),
+                            None => record,
+                        }),
                         Err(error) => Err(CoordinatorError::Store(error.to_string())),
                     };
                     let _ = reply.send(result);
@@ -2281,6 +2285,29 @@ mod tests {
         report(&mut s, &a, &lease, 2, output(0.25));
         assert_eq!(acks(&mut a), vec![1, 2]);
         assert_eq!(store.metrics(&lease.run_id, 1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_submit_reply_counts_the_runs_its_commit_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = scheduler(dir.path(), Duration::from_secs(60));
+        let _agent = connect(&mut s, 1, "a", 2, vec![]);
+        let yaml = "name: t\nmethod: grid\nparallel: 2\nparameters:\n  x: {values: [1, 2, 3]}\ncommand: [\"true\"]\n";
+        let spec = parse_sweep("t.yaml", yaml).unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        s.handle(Event::Submit {
+            spec: Box::new(spec),
+            file_name: "t.yaml".into(),
+            yaml: yaml.into(),
+            owner: String::new(),
+            git: GitState::default(),
+            reply,
+        });
+        s.step(Instant::now());
+        let record = answer.try_recv().unwrap().unwrap();
+        let stored = s.sweep_record(&record.id).unwrap().unwrap();
+        assert_eq!(stored.created_runs, 2, "two slots, two runs placed");
+        assert_eq!(record.created_runs, stored.created_runs);
     }
 
     /// Every run of a sweep through the real scheduler, as agents under load report: the
