@@ -490,16 +490,18 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
     }
     println!("status    {}", output::run_status_name(run.status));
     if run.created_ms > 0 {
-        let ended = if run.ended_ms > 0 {
-            run.ended_ms
+        let created = output::local_time(run.created_ms);
+        if run.ended_ms > 0 {
+            println!(
+                "time      created {created}, ended {} later",
+                output::duration_text(run.ended_ms - run.created_ms)
+            );
         } else {
-            output::now_ms()
-        };
-        println!(
-            "time      created {} ms, {:.1} s since",
-            run.created_ms,
-            (ended - run.created_ms) as f64 / 1000.0
-        );
+            println!(
+                "time      created {created}, {} ago",
+                output::duration_text(output::now_ms() - run.created_ms)
+            );
+        }
     }
     if let Some(best) = detail.best_value {
         println!(

@@ -85,6 +85,20 @@ fn print_json(value: &Value) {
 }
 
 /// A column of `--columns`: its header and how a run fills it.
+/// A cell of `runs export --format csv`: as [`cell`], but times in RFC 3339 (UTC), for
+/// programs rather than people.
+fn csv_cell(run: &pb::Run, column: &str) -> String {
+    let rfc3339 = |ms: i64| match output::rfc3339_or_null(ms) {
+        serde_json::Value::String(text) => text,
+        _ => String::new(),
+    };
+    match column {
+        "created" => rfc3339(run.created_ms),
+        "ended" => rfc3339(run.ended_ms),
+        _ => cell(run, column),
+    }
+}
+
 fn cell(run: &pb::Run, column: &str) -> String {
     if let Some(name) = column.strip_prefix("params.") {
         return run.params.get(name).map(param_text).unwrap_or_default();
@@ -106,8 +120,10 @@ fn cell(run: &pb::Run, column: &str) -> String {
         "agent" => run.agent.clone(),
         "attempts" => run.attempts.len().to_string(),
         "exit" => output::exit_text(run),
-        "created" | "created_ms" => run.created_ms.to_string(),
-        "ended" | "ended_ms" => {
+        "created" => output::local_time(run.created_ms),
+        "ended" => output::local_time(run.ended_ms),
+        "created_ms" => run.created_ms.to_string(),
+        "ended_ms" => {
             if run.ended_ms == 0 {
                 String::new()
             } else {
@@ -613,7 +629,7 @@ pub async fn export(args: &ClientArgs, query: &QueryArgs, format: &str) -> anyho
             let run = run.map_err(status_error)?;
             write_row(
                 &mut out,
-                query.columns.iter().map(|c| cell(&run, c)).collect(),
+                query.columns.iter().map(|c| csv_cell(&run, c)).collect(),
             )?;
         }
         out.flush()?;
@@ -640,7 +656,7 @@ pub async fn export(args: &ClientArgs, query: &QueryArgs, format: &str) -> anyho
     columns.extend(metrics.iter().map(|m| format!("metrics.{m}")));
     write_row(&mut out, columns.clone())?;
     for run in &runs {
-        write_row(&mut out, columns.iter().map(|c| cell(run, c)).collect())?;
+        write_row(&mut out, columns.iter().map(|c| csv_cell(run, c)).collect())?;
     }
     out.flush()?;
     Ok(())

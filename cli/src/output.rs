@@ -110,6 +110,8 @@ pub fn sweep_json(sweep: &pb::Sweep) -> Value {
         "counts": counts_json(&counts),
         "created_ms": sweep.created_ms,
         "ended_ms": ms_or_null(sweep.ended_ms),
+        "created": rfc3339_or_null(sweep.created_ms),
+        "ended": rfc3339_or_null(sweep.ended_ms),
         "file_name": sweep.file_name,
         "owner": sweep.owner,
     })
@@ -160,10 +162,50 @@ pub fn run_json(run: &pb::Run) -> Value {
         "signal": run.signal,
         "created_ms": run.created_ms,
         "ended_ms": ms_or_null(run.ended_ms),
+        "created": rfc3339_or_null(run.created_ms),
+        "ended": rfc3339_or_null(run.ended_ms),
         "tags": run.tags,
         "notes": run.notes.iter().map(|n| json!({"id": n.id, "time_ms": n.time_ms, "text": n.text, "author": n.author})).collect::<Vec<_>>(),
         "info": info,
     })
+}
+
+/// An instant given in milliseconds since the Unix epoch as RFC 3339 in UTC
+/// (`2026-12-05T23:51:12.123Z`); `null` for 0 (not yet) or out of range.
+pub fn rfc3339_or_null(ms: i64) -> Value {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(time) if ms > 0 => json!(time.to_string()),
+        _ => Value::Null,
+    }
+}
+
+/// An instant as people read it, in this machine's time zone
+/// (`2026-12-05 23:51:12 UTC`); empty for 0 (not yet).
+pub fn local_time(ms: i64) -> String {
+    if ms <= 0 {
+        return String::new();
+    }
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(time) => time
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => format!("{ms} ms since the epoch"),
+    }
+}
+
+/// A duration as people read it: `850 ms`, `12.4 s`, `3 min 05 s`, `2 h 07 min`,
+/// `3 d 04 h`.
+pub fn duration_text(ms: i64) -> String {
+    let ms = ms.max(0);
+    let seconds = ms / 1000;
+    match seconds {
+        0 => format!("{ms} ms"),
+        1..=59 => format!("{:.1} s", ms as f64 / 1000.0),
+        60..=3599 => format!("{} min {:02} s", seconds / 60, seconds % 60),
+        3600..=86_399 => format!("{} h {:02} min", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{} d {:02} h", seconds / 86_400, seconds % 86_400 / 3600),
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -194,6 +236,8 @@ pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
                         "reason": a.reason,
                         "started_ms": a.started_ms,
                         "ended_ms": ms_or_null(a.ended_ms),
+                        "started": rfc3339_or_null(a.started_ms),
+                        "ended": rfc3339_or_null(a.ended_ms),
                         "gpus": a.gpus,
                         "log_bytes": a.log_bytes,
                         "metric_points": a.metric_points,
@@ -410,6 +454,23 @@ pub fn exit_text(run: &pb::Run) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn times_read_as_rfc3339_for_programs_and_as_durations_for_people() {
+        assert_eq!(
+            rfc3339_or_null(1_796_469_698_743),
+            json!("2026-12-05T11:21:38.743Z")
+        );
+        assert_eq!(rfc3339_or_null(0), Value::Null);
+        assert_eq!(local_time(0), "");
+        assert!(local_time(1_796_469_698_743).starts_with("2026-12-0"));
+        assert_eq!(duration_text(850), "850 ms");
+        assert_eq!(duration_text(12_400), "12.4 s");
+        assert_eq!(duration_text(185_000), "3 min 05 s");
+        assert_eq!(duration_text(7_620_000), "2 h 07 min");
+        assert_eq!(duration_text(273_600_000), "3 d 04 h");
+        assert_eq!(duration_text(-5), "0 ms");
+    }
     use super::*;
 
     #[test]
