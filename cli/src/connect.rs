@@ -189,7 +189,33 @@ pub fn declared_user() -> String {
         .filter_map(|name| std::env::var(name).ok())
         .map(|value| value.trim().to_string())
         .find(|value| !value.is_empty())
+        .or_else(os_user_name)
         .unwrap_or_default()
+}
+
+/// The name of the user this process runs as, from the system's user database (a
+/// container or a cron job often has no `$USER`); `None` when it has no entry.
+fn os_user_name() -> Option<String> {
+    let mut buffer = vec![0u8; 4096];
+    // SAFETY: `passwd` is plain data that getpwuid_r fills in; `result` ends up null or
+    // pointing at `passwd`, whose strings point into `buffer`, both alive below.
+    unsafe {
+        let mut passwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let status = libc::getpwuid_r(
+            libc::getuid(),
+            &mut passwd,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            &mut result,
+        );
+        if status != 0 || result.is_null() || passwd.pw_name.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(passwd.pw_name).to_string_lossy();
+        let name = name.trim();
+        (!name.is_empty()).then(|| name.to_string())
+    }
 }
 
 /// An error and its sources, `: `-separated, with repeated messages dropped.
@@ -204,4 +230,19 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_user_variables_the_owner_is_the_system_user() {
+        let expected = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        let expected = String::from_utf8(expected.stdout).unwrap();
+        assert_eq!(os_user_name().as_deref(), Some(expected.trim()));
+    }
 }
