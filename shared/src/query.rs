@@ -1041,13 +1041,25 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Opaque text: hex of the JSON form.
+    /// Opaque, URL-safe text: base64 of the cursor as a JSON array without field names
+    /// (`[sort, values, sweep_created_ms, sweep_id, index]`), a few dozen characters
+    /// for the usual listings.
     pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).expect("cursor serialises");
-        json.iter().map(|b| format!("{b:02x}")).collect()
+        use base64::Engine;
+        let position = &self.last.position;
+        let compact = (
+            &self.sort,
+            &self.last.values,
+            position.sweep_created_ms,
+            &position.sweep_id,
+            position.index,
+        );
+        let json = serde_json::to_vec(&compact).expect("cursor serialises");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
     pub fn decode(text: &str) -> Result<Cursor, QueryError> {
+        use base64::Engine;
         let error = || {
             QueryError {
             source: "--cursor".into(),
@@ -1055,14 +1067,23 @@ impl Cursor {
             message: "not a cursor returned by this coordinator (pass the `next_cursor` of the previous page)".into(),
         }
         };
-        if !text.len().is_multiple_of(2) || !text.is_ascii() {
-            return Err(error());
-        }
-        let mut bytes = Vec::with_capacity(text.len() / 2);
-        for i in (0..text.len()).step_by(2) {
-            bytes.push(u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| error())?);
-        }
-        serde_json::from_slice(&bytes).map_err(|_| error())
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| error())?;
+        type Compact = (Vec<String>, Vec<Option<Value>>, i64, String, u64);
+        let (sort, values, sweep_created_ms, sweep_id, index): Compact =
+            serde_json::from_slice(&bytes).map_err(|_| error())?;
+        Ok(Cursor {
+            sort,
+            last: RowKey {
+                values,
+                position: Position {
+                    sweep_created_ms,
+                    sweep_id,
+                    index,
+                },
+            },
+        })
     }
 }
 
@@ -1678,9 +1699,15 @@ mod tests {
                 },
             },
         };
-        assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        let text = cursor.encode();
+        assert_eq!(Cursor::decode(&text).unwrap(), cursor);
+        assert!(text.len() < 80, "{} characters: {text}", text.len());
+        assert!(text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert!(Cursor::decode("zz").is_err());
-        assert!(Cursor::decode("7b7d").is_err());
+        assert!(Cursor::decode("e30").is_err(), "{{}} is JSON but no cursor");
+        assert!(Cursor::decode("not base64!").is_err());
     }
 
     #[test]
