@@ -10,7 +10,7 @@
 //! atom    := "not" atom | "(" expr ")" | field op literal
 //!          | field "in" "[" literal ("," literal)* "]"
 //! field   := params.NAME | metrics.NAME | status | sweep | project | owner | tag | agent | created
-//! op      := "=" | "!=" | "<" | "<=" | ">" | ">="
+//! op      := "=" | "==" | "!=" | "<" | "<=" | ">" | ">="   ("==" is "=")
 //! literal := number | "quoted string" | 'quoted string' | bare-word | -2h | RFC3339 time
 //! ```
 //!
@@ -1684,6 +1684,19 @@ mod tests {
         assert_eq!(scores["mmlu"], 0.8);
         assert!((tasks_average(&metrics).unwrap() - 0.6).abs() < 1e-12);
         assert_eq!(tasks_average(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn double_equals_is_the_same_as_equals() {
+        for (single, double) in [
+            ("status = completed", "status == completed"),
+            ("params.lr=0.1 and tag=x", "params.lr==0.1 and tag==x"),
+        ] {
+            assert_eq!(
+                parse_where("--where", single, 0).unwrap(),
+                parse_where("--where", double, 0).unwrap()
+            );
+        }
     }
 
     #[test]
