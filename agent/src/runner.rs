@@ -532,6 +532,9 @@ impl OutputBuffer {
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let time_ms = now_ms();
+        // A malformed `@ladder` line is kept as a log line, followed by ladder's note
+        // saying why it was not taken, so the log reads in order.
+        let mut rejected = None;
         if stream == "stdout" && rank == 0 {
             let unprefixed = text.strip_prefix(prefix.as_str()).unwrap_or(&text);
             match parse_info_line(unprefixed) {
@@ -540,11 +543,7 @@ impl OutputBuffer {
                     self.push_info(parsed.values);
                     return;
                 }
-                Some(Err(error)) => self.push_log(pb::LogLine {
-                    time_ms,
-                    stream: "ladder".into(),
-                    text: format!("ignored info line: {error}"),
-                }),
+                Some(Err(error)) => rejected = Some(format!("ignored info line: {error}")),
                 None => {}
             }
             match parse_metric_line_detailed(unprefixed) {
@@ -558,11 +557,7 @@ impl OutputBuffer {
                     });
                     return;
                 }
-                Some(Err(error)) => self.push_log(pb::LogLine {
-                    time_ms,
-                    stream: "ladder".into(),
-                    text: format!("ignored metric line: {error}"),
-                }),
+                Some(Err(error)) => rejected = Some(format!("ignored metric line: {error}")),
                 None => {}
             }
         }
@@ -584,6 +579,13 @@ impl OutputBuffer {
                 limits::MAX_ATTEMPT_LOG_BYTES,
                 self.log_path.display()
             ));
+        }
+        if let Some(text) = rejected {
+            self.push_log(pb::LogLine {
+                time_ms,
+                stream: "ladder".into(),
+                text,
+            });
         }
     }
 }

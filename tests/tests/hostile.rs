@@ -244,6 +244,31 @@ fn hostile_metric_lines_are_logged_not_stored() {
         .count();
     // NaN, Infinity, 1e400, -1e400, a list, broken JSON, the truncated 200 KiB metric line.
     assert_eq!(ignored, 7, "{texts:#?}");
+    // Each note follows the line it is about, as the log was written: a metric line in
+    // the log is one that was refused, and the next line says why.
+    for (i, line) in tail.iter().enumerate() {
+        if line["stream"] == "stdout" && as_str(&line["text"], "text").starts_with("@ladder ") {
+            let after = tail.get(i + 1);
+            assert!(
+                after.is_some_and(|a| a["stream"] == "ladder"
+                    && as_str(&a["text"], "text").starts_with("ignored metric line")),
+                "line {i} is not followed by its note: {texts:#?}"
+            );
+        }
+    }
+    // Each note follows the line it is about, as the log was written.
+    for (i, line) in tail.iter().enumerate() {
+        if line["stream"] == "ladder"
+            && as_str(&line["text"], "text").starts_with("ignored metric line")
+        {
+            let before = i.checked_sub(1).map(|j| &tail[j]);
+            assert!(
+                before.is_some_and(|b| b["stream"] == "stdout"
+                    && as_str(&b["text"], "text").starts_with("@ladder")),
+                "note {i} does not follow its line: {texts:#?}"
+            );
+        }
+    }
     for bad in [
         "\"nan\": NaN",
         "\"inf\": Infinity",
