@@ -407,6 +407,30 @@ impl fmt::Display for SpecErrors {
 
 impl std::error::Error for SpecErrors {}
 
+/// A misspelled required key is reported twice: as missing (at its map) and as unknown
+/// (at its line, with "did you mean"). The second says what to fix, so it moves in front
+/// of the first.
+fn did_you_mean_first(errors: &mut Vec<SpecError>) {
+    let mut index = 0;
+    while index < errors.len() {
+        let missing = errors[index]
+            .message
+            .strip_prefix("missing required key \"")
+            .and_then(|rest| rest.split('"').next())
+            .map(|key| format!("did you mean \"{key}\"?"));
+        if let Some(suggestion) = missing {
+            let explained = (index + 1..errors.len())
+                .find(|&later| errors[later].message.ends_with(&suggestion));
+            if let Some(later) = explained {
+                let error = errors.remove(later);
+                errors.insert(index, error);
+                index += 1;
+            }
+        }
+        index += 1;
+    }
+}
+
 /// Characters allowed in parameter names (and thus in `{{placeholders}}`).
 pub fn is_parameter_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/')
@@ -498,6 +522,7 @@ impl Checker<'_> {
         self.errors.sort_by_key(|error| (error.line, error.column));
         // A group's condition is checked once per leaf; report each problem once.
         self.errors.dedup();
+        did_you_mean_first(&mut self.errors);
         SpecErrors(self.errors)
     }
 
@@ -1440,8 +1465,35 @@ resources:
         assert!(errors[0].message.starts_with("YAML syntax error"));
         let unclosed = super::tests::errors("name: s\ncommand: [a, b\n");
         assert_eq!(unclosed.len(), 1);
-        assert!(unclosed[0].message.starts_with("YAML syntax error"));
-        assert!(unclosed[0].line >= 2);
+        assert!(
+            unclosed[0]
+                .message
+                .contains("\"[\" opened here is never closed: add \"]\""),
+            "{}",
+            unclosed[0].message
+        );
+        assert_eq!((unclosed[0].line, unclosed[0].column), (2, 10));
+    }
+
+    #[test]
+    fn a_misspelled_required_key_is_reported_with_its_suggestion_first() {
+        let errors = errors(
+            "name: t\nmethod: grid\nparameters:\n  x: {values: [1, 2]}\ncomand: [\"true\"]\n",
+        );
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{messages:#?}");
+        assert!(
+            messages[0].starts_with("unknown key \"comand\""),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[0].ends_with("did you mean \"command\"?"),
+            "{messages:#?}"
+        );
+        assert!(
+            messages[1].starts_with("missing required key \"command\""),
+            "{messages:#?}"
+        );
     }
 
     #[test]

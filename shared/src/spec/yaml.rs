@@ -123,6 +123,79 @@ pub struct Document {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+fn closing(bracket: char) -> char {
+    if bracket == '{' {
+        '}'
+    } else {
+        ']'
+    }
+}
+
+/// The innermost flow collection (`{` or `[` starting a value) still open at `upto`, with
+/// where it opened: what a syntax error inside one usually means. Quotes and comments are
+/// skipped; a bracket inside a plain scalar (`a: x{y`) is text, not an opener.
+fn unclosed_bracket(text: &str, upto: Pos) -> Option<(Pos, char)> {
+    let mut open: Vec<(Pos, char)> = Vec::new();
+    // YAML breaks lines at "\r\n", "\n" and a lone "\r".
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    for (index, line) in text.split('\n').enumerate() {
+        let line_number = index + 1;
+        if line_number > upto.line {
+            break;
+        }
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
+        // The last character that was not a space: a bracket after one of these (or
+        // at the start of the line) starts a value.
+        let mut previous: Option<char> = None;
+        for (column_index, c) in line.chars().enumerate() {
+            let column = column_index + 1;
+            if line_number == upto.line && column >= upto.column {
+                break;
+            }
+            if let Some(q) = quote {
+                if escaped {
+                    escaped = false;
+                } else if q == '"' && c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+                previous = Some(c);
+                continue;
+            }
+            match c {
+                '#' if previous.is_none()
+                    || line[..line.char_indices().nth(column_index).map_or(0, |(i, _)| i)]
+                        .ends_with([' ', '\t']) =>
+                {
+                    break
+                }
+                '"' | '\'' => quote = Some(c),
+                '{' | '[' if matches!(previous, None | Some(':' | '-' | ',' | '[' | '{' | '?')) => {
+                    open.push((
+                        Pos {
+                            line: line_number,
+                            column,
+                        },
+                        c,
+                    ));
+                }
+                '}' | ']' => {
+                    if open.last().is_some_and(|(_, b)| closing(*b) == c) {
+                        open.pop();
+                    }
+                }
+                _ => {}
+            }
+            if !c.is_whitespace() {
+                previous = Some(c);
+            }
+        }
+    }
+    open.pop()
+}
+
 /// Parses `text` into a spanned tree.
 ///
 /// A YAML syntax error is returned as the single `Err` diagnostic (nothing after it can be
@@ -134,9 +207,24 @@ pub fn parse(text: &str) -> Result<Document, Diagnostic> {
     // per nesting level and overflows the stack on deeply nested input (`- - - - …`).
     let mut depth = 0usize;
     loop {
-        let (event, mark) = parser.next_token().map_err(|error| Diagnostic {
-            pos: Pos::from_marker(*error.marker()),
-            message: format!("YAML syntax error: {}", error.info()),
+        let (event, mark) = parser.next_token().map_err(|error| {
+            let at = Pos::from_marker(*error.marker());
+            match unclosed_bracket(text, at) {
+                Some((opened, bracket)) => Diagnostic {
+                    pos: opened,
+                    message: format!(
+                        "\"{bracket}\" opened here is never closed: add \"{}\" (YAML syntax error at {}:{}: {})",
+                        closing(bracket),
+                        at.line,
+                        at.column,
+                        error.info()
+                    ),
+                },
+                None => Diagnostic {
+                    pos: at,
+                    message: format!("YAML syntax error: {}", error.info()),
+                },
+            }
         })?;
         match event {
             Event::StreamEnd => break,
@@ -632,11 +720,44 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_positions() {
-        let error = parse("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(error.message.starts_with("YAML syntax error"));
-        assert!(error.pos.line >= 1);
         let error = parse("a: 1\n  b: 2\n").unwrap_err();
+        assert!(error.message.starts_with("YAML syntax error"));
         assert_eq!(error.pos.line, 2);
+    }
+
+    #[test]
+    fn an_unclosed_bracket_is_named_where_it_opened() {
+        let text =
+            "name: t\nparameters:\n  x: {values: [1, 2]\n  y: {value: 1}\ncommand: [\"true\"]\n";
+        let error = parse(text).unwrap_err();
+        assert_eq!(
+            (error.pos.line, error.pos.column),
+            (3, 6),
+            "{}",
+            error.message
+        );
+        assert!(
+            error
+                .message
+                .starts_with("\"{\" opened here is never closed: add \"}\""),
+            "{}",
+            error.message
+        );
+        let error = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert_eq!(
+            (error.pos.line, error.pos.column),
+            (1, 4),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("add \"]\""), "{}", error.message);
+        // Brackets in quotes, comments and plain text are not openers.
+        let error = parse("a: \"{\" # [\nb: x{y\nc: 1\n  d: 2\n").unwrap_err();
+        assert!(
+            error.message.starts_with("YAML syntax error"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
