@@ -181,10 +181,8 @@ fn unclosed_bracket(text: &str, upto: Pos) -> Option<(Pos, char)> {
                         c,
                     ));
                 }
-                '}' | ']' => {
-                    if open.last().is_some_and(|(_, b)| closing(*b) == c) {
-                        open.pop();
-                    }
+                '}' | ']' if open.last().is_some_and(|(_, b)| closing(*b) == c) => {
+                    open.pop();
                 }
                 _ => {}
             }
