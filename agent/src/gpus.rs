@@ -5,7 +5,7 @@
 //! [`select`] applies the selection to what was discovered. Parsing and selection are
 //! pure so that they are tested without a GPU.
 
-use ladder_shared::types::Gpu;
+use ladder_types::Gpu;
 use thiserror::Error;
 use tracing::info;
 

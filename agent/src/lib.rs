@@ -32,9 +32,8 @@ use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
-use ladder_shared::limits;
 use ladder_shared::spec::Launch;
-use ladder_shared::types::Gpu;
+use ladder_types::Gpu;
 use rand::Rng;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -435,8 +434,8 @@ impl Agent {
             Err(error) => return Ok(Err(tonic::Status::unavailable(error.to_string()))),
         };
         let mut client = AgentServiceClient::new(channel)
-            .max_decoding_message_size(limits::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(limits::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let register = pb::Register {
             name: self.config.name.clone(),
@@ -631,9 +630,9 @@ impl Agent {
 
     fn start(&mut self, assign: pb::Assign) {
         let Some(lease) = assign.lease else { return };
-        ladder_shared::timeline::mark(
-            ladder_shared::timeline::Stage::LeaseReceived,
-            || ladder_shared::timeline::attempt_key(&lease.run_id, lease.attempt),
+        ladder_timeline::mark(
+            ladder_timeline::Stage::LeaseReceived,
+            || ladder_timeline::attempt_key(&lease.run_id, lease.attempt),
             "",
         );
         if let Some(previous) = self.held.get(&lease.run_id) {

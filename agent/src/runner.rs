@@ -11,7 +11,7 @@
 //! get SIGTERM, and SIGKILL after the stop grace.
 //!
 //! Rank 0's `@ladder.info` lines are the run's info (see
-//! [`ladder_shared::metric_line`]): merged in the order printed, a later line overriding
+//! [`ladder_metrics::line`]): merged in the order printed, a later line overriding
 //! the keys it repeats, and sent with the next output batch.
 
 use std::collections::BTreeMap;
@@ -20,10 +20,8 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use ladder_metrics::line::{parse_info_line, parse_metric_line_detailed};
 use ladder_proto::v1 as pb;
-use ladder_shared::limits;
-use ladder_shared::metric_line::{parse_info_line, parse_metric_line_detailed};
-use ladder_shared::timeline;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -32,7 +30,7 @@ use tracing::{debug, warn};
 /// Output is sent at least this often while a run prints.
 const OUTPUT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// ... or as soon as this many entries are waiting (or
-/// [`limits::MAX_OUTPUT_BATCH_BYTES`] of them).
+/// [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`] of them).
 const OUTPUT_FLUSH_LINES: usize = 512;
 /// How long the end of a run killed by a termination signal that ladder did not send
 /// waits for a drain of the agent before the run is reported: a supervisor stopping the
@@ -93,7 +91,7 @@ pub enum RunnerEventKind {
         /// `@ladder.info` entries read since the previous batch, later lines merged over
         /// earlier ones.
         info: BTreeMap<String, String>,
-        /// Encoded size of the entries, at most [`limits::MAX_OUTPUT_BATCH_BYTES`].
+        /// Encoded size of the entries, at most [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`].
         bytes: usize,
     },
     Finished(pb::RunFinished),
@@ -208,14 +206,14 @@ struct Line {
 type RankLine = (usize, Line);
 
 /// Reads one pipe of a rank in chunks and sends its lines, never holding more than
-/// [`limits::MAX_LINE_BYTES`] of an unfinished line (see [`LineSplitter`]).
+/// [`ladder_limits::MAX_LINE_BYTES`] of an unfinished line (see [`LineSplitter`]).
 async fn read_lines(
     mut reader: impl AsyncRead + Unpin,
     rank: usize,
     stderr: bool,
     lines: mpsc::Sender<RankLine>,
 ) {
-    let mut splitter = LineSplitter::new(limits::MAX_LINE_BYTES);
+    let mut splitter = LineSplitter::new(ladder_limits::MAX_LINE_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut complete = Vec::new();
     loop {
@@ -237,7 +235,7 @@ async fn read_lines(
 
 /// Bytes of an attempt's output reported to the agent and not yet acknowledged by the
 /// coordinator. The runner adds what it sends; the agent releases what is acknowledged.
-/// Past [`limits::MAX_UNACKED_BYTES_PER_ATTEMPT`] the runner stops reading the run's
+/// Past [`ladder_limits::MAX_UNACKED_BYTES_PER_ATTEMPT`] the runner stops reading the run's
 /// output (the run blocks on its pipe) until acknowledgements arrive.
 #[derive(Debug, Default)]
 pub struct Backlog {
@@ -263,7 +261,7 @@ impl Backlog {
 
     fn full(&self) -> bool {
         self.bytes.load(std::sync::atomic::Ordering::SeqCst)
-            >= limits::MAX_UNACKED_BYTES_PER_ATTEMPT
+            >= ladder_limits::MAX_UNACKED_BYTES_PER_ATTEMPT
     }
 }
 
@@ -311,7 +309,7 @@ fn fit_log_line(line: &mut pb::LogLine, max_bytes: usize) -> bool {
 }
 
 /// Output read from the process and not yet sent: one batch, at most
-/// [`limits::MAX_OUTPUT_BATCH_BYTES`] encoded, sent when full.
+/// [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`] encoded, sent when full.
 struct OutputBuffer {
     emitter: Emitter,
     metrics: Vec<pb::MetricPoint>,
@@ -351,7 +349,7 @@ impl OutputBuffer {
             logs: Vec::new(),
             info: BTreeMap::new(),
             pending_bytes: 0,
-            max_batch_bytes: limits::MAX_OUTPUT_BATCH_BYTES,
+            max_batch_bytes: ladder_limits::MAX_OUTPUT_BATCH_BYTES,
             noted_skips: Default::default(),
             forwarded: 0,
             forwarded_bytes: 0,
@@ -561,8 +559,8 @@ impl OutputBuffer {
                 None => {}
             }
         }
-        if self.forwarded < limits::MAX_ATTEMPT_LOG_LINES
-            && self.forwarded_bytes + text.len() as u64 <= limits::MAX_ATTEMPT_LOG_BYTES
+        if self.forwarded < ladder_limits::MAX_ATTEMPT_LOG_LINES
+            && self.forwarded_bytes + text.len() as u64 <= ladder_limits::MAX_ATTEMPT_LOG_BYTES
         {
             self.forwarded += 1;
             self.forwarded_bytes += text.len() as u64;
@@ -575,8 +573,8 @@ impl OutputBuffer {
             self.cap_reported = true;
             self.note(format!(
                 "log cap of {} lines or {} bytes reached; the rest is only in {}",
-                limits::MAX_ATTEMPT_LOG_LINES,
-                limits::MAX_ATTEMPT_LOG_BYTES,
+                ladder_limits::MAX_ATTEMPT_LOG_LINES,
+                ladder_limits::MAX_ATTEMPT_LOG_BYTES,
                 self.log_path.display()
             ));
         }
@@ -701,9 +699,9 @@ pub async fn execute(
         let child_pid = child.id();
         pids.push(child_pid);
         if rank == 0 {
-            timeline::mark(
-                timeline::Stage::Started,
-                || timeline::attempt_key(&execution.run_id, execution.attempt),
+            ladder_timeline::mark(
+                ladder_timeline::Stage::Started,
+                || ladder_timeline::attempt_key(&execution.run_id, execution.attempt),
                 &execution.agent,
             );
         }
@@ -714,11 +712,11 @@ pub async fn execute(
             tokio::spawn(read_lines(stderr, rank, true, line_tx.clone()));
         }
         let exit_tx = exit_tx.clone();
-        let timeline_key = timeline::attempt_key(&execution.run_id, execution.attempt);
+        let timeline_key = ladder_timeline::attempt_key(&execution.run_id, execution.attempt);
         tokio::spawn(async move {
             let status = child.wait().await;
             if rank == 0 {
-                timeline::mark(timeline::Stage::Exited, || timeline_key, "");
+                ladder_timeline::mark(ladder_timeline::Stage::Exited, || timeline_key, "");
             }
             crate::contain::rank_reaped(child_pid);
             let _ = exit_tx.send((rank, status));
@@ -1019,7 +1017,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_backlog_stops_reading_until_acknowledgements_release_it() {
         let backlog = Backlog::default();
-        backlog.add(limits::MAX_UNACKED_BYTES_PER_ATTEMPT);
+        backlog.add(ladder_limits::MAX_UNACKED_BYTES_PER_ATTEMPT);
         assert!(backlog.full());
         backlog.release(1);
         assert!(!backlog.full());
@@ -1033,7 +1031,7 @@ mod tests {
 
     #[test]
     fn a_line_of_many_megabytes_without_newline_is_cut_holding_at_most_the_limit() {
-        let max = limits::MAX_LINE_BYTES;
+        let max = ladder_limits::MAX_LINE_BYTES;
         let mut splitter = LineSplitter::new(max);
         let chunk = vec![b'x'; READ_CHUNK_BYTES];
         let mut lines = Vec::new();
@@ -1069,7 +1067,7 @@ mod tests {
         reader.await.expect("reader");
         assert_eq!(lines.len(), 3);
         assert!(lines[0].truncated);
-        assert_eq!(lines[0].bytes.len(), limits::MAX_LINE_BYTES);
+        assert_eq!(lines[0].bytes.len(), ladder_limits::MAX_LINE_BYTES);
         assert_eq!(lines[1].bytes, b"second\n");
         assert_eq!(lines[2].bytes, b"last without newline");
         assert!(!lines[2].truncated);

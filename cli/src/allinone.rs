@@ -44,7 +44,7 @@ impl Embedded {
         data: &Path,
         work: &Path,
         agents: &[(String, u32)],
-        gpus: &[ladder_shared::types::Gpu],
+        gpus: &[ladder_types::Gpu],
         isolation: Option<Isolation>,
     ) -> anyhow::Result<Embedded> {
         let token = local_token::load_or_create(data)
@@ -163,7 +163,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = crate::shutdown_signal() => {
             eprintln!("\ninterrupted: cancelling sweep {}", sweep.id);
             let channel = client::channel(&embedded.url).await?;
-            let _ = pb::sweep_service_client::SweepServiceClient::new(channel).max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
+            let _ = pb::sweep_service_client::SweepServiceClient::new(channel).max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES)
                 .cancel_sweep(pb::CancelSweepRequest { sweep_id: sweep.id.clone() })
                 .await;
             embedded.stop().await?;

@@ -516,7 +516,7 @@ async fn bench_cluster(
     loop {
         let channel = client::channel(&embedded.url).await?;
         let listed = ladder_proto::v1::agent_service_client::AgentServiceClient::new(channel)
-            .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES)
             .list_agents(ladder_proto::v1::ListAgentsRequest::default())
             .await?
             .into_inner()
@@ -582,7 +582,7 @@ async fn ingest(
     // Every point of every run must be stored for the figure to count.
     let channel = client::channel(&embedded.url).await?;
     let mut runs_client = ladder_proto::v1::run_service_client::RunServiceClient::new(channel)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let listed = runs_client
         .list_runs(ladder_proto::v1::ListRunsRequest {
             sweep_id,
@@ -632,7 +632,7 @@ async fn dispatch(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     let (agents, slots) = (cluster.agents, cluster.slots);
-    ladder_shared::timeline::enable();
+    ladder_timeline::enable();
     let (dir, work, embedded) = bench_cluster(cluster).await?;
     let yaml = format!(
         "name: bench-dispatch\nproject: bench\nmethod: grid\nparallel: {}\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: {runs}}}\ncommand: [{command:?}]\n",
@@ -643,7 +643,7 @@ async fn dispatch(
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&work);
     let rate = counts.completed as f64 / elapsed;
-    let mut latencies = ladder_shared::timeline::latencies(&ladder_shared::timeline::take());
+    let mut latencies = ladder_timeline::latencies(&ladder_timeline::take());
     let figures: Vec<(&str, &str, &mut Vec<std::time::Duration>)> = vec![
         (
             "slot_freed_to_process_started",

@@ -73,7 +73,7 @@ fn print_json(value: &Value) {
 /// Reads and validates a sweep file locally; invalid files exit with code 2.
 pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared::spec::SweepSpec)> {
     let file_name = file.display().to_string();
-    const MAX_SWEEP_FILE_BYTES: u64 = ladder_shared::limits::MAX_SWEEP_FILE_BYTES as u64;
+    const MAX_SWEEP_FILE_BYTES: u64 = ladder_limits::MAX_SWEEP_FILE_BYTES as u64;
     if let Ok(metadata) = std::fs::metadata(file) {
         if metadata.len() > MAX_SWEEP_FILE_BYTES {
             return Err(ExitError {
@@ -117,7 +117,7 @@ pub async fn submit(url: &str, file: &Path) -> anyhow::Result<pb::Sweep> {
     let (file_name, yaml, _spec) = read_sweep(file)?;
     let (git_commit, git_dirty) = crate::history::git_state(file);
     let mut client = SweepServiceClient::new(channel(url).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let response = client
         .submit_sweep(pb::SubmitSweepRequest {
             file_name,
@@ -162,7 +162,7 @@ pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> an
     }
     use futures::StreamExt;
     let client = SweepServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let submitted: Vec<pb::Sweep> = futures::stream::iter(requests.into_iter().map(|request| {
         let mut client = client.clone();
         async move {
@@ -212,11 +212,11 @@ where
 
 pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Result<()> {
     let client = SweepServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let sweeps = every_page(|cursor| {
         let request = pb::ListSweepsRequest {
             project: project.clone().unwrap_or_default(),
-            page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
+            page_size: ladder_limits::MAX_PAGE_SIZE as u32,
             cursor,
         };
         let mut client = client.clone();
@@ -255,7 +255,7 @@ pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Res
 
 pub async fn get_sweep(url: &str, id: &str) -> anyhow::Result<pb::Sweep> {
     let mut client = SweepServiceClient::new(channel(url).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     Ok(client
         .get_sweep(pb::GetSweepRequest {
             sweep_id: id.to_string(),
@@ -324,9 +324,9 @@ pub fn progress_line(sweep: &pb::Sweep, best: Option<(String, f64)>) -> String {
 pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep> {
     let channel = channel(url).await?;
     let mut sweeps = SweepServiceClient::new(channel.clone())
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
-    let mut runs = RunServiceClient::new(channel)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
+    let mut runs =
+        RunServiceClient::new(channel).max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let mut stream = sweeps
         .watch_sweep(pb::WatchSweepRequest {
             sweep_id: id.to_string(),
@@ -394,7 +394,7 @@ pub async fn sweep_watch(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
 
 pub async fn sweep_action(args: &ClientArgs, id: &str, action: Action) -> anyhow::Result<()> {
     let mut client = SweepServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let sweep = match action {
         Action::Pause => {
             client
@@ -448,7 +448,7 @@ pub async fn list_runs(
         status_filter.push(proto as i32);
     }
     let mut client = RunServiceClient::new(channel(url).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     Ok(client
         .list_runs(pb::ListRunsRequest {
             sweep_id: sweep.unwrap_or_default(),
@@ -464,7 +464,7 @@ pub async fn list_runs(
 
 pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyhow::Result<()> {
     let mut client = RunServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let detail = client
         .get_run(pb::GetRunRequest {
             run_id: run_id.to_string(),
@@ -634,10 +634,10 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
 
 pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
     let client = AgentServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let agents = every_page(|cursor| {
         let request = pb::ListAgentsRequest {
-            page_size: ladder_shared::limits::MAX_PAGE_SIZE as u32,
+            page_size: ladder_limits::MAX_PAGE_SIZE as u32,
             cursor,
         };
         let mut client = client.clone();
@@ -712,7 +712,7 @@ fn agent_state(agent: &pb::Agent) -> String {
 
 pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> {
     let mut client = AgentServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
     let agent = client
         .enable_agent(pb::EnableAgentRequest {
             name: name.to_string(),

@@ -65,11 +65,10 @@ impl QueryArgs {
 }
 
 pub fn parse_status(text: &str, flag: &str) -> anyhow::Result<pb::RunStatus> {
-    let parsed: ladder_shared::types::RunStatus =
-        text.parse().map_err(|message: String| ExitError {
-            code: 2,
-            message: format!("{flag}: {message}"),
-        })?;
+    let parsed: ladder_types::RunStatus = text.parse().map_err(|message: String| ExitError {
+        code: 2,
+        message: format!("{flag}: {message}"),
+    })?;
     Ok(ladder_coordinator::convert::run_status_to_pb(parsed))
 }
 
@@ -77,7 +76,7 @@ async fn client(
     args: &ClientArgs,
 ) -> anyhow::Result<RunServiceClient<crate::connect::CoordinatorChannel>> {
     Ok(RunServiceClient::new(channel(&args.coordinator).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES))
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES))
 }
 
 fn print_json(value: &Value) {

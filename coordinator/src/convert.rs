@@ -1,11 +1,10 @@
 //! Conversions between the `ladder.v1` messages and domain types. The only place that
 //! touches generated types besides the thin gRPC adapters.
 
+use ladder_metrics::summary::MetricSummary;
 use ladder_proto::v1 as pb;
-use ladder_shared::limits;
 use ladder_shared::spec::{Goal, ParamValue};
-use ladder_shared::summary::MetricSummary;
-use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
+use ladder_types::{Gpu, RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
 use crate::identity::AgentSecret;
@@ -202,7 +201,7 @@ pub fn summary_to_pb(summary: &MetricSummary) -> pb::MetricSummary {
     }
 }
 
-pub use limits::{MAX_NOTE_BYTES, MAX_TAG_BYTES};
+pub use ladder_limits::{MAX_NOTE_BYTES, MAX_TAG_BYTES};
 
 impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
     type Error = CoordinatorError;
@@ -211,16 +210,20 @@ impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
         if request.run_id.is_empty() || request.run_id.len() > 128 {
             return Err(invalid("run_id must be a non-empty id".into()));
         }
-        check_count("add_tags", request.add_tags.len(), limits::MAX_TAGS_PER_RUN)?;
+        check_count(
+            "add_tags",
+            request.add_tags.len(),
+            ladder_limits::MAX_TAGS_PER_RUN,
+        )?;
         check_count(
             "remove_tags",
             request.remove_tags.len(),
-            limits::MAX_TAGS_PER_RUN,
+            ladder_limits::MAX_TAGS_PER_RUN,
         )?;
         check_count(
             "delete_notes",
             request.delete_notes.len(),
-            limits::MAX_NOTES_PER_RUN,
+            ladder_limits::MAX_NOTES_PER_RUN,
         )?;
         if request.note.len() > MAX_NOTE_BYTES {
             return Err(invalid(format!(
@@ -342,7 +345,7 @@ fn lease_to_pb(lease: Lease) -> pb::Lease {
 }
 
 /// Longest agent name accepted.
-pub const MAX_NAME_LEN: usize = limits::MAX_AGENT_NAME_BYTES;
+pub const MAX_NAME_LEN: usize = ladder_limits::MAX_AGENT_NAME_BYTES;
 
 /// Refuses a text field of a request longer than `max` bytes, naming the field.
 pub fn check_len(field: &str, text: &str, max: usize) -> Result<(), CoordinatorError> {
@@ -376,43 +379,59 @@ impl TryFrom<pb::Register> for Registration {
         check_len(
             "register.hostname",
             &register.hostname,
-            limits::MAX_HOSTNAME_BYTES,
+            ladder_limits::MAX_HOSTNAME_BYTES,
         )?;
         check_len(
             "register.version",
             &register.version,
-            limits::MAX_VERSION_BYTES,
+            ladder_limits::MAX_VERSION_BYTES,
         )?;
-        check_count("register.labels", register.labels.len(), limits::MAX_LABELS)?;
+        check_count(
+            "register.labels",
+            register.labels.len(),
+            ladder_limits::MAX_LABELS,
+        )?;
         for (key, value) in &register.labels {
             if key.is_empty() {
                 return Err(CoordinatorError::InvalidArgument(
                     "register.labels: a label key is empty".into(),
                 ));
             }
-            check_len("register.labels key", key, limits::MAX_LABEL_KEY_BYTES)?;
+            check_len(
+                "register.labels key",
+                key,
+                ladder_limits::MAX_LABEL_KEY_BYTES,
+            )?;
             check_len(
                 &format!("register.labels[{key}]"),
                 value,
-                limits::MAX_LABEL_VALUE_BYTES,
+                ladder_limits::MAX_LABEL_VALUE_BYTES,
             )?;
         }
-        if register.slots > limits::MAX_AGENT_SLOTS {
+        if register.slots > ladder_limits::MAX_AGENT_SLOTS {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "register.slots is {}; the limit is {}",
                 register.slots,
-                limits::MAX_AGENT_SLOTS
+                ladder_limits::MAX_AGENT_SLOTS
             )));
         }
         check_count(
             "register.gpus",
             register.gpus.len(),
-            limits::MAX_GPUS_PER_AGENT,
+            ladder_limits::MAX_GPUS_PER_AGENT,
         )?;
         let mut indices = std::collections::BTreeSet::new();
         for gpu in &register.gpus {
-            check_len("register.gpus.uuid", &gpu.uuid, limits::MAX_GPU_TEXT_BYTES)?;
-            check_len("register.gpus.name", &gpu.name, limits::MAX_GPU_TEXT_BYTES)?;
+            check_len(
+                "register.gpus.uuid",
+                &gpu.uuid,
+                ladder_limits::MAX_GPU_TEXT_BYTES,
+            )?;
+            check_len(
+                "register.gpus.name",
+                &gpu.name,
+                ladder_limits::MAX_GPU_TEXT_BYTES,
+            )?;
             if !indices.insert(gpu.index) {
                 return Err(CoordinatorError::InvalidArgument(format!(
                     "register.gpus: GPU index {} is reported twice",
@@ -423,7 +442,7 @@ impl TryFrom<pb::Register> for Registration {
         check_count(
             "register.held",
             register.held.len(),
-            limits::MAX_HELD_LEASES,
+            ladder_limits::MAX_HELD_LEASES,
         )?;
         let mut held = Vec::new();
         for lease in register.held {
@@ -506,7 +525,7 @@ impl TryFrom<pb::AgentMessage> for FromAgent {
                             .info
                             .into_iter()
                             .filter(|(name, value)| {
-                                ladder_shared::metric_line::check_info_entry(name, value).is_ok()
+                                ladder_metrics::line::check_info_entry(name, value).is_ok()
                             })
                             .collect(),
                     },
@@ -607,7 +626,6 @@ mod tests {
     use super::*;
     use ladder_proto::v1::agent_message::Kind;
     use ladder_proto::v1::run_event::Kind as EventKind;
-    use ladder_shared::limits;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
     use prost::Message;
@@ -812,22 +830,22 @@ mod tests {
     /// within the documented limits.
     fn fields_within_limits(register: &pb::Register) -> bool {
         let mut indices = std::collections::BTreeSet::new();
-        register.hostname.len() <= limits::MAX_HOSTNAME_BYTES
-            && register.version.len() <= limits::MAX_VERSION_BYTES
-            && register.labels.len() <= limits::MAX_LABELS
+        register.hostname.len() <= ladder_limits::MAX_HOSTNAME_BYTES
+            && register.version.len() <= ladder_limits::MAX_VERSION_BYTES
+            && register.labels.len() <= ladder_limits::MAX_LABELS
             && register.labels.iter().all(|(k, v)| {
                 !k.is_empty()
-                    && k.len() <= limits::MAX_LABEL_KEY_BYTES
-                    && v.len() <= limits::MAX_LABEL_VALUE_BYTES
+                    && k.len() <= ladder_limits::MAX_LABEL_KEY_BYTES
+                    && v.len() <= ladder_limits::MAX_LABEL_VALUE_BYTES
             })
-            && register.slots <= limits::MAX_AGENT_SLOTS
-            && register.gpus.len() <= limits::MAX_GPUS_PER_AGENT
+            && register.slots <= ladder_limits::MAX_AGENT_SLOTS
+            && register.gpus.len() <= ladder_limits::MAX_GPUS_PER_AGENT
             && register.gpus.iter().all(|g| {
-                g.uuid.len() <= limits::MAX_GPU_TEXT_BYTES
-                    && g.name.len() <= limits::MAX_GPU_TEXT_BYTES
+                g.uuid.len() <= ladder_limits::MAX_GPU_TEXT_BYTES
+                    && g.name.len() <= ladder_limits::MAX_GPU_TEXT_BYTES
                     && indices.insert(g.index)
             })
-            && register.held.len() <= limits::MAX_HELD_LEASES
+            && register.held.len() <= ladder_limits::MAX_HELD_LEASES
     }
 
     fn check_register(register: pb::Register) -> Result<(), TestCaseError> {
@@ -862,12 +880,12 @@ mod tests {
                 for raw in &request.statuses {
                     prop_assert!((1..=6).contains(raw), "status {} accepted", raw);
                 }
-                prop_assert!(request.r#where.len() <= limits::MAX_QUERY_BYTES);
+                prop_assert!(request.r#where.len() <= ladder_limits::MAX_QUERY_BYTES);
                 if let Some(filter) = &query.filter {
-                    prop_assert!(filter.depth() <= ladder_shared::query::MAX_TREE_DEPTH);
+                    prop_assert!(filter.depth() <= ladder_query::MAX_TREE_DEPTH);
                 }
-                prop_assert!(query.sort.len() <= limits::MAX_SORT_KEYS);
-                prop_assert!(request.cursor.len() <= limits::MAX_CURSOR_BYTES);
+                prop_assert!(query.sort.len() <= ladder_limits::MAX_SORT_KEYS);
+                prop_assert!(request.cursor.len() <= ladder_limits::MAX_CURSOR_BYTES);
             }
             Err(error) => {
                 let text = error.to_string();

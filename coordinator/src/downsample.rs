@@ -8,9 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use ladder_shared::limits::{
-    MAX_CARD_POINTS, MAX_CARD_POINTS_PER_METRIC, MIN_CARD_POINTS_PER_METRIC,
-};
+use ladder_limits::{MAX_CARD_POINTS, MAX_CARD_POINTS_PER_METRIC, MIN_CARD_POINTS_PER_METRIC};
 
 use crate::model::StoredPoint;
 

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ladder_proto::v1 as pb;
-use ladder_shared::query::{
-    self, compare_rows, parse_where, row_key, Cursor, Expr, Field, Position, RowKey, RunFacts,
-    SortKey, Value,
+use ladder_query::{
+    self as query, compare_rows, parse_where, row_key, Cursor, Expr, Field, Position, RowKey,
+    RunFacts, SortKey, Value,
 };
 use ladder_shared::spec::Goal;
-use ladder_shared::types::RunStatus;
+use ladder_types::RunStatus;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::convert;
@@ -52,8 +52,8 @@ const EXPORT_PAGE: usize = 500;
 const WATCH_BACKLOG_LINES: usize = 10_000;
 /// Most points and bytes of points in one `WatchRun` message after the first: every
 /// watcher holds a few such messages, so they stay small.
-const WATCH_POINTS_PER_MESSAGE: usize = ladder_shared::limits::MAX_WATCH_MESSAGE_POINTS;
-const WATCH_BYTES_PER_MESSAGE: usize = ladder_shared::limits::MAX_WATCH_MESSAGE_BYTES;
+const WATCH_POINTS_PER_MESSAGE: usize = ladder_limits::MAX_WATCH_MESSAGE_POINTS;
+const WATCH_BYTES_PER_MESSAGE: usize = ladder_limits::MAX_WATCH_MESSAGE_BYTES;
 
 /// A run as the query language sees it: its record and its sweep's.
 struct Facts<'a> {
@@ -1226,7 +1226,7 @@ mod tests {
     use super::*;
     use crate::store::{SledStore, Store};
     use ladder_shared::spec::ParamValue;
-    use ladder_shared::types::SweepStatus;
+    use ladder_types::SweepStatus;
 
     fn key(seq: u64) -> Option<PointKey> {
         Some(PointKey { seq, index: 0 })

@@ -43,9 +43,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ladder_limits::MAX_MESSAGE_BYTES;
 use ladder_proto::v1 as pb;
-use ladder_shared::limits::MAX_MESSAGE_BYTES;
-use ladder_shared::types::RunStatus;
+use ladder_types::RunStatus;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tracing::info;
@@ -58,7 +58,7 @@ use crate::scheduler::{Event, Scheduler};
 use crate::service::{AgentServiceImpl, RunServiceImpl, Shared, SweepServiceImpl};
 use crate::store::{SledStore, Store};
 
-/// How many connections to keep open at once: [`ladder_shared::limits::MAX_CONNECTIONS`],
+/// How many connections to keep open at once: [`ladder_limits::MAX_CONNECTIONS`],
 /// or fewer when the file descriptor limit is lower. Raises the soft descriptor limit to
 /// the hard one first, and keeps 256 descriptors for the store, logs and runs.
 fn connection_budget() -> usize {
@@ -85,7 +85,7 @@ fn connection_budget() -> usize {
     let available = usize::try_from(soft)
         .unwrap_or(usize::MAX)
         .saturating_sub(256);
-    available.clamp(16, ladder_shared::limits::MAX_CONNECTIONS)
+    available.clamp(16, ladder_limits::MAX_CONNECTIONS)
 }
 
 async fn set_services_not_serving(reporter: &tonic_health::server::HealthReporter) {
@@ -151,9 +151,7 @@ impl Coordinator {
                 next_session: AtomicU64::new(1),
                 watches: Default::default(),
                 feeds: Default::default(),
-                card_reads: tokio::sync::Semaphore::new(
-                    ladder_shared::limits::MAX_CONCURRENT_CARD_READS,
-                ),
+                card_reads: tokio::sync::Semaphore::new(ladder_limits::MAX_CONCURRENT_CARD_READS),
                 auth: config.auth.map(Arc::new),
             }),
             tls: config.tls,
@@ -234,8 +232,8 @@ impl Coordinator {
         let max_connections = connection_budget();
         info!(max_connections, "accepting connections");
         let server = builder
-            .http2_keepalive_interval(Some(ladder_shared::limits::KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(ladder_shared::limits::KEEPALIVE_TIMEOUT))
+            .http2_keepalive_interval(Some(ladder_limits::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(ladder_limits::KEEPALIVE_TIMEOUT))
             .tcp_keepalive(Some(Duration::from_secs(60)))
             .add_service(health)
             .add_service(reflection)
@@ -260,11 +258,7 @@ impl Coordinator {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
-                listener::guarded(
-                    listener,
-                    max_connections,
-                    ladder_shared::limits::HANDSHAKE_TIMEOUT,
-                ),
+                listener::guarded(listener, max_connections, ladder_limits::HANDSHAKE_TIMEOUT),
                 shutdown,
             );
         let result = server

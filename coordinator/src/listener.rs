@@ -29,10 +29,10 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::warn;
 
 /// Most connections open at once.
-pub const MAX_CONNECTIONS: usize = ladder_shared::limits::MAX_CONNECTIONS;
+pub const MAX_CONNECTIONS: usize = ladder_limits::MAX_CONNECTIONS;
 
 /// How long a new connection may stay silent before it is closed.
-pub const HANDSHAKE_TIMEOUT: Duration = ladder_shared::limits::HANDSHAKE_TIMEOUT;
+pub const HANDSHAKE_TIMEOUT: Duration = ladder_limits::HANDSHAKE_TIMEOUT;
 
 /// Pause after `accept` failed for lack of file descriptors.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use ladder_metrics::summary::{MetricSummary, Reduction};
 use ladder_shared::search::Params;
 use ladder_shared::spec::SweepSpec;
-use ladder_shared::summary::{MetricSummary, Reduction};
-use ladder_shared::types::{Gpu, RunStatus, SweepStatus};
+use ladder_types::{Gpu, RunStatus, SweepStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoordinatorError;
@@ -94,7 +94,7 @@ pub struct AttemptRecord {
     pub acked_seq: u64,
     pub log_lines: u64,
     pub metric_points: u64,
-    /// Bytes of log text stored, against [`ladder_shared::limits::MAX_ATTEMPT_LOG_BYTES`].
+    /// Bytes of log text stored, against [`ladder_limits::MAX_ATTEMPT_LOG_BYTES`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub log_bytes: u64,
     /// Lines or points were dropped: the attempt reached its budget of either.
@@ -161,7 +161,7 @@ fn is_zero(n: &u64) -> bool {
 /// Names it already has are still updated past the limit.
 pub const MAX_RUN_INFO_ENTRIES: usize = 256;
 
-pub use ladder_shared::limits::MAX_METRICS_PER_RUN;
+pub use ladder_limits::MAX_METRICS_PER_RUN;
 
 /// The git state of the directory a sweep file was submitted from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -250,7 +250,7 @@ impl RunUpdate {
     }
 }
 
-pub use ladder_shared::limits::{MAX_NOTES_PER_RUN, MAX_TAGS_PER_RUN};
+pub use ladder_limits::{MAX_NOTES_PER_RUN, MAX_TAGS_PER_RUN};
 
 /// A note a user added to a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ladder_shared::types::Gpu;
+use ladder_types::Gpu;
 
 use crate::identity::AgentSecret;
 use crate::model::{StoredLogLine, StoredPoint};

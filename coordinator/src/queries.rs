@@ -10,7 +10,6 @@ use crate::downsample;
 use crate::error::CoordinatorError;
 use crate::model::{RunRecord, SweepRecord};
 use crate::store::{PointKey, Store};
-use ladder_shared::limits;
 
 /// What [`Queries::card_series`] returns.
 pub(crate) struct CardSeries {
@@ -218,7 +217,7 @@ impl Queries {
             attempt,
             after,
             page_size + 1,
-            limits::MAX_PAGE_BYTES,
+            ladder_limits::MAX_PAGE_BYTES,
         )?;
         let more = points.len() > page_size
             || (!points.is_empty()

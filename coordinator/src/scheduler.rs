@@ -13,12 +13,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ladder_shared::early_stop::{Decision, EarlyStopper};
-use ladder_shared::limits::{MAX_ATTEMPT_LOG_BYTES, MAX_ATTEMPT_METRIC_POINTS};
+use ladder_early_stop::{Decision, EarlyStopper};
+use ladder_limits::{MAX_ATTEMPT_LOG_BYTES, MAX_ATTEMPT_METRIC_POINTS};
 use ladder_shared::search::{self, Observation};
 use ladder_shared::spec::SweepSpec;
-use ladder_shared::timeline;
-use ladder_shared::types::{RunStatus, SweepStatus};
+use ladder_types::{RunStatus, SweepStatus};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -150,7 +149,7 @@ enum Deferred {
     Registration(Reply<()>, Box<Result<(), CoordinatorError>>),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
     /// A run reached a stage once this batch is durable (`ladder bench dispatch`).
-    Timeline(timeline::Stage, String),
+    Timeline(ladder_timeline::Stage, String),
 }
 
 struct Session {
@@ -1473,11 +1472,15 @@ impl Scheduler {
                 }
             }
             RunEvent::Finished(finish) => {
-                if timeline::enabled() {
-                    timeline::mark(timeline::Stage::SlotFreed, || agent.to_string(), "");
+                if ladder_timeline::enabled() {
+                    ladder_timeline::mark(
+                        ladder_timeline::Stage::SlotFreed,
+                        || agent.to_string(),
+                        "",
+                    );
                     self.deferred.push(Deferred::Timeline(
-                        timeline::Stage::CompletionDurable,
-                        timeline::attempt_key(&lease.run_id, lease.attempt),
+                        ladder_timeline::Stage::CompletionDurable,
+                        ladder_timeline::attempt_key(&lease.run_id, lease.attempt),
                     ));
                 }
                 finished = Some(finish)
@@ -1703,9 +1706,9 @@ impl Scheduler {
                     if committed.is_ok() {
                         if let ToAgent::Assign(assignment) = &message {
                             let lease = &assignment.lease;
-                            timeline::mark(
-                                timeline::Stage::LeaseSent,
-                                || timeline::attempt_key(&lease.run_id, lease.attempt),
+                            ladder_timeline::mark(
+                                ladder_timeline::Stage::LeaseSent,
+                                || ladder_timeline::attempt_key(&lease.run_id, lease.attempt),
                                 "",
                             );
                         }
@@ -1714,7 +1717,7 @@ impl Scheduler {
                 }
                 Deferred::Timeline(stage, key) => {
                     if committed.is_ok() {
-                        timeline::mark(stage, || key, "");
+                        ladder_timeline::mark(stage, || key, "");
                     }
                 }
             }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::Stream;
 use ladder_proto::v1 as pb;
-use ladder_shared::limits;
 use ladder_shared::spec;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
@@ -29,7 +28,7 @@ use crate::protocol::{FromAgent, Registration, ToAgent};
 use crate::queries::Queries;
 use crate::scheduler::{Event, SweepAction};
 
-pub use ladder_shared::limits::MAX_SWEEP_FILE_BYTES;
+pub use ladder_limits::MAX_SWEEP_FILE_BYTES;
 
 /// State shared by every service.
 pub struct Shared {
@@ -44,13 +43,13 @@ pub struct Shared {
     /// One reader per watched run, whose deltas every watcher of the run receives.
     pub(crate) feeds: crate::history::Feeds,
     /// Reads of a whole metric series at once (a run card: `GetRun`, the first
-    /// `WatchRun` message), at most [`limits::MAX_CONCURRENT_CARD_READS`] at a time: each
+    /// `WatchRun` message), at most [`ladder_limits::MAX_CONCURRENT_CARD_READS`] at a time: each
     /// holds the attempt's points in memory while it downsamples them.
     pub(crate) card_reads: tokio::sync::Semaphore,
 }
 
 /// One open watch stream, counted against its principal's
-/// [`limits::MAX_WATCHES_PER_PRINCIPAL`] until dropped.
+/// [`ladder_limits::MAX_WATCHES_PER_PRINCIPAL`] until dropped.
 pub(crate) struct WatchSlot {
     shared: Arc<Shared>,
     key: String,
@@ -76,10 +75,10 @@ pub(crate) fn watch_slot(
     let key = principal.map(|p| p.name().to_string()).unwrap_or_default();
     let mut watches = shared.watches.lock().expect("watch counts");
     let count = watches.entry(key.clone()).or_insert(0);
-    if *count >= limits::MAX_WATCHES_PER_PRINCIPAL {
+    if *count >= ladder_limits::MAX_WATCHES_PER_PRINCIPAL {
         return Err(Status::resource_exhausted(format!(
             "{} watch streams are open for this token already (the limit); close some first",
-            limits::MAX_WATCHES_PER_PRINCIPAL
+            ladder_limits::MAX_WATCHES_PER_PRINCIPAL
         )));
     }
     *count += 1;
@@ -186,11 +185,11 @@ fn page_size(requested: u32, default: usize, max: usize) -> Result<usize, Coordi
 }
 
 fn check_cursor(cursor: &str) -> Result<(), CoordinatorError> {
-    if cursor.len() > limits::MAX_CURSOR_BYTES {
+    if cursor.len() > ladder_limits::MAX_CURSOR_BYTES {
         return Err(CoordinatorError::InvalidArgument(format!(
             "cursor is {} bytes; the limit is {}",
             cursor.len(),
-            limits::MAX_CURSOR_BYTES
+            ladder_limits::MAX_CURSOR_BYTES
         )));
     }
     Ok(())
@@ -295,11 +294,11 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         let request = request.into_inner();
         let size = page_size(
             request.page_size,
-            limits::DEFAULT_PAGE_SIZE,
-            limits::MAX_PAGE_SIZE,
+            ladder_limits::DEFAULT_PAGE_SIZE,
+            ladder_limits::MAX_PAGE_SIZE,
         )?;
         check_cursor(&request.cursor)?;
-        convert::check_len("project", &request.project, limits::MAX_ID_BYTES)?;
+        convert::check_len("project", &request.project, ladder_limits::MAX_ID_BYTES)?;
         let (sweeps, next_cursor) = self
             .0
             .read(move |q| q.sweeps_page(&request.project, &request.cursor, size))
@@ -488,7 +487,7 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         let request = request.into_inner();
         require_id(&request.run_id, "run_id")?;
         let slot = watch_slot(&self.0, principal.as_ref())?;
-        let (tx, rx) = mpsc::channel(limits::WATCH_STREAM_MESSAGES);
+        let (tx, rx) = mpsc::channel(ladder_limits::WATCH_STREAM_MESSAGES);
         history::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx, slot);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -503,8 +502,8 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         check_cursor(&request.cursor)?;
         let size = page_size(
             request.page_size,
-            limits::MAX_POINTS_PAGE_SIZE,
-            limits::MAX_POINTS_PAGE_SIZE,
+            ladder_limits::MAX_POINTS_PAGE_SIZE,
+            ladder_limits::MAX_POINTS_PAGE_SIZE,
         )?;
         let page = self
             .0
@@ -628,8 +627,8 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
         let request = request.into_inner();
         let limit = page_size(
             request.page_size,
-            limits::DEFAULT_PAGE_SIZE,
-            limits::MAX_PAGE_SIZE,
+            ladder_limits::DEFAULT_PAGE_SIZE,
+            ladder_limits::MAX_PAGE_SIZE,
         )?;
         check_cursor(&request.cursor)?;
         let after = request.cursor;

@@ -19,13 +19,13 @@
 //! - `idx_metric`: `project \0 metric \0 f64_key(value) run id` -> empty: every run's
 //!   value of every metric (its summary as the sweep chose it, see
 //!   [`RunRecord::metric_value`]: the last value unless `summary:` says otherwise), plus
-//!   the tasks average (see [`ladder_shared::query::tasks_average`]) under
+//!   the tasks average (see [`ladder_query::tasks_average`]) under
 //!   [`TASKS_AVG_METRIC`], ordered by value within a (project, metric).
 //! - `idx_metric_all`: `metric \0 f64_key(value) run id` -> empty: the same entries
 //!   across every project, for the project-less leaderboard.
 //! - `idx_param`: `project \0 param \0 value_key(value) position_key(position) run id`
 //!   -> empty: every run's value of every parameter (see
-//!   [`ladder_shared::query::value_key`]: booleans, then numbers by value, then strings
+//!   [`ladder_query::value_key`]: booleans, then numbers by value, then strings
 //!   byte-wise), then its position (sweep creation time, sweep id, trial index), so that
 //!   within a (project, parameter) the keys are in exactly the order of `runs ls --sort
 //!   params.NAME`, ties included.
@@ -54,9 +54,9 @@ use serde::Serialize;
 
 use crate::error::CoordinatorError;
 use crate::model::{AgentRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
-use ladder_shared::query::{self, Position, Value};
+use ladder_metrics::summary::{MetricSummary, Reduction};
+use ladder_query::{self as query, Position, Value};
 use ladder_shared::spec::{ParamValue, SweepSpec};
-use ladder_shared::summary::{MetricSummary, Reduction};
 
 pub type Result<T> = std::result::Result<T, CoordinatorError>;
 
@@ -135,7 +135,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The runs of `project` that have parameter `param`, in the order `runs ls --sort
-    /// [-]params.NAME` lists them: by value (see [`ladder_shared::query::Value::total_cmp`];
+    /// [-]params.NAME` lists them: by value (see [`ladder_query::Value::total_cmp`];
     /// reversed when `descending`), ties by position ascending in both directions;
     /// starting at the entry `from` = (value, position) (inclusive) when given. `None`
     /// when this store keeps no parameter index, or none for `param` (a name holding a
@@ -203,7 +203,7 @@ fn index_entries(run: &RunRecord) -> Vec<(String, f64)> {
         .filter(|(name, value)| !name.contains('\0') && value.is_finite())
         .map(|(name, value)| (name.clone(), *value))
         .collect();
-    if let Some(average) = ladder_shared::query::tasks_average(&values) {
+    if let Some(average) = ladder_query::tasks_average(&values) {
         entries.push((TASKS_AVG_METRIC.to_string(), average));
     }
     entries
@@ -224,7 +224,7 @@ fn index_prefix(project: Option<&str>, metric: &str) -> Vec<u8> {
 
 fn index_key(project: Option<&str>, metric: &str, value: f64, run_id: &str) -> Vec<u8> {
     let mut key = index_prefix(project, metric);
-    key.extend_from_slice(&ladder_shared::query::f64_key(value));
+    key.extend_from_slice(&ladder_query::f64_key(value));
     key.extend_from_slice(run_id.as_bytes());
     key
 }
@@ -397,7 +397,7 @@ const INDEX_BATCH_KEYS: usize = 1_000;
 
 /// Replaces `old` keys by `new` ones in an index tree, touching only the difference.
 /// Linear in the number of keys (a run may carry up to
-/// [`ladder_shared::limits::MAX_METRICS_PER_RUN`] metrics, each with index keys).
+/// [`ladder_limits::MAX_METRICS_PER_RUN`] metrics, each with index keys).
 fn update_index(tree: &sled::Tree, old: &[Vec<u8>], new: Vec<Vec<u8>>) -> Result<()> {
     let old_keys: HashSet<&[u8]> = old.iter().map(Vec::as_slice).collect();
     let new_keys: HashSet<&[u8]> = new.iter().map(Vec::as_slice).collect();
@@ -513,7 +513,7 @@ impl SledStore {
         })?;
         let config = sled::Config::new()
             .path(dir)
-            .cache_capacity(ladder_shared::limits::STORE_CACHE_BYTES)
+            .cache_capacity(ladder_limits::STORE_CACHE_BYTES)
             .flush_every_ms(Some(500));
         let db = open_when_released(&config, dir)?;
         let open_tree = |name: &str| {
@@ -1178,7 +1178,7 @@ impl Store for SledStore {
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| CoordinatorError::Store("malformed idx_metric key".into()))?;
                 let run_id = String::from_utf8_lossy(&key[length + 8..]).into_owned();
-                Ok((ladder_shared::query::f64_from_key(bytes), run_id))
+                Ok((ladder_query::f64_from_key(bytes), run_id))
             }
         };
         let mut end = prefix.clone();
@@ -1187,13 +1187,13 @@ impl Store for SledStore {
             (false, None) => Box::new(tree.range(prefix..end).map(parse)),
             (false, Some(value)) => {
                 let mut start = prefix;
-                start.extend_from_slice(&ladder_shared::query::f64_key(value));
+                start.extend_from_slice(&ladder_query::f64_key(value));
                 Box::new(tree.range(start..end).map(parse))
             }
             (true, None) => Box::new(tree.range(prefix..end).rev().map(parse)),
             (true, Some(value)) => {
                 let mut upper = prefix.clone();
-                upper.extend_from_slice(&ladder_shared::query::f64_key(value));
+                upper.extend_from_slice(&ladder_query::f64_key(value));
                 upper.push(0xff);
                 Box::new(tree.range(prefix..upper).rev().map(parse))
             }
@@ -1379,7 +1379,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::model::AttemptOutcome;
-    use ladder_shared::types::{RunStatus, SweepStatus};
+    use ladder_types::{RunStatus, SweepStatus};
 
     /// A run record as stores before summaries wrote it: last values only.
     fn old_run(spec: &SweepSpec) -> RunRecord {

@@ -50,7 +50,7 @@ impl TlsIdentity {
     pub fn server_config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .timeout(ladder_shared::limits::HANDSHAKE_TIMEOUT)
+            .timeout(ladder_limits::HANDSHAKE_TIMEOUT)
     }
 
     /// Builds the configuration once, as the server will, to surface PEM errors early.

@@ -13,12 +13,12 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
-use crate::metric_line::{parse_metric_line, parse_metric_line_detailed};
-use crate::query::{
+use crate::spec::{parse_sweep, SweepSpec};
+use ladder_limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
+use ladder_metrics::line::{parse_metric_line, parse_metric_line_detailed};
+use ladder_query::{
     parse_cursor, parse_sort_keys, parse_where, Op, RunFacts, Value, MAX_TREE_DEPTH, STATUSES,
 };
-use crate::spec::{parse_sweep, SweepSpec};
 
 /// Runs `property` on `cases` inputs from `strategy`; returns how many were executed.
 fn fuzz<S: Strategy>(
@@ -551,7 +551,7 @@ fn check_metric_line(line: &str) -> Result<(), TestCaseError> {
         for (name, value) in &point.values {
             prop_assert!(value.is_finite(), "{:?} = {} from {:?}", name, value, line);
             prop_assert!(
-                !name.is_empty() && name.len() <= crate::metric_line::MAX_METRIC_NAME_BYTES
+                !name.is_empty() && name.len() <= ladder_metrics::line::MAX_METRIC_NAME_BYTES
             );
         }
         if let Some(step) = point.step {

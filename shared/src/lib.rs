@@ -25,23 +25,12 @@
 //! collected in [`SpecErrors`].
 
 pub mod bayes;
-pub mod early_stop;
-pub mod limits;
-pub mod metric_line;
-pub mod query;
 pub mod search;
 pub mod spec;
-pub mod summary;
 pub mod testfns;
-pub mod timeline;
 pub mod tpe;
 pub mod train_config;
-pub mod types;
 
-pub use metric_line::{
-    parse_info_line, parse_metric_line, parse_metric_line_detailed, InfoLine, MetricPoint,
-    ParsedMetricLine,
-};
 pub use search::{
     grid_size, method_for, params_json, render_command, trial, trial_count, Observation, Params,
     SearchError, SearchMethod, StatelessSearch,
@@ -50,7 +39,6 @@ pub use spec::{
     parse_sweep, Condition, Goal, Method, MetricSpec, ParamSpec, ParamValue, Parameter, Resources,
     SpecError, SpecErrors, SweepSpec,
 };
-pub use types::{Gpu, RunStatus, SweepStatus};
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -23,9 +23,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::early_stop::EarlyTerminateSpec;
 use crate::search::{parse_template, Segment};
-pub use crate::summary::Summary;
+use ladder_early_stop::EarlyTerminateSpec;
+pub use ladder_metrics::summary::Summary;
+pub use ladder_metrics::Goal;
 use yaml::{Entry, Node, NodeKind, Pos, Scalar};
 
 /// A validated sweep.
@@ -162,40 +163,6 @@ pub struct MetricSpec {
     /// objective); `None`: the last reported value, as before summaries existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
-}
-
-/// Direction of optimisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Goal {
-    Minimize,
-    #[default]
-    Maximize,
-}
-
-impl Goal {
-    pub const ALL: [Goal; 2] = [Goal::Minimize, Goal::Maximize];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Goal::Minimize => "minimize",
-            Goal::Maximize => "maximize",
-        }
-    }
-
-    /// Whether `candidate` is strictly better than `incumbent` under this goal.
-    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
-        match self {
-            Goal::Minimize => candidate < incumbent,
-            Goal::Maximize => candidate > incumbent,
-        }
-    }
-}
-
-impl fmt::Display for Goal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// What a run needs from an agent.
@@ -581,14 +548,14 @@ impl Checker<'_> {
                     node,
                     "max_runs",
                     1,
-                    crate::limits::MAX_SWEEP_RUNS,
+                    ladder_limits::MAX_SWEEP_RUNS,
                     "a positive integer",
                 )
                 .map(Some),
             _ => Some(None),
         };
         let parallel =
-            self.optional_integer(entries, "parallel", 1, 1, crate::limits::MAX_SWEEP_PARALLEL);
+            self.optional_integer(entries, "parallel", 1, 1, ladder_limits::MAX_SWEEP_PARALLEL);
         let seed = self.optional_integer(entries, "seed", 0, 0, u64::MAX);
         let max_restarts = self.optional_integer(entries, "max_restarts", 3, 0, u32::MAX.into());
         let train_node = field(entries, "train").filter(|node| !node.is_null());

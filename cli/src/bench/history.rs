@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use ladder_coordinator::model::{now_ms, AttemptOutcome, AttemptRecord, RunRecord, SweepRecord};
 use ladder_coordinator::store::{SledStore, Store};
+use ladder_metrics::summary::{MetricSummary, Reduction};
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::run_service_client::RunServiceClient;
 use ladder_shared::spec::ParamValue;
-use ladder_shared::summary::{MetricSummary, Reduction};
-use ladder_shared::types::{RunStatus, SweepStatus};
+use ladder_types::{RunStatus, SweepStatus};
 use serde_json::json;
 
 use crate::allinone::Embedded;
@@ -290,7 +290,7 @@ pub async fn run(
     let embedded = Embedded::start(&data, &[]).await?;
     let open_seconds = opened.elapsed().as_secs_f64();
     let mut service = RunServiceClient::new(client::channel(&embedded.url).await?)
-        .max_decoding_message_size(ladder_shared::limits::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
 
     let mut leaderboard = Vec::with_capacity(calls);
     let mut top = None;

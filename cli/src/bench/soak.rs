@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ladder_agent::{Agent, AgentConfig};
+use ladder_limits::MAX_MESSAGE_BYTES;
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::run_service_client::RunServiceClient;
 use ladder_proto::v1::sweep_service_client::SweepServiceClient;
-use ladder_shared::limits::MAX_MESSAGE_BYTES;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::oneshot;

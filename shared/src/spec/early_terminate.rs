@@ -7,7 +7,7 @@
 
 use super::yaml::{Entry, Node, Pos};
 use super::{field, Checker, Goal, MetricSpec, GOAL_NAMES};
-use crate::early_stop::{EarlyTerminateKind, EarlyTerminateSpec};
+use ladder_early_stop::{EarlyTerminateKind, EarlyTerminateSpec};
 
 const EARLY_TERMINATE_KEYS: &[&str] = &[
     "type",
@@ -22,19 +22,8 @@ const EARLY_TERMINATE_KEYS: &[&str] = &[
     "brackets",
     "min_runs",
 ];
-const TYPES: &[&str] = &["asha", "hyperband", "median"];
 const DEFAULT_REDUCTION_FACTOR: u64 = 3;
 const DEFAULT_MIN_RUNS: u64 = 3;
-
-impl EarlyTerminateKind {
-    fn name(self) -> &'static str {
-        match self {
-            EarlyTerminateKind::Asha => "asha",
-            EarlyTerminateKind::Hyperband => "hyperband",
-            EarlyTerminateKind::Median => "median",
-        }
-    }
-}
 
 impl Checker<'_> {
     /// `metric` is the sweep's metric: `None` when it was invalid (already reported, so
@@ -58,13 +47,11 @@ impl Checker<'_> {
                 "early_terminate",
                 "asha, hyperband or median",
             )
-            .and_then(|kind| self.keyword(kind, "early_terminate type", TYPES))
-            .and_then(|name| match name.as_str() {
-                "asha" => Some(EarlyTerminateKind::Asha),
-                "hyperband" => Some(EarlyTerminateKind::Hyperband),
-                "median" => Some(EarlyTerminateKind::Median),
-                _ => None,
-            });
+            .and_then(|kind| {
+                let names = EarlyTerminateKind::ALL.map(EarlyTerminateKind::as_str);
+                self.keyword(kind, "early_terminate type", &names)
+            })
+            .and_then(|name| EarlyTerminateKind::from_name(&name));
         let (metric_name, goal) = self.early_terminate_metric(node, entries, metric);
 
         let min_step = match self.aliased(entries, "min_step", "min_iter") {
@@ -249,7 +236,7 @@ impl Checker<'_> {
                 continue;
             }
             ok = false;
-            let names: Vec<&str> = applies.iter().map(|kind| kind.name()).collect();
+            let names: Vec<&str> = applies.iter().map(|kind| kind.as_str()).collect();
             self.report_inapplicable(entry.key_pos, &entry.key, kind, &names);
         }
         ok
@@ -266,7 +253,7 @@ impl Checker<'_> {
             pos,
             format!(
                 "early_terminate.{key} does not apply to type {} (only to {}); remove it",
-                kind.name(),
+                kind.as_str(),
                 applies.join(" and ")
             ),
         );
@@ -277,7 +264,7 @@ impl Checker<'_> {
 mod tests {
     use super::super::tests::{assert_error, assert_error_at};
     use super::super::{parse_sweep, Goal};
-    use crate::early_stop::{EarlyTerminateKind, EarlyTerminateSpec};
+    use ladder_early_stop::{EarlyTerminateKind, EarlyTerminateSpec};
 
     const HEAD: &str = "name: s\nmethod: random\nmax_runs: 9\ncommand: [a]\nmetric: {name: loss, goal: minimize}\n";
 

@@ -1,5 +1,5 @@
 //! `metric: {.., summary: S}` and the `summaries:` section → which value of each metric
-//! stands for a run (see [`crate::summary`]).
+//! stands for a run (see [`ladder_metrics::summary`]).
 //!
 //! The objective's summary lives on [`MetricSpec::summary`]; `summaries:` may also name
 //! the objective (folded into it; giving it in both places is an error). `best` needs a
@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use super::yaml::Node;
 use super::{unknown, Checker, MetricSpec, SweepSpec};
-use crate::early_stop::EarlyTerminateSpec;
-use crate::summary::{Reduction, Summary};
+use ladder_early_stop::EarlyTerminateSpec;
+use ladder_metrics::summary::{Reduction, Summary};
 
 const SUMMARY_NAMES: &[&str] = &["best", "last", "min", "max"];
 
@@ -121,7 +121,7 @@ impl Checker<'_> {
 mod tests {
     use super::super::tests::{assert_error_at, errors};
     use super::super::{parse_sweep, SweepSpec};
-    use crate::summary::{Reduction, Summary};
+    use ladder_metrics::summary::{Reduction, Summary};
 
     const HEAD: &str = "name: s\nmethod: random\nmax_runs: 9\ncommand: [a]\n";
 

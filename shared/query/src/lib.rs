@@ -29,7 +29,7 @@
 //! so the next page starts strictly after it and pages never overlap or skip.
 //!
 //! Everything here reads text a client sent, so everything is bounded
-//! ([`crate::limits`]): a query is at most `MAX_QUERY_BYTES` long and at most
+//! ([`ladder_limits`]): a query is at most `MAX_QUERY_BYTES` long and at most
 //! `MAX_QUERY_DEPTH` parentheses and `not`s deep, chains of `and`/`or` become flat nodes,
 //! and so the parsed tree is at most [`MAX_TREE_DEPTH`] deep whatever the input; a
 //! listing has at most `MAX_SORT_KEYS` sort keys and a client's cursor is at most
@@ -41,7 +41,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
+use ladder_limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
 
 /// A positioned error in a query: `--where:1:12: unknown operator "=<" (did you mean "<="?)`.
 #[derive(Debug, Clone, PartialEq, Eq)]

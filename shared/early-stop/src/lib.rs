@@ -102,7 +102,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::Goal;
+use ladder_metrics::Goal;
 
 /// Which rule stops runs early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,6 +116,21 @@ pub enum EarlyTerminateKind {
     /// Stop a run whose best value so far is worse than the median of the other runs'
     /// running averages at the same step (Google Vizier's median stopping rule).
     Median,
+}
+
+impl EarlyTerminateKind {
+    pub const ALL: [EarlyTerminateKind; 3] = [
+        EarlyTerminateKind::Asha,
+        EarlyTerminateKind::Hyperband,
+        EarlyTerminateKind::Median,
+    ];
+
+    /// The kind named `name` in a sweep file.
+    pub fn from_name(name: &str) -> Option<EarlyTerminateKind> {
+        EarlyTerminateKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
 }
 
 impl EarlyTerminateKind {

@@ -1,0 +1,50 @@
+//! What runs report and how a metric's history stands for a run.
+//!
+//! - [`line`]: the agent scans a run's output with [`line::parse_metric_line`] and
+//!   [`line::parse_info_line`]: `@ladder {json}` lines become metric points and
+//!   `@ladder.info {json}` lines the run's info (provenance).
+//! - [`Goal`]: which direction of a metric is better.
+//! - [`summary`]: which value of a metric's history stands for a run (last, min, max or
+//!   best) and the running [`summary::MetricSummary`] the coordinator keeps per run and
+//!   metric.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub mod line;
+pub mod summary;
+
+/// Direction of optimisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Goal {
+    Minimize,
+    #[default]
+    Maximize,
+}
+
+impl Goal {
+    pub const ALL: [Goal; 2] = [Goal::Minimize, Goal::Maximize];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Minimize => "minimize",
+            Goal::Maximize => "maximize",
+        }
+    }
+
+    /// Whether `candidate` is strictly better than `incumbent` under this goal.
+    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
+        match self {
+            Goal::Minimize => candidate < incumbent,
+            Goal::Maximize => candidate > incumbent,
+        }
+    }
+}
+
+impl fmt::Display for Goal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
