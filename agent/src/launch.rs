@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use ladder_shared::spec::Launch;
+use ladder_spec::Launch;
 
 /// The variables of each process of a run, rank 0 first; always at least one map.
 ///

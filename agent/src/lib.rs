@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
-use ladder_shared::spec::Launch;
+use ladder_spec::Launch;
 use ladder_types::Gpu;
 use rand::Rng;
 use thiserror::Error;
@@ -678,7 +678,7 @@ impl Agent {
             // Runs of the built-in trainer are this same binary's `train` verb.
             ("ladder.exe", own_exe().to_string()),
         ]);
-        let argv = ladder_shared::search::render_agent_placeholders(&assign.argv, &placeholders);
+        let argv = ladder_spec::space::render_agent_placeholders(&assign.argv, &placeholders);
         env.insert(
             "LADDER_CODE_DIR".into(),
             self.config.code_dir.display().to_string(),

@@ -21,6 +21,7 @@ use crate::client;
 
 mod history;
 mod soak;
+mod testfns;
 
 /// The `q` quantile (0..=1) of `sorted`, in milliseconds; NaN when empty.
 fn percentile(sorted: &[std::time::Duration], q: f64) -> f64 {
@@ -268,7 +269,7 @@ fn train(shape: TrainShape, json_output: bool) -> anyhow::Result<()> {
         value["lora"] = serde_json::json!({"rank": rank, "targets": [
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]});
     }
-    let config = ladder_shared::train_config::TrainConfig::from_json(&value)
+    let config = ladder_spec::train_config::TrainConfig::from_json(&value)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let device = ladder_trainer::train::device_for(&config.device, 0)?;
     let setup = ladder_trainer::train::setup(&config, std::path::Path::new("."), &device)?;
@@ -377,7 +378,7 @@ fn fresh_dir_in(base: &std::path::Path, prefix: &str) -> anyhow::Result<std::pat
 }
 
 fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
-    use ladder_shared::testfns::{benchmark, Method, TestFunction};
+    use testfns::{benchmark, Method, TestFunction};
 
     anyhow::ensure!(
         seeds >= 1 && trials >= 1,

@@ -71,7 +71,7 @@ fn print_json(value: &Value) {
 }
 
 /// Reads and validates a sweep file locally; invalid files exit with code 2.
-pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared::spec::SweepSpec)> {
+pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_spec::SweepSpec)> {
     let file_name = file.display().to_string();
     const MAX_SWEEP_FILE_BYTES: u64 = ladder_limits::MAX_SWEEP_FILE_BYTES as u64;
     if let Ok(metadata) = std::fs::metadata(file) {
@@ -90,7 +90,7 @@ pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared:
         code: 2,
         message: format!("{file_name}: cannot read the sweep file: {error}"),
     })?;
-    let spec = ladder_shared::spec::parse_sweep(&file_name, &yaml).map_err(|errors| ExitError {
+    let spec = ladder_spec::parse_sweep(&file_name, &yaml).map_err(|errors| ExitError {
         code: 2,
         message: errors.to_string(),
     })?;
@@ -99,7 +99,7 @@ pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_shared:
 
 pub fn sweep_validate(file: &Path, json_output: bool) -> anyhow::Result<()> {
     let (file_name, _, spec) = read_sweep(file)?;
-    let planned = ladder_shared::search::trial_count(&spec);
+    let planned = ladder_spec::space::trial_count(&spec);
     if json_output {
         print_json(
             &json!({"file": file_name, "valid": true, "name": spec.name, "method": spec.method.as_str(), "planned_runs": planned}),

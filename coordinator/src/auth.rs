@@ -20,7 +20,7 @@
 use std::fmt;
 use std::path::Path;
 
-use ladder_shared::spec::yaml::{self, Node, NodeKind, Pos, Scalar};
+use ladder_spec::yaml::{self, Node, NodeKind, Pos, Scalar};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

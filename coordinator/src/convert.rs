@@ -3,7 +3,7 @@
 
 use ladder_metrics::summary::MetricSummary;
 use ladder_proto::v1 as pb;
-use ladder_shared::spec::{Goal, ParamValue};
+use ladder_spec::{Goal, ParamValue};
 use ladder_types::{Gpu, RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
@@ -1172,7 +1172,7 @@ mod tests {
             |bytes| {
                 let bytes = bytes.as_slice();
                 if let Ok(request) = pb::SubmitSweepRequest::decode(bytes) {
-                    let _ = ladder_shared::spec::parse_sweep(&request.file_name, &request.yaml);
+                    let _ = ladder_spec::parse_sweep(&request.file_name, &request.yaml);
                 }
                 for id in [
                     pb::GetRunRequest::decode(bytes).map(|r| r.run_id),

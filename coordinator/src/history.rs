@@ -31,7 +31,7 @@ use ladder_query::{
     self as query, compare_rows, parse_where, row_key, Cursor, Expr, Field, Position, RowKey,
     RunFacts, SortKey, Value,
 };
-use ladder_shared::spec::Goal;
+use ladder_spec::Goal;
 use ladder_types::RunStatus;
 use tokio::sync::{broadcast, mpsc};
 
@@ -1225,7 +1225,7 @@ pub fn leaderboard_to_pb(board: Leaderboard) -> pb::LeaderboardResponse {
 mod tests {
     use super::*;
     use crate::store::{SledStore, Store};
-    use ladder_shared::spec::ParamValue;
+    use ladder_spec::ParamValue;
     use ladder_types::SweepStatus;
 
     fn key(seq: u64) -> Option<PointKey> {
@@ -1305,7 +1305,7 @@ mod tests {
         let yaml = format!(
             "name: {id}\nproject: p\nmethod: grid\nmetric: {{name: m, goal: minimize}}\nparameters:\n  x: {{values: [1, 2]}}\ncommand: [\"true\"]\n"
         );
-        let spec = ladder_shared::spec::parse_sweep("s.yaml", &yaml).unwrap();
+        let spec = ladder_spec::parse_sweep("s.yaml", &yaml).unwrap();
         store
             .put_sweep(&SweepRecord {
                 id: id.into(),
@@ -1356,11 +1356,11 @@ mod tests {
         project: &str,
         metric: &str,
         created_ms: i64,
-    ) -> ladder_shared::spec::SweepSpec {
+    ) -> ladder_spec::SweepSpec {
         let yaml = format!(
             "name: {id}\nproject: {project}\nmethod: grid\n{metric}\nparameters:\n  x: {{values: [1, 2]}}\ncommand: [\"true\"]\n"
         );
-        let spec = ladder_shared::spec::parse_sweep("s.yaml", &yaml).unwrap();
+        let spec = ladder_spec::parse_sweep("s.yaml", &yaml).unwrap();
         store
             .put_sweep(&SweepRecord {
                 id: id.into(),
@@ -1382,7 +1382,7 @@ mod tests {
 
     /// A completed run of `spec` that reported `m` = each of `curve` at steps 1, 2, ...
     fn curve_run(
-        spec: &ladder_shared::spec::SweepSpec,
+        spec: &ladder_spec::SweepSpec,
         sweep: &str,
         index: u64,
         curve: &[f64],

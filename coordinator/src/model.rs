@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use ladder_metrics::summary::{MetricSummary, Reduction};
-use ladder_shared::search::Params;
-use ladder_shared::spec::SweepSpec;
+use ladder_spec::space::Params;
+use ladder_spec::SweepSpec;
 use ladder_types::{Gpu, RunStatus, SweepStatus};
 use serde::{Deserialize, Serialize};
 
@@ -532,7 +532,7 @@ mod tests {
     #[test]
     fn info_merges_later_over_earlier_up_to_the_name_limit() {
         let yaml = "name: s\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n";
-        let spec = ladder_shared::spec::parse_sweep("s.yaml", yaml).unwrap();
+        let spec = ladder_spec::parse_sweep("s.yaml", yaml).unwrap();
         let mut run = RunRecord {
             project: spec.project.clone(),
             status: RunStatus::Running,

@@ -93,7 +93,7 @@ pub struct Assignment {
     pub gpus: Vec<u32>,
     pub env: BTreeMap<String, String>,
     /// How the agent starts the command on the run's GPUs (`resources.launch`).
-    pub launch: ladder_shared::spec::Launch,
+    pub launch: ladder_spec::Launch,
 }
 
 /// Messages the coordinator pushes to an agent.

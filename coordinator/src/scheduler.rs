@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use ladder_early_stop::{Decision, EarlyStopper};
 use ladder_limits::{MAX_ATTEMPT_LOG_BYTES, MAX_ATTEMPT_METRIC_POINTS};
-use ladder_shared::search::{self, Observation};
-use ladder_shared::spec::SweepSpec;
+use ladder_search::Observation;
+use ladder_spec::space;
+use ladder_spec::SweepSpec;
 use ladder_types::{RunStatus, SweepStatus};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -716,7 +717,7 @@ impl Scheduler {
         while self.sweep_record(&id)?.is_some() {
             id = new_sweep_id();
         }
-        let planned_runs = search::trial_count(&spec);
+        let planned_runs = space::trial_count(&spec);
         let record = SweepRecord {
             id: id.clone(),
             spec,
@@ -959,8 +960,7 @@ impl Scheduler {
     fn create_run(&mut self, sweep_id: &str) -> Result<Option<String>, CoordinatorError> {
         let state = self.sweeps.get_mut(sweep_id).expect("sweep present");
         let index = state.record.created_runs;
-        let Some(params) =
-            ladder_shared::bayes::propose(&state.record.spec, index, &state.observations)
+        let Some(params) = ladder_search::propose(&state.record.spec, index, &state.observations)
         else {
             state.record.planned_runs = index;
             return Ok(None);
@@ -989,12 +989,12 @@ impl Scheduler {
         state.record.created_runs += 1;
         self.dirty_sweeps.insert(sweep_id.to_string());
         self.changed.insert(sweep_id.to_string());
-        match search::render_command(&state.record.spec.command, &run.params) {
+        match space::render_command(&state.record.spec.command, &run.params) {
             Ok(mut argv) => {
                 if let Some(train) = &state.record.spec.train {
                     // The built-in trainer reads its configuration, parameters
                     // substituted with their types, from argv.
-                    let config = ladder_shared::train_config::render(train, &run.params);
+                    let config = ladder_spec::train_config::render(train, &run.params);
                     argv.push("--config-json".to_string());
                     argv.push(config.to_string());
                 }
@@ -1038,7 +1038,7 @@ impl Scheduler {
         self.dirty_runs.insert(run_id.to_string());
         self.changed.insert(run.sweep_id.clone());
         let sweep = &self.sweeps[&run.sweep_id];
-        let params_json = search::params_json(&run.params).to_string();
+        let params_json = space::params_json(&run.params).to_string();
         let assignment = Assignment {
             lease: Lease {
                 run_id: run_id.to_string(),
@@ -1756,7 +1756,7 @@ mod tests {
 
     use super::*;
     use crate::store::SledStore;
-    use ladder_shared::spec::parse_sweep;
+    use ladder_spec::parse_sweep;
 
     struct VirtualAgent {
         session: u64,

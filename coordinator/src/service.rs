@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::Stream;
 use ladder_proto::v1 as pb;
-use ladder_shared::spec;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::StreamExt;
@@ -262,7 +261,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         } else {
             request.file_name
         };
-        let spec = spec::parse_sweep(&file_name, &request.yaml)
+        let spec = ladder_spec::parse_sweep(&file_name, &request.yaml)
             .map_err(|errors| CoordinatorError::InvalidSweep(errors.to_string()))?;
         let yaml = request.yaml;
         let git = GitState {

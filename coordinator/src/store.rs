@@ -56,7 +56,7 @@ use crate::error::CoordinatorError;
 use crate::model::{AgentRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
 use ladder_metrics::summary::{MetricSummary, Reduction};
 use ladder_query::{self as query, Position, Value};
-use ladder_shared::spec::{ParamValue, SweepSpec};
+use ladder_spec::{ParamValue, SweepSpec};
 
 pub type Result<T> = std::result::Result<T, CoordinatorError>;
 
@@ -1418,7 +1418,7 @@ mod tests {
     fn stores_written_before_summaries_are_upgraded_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let yaml = "name: s\nproject: p\nmethod: grid\nmetric: {name: m, goal: minimize}\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n";
-        let spec = ladder_shared::spec::parse_sweep("s.yaml", yaml).unwrap();
+        let spec = ladder_spec::parse_sweep("s.yaml", yaml).unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
             store
@@ -1484,7 +1484,7 @@ mod tests {
     #[test]
     fn a_step_lower_than_an_earlier_one_is_kept_and_the_check_agrees() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = ladder_shared::spec::parse_sweep(
+        let spec = ladder_spec::parse_sweep(
             "s.yaml",
             "name: s\nproject: p\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [\"true\"]\n",
         )

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-pub use ladder_shared::train_config::{
+pub use ladder_spec::train_config::{
     ArchConfig, DataConfig, EvalTaskConfig, LoraSection, ModelConfig, OptimConfig, SaveConfig,
     TrainConfig,
 };
@@ -14,7 +14,7 @@ use crate::{Result, TrainerError};
 /// Reads and validates a YAML train config; errors carry `file:line:column`.
 pub fn read_file(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-    ladder_shared::spec::parse_train_file(&path.display().to_string(), &text)
+    ladder_spec::parse_train_file(&path.display().to_string(), &text)
         .map_err(|errors| TrainerError::File(errors.to_string()))
 }
 

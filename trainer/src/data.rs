@@ -86,7 +86,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
 /// Training and held-out examples for a config's `data:` section. `base_dir` resolves
 /// relative paths.
 pub fn load_examples(
-    data: &ladder_shared::train_config::DataConfig,
+    data: &ladder_spec::train_config::DataConfig,
     seed: u64,
     base_dir: &Path,
 ) -> Result<(Vec<Example>, Vec<Example>)> {

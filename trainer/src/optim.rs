@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
-use ladder_shared::train_config::OptimConfig;
+use ladder_spec::train_config::OptimConfig;
 
 use crate::{Result, TrainerError};
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
-use ladder_shared::train_config::TrainConfig;
+use ladder_spec::train_config::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{load_examples, DataOrder, PackedData};
@@ -238,7 +238,7 @@ pub fn setup(config: &TrainConfig, base_dir: &Path, device: &Device) -> Result<S
 
 /// The Hugging Face config of a fresh model of shape `arch`.
 fn llama_config(
-    arch: &ladder_shared::train_config::ArchConfig,
+    arch: &ladder_spec::train_config::ArchConfig,
     tokenizer: &Tokenizer,
     seq_len: usize,
 ) -> Result<LlamaConfig> {

@@ -23,7 +23,7 @@ use ladder_coordinator::store::{SledStore, Store};
 use ladder_metrics::summary::{MetricSummary, Reduction};
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::run_service_client::RunServiceClient;
-use ladder_shared::spec::ParamValue;
+use ladder_spec::ParamValue;
 use ladder_types::{RunStatus, SweepStatus};
 use serde_json::json;
 
@@ -142,7 +142,7 @@ pub fn fill(data: &Path, runs: u64, sweeps: u64) -> anyhow::Result<()> {
             ));
         }
         yaml.push_str("command: [\"true\"]\n");
-        let spec = ladder_shared::spec::parse_sweep("bench.yaml", &yaml)
+        let spec = ladder_spec::parse_sweep("bench.yaml", &yaml)
             .map_err(|e| anyhow::anyhow!("bench sweep: {e}"))?;
         let sweep_id = format!("bench{s:04}");
         let created_ms = start_ms + s as i64 * 1000;

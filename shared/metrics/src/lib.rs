@@ -1,6 +1,6 @@
 //! What runs report and how a metric's history stands for a run.
 //!
-//! - [`line`]: the agent scans a run's output with [`line::parse_metric_line`] and
+//! - [`line`](mod@line): the agent scans a run's output with [`line::parse_metric_line`] and
 //!   [`line::parse_info_line`]: `@ladder {json}` lines become metric points and
 //!   `@ladder.info {json}` lines the run's info (provenance).
 //! - [`Goal`]: which direction of a metric is better.

@@ -13,9 +13,10 @@
 //! Trials already handed out but not finished are "constant liars" (TPE puts them in its
 //! bad group), so a sweep with `parallel: 16` does not propose 16 copies of one point.
 
-use crate::search::{self, condition_holds, q_round, Observation, Params};
-use crate::spec::{Goal, Method, ParamSpec, ParamValue, SweepSpec};
 use crate::tpe::{self, Dim, DimSpec, DimValue, TpeConfig, Trial};
+use crate::Observation;
+use ladder_spec::space::{self as search, condition_holds, q_round, Params};
+use ladder_spec::{Goal, Method, ParamSpec, ParamValue, SweepSpec};
 
 /// The parameters of trial `index` of any sweep: grid and random are pure functions of the
 /// index; bayes also reads `history` (indexed by trial, including in-flight trials).
@@ -270,7 +271,7 @@ fn bayes_trial(spec: &SweepSpec, index: u64, history: &[Observation]) -> Params 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::parse_sweep;
+    use ladder_spec::parse_sweep;
 
     const SPEC: &str = r#"
 name: b

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::search::Params;
-use crate::spec::ParamValue;
+use crate::space::Params;
+use crate::ParamValue;
 
 /// One run of the built-in trainer. Every field but `model` and `data` has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -526,7 +526,7 @@ pub fn render(block: &serde_json::Value, params: &Params) -> serde_json::Value {
                     return params.get(name).map_or(Value::Null, param_to_json);
                 }
             }
-            match crate::search::render_command(std::slice::from_ref(text), params) {
+            match crate::space::render_command(std::slice::from_ref(text), params) {
                 Ok(mut rendered) => Value::String(rendered.remove(0)),
                 Err(_) => Value::String(text.clone()),
             }
@@ -555,7 +555,7 @@ fn sole_placeholder(text: &str) -> Option<&str> {
         return None;
     }
     name.chars()
-        .all(crate::spec::is_parameter_name_char)
+        .all(crate::is_parameter_name_char)
         .then_some(name)
 }
 
@@ -740,17 +740,17 @@ train:
 
     #[test]
     fn a_sweep_with_train_runs_the_trainer() {
-        let spec = crate::spec::parse_sweep("s.yaml", SWEEP).unwrap();
-        assert_eq!(spec.command, crate::spec::TRAIN_COMMAND);
+        let spec = crate::parse_sweep("s.yaml", SWEEP).unwrap();
+        assert_eq!(spec.command, crate::TRAIN_COMMAND);
         let block = spec.train.as_ref().unwrap();
-        let params = crate::search::trial(&spec, 3).unwrap();
+        let params = crate::space::trial(&spec, 3).unwrap();
         let config = TrainConfig::from_json(&render(block, &params)).unwrap();
         assert_eq!(config.optim.lr, 0.01);
         assert_eq!(config.lora.unwrap().rank, 8);
     }
 
     fn sweep_errors(text: &str) -> Vec<String> {
-        crate::spec::parse_sweep("s.yaml", text)
+        crate::parse_sweep("s.yaml", text)
             .unwrap_err()
             .0
             .iter()
@@ -785,11 +785,11 @@ train:
 
     #[test]
     fn trainer_sweeps_on_gpus_run_one_rank_per_gpu() {
-        use crate::spec::Launch;
-        let spec = crate::spec::parse_sweep("s.yaml", &format!("{SWEEP}resources: {{gpus: 2}}\n"))
-            .unwrap();
+        use crate::Launch;
+        let spec =
+            crate::parse_sweep("s.yaml", &format!("{SWEEP}resources: {{gpus: 2}}\n")).unwrap();
         assert_eq!(spec.resources.launch, Launch::PerGpu);
-        let cpu = crate::spec::parse_sweep("s.yaml", SWEEP).unwrap();
+        let cpu = crate::parse_sweep("s.yaml", SWEEP).unwrap();
         assert_eq!(cpu.resources.launch, Launch::Single, "no GPUs: one process");
 
         let single = sweep_errors(&format!("{SWEEP}resources: {{gpus: 2, launch: single}}\n"));
@@ -819,10 +819,10 @@ train:
     #[test]
     fn train_file_errors_carry_line() {
         let text = "model: {init: random, arch: {d_model: 64, layers: 2, heads: 4}}\ndata: {task: synthetic-arith}\nsteps: -3\n";
-        let errors = crate::spec::parse_train_file("t.yaml", text).unwrap_err();
+        let errors = crate::parse_train_file("t.yaml", text).unwrap_err();
         let message = errors.to_string();
         assert!(message.starts_with("t.yaml:3:8: steps:"), "{message}");
         let ok = "model: {init: random, arch: {d_model: 64, layers: 2, heads: 4}}\ndata: {task: synthetic-arith}\n";
-        assert!(crate::spec::parse_train_file("t.yaml", ok).is_ok());
+        assert!(crate::parse_train_file("t.yaml", ok).is_ok());
     }
 }

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::spec::{parse_sweep, SweepSpec};
+use crate::{parse_sweep, SweepSpec};
 use ladder_limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
 use ladder_metrics::line::{parse_metric_line, parse_metric_line_detailed};
 use ladder_query::{

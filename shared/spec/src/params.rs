@@ -21,7 +21,7 @@ use super::{
     entry_of, field, is_parameter_name_char, suggestion, unknown, Checker, Condition, Method,
     ParamSpec, ParamValue, Parameter,
 };
-use crate::search::{
+use crate::space::{
     grid_axis_len, grid_axis_point, q_multiples, MAX_CONDITION_BRANCHES, MAX_Q_GRID_POINTS,
 };
 
@@ -346,7 +346,7 @@ impl Checker<'_> {
                 entry.key_pos,
                 format!(
                     "parameter name \"{full}\" is reserved: names starting with \"ladder.\" are filled in by the agent ({}); rename it",
-                    crate::search::AGENT_PLACEHOLDERS.join(", ")
+                    crate::space::AGENT_PLACEHOLDERS.join(", ")
                 ),
             );
             return false;
@@ -611,7 +611,7 @@ impl Checker<'_> {
     }
 
     /// Pass 3c (grid only): the parameters conditions refer to have few enough value
-    /// combinations for [`crate::search::trial`] to walk them.
+    /// combinations for [`crate::space::trial`] to walk them.
     fn check_grid_branches(&mut self, leaves: &[Leaf], conditions: &[Vec<Condition>]) -> bool {
         let mut controllers: Vec<&str> = Vec::new();
         for condition in conditions.iter().flatten() {
@@ -1304,7 +1304,7 @@ fn domain(spec: &ParamSpec) -> String {
 mod tests {
     use super::super::tests::{assert_error, assert_error_at, errors, leaf};
     use super::super::{parse_sweep, Condition, Method, ParamSpec, ParamValue, SweepSpec};
-    use crate::search::{params_json, render_command, trial, trial_count};
+    use crate::space::{params_json, render_command, trial, trial_count};
 
     const RANDOM: &str = "name: s\nmethod: random\nmax_runs: 5\ncommand: [a]\nparameters:\n";
     const GRID: &str = "name: s\nmethod: grid\ncommand: [a]\nparameters:\n";

@@ -1,19 +1,17 @@
-//! Search methods: which parameters trial `index` of a sweep gets, and how they reach the
-//! run (argv substitution and `LADDER_PARAMS` JSON).
+//! A sweep's parameter space: which parameters trial `index` of a grid or random sweep
+//! gets, and how they reach the run (argv substitution and `LADDER_PARAMS` JSON).
 //!
 //! Grid and random search are pure functions of `(spec, index)` ([`trial`]), so the
 //! coordinator never materialises the trial list: it can create trial `n` lazily, after a
-//! restart, or out of order, and always get the same parameters. Stateful methods that
-//! learn from finished runs (e.g. a later Bayesian/TPE method) implement [`SearchMethod`],
-//! which also receives the observations so far; [`method_for`] picks the implementation.
+//! restart, or out of order, and always get the same parameters. `method: bayes`, which
+//! learns from finished runs, is `ladder_search::propose`, built on these.
 
 use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
-use crate::spec::{is_parameter_name_char, Method, ParamSpec, ParamValue, Parameter, SweepSpec};
+use crate::{is_parameter_name_char, Method, ParamSpec, ParamValue, Parameter, SweepSpec};
 
 /// The parameters of one trial, by name.
 pub type Params = BTreeMap<String, ParamValue>;
@@ -248,7 +246,7 @@ fn q_point(k: f64, q: f64, min: f64, max: f64, integer: bool) -> ParamValue {
 }
 
 /// `round(x / q) * q`, unbounded (q_normal, q_log_normal), Int when `integer`.
-pub(crate) fn q_round(x: f64, q: f64, integer: bool) -> ParamValue {
+pub fn q_round(x: f64, q: f64, integer: bool) -> ParamValue {
     let value = (x / q).round() * q;
     if integer {
         ParamValue::Int(value as i64)
@@ -342,7 +340,7 @@ pub fn grid_axis_point(spec: &ParamSpec, digit: u128) -> ParamValue {
 
 /// Whether `parameter`'s conditions all hold for the values chosen so far (`params` holds
 /// only active parameters, so a condition on an absent parameter fails).
-pub(crate) fn condition_holds(parameter: &Parameter, params: &Params) -> bool {
+pub fn condition_holds(parameter: &Parameter, params: &Params) -> bool {
     parameter.when.iter().all(|condition| {
         params
             .get(&condition.parameter)
@@ -718,55 +716,6 @@ pub fn sample(param: &ParamSpec, rng: &mut ChaCha8Rng) -> ParamValue {
     }
 }
 
-/// A trial as a search method sees it: finished, failed, or still in flight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Observation {
-    pub params: Params,
-    /// The sweep metric's value: the run's summary of it as the sweep chose it (`last`
-    /// unless `summary:` says `min`, `max` or `best`); larger is better for `maximize`.
-    /// `None` when the run failed, never reported it, or is still in flight.
-    pub value: Option<f64>,
-    /// The trial is queued or running: learning methods must not propose it again
-    /// (e.g. treat it with a "constant liar" value).
-    pub pending: bool,
-}
-
-/// A source of trials. Stateless methods ignore `history`; learning methods use it.
-pub trait SearchMethod {
-    /// The parameters of trial `index`, given the observations of finished trials so far;
-    /// `None` when the method has no more trials to offer.
-    fn propose(&mut self, index: u64, history: &[Observation]) -> Option<Params>;
-}
-
-/// Grid and random search: [`trial`] of the spec, history ignored.
-#[derive(Debug, Clone)]
-pub struct StatelessSearch {
-    spec: SweepSpec,
-}
-
-impl StatelessSearch {
-    pub fn new(spec: SweepSpec) -> StatelessSearch {
-        StatelessSearch { spec }
-    }
-}
-
-impl SearchMethod for StatelessSearch {
-    fn propose(&mut self, index: u64, _history: &[Observation]) -> Option<Params> {
-        trial(&self.spec, index)
-    }
-}
-
-/// The search method implementing `spec.method`. `bayes` currently falls back to
-/// [`StatelessSearch`] (random sampling); its learning proposals are implemented
-/// separately.
-pub fn method_for(spec: &SweepSpec) -> Box<dyn SearchMethod + Send> {
-    match spec.method {
-        Method::Grid | Method::Random | Method::Bayes => {
-            Box::new(StatelessSearch::new(spec.clone()))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,7 +746,7 @@ mod tests {
             vec!["/src/train.py", "--lr=0.5", "--out=/w/r1"]
         );
     }
-    use crate::spec::{Condition, Resources};
+    use crate::{Condition, Resources};
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -1006,25 +955,6 @@ mod tests {
         let mut reseeded = one.clone();
         reseeded.seed = 8;
         assert_ne!(trial(&one, 0), trial(&reseeded, 0));
-    }
-
-    #[test]
-    fn method_for_matches_trial() {
-        let spec = spec(
-            Method::Random,
-            vec![(
-                "x",
-                ParamSpec::LogUniform {
-                    min: 1e-5,
-                    max: 1e-1,
-                },
-            )],
-            Some(4),
-        );
-        let mut method = method_for(&spec);
-        for index in 0..5 {
-            assert_eq!(method.propose(index, &[]), trial(&spec, index));
-        }
     }
 
     #[test]

@@ -1,29 +1,42 @@
-//! Sweep specification: YAML text → validated [`SweepSpec`], or every problem found as a
-//! [`SpecError`] with `file:line:column`.
+//! What a sweep file means: YAML text → validated [`SweepSpec`], or every problem found
+//! as a [`SpecError`] with `file:line:column`; the parameter space a sweep defines; and
+//! the built-in trainer's config.
 //!
-//! Parsing happens in two layers: [`yaml`] builds a spanned tree (positions, duplicate
-//! keys, scalar types), then the `Checker` here walks it against the sweep schema,
-//! collecting all errors instead of stopping at the first. A [`SweepSpec`] is only
-//! returned when no error was found, so its invariants (documented per field) hold for
-//! every caller, and [`crate::search`] relies on them.
+//! Modules and how data flows through them:
 //!
-//! The schema is extended by adding a key to the relevant `*_KEYS` list and a branch in the
-//! corresponding `Checker` method. The `parameters:` section (forms, distributions,
-//! nested groups, `when:` conditions) lives in `params`, `early_terminate:` in
-//! `early_terminate`, `metric.summary` and `summaries:` in `summaries`; the language is
-//! documented for users in `docs/reference/sweep-file.md`.
+//! - [`yaml`] builds a spanned tree (positions, duplicate keys, scalar types), then the
+//!   `Checker` here walks it against the sweep schema, collecting all errors instead of
+//!   stopping at the first. A [`SweepSpec`] is only returned when no error was found, so
+//!   its invariants (documented per field) hold for every caller. The schema is extended
+//!   by adding a key to the relevant `*_KEYS` list and a branch in the corresponding
+//!   `Checker` method; `parameters:` (forms, distributions, nested groups, `when:`
+//!   conditions) lives in `params`, `early_terminate:` in `early_terminate`,
+//!   `metric.summary` and `summaries:` in `summaries`.
+//! - [`space`]: the parameters of trial `n` of a grid or random sweep
+//!   ([`space::trial`], a pure function of `(spec, n)`), the `{{placeholders}}` of a
+//!   command ([`space::render_command`]) and the `LADDER_PARAMS` JSON
+//!   ([`space::params_json`]). How a sweep picks its next trial, `bayes` included, is
+//!   the `ladder-search` crate, one layer up.
+//! - [`train_config`]: the `train:` block of a sweep of the built-in trainer.
+//!
+//! The language is documented for users in `docs/reference/sweep-file.md`.
 
 mod early_terminate;
 mod params;
+pub mod space;
 mod summaries;
+pub mod train_config;
 pub mod yaml;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::search::{parse_template, Segment};
+use crate::space::{parse_template, Segment};
 use ladder_early_stop::EarlyTerminateSpec;
 pub use ladder_metrics::summary::Summary;
 pub use ladder_metrics::Goal;
@@ -38,8 +51,8 @@ use yaml::{Entry, Node, NodeKind, Pos, Scalar};
 /// refer to other parameters, compare with values those can take, and form no cycle;
 /// `max_runs >= 1` when set and set for `random` and `bayes`; `parallel >= 1`; a `grid`
 /// sweep has only discrete parameters (see [`ParamSpec::is_discrete`]), each `q_` axis
-/// has at most [`crate::search::MAX_Q_GRID_POINTS`] points and the parameters its
-/// conditions refer to at most [`crate::search::MAX_CONDITION_BRANCHES`] value
+/// has at most [`crate::space::MAX_Q_GRID_POINTS`] points and the parameters its
+/// conditions refer to at most [`crate::space::MAX_CONDITION_BRANCHES`] value
 /// combinations; `early_terminate` satisfies the invariants documented on
 /// [`EarlyTerminateSpec`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,7 +138,7 @@ pub enum Method {
     Random,
     /// Model-based proposals (TPE) learning from finished runs, `max_runs` of them;
     /// validated like `random` (any distribution allowed, `max_runs` required), and
-    /// [`crate::search::trial`] falls back to random sampling for it.
+    /// [`crate::space::trial`] falls back to random sampling for it.
     Bayes,
 }
 
@@ -289,7 +302,7 @@ impl ParamSpec {
     /// Whether the parameter has finitely many values, so grid search and conditions can
     /// use it: `value`, `values`, `int_uniform`, `q_uniform`, `q_log_uniform`.
     pub fn is_discrete(&self) -> bool {
-        crate::search::grid_axis_len(self).is_some()
+        crate::space::grid_axis_len(self).is_some()
     }
 
     /// The `distribution:` name of the form (`constant` and `categorical` for `value` and
@@ -644,7 +657,7 @@ impl Checker<'_> {
                 let block = serde_json::Value::String(text.clone());
                 for name in crate::train_config::placeholders(&block) {
                     let known = parameter_names.contains(&name)
-                        || crate::search::AGENT_PLACEHOLDERS.contains(&name.as_str());
+                        || crate::space::AGENT_PLACEHOLDERS.contains(&name.as_str());
                     if !known {
                         let names: Vec<&str> = parameter_names.iter().map(String::as_str).collect();
                         let help = match suggestion(&name, &names) {
@@ -677,7 +690,7 @@ impl Checker<'_> {
     /// parameters substituted, and reports the first problem at its position.
     fn check_train(&mut self, spec: &SweepSpec, node: &Node) {
         let Some(block) = &spec.train else { return };
-        let params = crate::search::trial(spec, 0).unwrap_or_default();
+        let params = crate::space::trial(spec, 0).unwrap_or_default();
         let rendered = crate::train_config::render(block, &params);
         let config = match crate::train_config::TrainConfig::from_json(&rendered) {
             Ok(config) => config,
@@ -958,8 +971,7 @@ impl Checker<'_> {
             let Segment::Placeholder(name) = segment else {
                 continue;
             };
-            if parameter_names.contains(&name) || crate::search::AGENT_PLACEHOLDERS.contains(&name)
-            {
+            if parameter_names.contains(&name) || crate::space::AGENT_PLACEHOLDERS.contains(&name) {
                 continue;
             }
             ok = false;

@@ -1,13 +1,13 @@
 //! Standard optimisation test functions (minimisation, known global minima) and the
 //! search benchmark behind `ladder bench search`: random search versus TPE
-//! ([`crate::tpe`]) on the same spaces with the same seeds, scored by simple regret
+//! ([`ladder_search::tpe`]) on the same spaces with the same seeds, scored by simple regret
 //! (best value found so far minus the global minimum).
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::tpe::{Dim, DimSpec, DimValue, Tpe, TpeConfig, Trial};
+use ladder_search::tpe::{Dim, DimSpec, DimValue, Tpe, TpeConfig, Trial};
 
 /// A test function with a known global minimum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,7 +57,9 @@ impl TestFunction {
         }
     }
 
-    /// Points where the global minimum is attained (to the precision published).
+    /// Points where the global minimum is attained (to the precision published); the
+    /// tests check the minima against them.
+    #[cfg(test)]
     pub fn minimisers(&self) -> Vec<Vec<f64>> {
         use std::f64::consts::PI;
         match self {
