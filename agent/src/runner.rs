@@ -104,12 +104,7 @@ pub struct RunnerEvent {
     pub kind: RunnerEventKind,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use ladder_types::now_ms;
 
 /// A piece of a run's output cut at newlines.
 #[derive(Debug)]

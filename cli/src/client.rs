@@ -9,7 +9,7 @@ use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
 use ladder_proto::v1::run_service_client::RunServiceClient;
 use ladder_proto::v1::sweep_service_client::SweepServiceClient;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::output::{self, format_number, print_table};
 use crate::{ClientArgs, ExitError};
@@ -66,10 +66,6 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     }
 }
 
-fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("json"));
-}
-
 /// Reads and validates a sweep file locally; invalid files exit with code 2.
 pub fn read_sweep(file: &Path) -> anyhow::Result<(String, String, ladder_spec::SweepSpec)> {
     let file_name = file.display().to_string();
@@ -101,7 +97,7 @@ pub fn sweep_validate(file: &Path, json_output: bool) -> anyhow::Result<()> {
     let (file_name, _, spec) = read_sweep(file)?;
     let planned = ladder_spec::space::trial_count(&spec);
     if json_output {
-        print_json(
+        output::print_json(
             &json!({"file": file_name, "valid": true, "name": spec.name, "method": spec.method.as_str(), "planned_runs": planned}),
         );
     } else {
@@ -135,7 +131,7 @@ pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> an
     if let [file] = files {
         let sweep = submit(&args.coordinator, file).await?;
         if args.json {
-            print_json(&output::sweep_json(&sweep));
+            output::print_json(&output::sweep_json(&sweep));
         } else {
             println!("{}", sweep.id);
         }
@@ -180,7 +176,7 @@ pub async fn sweep_submit(args: &ClientArgs, files: &[std::path::PathBuf]) -> an
     .into_iter()
     .collect::<anyhow::Result<_>>()?;
     if args.json {
-        print_json(
+        output::print_json(
             &json!({ "sweeps": submitted.iter().map(output::sweep_json).collect::<Vec<_>>() }),
         );
     } else {
@@ -227,7 +223,9 @@ pub async fn sweep_ls(args: &ClientArgs, project: Option<String>) -> anyhow::Res
     })
     .await?;
     if args.json {
-        print_json(&json!({ "sweeps": sweeps.iter().map(output::sweep_json).collect::<Vec<_>>() }));
+        output::print_json(
+            &json!({ "sweeps": sweeps.iter().map(output::sweep_json).collect::<Vec<_>>() }),
+        );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = sweeps
@@ -292,7 +290,7 @@ pub async fn sweep_show(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
         let mut shown = output::sweep_json(&sweep);
         // The file as submitted: only `sweep show` carries it, listings do not.
         shown["yaml"] = json!(sweep.spec_yaml);
-        print_json(&shown);
+        output::print_json(&shown);
     } else {
         print_sweep(&sweep);
     }
@@ -385,7 +383,7 @@ pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep
 pub async fn sweep_watch(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
     let sweep = watch(&args.coordinator, id, false).await?;
     if args.json {
-        print_json(&output::sweep_json(&sweep));
+        output::print_json(&output::sweep_json(&sweep));
     } else {
         print_sweep(&sweep);
     }
@@ -429,7 +427,7 @@ pub async fn sweep_action(args: &ClientArgs, id: &str, action: Action) -> anyhow
     }
     .unwrap_or_default();
     if args.json {
-        print_json(&output::sweep_json(&sweep));
+        output::print_json(&output::sweep_json(&sweep));
     } else {
         println!("{} {}", sweep.id, output::sweep_status_name(sweep.status));
     }
@@ -474,7 +472,7 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
         .map_err(status_error)?
         .into_inner();
     if args.json {
-        print_json(&output::run_detail_json(&detail));
+        output::print_json(&output::run_detail_json(&detail));
         return Ok(());
     }
     let run = detail.run.clone().unwrap_or_default();
@@ -648,7 +646,9 @@ pub async fn agents_ls(args: &ClientArgs) -> anyhow::Result<()> {
     })
     .await?;
     if args.json {
-        print_json(&json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }));
+        output::print_json(
+            &json!({ "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>() }),
+        );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = agents
@@ -723,7 +723,7 @@ pub async fn agents_enable(args: &ClientArgs, name: &str) -> anyhow::Result<()> 
         .agent
         .unwrap_or_default();
     if args.json {
-        print_json(&output::agent_json(&agent));
+        output::print_json(&output::agent_json(&agent));
     } else {
         println!("{} {}", agent.name, agent_state(&agent));
     }
@@ -743,7 +743,7 @@ pub async fn agents_forget(args: &ClientArgs, name: &str, force: bool) -> anyhow
         .agent
         .unwrap_or_default();
     if args.json {
-        print_json(&output::agent_json(&agent));
+        output::print_json(&output::agent_json(&agent));
     } else {
         println!(
             "{} forgotten: the next agent to register as {} enrolls the name",

@@ -10,7 +10,7 @@ use std::path::Path;
 use clap::Args;
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::run_service_client::RunServiceClient;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use tokio_stream::StreamExt;
 
 use crate::client::{channel, status_error};
@@ -77,10 +77,6 @@ async fn client(
 ) -> anyhow::Result<RunServiceClient<crate::connect::CoordinatorChannel>> {
     Ok(RunServiceClient::new(channel(&args.coordinator).await?)
         .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES))
-}
-
-fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("json"));
 }
 
 /// A column of `--columns`: its header and how a run fills it.
@@ -188,7 +184,7 @@ pub async fn runs_ls(args: &ClientArgs, query: &QueryArgs) -> anyhow::Result<()>
         .into_inner();
     let next = (!response.next_cursor.is_empty()).then_some(response.next_cursor.clone());
     if args.json {
-        print_json(&json!({
+        output::print_json(&json!({
             "runs": response.runs.iter().map(output::run_json).collect::<Vec<_>>(),
             "next_cursor": next,
         }));
@@ -280,7 +276,7 @@ pub async fn leaderboard(args: &LeaderboardArgs) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     if args.client.json {
-        print_json(&json!({
+        output::print_json(&json!({
             "project": args.project,
             "metric": board.metric,
             "goal": board.goal,
@@ -393,7 +389,7 @@ pub async fn update(
         .run
         .unwrap_or_default();
     if args.json {
-        print_json(&output::run_json(&run));
+        output::print_json(&output::run_json(&run));
     } else {
         println!(
             "{}: {} notes, tags [{}]",
@@ -476,7 +472,7 @@ pub async fn compare(
         details.iter().map(|d| metric_by_step(d, &metric)).collect();
     let steps: BTreeSet<i64> = series.iter().flat_map(|s| s.keys().copied()).collect();
     if args.json {
-        print_json(&json!({
+        output::print_json(&json!({
             "runs": run_ids,
             "params": params.iter().map(|(name, values, _)| (name.clone(), json!(values))).collect::<Map<_, _>>(),
             "differing": params.iter().filter(|p| p.2).map(|p| p.0.clone()).collect::<Vec<_>>(),

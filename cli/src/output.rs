@@ -208,12 +208,11 @@ pub fn duration_text(ms: i64) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+pub use ladder_types::now_ms;
+
+/// Prints `value` as indented JSON on stdout (every `--json` output).
+pub fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("json"));
 }
 
 pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {

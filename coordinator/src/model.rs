@@ -11,13 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CoordinatorError;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use ladder_types::now_ms;
 
 /// A submitted sweep. `spec` never changes after submission.
 #[derive(Debug, Clone, Serialize, Deserialize)]

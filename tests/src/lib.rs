@@ -21,6 +21,10 @@
 //! Every test should use its own [`tempfile::TempDir`] and listen on port 0, so tests
 //! run in parallel without sharing anything.
 
+/// How long a test follows a sweep or run before it gives up: long enough for the
+/// slowest sweep of the suite on a loaded 2-core machine.
+pub const WATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};

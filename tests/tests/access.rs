@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use ladder_e2e::{
     as_str, describe, ladder_command, ladder_with_timeout, parse_json_output, wait_until,
-    write_file, write_script, Agent, Coordinator, TestDir, Value, CLIENT_TIMEOUT,
+    write_file, write_script, Agent, Coordinator, TestDir, Value, CLIENT_TIMEOUT, WATCH_TIMEOUT,
 };
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The tokens of one auth file.
 struct Tokens {

@@ -7,10 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ladder_e2e::{
-    as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir, Value,
+    as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir, Value, WATCH_TIMEOUT,
 };
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Writes what the process sees into `probes/RUN_ID-rank-RANK.json` under the code dir,
 /// reports a metric naming its rank, prints a log line, and stays up a while so that

@@ -11,10 +11,8 @@ use std::time::Duration;
 
 use ladder_e2e::{
     as_f64, as_str, describe, ladder_command, parse_json_output, write_file, write_script, Agent,
-    Coordinator, TestDir, Value,
+    Coordinator, TestDir, Value, WATCH_TIMEOUT,
 };
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Prints, at steps 1..3: `score = a * step`, two task scores (arc by `acc_norm` over
 /// `acc`: a/10; mmlu: (7-a)/5; so the tasks average is (14-a)/20 and ranks the runs

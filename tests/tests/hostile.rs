@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 
 use ladder_e2e::{
     as_str, describe, ladder_command, wait_until, write_file, write_script, Agent, Coordinator,
-    TestDir, Value,
+    TestDir, Value, WATCH_TIMEOUT,
 };
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn start(dir: &Path) -> Coordinator {
     Coordinator::start(

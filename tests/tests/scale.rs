@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ladder_e2e::{as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir};
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(240);
+use ladder_e2e::{
+    as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir, WATCH_TIMEOUT,
+};
 
 fn start(dir: &Path) -> Coordinator {
     Coordinator::start(

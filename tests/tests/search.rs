@@ -3,9 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ladder_e2e::{as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value};
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(240);
+use ladder_e2e::{
+    as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value, WATCH_TIMEOUT,
+};
 
 /// A training curve: the loss decays from 2.1 toward a floor set by `x` through a
 /// permutation (so good and bad runs arrive in mixed order), printing one point per step.

@@ -3,9 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ladder_e2e::{as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value};
-
-const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
+use ladder_e2e::{
+    as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value, WATCH_TIMEOUT,
+};
 
 /// The objective of the grid test: prints `score` at steps 1..=3 and `loss` at steps 1
 /// and 2 only (so the last `loss` is from step 2), sleeping a little so both agents get

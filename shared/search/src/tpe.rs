@@ -35,6 +35,8 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use ladder_spec::space::standard_normal;
 use serde::{Deserialize, Serialize};
 
 /// The shape of one dimension of the search space.
@@ -837,13 +839,6 @@ fn sample_index<R: Rng + ?Sized>(cum: &[f64], rng: &mut R) -> usize {
         i -= 1;
     }
     i
-}
-
-/// Box–Muller.
-fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
-    let u1 = 1.0 - rng.random::<f64>(); // (0, 1]
-    let u2 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 fn log_sum_exp(terms: impl Iterator<Item = f64> + Clone) -> f64 {

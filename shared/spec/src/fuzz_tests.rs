@@ -4,7 +4,7 @@
 //! [`parse_cursor`]).
 //!
 //! Each property runs a fixed number of generated inputs through a [`TestRunner`] and
-//! prints how many it executed (`cargo nextest run -p ladder-shared -E 'test(fuzz_)'
+//! prints how many it executed (`cargo nextest run -p ladder-spec -E 'test(fuzz_)'
 //! --no-capture`). A panic anywhere in a parser fails the property with the shrunk input.
 
 use std::time::{Duration, Instant};

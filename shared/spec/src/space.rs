@@ -603,7 +603,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// A standard normal draw (Box–Muller). `1 - u` lies in `(0, 1]`, so the logarithm is
 /// finite and so is the result (|z| < 8.6).
-fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+pub fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
     let radius = (-2.0 * (1.0 - rng.random::<f64>()).ln()).sqrt();
     let angle = std::f64::consts::TAU * rng.random::<f64>();
     radius * angle.cos()

@@ -123,3 +123,12 @@ pub struct Gpu {
     pub name: String,
     pub memory_mib: u64,
 }
+
+/// Milliseconds since the Unix epoch, now: the unit of every time ladder stores and
+/// sends.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -8,16 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Result, TrainerError};
 
-/// The projections a LoRA adapter may wrap, in the order they appear in a decoder layer.
-pub const LORA_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// The projections a LoRA adapter may wrap, in the order they appear in a decoder layer
+/// (the list the sweep's `train:` block is checked against).
+pub use ladder_spec::train_config::LORA_TARGETS;
 
 /// The architecture of a LLaMA model, field for field the Hugging Face `config.json` of a
 /// `LlamaForCausalLM` (keys ladder does not use are ignored on read).
