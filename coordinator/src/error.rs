@@ -18,8 +18,27 @@ pub enum CoordinatorError {
     /// [`crate::identity`]).
     #[error("{0}")]
     AgentNameRefused(String),
+    /// A store failure without an underlying error value (a broken invariant, an earlier
+    /// failure replayed to later requests).
     #[error("store error: {0}")]
     Store(String),
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store error: corrupt record {key:?} in tree {tree}: {source}")]
+    CorruptRecord {
+        tree: String,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("store error: cannot encode record: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("a query task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -28,6 +47,19 @@ pub enum CoordinatorError {
     },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+}
+
+impl CoordinatorError {
+    /// Whether the store failed: the scheduler then stops acknowledging anything.
+    pub fn is_store(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorError::Store(_)
+                | CoordinatorError::Sled(_)
+                | CoordinatorError::CorruptRecord { .. }
+                | CoordinatorError::Encode(_)
+        )
+    }
 }
 
 impl From<CoordinatorError> for tonic::Status {
@@ -50,9 +82,14 @@ impl From<CoordinatorError> for tonic::Status {
                 tonic::Status::with_metadata(tonic::Code::PermissionDenied, message, metadata)
             }
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(message),
-            CoordinatorError::Store(_) | CoordinatorError::Io { .. } => {
-                tonic::Status::internal(message)
-            }
+            CoordinatorError::Store(_)
+            | CoordinatorError::Sled(_)
+            | CoordinatorError::CorruptRecord { .. }
+            | CoordinatorError::Encode(_)
+            | CoordinatorError::Transport(_)
+            | CoordinatorError::Reflection(_)
+            | CoordinatorError::Task(_)
+            | CoordinatorError::Io { .. } => tonic::Status::internal(message),
         }
     }
 }

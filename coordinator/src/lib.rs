@@ -202,16 +202,10 @@ impl Coordinator {
         // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ladder_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| {
-                CoordinatorError::Store(format!("cannot build the reflection service: {e}"))
-            })?;
+            .build_v1()?;
         let reflection_alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ladder_proto::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| {
-                CoordinatorError::Store(format!("cannot build the reflection service: {e}"))
-            })?;
+            .build_v1alpha()?;
         health_reporter
             .set_serving::<pb::sweep_service_server::SweepServiceServer<SweepServiceImpl>>()
             .await;
@@ -261,9 +255,7 @@ impl Coordinator {
                 listener::guarded(listener, max_connections, ladder_limits::HANDSHAKE_TIMEOUT),
                 shutdown,
             );
-        let result = server
-            .await
-            .map_err(|e| CoordinatorError::Store(format!("server failed: {e}")));
+        let result = server.await.map_err(CoordinatorError::from);
         let _ = self.shared.events.send(Event::Shutdown);
         let mut failure = None;
         if let Some(handle) = self.scheduler.take() {

@@ -545,8 +545,10 @@ impl Scheduler {
 
     /// Stops the scheduler when `result` is a store error.
     fn check<T>(&mut self, result: &Result<T, CoordinatorError>) {
-        if let Err(error @ CoordinatorError::Store(_)) = result {
-            self.fail(error);
+        if let Err(error) = result {
+            if error.is_store() {
+                self.fail(error);
+            }
         }
     }
 

@@ -146,9 +146,7 @@ impl Shared {
         query: impl FnOnce(&Queries) -> Result<T, CoordinatorError> + Send + 'static,
     ) -> Result<T, CoordinatorError> {
         let queries = self.queries.clone();
-        tokio::task::spawn_blocking(move || query(&queries))
-            .await
-            .map_err(|e| CoordinatorError::Store(format!("query task failed: {e}")))?
+        tokio::task::spawn_blocking(move || query(&queries)).await?
     }
 }
 

@@ -736,21 +736,19 @@ fn decode_point_chunk(key: &[u8], value: &[u8]) -> Result<Vec<StoredPoint>> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value)
-        .map_err(|e| CoordinatorError::Store(format!("cannot encode record: {e}")))
+    serde_json::to_vec(value).map_err(CoordinatorError::Encode)
 }
 
 fn decode<T: DeserializeOwned>(tree: &str, key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        CoordinatorError::Store(format!(
-            "corrupt record {:?} in tree {tree}: {e}",
-            String::from_utf8_lossy(key)
-        ))
+    serde_json::from_slice(bytes).map_err(|source| CoordinatorError::CorruptRecord {
+        tree: tree.to_string(),
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
     })
 }
 
 fn sled_err(e: sled::Error) -> CoordinatorError {
-    CoordinatorError::Store(e.to_string())
+    CoordinatorError::Sled(e)
 }
 
 /// `run_id/` + attempt + seq + index, big-endian so keys sort in report order.
