@@ -830,85 +830,16 @@ pub fn parse_time(text: &str, now_ms: i64) -> Option<i64> {
     parse_rfc3339(text)
 }
 
-/// `YYYY-MM-DD[THH:MM:SS[.fff]](Z|±HH:MM)`; a bare date is midnight UTC.
+/// An RFC 3339 time with its offset (`2024-05-01T12:00:00Z`, `...T14:00:00.5+02:00`) as
+/// milliseconds since the epoch; a bare date (`2024-05-01`) is midnight UTC. Parsed by
+/// `jiff`.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let bytes = text.as_bytes();
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        if !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let year = number(0..4)?;
-    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
-        return None;
+    if let Ok(time) = text.parse::<jiff::Timestamp>() {
+        return Some(time.as_millisecond());
     }
-    let month = number(5..7)?;
-    let day = number(8..10)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    if text.len() == 10 {
-        return Some(days * 86_400_000);
-    }
-    if !matches!(bytes.get(10), Some(b'T' | b't' | b' ')) {
-        return None;
-    }
-    let hour = number(11..13)?;
-    let minute = number(14..16)?;
-    let second = number(17..19)?;
-    if bytes.get(13) != Some(&b':')
-        || bytes.get(16) != Some(&b':')
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut millis = 0i64;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits: String = fraction
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        if digits.is_empty() {
-            return None;
-        }
-        let padded = format!("{:0<3}", &digits[..digits.len().min(3)]);
-        millis = padded.parse().ok()?;
-        rest = &fraction[digits.len()..];
-    }
-    let offset_ms = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            let hours: i64 = rest[1..3].parse().ok()?;
-            let minutes: i64 = rest[4..6].parse().ok()?;
-            sign * (hours * 60 + minutes) * 60_000
-        }
-    };
-    Some(days * 86_400_000 + ((hour * 60 + minute) * 60 + second) * 1000 + millis - offset_ms)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let date = jiff::civil::Date::strptime("%Y-%m-%d", text).ok()?;
+    let midnight = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+    Some(midnight.timestamp().as_millisecond())
 }
 
 // ----- sorting and pages -----
@@ -1440,6 +1371,14 @@ mod tests {
         assert_eq!(now, 1_714_564_800_000);
         assert_eq!(parse_rfc3339("2024-05-01T14:00:00+02:00"), Some(now));
         assert_eq!(parse_rfc3339("1970-01-01"), Some(0));
+        assert_eq!(parse_rfc3339("2024-05-01 12:00:00.250Z"), Some(now + 250));
+        assert_eq!(parse_rfc3339("2024-02-30"), None, "no such day");
+        assert_eq!(
+            parse_rfc3339("2024-05-01T12:00:00"),
+            None,
+            "no offset: ambiguous"
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_time("-2h", now), Some(now - 7_200_000));
         let mut fake = run(1.0, None, "completed");
         fake.created = now - 3_600_000;
