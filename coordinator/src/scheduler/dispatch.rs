@@ -1,0 +1,211 @@
+//! Placement: creating the next trials as runs and starting them on free slots.
+
+use super::*;
+
+impl Scheduler {
+    // ----- placement -----
+
+    pub(super) fn schedule(&mut self) {
+        let result = self.try_schedule();
+        self.check(&result);
+        if let Err(error) = result {
+            error!(%error, "scheduling failed");
+        }
+    }
+
+    pub(super) fn try_schedule(&mut self) -> Result<(), CoordinatorError> {
+        let capacities: Vec<Capacity> = self
+            .agents
+            .values()
+            .filter(|agent| agent.session.is_some() && !agent.draining && !agent.record.quarantined)
+            .map(|agent| Capacity {
+                agent: agent.record.name.clone(),
+                free_slots: agent.free_slots(),
+                free_gpus: agent.free_gpus(),
+                labels: agent.record.labels.clone(),
+            })
+            .filter(|capacity| capacity.free_slots > 0)
+            .collect();
+        let total_free: u64 = capacities.iter().map(|c| u64::from(c.free_slots)).sum();
+        if total_free == 0 {
+            return Ok(());
+        }
+
+        enum Entry {
+            Queued(String),
+            NewTrial(String),
+        }
+        let mut entries = Vec::new();
+        let mut demands = Vec::new();
+        for run_id in &self.queue {
+            let run = &self.runs[run_id];
+            let Some(sweep) = self.sweeps.get(&run.sweep_id) else {
+                continue;
+            };
+            if sweep.record.status != SweepStatus::Running {
+                continue;
+            }
+            entries.push(Entry::Queued(run_id.clone()));
+            demands.push(demand_of(&sweep.record.spec));
+        }
+        let mut sweeps: Vec<&SweepState> = self
+            .sweeps
+            .values()
+            .filter(|s| s.record.status == SweepStatus::Running)
+            .collect();
+        sweeps.sort_by(|a, b| {
+            (a.record.created_ms, &a.record.id).cmp(&(b.record.created_ms, &b.record.id))
+        });
+        // New trials offered in this step, over every sweep: at most one per free slot,
+        // so the work here follows the free slots, whatever the sweeps' `parallel`.
+        let mut budget = total_free;
+        for sweep in sweeps {
+            if budget == 0 {
+                break;
+            }
+            let room = u64::from(sweep.record.spec.parallel).saturating_sub(sweep.active);
+            let remaining = sweep
+                .record
+                .planned_runs
+                .saturating_sub(sweep.record.created_runs);
+            let count = room.min(remaining).min(budget);
+            budget -= count;
+            for _ in 0..count {
+                entries.push(Entry::NewTrial(sweep.record.id.clone()));
+                demands.push(demand_of(&sweep.record.spec));
+            }
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let placements = placement::place(&capacities, &demands);
+        for placed in placements {
+            let run_id = match &entries[placed.demand] {
+                Entry::Queued(run_id) => {
+                    self.queue.retain(|id| id != run_id);
+                    run_id.clone()
+                }
+                Entry::NewTrial(sweep_id) => match self.create_run(sweep_id)? {
+                    Some(run_id) => run_id,
+                    None => continue,
+                },
+            };
+            self.start_attempt(&run_id, &placed.agent, placed.gpus)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the sweep's next trial as a queued run. `None` when the sweep has no more.
+    pub(super) fn create_run(
+        &mut self,
+        sweep_id: &str,
+    ) -> Result<Option<String>, CoordinatorError> {
+        let state = self.sweeps.get_mut(sweep_id).expect("sweep present");
+        let index = state.record.created_runs;
+        let Some(params) = ladder_search::propose(&state.record.spec, index, &state.observations)
+        else {
+            state.record.planned_runs = index;
+            return Ok(None);
+        };
+        let now = now_ms();
+        let mut run = RunRecord {
+            id: format!("{sweep_id}-{index:06}"),
+            sweep_id: sweep_id.to_string(),
+            project: state.record.spec.project.clone(),
+            index,
+            params,
+            argv: Vec::new(),
+            status: RunStatus::Queued,
+            attempts: Vec::new(),
+            last_metrics: BTreeMap::new(),
+            last_step: None,
+            created_ms: now,
+            ended_ms: None,
+            tags: Default::default(),
+            notes: Vec::new(),
+            summaries: BTreeMap::new(),
+            info: BTreeMap::new(),
+            metrics_dropped: 0,
+            next_note_id: 0,
+        };
+        state.record.created_runs += 1;
+        self.dirty_sweeps.insert(sweep_id.to_string());
+        self.changed.insert(sweep_id.to_string());
+        match space::render_command(&state.record.spec.command, &run.params) {
+            Ok(mut argv) => {
+                if let Some(train) = &state.record.spec.train {
+                    // The built-in trainer reads its configuration, parameters
+                    // substituted with their types, from argv.
+                    let config = ladder_spec::train_config::render(train, &run.params);
+                    argv.push("--config-json".to_string());
+                    argv.push(config.to_string());
+                }
+                run.argv = argv;
+            }
+            Err(error) => {
+                // Validation makes this unreachable; keep the sweep going regardless.
+                warn!(run_id = %run.id, %error, "cannot render command");
+                run.status = RunStatus::Failed;
+                run.ended_ms = Some(now);
+                state.active += 1;
+                self.retire(run)?;
+                return Ok(None);
+            }
+        }
+        state.active += 1;
+        state.observe(&run);
+        let run_id = run.id.clone();
+        self.dirty_runs.insert(run_id.clone());
+        self.runs.insert(run_id.clone(), run);
+        Ok(Some(run_id))
+    }
+
+    pub(super) fn start_attempt(
+        &mut self,
+        run_id: &str,
+        agent_name: &str,
+        gpus: Vec<u32>,
+    ) -> Result<(), CoordinatorError> {
+        let epoch = self.store.next_epoch()?;
+        let run = self.runs.get_mut(run_id).expect("run present");
+        let number = run.attempts.len() as u32 + 1;
+        run.attempts.push(AttemptRecord::running(
+            number,
+            epoch,
+            agent_name.to_string(),
+            gpus.clone(),
+            now_ms(),
+        ));
+        run.status = RunStatus::Running;
+        self.dirty_runs.insert(run_id.to_string());
+        self.changed.insert(run.sweep_id.clone());
+        let sweep = &self.sweeps[&run.sweep_id];
+        let params_json = space::params_json(&run.params).to_string();
+        let assignment = Assignment {
+            lease: Lease {
+                run_id: run_id.to_string(),
+                attempt: number,
+                epoch,
+            },
+            sweep_id: run.sweep_id.clone(),
+            argv: run.argv.clone(),
+            params_json,
+            gpus: gpus.clone(),
+            env: BTreeMap::from([(
+                "LADDER_PROJECT".to_string(),
+                sweep.record.spec.project.clone(),
+            )]),
+            launch: sweep.record.spec.resources.launch,
+        };
+        let agent = self.agents.get_mut(agent_name).expect("agent present");
+        agent.runs.insert(run_id.to_string(), gpus);
+        debug!(run_id, attempt = number, agent = agent_name, "run placed");
+        if let Some(session) = &agent.session {
+            self.deferred.push(Deferred::Send(
+                session.outbox.clone(),
+                ToAgent::Assign(assignment),
+            ));
+        }
+        Ok(())
+    }
+}

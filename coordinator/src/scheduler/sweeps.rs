@@ -1,0 +1,214 @@
+//! Sweeps: submission, pause / resume / cancel, a sweep's end; a run's notes and tags.
+
+use super::*;
+
+impl Scheduler {
+    // ----- notes and tags -----
+
+    /// Applies a user's note and tags to a run, in the scheduler's copy when the run is
+    /// active (so the next agent report does not overwrite it), else in the store's.
+    pub(super) fn update_run(&mut self, update: RunUpdate) -> Result<RunRecord, CoordinatorError> {
+        let record = match self.runs.get_mut(&update.run_id) {
+            Some(run) => {
+                update.apply(run, now_ms())?;
+                run.clone()
+            }
+            None => {
+                let mut run =
+                    self.run_record(&update.run_id)?
+                        .ok_or_else(|| CoordinatorError::NotFound {
+                            kind: "run",
+                            id: update.run_id.clone(),
+                        })?;
+                update.apply(&mut run, now_ms())?;
+                run
+            }
+        };
+        if self.runs.contains_key(&record.id) {
+            self.dirty_runs.insert(record.id.clone());
+        } else {
+            self.retired.insert(record.id.clone(), record.clone());
+        }
+        self.changed.insert(record.sweep_id.clone());
+        Ok(record)
+    }
+
+    // ----- sweeps -----
+
+    pub(super) fn submit(
+        &mut self,
+        spec: SweepSpec,
+        file_name: String,
+        yaml: String,
+        owner: String,
+        git: GitState,
+    ) -> Result<SweepRecord, CoordinatorError> {
+        // Refuse what no known agent could ever run rather than queue it forever. With no
+        // agent known yet nothing is refused: the cluster may still be starting.
+        let whole: Vec<Capacity> = self
+            .agents
+            .values()
+            .map(|agent| Capacity {
+                agent: agent.record.name.clone(),
+                free_slots: agent.record.slots,
+                free_gpus: agent.record.gpus.iter().map(|gpu| gpu.index).collect(),
+                labels: agent.record.labels.clone(),
+            })
+            .collect();
+        if let Some(reason) = placement::never_fits(&whole, &demand_of(&spec)) {
+            return Err(CoordinatorError::FailedPrecondition(format!(
+                "sweep {:?}: {reason}",
+                spec.name
+            )));
+        }
+        let mut id = new_sweep_id();
+        while self.sweep_record(&id)?.is_some() {
+            id = new_sweep_id();
+        }
+        let planned_runs = space::trial_count(&spec);
+        let record = SweepRecord {
+            id: id.clone(),
+            spec,
+            file_name,
+            yaml,
+            status: SweepStatus::Running,
+            created_ms: now_ms(),
+            ended_ms: None,
+            planned_runs,
+            created_runs: 0,
+            owner,
+            git_commit: git.commit,
+            git_dirty: git.dirty,
+        };
+        self.dirty_sweeps.insert(id.clone());
+        info!(sweep_id = %id, name = %record.spec.name, planned_runs, "sweep submitted");
+        self.sweeps
+            .insert(id.clone(), SweepState::new(record.clone()));
+        self.changed.insert(id.clone());
+        self.maybe_finish_sweep(&id)?;
+        Ok(record)
+    }
+
+    pub(super) fn sweep_action(
+        &mut self,
+        sweep_id: &str,
+        action: SweepAction,
+    ) -> Result<SweepRecord, CoordinatorError> {
+        let Some(state) = self.sweeps.get_mut(sweep_id) else {
+            return match self.sweep_record(sweep_id)? {
+                Some(record) => Err(CoordinatorError::FailedPrecondition(format!(
+                    "sweep {sweep_id} has already ended ({})",
+                    record.status
+                ))),
+                None => Err(CoordinatorError::NotFound {
+                    kind: "sweep",
+                    id: sweep_id.to_string(),
+                }),
+            };
+        };
+        match action {
+            SweepAction::Pause => state.record.status = SweepStatus::Paused,
+            SweepAction::Resume => state.record.status = SweepStatus::Running,
+            SweepAction::Cancel => {
+                state.record.status = SweepStatus::Cancelled;
+                state.record.ended_ms = Some(now_ms());
+            }
+        }
+        let record = state.record.clone();
+        self.dirty_sweeps.insert(sweep_id.to_string());
+        self.changed.insert(sweep_id.to_string());
+        if action == SweepAction::Cancel {
+            info!(sweep_id, "sweep cancelled");
+            self.cancel_runs(sweep_id)?;
+        }
+        Ok(record)
+    }
+
+    pub(super) fn cancel_runs(&mut self, sweep_id: &str) -> Result<(), CoordinatorError> {
+        let run_ids: Vec<String> = self
+            .runs
+            .values()
+            .filter(|run| run.sweep_id == sweep_id)
+            .map(|run| run.id.clone())
+            .collect();
+        for run_id in run_ids {
+            let run = &self.runs[&run_id];
+            if run.status == RunStatus::Queued {
+                let mut run = self.runs.remove(&run_id).expect("run present");
+                self.queue.retain(|id| id != &run_id);
+                run.status = RunStatus::Cancelled;
+                run.ended_ms = Some(now_ms());
+                self.retire(run)?;
+                continue;
+            }
+            // Running: ask its agent to stop it; it ends as cancelled when the agent
+            // reports, or when the agent's lease expires.
+            let Some(attempt) = run.current_attempt() else {
+                continue;
+            };
+            let lease = Lease {
+                run_id: run_id.clone(),
+                attempt: attempt.number,
+                epoch: attempt.epoch,
+            };
+            if let Some(outbox) = self
+                .agents
+                .get(&attempt.agent)
+                .and_then(|a| a.session.as_ref())
+                .map(|s| s.outbox.clone())
+            {
+                self.deferred.push(Deferred::Send(
+                    outbox,
+                    ToAgent::Stop {
+                        lease,
+                        reason: "sweep cancelled".into(),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the sweep when it has created all its runs and none is active.
+    pub(super) fn maybe_finish_sweep(&mut self, sweep_id: &str) -> Result<(), CoordinatorError> {
+        let Some(state) = self.sweeps.get_mut(sweep_id) else {
+            return Ok(());
+        };
+        if state.active > 0 {
+            return Ok(());
+        }
+        let exhausted = state.record.created_runs >= state.record.planned_runs;
+        if state.record.status == SweepStatus::Cancelled || exhausted {
+            if state.record.status != SweepStatus::Cancelled {
+                state.record.status = SweepStatus::Completed;
+            }
+            if state.record.ended_ms.is_none() {
+                state.record.ended_ms = Some(now_ms());
+            }
+            let record = state.record.clone();
+            self.sweeps.remove(sweep_id);
+            self.dirty_sweeps.remove(sweep_id);
+            info!(sweep_id, status = %record.status, "sweep ended");
+            self.ended_sweeps.insert(sweep_id.to_string(), record);
+            self.changed.insert(sweep_id.to_string());
+        }
+        Ok(())
+    }
+
+    /// Stores a run that reached a terminal state and forgets it.
+    pub(super) fn retire(&mut self, run: RunRecord) -> Result<(), CoordinatorError> {
+        debug_assert!(run.status.is_terminal());
+        self.dirty_runs.remove(&run.id);
+        self.changed.insert(run.sweep_id.clone());
+        if let Some(sweep) = self.sweeps.get_mut(&run.sweep_id) {
+            sweep.active = sweep.active.saturating_sub(1);
+            sweep.observe(&run);
+            if let Some(stopper) = sweep.stopper.as_mut() {
+                stopper.finished(run.index);
+            }
+        }
+        let sweep_id = run.sweep_id.clone();
+        self.retired.insert(run.id.clone(), run);
+        self.maybe_finish_sweep(&sweep_id)
+    }
+}
