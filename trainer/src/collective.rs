@@ -1,6 +1,6 @@
 //! Collectives between the data-parallel ranks of one run.
 //!
-//! [`crate::train::Collective`] is the one trait the training loop uses. It has three
+//! [`Collective`] is the one trait the training loop uses. It has three
 //! implementations:
 //! - [`CpuCollective`] (here): ranks are threads of one process (`data_parallel: N`);
 //! - [`tcp::TcpCollective`]: ranks are processes on the CPU, launched one per rank by
@@ -22,8 +22,36 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use candle_core::{DType, Tensor};
 
-use crate::train::Collective;
 use crate::{Result, TrainerError};
+
+/// Sums gradients across the data-parallel ranks of one run.
+pub trait Collective {
+    /// This rank, `0..world_size`.
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Replaces each tensor by the element-wise sum of that tensor over all ranks.
+    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<()>;
+    /// Replaces each tensor by rank 0's value (identical initial weights everywhere).
+    fn broadcast(&self, tensors: &mut [Tensor]) -> Result<()>;
+}
+
+/// The collective of a run with one rank: nothing to exchange.
+pub struct SingleRank;
+
+impl Collective for SingleRank {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _tensors: &mut [Tensor]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _tensors: &mut [Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
 
 /// What the ranks exchange at one collective: each rank's flattened f32 tensors.
 struct Round {

@@ -13,7 +13,7 @@ use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::{CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use super::tcp::{Rendezvous, TcpCollective};
-use crate::train::Collective;
+use crate::collective::Collective;
 use crate::{Result, TrainerError};
 
 /// One rank's NCCL communicator.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 
 use super::{flatten, restore};
-use crate::train::Collective;
+use crate::collective::Collective;
 use crate::{Result, TrainerError};
 
 const MAGIC: &[u8; 4] = b"LDR1";
