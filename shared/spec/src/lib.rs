@@ -336,6 +336,20 @@ pub enum ParamValue {
 
 /// The form substituted into commands: integers plain, floats in Rust's shortest
 /// round-trip form (`0.0001`, `1`), strings raw, booleans `true`/`false`.
+impl ParamValue {
+    /// The value as JSON (`LADDER_PARAMS`, the `train:` block); a float that JSON cannot
+    /// hold (NaN, ±∞) is `null`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ParamValue::Bool(value) => serde_json::Value::Bool(*value),
+            ParamValue::Int(value) => serde_json::Value::from(*value),
+            ParamValue::Float(value) => serde_json::Number::from_f64(*value)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            ParamValue::Str(value) => serde_json::Value::String(value.clone()),
+        }
+    }
+}
+
 impl fmt::Display for ParamValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -38,32 +38,61 @@ pub enum Segment<'a> {
 /// not a parameter name, is an error; a lone `}}` is literal text.
 pub fn parse_template(element: &str) -> Result<Vec<Segment<'_>>, SearchError> {
     let mut segments = Vec::new();
-    let mut rest = element;
+    for piece in scan_braces(element) {
+        match piece {
+            Brace::Text(text) => segments.push(Segment::Literal(text)),
+            Brace::Unclosed => {
+                return Err(SearchError::UnclosedPlaceholder {
+                    element: element.to_string(),
+                })
+            }
+            Brace::Inner(inner) => {
+                let name = inner.trim();
+                if name.is_empty() || !name.chars().all(is_parameter_name_char) {
+                    return Err(SearchError::InvalidPlaceholder {
+                        element: element.to_string(),
+                        inner: inner.to_string(),
+                    });
+                }
+                segments.push(Segment::Placeholder(name));
+            }
+        }
+    }
+    Ok(segments)
+}
+
+/// A piece of text as [`scan_braces`] cuts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Brace<'a> {
+    /// Text outside `{{ }}` (never empty).
+    Text(&'a str),
+    /// What is between a `{{` and the next `}}`, untrimmed and unchecked.
+    Inner(&'a str),
+    /// A `{{` with no `}}` after it (the last piece).
+    Unclosed,
+}
+
+/// The one scanner of `{{ }}` pairs, for commands and `train:` blocks alike: text and
+/// the raw insides of each pair, in order; a lone `}}` is text.
+pub fn scan_braces(text: &str) -> Vec<Brace<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
     while let Some(open) = rest.find("{{") {
         if open > 0 {
-            segments.push(Segment::Literal(&rest[..open]));
+            pieces.push(Brace::Text(&rest[..open]));
         }
         let after_open = &rest[open + 2..];
         let Some(close) = after_open.find("}}") else {
-            return Err(SearchError::UnclosedPlaceholder {
-                element: element.to_string(),
-            });
+            pieces.push(Brace::Unclosed);
+            return pieces;
         };
-        let inner = &after_open[..close];
-        let name = inner.trim();
-        if name.is_empty() || !name.chars().all(is_parameter_name_char) {
-            return Err(SearchError::InvalidPlaceholder {
-                element: element.to_string(),
-                inner: inner.to_string(),
-            });
-        }
-        segments.push(Segment::Placeholder(name));
+        pieces.push(Brace::Inner(&after_open[..close]));
         rest = &after_open[close + 2..];
     }
     if !rest.is_empty() {
-        segments.push(Segment::Literal(rest));
+        pieces.push(Brace::Text(rest));
     }
-    Ok(segments)
+    pieces
 }
 
 /// Placeholders filled in by the agent when it launches a run, not by the coordinator:
@@ -146,7 +175,7 @@ pub fn render_agent_placeholders(argv: &[String], values: &BTreeMap<&str, String
 pub fn params_json(params: &Params) -> serde_json::Value {
     let mut root = serde_json::Map::new();
     for (name, value) in params {
-        let value = param_value_json(value);
+        let value = value.to_json();
         let parts: Vec<&str> = name.split('.').collect();
         if nests(&root, &parts) {
             insert_nested(&mut root, &parts, value);
@@ -155,16 +184,6 @@ pub fn params_json(params: &Params) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(root)
-}
-
-fn param_value_json(value: &ParamValue) -> serde_json::Value {
-    match value {
-        ParamValue::Bool(value) => serde_json::Value::Bool(*value),
-        ParamValue::Int(value) => serde_json::Value::from(*value),
-        ParamValue::Float(value) => serde_json::Number::from_f64(*value)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        ParamValue::Str(value) => serde_json::Value::String(value.clone()),
-    }
 }
 
 /// Whether `parts` can be inserted as a nested path: no empty part, every prefix absent or

@@ -523,7 +523,7 @@ pub fn render(block: &serde_json::Value, params: &Params) -> serde_json::Value {
         Value::String(text) => {
             if let Some(name) = sole_placeholder(text) {
                 if !name.starts_with("ladder.") {
-                    return params.get(name).map_or(Value::Null, param_to_json);
+                    return params.get(name).map_or(Value::Null, ParamValue::to_json);
                 }
             }
             match crate::space::render_command(std::slice::from_ref(text), params) {
@@ -549,23 +549,9 @@ pub fn render(block: &serde_json::Value, params: &Params) -> serde_json::Value {
 
 /// `Some(name)` when `text` is exactly `{{ name }}`.
 fn sole_placeholder(text: &str) -> Option<&str> {
-    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
-    let name = inner.trim();
-    if name.is_empty() || name.contains("{{") || name.contains("}}") {
-        return None;
-    }
-    name.chars()
-        .all(crate::is_parameter_name_char)
-        .then_some(name)
-}
-
-fn param_to_json(value: &ParamValue) -> serde_json::Value {
-    match value {
-        ParamValue::Int(v) => serde_json::Value::from(*v),
-        ParamValue::Float(v) => serde_json::Number::from_f64(*v)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        ParamValue::Bool(v) => serde_json::Value::Bool(*v),
-        ParamValue::Str(v) => serde_json::Value::String(v.clone()),
+    match crate::space::parse_template(text.trim()).ok()?.as_slice() {
+        [crate::space::Segment::Placeholder(name)] => Some(name),
+        _ => None,
     }
 }
 
@@ -579,12 +565,10 @@ pub fn placeholders(block: &serde_json::Value) -> Vec<String> {
 fn collect_placeholders(block: &serde_json::Value, names: &mut Vec<String>) {
     match block {
         serde_json::Value::String(text) => {
-            let mut rest = text.as_str();
-            while let Some(start) = rest.find("{{") {
-                let after = &rest[start + 2..];
-                let Some(end) = after.find("}}") else { break };
-                names.push(after[..end].trim().to_string());
-                rest = &after[end + 2..];
+            for piece in crate::space::scan_braces(text) {
+                if let crate::space::Brace::Inner(inner) = piece {
+                    names.push(inner.trim().to_string());
+                }
             }
         }
         serde_json::Value::Array(items) => {
