@@ -4,7 +4,9 @@ use super::*;
 use ladder_proto::v1::agent_message::Kind;
 use ladder_proto::v1::run_event::Kind as EventKind;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
+
+use ladder_fuzz::fuzz;
 use prost::Message;
 
 fn valid_register(name: &str) -> pb::Register {
@@ -65,35 +67,6 @@ fn every_field_and_count_of_a_registration_is_bounded() {
         })
         .collect();
     refused(r, "register.held has 2000 entries");
-}
-
-/// Runs `property` on `cases` inputs; prints and returns how many were executed.
-fn fuzz<S: Strategy>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    property: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) -> u64 {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let executed = std::cell::Cell::new(0u64);
-    let started = std::time::Instant::now();
-    let result = runner.run(&strategy, |input| {
-        executed.set(executed.get() + 1);
-        property(input)
-    });
-    eprintln!(
-        "fuzz {name}: {} executions in {:.2?}",
-        executed.get(),
-        started.elapsed()
-    );
-    if let Err(error) = result {
-        panic!("fuzz {name} failed: {error}");
-    }
-    executed.get()
 }
 
 fn valid_lease(lease: &Option<pb::Lease>) -> bool {

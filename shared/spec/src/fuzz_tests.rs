@@ -3,7 +3,7 @@
 //! language (`--where`, `--sort` and `--cursor`: [`parse_where`], [`parse_sort_keys`],
 //! [`parse_cursor`]).
 //!
-//! Each property runs a fixed number of generated inputs through a [`TestRunner`] and
+//! Each property runs a fixed number of generated inputs through `ladder_fuzz::fuzz` and
 //! prints how many it executed (`cargo nextest run -p ladder-spec -E 'test(fuzz_)'
 //! --no-capture`). A panic anywhere in a parser fails the property with the shrunk input.
 
@@ -11,49 +11,15 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 
 use crate::{parse_sweep, SweepSpec};
+use ladder_fuzz::fuzz;
 use ladder_limits::{MAX_CURSOR_BYTES, MAX_QUERY_BYTES, MAX_QUERY_DEPTH, MAX_SORT_KEYS};
 use ladder_metrics::line::{parse_metric_line, parse_metric_line_detailed};
 use ladder_query::{
     parse_cursor, parse_sort_keys, parse_where, Op, RunFacts, Value, MAX_TREE_DEPTH, STATUSES,
 };
-
-/// Runs `property` on `cases` inputs from `strategy`; returns how many were executed.
-fn fuzz<S: Strategy>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    property: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) -> u64 {
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        // Inputs are cheap; rejections are not used.
-        max_shrink_iters: 2_000,
-        ..Config::default()
-    });
-    let executed = std::cell::Cell::new(0u64);
-    let started = Instant::now();
-    let result = runner.run(&strategy, |input| {
-        executed.set(executed.get() + 1);
-        property(input)
-    });
-    eprintln!(
-        "fuzz {name}: {} executions in {:.2?}",
-        executed.get(),
-        started.elapsed()
-    );
-    if let Err(error) = result {
-        panic!("fuzz {name} failed: {error}");
-    }
-    assert!(
-        executed.get() >= u64::from(cases),
-        "{name}: too few executions"
-    );
-    executed.get()
-}
 
 // ----- sweep files -----
 
