@@ -55,13 +55,27 @@ pub fn encode_pair(
         })?;
         return Ok((vec![eos], tok.encode(continuation, false)?));
     }
-    let kept = context.trim_end();
+    let kept = python_rstrip(context);
+    if kept.is_empty() {
+        // lm-eval's `_encode_pair` has no context tokens left to split at, and stops.
+        return Err(TrainerError::Tokenizer(format!(
+            "context {context:?} (before continuation {continuation:?}) is only whitespace; \
+             lm-evaluation-harness refuses such an item too"
+        )));
+    }
     let moved = &context[kept.len()..];
     let continuation = format!("{moved}{continuation}");
     let whole = tok.encode(&format!("{kept}{continuation}"), false)?;
     let context_enc = tok.encode(kept, false)?;
     let continuation_enc = whole.get(context_enc.len()..).unwrap_or(&[]).to_vec();
     Ok((context_enc, continuation_enc))
+}
+
+/// `text` without trailing whitespace as Python's `str.rstrip()` sees it: Rust's
+/// `char::is_whitespace` plus the separators U+001C–U+001F, which Python counts as
+/// whitespace too.
+fn python_rstrip(text: &str) -> &str {
+    text.trim_end_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
 }
 
 /// One request ready for the model: the input ids and the continuation ids that its
@@ -557,6 +571,35 @@ mod tests {
         // No BOS even though the tokenizer's post-processor would add one.
         let (context, continuation) = encode_pair(&hf, "the cat ", "sat").unwrap();
         assert_eq!((context, continuation), (vec![3, 4], vec![5]));
+    }
+
+    #[test]
+    fn trailing_separators_move_as_python_rstrip_moves_them() {
+        let tok = Tokenizer::byte();
+        // Python: "Q:\x1c\x1f ".rstrip() == "Q:"
+        let (context, continuation) = encode_pair(&tok, "Q:\u{1c}\u{1f} ", "A").unwrap();
+        assert_eq!(context, b"Q:".map(u32::from).to_vec());
+        assert_eq!(continuation, b"\x1c\x1f A".map(u32::from).to_vec());
+        assert_eq!(python_rstrip("a\u{a0}\u{2003}\u{1e}"), "a");
+        assert_eq!(
+            python_rstrip("a\u{1b}"),
+            "a\u{1b}",
+            "U+001B is not whitespace"
+        );
+    }
+
+    #[test]
+    fn a_whitespace_only_context_is_refused_naming_the_item() {
+        let tok = Tokenizer::byte();
+        let error = encode_pair(&tok, " \n", "B").unwrap_err().to_string();
+        assert!(error.contains("is only whitespace"), "{error}");
+        assert!(error.contains("\"B\""), "{error}");
+        let model = Bigram::new(16);
+        let requests = [
+            ("Q: ".to_string(), "A".to_string()),
+            ("  ".to_string(), "B".to_string()),
+        ];
+        assert!(loglikelihoods(&model, &tok, &requests).is_err());
     }
 
     #[test]
