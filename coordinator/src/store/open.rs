@@ -9,7 +9,8 @@ pub(super) const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_
 
 /// Opens sled's database in `dir`. sled holds an exclusive `flock` on its `db` file
 /// until the last of its own threads lets go of a dropped handle, a little after the
-/// handle itself is gone: while the lock's holder is this process, the open is retried
+/// handle itself is gone: while the lock's holder is this process (or the lock is gone
+/// by the time `/proc/locks` is read), the open is retried
 /// (for at most [`OWN_LOCK_WAIT`]); held by another process, it fails at once, naming it.
 pub(super) fn open_when_released(config: &sled::Config, dir: &Path) -> Result<sled::Db> {
     let started = std::time::Instant::now();
@@ -19,22 +20,28 @@ pub(super) fn open_when_released(config: &sled::Config, dir: &Path) -> Result<sl
             Ok(db) => return Ok(db),
             Err(error) => error,
         };
-        let lock_holder = match &error {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                lock_holder(&dir.join("db"))
-            }
-            _ => None,
+        let is_lock_error = matches!(
+            &error,
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock")
+        );
+        let lock_holder = if is_lock_error {
+            lock_holder(&dir.join("db"))
+        } else {
+            None
         };
+        let own = std::process::id();
         let message = match lock_holder {
-            Some(pid) if pid == std::process::id() && started.elapsed() < OWN_LOCK_WAIT => {
+            Some(pid) if pid != own => format!(
+                "cannot open store in {}: it is in use by process {pid} (another coordinator?)",
+                dir.display()
+            ),
+            // This process's own dropped handle, or a lock released since the open
+            // failed (gone from /proc/locks): try again, for a while.
+            _ if is_lock_error && started.elapsed() < OWN_LOCK_WAIT => {
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(50));
                 continue;
             }
-            Some(pid) if pid != std::process::id() => format!(
-                "cannot open store in {}: it is in use by process {pid} (another coordinator?)",
-                dir.display()
-            ),
             _ => format!("cannot open store in {}: {error}", dir.display()),
         };
         return Err(CoordinatorError::Store(message));
