@@ -83,13 +83,9 @@ async fn client(
 /// A cell of `runs export --format csv`: as [`cell`], but times in RFC 3339 (UTC), for
 /// programs rather than people.
 fn csv_cell(run: &pb::Run, column: &str) -> String {
-    let rfc3339 = |ms: i64| match output::rfc3339_or_null(ms) {
-        serde_json::Value::String(text) => text,
-        _ => String::new(),
-    };
     match column {
-        "created" => rfc3339(run.created_ms),
-        "ended" => rfc3339(run.ended_ms),
+        "created" => output::rfc3339(run.created_ms).unwrap_or_default(),
+        "ended" => output::rfc3339(run.ended_ms).unwrap_or_default(),
         _ => cell(run, column),
     }
 }

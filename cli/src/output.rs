@@ -171,12 +171,15 @@ pub fn run_json(run: &pb::Run) -> Value {
 }
 
 /// An instant given in milliseconds since the Unix epoch as RFC 3339 in UTC
-/// (`2026-12-05T23:51:12.123Z`); `null` for 0 (not yet) or out of range.
+/// (`2026-12-05T23:51:12.123Z`); `None` for 0 (not yet) or out of range.
+pub fn rfc3339(ms: i64) -> Option<String> {
+    let time = jiff::Timestamp::from_millisecond(ms).ok()?;
+    (ms > 0).then(|| time.to_string())
+}
+
+/// [`rfc3339`] as JSON: a string, or `null`.
 pub fn rfc3339_or_null(ms: i64) -> Value {
-    match jiff::Timestamp::from_millisecond(ms) {
-        Ok(time) if ms > 0 => json!(time.to_string()),
-        _ => Value::Null,
-    }
+    rfc3339(ms).map_or(Value::Null, Value::String)
 }
 
 /// An instant as people read it, in this machine's time zone
