@@ -243,12 +243,15 @@ fn bayes_trial(spec: &SweepSpec, index: u64, history: &[Observation]) -> Params 
             }
         })
         .collect();
-    let point =
-        match tpe::suggest_with_seed(&space, &TpeConfig::default(), &trials, spec.seed, index) {
-            Ok(point) => point,
-            // A space TPE cannot model (validation should prevent it): sample at random.
-            Err(_) => return search::trial(spec, index).unwrap_or_default(),
-        };
+    let config = TpeConfig {
+        multivariate: spec.bayes.multivariate,
+        ..TpeConfig::default()
+    };
+    let point = match tpe::suggest_with_seed(&space, &config, &trials, spec.seed, index) {
+        Ok(point) => point,
+        // A space TPE cannot model (validation should prevent it): sample at random.
+        Err(_) => return search::trial(spec, index).unwrap_or_default(),
+    };
     let mut params = Params::new();
     for position in search::topological_order(&spec.parameters) {
         let parameter = &spec.parameters[position];

@@ -175,6 +175,9 @@ pub struct TpeConfig {
     pub consider_endpoints: bool,
     /// Pending trials join the bad group (see the module docs).
     pub constant_liar: bool,
+    /// Model the dimensions jointly, one estimator per group of dimensions active together
+    /// (see [`joint`]); `false` models each dimension on its own.
+    pub multivariate: bool,
 }
 
 impl Default for TpeConfig {
@@ -187,6 +190,7 @@ impl Default for TpeConfig {
             prior_weight: 1.0,
             consider_endpoints: false,
             constant_liar: true,
+            multivariate: true,
         }
     }
 }
@@ -369,6 +373,9 @@ impl Tpe {
         }
         below.sort_unstable();
         above.sort_unstable();
+        if self.config.multivariate {
+            return self.suggest_joint(history, &completed, &below, &above, rng);
+        }
 
         let mut point: Vec<Option<DimValue>> = Vec::with_capacity(self.space.len());
         for (index, spec) in self.space.iter().enumerate() {
@@ -448,6 +455,148 @@ impl Tpe {
             }
         }
         Ok(())
+    }
+
+    /// The multivariate proposal: each group of dimensions active together (in the
+    /// completed trials) gets one joint estimator pair over the trials in which the whole
+    /// group was active; dimensions never active so far come from the prior; inactive
+    /// dimensions are then dropped by their conditions.
+    fn suggest_joint<R: Rng + ?Sized>(
+        &self,
+        history: &[Trial],
+        completed: &[(usize, f64)],
+        below: &[usize],
+        above: &[usize],
+        rng: &mut R,
+    ) -> Vec<Option<DimValue>> {
+        let coords: Vec<Vec<Option<joint::Coord>>> =
+            history.iter().map(|trial| self.coords_of(trial)).collect();
+        let modelled = |index: usize| {
+            self.numeric[index]
+                .as_ref()
+                .is_none_or(|num| !num.degenerate())
+        };
+        let mut by_age: Vec<usize> = completed.iter().map(|c| c.0).collect();
+        by_age.sort_unstable();
+        let active_sets: Vec<Vec<usize>> = by_age
+            .iter()
+            .map(|&t| {
+                (0..self.space.len())
+                    .filter(|&d| modelled(d) && coords[t][d].is_some())
+                    .collect()
+            })
+            .collect();
+        let groups = joint::groups(active_sets.iter().map(Vec::as_slice));
+
+        let priors: Vec<Option<Vec<f64>>> = self
+            .space
+            .iter()
+            .map(|spec| match &spec.dim {
+                Dim::Categorical { choices, weights } => {
+                    Some(prior_probs(*choices, weights.as_deref()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut values: Vec<Option<joint::Coord>> = vec![None; self.space.len()];
+        for group in &groups {
+            let kinds: Vec<joint::AxisKind<'_>> = group
+                .iter()
+                .map(|&d| match (&self.numeric[d], &priors[d]) {
+                    (Some(num), _) => joint::AxisKind::Numeric(num),
+                    (None, Some(prior)) => joint::AxisKind::Categorical(prior),
+                    (None, None) => unreachable!("every dimension is numeric or categorical"),
+                })
+                .collect();
+            let rows = |trials: &[usize]| -> Vec<Vec<joint::Coord>> {
+                trials
+                    .iter()
+                    .filter_map(|&t| group.iter().map(|&d| coords[t][d]).collect())
+                    .collect()
+            };
+            let l = joint::JointParzen::build(&kinds, &rows(below), &self.config);
+            let g = joint::JointParzen::build(&kinds, &rows(above), &self.config);
+            let mut best: Option<(Vec<joint::Coord>, f64)> = None;
+            for _ in 0..self.config.n_ei_candidates {
+                let candidate = l.sample(rng);
+                let score = l.log_pdf(&candidate) - g.log_pdf(&candidate);
+                if best.as_ref().is_none_or(|(_, s)| score > *s) {
+                    best = Some((candidate, score));
+                }
+            }
+            if let Some((candidate, _)) = best {
+                for (&d, coord) in group.iter().zip(candidate) {
+                    values[d] = Some(coord);
+                }
+            }
+        }
+
+        let prior_point = self.sample_unconditioned_prior(&values, rng);
+        let mut point: Vec<Option<DimValue>> = Vec::with_capacity(self.space.len());
+        for (index, spec) in self.space.iter().enumerate() {
+            if !is_active(spec, &point) {
+                point.push(None);
+                continue;
+            }
+            let value = match (values[index], &self.numeric[index]) {
+                (Some(joint::Coord::Real(x)), Some(num)) => num.value_of(num.snap(num.t_inv(x))),
+                (Some(joint::Coord::Choice(c)), None) => DimValue::Choice(c),
+                _ => prior_point[index],
+            };
+            point.push(Some(value));
+        }
+        point
+    }
+
+    /// A trial's values in estimator space, `None` where inactive, of the wrong kind, or a
+    /// choice the prior rules out.
+    fn coords_of(&self, trial: &Trial) -> Vec<Option<joint::Coord>> {
+        (0..self.space.len())
+            .map(|d| {
+                let value = trial.values.get(d).copied().flatten()?;
+                match (&self.space[d].dim, &self.numeric[d]) {
+                    (_, Some(num)) => num.observe(value).map(joint::Coord::Real),
+                    (Dim::Categorical { choices, weights }, None) => match value {
+                        DimValue::Choice(c)
+                            if c < *choices && weights.as_ref().is_none_or(|w| w[c] > 0.0) =>
+                        {
+                            Some(joint::Coord::Choice(c))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// A prior draw for every dimension that `chosen` leaves empty (conditions ignored:
+    /// they are applied afterwards), so that each dimension has a value to fall back on.
+    fn sample_unconditioned_prior<R: Rng + ?Sized>(
+        &self,
+        chosen: &[Option<joint::Coord>],
+        rng: &mut R,
+    ) -> Vec<DimValue> {
+        let mut out = Vec::with_capacity(self.space.len());
+        for (index, spec) in self.space.iter().enumerate() {
+            let value = match (&spec.dim, &self.numeric[index]) {
+                (_, Some(num)) if num.degenerate() => num.value_of(num.low),
+                (_, Some(num)) if chosen[index].is_none() => {
+                    let x = num.a + (num.b - num.a) * rng.random::<f64>();
+                    num.value_of(num.snap(num.t_inv(x)))
+                }
+                (Dim::Categorical { choices, weights }, None) if chosen[index].is_none() => {
+                    let probs = prior_probs(*choices, weights.as_deref());
+                    DimValue::Choice(sample_index(&cumulative(&probs), rng))
+                }
+                // Replaced by the chosen value; no draw, so the generator's use does not
+                // depend on the placeholder.
+                (_, Some(num)) => num.value_of(num.low),
+                _ => DimValue::Choice(0),
+            };
+            out.push(value);
+        }
+        out
     }
 
     fn suggest_numeric<R: Rng + ?Sized>(
@@ -916,6 +1065,8 @@ fn log_diff(x: f64, y: f64) -> f64 {
     }
     x + (-(y - x).exp()).ln_1p()
 }
+
+mod joint;
 
 #[cfg(test)]
 mod tests;

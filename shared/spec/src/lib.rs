@@ -81,6 +81,10 @@ pub struct SweepSpec {
     /// Rule stopping runs that do worse than their peers, from `early_terminate:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_terminate: Option<EarlyTerminateSpec>,
+    /// Options of `method: bayes`, from `bayes:`; the defaults when absent. Invariant: not
+    /// the defaults only when the method is `bayes`.
+    #[serde(default, skip_serializing_if = "BayesOptions::is_default")]
+    pub bayes: BayesOptions,
     /// The summary chosen for metrics other than the objective, from `summaries:` (the
     /// objective's is [`MetricSpec::summary`]). Invariant: never names the objective, and
     /// `best` only for a metric whose goal is known (the `early_terminate` metric); see
@@ -163,6 +167,27 @@ impl Method {
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How `method: bayes` models the trials so far (`bayes:` in the sweep file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BayesOptions {
+    /// One joint model over the parameters that are active together (the default), or,
+    /// when `false`, one model per parameter (which misses interactions between them).
+    pub multivariate: bool,
+}
+
+impl Default for BayesOptions {
+    fn default() -> Self {
+        BayesOptions { multivariate: true }
+    }
+}
+
+impl BayesOptions {
+    fn is_default(&self) -> bool {
+        *self == BayesOptions::default()
     }
 }
 
@@ -465,7 +490,9 @@ const SWEEP_KEYS: &[&str] = &[
     "resources",
     "early_terminate",
     "summaries",
+    "bayes",
 ];
+const BAYES_KEYS: &[&str] = &["multivariate"];
 const METRIC_KEYS: &[&str] = &["name", "goal", "summary"];
 const RESOURCE_KEYS: &[&str] = &["gpus", "labels", "launch"];
 const METHOD_NAMES: &[&str] = &["grid", "random", "bayes"];
@@ -639,6 +666,11 @@ impl Checker<'_> {
             );
         }
 
+        let bayes = match field(entries, "bayes") {
+            Some(node) if !node.is_null() => self.bayes(node, method),
+            _ => Some(BayesOptions::default()),
+        };
+
         let train = train_node.map(yaml_to_json);
         let spec = SweepSpec {
             name: name?,
@@ -654,6 +686,7 @@ impl Checker<'_> {
             resources: resources?,
             description: description?,
             early_terminate: early_terminate?,
+            bayes: bayes?,
             summaries: summaries?,
             train,
         };
@@ -873,6 +906,51 @@ impl Checker<'_> {
     fn method(&mut self, node: &Node) -> Option<(Method, Pos)> {
         let name = self.keyword(node, "method", METHOD_NAMES)?;
         Method::from_name(&name).map(|method| (method, node.pos))
+    }
+
+    /// `bayes: {multivariate: BOOL}`, only with `method: bayes`.
+    fn bayes(&mut self, node: &Node, method: Option<(Method, Pos)>) -> Option<BayesOptions> {
+        let entries = self.mapping(node, "bayes", "e.g. bayes: {multivariate: false}")?;
+        if let Some((other @ (Method::Grid | Method::Random), _)) = method {
+            self.error(
+                node.pos,
+                format!("bayes: options apply to method: bayes, not {other}; remove bayes: or use method: bayes"),
+            );
+            return None;
+        }
+        self.check_keys(entries, "bayes", BAYES_KEYS);
+        let mut options = BayesOptions::default();
+        if let Some(value) = field(entries, "multivariate").filter(|n| !n.is_null()) {
+            options.multivariate = self.boolean(value, "bayes.multivariate")?;
+        }
+        Some(options)
+    }
+
+    /// `true` or `false`.
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match &node.kind {
+            NodeKind::Scalar {
+                value: Scalar::Bool(value),
+                ..
+            } => Some(*value),
+            NodeKind::Scalar { value, text } => {
+                self.error(
+                    node.pos,
+                    format!(
+                        "{what} must be true or false (got {} \"{text}\")",
+                        value.type_name()
+                    ),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    node.pos,
+                    format!("{what} must be true or false, not {}", node.type_name()),
+                );
+                None
+            }
+        }
     }
 
     fn metric(&mut self, node: &Node) -> Option<MetricSpec> {

@@ -158,6 +158,7 @@ resources:
         },
         description: Some("learning rate and width".into()),
         early_terminate: None,
+        bayes: BayesOptions::default(),
         train: None,
         summaries: BTreeMap::new(),
     };
@@ -762,4 +763,61 @@ fn suggestions_need_to_be_close() {
     assert_eq!(edit_distance("kitten", "sitting"), 3);
     assert_eq!(edit_distance("gaol", "goal"), 1);
     assert_eq!(edit_distance("", "abc"), 3);
+}
+
+#[test]
+fn bayes_options_parse_with_positioned_errors() {
+    let bayes = "name: s\nmethod: bayes\nmax_runs: 20\ncommand: [a]\n";
+    let default = parse_sweep("s.yaml", bayes).unwrap();
+    assert!(default.bayes.multivariate, "multivariate is the default");
+    let univariate = parse_sweep(
+        "s.yaml",
+        &format!("{bayes}bayes: {{multivariate: false}}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        univariate.bayes,
+        BayesOptions {
+            multivariate: false
+        }
+    );
+    let explicit = parse_sweep("s.yaml", &format!("{bayes}bayes:\n  multivariate: true\n"));
+    assert_eq!(explicit.unwrap().bayes, BayesOptions::default());
+
+    let text = format!("{bayes}bayes: {{multivariate: yes please}}\n");
+    assert_error_at(
+        &text,
+        "yes please",
+        &["bayes.multivariate must be true or false", "\"yes please\""],
+    );
+    let text = format!("{bayes}bayes: {{multivarite: false}}\n");
+    assert_error_at(
+        &text,
+        "multivarite",
+        &["unknown key \"multivarite\" in bayes", "multivariate"],
+    );
+    let text = format!("{bayes}bayes: false\n");
+    assert_error_at(&text, "false", &["bayes must be a mapping"]);
+    let random = "name: s\nmethod: random\nmax_runs: 20\ncommand: [a]\n";
+    let text = format!("{random}bayes: {{multivariate: false}}\n");
+    assert_error_at(
+        &text,
+        "{multivariate",
+        &["bayes: options apply to method: bayes, not random"],
+    );
+}
+
+#[test]
+fn bayes_options_survive_a_json_round_trip_and_default_when_absent() {
+    let text = "name: s\nmethod: bayes\nmax_runs: 20\ncommand: [a]\nbayes: {multivariate: false}\n";
+    let spec = parse_sweep("s.yaml", text).unwrap();
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["bayes"]["multivariate"], serde_json::json!(false));
+    let back: SweepSpec = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, spec);
+    // A sweep stored before the option existed reads as the default.
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("bayes");
+    let read: SweepSpec = serde_json::from_value(old).unwrap();
+    assert_eq!(read.bayes, BayesOptions::default());
 }

@@ -185,18 +185,29 @@ fn reproducible_with_the_same_seed() {
             condition: None,
         },
     ];
-    let config = TpeConfig::default();
-    let mut history = Vec::new();
-    for i in 0..30u64 {
-        let a = suggest_with_seed(&space, &config, &history, 7, i).unwrap();
-        let b = suggest_with_seed(&space, &config, &history, 7, i).unwrap();
-        assert_eq!(a, b);
-        let loss = as_f64(a[0]).powi(2) + as_f64(a[1]).ln();
-        history.push(done(a, loss));
+    for multivariate in [true, false] {
+        let config = TpeConfig {
+            multivariate,
+            ..TpeConfig::default()
+        };
+        let mut history = Vec::new();
+        for i in 0..30u64 {
+            let a = suggest_with_seed(&space, &config, &history, 7, i).unwrap();
+            let b = suggest_with_seed(&space, &config, &history, 7, i).unwrap();
+            assert_eq!(a, b);
+            let loss = as_f64(a[0]).powi(2) + as_f64(a[1]).ln();
+            history.push(done(a, loss));
+        }
+        let other = suggest_with_seed(&space, &config, &history, 8, 30).unwrap();
+        let same = suggest_with_seed(&space, &config, &history, 7, 30).unwrap();
+        assert_ne!(other, same, "another seed, another proposal");
+        let next = suggest_with_seed(&space, &config, &history, 7, 31).unwrap();
+        assert_ne!(next, same, "another trial index, another proposal");
+        let mut longer = history.clone();
+        longer.push(done(same.clone(), -100.0));
+        let learned = suggest_with_seed(&space, &config, &longer, 7, 30).unwrap();
+        assert_ne!(learned, same, "another history, another proposal");
     }
-    let other = suggest_with_seed(&space, &config, &history, 8, 30).unwrap();
-    let same = suggest_with_seed(&space, &config, &history, 7, 30).unwrap();
-    assert_ne!(other, same);
 }
 
 #[test]
@@ -264,9 +275,10 @@ fn pending_trials_are_not_proposed_again() {
         let loss = (as_f64(p[0]) - 300.0).abs() + (as_f64(p[1]) - 700.0).abs();
         history.push(done(p, loss));
     }
-    let distinct = |liar: bool, same_generator: bool| {
+    let distinct = |liar: bool, same_generator: bool, multivariate: bool| {
         let config = TpeConfig {
             constant_liar: liar,
+            multivariate,
             ..TpeConfig::default()
         };
         let mut with_pending = history.clone();
@@ -285,10 +297,15 @@ fn pending_trials_are_not_proposed_again() {
         }
         proposals.len()
     };
-    assert_eq!(distinct(true, false), 16);
-    assert_eq!(distinct(false, true), 1);
-    let liar_alone = distinct(true, true);
-    assert!(liar_alone >= 12, "{liar_alone}");
+    for multivariate in [true, false] {
+        assert_eq!(distinct(true, false, multivariate), 16);
+        assert_eq!(distinct(false, true, multivariate), 1);
+        let liar_alone = distinct(true, true, multivariate);
+        assert!(
+            liar_alone >= 12,
+            "multivariate {multivariate}: {liar_alone}"
+        );
+    }
 }
 
 /// Same test with the coordinator's per-trial seeds and a continuous space: 16 parallel
@@ -347,26 +364,32 @@ fn conditional_dimensions_follow_their_parent() {
             ..float("never", 0.0, 1.0)
         },
     ];
-    let tpe = Tpe::new(space, TpeConfig::default()).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let mut history = Vec::new();
-    for _ in 0..40 {
-        let p = tpe.suggest(&history, &mut rng);
-        tpe.check_point(&p).unwrap();
-        assert_eq!(p[1].is_some(), p[0] == Some(DimValue::Choice(1)));
-        assert_eq!(p[2], None);
-        // Choice 1 with momentum near 0.8 is best.
-        let loss = match p[1] {
-            Some(DimValue::Float(m)) => (m - 0.8).abs(),
-            _ => 1.0,
+    for multivariate in [true, false] {
+        let config = TpeConfig {
+            multivariate,
+            ..TpeConfig::default()
         };
-        history.push(done(p, loss));
+        let tpe = Tpe::new(space.clone(), config).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut history = Vec::new();
+        for _ in 0..40 {
+            let p = tpe.suggest(&history, &mut rng);
+            tpe.check_point(&p).unwrap();
+            assert_eq!(p[1].is_some(), p[0] == Some(DimValue::Choice(1)));
+            assert_eq!(p[2], None);
+            // Choice 1 with momentum near 0.8 is best.
+            let loss = match p[1] {
+                Some(DimValue::Float(m)) => (m - 0.8).abs(),
+                _ => 1.0,
+            };
+            history.push(done(p, loss));
+        }
+        let late_ones = history[20..]
+            .iter()
+            .filter(|t| t.values[0] == Some(DimValue::Choice(1)))
+            .count();
+        assert!(late_ones >= 15, "multivariate {multivariate}: {late_ones}");
     }
-    let late_ones = history[20..]
-        .iter()
-        .filter(|t| t.values[0] == Some(DimValue::Choice(1)))
-        .count();
-    assert!(late_ones >= 15, "{late_ones}");
 }
 
 /// 1-d quadratic: after 40 trials the best point is much closer to the optimum than
@@ -523,8 +546,9 @@ proptest! {
         seed in any::<u64>(),
         n in 0usize..40,
         liar in any::<bool>(),
+        multivariate in any::<bool>(),
     ) {
-        let config = TpeConfig { constant_liar: liar, ..TpeConfig::default() };
+        let config = TpeConfig { constant_liar: liar, multivariate, ..TpeConfig::default() };
         let tpe = Tpe::new(space, config).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut history = Vec::new();

@@ -54,6 +54,7 @@ fn spec(method: Method, parameters: Vec<(&str, ParamSpec)>, max_runs: Option<u64
         resources: Resources::default(),
         description: None,
         early_terminate: None,
+        bayes: crate::BayesOptions::default(),
         summaries: Default::default(),
         train: None,
     }
