@@ -57,6 +57,20 @@ pub struct EvalArgs {
     /// Print per-task scores as JSON.
     #[arg(long)]
     json: bool,
+    /// Special tokens prompts are encoded with: `tokenizer` (the tokenizer's own, e.g.
+    /// BOS for LLaMA-family tokenizers, as lm-evaluation-harness 0.4.13 does) or `none`
+    /// (no special tokens, as earlier harness versions did).
+    #[arg(long, default_value = "tokenizer", value_parser = parse_special_tokens)]
+    special_tokens: ladder_trainer::eval::SpecialTokens,
+    /// Write one JSON line per scored item to FILE: task, item index, context, each
+    /// choice's log-likelihood and greedy flag, gold answer and the item's metrics.
+    #[arg(long, value_name = "FILE")]
+    log_samples: Option<PathBuf>,
+}
+
+fn parse_special_tokens(text: &str) -> Result<ladder_trainer::eval::SpecialTokens, String> {
+    text.parse()
+        .map_err(|e: ladder_trainer::TrainerError| e.to_string())
 }
 
 /// `@ladder` metric lines on stdout, for the agent.
@@ -272,22 +286,38 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    use ladder_trainer::eval::{average, evaluate, LanguageModel};
+    use ladder_trainer::eval::{average, evaluate_samples, LanguageModel, Scoring};
     let device = ladder_trainer::train::device_for(&args.device, 0)?;
     let model = ladder_trainer::model::Model::load(&args.model, &device)?;
     let tokenizer = ladder_trainer::tokenizer::Tokenizer::for_model_dir(&args.model)?;
+    let scoring = Scoring {
+        shots: args.shots,
+        seed: args.seed,
+        special_tokens: args.special_tokens,
+    };
+    let mut sample_log = match &args.log_samples {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("failed to create {}", path.display()))?;
+            Some((path, std::io::BufWriter::new(file)))
+        }
+        None => None,
+    };
     let mut scores = Vec::new();
     for spec in &args.tasks {
         let task = ladder_trainer::tasks::load_task(spec, args.limit)
             .with_context(|| format!("task {spec}"))?;
         let started = Instant::now();
-        let score = evaluate(
-            &model as &dyn LanguageModel,
-            &tokenizer,
-            &task,
-            args.shots,
-            args.seed,
-        )?;
+        let (score, samples) =
+            evaluate_samples(&model as &dyn LanguageModel, &tokenizer, &task, scoring)?;
+        if let Some((path, log)) = sample_log.as_mut() {
+            for sample in &samples {
+                let mut line = serde_json::to_value(sample)?;
+                line["task"] = serde_json::Value::String(score.task.clone());
+                writeln!(log, "{line}")
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+        }
         if !args.json {
             eprintln!(
                 "{}: {} items in {:.1}s",
@@ -297,6 +327,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             );
         }
         scores.push(score);
+    }
+    if let Some((path, mut log)) = sample_log {
+        log.flush()
+            .with_context(|| format!("failed to write {}", path.display()))?;
     }
     let avg = average(&scores);
     if args.json {
@@ -312,7 +346,11 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"tasks": tasks, "avg": avg}))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "tasks": tasks,
+                "avg": avg,
+                "special_tokens": args.special_tokens.to_string(),
+            }))?
         );
     } else {
         println!(

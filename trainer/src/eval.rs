@@ -36,24 +36,75 @@ pub trait LanguageModel {
     fn max_len(&self) -> usize;
 }
 
+/// Which special tokens prompts are encoded with.
+///
+/// [`SpecialTokens::Tokenizer`] is lm-evaluation-harness 0.4.13's default for Hugging
+/// Face models: the tokenizer adds its own special tokens (a LLaMA-family tokenizer puts
+/// BOS before every prompt, a GPT-2-style one adds nothing), and an empty context is
+/// replaced by BOS when the tokenizer has one, else by EOS. [`SpecialTokens::None`] is
+/// the behaviour of earlier harness versions (and of ladder before it followed 0.4.13):
+/// no special tokens at all and EOS for an empty context; it exists to compare with
+/// numbers published under those versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpecialTokens {
+    /// The tokenizer's own special tokens (lm-evaluation-harness 0.4.13).
+    #[default]
+    Tokenizer,
+    /// No special tokens; EOS before an empty context (older harness versions).
+    None,
+}
+
+impl SpecialTokens {
+    /// The names accepted by [`SpecialTokens::from_str`], in the order documented.
+    pub const NAMES: [&'static str; 2] = ["tokenizer", "none"];
+}
+
+impl std::fmt::Display for SpecialTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SpecialTokens::Tokenizer => "tokenizer",
+            SpecialTokens::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for SpecialTokens {
+    type Err = TrainerError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "tokenizer" => Ok(SpecialTokens::Tokenizer),
+            "none" => Ok(SpecialTokens::None),
+            other => Err(TrainerError::config(
+                "special_tokens",
+                format!(
+                    "unknown value {other:?} (expected one of: {})",
+                    SpecialTokens::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
 /// Splits a (context, continuation) pair into context and continuation tokens exactly
-/// like lm-eval's `HFLM._encode_pair`: trailing whitespace of the context moves to the
-/// start of the continuation, the continuation's tokens are those of the whole text
-/// after the context's own encoding, and no special tokens are added. An empty context
-/// becomes the EOS token (lm-eval's end-of-text prefix).
+/// like lm-eval's `TemplateLM._encode_pair` and `loglikelihood`: trailing whitespace of
+/// the context moves to the start of the continuation; the context and the whole text
+/// are encoded (with the special tokens `special` asks for) and the continuation's
+/// tokens are those of the whole text after the context's token count.
+///
+/// An empty context becomes one prefix token before the continuation, which is encoded
+/// without special tokens: under [`SpecialTokens::Tokenizer`] the prefix is BOS when
+/// the tokenizer has one and EOS otherwise, and when the continuation's own first token
+/// already is that prefix, that token becomes the context instead of being repeated;
+/// under [`SpecialTokens::None`] the prefix is always EOS.
 pub fn encode_pair(
     tok: &Tokenizer,
+    special: SpecialTokens,
     context: &str,
     continuation: &str,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
     if context.is_empty() {
-        let eos = tok.eos_id().ok_or_else(|| {
-            TrainerError::Tokenizer(
-                "scoring a continuation with an empty context needs an EOS token, and the tokenizer has none"
-                    .to_string(),
-            )
-        })?;
-        return Ok((vec![eos], tok.encode(continuation, false)?));
+        return encode_without_context(tok, special, continuation);
     }
     let kept = python_rstrip(context);
     if kept.is_empty() {
@@ -63,12 +114,41 @@ pub fn encode_pair(
              lm-evaluation-harness refuses such an item too"
         )));
     }
+    let add_special = special == SpecialTokens::Tokenizer;
     let moved = &context[kept.len()..];
     let continuation = format!("{moved}{continuation}");
-    let whole = tok.encode(&format!("{kept}{continuation}"), false)?;
-    let context_enc = tok.encode(kept, false)?;
+    let whole = tok.encode(&format!("{kept}{continuation}"), add_special)?;
+    let context_enc = tok.encode(kept, add_special)?;
     let continuation_enc = whole.get(context_enc.len()..).unwrap_or(&[]).to_vec();
     Ok((context_enc, continuation_enc))
+}
+
+/// The empty-context case of [`encode_pair`].
+fn encode_without_context(
+    tok: &Tokenizer,
+    special: SpecialTokens,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let continuation_enc = tok.encode(continuation, false)?;
+    let prefix = match special {
+        SpecialTokens::Tokenizer => tok.bos_id().or_else(|| tok.eos_id()),
+        SpecialTokens::None => tok.eos_id(),
+    };
+    let Some(prefix) = prefix else {
+        let needed = match special {
+            SpecialTokens::Tokenizer => "a BOS or EOS token",
+            SpecialTokens::None => "an EOS token",
+        };
+        return Err(TrainerError::Tokenizer(format!(
+            "scoring continuation {continuation:?} after an empty context needs {needed}, \
+             and the tokenizer has none"
+        )));
+    };
+    if special == SpecialTokens::Tokenizer && continuation_enc.first() == Some(&prefix) {
+        let (first, rest) = continuation_enc.split_at(1);
+        return Ok((first.to_vec(), rest.to_vec()));
+    }
+    Ok((vec![prefix], continuation_enc))
 }
 
 /// `text` without trailing whitespace as Python's `str.rstrip()` sees it: Rust's
@@ -88,8 +168,14 @@ struct Prepared {
 
 /// Encodes a request and applies lm-eval's truncation:
 /// `input = (context_enc + continuation_enc)[-(max_len + 1):][:-1]`.
-fn prepare(tok: &Tokenizer, max_len: usize, context: &str, continuation: &str) -> Result<Prepared> {
-    let (context_enc, continuation_enc) = encode_pair(tok, context, continuation)?;
+fn prepare(
+    tok: &Tokenizer,
+    special: SpecialTokens,
+    max_len: usize,
+    context: &str,
+    continuation: &str,
+) -> Result<Prepared> {
+    let (context_enc, continuation_enc) = encode_pair(tok, special, context, continuation)?;
     if continuation_enc.is_empty() {
         return Err(TrainerError::Tokenizer(format!(
             "continuation {continuation:?} of context {context:?} encodes to no tokens"
@@ -111,23 +197,41 @@ fn prepare(tok: &Tokenizer, max_len: usize, context: &str, continuation: &str) -
     })
 }
 
-/// Summed log-likelihood (natural log) of each continuation after its context, in
-/// request order. Requests are scored in length-sorted, right-padded batches.
+/// What the model says about one continuation, as lm-eval's `loglikelihood` returns it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Likelihood {
+    /// Summed log-probability (natural log) of the continuation's tokens.
+    pub loglikelihood: f64,
+    /// Whether every continuation token is the model's most likely next token (greedy
+    /// decoding would have produced the continuation).
+    pub is_greedy: bool,
+}
+
+/// The [`Likelihood`] of each continuation after its context, in request order, with
+/// prompts encoded as `special` says. Requests are scored in length-sorted,
+/// right-padded batches.
 pub fn loglikelihoods(
     model: &dyn LanguageModel,
     tok: &Tokenizer,
+    special: SpecialTokens,
     requests: &[(String, String)],
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Likelihood>> {
     let max_len = model.max_len();
     let mut prepared = Vec::with_capacity(requests.len());
     for (context, continuation) in requests {
-        prepared.push(prepare(tok, max_len, context, continuation)?);
+        prepared.push(prepare(tok, special, max_len, context, continuation)?);
     }
     // Longest first, like lm-eval: padding stays small and an out-of-memory shows early.
     let mut order: Vec<usize> = (0..prepared.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(prepared[i].input.len()));
 
-    let mut scores = vec![0.0; prepared.len()];
+    let mut scores = vec![
+        Likelihood {
+            loglikelihood: 0.0,
+            is_greedy: false,
+        };
+        prepared.len()
+    ];
     let mut start = 0;
     while start < order.len() {
         let width = prepared[order[start]].input.len();
@@ -144,8 +248,12 @@ pub fn loglikelihoods(
 }
 
 /// One forward pass over right-padded `batch` (all inputs at most `width` long); returns
-/// each row's summed continuation log-probability.
-fn score_batch(model: &dyn LanguageModel, batch: &[&Prepared], width: usize) -> Result<Vec<f64>> {
+/// each row's summed continuation log-probability and greedy flag.
+fn score_batch(
+    model: &dyn LanguageModel,
+    batch: &[&Prepared],
+    width: usize,
+) -> Result<Vec<Likelihood>> {
     let rows = batch.len();
     let mut ids = vec![0u32; rows * width];
     let mut positions = Vec::new();
@@ -173,17 +281,20 @@ fn score_batch(model: &dyn LanguageModel, batch: &[&Prepared], width: usize) -> 
         .gather(&target_ids, 1)?
         .flatten_all()?
         .to_vec1::<f32>()?;
+    let greedy_ids = log_probs.argmax(D::Minus1)?.to_vec1::<u32>()?;
 
     let mut scores = Vec::with_capacity(rows);
     let mut next = 0;
     for request in batch {
         let count = request.continuation.len();
-        scores.push(
-            token_scores[next..next + count]
+        let span = next..next + count;
+        scores.push(Likelihood {
+            loglikelihood: token_scores[span.clone()]
                 .iter()
                 .map(|&s| f64::from(s))
                 .sum(),
-        );
+            is_greedy: greedy_ids[span.clone()] == targets[span],
+        });
         next += count;
     }
     Ok(scores)
@@ -296,47 +407,117 @@ fn stderr_of_mean(values: &[f64]) -> f64 {
     (variance / n as f64).sqrt()
 }
 
-/// Scores every item of `task` with `shots` few-shot examples (see [`fewshot_context`]).
+/// How a task is scored: few-shot examples per item, the seed that picks them, and the
+/// special tokens prompts are encoded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scoring {
+    pub shots: usize,
+    pub seed: u64,
+    pub special_tokens: SpecialTokens,
+}
+
+/// One scored item, the record `ladder eval --log-samples` writes (lm-eval's
+/// `--log_samples` equivalent): the rendered prompt, each choice's log-likelihood and
+/// greedy flag, the gold answer and the item's metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Sample {
+    /// Index of the item within the task (after `--limit`).
+    pub item: usize,
+    /// The prompt the choices were scored after (description and few-shot examples
+    /// included).
+    pub context: String,
+    /// Each choice as scored: the target delimiter followed by the choice.
+    pub continuations: Vec<String>,
+    pub loglikelihoods: Vec<f64>,
+    pub is_greedy: Vec<bool>,
+    /// The right choice's index, or (mc2 items) one flag per choice.
+    pub gold: serde_json::Value,
+    pub acc: f64,
+    pub acc_norm: f64,
+    /// Present for tasks that report mc2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mc2: Option<f64>,
+}
+
+/// Scores every item of `task` (see [`evaluate_samples`]).
 pub fn evaluate(
     model: &dyn LanguageModel,
     tok: &Tokenizer,
     task: &Task,
-    shots: usize,
-    seed: u64,
+    scoring: Scoring,
 ) -> Result<TaskScores> {
+    Ok(evaluate_samples(model, tok, task, scoring)?.0)
+}
+
+/// Scores every item of `task` with `scoring.shots` few-shot examples (see
+/// [`fewshot_context`]) and returns the task's scores with one [`Sample`] per item.
+pub fn evaluate_samples(
+    model: &dyn LanguageModel,
+    tok: &Tokenizer,
+    task: &Task,
+    scoring: Scoring,
+) -> Result<(TaskScores, Vec<Sample>)> {
+    let mut contexts = Vec::with_capacity(task.items.len());
     let mut requests = Vec::new();
     for (index, item) in task.items.iter().enumerate() {
-        let context = fewshot_context(task, index, shots, seed)?;
+        let context = fewshot_context(task, index, scoring.shots, scoring.seed)?;
         for choice in &item.choices {
             requests.push((
                 context.clone(),
                 format!("{}{choice}", task.target_delimiter),
             ));
         }
+        contexts.push(context);
     }
-    let lls = loglikelihoods(model, tok, &requests)?;
-
-    let mut accs = Vec::with_capacity(task.items.len());
-    let mut acc_norms = Vec::with_capacity(task.items.len());
-    let mut mc2s = Vec::with_capacity(task.items.len());
-    let mut next = 0;
-    for item in &task.items {
-        let item_lls = &lls[next..next + item.choices.len()];
-        next += item.choices.len();
-        let normalised: Vec<f64> = item_lls
-            .iter()
-            .zip(&item.choices)
-            .map(|(ll, choice)| ll / choice.chars().count().max(1) as f64)
-            .collect();
-        accs.push(f64::from(u8::from(item.is_correct(argmax(item_lls)))));
-        acc_norms.push(f64::from(u8::from(item.is_correct(argmax(&normalised)))));
-        mc2s.push(mc2(item, item_lls));
-    }
+    let likelihoods = loglikelihoods(model, tok, scoring.special_tokens, &requests)?;
 
     let has_labels = task
         .items
         .iter()
         .any(|item| matches!(item.gold, Gold::Labels(_)));
+    let reports_mc2 = has_labels || task.primary == PrimaryMetric::Mc2;
+    let mut accs = Vec::with_capacity(task.items.len());
+    let mut acc_norms = Vec::with_capacity(task.items.len());
+    let mut mc2s = Vec::with_capacity(task.items.len());
+    let mut samples = Vec::with_capacity(task.items.len());
+    let mut next = 0;
+    for ((index, item), context) in task.items.iter().enumerate().zip(contexts) {
+        let span = next..next + item.choices.len();
+        next = span.end;
+        let item_lls: Vec<f64> = likelihoods[span.clone()]
+            .iter()
+            .map(|l| l.loglikelihood)
+            .collect();
+        let normalised: Vec<f64> = item_lls
+            .iter()
+            .zip(&item.choices)
+            .map(|(ll, choice)| ll / choice.chars().count().max(1) as f64)
+            .collect();
+        let acc = f64::from(u8::from(item.is_correct(argmax(&item_lls))));
+        let acc_norm = f64::from(u8::from(item.is_correct(argmax(&normalised))));
+        let item_mc2 = mc2(item, &item_lls);
+        accs.push(acc);
+        acc_norms.push(acc_norm);
+        mc2s.push(item_mc2);
+        samples.push(Sample {
+            item: index,
+            context,
+            continuations: requests[span.clone()]
+                .iter()
+                .map(|(_, continuation)| continuation.clone())
+                .collect(),
+            loglikelihoods: item_lls,
+            is_greedy: likelihoods[span].iter().map(|l| l.is_greedy).collect(),
+            gold: match &item.gold {
+                Gold::Index(gold) => serde_json::json!(gold),
+                Gold::Labels(labels) => serde_json::json!(labels),
+            },
+            acc,
+            acc_norm,
+            mc2: reports_mc2.then_some(item_mc2),
+        });
+    }
+
     let acc = mean(&accs);
     let acc_norm = mean(&acc_norms);
     let mc2_mean = mean(&mc2s);
@@ -345,16 +526,17 @@ pub fn evaluate(
         PrimaryMetric::AccNorm => acc_norm,
         PrimaryMetric::Mc2 => mc2_mean,
     };
-    Ok(TaskScores {
+    let scores = TaskScores {
         task: task.name.clone(),
         n: task.items.len(),
-        shots,
+        shots: scoring.shots,
         acc,
         acc_norm,
-        mc2: (has_labels || task.primary == PrimaryMetric::Mc2).then_some(mc2_mean),
+        mc2: reports_mc2.then_some(mc2_mean),
         primary,
         acc_stderr: stderr_of_mean(&accs),
-    })
+    };
+    Ok((scores, samples))
 }
 
 /// Open-LLM-Leaderboard-style average of each task's primary metric (reported as
@@ -487,7 +669,7 @@ mod tests {
         task.primary = PrimaryMetric::AccNorm;
         let model = Bigram::new(64);
         let tok = Tokenizer::byte();
-        let scores = evaluate(&model, &tok, &task, 0, 0).unwrap();
+        let scores = evaluate(&model, &tok, &task, Scoring::default()).unwrap();
 
         let mut expected_acc = Vec::new();
         let mut expected_norm = Vec::new();
@@ -545,39 +727,79 @@ mod tests {
                     .map(|c| (item.context.clone(), format!(" {c}")))
             })
             .collect();
-        let lls = loglikelihoods(&model, &tok, &requests).unwrap();
+        let lls = loglikelihoods(&model, &tok, SpecialTokens::Tokenizer, &requests).unwrap();
         for ((context, continuation), ll) in requests.iter().zip(lls) {
             assert!(
-                close(ll, reference_ll(context, continuation)),
+                close(ll.loglikelihood, reference_ll(context, continuation)),
                 "{context:?} {continuation:?}"
             );
         }
     }
 
-    #[test]
-    fn trailing_whitespace_moves_to_the_continuation() {
-        let tok = Tokenizer::byte();
-        let (context, continuation) = encode_pair(&tok, "Answer: \n", "B").unwrap();
-        assert_eq!(context, b"Answer:".map(u32::from).to_vec());
-        assert_eq!(continuation, b" \nB".map(u32::from).to_vec());
+    const DEFAULT: SpecialTokens = SpecialTokens::Tokenizer;
 
+    fn tiny_hf_tokenizer() -> Tokenizer {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(crate::tokenizer::TOKENIZER_FILE),
             crate::tokenizer::tests::TINY_TOKENIZER_JSON,
         )
         .unwrap();
-        let hf = Tokenizer::for_model_dir(dir.path()).unwrap();
-        // No BOS even though the tokenizer's post-processor would add one.
-        let (context, continuation) = encode_pair(&hf, "the cat ", "sat").unwrap();
+        Tokenizer::for_model_dir(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn trailing_whitespace_moves_to_the_continuation() {
+        let tok = Tokenizer::byte();
+        let (context, continuation) = encode_pair(&tok, DEFAULT, "Answer: \n", "B").unwrap();
+        assert_eq!(context, b"Answer:".map(u32::from).to_vec());
+        assert_eq!(continuation, b" \nB".map(u32::from).to_vec());
+
+        let hf = tiny_hf_tokenizer();
+        let (context, continuation) =
+            encode_pair(&hf, SpecialTokens::None, "the cat ", "sat").unwrap();
         assert_eq!((context, continuation), (vec![3, 4], vec![5]));
+    }
+
+    #[test]
+    fn a_bos_adding_tokenizer_puts_bos_before_every_prompt() {
+        let hf = tiny_hf_tokenizer();
+        // lm-eval 0.4.13: context and whole text both get the tokenizer's BOS, and the
+        // continuation is what follows the context's token count.
+        let (context, continuation) = encode_pair(&hf, DEFAULT, "the cat ", "sat").unwrap();
+        assert_eq!((context, continuation), (vec![1, 3, 4], vec![5]));
+        let prepared = prepare(&hf, DEFAULT, 16, "the cat", " sat on").unwrap();
+        assert_eq!(prepared.input, vec![1, 3, 4, 5]);
+        assert_eq!(prepared.continuation, vec![5, 6]);
+        // Left truncation drops BOS first, as lm-eval's does.
+        let prepared = prepare(&hf, DEFAULT, 2, "the cat", " sat").unwrap();
+        assert_eq!(prepared.input, vec![3, 4]);
+        // The older encoding stays available.
+        let prepared = prepare(&hf, SpecialTokens::None, 16, "the cat", " sat on").unwrap();
+        assert_eq!(prepared.input, vec![3, 4, 5]);
+        // The byte tokenizer has no special tokens of its own to add.
+        let (context, _) = encode_pair(&Tokenizer::byte(), DEFAULT, "ab", "c").unwrap();
+        assert_eq!(context, vec![97, 98]);
+    }
+
+    #[test]
+    fn special_tokens_parse_and_print() {
+        for name in SpecialTokens::NAMES {
+            let parsed: SpecialTokens = name.parse().unwrap();
+            assert_eq!(parsed.to_string(), name);
+        }
+        let error = "bos".parse::<SpecialTokens>().unwrap_err().to_string();
+        assert!(
+            error.contains("special_tokens") && error.contains("tokenizer, none"),
+            "{error}"
+        );
     }
 
     #[test]
     fn trailing_separators_move_as_python_rstrip_moves_them() {
         let tok = Tokenizer::byte();
         // Python: "Q:\x1c\x1f ".rstrip() == "Q:"
-        let (context, continuation) = encode_pair(&tok, "Q:\u{1c}\u{1f} ", "A").unwrap();
+        let (context, continuation) = encode_pair(&tok, DEFAULT, "Q:\u{1c}\u{1f} ", "A").unwrap();
         assert_eq!(context, b"Q:".map(u32::from).to_vec());
         assert_eq!(continuation, b"\x1c\x1f A".map(u32::from).to_vec());
         assert_eq!(python_rstrip("a\u{a0}\u{2003}\u{1e}"), "a");
@@ -591,7 +813,9 @@ mod tests {
     #[test]
     fn a_whitespace_only_context_is_refused_naming_the_item() {
         let tok = Tokenizer::byte();
-        let error = encode_pair(&tok, " \n", "B").unwrap_err().to_string();
+        let error = encode_pair(&tok, DEFAULT, " \n", "B")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("is only whitespace"), "{error}");
         assert!(error.contains("\"B\""), "{error}");
         let model = Bigram::new(16);
@@ -599,32 +823,62 @@ mod tests {
             ("Q: ".to_string(), "A".to_string()),
             ("  ".to_string(), "B".to_string()),
         ];
-        assert!(loglikelihoods(&model, &tok, &requests).is_err());
+        assert!(loglikelihoods(&model, &tok, DEFAULT, &requests).is_err());
     }
 
     #[test]
-    fn empty_context_is_prefixed_with_eos() {
+    fn empty_context_is_prefixed_with_bos_when_the_tokenizer_has_one() {
         let tok = Tokenizer::byte();
-        let (context, continuation) = encode_pair(&tok, "", "ab").unwrap();
-        assert_eq!((context, continuation), (vec![257], vec![97, 98]));
-        let prepared = prepare(&tok, 16, "", "ab").unwrap();
-        assert_eq!(prepared.input, vec![257, 97]);
+        let (context, continuation) = encode_pair(&tok, DEFAULT, "", "ab").unwrap();
+        assert_eq!((context, continuation), (vec![256], vec![97, 98]));
+        let prepared = prepare(&tok, DEFAULT, 16, "", "ab").unwrap();
+        assert_eq!(prepared.input, vec![256, 97]);
         let model = Bigram::new(16);
-        let ll = loglikelihoods(&model, &tok, &[(String::new(), "ab".to_string())]).unwrap();
-        assert!((ll[0] - reference_ll("", "ab")).abs() < 1e-4);
+        let requests = [(String::new(), "ab".to_string())];
+        let ll = loglikelihoods(&model, &tok, DEFAULT, &requests).unwrap();
+        let expected = log_prob(256, 97) + log_prob(97, 98);
+        assert!((ll[0].loglikelihood - expected).abs() < 1e-4);
+
+        let hf = tiny_hf_tokenizer();
+        // The continuation is encoded without special tokens after the BOS prefix...
+        let pair = encode_pair(&hf, DEFAULT, "", "the cat").unwrap();
+        assert_eq!(pair, (vec![1], vec![3, 4]));
+        // ...and one that already starts with BOS lends its own BOS as the context.
+        let pair = encode_pair(&hf, DEFAULT, "", "<s> cat").unwrap();
+        assert_eq!(pair, (vec![1], vec![4]));
+    }
+
+    #[test]
+    fn empty_context_falls_back_to_eos_without_bos_and_in_the_older_encoding() {
+        let tok = Tokenizer::byte();
+        let pair = encode_pair(&tok, SpecialTokens::None, "", "ab").unwrap();
+        assert_eq!(pair, (vec![257], vec![97, 98]));
+        let model = Bigram::new(16);
+        let requests = [(String::new(), "ab".to_string())];
+        let ll = loglikelihoods(&model, &tok, SpecialTokens::None, &requests).unwrap();
+        assert!((ll[0].loglikelihood - reference_ll("", "ab")).abs() < 1e-4);
+
+        let no_bos = crate::tokenizer::tests::tokenizer_without_bos();
+        assert_eq!(no_bos.bos_id(), None);
+        let pair = encode_pair(&no_bos, DEFAULT, "", "the cat").unwrap();
+        assert_eq!(pair, (vec![2], vec![3, 4]));
+        // EOS is only lent by the continuation under the 0.4.13 rule.
+        let pair = encode_pair(&no_bos, DEFAULT, "", "</s> cat").unwrap();
+        assert_eq!(pair, (vec![2], vec![4]));
     }
 
     #[test]
     fn long_requests_are_left_truncated() {
         let tok = Tokenizer::byte();
-        let prepared = prepare(&tok, 4, "abcdef", "gh").unwrap();
+        let prepared = prepare(&tok, DEFAULT, 4, "abcdef", "gh").unwrap();
         // whole = abcdefgh; keep the last 5 tokens (defgh) and drop the final one.
         assert_eq!(prepared.input, b"defg".map(u32::from).to_vec());
         assert_eq!(prepared.continuation, b"gh".map(u32::from).to_vec());
         let model = Bigram::new(4);
-        let ll = loglikelihoods(&model, &tok, &[("abcdef".into(), "gh".into())]).unwrap();
-        assert!((ll[0] - reference_ll("abcdef", "gh")).abs() < 1e-4);
-        assert!(prepare(&tok, 4, "a", "bcdef").is_err());
+        let requests = [("abcdef".into(), "gh".into())];
+        let ll = loglikelihoods(&model, &tok, DEFAULT, &requests).unwrap();
+        assert!((ll[0].loglikelihood - reference_ll("abcdef", "gh")).abs() < 1e-4);
+        assert!(prepare(&tok, DEFAULT, 4, "a", "bcdef").is_err());
     }
 
     #[test]
@@ -639,9 +893,103 @@ mod tests {
                 )
             })
             .collect();
-        let lls = loglikelihoods(&model, &tok, &requests).unwrap();
+        let lls = loglikelihoods(&model, &tok, DEFAULT, &requests).unwrap();
         for ((context, continuation), ll) in requests.iter().zip(lls) {
-            assert!((ll - reference_ll(context, continuation)).abs() < 1e-3);
+            assert!((ll.loglikelihood - reference_ll(context, continuation)).abs() < 1e-3);
+        }
+    }
+
+    /// Whether greedy decoding after `context` yields `continuation`, by the reference
+    /// bigram probabilities (ties go to the lowest id, as argmax does).
+    fn reference_greedy(context: &str, continuation: &str) -> bool {
+        let mut tokens: Vec<u32> = context.bytes().map(u32::from).collect();
+        let first = tokens.len();
+        tokens.extend(continuation.bytes().map(u32::from));
+        (first..tokens.len()).all(|t| {
+            let scores: Vec<f64> = (0..V as u32).map(|j| log_prob(tokens[t - 1], j)).collect();
+            argmax(&scores) == tokens[t] as usize
+        })
+    }
+
+    #[test]
+    fn greedy_flags_match_the_reference() {
+        let tok = Tokenizer::byte();
+        let model = Bigram::new(64);
+        let requests: Vec<(String, String)> = [
+            ("=", " a"),
+            ("=", " ab"),
+            ("=", " x"),
+            ("Q:", " zq"),
+            ("2+2=", " abc"),
+        ]
+        .iter()
+        .map(|(c, x)| (c.to_string(), x.to_string()))
+        .collect();
+        let scored = loglikelihoods(&model, &tok, DEFAULT, &requests).unwrap();
+        let flags: Vec<bool> = scored.iter().map(|s| s.is_greedy).collect();
+        let expected: Vec<bool> = requests
+            .iter()
+            .map(|(c, x)| reference_greedy(c, x))
+            .collect();
+        assert_eq!(flags, expected);
+        assert!(flags.contains(&true) && flags.contains(&false), "{flags:?}");
+    }
+
+    #[test]
+    fn samples_record_each_item_as_scored() {
+        let items = vec![
+            item("2+2=", &["x", "abcabc", "qz"], Gold::Index(1)),
+            item("mc2 item", &["ab", "qq"], Gold::Labels(vec![true, false])),
+        ];
+        let mut task = Task::new("samples", items.clone(), Vec::new());
+        task.primary = PrimaryMetric::Mc2;
+        let model = Bigram::new(64);
+        let tok = Tokenizer::byte();
+        let (scores, samples) = evaluate_samples(&model, &tok, &task, Scoring::default()).unwrap();
+        assert_eq!(samples.len(), 2);
+        for (index, (sample, item)) in samples.iter().zip(&items).enumerate() {
+            assert_eq!(sample.item, index);
+            assert_eq!(sample.context, item.context);
+            let continuations: Vec<String> = item.choices.iter().map(|c| format!(" {c}")).collect();
+            assert_eq!(sample.continuations, continuations);
+            let requests: Vec<(String, String)> = continuations
+                .iter()
+                .map(|c| (item.context.clone(), c.clone()))
+                .collect();
+            let direct = loglikelihoods(&model, &tok, DEFAULT, &requests).unwrap();
+            for ((ll, greedy), scored) in sample
+                .loglikelihoods
+                .iter()
+                .zip(&sample.is_greedy)
+                .zip(&direct)
+            {
+                assert!((ll - scored.loglikelihood).abs() < 1e-9);
+                assert_eq!(*greedy, scored.is_greedy);
+            }
+            assert_eq!(
+                sample.acc,
+                f64::from(u8::from(item.is_correct(argmax(&sample.loglikelihoods))))
+            );
+        }
+        assert_eq!(samples[0].gold, serde_json::json!(1));
+        assert_eq!(samples[1].gold, serde_json::json!([true, false]));
+        let mean_of = |f: fn(&Sample) -> f64| samples.iter().map(f).sum::<f64>() / 2.0;
+        assert_eq!(scores.acc, mean_of(|s| s.acc));
+        assert_eq!(scores.acc_norm, mean_of(|s| s.acc_norm));
+        assert!((scores.mc2.unwrap() - mean_of(|s| s.mc2.unwrap())).abs() < 1e-12);
+        let line = serde_json::to_value(&samples[1]).unwrap();
+        for key in [
+            "item",
+            "context",
+            "continuations",
+            "loglikelihoods",
+            "is_greedy",
+            "gold",
+            "acc",
+            "acc_norm",
+            "mc2",
+        ] {
+            assert!(line.get(key).is_some(), "{key} missing from {line}");
         }
     }
 

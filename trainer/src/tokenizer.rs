@@ -1,6 +1,13 @@
 //! The model's tokenizer: either a Hugging Face `tokenizer.json` found in the model
 //! directory, or the built-in byte-level tokenizer that needs no file at all.
 //!
+//! A Hugging Face tokenizer's BOS and EOS are the ones `transformers.AutoTokenizer`
+//! would report: `bos_token` / `eos_token` of `tokenizer_config.json` (or of
+//! `special_tokens_map.json`), and only for a directory with neither file a guess by the
+//! usual token names. Saving writes `tokenizer.json` together with both files, so the
+//! saved model's tokenizer keeps its special tokens in transformers and
+//! lm-evaluation-harness.
+//!
 //! The byte tokenizer maps each UTF-8 byte to its own id (0..=255) and reserves 256 for
 //! BOS and 257 for EOS, so a from-scratch model on the synthetic tasks has a vocabulary
 //! of 258 and round-trips any text exactly.
@@ -11,6 +18,10 @@ use crate::error::{Result, TrainerError};
 
 /// Name of the Hugging Face tokenizer file inside a model directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// transformers' tokenizer settings (class, special tokens, ...) beside `tokenizer.json`.
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// transformers' older list of a tokenizer's special tokens.
+pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
 
 /// Id of the byte tokenizer's beginning-of-sequence token.
 pub const BYTE_BOS: u32 = 256;
@@ -44,14 +55,31 @@ pub enum Tokenizer {
     /// Byte-level: one id per UTF-8 byte, plus BOS and EOS.
     Byte,
     /// A Hugging Face tokenizer loaded from `tokenizer.json`.
-    Hf(Box<tokenizers::Tokenizer>),
+    Hf(Box<HfTokenizer>),
+}
+
+/// A Hugging Face tokenizer with the special tokens transformers would give it.
+pub struct HfTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+    /// The beginning-of-sequence token's text, if the tokenizer has one.
+    bos: Option<String>,
+    /// The end-of-sequence token's text, if the tokenizer has one.
+    eos: Option<String>,
+    /// `tokenizer_config.json` as read, written back unchanged on save.
+    config: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Tokenizer::Byte => write!(f, "Tokenizer::Byte"),
-            Tokenizer::Hf(tok) => write!(f, "Tokenizer::Hf(vocab {})", tok.get_vocab_size(true)),
+            Tokenizer::Hf(hf) => write!(
+                f,
+                "Tokenizer::Hf(vocab {}, bos {:?}, eos {:?})",
+                hf.tokenizer.get_vocab_size(true),
+                hf.bos,
+                hf.eos
+            ),
         }
     }
 }
@@ -63,15 +91,62 @@ impl Tokenizer {
     }
 
     /// Loads `dir/tokenizer.json` when it exists, otherwise returns the byte tokenizer.
-    /// A `tokenizer.json` that exists but cannot be parsed is an error naming the file.
+    /// BOS and EOS come from `dir/tokenizer_config.json`, else from
+    /// `dir/special_tokens_map.json`, else (neither file present) from the usual token
+    /// names. A file that exists but cannot be parsed, or that names a special token the
+    /// vocabulary lacks, is an error naming the file.
     pub fn for_model_dir(dir: &Path) -> Result<Self> {
         let path = dir.join(TOKENIZER_FILE);
         if !path.exists() {
             return Ok(Tokenizer::Byte);
         }
-        let tok = tokenizers::Tokenizer::from_file(&path)
+        let tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| TrainerError::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(Tokenizer::Hf(Box::new(tok)))
+        let config = read_json_if_present(&dir.join(TOKENIZER_CONFIG_FILE))?;
+        let map = read_json_if_present(&dir.join(SPECIAL_TOKENS_MAP_FILE))?;
+        let mut special = [None, None];
+        for (slot, (key, guesses)) in special
+            .iter_mut()
+            .zip([("bos_token", BOS_NAMES), ("eos_token", EOS_NAMES)])
+        {
+            let declared = [
+                (TOKENIZER_CONFIG_FILE, config.as_ref()),
+                (SPECIAL_TOKENS_MAP_FILE, map.as_ref()),
+            ]
+            .into_iter()
+            .find_map(|(file, value)| Some((file, value?.get(key)?)));
+            *slot = match declared {
+                Some((file, value)) => {
+                    let token = special_token_text(value).map_err(|message| {
+                        TrainerError::invalid(
+                            format!("{}: {key}", dir.join(file).display()),
+                            message,
+                        )
+                    })?;
+                    if let Some(text) = &token {
+                        if tokenizer.token_to_id(text).is_none() {
+                            return Err(TrainerError::invalid(
+                                format!("{}: {key}", dir.join(file).display()),
+                                format!("{text:?} is not in the vocabulary of {TOKENIZER_FILE}"),
+                            ));
+                        }
+                    }
+                    token
+                }
+                None if config.is_none() && map.is_none() => guesses
+                    .iter()
+                    .find(|name| tokenizer.token_to_id(name).is_some())
+                    .map(|name| name.to_string()),
+                None => None,
+            };
+        }
+        let [bos, eos] = special;
+        Ok(Tokenizer::Hf(Box::new(HfTokenizer {
+            tokenizer,
+            bos,
+            eos,
+            config,
+        })))
     }
 
     /// Encodes `text`. `add_special_tokens` follows the HF tokenizer's own post-processor
@@ -79,8 +154,9 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         match self {
             Tokenizer::Byte => Ok(text.bytes().map(u32::from).collect()),
-            Tokenizer::Hf(tok) => {
-                let encoding = tok
+            Tokenizer::Hf(hf) => {
+                let encoding = hf
+                    .tokenizer
                     .encode(text, add_special_tokens)
                     .map_err(|e| TrainerError::Tokenizer(format!("encoding {text:?}: {e}")))?;
                 Ok(encoding.get_ids().to_vec())
@@ -107,7 +183,8 @@ impl Tokenizer {
                 }
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
-            Tokenizer::Hf(tok) => tok
+            Tokenizer::Hf(hf) => hf
+                .tokenizer
                 .decode(ids, false)
                 .map_err(|e| TrainerError::Tokenizer(format!("decoding {ids:?}: {e}"))),
         }
@@ -117,7 +194,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Byte => BYTE_VOCAB_SIZE,
-            Tokenizer::Hf(tok) => tok.get_vocab_size(true),
+            Tokenizer::Hf(hf) => hf.tokenizer.get_vocab_size(true),
         }
     }
 
@@ -125,7 +202,7 @@ impl Tokenizer {
     pub fn bos_id(&self) -> Option<u32> {
         match self {
             Tokenizer::Byte => Some(BYTE_BOS),
-            Tokenizer::Hf(tok) => BOS_NAMES.iter().find_map(|name| tok.token_to_id(name)),
+            Tokenizer::Hf(hf) => hf.bos.as_deref().and_then(|t| hf.tokenizer.token_to_id(t)),
         }
     }
 
@@ -134,19 +211,87 @@ impl Tokenizer {
     pub fn eos_id(&self) -> Option<u32> {
         match self {
             Tokenizer::Byte => Some(BYTE_EOS),
-            Tokenizer::Hf(tok) => EOS_NAMES.iter().find_map(|name| tok.token_to_id(name)),
+            Tokenizer::Hf(hf) => hf.eos.as_deref().and_then(|t| hf.tokenizer.token_to_id(t)),
         }
     }
 
-    /// Writes `dir/tokenizer.json` for a model directory being saved, so the saved model
-    /// loads with the same tokenizer. The byte tokenizer writes nothing.
+    /// Writes `dir/tokenizer.json`, `dir/tokenizer_config.json` and
+    /// `dir/special_tokens_map.json` for a model directory being saved, so the saved
+    /// model loads with the same tokenizer and special tokens in ladder and in
+    /// `transformers.AutoTokenizer`. A `tokenizer_config.json` read at load time is
+    /// written back unchanged; otherwise one naming `PreTrainedTokenizerFast` and the
+    /// special tokens is written. The byte tokenizer writes nothing.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let Tokenizer::Hf(tok) = self else {
+        let Tokenizer::Hf(hf) = self else {
             return Ok(());
         };
         let path = dir.join(TOKENIZER_FILE);
-        tok.save(&path, false)
-            .map_err(|e| TrainerError::Tokenizer(format!("{}: {e}", path.display())))
+        hf.tokenizer
+            .save(&path, false)
+            .map_err(|e| TrainerError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut special = serde_json::Map::new();
+        for (key, token) in [("bos_token", &hf.bos), ("eos_token", &hf.eos)] {
+            if let Some(text) = token {
+                special.insert(key.to_string(), serde_json::Value::String(text.clone()));
+            }
+        }
+        let config = match &hf.config {
+            Some(config) => config.clone(),
+            None => {
+                let mut config = special.clone();
+                config.insert(
+                    "tokenizer_class".to_string(),
+                    serde_json::Value::String("PreTrainedTokenizerFast".to_string()),
+                );
+                config.insert(
+                    "clean_up_tokenization_spaces".to_string(),
+                    serde_json::Value::Bool(false),
+                );
+                serde_json::Value::Object(config)
+            }
+        };
+        let files = [
+            (TOKENIZER_CONFIG_FILE, config),
+            (SPECIAL_TOKENS_MAP_FILE, serde_json::Value::Object(special)),
+        ];
+        for (name, value) in files {
+            let path = dir.join(name);
+            // Serializing a JSON value cannot fail.
+            let text = serde_json::to_string_pretty(&value).expect("json serializes");
+            std::fs::write(&path, text).map_err(|e| TrainerError::io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON content of `path`, or `None` when the file does not exist.
+fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+    let value = serde_json::from_str(&text).map_err(|e| {
+        TrainerError::invalid(
+            format!("{}:{}:{}", path.display(), e.line(), e.column()),
+            e.to_string(),
+        )
+    })?;
+    Ok(Some(value))
+}
+
+/// The text of a special token as transformers writes it: a string, an `AddedToken`
+/// object with `content`, or null for none.
+fn special_token_text(value: &serde_json::Value) -> Result<Option<String>, String> {
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(text) => Ok(Some(text.clone())),
+        serde_json::Value::Object(token) => match token.get("content") {
+            Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
+            _ => Err("a token object needs a string \"content\"".to_string()),
+        },
+        other => Err(format!(
+            "expected a string, a token object or null, found {other}"
+        )),
     }
 }
 
@@ -179,6 +324,104 @@ pub(crate) mod tests {
     "unk_token": "<unk>"
   }
 }"#;
+
+    /// The tiny tokenizer with a `tokenizer_config.json` that, like Qwen2's, declares no
+    /// BOS and `</s>` as EOS.
+    pub(crate) fn tokenizer_without_bos() -> Tokenizer {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENIZER_FILE), TINY_TOKENIZER_JSON).unwrap();
+        std::fs::write(
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+            r#"{"bos_token": null, "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}"#,
+        )
+        .unwrap();
+        Tokenizer::for_model_dir(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn special_tokens_come_from_tokenizer_config() {
+        let no_bos = tokenizer_without_bos();
+        assert_eq!((no_bos.bos_id(), no_bos.eos_id()), (None, Some(2)));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENIZER_FILE), TINY_TOKENIZER_JSON).unwrap();
+        std::fs::write(
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+            r#"{"bos_token": {"content": "</s>", "special": true}, "eos_token": "<unk>"}"#,
+        )
+        .unwrap();
+        let tok = Tokenizer::for_model_dir(dir.path()).unwrap();
+        assert_eq!((tok.bos_id(), tok.eos_id()), (Some(2), Some(0)));
+
+        // special_tokens_map.json is read when tokenizer_config.json is absent.
+        std::fs::remove_file(dir.path().join(TOKENIZER_CONFIG_FILE)).unwrap();
+        std::fs::write(
+            dir.path().join(SPECIAL_TOKENS_MAP_FILE),
+            r#"{"eos_token": "</s>"}"#,
+        )
+        .unwrap();
+        let tok = Tokenizer::for_model_dir(dir.path()).unwrap();
+        assert_eq!((tok.bos_id(), tok.eos_id()), (None, Some(2)));
+
+        std::fs::write(
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+            r#"{"bos_token": "<|begin_of_text|>"}"#,
+        )
+        .unwrap();
+        let error = Tokenizer::for_model_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tokenizer_config.json: bos_token")
+                && error.contains("not in the vocabulary"),
+            "{error}"
+        );
+        std::fs::write(
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+            r#"{"bos_token": 7}"#,
+        )
+        .unwrap();
+        let error = Tokenizer::for_model_dir(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tokenizer_config.json: bos_token"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn saving_writes_the_special_tokens_transformers_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENIZER_FILE), TINY_TOKENIZER_JSON).unwrap();
+        let tok = Tokenizer::for_model_dir(dir.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        tok.save(out.path()).unwrap();
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(out.path().join(name)).unwrap()).unwrap()
+        };
+        let config = read(TOKENIZER_CONFIG_FILE);
+        assert_eq!(config["bos_token"], "<s>");
+        assert_eq!(config["eos_token"], "</s>");
+        assert_eq!(config["tokenizer_class"], "PreTrainedTokenizerFast");
+        let map = read(SPECIAL_TOKENS_MAP_FILE);
+        assert_eq!(
+            (&map["bos_token"], &map["eos_token"]),
+            (&config["bos_token"], &config["eos_token"])
+        );
+
+        // A tokenizer_config.json that came with the model is kept as it was.
+        let no_bos = tokenizer_without_bos();
+        let again = tempfile::tempdir().unwrap();
+        no_bos.save(again.path()).unwrap();
+        let reloaded = Tokenizer::for_model_dir(again.path()).unwrap();
+        assert_eq!((reloaded.bos_id(), reloaded.eos_id()), (None, Some(2)));
+        let kept: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(again.path().join(TOKENIZER_CONFIG_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept["bos_token"], serde_json::Value::Null);
+    }
 
     #[test]
     fn byte_tokenizer_round_trips_and_adds_nothing() {

@@ -308,7 +308,13 @@ pub fn evaluate(
     }
     let mut scores = Vec::new();
     for (task, shots) in tasks {
-        let score = eval::evaluate(model as &dyn LanguageModel, tokenizer, task, *shots, seed)?;
+        // Scheduled evaluation follows lm-evaluation-harness 0.4.13's encoding.
+        let scoring = eval::Scoring {
+            shots: *shots,
+            seed,
+            special_tokens: eval::SpecialTokens::Tokenizer,
+        };
+        let score = eval::evaluate(model as &dyn LanguageModel, tokenizer, task, scoring)?;
         metrics.push((format!("eval/{}/acc", score.task), score.acc));
         metrics.push((format!("eval/{}/acc_norm", score.task), score.acc_norm));
         if let Some(mc2) = score.mc2 {
