@@ -18,12 +18,12 @@ use tracing::{info, warn};
 use crate::AgentError;
 
 /// Length of a secret as the coordinator issues it (32 bytes as lowercase hex).
-const SECRET_HEX_LEN: usize = 64;
+use ladder_protocol::{AgentSecret, SECRET_HEX_LEN};
 
 /// The secret of one agent name, and the file that keeps it.
 pub struct Identity {
     path: PathBuf,
-    secret: Option<String>,
+    secret: Option<AgentSecret>,
 }
 
 impl fmt::Debug for Identity {
@@ -93,7 +93,7 @@ impl Identity {
         let text = std::fs::read_to_string(&path)
             .map_err(|error| problem(format!("cannot read the agent secret: {error}")))?;
         let secret = text.trim();
-        if !is_secret(secret) {
+        if !AgentSecret::is_well_formed(secret) {
             return Err(problem(format!(
                 "the file does not hold an agent secret ({SECRET_HEX_LEN} lowercase hex \
                  digits); remove it, and have an admin run `ladder agents forget {name}` \
@@ -102,13 +102,13 @@ impl Identity {
         }
         Ok(Identity {
             path,
-            secret: Some(secret.to_string()),
+            secret: Some(AgentSecret::issued(secret.to_string())),
         })
     }
 
-    /// The secret to present when registering; empty before the name enrolled.
-    pub fn secret(&self) -> &str {
-        self.secret.as_deref().unwrap_or_default()
+    /// The secret to present when registering; none before the name enrolled.
+    pub fn secret(&self) -> Option<&AgentSecret> {
+        self.secret.as_ref()
     }
 
     /// Where the secret is kept.
@@ -119,17 +119,11 @@ impl Identity {
     /// Keeps the secret the coordinator issued when this registration enrolled the name:
     /// written to a new file of mode 0600, flushed to disk, then renamed over the old one,
     /// so the file is never readable by others nor half written.
-    pub fn adopt(&mut self, issued: &str) -> Result<(), AgentError> {
+    pub fn adopt(&mut self, issued: &AgentSecret) -> Result<(), AgentError> {
         let problem = |message: String| AgentError::Identity {
             path: self.path.clone(),
             message,
         };
-        if !is_secret(issued) {
-            return Err(problem(format!(
-                "the coordinator issued a malformed agent secret ({} bytes)",
-                issued.len()
-            )));
-        }
         let dir = self
             .path
             .parent()
@@ -162,23 +156,16 @@ impl Identity {
                 .create_new(true)
                 .mode(0o600)
                 .open(&temporary)?;
-            file.write_all(format!("{issued}\n").as_bytes())?;
+            file.write_all(format!("{}\n", issued.expose()).as_bytes())?;
             file.sync_all()?;
             std::fs::rename(&temporary, &self.path)?;
             std::fs::File::open(dir)?.sync_all()
         };
         write().map_err(|error| problem(format!("cannot keep the agent secret: {error}")))?;
         info!(path = %self.path.display(), "agent name enrolled; its secret is kept in the work directory");
-        self.secret = Some(issued.to_string());
+        self.secret = Some(issued.clone());
         Ok(())
     }
-}
-
-fn is_secret(text: &str) -> bool {
-    text.len() == SECRET_HEX_LEN
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -187,12 +174,16 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+    fn kept(identity: &Identity) -> Option<&str> {
+        identity.secret().map(AgentSecret::expose)
+    }
+
     #[test]
     fn a_secret_is_kept_with_mode_0600_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut identity = Identity::load(dir.path(), "gpu-01").unwrap();
-        assert_eq!(identity.secret(), "");
-        identity.adopt(SECRET).unwrap();
+        assert_eq!(kept(&identity), None);
+        identity.adopt(&AgentSecret::issued(SECRET.into())).unwrap();
         let path = dir.path().join("secrets").join("gpu-01");
         assert_eq!(identity.path(), path);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -204,17 +195,17 @@ mod tests {
             & 0o777;
         assert_eq!(dir_mode, 0o700);
         assert_eq!(
-            Identity::load(dir.path(), "gpu-01").unwrap().secret(),
-            SECRET
+            kept(&Identity::load(dir.path(), "gpu-01").unwrap()),
+            Some(SECRET)
         );
-        assert_eq!(Identity::load(dir.path(), "gpu-02").unwrap().secret(), "");
+        assert_eq!(kept(&Identity::load(dir.path(), "gpu-02").unwrap()), None);
         assert!(!format!("{identity:?}").contains(SECRET));
         // A new secret (after `agents forget`) replaces the old one.
         let other = SECRET.replace('0', "f");
-        identity.adopt(&other).unwrap();
+        identity.adopt(&AgentSecret::issued(other.clone())).unwrap();
         assert_eq!(
-            Identity::load(dir.path(), "gpu-01").unwrap().secret(),
-            other
+            kept(&Identity::load(dir.path(), "gpu-01").unwrap()),
+            Some(other.as_str())
         );
     }
 
@@ -225,7 +216,10 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, format!("{SECRET}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(Identity::load(dir.path(), "a").unwrap().secret(), SECRET);
+        assert_eq!(
+            kept(&Identity::load(dir.path(), "a").unwrap()),
+            Some(SECRET)
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
 

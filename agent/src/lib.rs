@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use ladder_proto::v1 as pb;
 use ladder_proto::v1::agent_service_client::AgentServiceClient;
-use ladder_spec::Launch;
+use ladder_protocol::{
+    wire, Assignment, Finish, FinishOutcome, FromAgent, Lease, LogLine, Registration, RunEvent,
+    RunEventMessage, ToAgent,
+};
 use ladder_types::Gpu;
 use rand::Rng;
 use thiserror::Error;
@@ -145,10 +148,10 @@ const MAX_SESSIONS_PER_EVENT: u32 = 5;
 
 /// An attempt this agent holds: running, or finished with events not yet acknowledged.
 struct HeldAttempt {
-    lease: pb::Lease,
+    lease: Lease,
     next_seq: u64,
     /// Sent or not, every event not yet acknowledged, in order.
-    unacked: VecDeque<pb::RunEvent>,
+    unacked: VecDeque<RunEventMessage>,
     /// Sessions that ended while the front of `unacked` was in it, unacknowledged.
     front_sessions: u32,
     /// Output bytes of each event in `unacked`, in the same order.
@@ -166,10 +169,10 @@ impl HeldAttempt {
         let Some(front) = self.unacked.front_mut() else {
             return;
         };
-        let Some(pb::run_event::Kind::Output(output)) = &front.kind else {
+        let RunEvent::Output { metrics, logs, .. } = &front.event else {
             return;
         };
-        let bytes = prost::Message::encoded_len(front);
+        let bytes = prost::Message::encoded_len(&pb::RunEvent::from(front.clone()));
         warn!(
             run_id,
             seq = front.seq,
@@ -179,20 +182,20 @@ impl HeldAttempt {
         );
         let text = format!(
             "ladder dropped {} log lines and {} metric points ({bytes} bytes): the coordinator did not accept them in {} sessions",
-            output.logs.len(),
-            output.metrics.len(),
+            logs.len(),
+            metrics.len(),
             self.front_sessions
         );
-        let time_ms = output.logs.first().map(|l| l.time_ms).unwrap_or_default();
-        front.kind = Some(pb::run_event::Kind::Output(pb::RunOutput {
+        let time_ms = logs.first().map(|l| l.time_ms).unwrap_or_default();
+        front.event = RunEvent::Output {
             metrics: Vec::new(),
-            logs: vec![pb::LogLine {
+            logs: vec![LogLine {
                 time_ms,
                 stream: "ladder".into(),
                 text,
             }],
             info: Default::default(),
-        }));
+        };
         self.front_sessions = 0;
     }
 }
@@ -201,6 +204,12 @@ impl HeldAttempt {
 struct Connection {
     outgoing: mpsc::UnboundedSender<pb::AgentMessage>,
     incoming: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+impl Connection {
+    fn send(&self, message: FromAgent) {
+        let _ = self.outgoing.send(message.into());
+    }
 }
 
 pub struct Agent {
@@ -329,7 +338,7 @@ impl Agent {
                     self.draining = true;
                     info!(runs = self.held.len(), "draining: handing runs back before exit");
                     if let Some(connection) = &connection {
-                        let _ = connection.outgoing.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Drain(pb::Drain { forget: self.config.forget_on_exit })) });
+                        connection.send(FromAgent::Drain { forget: self.config.forget_on_exit });
                     }
                     for held in self.held.values().filter(|h| !h.finished) {
                         let _ = held.control.send(Control::Release);
@@ -365,7 +374,7 @@ impl Agent {
                 }
                 _ = heartbeat.tick() => {
                     if let Some(connection) = &connection {
-                        let _ = connection.outgoing.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {})) });
+                        connection.send(FromAgent::Heartbeat);
                     }
                 }
                 _ = tokio::time::sleep_until(next_connect), if connection.is_none() => {}
@@ -437,29 +446,17 @@ impl Agent {
             .max_decoding_message_size(ladder_limits::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(ladder_limits::MAX_MESSAGE_BYTES);
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
-        let register = pb::Register {
+        let registration = Registration {
             name: self.config.name.clone(),
-            labels: self.config.labels.clone().into_iter().collect(),
+            labels: self.config.labels.clone(),
             slots: self.config.slots,
-            gpus: self
-                .config
-                .gpus
-                .iter()
-                .map(|g| pb::Gpu {
-                    index: g.index,
-                    uuid: g.uuid.clone(),
-                    name: g.name.clone(),
-                    memory_mib: g.memory_mib,
-                })
-                .collect(),
+            gpus: self.config.gpus.clone(),
             held: self.held.values().map(|h| h.lease.clone()).collect(),
             hostname: hostname(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            secret: identity.secret().to_string(),
+            secret: identity.secret().cloned(),
         };
-        let _ = outgoing.send(pb::AgentMessage {
-            kind: Some(pb::agent_message::Kind::Register(register)),
-        });
+        let _ = outgoing.send(wire::register_message(registration));
         let mut request = tonic::Request::new(UnboundedReceiverStream::new(outgoing_rx));
         if let Some(value) = authorization {
             request
@@ -494,22 +491,35 @@ impl Agent {
             }
             Err(status) => return Ok(Err(status)),
         };
-        if let Some(pb::coordinator_message::Kind::Registered(registered)) = &first.kind {
-            if !registered.agent_secret.is_empty() {
-                identity.adopt(&registered.agent_secret)?;
+        let first = match ToAgent::try_from(first) {
+            Ok(first @ ToAgent::Registered { .. }) => first,
+            Ok(other) => {
+                return Ok(Err(tonic::Status::internal(format!(
+                    "the coordinator opened the session with {other:?} instead of registering it"
+                ))))
             }
+            Err(error) => {
+                return Ok(Err(tonic::Status::internal(format!(
+                    "the coordinator's registration is invalid: {error}"
+                ))))
+            }
+        };
+        if let ToAgent::Registered {
+            agent_secret: Some(secret),
+            ..
+        } = &first
+        {
+            identity.adopt(secret)?;
         }
         let connection = Connection { outgoing, incoming };
         // Sets the heartbeat interval and resends what the previous session left.
-        let _ = self.on_coordinator_message(first, &connection);
+        let _ = self.handle_message(first, &connection);
         Ok(Ok(connection))
     }
 
-    fn send_event(connection: Option<&Connection>, event: &pb::RunEvent) {
+    fn send_event(connection: Option<&Connection>, event: &RunEventMessage) {
         if let Some(connection) = connection {
-            let _ = connection.outgoing.send(pb::AgentMessage {
-                kind: Some(pb::agent_message::Kind::RunEvent(event.clone())),
-            });
+            connection.send(FromAgent::RunEvent(event.clone()));
         }
     }
 
@@ -522,9 +532,7 @@ impl Agent {
         }
         let mut output_bytes = 0;
         let kind = match event.kind {
-            RunnerEventKind::Started { pid, work_dir } => {
-                pb::run_event::Kind::Started(pb::RunStarted { pid, work_dir })
-            }
+            RunnerEventKind::Started { pid, work_dir } => RunEvent::Started { pid, work_dir },
             RunnerEventKind::Output {
                 metrics,
                 logs,
@@ -532,22 +540,22 @@ impl Agent {
                 bytes,
             } => {
                 output_bytes = bytes;
-                pb::run_event::Kind::Output(pb::RunOutput {
+                RunEvent::Output {
                     metrics,
                     logs,
-                    info: info.into_iter().collect(),
-                })
+                    info,
+                }
             }
             RunnerEventKind::Finished(finished) => {
                 held.finished = true;
                 info!(run_id = %event.run_id, reason = %finished.reason, "run finished");
-                pb::run_event::Kind::Finished(finished)
+                RunEvent::Finished(finished)
             }
         };
-        let run_event = pb::RunEvent {
-            lease: Some(held.lease.clone()),
+        let run_event = RunEventMessage {
+            lease: held.lease.clone(),
             seq: held.next_seq,
-            kind: Some(kind),
+            event: kind,
         };
         held.next_seq += 1;
         Self::send_event(connection, &run_event);
@@ -561,9 +569,25 @@ impl Agent {
         message: pb::CoordinatorMessage,
         connection: &Connection,
     ) -> Option<Duration> {
-        use pb::coordinator_message::Kind;
-        match message.kind? {
-            Kind::Registered(registered) => {
+        let assignment = wire::assignment_lease(&message);
+        match ToAgent::try_from(message) {
+            Ok(message) => self.handle_message(message, connection),
+            Err(error) => {
+                match assignment {
+                    Some(lease) => self.refuse_assignment(lease, &error, connection),
+                    None => warn!(%error, "invalid message from the coordinator ignored"),
+                }
+                None
+            }
+        }
+    }
+
+    /// Handles one message; returns a new heartbeat interval when the coordinator set one.
+    fn handle_message(&mut self, message: ToAgent, connection: &Connection) -> Option<Duration> {
+        match message {
+            ToAgent::Registered {
+                heartbeat_interval, ..
+            } => {
                 // Resend what the previous session left unacknowledged.
                 for (run_id, held) in self.held.iter_mut() {
                     if held.front_sessions >= MAX_SESSIONS_PER_EVENT {
@@ -574,35 +598,27 @@ impl Agent {
                     }
                 }
                 if self.draining {
-                    let _ = connection.outgoing.send(pb::AgentMessage {
-                        kind: Some(pb::agent_message::Kind::Drain(pb::Drain {
-                            forget: self.config.forget_on_exit,
-                        })),
+                    connection.send(FromAgent::Drain {
+                        forget: self.config.forget_on_exit,
                     });
                 }
-                let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+                let interval = heartbeat_interval.max(Duration::from_millis(10));
                 self.heartbeat_interval = interval;
                 return Some(interval);
             }
-            Kind::Assign(assign) => self.start(assign),
-            Kind::Stop(stop) => {
-                let run_id = stop
-                    .lease
-                    .as_ref()
-                    .map(|l| l.run_id.clone())
-                    .unwrap_or_default();
-                if let Some(held) = self.held.get(&run_id) {
-                    if Some(&held.lease) == stop.lease.as_ref() {
-                        info!(run_id, reason = %stop.reason, "stopping run");
+            ToAgent::Assign(assignment) => self.start(assignment),
+            ToAgent::Stop { lease, reason } => {
+                if let Some(held) = self.held.get(&lease.run_id) {
+                    if held.lease == lease {
+                        info!(run_id = %lease.run_id, %reason, "stopping run");
                         let _ = held.control.send(Control::Stop);
                     }
                 }
             }
-            Kind::Ack(ack) => {
-                let lease = ack.lease?;
+            ToAgent::Ack { lease, seq } => {
                 if let Some(held) = self.held.get_mut(&lease.run_id) {
                     if held.lease == lease {
-                        while held.unacked.front().is_some_and(|e| e.seq <= ack.seq) {
+                        while held.unacked.front().is_some_and(|e| e.seq <= seq) {
                             held.unacked.pop_front();
                             held.front_sessions = 0;
                             let bytes = held.unacked_bytes.pop_front().unwrap_or(0);
@@ -614,11 +630,10 @@ impl Agent {
                     }
                 }
             }
-            Kind::Reject(reject) => {
-                let lease = reject.lease?;
+            ToAgent::Reject { lease, reason } => {
                 if let Some(held) = self.held.get(&lease.run_id) {
                     if held.lease == lease {
-                        warn!(run_id = %lease.run_id, attempt = lease.attempt, reason = %reject.reason, "lease rejected; killing the attempt");
+                        warn!(run_id = %lease.run_id, attempt = lease.attempt, %reason, "lease rejected; killing the attempt");
                         let _ = held.control.send(Control::Kill);
                         self.held.remove(&lease.run_id);
                     }
@@ -628,8 +643,49 @@ impl Agent {
         None
     }
 
-    fn start(&mut self, assign: pb::Assign) {
-        let Some(lease) = assign.lease else { return };
+    /// Reports an assignment this agent cannot take in (a field it does not know, sent
+    /// by a newer coordinator) as a failed attempt, so that the run is not left waiting
+    /// on an agent that will never start it.
+    fn refuse_assignment(
+        &mut self,
+        lease: Lease,
+        error: &ladder_protocol::ProtocolError,
+        connection: &Connection,
+    ) {
+        if self.held.contains_key(&lease.run_id) {
+            warn!(run_id = %lease.run_id, %error, "invalid assignment ignored");
+            return;
+        }
+        warn!(run_id = %lease.run_id, attempt = lease.attempt, %error, "cannot take the assignment in; reporting the attempt failed");
+        let (control, _) = mpsc::unbounded_channel();
+        let event = RunEventMessage {
+            lease: lease.clone(),
+            seq: 1,
+            event: RunEvent::Finished(Finish {
+                outcome: FinishOutcome::Failed,
+                exit_code: None,
+                signal: None,
+                reason: format!("the agent cannot take this assignment in: {error}"),
+            }),
+        };
+        Self::send_event(Some(connection), &event);
+        self.held.insert(
+            lease.run_id.clone(),
+            HeldAttempt {
+                lease,
+                next_seq: 2,
+                unacked: VecDeque::from([event]),
+                front_sessions: 0,
+                unacked_bytes: VecDeque::from([0]),
+                backlog: Arc::new(runner::Backlog::default()),
+                finished: true,
+                control,
+            },
+        );
+    }
+
+    fn start(&mut self, assign: Assignment) {
+        let lease = assign.lease;
         ladder_timeline::mark(
             ladder_timeline::Stage::LeaseReceived,
             || ladder_timeline::attempt_key(&lease.run_id, lease.attempt),
@@ -683,13 +739,7 @@ impl Agent {
             "LADDER_CODE_DIR".into(),
             self.config.code_dir.display().to_string(),
         );
-        let launch = match assign.launch.as_str() {
-            "" => Launch::Single,
-            name => Launch::from_name(name).unwrap_or_else(|| {
-                warn!(run_id = %lease.run_id, launch = name, "unknown launch mode from the coordinator; starting one process");
-                Launch::Single
-            }),
-        };
+        let launch = assign.launch;
         let master_port = if assign.gpus.is_empty() {
             0
         } else {

@@ -21,8 +21,8 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use ladder_metrics::line::{parse_info_line, parse_metric_line_detailed};
-use ladder_proto::v1 as pb;
-use prost::Message;
+use ladder_protocol::wire::{log_line_encoded_len, point_encoded_len};
+use ladder_protocol::{Finish, FinishOutcome, LogLine, MetricPoint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -86,15 +86,15 @@ pub enum RunnerEventKind {
         work_dir: String,
     },
     Output {
-        metrics: Vec<pb::MetricPoint>,
-        logs: Vec<pb::LogLine>,
+        metrics: Vec<MetricPoint>,
+        logs: Vec<LogLine>,
         /// `@ladder.info` entries read since the previous batch, later lines merged over
         /// earlier ones.
         info: BTreeMap<String, String>,
         /// Encoded size of the entries, at most [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`].
         bytes: usize,
     },
-    Finished(pb::RunFinished),
+    Finished(Finish),
 }
 
 #[derive(Debug)]
@@ -287,8 +287,8 @@ fn framed_len(len: usize) -> usize {
 
 /// Cuts `text` so that a log line holding it is at most `max_bytes` long encoded, ending
 /// it in [`TRUNCATION_MARKER`]; returns whether it was cut.
-fn fit_log_line(line: &mut pb::LogLine, max_bytes: usize) -> bool {
-    let size = framed_len(line.encoded_len());
+fn fit_log_line(line: &mut LogLine, max_bytes: usize) -> bool {
+    let size = framed_len(log_line_encoded_len(line));
     if size <= max_bytes {
         return false;
     }
@@ -299,7 +299,7 @@ fn fit_log_line(line: &mut pb::LogLine, max_bytes: usize) -> bool {
     }
     line.text.truncate(keep);
     line.text.push_str(TRUNCATION_MARKER);
-    debug_assert!(framed_len(line.encoded_len()) <= max_bytes);
+    debug_assert!(framed_len(log_line_encoded_len(line)) <= max_bytes);
     true
 }
 
@@ -307,8 +307,8 @@ fn fit_log_line(line: &mut pb::LogLine, max_bytes: usize) -> bool {
 /// [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`] encoded, sent when full.
 struct OutputBuffer {
     emitter: Emitter,
-    metrics: Vec<pb::MetricPoint>,
-    logs: Vec<pb::LogLine>,
+    metrics: Vec<MetricPoint>,
+    logs: Vec<LogLine>,
     info: BTreeMap<String, String>,
     /// Encoded size of `metrics`, `logs` and `info`.
     pending_bytes: usize,
@@ -388,15 +388,15 @@ impl OutputBuffer {
     }
 
     /// Adds a log line to the batch; one too large for any batch is cut with a marker.
-    fn push_log(&mut self, mut line: pb::LogLine) {
+    fn push_log(&mut self, mut line: LogLine) {
         fit_log_line(&mut line, self.max_batch_bytes);
-        self.reserve(framed_len(line.encoded_len()));
+        self.reserve(framed_len(log_line_encoded_len(&line)));
         self.logs.push(line);
     }
 
     /// Adds a note of ladder's own to the run's log.
     fn note(&mut self, text: String) {
-        self.push_log(pb::LogLine {
+        self.push_log(LogLine {
             time_ms: now_ms(),
             stream: "ladder".into(),
             text,
@@ -405,8 +405,8 @@ impl OutputBuffer {
 
     /// Adds a metric point to the batch; one too large for any batch is dropped with a
     /// note in the log.
-    fn push_metric(&mut self, point: pb::MetricPoint) {
-        let size = framed_len(point.encoded_len());
+    fn push_metric(&mut self, point: MetricPoint) {
+        let size = framed_len(point_encoded_len(&point));
         if size > self.max_batch_bytes {
             let step = point.step.map_or("-".to_string(), |s| s.to_string());
             self.note(format!(
@@ -442,7 +442,7 @@ impl OutputBuffer {
             return;
         }
         let text = format!("skipped in {kind} line (noted once): {}", fresh.join("; "));
-        self.push_log(pb::LogLine {
+        self.push_log(LogLine {
             time_ms,
             stream: "ladder".into(),
             text,
@@ -543,9 +543,9 @@ impl OutputBuffer {
                 Some(Ok(parsed)) => {
                     self.note_skipped("metric", &parsed.skipped, time_ms);
                     let point = parsed.point;
-                    self.push_metric(pb::MetricPoint {
+                    self.push_metric(MetricPoint {
                         step: point.step,
-                        values: point.values.into_iter().collect(),
+                        values: point.values,
                         time_ms,
                     });
                     return;
@@ -559,7 +559,7 @@ impl OutputBuffer {
         {
             self.forwarded += 1;
             self.forwarded_bytes += text.len() as u64;
-            self.push_log(pb::LogLine {
+            self.push_log(LogLine {
                 time_ms,
                 stream: stream.into(),
                 text,
@@ -574,7 +574,7 @@ impl OutputBuffer {
             ));
         }
         if let Some(text) = rejected {
-            self.push_log(pb::LogLine {
+            self.push_log(LogLine {
                 time_ms,
                 stream: "ladder".into(),
                 text,
@@ -619,8 +619,8 @@ pub async fn execute(
         });
     };
     let finish_failed = |reason: String| {
-        RunnerEventKind::Finished(pb::RunFinished {
-            outcome: pb::RunOutcome::Failed as i32,
+        RunnerEventKind::Finished(Finish {
+            outcome: FinishOutcome::Failed,
             exit_code: None,
             signal: None,
             reason,
@@ -932,22 +932,22 @@ fn outcome(
     stop_requested: bool,
     release_requested: bool,
     several_ranks: bool,
-) -> pb::RunFinished {
+) -> Finish {
     // The rank whose status the run reports: the failed one, else rank 0.
     let reported = first_failure.unwrap_or(0);
     let status = match &exits[reported] {
         Some(Ok(status)) => *status,
         Some(Err(error)) => {
-            return pb::RunFinished {
-                outcome: pb::RunOutcome::Failed as i32,
+            return Finish {
+                outcome: FinishOutcome::Failed,
                 exit_code: None,
                 signal: None,
                 reason: format!("cannot wait for the process: {error}"),
             }
         }
         None => {
-            return pb::RunFinished {
-                outcome: pb::RunOutcome::Failed as i32,
+            return Finish {
+                outcome: FinishOutcome::Failed,
                 exit_code: None,
                 signal: None,
                 reason: "ended without an exit status".to_string(),
@@ -958,11 +958,11 @@ fn outcome(
     let signal = status.signal();
     let (outcome, reason) = if release_requested && !stop_requested {
         (
-            pb::RunOutcome::Released,
+            FinishOutcome::Released,
             "released: the agent is draining".to_string(),
         )
     } else if stop_requested {
-        (pb::RunOutcome::Stopped, "stopped on request".to_string())
+        (FinishOutcome::Stopped, "stopped on request".to_string())
     } else if let Some(rank) = first_failure {
         let reason = if several_ranks {
             format!(
@@ -972,12 +972,12 @@ fn outcome(
         } else {
             describe_exit(&status)
         };
-        (pb::RunOutcome::Failed, reason)
+        (FinishOutcome::Failed, reason)
     } else {
-        (pb::RunOutcome::Completed, "exit code 0".to_string())
+        (FinishOutcome::Completed, "exit code 0".to_string())
     };
-    pb::RunFinished {
-        outcome: outcome as i32,
+    Finish {
+        outcome,
         exit_code,
         signal,
         reason,
@@ -987,7 +987,9 @@ fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ladder_proto::v1 as pb;
     use proptest::prelude::*;
+    use prost::Message;
 
     /// An output buffer without a log file whose batches go to the returned receiver.
     fn buffer(max_batch_bytes: usize) -> (OutputBuffer, mpsc::UnboundedReceiver<RunnerEvent>) {
@@ -1103,9 +1105,9 @@ mod tests {
 
         #[test]
         fn a_cut_log_line_fits_and_keeps_a_prefix(text in "\\PC{0,3000}", max in 64usize..2048) {
-            let mut line = pb::LogLine { time_ms: 1, stream: "stdout".into(), text: text.clone() };
+            let mut line = LogLine { time_ms: 1, stream: "stdout".into(), text: text.clone() };
             let cut = fit_log_line(&mut line, max);
-            prop_assert!(framed_len(line.encoded_len()) <= max);
+            prop_assert!(framed_len(ladder_protocol::wire::log_to_pb(line.clone()).encoded_len()) <= max);
             if cut {
                 let kept = line.text.strip_suffix(TRUNCATION_MARKER).expect("marker");
                 prop_assert!(text.starts_with(kept));
@@ -1122,8 +1124,8 @@ mod tests {
             let (mut output, mut received) = buffer(max);
             for (kind, size) in entries {
                 match kind {
-                    0 => output.push_log(pb::LogLine { time_ms: 1, stream: "stdout".into(), text: "l".repeat(size) }),
-                    1 => output.push_metric(pb::MetricPoint {
+                    0 => output.push_log(LogLine { time_ms: 1, stream: "stdout".into(), text: "l".repeat(size) }),
+                    1 => output.push_metric(MetricPoint {
                         step: Some(1),
                         values: (0..size / 50).map(|i| (format!("m{i}"), 1.0)).collect(),
                         time_ms: 1,
@@ -1137,7 +1139,12 @@ mod tests {
                 let RunnerEventKind::Output { metrics, logs, info, bytes } = event.kind else {
                     panic!("not output");
                 };
-                let encoded = pb::RunOutput { metrics, logs, info: info.into_iter().collect() }.encoded_len();
+                let encoded = pb::RunOutput {
+                    metrics: metrics.into_iter().map(ladder_protocol::wire::point_to_pb).collect(),
+                    logs: logs.into_iter().map(ladder_protocol::wire::log_to_pb).collect(),
+                    info: info.into_iter().collect(),
+                }
+                .encoded_len();
                 prop_assert!(encoded <= max, "{} > {}", encoded, max);
                 prop_assert!(bytes >= encoded, "{} < {}", bytes, encoded);
             }

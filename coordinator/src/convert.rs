@@ -4,14 +4,10 @@
 use ladder_metrics::summary::MetricSummary;
 use ladder_proto::v1 as pb;
 use ladder_spec::{Goal, ParamValue};
-use ladder_types::{Gpu, RunStatus, SweepStatus};
+use ladder_types::{RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
-use crate::identity::AgentSecret;
 use crate::model::{AttemptRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
-use crate::protocol::{
-    Assignment, Finish, FinishOutcome, FromAgent, Lease, Registration, RunEvent, ToAgent,
-};
 use crate::scheduler::AgentView;
 
 pub fn run_status_to_pb(status: RunStatus) -> pb::RunStatus {
@@ -266,19 +262,11 @@ impl TryFrom<pb::UpdateRunRequest> for crate::model::RunUpdate {
 }
 
 pub fn point_to_pb(point: &StoredPoint) -> pb::MetricPoint {
-    pb::MetricPoint {
-        step: point.step,
-        values: point.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        time_ms: point.time_ms,
-    }
+    ladder_protocol::wire::point_to_pb(point.clone())
 }
 
 pub fn log_to_pb(line: &StoredLogLine) -> pb::LogLine {
-    pb::LogLine {
-        time_ms: line.time_ms,
-        stream: line.stream.clone(),
-        text: line.text.clone(),
-    }
+    ladder_protocol::wire::log_to_pb(line.clone())
 }
 
 pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
@@ -295,12 +283,7 @@ pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
         gpus: record
             .gpus
             .iter()
-            .map(|g| pb::Gpu {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                name: g.name.clone(),
-                memory_mib: g.memory_mib,
-            })
+            .map(ladder_protocol::wire::gpu_to_pb)
             .collect(),
         connected: view.connected,
         last_seen_ms: record.last_seen_ms,
@@ -318,303 +301,17 @@ pub fn agent_to_pb(view: &AgentView) -> pb::Agent {
     }
 }
 
-// ----- agent protocol -----
-
-fn lease_from_pb(lease: Option<pb::Lease>) -> Result<Lease, CoordinatorError> {
-    let lease = lease
-        .ok_or_else(|| CoordinatorError::InvalidArgument("run event without a lease".into()))?;
-    if lease.run_id.is_empty() || lease.attempt == 0 {
-        return Err(CoordinatorError::InvalidArgument(format!(
-            "invalid lease: run {:?} attempt {}",
-            lease.run_id, lease.attempt
-        )));
-    }
-    Ok(Lease {
-        run_id: lease.run_id,
-        attempt: lease.attempt,
-        epoch: lease.epoch,
-    })
-}
-
-fn lease_to_pb(lease: Lease) -> pb::Lease {
-    pb::Lease {
-        run_id: lease.run_id,
-        attempt: lease.attempt,
-        epoch: lease.epoch,
-    }
-}
-
 /// Longest agent name accepted.
 pub const MAX_NAME_LEN: usize = ladder_limits::MAX_AGENT_NAME_BYTES;
 
 /// Refuses a text field of a request longer than `max` bytes, naming the field.
 pub fn check_len(field: &str, text: &str, max: usize) -> Result<(), CoordinatorError> {
-    if text.len() > max {
-        return Err(CoordinatorError::InvalidArgument(format!(
-            "{field} is {} bytes; the limit is {max}",
-            text.len()
-        )));
-    }
-    Ok(())
+    Ok(ladder_protocol::wire::check_len(field, text, max)?)
 }
 
 /// Refuses a count of a request above `max`, naming the field.
 pub fn check_count(field: &str, count: usize, max: usize) -> Result<(), CoordinatorError> {
-    if count > max {
-        return Err(CoordinatorError::InvalidArgument(format!(
-            "{field} has {count} entries; the limit is {max}"
-        )));
-    }
-    Ok(())
-}
-
-impl TryFrom<pb::Register> for Registration {
-    type Error = CoordinatorError;
-    fn try_from(register: pb::Register) -> Result<Self, Self::Error> {
-        if register.name.is_empty() || register.name.len() > MAX_NAME_LEN {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "agent name must be 1 to {MAX_NAME_LEN} bytes long"
-            )));
-        }
-        check_len(
-            "register.hostname",
-            &register.hostname,
-            ladder_limits::MAX_HOSTNAME_BYTES,
-        )?;
-        check_len(
-            "register.version",
-            &register.version,
-            ladder_limits::MAX_VERSION_BYTES,
-        )?;
-        check_count(
-            "register.labels",
-            register.labels.len(),
-            ladder_limits::MAX_LABELS,
-        )?;
-        for (key, value) in &register.labels {
-            if key.is_empty() {
-                return Err(CoordinatorError::InvalidArgument(
-                    "register.labels: a label key is empty".into(),
-                ));
-            }
-            check_len(
-                "register.labels key",
-                key,
-                ladder_limits::MAX_LABEL_KEY_BYTES,
-            )?;
-            check_len(
-                &format!("register.labels[{key}]"),
-                value,
-                ladder_limits::MAX_LABEL_VALUE_BYTES,
-            )?;
-        }
-        if register.slots > ladder_limits::MAX_AGENT_SLOTS {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "register.slots is {}; the limit is {}",
-                register.slots,
-                ladder_limits::MAX_AGENT_SLOTS
-            )));
-        }
-        check_count(
-            "register.gpus",
-            register.gpus.len(),
-            ladder_limits::MAX_GPUS_PER_AGENT,
-        )?;
-        let mut indices = std::collections::BTreeSet::new();
-        for gpu in &register.gpus {
-            check_len(
-                "register.gpus.uuid",
-                &gpu.uuid,
-                ladder_limits::MAX_GPU_TEXT_BYTES,
-            )?;
-            check_len(
-                "register.gpus.name",
-                &gpu.name,
-                ladder_limits::MAX_GPU_TEXT_BYTES,
-            )?;
-            if !indices.insert(gpu.index) {
-                return Err(CoordinatorError::InvalidArgument(format!(
-                    "register.gpus: GPU index {} is reported twice",
-                    gpu.index
-                )));
-            }
-        }
-        check_count(
-            "register.held",
-            register.held.len(),
-            ladder_limits::MAX_HELD_LEASES,
-        )?;
-        let mut held = Vec::new();
-        for lease in register.held {
-            held.push(lease_from_pb(Some(lease))?);
-        }
-        Ok(Registration {
-            name: register.name,
-            labels: register.labels.into_iter().collect(),
-            slots: register.slots,
-            gpus: register
-                .gpus
-                .into_iter()
-                .map(|g| Gpu {
-                    index: g.index,
-                    uuid: g.uuid,
-                    name: g.name,
-                    memory_mib: g.memory_mib,
-                })
-                .collect(),
-            held,
-            hostname: register.hostname,
-            version: register.version,
-            secret: AgentSecret::presented(register.secret)?,
-        })
-    }
-}
-
-fn point_from_pb(point: pb::MetricPoint) -> StoredPoint {
-    StoredPoint {
-        step: point.step,
-        // Non-finite values cannot be ranked or plotted; they are dropped here.
-        values: point
-            .values
-            .into_iter()
-            .filter(|(_, v)| v.is_finite())
-            .collect(),
-        time_ms: point.time_ms,
-    }
-}
-
-impl TryFrom<pb::AgentMessage> for FromAgent {
-    type Error = CoordinatorError;
-    fn try_from(message: pb::AgentMessage) -> Result<Self, Self::Error> {
-        use pb::agent_message::Kind;
-        match message.kind {
-            Some(Kind::Heartbeat(_)) => Ok(FromAgent::Heartbeat),
-            Some(Kind::Drain(drain)) => Ok(FromAgent::Drain {
-                forget: drain.forget,
-            }),
-            Some(Kind::Register(_)) => Err(CoordinatorError::InvalidArgument(
-                "register is only valid as the first message of a session".into(),
-            )),
-            Some(Kind::RunEvent(event)) => {
-                use pb::run_event::Kind as EventKind;
-                let lease = lease_from_pb(event.lease)?;
-                if event.seq == 0 {
-                    return Err(CoordinatorError::InvalidArgument(
-                        "run event seq starts at 1".into(),
-                    ));
-                }
-                let event_kind = match event.kind {
-                    Some(EventKind::Started(started)) => RunEvent::Started {
-                        pid: started.pid,
-                        work_dir: started.work_dir,
-                    },
-                    Some(EventKind::Output(output)) => RunEvent::Output {
-                        metrics: output.metrics.into_iter().map(point_from_pb).collect(),
-                        logs: output
-                            .logs
-                            .into_iter()
-                            .map(|l| StoredLogLine {
-                                time_ms: l.time_ms,
-                                stream: l.stream,
-                                text: l.text,
-                            })
-                            .collect(),
-                        // A broken agent's entries outside the protocol's limits are
-                        // dropped, like non-finite metric values.
-                        info: output
-                            .info
-                            .into_iter()
-                            .filter(|(name, value)| {
-                                ladder_metrics::line::check_info_entry(name, value).is_ok()
-                            })
-                            .collect(),
-                    },
-                    Some(EventKind::Finished(finished)) => {
-                        let outcome = match pb::RunOutcome::try_from(finished.outcome) {
-                            Ok(pb::RunOutcome::Completed) => FinishOutcome::Completed,
-                            Ok(pb::RunOutcome::Failed) => FinishOutcome::Failed,
-                            Ok(pb::RunOutcome::Stopped) => FinishOutcome::Stopped,
-                            Ok(pb::RunOutcome::Released) => FinishOutcome::Released,
-                            _ => {
-                                return Err(CoordinatorError::InvalidArgument(format!(
-                                    "unknown run outcome {}",
-                                    finished.outcome
-                                )))
-                            }
-                        };
-                        RunEvent::Finished(Finish {
-                            outcome,
-                            exit_code: finished.exit_code,
-                            signal: finished.signal,
-                            reason: finished.reason,
-                        })
-                    }
-                    None => {
-                        return Err(CoordinatorError::InvalidArgument(
-                            "run event without content".into(),
-                        ))
-                    }
-                };
-                Ok(FromAgent::RunEvent {
-                    lease,
-                    seq: event.seq,
-                    event: event_kind,
-                })
-            }
-            None => Err(CoordinatorError::InvalidArgument(
-                "empty agent message".into(),
-            )),
-        }
-    }
-}
-
-impl From<ToAgent> for pb::CoordinatorMessage {
-    fn from(message: ToAgent) -> Self {
-        use pb::coordinator_message::Kind;
-        let kind = match message {
-            ToAgent::Registered {
-                heartbeat_interval,
-                lease_timeout,
-                agent_secret,
-            } => Kind::Registered(pb::Registered {
-                heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
-                lease_timeout_ms: lease_timeout.as_millis() as u64,
-                agent_secret: agent_secret
-                    .map(|secret| secret.expose().to_string())
-                    .unwrap_or_default(),
-            }),
-            ToAgent::Assign(Assignment {
-                lease,
-                sweep_id,
-                argv,
-                params_json,
-                gpus,
-                env,
-                launch,
-            }) => Kind::Assign(pb::Assign {
-                lease: Some(lease_to_pb(lease)),
-                sweep_id,
-                argv,
-                params_json,
-                gpus,
-                env: env.into_iter().collect(),
-                launch: launch.as_str().to_string(),
-            }),
-            ToAgent::Stop { lease, reason } => Kind::Stop(pb::StopRun {
-                lease: Some(lease_to_pb(lease)),
-                reason,
-            }),
-            ToAgent::Ack { lease, seq } => Kind::Ack(pb::Ack {
-                lease: Some(lease_to_pb(lease)),
-                seq,
-            }),
-            ToAgent::Reject { lease, reason } => Kind::Reject(pb::RejectLease {
-                lease: Some(lease_to_pb(lease)),
-                reason,
-            }),
-        };
-        pb::CoordinatorMessage { kind: Some(kind) }
-    }
+    Ok(ladder_protocol::wire::check_count(field, count, max)?)
 }
 
 /// Property-based fuzzing of what the coordinator decodes from the network: arbitrary

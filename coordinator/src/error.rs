@@ -62,6 +62,13 @@ impl CoordinatorError {
     }
 }
 
+/// What an agent sent that the protocol does not allow is an invalid argument.
+impl From<ladder_protocol::ProtocolError> for CoordinatorError {
+    fn from(error: ladder_protocol::ProtocolError) -> Self {
+        CoordinatorError::InvalidArgument(error.0)
+    }
+}
+
 impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         let message = error.to_string();

@@ -21,56 +21,24 @@ use subtle::ConstantTimeEq;
 
 use crate::error::CoordinatorError;
 
-/// Length of a secret as the coordinator issues it: 32 random bytes as lowercase hex.
-pub const SECRET_HEX_LEN: usize = 64;
+pub use ladder_protocol::{AgentSecret, SECRET_HEX_LEN};
 
-/// The secret an agent's name is bound to. Issued by [`AgentSecret::generate`], or
-/// presented by a registering agent ([`AgentSecret::presented`]).
-#[derive(Clone, PartialEq, Eq)]
-pub struct AgentSecret(String);
-
-impl fmt::Debug for AgentSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AgentSecret(<redacted>)")
-    }
-}
-
-impl AgentSecret {
+/// What only the coordinator does with a secret: issue one, and hash it.
+pub trait SecretExt {
     /// A new secret: 32 bytes from the thread-local CSPRNG (seeded by the OS), as 64
     /// lowercase hex digits.
-    pub fn generate() -> AgentSecret {
-        AgentSecret(crate::auth::new_token())
-    }
-
-    /// The secret a `Register` message carries in its `secret` field: `None` when empty
-    /// (an agent enrolling its name for the first time).
-    pub fn presented(text: String) -> Result<Option<AgentSecret>, CoordinatorError> {
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let well_formed = text.len() == SECRET_HEX_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !well_formed {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "register.secret must be the {SECRET_HEX_LEN} lowercase hex digits the \
-                 coordinator issued when the agent's name enrolled, or empty to enroll a \
-                 new name (got {} bytes)",
-                text.len()
-            )));
-        }
-        Ok(Some(AgentSecret(text)))
-    }
-
-    /// The secret itself, to send to the agent that enrolled. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
+    fn generate() -> AgentSecret;
     /// The SHA-256 of the secret, the only form the coordinator keeps.
-    pub fn hash(&self) -> SecretHash {
-        SecretHash(Sha256::digest(self.0.as_bytes()).into())
+    fn hash(&self) -> SecretHash;
+}
+
+impl SecretExt for AgentSecret {
+    fn generate() -> AgentSecret {
+        AgentSecret::issued(crate::auth::new_token())
+    }
+
+    fn hash(&self) -> SecretHash {
+        SecretHash(Sha256::digest(self.expose().as_bytes()).into())
     }
 }
 
@@ -174,17 +142,24 @@ mod tests {
     fn generated_secrets_are_64_lowercase_hex_digits_and_differ() {
         let first = AgentSecret::generate();
         assert_eq!(first.expose().len(), SECRET_HEX_LEN);
-        assert!(AgentSecret::presented(first.expose().to_string())
-            .unwrap()
-            .is_some());
+        assert!(
+            AgentSecret::presented("register.secret", first.expose().to_string())
+                .unwrap()
+                .is_some()
+        );
         assert_ne!(first, AgentSecret::generate());
     }
 
     #[test]
     fn presented_secrets_are_checked_and_named_in_errors() {
-        assert_eq!(AgentSecret::presented(String::new()).unwrap(), None);
+        assert_eq!(
+            AgentSecret::presented("register.secret", String::new()).unwrap(),
+            None
+        );
         for bad in ["abc", &"A".repeat(64), &"g".repeat(64), &"a".repeat(65)] {
-            let error = AgentSecret::presented(bad.to_string()).unwrap_err();
+            let error = CoordinatorError::from(
+                AgentSecret::presented("register.secret", bad.to_string()).unwrap_err(),
+            );
             assert!(
                 matches!(error, CoordinatorError::InvalidArgument(_)),
                 "{error:?}"
@@ -232,7 +207,7 @@ mod tests {
     }
 
     fn secret_strategy() -> impl Strategy<Value = AgentSecret> {
-        "[0-9a-f]{64}".prop_map(AgentSecret)
+        "[0-9a-f]{64}".prop_map(AgentSecret::issued)
     }
 
     proptest! {
@@ -243,7 +218,7 @@ mod tests {
             stored in proptest::option::of(secret_strategy()),
             presented in proptest::option::of(secret_strategy()),
         ) {
-            let hash = stored.as_ref().map(AgentSecret::hash);
+            let hash = stored.as_ref().map(SecretExt::hash);
             let admission = admit(hash.as_ref(), presented.as_ref());
             let expected = match (&stored, &presented) {
                 (None, _) => Admission::Enroll,

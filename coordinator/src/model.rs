@@ -503,21 +503,10 @@ pub struct AgentRecord {
     pub secret_sha256: Option<crate::identity::SecretHash>,
 }
 
-/// A metric point as stored: what the program printed, and when the agent read it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredPoint {
-    pub step: Option<i64>,
-    pub values: BTreeMap<String, f64>,
-    pub time_ms: i64,
-}
-
-/// A log line as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredLogLine {
-    pub time_ms: i64,
-    pub stream: String,
-    pub text: String,
-}
+/// A log line as stored is the line as the agent reported it.
+pub use ladder_types::LogLine as StoredLogLine;
+/// A metric point as stored is the point as the agent reported it.
+pub use ladder_types::MetricPoint as StoredPoint;
 
 #[cfg(test)]
 mod tests {

@@ -28,14 +28,15 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::error::CoordinatorError;
-use crate::identity::{self, Admission, AgentSecret};
+use crate::identity::{self, Admission, AgentSecret, SecretExt};
 use crate::model::{
     now_ms, AgentRecord, AttemptOutcome, AttemptRecord, GitState, RunRecord, RunUpdate,
     StoredLogLine, StoredPoint, SweepRecord, MAX_METRICS_PER_RUN,
 };
 use crate::placement::{self, Capacity, Demand};
 use crate::protocol::{
-    Assignment, Finish, FinishOutcome, FromAgent, Lease, Registration, RunEvent, ToAgent,
+    Assignment, Finish, FinishOutcome, FromAgent, Lease, Registration, RunEvent, RunEventMessage,
+    ToAgent,
 };
 use crate::store::Store;
 

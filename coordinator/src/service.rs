@@ -542,7 +542,7 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
                 "the first message of a session must be register",
             ));
         };
-        let registration = Registration::try_from(register)?;
+        let registration = Registration::try_from(register).map_err(CoordinatorError::from)?;
         let session = self.0.next_session.fetch_add(1, Ordering::Relaxed);
         let (outbox, outgoing) = mpsc::unbounded_channel::<ToAgent>();
         // Answered once the registration is durable, or refused when the name is bound to

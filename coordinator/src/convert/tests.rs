@@ -1,6 +1,7 @@
 //! Tests of `coordinator/src/convert.rs`.
 
 use super::*;
+use crate::protocol::{FinishOutcome, FromAgent, Registration, RunEvent, RunEventMessage};
 use ladder_proto::v1::agent_message::Kind;
 use ladder_proto::v1::run_event::Kind as EventKind;
 use proptest::prelude::*;
@@ -70,9 +71,9 @@ fn every_field_and_count_of_a_registration_is_bounded() {
 }
 
 fn valid_lease(lease: &Option<pb::Lease>) -> bool {
-    lease
-        .as_ref()
-        .is_some_and(|l| !l.run_id.is_empty() && l.attempt >= 1)
+    lease.as_ref().is_some_and(|l| {
+        !l.run_id.is_empty() && l.run_id.len() <= ladder_limits::MAX_ID_BYTES && l.attempt >= 1
+    })
 }
 
 /// The documented properties of `FromAgent::try_from`.
@@ -83,7 +84,10 @@ fn check_agent_message(message: pb::AgentMessage) -> Result<(), TestCaseError> {
         (Ok(FromAgent::Drain { forget }), Some(Kind::Drain(raw))) => {
             prop_assert_eq!(forget, raw.forget);
         }
-        (Ok(FromAgent::RunEvent { lease, seq, event }), Some(Kind::RunEvent(raw))) => {
+        (
+            Ok(FromAgent::RunEvent(RunEventMessage { lease, seq, event })),
+            Some(Kind::RunEvent(raw)),
+        ) => {
             prop_assert!(!lease.run_id.is_empty());
             prop_assert!(lease.attempt >= 1);
             prop_assert!(seq >= 1);

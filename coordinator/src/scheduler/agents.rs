@@ -292,7 +292,7 @@ impl Scheduler {
                 agent.forget_on_exit = forget;
                 Ok(())
             }
-            FromAgent::RunEvent { lease, seq, event } => {
+            FromAgent::RunEvent(RunEventMessage { lease, seq, event }) => {
                 self.run_event(&name, outbox, lease, seq, event)
             }
         }

@@ -157,11 +157,11 @@ fn submit(s: &mut Scheduler, yaml: &str) -> String {
 fn report(s: &mut Scheduler, agent: &VirtualAgent, lease: &Lease, seq: u64, event: RunEvent) {
     s.handle(Event::AgentMessage {
         session: agent.session,
-        message: FromAgent::RunEvent {
+        message: FromAgent::RunEvent(RunEventMessage {
             lease: lease.clone(),
             seq,
             event,
-        },
+        }),
     });
     s.step(Instant::now());
 }
@@ -614,11 +614,11 @@ fn the_store_is_written_once_per_batch_not_once_per_event() {
             ] {
                 s.handle(Event::AgentMessage {
                     session: *session,
-                    message: FromAgent::RunEvent {
+                    message: FromAgent::RunEvent(RunEventMessage {
                         lease: lease.clone(),
                         seq,
                         event,
-                    },
+                    }),
                 });
             }
         }

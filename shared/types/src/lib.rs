@@ -124,6 +124,27 @@ pub struct Gpu {
     pub memory_mib: u64,
 }
 
+/// One metric point of a run: what the program printed on an `@ladder` line (non-finite
+/// values already dropped), and when the agent read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// The `step` the program reported, when it reported one.
+    pub step: Option<i64>,
+    pub values: std::collections::BTreeMap<String, f64>,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+}
+
+/// One line of a run's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch when the agent read it.
+    pub time_ms: i64,
+    /// `stdout`, `stderr`, or `ladder` for ladder's own notes.
+    pub stream: String,
+    pub text: String,
+}
+
 /// Milliseconds since the Unix epoch, now: the unit of every time ladder stores and
 /// sends.
 pub fn now_ms() -> i64 {
