@@ -1,8 +1,9 @@
 //! The coordinator's durable state, behind the small [`Store`] trait.
 //!
 //! This file holds the trait and the sled implementation of it; beside it, `open`
-//! (opening and upgrading a store), `index` (the index keys and their walks), `codec`
-//! (records, point chunks, event keys) and `check` (`ladder store check`).
+//! (opening and upgrading a store), `index` (the index entries and their walks), `keys`
+//! (the order-preserving key bytes), `codec` (records, point chunks, event keys) and
+//! `check` (`ladder store check`).
 //!
 //! [`SledStore`] is the real implementation. Trees:
 //!
@@ -29,7 +30,7 @@
 //!   across every project, for the project-less leaderboard.
 //! - `idx_param`: `project \0 param \0 value_key(value) position_key(position) run id`
 //!   -> empty: every run's value of every parameter (see
-//!   [`ladder_query::value_key`]: booleans, then numbers by value, then strings
+//!   [`keys::value_key`]: booleans, then numbers by value, then strings
 //!   byte-wise), then its position (sweep creation time, sweep id, trial index), so that
 //!   within a (project, parameter) the keys are in exactly the order of `runs ls --sort
 //!   params.NAME`, ties included.
@@ -59,12 +60,13 @@ use serde::Serialize;
 use crate::error::CoordinatorError;
 use crate::model::{AgentRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
 use ladder_metrics::summary::{MetricSummary, Reduction};
-use ladder_query::{self as query, Position, Value};
+use ladder_query::{Position, Value};
 use ladder_spec::{ParamValue, SweepSpec};
 
 mod check;
 mod codec;
 mod index;
+mod keys;
 mod open;
 
 pub use check::StoreCheck;
@@ -474,7 +476,7 @@ impl Store for SledStore {
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| CoordinatorError::Store("malformed idx_metric key".into()))?;
                 let run_id = String::from_utf8_lossy(&key[length + 8..]).into_owned();
-                Ok((ladder_query::f64_from_key(bytes), run_id))
+                Ok((keys::f64_from_key(bytes), run_id))
             }
         };
         let mut end = prefix.clone();
@@ -483,13 +485,13 @@ impl Store for SledStore {
             (false, None) => Box::new(tree.range(prefix..end).map(parse)),
             (false, Some(value)) => {
                 let mut start = prefix;
-                start.extend_from_slice(&ladder_query::f64_key(value));
+                start.extend_from_slice(&keys::f64_key(value));
                 Box::new(tree.range(start..end).map(parse))
             }
             (true, None) => Box::new(tree.range(prefix..end).rev().map(parse)),
             (true, Some(value)) => {
                 let mut upper = prefix.clone();
-                upper.extend_from_slice(&ladder_query::f64_key(value));
+                upper.extend_from_slice(&keys::f64_key(value));
                 upper.push(0xff);
                 Box::new(tree.range(prefix..upper).rev().map(parse))
             }
@@ -519,8 +521,8 @@ impl Store for SledStore {
             (false, None) => Box::new(tree.range(prefix..end).map(parse)),
             (false, Some((value, position))) => {
                 let mut start = prefix;
-                query::push_value_key(&mut start, value);
-                query::push_position_key(&mut start, position);
+                keys::push_value_key(&mut start, value);
+                keys::push_position_key(&mut start, position);
                 Box::new(tree.range(start..end).map(parse))
             }
             (true, None) => Box::new(DescendingParamWalk {
@@ -533,9 +535,9 @@ impl Store for SledStore {
             (true, Some((value, position))) => {
                 // The rest of the cursor's own value group first, then the groups below.
                 let mut group = prefix.clone();
-                query::push_value_key(&mut group, value);
+                keys::push_value_key(&mut group, value);
                 let mut start = group.clone();
-                query::push_position_key(&mut start, position);
+                keys::push_position_key(&mut start, position);
                 let rest_of_group = tree.range(start..prefix_end(&group));
                 Box::new(DescendingParamWalk {
                     tree,

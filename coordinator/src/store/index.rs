@@ -33,7 +33,7 @@ pub(super) fn index_prefix(project: Option<&str>, metric: &str) -> Vec<u8> {
 
 pub(super) fn index_key(project: Option<&str>, metric: &str, value: f64, run_id: &str) -> Vec<u8> {
     let mut key = index_prefix(project, metric);
-    key.extend_from_slice(&ladder_query::f64_key(value));
+    key.extend_from_slice(&super::keys::f64_key(value));
     key.extend_from_slice(run_id.as_bytes());
     key
 }
@@ -80,8 +80,8 @@ pub(super) fn param_keys(run: &RunRecord, sweep_created_ms: i64) -> Vec<Vec<u8>>
             continue;
         }
         let mut key = index_prefix(Some(&run.project), name);
-        query::push_value_key(&mut key, &param_query_value(value));
-        query::push_position_key(&mut key, &position);
+        super::keys::push_value_key(&mut key, &param_query_value(value));
+        super::keys::push_position_key(&mut key, &position);
         key.extend_from_slice(run.id.as_bytes());
         keys.push(key);
     }
@@ -111,9 +111,9 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub(super) fn parse_param_key(key: &[u8], prefix_len: usize) -> Result<(ParamEntry, usize)> {
     let malformed = || CoordinatorError::Store("malformed idx_param key".into());
     let rest = key.get(prefix_len..).ok_or_else(malformed)?;
-    let (value, value_len) = query::value_from_key(rest).ok_or_else(malformed)?;
+    let (value, value_len) = super::keys::value_from_key(rest).ok_or_else(malformed)?;
     let (position, position_len) =
-        query::position_from_key(&rest[value_len..]).ok_or_else(malformed)?;
+        super::keys::position_from_key(&rest[value_len..]).ok_or_else(malformed)?;
     let run_id = String::from_utf8_lossy(&rest[value_len + position_len..]).into_owned();
     Ok((
         ParamEntry {

@@ -331,14 +331,12 @@ fn compare(run: &dyn RunFacts, field: &Field, op: Op, literal: &Literal) -> bool
     }
 }
 
-mod keys;
 mod lexer;
 mod pages;
 mod parser;
 mod tasks;
 mod time;
 
-pub use keys::*;
 use lexer::*;
 pub use pages::*;
 pub use parser::*;

@@ -398,51 +398,6 @@ fn cursor_round_trips_and_rejects_garbage() {
     assert!(Cursor::decode("not base64!").is_err());
 }
 
-#[test]
-fn special_floats_order_in_key_bytes() {
-    let values = [
-        f64::NEG_INFINITY,
-        -1e300,
-        -1.0,
-        -f64::MIN_POSITIVE,
-        -0.0,
-        0.0,
-        1e-300,
-        1.0,
-        f64::INFINITY,
-    ];
-    for pair in values.windows(2) {
-        assert!(
-            f64_key(pair[0]) < f64_key(pair[1]),
-            "{} < {}",
-            pair[0],
-            pair[1]
-        );
-    }
-}
-
-fn any_value() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        any::<bool>().prop_map(Value::Bool),
-        any::<f64>().prop_map(Value::Number),
-        prop_oneof![Just(-0.0), Just(0.0), Just(1.0)].prop_map(Value::Number),
-        "[a\\x00\\x01\\u{ff}\\u{e9}]{0,4}".prop_map(Value::Text),
-    ]
-}
-
-fn any_position() -> impl Strategy<Value = Position> {
-    (
-        prop_oneof![any::<i64>(), -2i64..2],
-        "[a\\x00\\u{ff}]{0,3}",
-        prop_oneof![any::<u64>(), 0u64..3],
-    )
-        .prop_map(|(sweep_created_ms, sweep_id, index)| Position {
-            sweep_created_ms,
-            sweep_id,
-            index,
-        })
-}
-
 fn value_strategy() -> impl Strategy<Value = Option<f64>> {
     prop_oneof![
         1 => Just(None),
@@ -451,37 +406,6 @@ fn value_strategy() -> impl Strategy<Value = Option<f64>> {
 }
 
 proptest! {
-    #[test]
-    fn f64_key_order_is_total_cmp(a in any::<f64>(), b in any::<f64>()) {
-        prop_assert_eq!(f64_key(a).cmp(&f64_key(b)), a.total_cmp(&b));
-        prop_assert_eq!(f64_from_key(f64_key(a)).to_bits(), a.to_bits());
-    }
-
-    #[test]
-    fn value_and_position_keys_keep_the_order_and_round_trip(
-        a in any_value(),
-        b in any_value(),
-        p in any_position(),
-        q in any_position(),
-        tail_a in proptest::collection::vec(any::<u8>(), 0..4),
-        tail_b in proptest::collection::vec(any::<u8>(), 0..4),
-    ) {
-        let (ka, kb) = (value_key(&a), value_key(&b));
-        prop_assert_eq!(ka.cmp(&kb), a.total_cmp(&b));
-        let (back, used) = value_from_key(&ka).unwrap();
-        prop_assert_eq!(used, ka.len());
-        prop_assert_eq!(back.total_cmp(&a), Ordering::Equal);
-        let (pa, pb) = (position_key(&p), position_key(&q));
-        prop_assert_eq!(pa.cmp(&pb), p.cmp(&q));
-        prop_assert_eq!(position_from_key(&pa), Some((p.clone(), pa.len())));
-        // Self-delimiting: whatever follows, (value, position) order the full keys.
-        let full = |k: &[u8], pk: &[u8], tail: &[u8]| [k, pk, tail].concat();
-        let expected = a.total_cmp(&b).then(p.cmp(&q));
-        if expected != Ordering::Equal {
-            prop_assert_eq!(full(&ka, &pa, &tail_a).cmp(&full(&kb, &pb, &tail_b)), expected);
-        }
-    }
-
     #[test]
     fn pages_cover_every_row_exactly_once_in_order(
         values in proptest::collection::vec((value_strategy(), value_strategy()), 0..40),

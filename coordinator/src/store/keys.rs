@@ -1,6 +1,7 @@
-//! Order-preserving index keys: byte strings that sort as the values they encode.
+//! The store's order-preserving index keys: byte strings that sort as the values they
+//! encode, so that a sled range scan walks an index in the order a query asks for.
 
-use super::*;
+use ladder_query::{Position, Value};
 
 /// Order-preserving bytes of an `f64`: comparing the bytes lexicographically gives
 /// `f64::total_cmp` (so -inf < -1 < -0 < +0 < 1 < inf; NaNs at the ends).
@@ -139,5 +140,93 @@ pub(super) fn read_escaped(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
                 i += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn special_floats_order_in_key_bytes() {
+        let values = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -1.0,
+            -f64::MIN_POSITIVE,
+            -0.0,
+            0.0,
+            1e-300,
+            1.0,
+            f64::INFINITY,
+        ];
+        for pair in values.windows(2) {
+            assert!(
+                f64_key(pair[0]) < f64_key(pair[1]),
+                "{} < {}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(Value::Number),
+            prop_oneof![Just(-0.0), Just(0.0), Just(1.0)].prop_map(Value::Number),
+            "[a\\x00\\x01\\u{ff}\\u{e9}]{0,4}".prop_map(Value::Text),
+        ]
+    }
+
+    fn any_position() -> impl Strategy<Value = Position> {
+        (
+            prop_oneof![any::<i64>(), -2i64..2],
+            "[a\\x00\\u{ff}]{0,3}",
+            prop_oneof![any::<u64>(), 0u64..3],
+        )
+            .prop_map(|(sweep_created_ms, sweep_id, index)| Position {
+                sweep_created_ms,
+                sweep_id,
+                index,
+            })
+    }
+
+    proptest! {
+    #[test]
+    fn f64_key_order_is_total_cmp(a in any::<f64>(), b in any::<f64>()) {
+        prop_assert_eq!(f64_key(a).cmp(&f64_key(b)), a.total_cmp(&b));
+        prop_assert_eq!(f64_from_key(f64_key(a)).to_bits(), a.to_bits());
+    }
+
+    #[test]
+    fn value_and_position_keys_keep_the_order_and_round_trip(
+        a in any_value(),
+        b in any_value(),
+        p in any_position(),
+        q in any_position(),
+        tail_a in proptest::collection::vec(any::<u8>(), 0..4),
+        tail_b in proptest::collection::vec(any::<u8>(), 0..4),
+    ) {
+        let (ka, kb) = (value_key(&a), value_key(&b));
+        prop_assert_eq!(ka.cmp(&kb), a.total_cmp(&b));
+        let (back, used) = value_from_key(&ka).unwrap();
+        prop_assert_eq!(used, ka.len());
+        prop_assert_eq!(back.total_cmp(&a), Ordering::Equal);
+        let (pa, pb) = (position_key(&p), position_key(&q));
+        prop_assert_eq!(pa.cmp(&pb), p.cmp(&q));
+        prop_assert_eq!(position_from_key(&pa), Some((p.clone(), pa.len())));
+        // Self-delimiting: whatever follows, (value, position) order the full keys.
+        let full = |k: &[u8], pk: &[u8], tail: &[u8]| [k, pk, tail].concat();
+        let expected = a.total_cmp(&b).then(p.cmp(&q));
+        if expected != Ordering::Equal {
+            prop_assert_eq!(full(&ka, &pa, &tail_a).cmp(&full(&kb, &pb, &tail_b)), expected);
+        }
+    }
+
     }
 }
