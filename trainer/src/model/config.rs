@@ -13,7 +13,14 @@ use crate::{Result, TrainerError};
 pub use ladder_spec::train_config::LORA_TARGETS;
 
 /// The architecture of a LLaMA model, field for field the Hugging Face `config.json` of a
-/// `LlamaForCausalLM` (keys ladder does not use are ignored on read).
+/// `LlamaForCausalLM`.
+///
+/// [`LlamaConfig::from_file`] reads both layouts transformers writes: version 4's
+/// top-level `rope_theta` / `rope_scaling` and version 5's `rope_parameters` block. It
+/// refuses, naming the key, every key that would change the computation in a way ladder
+/// does not implement (a RoPE scaling type, sliding-window attention, quantization, an
+/// unknown key) and ignores only keys known not to matter (`transformers_version`,
+/// `use_cache`, `initializer_range`, ...).
 ///
 /// Reading resolves the defaults transformers applies (`num_key_value_heads` =
 /// `num_attention_heads`, `rms_norm_eps` 1e-6, `rope_theta` 10000, ...); writing adds
@@ -77,15 +84,25 @@ impl Default for LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// Reads and validates a `config.json`.
+    /// Reads and validates a `config.json` in the transformers 4 or 5 layout; see the
+    /// type's documentation for the keys it refuses.
     pub fn from_file(path: &Path) -> Result<LlamaConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-        let config: LlamaConfig = serde_json::from_str(&text).map_err(|e| {
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             TrainerError::invalid(
                 format!("{}:{}:{}", path.display(), e.line(), e.column()),
                 e.to_string(),
             )
         })?;
+        let Some(fields) = value.as_object_mut() else {
+            return Err(TrainerError::invalid(
+                path.display(),
+                "expected a JSON object",
+            ));
+        };
+        check_file_keys(fields)?;
+        let config: LlamaConfig = serde_json::from_value(value)
+            .map_err(|e| TrainerError::invalid(path.display(), e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -181,11 +198,20 @@ impl LlamaConfig {
                 "MLP biases are not supported (expected false)",
             ));
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(config_error(
-                "rope_scaling",
-                "RoPE scaling is not supported (expected null)",
-            ));
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(|t| t.as_str());
+            if kind != Some("default") {
+                return Err(config_error(
+                    "rope_scaling",
+                    format!(
+                        "RoPE scaling {} is not supported (expected null or rope_type \"default\")",
+                        kind.map_or_else(|| scaling.to_string(), |k| format!("{k:?}"))
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -211,6 +237,195 @@ impl LlamaConfig {
 
 fn config_error(field: &str, message: impl Into<String>) -> TrainerError {
     TrainerError::config(format!("config.json: {field}"), message)
+}
+
+/// The `config.json` keys [`ConfigFile`] reads.
+const READ_KEYS: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "rope_theta",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "head_dim",
+    "hidden_act",
+    "attention_bias",
+    "mlp_bias",
+    "rope_scaling",
+    "model_type",
+    "architectures",
+    "torch_dtype",
+];
+
+/// `config.json` keys that transformers writes for a LLaMA model and that do not change
+/// its forward pass (bookkeeping, generation defaults, token ids used elsewhere).
+const INERT_KEYS: &[&str] = &[
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "use_cache",
+    "initializer_range",
+    "pretraining_tp",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "tokenizer_class",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "finetuning_task",
+    "task_specific_params",
+    "torchscript",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "is_decoder",
+    "is_encoder_decoder",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "chunk_size_feed_forward",
+    "max_window_layers",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "bad_words_ids",
+    "diversity_penalty",
+];
+
+/// Checks every top-level key of a `config.json` and rewrites transformers 5's
+/// `rope_parameters` into the top-level `rope_theta` / `rope_scaling` [`ConfigFile`]
+/// reads. Errors name the key at fault.
+fn check_file_keys(fields: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    use serde_json::Value;
+    for (key, value) in fields.iter() {
+        let inert = INERT_KEYS.contains(&key.as_str());
+        match key.as_str() {
+            "model_type" if !matches!(value.as_str(), Some("llama" | "mistral")) => {
+                return Err(config_error(
+                    key,
+                    format!("{value} is not supported (expected \"llama\" or \"mistral\")"),
+                ));
+            }
+            "attention_dropout" if value.as_f64() != Some(0.0) => {
+                return Err(config_error(
+                    key,
+                    format!(
+                        "{value} is not supported (ladder's attention has no dropout; expected 0)"
+                    ),
+                ));
+            }
+            "attention_dropout" => {}
+            "sliding_window" => {
+                let window = value.as_u64();
+                let max_positions = fields
+                    .get("max_position_embeddings")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2048);
+                if !value.is_null() && window.is_none_or(|w| w < max_positions) {
+                    return Err(config_error(
+                        key,
+                        format!(
+                            "{value} is not supported (ladder has no sliding-window attention; expected null)"
+                        ),
+                    ));
+                }
+            }
+            "use_sliding_window" if value.as_bool() == Some(true) => {
+                return Err(config_error(
+                    key,
+                    "sliding-window attention is not supported (expected false)",
+                ));
+            }
+            "use_sliding_window" => {}
+            "layer_types" => {
+                let all_full = value.as_array().is_some_and(|types| {
+                    types.iter().all(|t| t.as_str() == Some("full_attention"))
+                });
+                if !all_full {
+                    return Err(config_error(
+                        key,
+                        "only \"full_attention\" layers are supported",
+                    ));
+                }
+            }
+            "rope_parameters" => {}
+            _ if READ_KEYS.contains(&key.as_str()) || inert => {}
+            _ => {
+                return Err(config_error(
+                    key,
+                    "unknown key; ladder cannot tell whether it changes the model's computation, \
+                     so it refuses the config rather than ignore it",
+                ));
+            }
+        }
+    }
+    let Some(parameters) = fields.remove("rope_parameters") else {
+        return Ok(());
+    };
+    let Value::Object(parameters) = parameters else {
+        return Err(config_error(
+            "rope_parameters",
+            format!("expected an object, found {parameters}"),
+        ));
+    };
+    // The RoPE type is checked first: it is what a scaling block's other keys belong to.
+    for key in ["rope_type", "type"] {
+        match parameters.get(key) {
+            Some(value) if value.as_str() != Some("default") => {
+                return Err(config_error(
+                    &format!("rope_parameters.{key}"),
+                    format!("RoPE scaling {value} is not supported (expected \"default\")"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (key, value) in &parameters {
+        let field = format!("rope_parameters.{key}");
+        match key.as_str() {
+            "rope_type" | "type" => {}
+            "rope_theta" => {
+                if let Some(top) = fields.get("rope_theta").filter(|top| *top != value) {
+                    return Err(config_error(
+                        "rope_theta",
+                        format!("{top} disagrees with rope_parameters.rope_theta {value}"),
+                    ));
+                }
+                fields.insert("rope_theta".to_string(), value.clone());
+            }
+            _ => {
+                return Err(config_error(
+                    &field,
+                    "is not supported (ladder implements plain RoPE with rope_theta only)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `config.json` as written on disk: optional keys carry transformers' defaults, and the

@@ -196,6 +196,142 @@ fn config_validation_names_the_field() {
     }
 }
 
+/// Writes `json` as a `config.json` and reads it back through `LlamaConfig::from_file`.
+fn read_config_file(json: &serde_json::Value) -> crate::Result<LlamaConfig> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(json).unwrap()).unwrap();
+    LlamaConfig::from_file(&path)
+}
+
+/// A LLaMA `config.json` as transformers 5 writes it: RoPE settings under
+/// `rope_parameters`, `dtype` instead of `torch_dtype`.
+fn transformers5_config() -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "dtype": "float32",
+        "eos_token_id": 2,
+        "head_dim": 8,
+        "hidden_act": "silu",
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "mlp_bias": false,
+        "model_type": "llama",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "pad_token_id": null,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+        "tie_word_embeddings": false,
+        "transformers_version": "5.0.0",
+        "use_cache": true,
+        "vocab_size": 50
+    })
+}
+
+#[test]
+fn transformers5_rope_parameters_are_read() {
+    let config = read_config_file(&transformers5_config()).unwrap();
+    assert_eq!(config.rope_theta, 500000.0);
+    assert_eq!(config.rms_norm_eps, 1e-5);
+    // The transformers 4 layout of the same model reads the same.
+    let mut v4 = transformers5_config();
+    let object = v4.as_object_mut().unwrap();
+    object.remove("rope_parameters");
+    object.insert("rope_theta".into(), serde_json::json!(500000.0));
+    object.insert("rope_scaling".into(), serde_json::Value::Null);
+    object.insert("torch_dtype".into(), serde_json::json!("float32"));
+    assert_eq!(read_config_file(&v4).unwrap(), config);
+    // What ladder writes reads back.
+    let written: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
+    assert_eq!(read_config_file(&written).unwrap(), config);
+}
+
+#[test]
+fn config_keys_that_change_the_computation_are_refused_by_name() {
+    let with = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut json = transformers5_config();
+        edit(json.as_object_mut().unwrap());
+        json
+    };
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            with(&|c| {
+                c.insert(
+                    "rope_parameters".into(),
+                    serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
+                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 8192}),
+                );
+            }),
+            "rope_parameters.rope_type",
+        ),
+        (
+            with(&|c| {
+                c.insert(
+                    "rope_parameters".into(),
+                    serde_json::json!({"rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+                );
+            }),
+            "rope_parameters.partial_rotary_factor",
+        ),
+        (
+            with(&|c| {
+                c.remove("rope_parameters");
+                c.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+                );
+            }),
+            "rope_scaling",
+        ),
+        (
+            with(&|c| {
+                c.insert("rope_theta".into(), serde_json::json!(10000.0));
+            }),
+            "rope_theta",
+        ),
+        (
+            with(&|c| {
+                c.insert("quantization_config".into(), serde_json::json!({"bits": 4}));
+            }),
+            "quantization_config",
+        ),
+        (
+            with(&|c| {
+                c.insert("attention_dropout".into(), serde_json::json!(0.1));
+            }),
+            "attention_dropout",
+        ),
+        (
+            with(&|c| {
+                c.insert("model_type".into(), serde_json::json!("qwen2"));
+            }),
+            "model_type",
+        ),
+        (
+            with(&|c| {
+                c.insert("sliding_window".into(), serde_json::json!(16));
+            }),
+            "sliding_window",
+        ),
+    ];
+    for (json, field) in cases {
+        let error = read_config_file(&json).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("config.json: {field}:")),
+            "expected an error on {field}, got {error}"
+        );
+    }
+}
+
 #[test]
 fn parameter_count_matches_the_tensors() {
     for tied in [false, true] {
