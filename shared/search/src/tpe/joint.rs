@@ -8,7 +8,8 @@
 //!   whole group was active) plus one prior kernel. A kernel is a product over the group's
 //!   dimensions: a Gaussian truncated to the range for numeric ones (its centre the
 //!   observed value, its bandwidth that dimension's larger gap to a sorted neighbour,
-//!   clipped as in the univariate estimator), a smoothed one-hot vector for categorical
+//!   clipped as in the univariate estimator but with a floor of at most
+//!   [`TpeConfig::max_bandwidth_floor`] of the range), a smoothed one-hot vector for categorical
 //!   ones. The prior kernel is centred on each range with the range as bandwidth, and
 //!   uniform (or the prior weights) over choices.
 //! - A proposal draws candidates from `l` (the good trials' estimator) and keeps the one
@@ -231,7 +232,8 @@ impl JointParzen {
 /// estimator space) and the prior last. Optuna 5's `_calculate_numerical_distributions`:
 /// each bandwidth is the larger gap to a sorted neighbour (range ends included, the
 /// outermost observations measured inwards only), clipped to `[range / min(100, 1 +
-/// kernels), range]`.
+/// kernels), range]`, except that the lower clip is at most
+/// [`TpeConfig::max_bandwidth_floor`] times the range.
 fn kernels(num: &Numeric, observed: &[f64], config: &TpeConfig) -> (Vec<f64>, Vec<f64>) {
     let (a, b) = (num.a, num.b);
     let range = b - a;
@@ -250,7 +252,8 @@ fn kernels(num: &Numeric, observed: &[f64], config: &TpeConfig) -> (Vec<f64>, Ve
         sorted_sigmas[n - 1] = sorted[n] - sorted[n - 1];
     }
     let kernel_count = (n + 1) as f64;
-    let min_sigma = range / 100f64.min(1.0 + kernel_count);
+    let magic_clip = range / 100f64.min(1.0 + kernel_count);
+    let min_sigma = magic_clip.min(range * config.max_bandwidth_floor);
     let mut sigmas = vec![0.0; n + 1];
     for (rank, &i) in order.iter().enumerate() {
         sigmas[i] = sorted_sigmas[rank].clamp(min_sigma, range);
@@ -457,5 +460,32 @@ mod tests {
         let on = estimator.log_pdf(&[Coord::Real(0.3), Coord::Real(0.3)]);
         let off = estimator.log_pdf(&[Coord::Real(0.3), Coord::Real(0.8)]);
         assert!(on > off + 1.0, "on {on}, off {off}");
+    }
+
+    #[test]
+    fn bandwidths_follow_the_neighbours_within_the_clip() {
+        let x = numeric(0.0, 1.0, false, None);
+        // Ten good trials packed near 0.5: Optuna's floor would be 1/12 of the range.
+        let observed: Vec<f64> = (0..10).map(|i| 0.5 + 0.001 * i as f64).collect();
+        let lowered = TpeConfig::default();
+        let (mus, sigmas) = kernels(&x, &observed, &lowered);
+        assert_eq!(mus.len(), 11);
+        assert_eq!((mus[10], sigmas[10]), (0.5, 1.0), "the prior kernel");
+        for s in &sigmas[..10] {
+            assert!((s - lowered.max_bandwidth_floor).abs() < 1e-12, "{s}");
+        }
+        let optuna = TpeConfig {
+            max_bandwidth_floor: 1.0,
+            ..TpeConfig::default()
+        };
+        let (_, wide) = kernels(&x, &observed, &optuna);
+        for s in &wide[..10] {
+            assert!((s - 1.0 / 12.0).abs() < 1e-12, "{s}");
+        }
+        // Spread-out observations keep their neighbour gaps: the outermost measured inwards.
+        let (_, gaps) = kernels(&x, &[0.1, 0.5, 0.6], &lowered);
+        assert!((gaps[0] - 0.4).abs() < 1e-12, "{gaps:?}");
+        assert!((gaps[1] - 0.4).abs() < 1e-12, "{gaps:?}");
+        assert!((gaps[2] - 0.1).abs() < 1e-12, "{gaps:?}");
     }
 }

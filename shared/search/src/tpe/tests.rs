@@ -161,6 +161,16 @@ fn rejects_invalid_spaces_and_configs() {
         ..TpeConfig::default()
     };
     assert!(Tpe::new(vec![float("x", 0.0, 1.0)], config).is_err());
+    for floor in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let config = TpeConfig {
+            max_bandwidth_floor: floor,
+            ..TpeConfig::default()
+        };
+        assert!(
+            Tpe::new(vec![float("x", 0.0, 1.0)], config).is_err(),
+            "{floor}"
+        );
+    }
 }
 
 #[test]
