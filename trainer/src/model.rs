@@ -49,6 +49,9 @@ pub struct Model {
     norm: Param,
     /// `None` when `tie_word_embeddings`: the embedding doubles as the output head.
     lm_head: Option<Param>,
+    /// The checkpoint directory the base weights were loaded from (absolute), named as
+    /// `base_model_name_or_path` when an adapter is saved; `None` for a random model.
+    source: Option<std::path::PathBuf>,
 }
 
 impl Model {
@@ -137,6 +140,7 @@ impl Model {
             layers,
             norm,
             lm_head,
+            source: None,
         })
     }
 

@@ -42,6 +42,7 @@ impl Model {
             tensors.insert(name, tensor);
         }
         let mut model = Model::from_tensors(config, tensors, device)?;
+        model.source = Some(dir.canonicalize().map_err(|e| TrainerError::io(dir, e))?);
         let adapter_config = dir.join(ADAPTER_CONFIG_FILE);
         if adapter_config.exists() {
             model.load_adapter(&adapter_config, &dir.join(ADAPTER_WEIGHTS_FILE))?;
@@ -99,7 +100,9 @@ impl Model {
     /// and writes no adapter; `merge == false` writes the base weights plus PEFT's
     /// `adapter_config.json` and `adapter_model.safetensors`. Adapter files left in `dir` by
     /// an earlier save are removed when no adapter is written, so a reload never applies a
-    /// stale adapter.
+    /// stale adapter. The adapter's `base_model_name_or_path` is the directory the base
+    /// was loaded from, or `dir` itself (which holds the base weights too) for a model
+    /// that was not loaded, so `peft.AutoPeftModelForCausalLM` finds its base.
     pub fn save(&self, dir: &Path, merge: bool) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
         let mut base = BTreeMap::new();
@@ -146,7 +149,11 @@ impl Model {
         ];
         let write_adapter = !merge && !adapters.is_empty();
         if let (true, Some(lora)) = (write_adapter, &self.lora) {
-            let adapter_config = AdapterConfigFile::from_lora(lora);
+            let base = match &self.source {
+                Some(source) => source.clone(),
+                None => dir.canonicalize().map_err(|e| TrainerError::io(dir, e))?,
+            };
+            let adapter_config = AdapterConfigFile::from_lora(lora, &base.display().to_string());
             let json =
                 serde_json::to_string_pretty(&adapter_config).expect("adapter config serializes");
             files.push((dir.join(ADAPTER_CONFIG_FILE), json.into_bytes()));

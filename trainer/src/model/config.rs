@@ -617,6 +617,9 @@ impl LoraConfig {
 #[derive(Serialize, Deserialize)]
 pub(super) struct AdapterConfigFile {
     peft_type: String,
+    /// Where PEFT loads the base model from; ladder does not read it.
+    #[serde(default)]
+    base_model_name_or_path: Option<String>,
     #[serde(default)]
     task_type: Option<String>,
     r: usize,
@@ -649,9 +652,10 @@ fn default_bias() -> String {
 }
 
 impl AdapterConfigFile {
-    pub(super) fn from_lora(lora: &LoraConfig) -> Self {
+    pub(super) fn from_lora(lora: &LoraConfig, base_model: &str) -> Self {
         AdapterConfigFile {
             peft_type: "LORA".to_string(),
+            base_model_name_or_path: Some(base_model.to_string()),
             task_type: Some("CAUSAL_LM".to_string()),
             r: lora.rank,
             lora_alpha: lora.alpha,

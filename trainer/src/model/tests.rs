@@ -826,6 +826,11 @@ fn lora_checkpoints_round_trip_unmerged_and_merged() {
     assert_eq!(adapter_config["r"], 4);
     assert_eq!(adapter_config["lora_alpha"], 16.0);
     assert_eq!(adapter_config["bias"], "none");
+    // A model not loaded from a directory has its base weights in the saved directory.
+    assert_eq!(
+        adapter_config["base_model_name_or_path"],
+        dir.path().canonicalize().unwrap().display().to_string()
+    );
     let adapter = read_safetensors(&dir.path().join("adapter_model.safetensors"));
     assert_eq!(adapter.len(), 2 * 3 * 2);
     let a = &adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"];
@@ -839,6 +844,30 @@ fn lora_checkpoints_round_trip_unmerged_and_merged() {
     assert_eq!(
         tensor_values(&logits),
         tensor_values(&unmerged.forward(&ids).unwrap())
+    );
+
+    // An adapter on a loaded base names the directory the base came from, as PEFT does.
+    let base_dir = tempfile::tempdir().unwrap();
+    Model::random(small_config(false), 24, &Device::Cpu)
+        .unwrap()
+        .save(base_dir.path(), false)
+        .unwrap();
+    let mut tuned = Model::load(base_dir.path(), &Device::Cpu).unwrap();
+    tuned.add_lora(&lora, 25).unwrap();
+    let tuned_dir = tempfile::tempdir().unwrap();
+    tuned.save(tuned_dir.path(), false).unwrap();
+    let tuned_config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tuned_dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        tuned_config["base_model_name_or_path"],
+        base_dir
+            .path()
+            .canonicalize()
+            .unwrap()
+            .display()
+            .to_string()
     );
 
     // Merging into the same directory removes the adapter files written above.
