@@ -2,7 +2,6 @@
 //! JSON document with `--json`.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use ladder_proto::v1 as pb;
@@ -297,25 +296,33 @@ pub async fn sweep_show(args: &ClientArgs, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line of progress: `[8/24] 4 running, 8 completed · best loss=0.31`.
-pub fn progress_line(sweep: &pb::Sweep, best: Option<(String, f64)>) -> String {
-    let counts = sweep.counts.unwrap_or_default();
-    let ended = counts.completed + counts.failed + counts.stopped + counts.cancelled;
-    let mut line = format!(
-        "{} [{}/{}] {}",
-        sweep.name,
-        ended,
-        sweep.planned_runs,
-        output::counts_text(&counts)
-    );
-    if let Some((run, value)) = best {
-        line.push_str(&format!(
-            " · best {}={} ({run})",
-            sweep.metric_name,
-            format_number(value)
-        ));
+/// Where a sweep stands, as its progress bar shows it: `ended` of `planned` runs, and
+/// `4 running, 8 completed · best loss=0.31 (RUN)`.
+#[derive(Debug, PartialEq)]
+pub struct Progress {
+    pub ended: u64,
+    pub planned: u64,
+    pub message: String,
+}
+
+impl Progress {
+    pub fn of(sweep: &pb::Sweep, best: Option<(String, f64)>) -> Progress {
+        let counts = sweep.counts.unwrap_or_default();
+        let ended = counts.completed + counts.failed + counts.stopped + counts.cancelled;
+        let mut message = output::counts_text(&counts);
+        if let Some((run, value)) = best {
+            message.push_str(&format!(
+                " · best {}={} ({run})",
+                sweep.metric_name,
+                format_number(value)
+            ));
+        }
+        Progress {
+            ended,
+            planned: sweep.planned_runs,
+            message,
+        }
     }
-    line
 }
 
 /// Follows a sweep until it ends, drawing progress on stderr. Returns the final snapshot.
@@ -332,12 +339,22 @@ pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep
         .await
         .map_err(status_error)?
         .into_inner();
-    let tty = std::io::stderr().is_terminal();
+    // On a terminal, a bar redrawn in place; in a pipe or with `quiet`, nothing (the
+    // caller prints the final state).
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:24}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
     let mut last = None;
-    let mut last_line = String::new();
     while let Some(update) = stream.message().await.map_err(status_error)? {
         let Some(sweep) = update.sweep else { continue };
-        if !quiet {
+        if !bar.is_hidden() {
             let best = if sweep.metric_name.is_empty() {
                 None
             } else {
@@ -354,17 +371,11 @@ pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep
                     .runs;
                 best_run(&sweep, &listed)
             };
-            let line = progress_line(&sweep, best);
-            if line != last_line {
-                let mut stderr = std::io::stderr();
-                if tty {
-                    let _ = write!(stderr, "\r\x1b[2K{line}");
-                } else {
-                    let _ = writeln!(stderr, "{line}");
-                }
-                let _ = stderr.flush();
-                last_line = line;
-            }
+            let progress = Progress::of(&sweep, best);
+            bar.set_prefix(sweep.name.clone());
+            bar.set_length(progress.planned);
+            bar.set_position(progress.ended);
+            bar.set_message(progress.message);
         }
         let ended = output::sweep_ended(&sweep);
         last = Some(sweep);
@@ -372,9 +383,7 @@ pub async fn watch(url: &str, id: &str, quiet: bool) -> anyhow::Result<pb::Sweep
             break;
         }
     }
-    if tty && !quiet {
-        eprintln!();
-    }
+    bar.finish();
     last.ok_or_else(|| {
         anyhow::anyhow!("the coordinator closed the watch of sweep {id} without an update")
     })
@@ -779,4 +788,33 @@ pub fn rank<'a>(sweep: &pb::Sweep, runs: &'a [pb::Run]) -> Vec<&'a pb::Run> {
         }
     });
     ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_ended_runs_against_the_plan_and_names_the_best() {
+        let sweep = pb::Sweep {
+            name: "lr".into(),
+            planned_runs: 24,
+            metric_name: "loss".into(),
+            counts: Some(pb::RunCounts {
+                running: 4,
+                completed: 7,
+                failed: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            Progress::of(&sweep, Some(("lr-000003".into(), 0.31))),
+            Progress {
+                ended: 8,
+                planned: 24,
+                message: "4 running, 7 completed, 1 failed · best loss=0.31 (lr-000003)".into(),
+            }
+        );
+    }
 }

@@ -347,32 +347,26 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", table(headers, rows));
 }
 
+/// An aligned table without borders: columns two spaces apart, each as wide as its widest
+/// cell as a terminal shows it (comfy-table measures display width, so names in CJK or
+/// with emoji line up), no trailing blanks.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(headers.iter().copied());
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
+        table.add_row(row.iter().map(String::as_str));
+    }
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i < last { 2 } else { 0 }));
     }
     let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let last = cells.len().saturating_sub(1);
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i == last {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(text.trim_end());
+    for line in table.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
     }
     out
 }
@@ -487,5 +481,18 @@ mod tests {
     fn table_aligns_columns() {
         let text = table(&["a", "bb"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(text, "a    bb\nxxx  y\n");
+    }
+
+    #[test]
+    fn table_aligns_by_display_width() {
+        // Each CJK character takes two columns of a terminal.
+        let text = table(
+            &["name", "x"],
+            &[
+                vec!["学习率".into(), "1".into()],
+                vec!["ab".into(), "2".into()],
+            ],
+        );
+        assert_eq!(text, "name    x\n学习率  1\nab      2\n");
     }
 }

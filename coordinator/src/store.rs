@@ -30,7 +30,7 @@
 //!   across every project, for the project-less leaderboard.
 //! - `idx_param`: `project \0 param \0 value_key(value) position_key(position) run id`
 //!   -> empty: every run's value of every parameter (see
-//!   [`keys::value_key`]: booleans, then numbers by value, then strings
+//!   `keys::push_value_key`: booleans, then numbers by value, then strings
 //!   byte-wise), then its position (sweep creation time, sweep id, trial index), so that
 //!   within a (project, parameter) the keys are in exactly the order of `runs ls --sort
 //!   params.NAME`, ties included.

@@ -589,10 +589,13 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
     wait_until(
         Duration::from_secs(60),
         Duration::from_millis(200),
-        "agent gpu-01 to connect",
+        "agent gpu-01 to connect and keep its secret",
         || {
+            // The coordinator lists the agent once the registration is durable; the agent
+            // writes the secret when the answer reaches it, a moment later.
             agent_entry(&coordinator, &tokens.admin, "gpu-01")
                 .filter(|a| a["connected"] == true)
+                .filter(|_| real_dir.join("secrets").join("gpu-01").exists())
                 .map(|_| ())
         },
     );
@@ -711,10 +714,11 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
     wait_until(
         Duration::from_secs(60),
         Duration::from_millis(200),
-        "the replacement to enroll gpu-01",
+        "the replacement to enroll gpu-01 and keep its secret",
         || {
             agent_entry(&coordinator, &tokens.admin, "gpu-01")
                 .filter(|a| a["connected"] == true)
+                .filter(|_| new_dir.join("secrets").join("gpu-01").exists())
                 .map(|_| ())
         },
     );

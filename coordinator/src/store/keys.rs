@@ -34,6 +34,7 @@ pub fn f64_from_key(bytes: [u8; 8]) -> f64 {
 /// Layout: a kind byte (0 boolean, 1 number, 2 text), then the boolean's byte, the
 /// number's [`f64_key`], or the text with each 0x00 written as 0x00 0xFF and ended by
 /// 0x00 0x00.
+#[cfg(test)]
 pub fn value_key(value: &Value) -> Vec<u8> {
     let mut key = Vec::new();
     push_value_key(&mut key, value);
@@ -79,6 +80,7 @@ pub fn value_from_key(bytes: &[u8]) -> Option<(Value, usize)> {
 
 /// Order-preserving, self-delimiting bytes of a [`Position`]: comparing them gives
 /// `Position`'s order (sweep creation time, sweep id, trial index).
+#[cfg(test)]
 pub fn position_key(position: &Position) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + position.sweep_id.len() + 2 + 8);
     push_position_key(&mut key, position);
