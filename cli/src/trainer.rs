@@ -163,28 +163,19 @@ impl Reporter for ProgressBar {
         }
         self.last_draw = Some(now);
         let elapsed = self.started.elapsed().as_secs_f64();
-        let fraction = step as f64 / total.max(1) as f64;
         let eta = if step > 0 {
             elapsed / step as f64 * (total - step) as f64
         } else {
             0.0
         };
-        let lookup = |name: &str| {
-            self.latest
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| *v)
-                .unwrap_or(f64::NAN)
-        };
-        let width = 30;
-        let filled = (fraction * width as f64).round() as usize;
-        let line = format!(
-            "[{}{}] {step}/{total} loss {loss:.4} lr {:.2e} {:.0} tok/s eta {:.0}s",
-            "#".repeat(filled),
-            "-".repeat(width - filled),
+        let lookup = |name: &str| self.latest.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+        let line = progress_line(
+            step,
+            total,
+            loss,
             lookup("train/lr"),
             lookup("train/tokens_per_s"),
-            eta
+            eta,
         );
         if self.terminal {
             eprint!("\r\x1b[2K{line}");
@@ -202,6 +193,35 @@ impl Reporter for ProgressBar {
         }
         eprintln!("{text}");
     }
+}
+
+/// One progress-bar line. The learning rate and throughput appear once a metrics report
+/// has given them (the first comes after `log_every` steps); until then they are left
+/// out rather than shown as NaN.
+fn progress_line(
+    step: u64,
+    total: u64,
+    loss: f64,
+    lr: Option<f64>,
+    tokens_per_s: Option<f64>,
+    eta_s: f64,
+) -> String {
+    let width = 30;
+    let fraction = step as f64 / total.max(1) as f64;
+    let filled = ((fraction * width as f64).round() as usize).min(width);
+    let mut line = format!(
+        "[{}{}] {step}/{total} loss {loss:.4}",
+        "#".repeat(filled),
+        "-".repeat(width - filled)
+    );
+    if let Some(lr) = lr.filter(|v| v.is_finite()) {
+        line.push_str(&format!(" lr {lr:.2e}"));
+    }
+    if let Some(rate) = tokens_per_s.filter(|v| v.is_finite()) {
+        line.push_str(&format!(" {rate:.0} tok/s"));
+    }
+    line.push_str(&format!(" eta {eta_s:.0}s"));
+    line
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -370,4 +390,21 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_leaves_out_what_no_report_has_given_yet() {
+        let first = progress_line(1, 100, 5.25, None, None, 99.0);
+        assert!(!first.contains("NaN"), "{first}");
+        assert!(first.contains("1/100 loss 5.2500 eta 99s"), "{first}");
+        assert!(!first.contains("lr") && !first.contains("tok/s"), "{first}");
+
+        let later = progress_line(50, 100, 2.5, Some(3e-4), Some(1234.4), 10.0);
+        assert!(later.contains("lr 3.00e-4 1234 tok/s eta 10s"), "{later}");
+        assert!(later.starts_with(&format!("[{}{}]", "#".repeat(15), "-".repeat(15))));
+    }
 }
