@@ -60,7 +60,11 @@ def forward(config, weights, ids):
     kv_heads = config.get("num_key_value_heads") or heads
     head_dim = config.get("head_dim") or hidden // heads
     eps = np.float32(config.get("rms_norm_eps", 1e-6))
-    theta = config.get("rope_theta", 10000.0)
+    # transformers 5 writes RoPE settings under rope_parameters, version 4 at top level.
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_type {rope['rope_type']!r} is not implemented here")
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     tied = config.get("tie_word_embeddings", False)
 
     cos, sin = rotary_tables(seq, head_dim, theta)

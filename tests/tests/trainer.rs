@@ -169,3 +169,121 @@ fn train_config_errors_name_file_line_and_field() {
         describe(&args, &output)
     );
 }
+
+/// Runs `clients/python/lm_eval_reference.py` with `args`; its stdout as JSON when it
+/// prints any.
+fn lm_eval_reference(args: &[&Path]) -> Option<Value> {
+    let script = repo_root().join("clients/python/lm_eval_reference.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{} failed (install clients/python/requirements.txt):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (!output.stdout.is_empty()).then(|| serde_json::from_slice(&output.stdout).expect("json"))
+}
+
+/// A tiny random LLaMA with a BOS-adding tokenizer and a transformers 5 `config.json`
+/// scores the same through `ladder eval` as through an independent NumPy implementation
+/// of lm-evaluation-harness 0.4.13's loglikelihood scoring: acc, acc_norm and mc2, and
+/// every choice's log-likelihood and greedy flag, as `--log-samples` writes them.
+#[test]
+fn eval_agrees_with_an_independent_lm_eval_scoring_on_a_bos_tokenizer() {
+    let dir = TestDir::new();
+    let model = dir.path().join("model");
+    lm_eval_reference(&[Path::new("make"), &model]);
+    let arc = write_file(
+        dir.path(),
+        "arc.jsonl",
+        concat!(
+            r#"{"context": "Question: what sat on the mat ?\nAnswer:", "choices": ["the cat", "a dog", "red"], "answer": 0}"#,
+            "\n",
+            r#"{"context": "", "choices": ["cat", "dog sat", "yes"], "answer": 1}"#,
+            "\n",
+            r#"{"context": "the big dog ran under the ", "choices": ["log", "sky", "small sea", "mat"], "answer": 3}"#,
+            "\n",
+            r#"{"context": "Question: who is big ?\nAnswer:", "choices": ["the sea", "one", "a cat and a dog"], "answer": 2}"#,
+            "\n",
+            r#"{"context": "is the sky blue ? yes . is the sea red ?", "choices": ["no", "yes"], "answer": 0}"#,
+            "\n",
+        ),
+    );
+    let tqa = write_file(
+        dir.path(),
+        "tqa.jsonl",
+        concat!(
+            r#"{"context": "Question: where is the cat ?\nAnswer:", "mc2_targets": {"choices": ["on the mat", "under the log", "in the sky ."], "labels": [1, 1, 0]}}"#,
+            "\n",
+            r#"{"context": "Question: what is blue ?\nAnswer:", "mc2_targets": {"choices": ["the sky", "a red dog", "two", "the mat"], "labels": [1, 0, 0, 0]}}"#,
+            "\n",
+        ),
+    );
+    let samples = dir.path().join("samples.jsonl");
+    let tasks = format!("{},{}", arc.display(), tqa.display());
+    let args = [
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--tasks",
+        &tasks,
+        "--device",
+        "cpu",
+        "--json",
+        "--log-samples",
+        samples.to_str().unwrap(),
+    ];
+    let output = ladder_in(None, &args, Duration::from_secs(300));
+    assert!(output.status.success(), "{}", describe(&args, &output));
+    let scores: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(scores["special_tokens"], "tokenizer");
+    let lines: Vec<Value> = std::fs::read_to_string(&samples)
+        .expect("samples written")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 7, "one line per item");
+
+    for (index, (task, path)) in [("arc", &arc), ("tqa", &tqa)].into_iter().enumerate() {
+        let reference = lm_eval_reference(&[Path::new("score"), &model, path]).expect("scores");
+        let ours = &scores["tasks"][index];
+        assert_eq!(ours["task"], task);
+        for metric in ["acc", "acc_norm", "mc2"] {
+            let Some(expected) = reference[metric].as_f64() else {
+                continue;
+            };
+            let got = ours[metric].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                (got - expected).abs() < 1e-9,
+                "{task} {metric}: ladder {got}, reference {expected}"
+            );
+        }
+        let task_lines: Vec<&Value> = lines.iter().filter(|l| l["task"] == task).collect();
+        let items = reference["items"].as_array().expect("items");
+        assert_eq!(task_lines.len(), items.len());
+        for (line, item) in task_lines.iter().zip(items) {
+            for key in [
+                "item",
+                "context",
+                "continuations",
+                "gold",
+                "acc",
+                "acc_norm",
+            ] {
+                assert!(line.get(key).is_some(), "{key} missing from {line}");
+            }
+            assert_eq!(line["is_greedy"], item["is_greedy"], "{line}");
+            let ours = line["loglikelihoods"].as_array().expect("loglikelihoods");
+            let theirs = item["loglikelihoods"].as_array().expect("loglikelihoods");
+            assert_eq!(ours.len(), theirs.len());
+            for (a, b) in ours.iter().zip(theirs) {
+                let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                assert!((a - b).abs() < 1e-4, "ladder {a}, reference {b} in {line}");
+            }
+        }
+    }
+}
