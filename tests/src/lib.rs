@@ -8,6 +8,8 @@
 //!   their stderr goes to a log file in the test's temporary directory, and when a test
 //!   panics the tail of every log is printed, so a failure comes with the system's side
 //!   of the story.
+//! - [`Cluster`] starts the setup most tests share: a coordinator with its store in
+//!   `DIR/data` and agents working in `DIR/NAME`, and waits until they are connected.
 //! - [`ladder`] / [`ladder_json`] run one client verb with a timeout.
 //! - [`wait_until`] polls a condition; polling is how the *test* observes, it is not part
 //!   of the system under test.
@@ -862,4 +864,113 @@ pub fn completion_counts(path: &Path) -> std::collections::BTreeMap<String, usiz
         }
     }
     counts
+}
+
+/// A coordinator and its agents on loopback, started by [`Cluster::builder`]: the store
+/// is in `DIR/data`, each agent works in `DIR/NAME` with `DIR` (or
+/// [`ClusterBuilder::code_dir`]) as its code directory, and [`ClusterBuilder::start`]
+/// returns once every agent is connected.
+pub struct Cluster {
+    /// Declared first, so dropped (killed) before the coordinator.
+    pub agents: Vec<Agent>,
+    pub coordinator: Coordinator,
+}
+
+/// What [`Cluster::builder`] starts.
+pub struct ClusterBuilder {
+    dir: PathBuf,
+    code_dir: PathBuf,
+    coordinator_args: Vec<String>,
+    agents: Vec<(String, u32, Vec<String>)>,
+}
+
+impl Cluster {
+    pub fn builder(dir: &Path) -> ClusterBuilder {
+        ClusterBuilder {
+            dir: dir.to_path_buf(),
+            code_dir: dir.to_path_buf(),
+            coordinator_args: Vec::new(),
+            agents: Vec::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.coordinator.url()
+    }
+
+    /// The agent named `name`.
+    pub fn agent(&mut self, name: &str) -> &mut Agent {
+        self.agents
+            .iter_mut()
+            .find(|agent| agent.name() == name)
+            .unwrap_or_else(|| panic!("the cluster has no agent {name}"))
+    }
+}
+
+impl ClusterBuilder {
+    /// Arguments of `ladder coordinator` (e.g. `--lease-timeout 10`).
+    pub fn coordinator_args(mut self, args: &[&str]) -> Self {
+        self.coordinator_args
+            .extend(args.iter().map(|arg| arg.to_string()));
+        self
+    }
+
+    /// The lease timeout and heartbeat interval, in seconds, most tests shorten.
+    pub fn leases(self, lease_timeout_s: &str, heartbeat_interval_s: &str) -> Self {
+        self.coordinator_args(&[
+            "--lease-timeout",
+            lease_timeout_s,
+            "--heartbeat-interval",
+            heartbeat_interval_s,
+        ])
+    }
+
+    /// Where the agents find the sweeps' code (`DIR` unless set).
+    pub fn code_dir(mut self, code_dir: &Path) -> Self {
+        self.code_dir = code_dir.to_path_buf();
+        self
+    }
+
+    /// An agent `name` with `slots` slots, working in `DIR/NAME`.
+    pub fn agent(self, name: &str, slots: u32) -> Self {
+        self.agent_with(name, slots, &[])
+    }
+
+    /// Like [`ClusterBuilder::agent`], with extra arguments of `ladder agent`.
+    pub fn agent_with(mut self, name: &str, slots: u32, args: &[&str]) -> Self {
+        self.agents.push((
+            name.to_string(),
+            slots,
+            args.iter().map(|arg| arg.to_string()).collect(),
+        ));
+        self
+    }
+
+    /// Starts the coordinator and the agents; returns once every agent is connected.
+    pub fn start(self) -> Cluster {
+        let args: Vec<&str> = self.coordinator_args.iter().map(String::as_str).collect();
+        let coordinator = Coordinator::start(&self.dir.join("data"), &args);
+        let url = coordinator.url();
+        let agents: Vec<Agent> = self
+            .agents
+            .iter()
+            .map(|(name, slots, extra)| {
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                Agent::start_with(
+                    &url,
+                    name,
+                    *slots,
+                    &self.dir.join(name),
+                    &self.code_dir,
+                    &extra,
+                )
+            })
+            .collect();
+        let names: Vec<&str> = agents.iter().map(Agent::name).collect();
+        coordinator.wait_for_agents(&names, Duration::from_secs(60));
+        Cluster {
+            agents,
+            coordinator,
+        }
+    }
 }

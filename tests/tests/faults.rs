@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ladder_e2e::{
-    as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir, Value,
+    as_str, wait_until, write_file, write_script, Agent, Cluster, Coordinator, TestDir, Value,
 };
 
 const POLL: Duration = Duration::from_millis(200);
@@ -32,14 +32,13 @@ fn completed(runs: &[Value]) -> Vec<&Value> {
 fn coordinator_killed_mid_sweep_loses_nothing() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let mut coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "5", "--heartbeat-interval", "0.5"],
-    );
-    let url = coordinator.url();
-    let _alpha = Agent::start(&url, "alpha", 2, &dir.join("alpha"), dir);
-    let _beta = Agent::start(&url, "beta", 2, &dir.join("beta"), dir);
-    coordinator.wait_for_agents(&["alpha", "beta"], Duration::from_secs(60));
+    let mut cluster = Cluster::builder(dir)
+        .leases("5", "0.5")
+        .agent("alpha", 2)
+        .agent("beta", 2)
+        .start();
+    let url = cluster.url();
+    let coordinator = &mut cluster.coordinator;
 
     write_script(dir, "stepper.py", STEPPER);
     let completions = dir.join("completions.txt");

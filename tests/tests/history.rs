@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ladder_e2e::{
-    as_f64, as_str, describe, ladder_command, parse_json_output, write_file, write_script, Agent,
+    as_f64, as_str, describe, ladder_command, parse_json_output, write_file, write_script, Cluster,
     Coordinator, TestDir, Value, WATCH_TIMEOUT,
 };
 
@@ -114,14 +114,17 @@ fn queries_leaderboard_cards_notes_compare_and_export() {
     let head = git_head(&code);
     assert_eq!(head.len(), 40, "git HEAD {head:?}");
 
-    let coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
-    let _agent = Agent::start(&coordinator.url(), "alpha", 4, &dir.join("alpha"), &code);
-    coordinator.wait_for_agents(&["alpha"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .code_dir(&code)
+        .coordinator_args(&["--heartbeat-interval", "0.5"])
+        .agent("alpha", 4)
+        .start();
+    let coordinator = &cluster.coordinator;
 
-    let first_id = submit_as(&coordinator, &first, "alice");
+    let first_id = submit_as(coordinator, &first, "alice");
     // Dirty the tree before the second submission.
     std::fs::write(code.join("untracked.txt"), "x").unwrap();
-    let second_id = submit_as(&coordinator, &second, "bob");
+    let second_id = submit_as(coordinator, &second, "bob");
     for id in [&first_id, &second_id] {
         let sweep = coordinator.watch(id, WATCH_TIMEOUT);
         assert_eq!(sweep["counts"]["completed"], 3, "{sweep}");
@@ -520,9 +523,11 @@ parameters:
 command: [python3, "{{ladder.code_dir}}/slow.py"]
 "#,
     );
-    let coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
-    let _agent = Agent::start(&coordinator.url(), "alpha", 1, &dir.join("alpha"), dir);
-    coordinator.wait_for_agents(&["alpha"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .coordinator_args(&["--heartbeat-interval", "0.5"])
+        .agent("alpha", 1)
+        .start();
+    let coordinator = &cluster.coordinator;
     let sweep_id = coordinator.submit(&file);
     let run_id = format!("{sweep_id}-000000");
     ladder_e2e::wait_until(
@@ -629,9 +634,11 @@ fn summaries_choose_the_ranked_value_and_the_board_spans_projects() {
         "metric: {name: eval/loss, goal: minimize}",
         "4",
     );
-    let coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
-    let _agent = Agent::start(&coordinator.url(), "alpha", 3, &dir.join("alpha"), dir);
-    coordinator.wait_for_agents(&["alpha"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .coordinator_args(&["--heartbeat-interval", "0.5"])
+        .agent("alpha", 3)
+        .start();
+    let coordinator = &cluster.coordinator;
     let best_id = coordinator.submit(&best);
     let last_id = coordinator.submit(&last);
     for (id, runs) in [(&best_id, 3), (&last_id, 1)] {
@@ -764,9 +771,11 @@ parameters:
 command: [python3, "{{ladder.code_dir}}/provenance.py"]
 "#,
     );
-    let mut coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
-    let _agent = Agent::start(&coordinator.url(), "alpha", 1, &dir.join("alpha"), dir);
-    coordinator.wait_for_agents(&["alpha"], Duration::from_secs(60));
+    let mut cluster = Cluster::builder(dir)
+        .coordinator_args(&["--heartbeat-interval", "0.5"])
+        .agent("alpha", 1)
+        .start();
+    let coordinator = &mut cluster.coordinator;
     let sweep_id = coordinator.submit(&file);
     let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use ladder_e2e::{as_str, runtime_dir, write_file, Agent, Coordinator, TestDir, Value};
+use ladder_e2e::{as_str, runtime_dir, write_file, Cluster, TestDir, Value};
 
 #[test]
 fn python_grpc_client_discovers_and_calls_the_coordinator() {
@@ -24,12 +24,11 @@ fn python_grpc_client_discovers_and_calls_the_coordinator() {
     );
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
-    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("solo", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
     let sweep_file = write_file(
         dir,
         "two.yaml",

@@ -1,10 +1,9 @@
 //! Search that learns and stops bad runs early, on real processes: ASHA and bayes (TPE).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use ladder_e2e::{
-    as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value, WATCH_TIMEOUT,
+    as_f64, as_str, write_file, write_script, Cluster, TestDir, Value, WATCH_TIMEOUT,
 };
 
 /// A training curve: the loss decays from 2.1 toward a floor set by `x` through a
@@ -25,13 +24,12 @@ for step in range(1, steps + 1):
 fn asha_stops_poor_runs_at_their_rung() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _a = Agent::start(&coordinator.url(), "a", 2, &dir.join("a"), dir);
-    let _b = Agent::start(&coordinator.url(), "b", 2, &dir.join("b"), dir);
-    coordinator.wait_for_agents(&["a", "b"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("a", 2)
+        .agent("b", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
     write_script(dir, "curve.py", CURVE);
     let max_step = 27;
     let sweep_file = write_file(
@@ -109,13 +107,12 @@ fn loss_of(run: &Value) -> f64 {
 fn bayes_with_parallel_trials_converges_without_duplicates() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _a = Agent::start(&coordinator.url(), "a", 2, &dir.join("a"), dir);
-    let _b = Agent::start(&coordinator.url(), "b", 2, &dir.join("b"), dir);
-    coordinator.wait_for_agents(&["a", "b"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("a", 2)
+        .agent("b", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
     write_script(dir, "bowl.py", BOWL);
     let sweep_file = write_file(
         dir,

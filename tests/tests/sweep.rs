@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ladder_e2e::{
-    as_f64, as_str, write_file, write_script, Agent, Coordinator, TestDir, Value, WATCH_TIMEOUT,
+    as_f64, as_str, write_file, write_script, Cluster, TestDir, Value, WATCH_TIMEOUT,
 };
 
 /// The objective of the grid test: prints `score` at steps 1..=3 and `loss` at steps 1
@@ -41,13 +41,12 @@ fn expected_metrics(a: i64, b: &str) -> (f64, f64) {
 fn grid_sweep_runs_everywhere_once() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _alpha = Agent::start(&coordinator.url(), "alpha", 2, &dir.join("alpha"), dir);
-    let _beta = Agent::start(&coordinator.url(), "beta", 2, &dir.join("beta"), dir);
-    coordinator.wait_for_agents(&["alpha", "beta"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("alpha", 2)
+        .agent("beta", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
 
     write_script(dir, "objective.py", OBJECTIVE);
     let sweep_file = write_file(
@@ -158,12 +157,11 @@ command: [python3, "{{ladder.code_dir}}/objective.py", "{{a}}", "{{b}}"]
 fn failing_command_is_failed_with_exit_code() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
-    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("solo", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
 
     // The argv is executed directly, so a shell is `sh -c SCRIPT sh ARGS...`.
     let sweep_file = write_file(
@@ -242,12 +240,11 @@ command:
 fn paused_sweep_proposes_nothing_until_resumed() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
-    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("solo", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
     let sweep_file = write_file(
         dir,
         "pause.yaml",
@@ -302,12 +299,11 @@ command: [sleep, "1"]
 fn cancelled_sweep_stops_its_runs() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = Agent::start(&coordinator.url(), "solo", 2, &dir.join("solo"), dir);
-    coordinator.wait_for_agents(&["solo"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("solo", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
     let sweep_file = write_file(
         dir,
         "cancel.yaml",
