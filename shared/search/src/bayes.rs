@@ -222,15 +222,24 @@ fn bayes_trial(spec: &SweepSpec, index: u64, history: &[Observation]) -> Params 
         .as_ref()
         .map(|m| m.goal)
         .unwrap_or(Goal::Minimize);
+    // The modelled parameters sorted by name, so that each trial's parameters (a map
+    // sorted by name) are matched to their dimensions in one merged pass.
+    let mut by_name: Vec<(&str, usize, usize)> = spec
+        .parameters
+        .iter()
+        .enumerate()
+        .filter_map(|(i, parameter)| dim_of[i].map(|dim| (parameter.name.as_str(), i, dim)))
+        .collect();
+    by_name.sort_unstable_by_key(|&(name, _, _)| name);
     let trials: Vec<Trial> = history
         .iter()
         .map(|observation| {
             let mut values = vec![None; space.len()];
-            for (i, parameter) in spec.parameters.iter().enumerate() {
-                if let (Some(dim), Some(value)) =
-                    (dim_of[i], observation.params.get(&parameter.name))
-                {
-                    values[dim] = to_dim_value(&axes[i], value);
+            let mut wanted = by_name.iter().peekable();
+            for (name, value) in &observation.params {
+                while wanted.next_if(|(w, _, _)| *w < name.as_str()).is_some() {}
+                if let Some((_, i, dim)) = wanted.next_if(|(w, _, _)| *w == name.as_str()) {
+                    values[*dim] = to_dim_value(&axes[*i], value);
                 }
             }
             let loss = observation

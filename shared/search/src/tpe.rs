@@ -488,8 +488,12 @@ impl Tpe {
         above: &[usize],
         rng: &mut R,
     ) -> Vec<Option<DimValue>> {
-        let coords: Vec<Vec<Option<joint::Coord>>> =
-            history.iter().map(|trial| self.coords_of(trial)).collect();
+        let dims = self.space.len();
+        // Row-major: coordinate `d` of trial `t` is `coords[t * dims + d]`.
+        let mut coords: Vec<Option<joint::Coord>> = Vec::with_capacity(history.len() * dims);
+        for trial in history {
+            coords.extend((0..dims).map(|d| self.coord_of(trial, d)));
+        }
         let modelled = |index: usize| {
             self.numeric[index]
                 .as_ref()
@@ -497,14 +501,16 @@ impl Tpe {
         };
         let mut by_age: Vec<usize> = completed.iter().map(|c| c.0).collect();
         by_age.sort_unstable();
-        let active_sets: Vec<Vec<usize>> = by_age
-            .iter()
-            .map(|&t| {
-                (0..self.space.len())
-                    .filter(|&d| modelled(d) && coords[t][d].is_some())
-                    .collect()
-            })
-            .collect();
+        // The distinct sets of active dimensions, in first-seen order.
+        let mut active_sets: Vec<Vec<usize>> = Vec::new();
+        let mut active: Vec<usize> = Vec::with_capacity(dims);
+        for &t in &by_age {
+            active.clear();
+            active.extend((0..dims).filter(|&d| modelled(d) && coords[t * dims + d].is_some()));
+            if !active_sets.contains(&active) {
+                active_sets.push(active.clone());
+            }
+        }
         let groups = joint::groups(active_sets.iter().map(Vec::as_slice));
 
         let priors: Vec<Option<Vec<f64>>> = self
@@ -527,14 +533,21 @@ impl Tpe {
                     (None, None) => unreachable!("every dimension is numeric or categorical"),
                 })
                 .collect();
-            let rows = |trials: &[usize]| -> Vec<Vec<joint::Coord>> {
-                trials
-                    .iter()
-                    .filter_map(|&t| group.iter().map(|&d| coords[t][d]).collect())
-                    .collect()
+            // The group's coordinates in the trials where the whole group was active.
+            let columns = |trials: &[usize]| -> Vec<Vec<joint::Coord>> {
+                let mut columns = vec![Vec::with_capacity(trials.len()); group.len()];
+                for &t in trials {
+                    let row = &coords[t * dims..(t + 1) * dims];
+                    if group.iter().all(|&d| row[d].is_some()) {
+                        for (column, &d) in columns.iter_mut().zip(group) {
+                            column.extend(row[d]);
+                        }
+                    }
+                }
+                columns
             };
-            let l = joint::JointParzen::build(&kinds, &rows(below), &self.config);
-            let g = joint::JointParzen::build(&kinds, &rows(above), &self.config);
+            let l = joint::JointParzen::build(&kinds, &columns(below), &self.config);
+            let g = joint::JointParzen::build(&kinds, &columns(above), &self.config);
             let mut best: Option<(Vec<joint::Coord>, f64)> = None;
             for _ in 0..self.config.n_ei_candidates {
                 let candidate = l.sample(rng);
@@ -567,26 +580,22 @@ impl Tpe {
         point
     }
 
-    /// A trial's values in estimator space, `None` where inactive, of the wrong kind, or a
-    /// choice the prior rules out.
-    fn coords_of(&self, trial: &Trial) -> Vec<Option<joint::Coord>> {
-        (0..self.space.len())
-            .map(|d| {
-                let value = trial.values.get(d).copied().flatten()?;
-                match (&self.space[d].dim, &self.numeric[d]) {
-                    (_, Some(num)) => num.observe(value).map(joint::Coord::Real),
-                    (Dim::Categorical { choices, weights }, None) => match value {
-                        DimValue::Choice(c)
-                            if c < *choices && weights.as_ref().is_none_or(|w| w[c] > 0.0) =>
-                        {
-                            Some(joint::Coord::Choice(c))
-                        }
-                        _ => None,
-                    },
-                    _ => None,
+    /// Dimension `d` of a trial in estimator space, `None` where inactive, of the wrong
+    /// kind, or a choice the prior rules out.
+    fn coord_of(&self, trial: &Trial, d: usize) -> Option<joint::Coord> {
+        let value = trial.values.get(d).copied().flatten()?;
+        match (&self.space[d].dim, &self.numeric[d]) {
+            (_, Some(num)) => num.observe(value).map(joint::Coord::Real),
+            (Dim::Categorical { choices, weights }, None) => match value {
+                DimValue::Choice(c)
+                    if c < *choices && weights.as_ref().is_none_or(|w| w[c] > 0.0) =>
+                {
+                    Some(joint::Coord::Choice(c))
                 }
-            })
-            .collect()
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// A prior draw for every dimension that `chosen` leaves empty (conditions ignored:

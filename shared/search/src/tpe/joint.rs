@@ -27,7 +27,12 @@ use ladder_spec::space::standard_normal;
 /// Dimensions never active are in no group.
 pub(super) fn groups<'a>(active_sets: impl Iterator<Item = &'a [usize]>) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
+    // Cutting by a set a second time changes nothing, so each distinct set is used once.
+    let mut seen: std::collections::BTreeSet<&[usize]> = std::collections::BTreeSet::new();
     for active in active_sets {
+        if !seen.insert(active) {
+            continue;
+        }
         let mut remaining: Vec<usize> = active.to_vec();
         let mut next = Vec::with_capacity(groups.len() * 2 + 1);
         for group in &groups {
@@ -52,6 +57,10 @@ pub(super) enum Coord {
     Choice(usize),
 }
 
+/// How far below the largest kernel term (in `ln`) a term may be before [`JointParzen::log_pdf`]
+/// skips it.
+const NEGLIGIBLE: f64 = 40.0;
+
 /// One dimension of a joint estimator.
 #[derive(Debug, Clone)]
 enum Axis {
@@ -60,6 +69,8 @@ enum Axis {
         num: Numeric,
         mus: Vec<f64>,
         sigmas: Vec<f64>,
+        /// `1 / sigmas[k]`.
+        inv_sigmas: Vec<f64>,
         /// `ln` of kernel `k`'s mass inside `[a, b]` (stepped dimensions only; continuous
         /// ones fold it into [`JointParzen::log_const`]).
         log_norm: Vec<f64>,
@@ -92,14 +103,17 @@ pub(super) struct JointParzen {
 }
 
 impl JointParzen {
-    /// The estimator over `observations` (one row per trial, oldest first, one coordinate
-    /// per axis in the order of `kinds`; every row complete and inside the space).
+    /// The estimator over the observed trials, given as one column per axis (in the order
+    /// of `kinds`), each holding the trials' coordinates oldest first; every column has
+    /// the same length and every coordinate lies inside the space.
     pub(super) fn build(
         kinds: &[AxisKind<'_>],
-        observations: &[Vec<Coord>],
+        columns: &[Vec<Coord>],
         config: &TpeConfig,
     ) -> JointParzen {
-        let n = observations.len();
+        debug_assert_eq!(kinds.len(), columns.len());
+        let n = columns.first().map_or(0, Vec::len);
+        debug_assert!(columns.iter().all(|column| column.len() == n));
         let mut weights = config.weights.weights(n);
         weights.push(if n == 0 { 1.0 } else { config.prior_weight });
         let total: f64 = weights.iter().sum();
@@ -108,37 +122,43 @@ impl JointParzen {
         for (position, kind) in kinds.iter().enumerate() {
             match kind {
                 AxisKind::Numeric(num) => {
-                    let observed: Vec<f64> = observations
+                    let observed: Vec<f64> = columns[position]
                         .iter()
-                        .map(|row| match row[position] {
+                        .map(|coord| match *coord {
                             Coord::Real(x) => x,
                             Coord::Choice(c) => c as f64,
                         })
                         .collect();
                     let (mus, sigmas) = kernels(num, &observed, config);
                     let mut log_norm = Vec::with_capacity(mus.len());
+                    // Many bandwidths are the clip's floor: their logarithm is reused.
+                    let mut last_ln = (f64::NAN, f64::NAN);
                     for k in 0..mus.len() {
-                        let z = log_gauss_mass(
+                        let z = log_mass_inside(
                             (num.a - mus[k]) / sigmas[k],
                             (num.b - mus[k]) / sigmas[k],
                         );
                         if num.step.is_some() {
                             log_norm.push(z);
                         } else {
-                            log_const[k] -= z + sigmas[k].ln() + LN_SQRT_2PI;
+                            if sigmas[k] != last_ln.0 {
+                                last_ln = (sigmas[k], sigmas[k].ln());
+                            }
+                            log_const[k] -= z + last_ln.1 + LN_SQRT_2PI;
                         }
                     }
                     axes.push(Axis::Numeric {
                         num: (*num).clone(),
+                        inv_sigmas: sigmas.iter().map(|s| 1.0 / s).collect(),
                         mus,
                         sigmas,
                         log_norm,
                     });
                 }
                 AxisKind::Categorical(prior) => {
-                    let observed: Vec<usize> = observations
+                    let observed: Vec<usize> = columns[position]
                         .iter()
-                        .map(|row| match row[position] {
+                        .map(|coord| match *coord {
                             Coord::Choice(c) => c,
                             Coord::Real(x) => x as usize,
                         })
@@ -194,14 +214,15 @@ impl JointParzen {
                         num,
                         mus,
                         sigmas,
+                        inv_sigmas,
                         log_norm,
                     },
                     Coord::Real(x),
                 ) => match num.step {
                     None => {
-                        for k in 0..kernels {
-                            let z = (x - mus[k]) / sigmas[k];
-                            terms[k] -= 0.5 * z * z;
+                        for ((term, mu), inv_sigma) in terms.iter_mut().zip(mus).zip(inv_sigmas) {
+                            let z = (x - mu) * inv_sigma;
+                            *term -= 0.5 * z * z;
                         }
                     }
                     Some(_) => {
@@ -224,7 +245,15 @@ impl JointParzen {
         if max == f64::NEG_INFINITY {
             return max;
         }
-        max + terms.iter().map(|t| (t - max).exp()).sum::<f64>().ln()
+        // Kernels more than e^-40 below the largest change the sum by less than a double's
+        // precision allows (there are at most MAX_SWEEP_RUNS of them), so they are skipped
+        // rather than exponentiated: with many trials nearly all kernels are that far.
+        let sum: f64 = terms
+            .iter()
+            .filter(|&&t| t - max > -NEGLIGIBLE)
+            .map(|t| (t - max).exp())
+            .sum();
+        max + sum.ln()
     }
 }
 
@@ -238,11 +267,12 @@ fn kernels(num: &Numeric, observed: &[f64], config: &TpeConfig) -> (Vec<f64>, Ve
     let (a, b) = (num.a, num.b);
     let range = b - a;
     let n = observed.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&i, &j| observed[i].total_cmp(&observed[j]));
+    // Sorted by value, ties by age: (value, observation index).
+    let mut order: Vec<(f64, usize)> = observed.iter().copied().zip(0..).collect();
+    order.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
     let mut sorted = Vec::with_capacity(n + 2);
     sorted.push(a);
-    sorted.extend(order.iter().map(|&i| observed[i]));
+    sorted.extend(order.iter().map(|&(x, _)| x));
     sorted.push(b);
     let mut sorted_sigmas: Vec<f64> = (0..n)
         .map(|i| (sorted[i + 1] - sorted[i]).max(sorted[i + 2] - sorted[i + 1]))
@@ -255,7 +285,7 @@ fn kernels(num: &Numeric, observed: &[f64], config: &TpeConfig) -> (Vec<f64>, Ve
     let magic_clip = range / 100f64.min(1.0 + kernel_count);
     let min_sigma = magic_clip.min(range * config.max_bandwidth_floor);
     let mut sigmas = vec![0.0; n + 1];
-    for (rank, &i) in order.iter().enumerate() {
+    for (rank, &(_, i)) in order.iter().enumerate() {
         sigmas[i] = sorted_sigmas[rank].clamp(min_sigma, range);
     }
     sigmas[n] = range;
@@ -284,6 +314,16 @@ fn categorical_kernels(prior: &[f64], observed: &[usize], prior_weight: f64) -> 
     rows
 }
 
+/// `ln P(lo <= Z <= hi)` for a standard normal `Z`: exactly 0 in double precision when
+/// both ends are more than 9 standard deviations out (the mass outside is below 1e-18),
+/// which is most kernels of a large estimator, and [`log_gauss_mass`] otherwise.
+fn log_mass_inside(lo: f64, hi: f64) -> f64 {
+    if lo < -9.0 && hi > 9.0 {
+        return 0.0;
+    }
+    log_gauss_mass(lo, hi)
+}
+
 /// A draw from `N(mu, sigma)` truncated to `[a, b]`, by rejection (`mu` lies in `[a, b]`
 /// and `sigma <= b - a`, so at least a third of the draws land inside); the clamped centre
 /// after 1,000 misses.
@@ -310,6 +350,21 @@ mod tests {
             step,
         })
         .expect("a numeric dimension")
+    }
+
+    /// `columns`, with one empty column per axis when there are no rows.
+    fn columns_of(kinds: &[AxisKind<'_>], rows: &[Vec<Coord>]) -> Vec<Vec<Coord>> {
+        let mut out = columns(rows);
+        out.resize(kinds.len(), Vec::new());
+        out
+    }
+
+    /// The columns of `rows` (one row per trial).
+    fn columns(rows: &[Vec<Coord>]) -> Vec<Vec<Coord>> {
+        let width = rows.first().map_or(0, Vec::len);
+        (0..width)
+            .map(|axis| rows.iter().map(|row| row[axis]).collect())
+            .collect()
     }
 
     /// Midpoints of `cells` equal cells covering `[a, b]`, with the cell width.
@@ -347,7 +402,8 @@ mod tests {
             .map(|&(a, b)| vec![Coord::Real(a), Coord::Real(f64::ln(b))])
             .collect();
         for observed in [0, 1, 4] {
-            let estimator = JointParzen::build(&kinds, &rows[..observed], &config);
+            let estimator =
+                JointParzen::build(&kinds, &columns_of(&kinds, &rows[..observed]), &config);
             let (xs, dx) = midpoints(x.a, x.b, 600);
             let (ys, dy) = midpoints(y.a, y.b, 600);
             let mut total = 0.0;
@@ -378,7 +434,7 @@ mod tests {
             .iter()
             .map(|&(a, w, c)| vec![Coord::Real(a), Coord::Real(f64::ln(w)), Coord::Choice(c)])
             .collect();
-        let estimator = JointParzen::build(&kinds, &rows, &config);
+        let estimator = JointParzen::build(&kinds, &columns(&rows), &config);
         let (xs, dx) = midpoints(0.0, 1.0, 400);
         let grid: Vec<f64> = (1..=32).map(|k| (16 * k) as f64).collect();
         let mut total = 0.0;
@@ -408,7 +464,7 @@ mod tests {
             vec![Coord::Real(0.99), Coord::Real(1.0), Coord::Choice(1)],
             vec![Coord::Real(-1.0), Coord::Real(0.0), Coord::Choice(2)],
         ];
-        let estimator = JointParzen::build(&kinds, &rows, &config);
+        let estimator = JointParzen::build(&kinds, &columns(&rows), &config);
         let mut rng = trial_rng(3, 0);
         for _ in 0..2000 {
             let sample = estimator.sample(&mut rng);
@@ -435,7 +491,7 @@ mod tests {
                 vec![Coord::Real(t), Coord::Real(t)]
             })
             .collect();
-        let estimator = JointParzen::build(&kinds, &rows, &config);
+        let estimator = JointParzen::build(&kinds, &columns(&rows), &config);
         let mut rng = trial_rng(11, 0);
         let samples: Vec<(f64, f64)> = (0..4000)
             .map(|_| match estimator.sample(&mut rng)[..] {
