@@ -141,12 +141,14 @@ impl Tokenizer {
             };
         }
         let [bos, eos] = special;
-        Ok(Tokenizer::Hf(Box::new(HfTokenizer {
+        let hf = HfTokenizer {
             tokenizer,
             bos,
             eos,
             config,
-        })))
+        };
+        hf.check_special_token_flags(dir)?;
+        Ok(Tokenizer::Hf(Box::new(hf)))
     }
 
     /// Encodes `text`. `add_special_tokens` follows the HF tokenizer's own post-processor
@@ -259,6 +261,51 @@ impl Tokenizer {
             // Serializing a JSON value cannot fail.
             let text = serde_json::to_string_pretty(&value).expect("json serializes");
             std::fs::write(&path, text).map_err(|e| TrainerError::io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl HfTokenizer {
+    /// Refuses a `tokenizer_config.json` whose `add_bos_token` / `add_eos_token` disagree
+    /// with what `tokenizer.json`'s post-processor adds: transformers rebuilds the
+    /// post-processor from these flags for some tokenizer classes, so the encoding
+    /// lm-evaluation-harness sees would depend on the class, and ladder only applies
+    /// `tokenizer.json`.
+    fn check_special_token_flags(&self, dir: &Path) -> Result<()> {
+        let Some(config) = &self.config else {
+            return Ok(());
+        };
+        let added = self
+            .tokenizer
+            .encode("", true)
+            .map_err(|e| TrainerError::Tokenizer(format!("encoding an empty text: {e}")))?
+            .get_ids()
+            .to_vec();
+        let id_of = |token: &Option<String>| {
+            token
+                .as_deref()
+                .and_then(|text| self.tokenizer.token_to_id(text))
+        };
+        let flags = [
+            ("add_bos_token", id_of(&self.bos), added.first().copied()),
+            ("add_eos_token", id_of(&self.eos), added.last().copied()),
+        ];
+        for (key, special, edge) in flags {
+            let Some(declared) = config.get(key).and_then(serde_json::Value::as_bool) else {
+                continue;
+            };
+            let adds = special.is_some() && special == edge;
+            if declared != adds {
+                return Err(TrainerError::invalid(
+                    format!("{}: {key}", dir.join(TOKENIZER_CONFIG_FILE).display()),
+                    format!(
+                        "is {declared}, but the post-processor of {TOKENIZER_FILE} {} that token; \
+                         transformers may rebuild the post-processor from this flag, so make the two agree",
+                        if adds { "adds" } else { "does not add" }
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -388,6 +435,37 @@ pub(crate) mod tests {
             error.contains("tokenizer_config.json: bos_token"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn add_bos_token_must_agree_with_the_post_processor() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENIZER_FILE), TINY_TOKENIZER_JSON).unwrap();
+        let config = dir.path().join(TOKENIZER_CONFIG_FILE);
+        std::fs::write(
+            &config,
+            r#"{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true, "add_eos_token": false}"#,
+        )
+        .unwrap();
+        let tok = Tokenizer::for_model_dir(dir.path()).unwrap();
+        assert_eq!(tok.encode("the", true).unwrap(), vec![1, 3]);
+        for (flags, key) in [
+            (r#""add_bos_token": false"#, "add_bos_token"),
+            (r#""add_eos_token": true"#, "add_eos_token"),
+        ] {
+            std::fs::write(
+                &config,
+                format!(r#"{{"bos_token": "<s>", "eos_token": "</s>", {flags}}}"#),
+            )
+            .unwrap();
+            let error = Tokenizer::for_model_dir(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&format!("tokenizer_config.json: {key}")),
+                "{error}"
+            );
+        }
     }
 
     #[test]
