@@ -55,7 +55,7 @@ pub enum SpecialTokens {
 }
 
 impl SpecialTokens {
-    /// The names accepted by [`SpecialTokens::from_str`], in the order documented.
+    /// The names accepted by `SpecialTokens::from_str`, in the order documented.
     pub const NAMES: [&'static str; 2] = ["tokenizer", "none"];
 }
 
