@@ -9,7 +9,12 @@
 //! Per item it then takes acc (argmax log-likelihood is right), acc_norm (argmax of
 //! log-likelihood divided by the choice's length in characters, delimiter excluded, as
 //! lm-eval's `process_results` does) and, for labelled items, mc2 (the probability
-//! mass of the true choices).
+//! mass of the true choices); [`evaluate_samples`] also returns one [`Sample`] per item
+//! (what `ladder eval --log-samples` writes).
+//!
+//! Prompts are encoded as [`encode_pair`] describes, with the special tokens
+//! [`SpecialTokens`] selects: by default the tokenizer's own, as lm-evaluation-harness
+//! 0.4.13 does.
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::SeedableRng;
