@@ -72,6 +72,10 @@ pub struct AgentConfig {
     pub coordinator: String,
     pub name: String,
     pub slots: u32,
+    /// Assignments without GPUs kept waiting beyond `slots`, each started the moment a
+    /// run ends (the coordinator queues runs here only for sweeps of short runs); `None`:
+    /// as many as `slots`.
+    pub queue_depth: Option<u32>,
     pub labels: BTreeMap<String, String>,
     pub gpus: Vec<Gpu>,
     /// Runs execute in `work_dir/runs/<run id>/`.
@@ -124,6 +128,7 @@ impl AgentConfig {
             slots: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
+            queue_depth: None,
             labels: BTreeMap::new(),
             gpus: Vec::new(),
             work_dir,
@@ -220,6 +225,9 @@ pub struct Agent {
     heartbeat_interval: Duration,
     /// Shutting down gracefully: runs are being handed back.
     draining: bool,
+    /// Assignments waiting for a slot, oldest first: each starts the moment one of the
+    /// agent's runs ends (at most [`AgentConfig::queue_depth`] of them).
+    waiting: VecDeque<Assignment>,
 }
 
 impl Agent {
@@ -232,6 +240,7 @@ impl Agent {
             runner_rx,
             heartbeat_interval: Duration::from_secs(3),
             draining: false,
+            waiting: VecDeque::new(),
         }
     }
 
@@ -276,7 +285,10 @@ impl Agent {
         let mut next_connect = tokio::time::Instant::now();
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         loop {
-            if let (Some(deadline), true) = (drain_deadline, self.held.is_empty()) {
+            if let (Some(deadline), true) = (
+                drain_deadline,
+                self.held.is_empty() && self.waiting.is_empty(),
+            ) {
                 info!("drained; exiting");
                 if let Some(Connection {
                     outgoing,
@@ -342,6 +354,14 @@ impl Agent {
                     }
                     for held in self.held.values().filter(|h| !h.finished) {
                         let _ = held.control.send(Control::Release);
+                    }
+                    for waiting in std::mem::take(&mut self.waiting) {
+                        self.end_unstarted(
+                            waiting.lease,
+                            FinishOutcome::Released,
+                            "released: the agent is draining".into(),
+                            connection.as_ref(),
+                        );
                     }
                 }
                 _ = async { tokio::time::sleep_until(drain_deadline.expect("guarded")).await }, if drain_deadline.is_some() => {
@@ -450,8 +470,14 @@ impl Agent {
             name: self.config.name.clone(),
             labels: self.config.labels.clone(),
             slots: self.config.slots,
+            queue_depth: self.config.queue_depth.unwrap_or(self.config.slots),
             gpus: self.config.gpus.clone(),
-            held: self.held.values().map(|h| h.lease.clone()).collect(),
+            held: self
+                .held
+                .values()
+                .map(|h| h.lease.clone())
+                .chain(self.waiting.iter().map(|w| w.lease.clone()))
+                .collect(),
             hostname: hostname(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             secret: identity.secret().cloned(),
@@ -552,6 +578,7 @@ impl Agent {
                 RunEvent::Finished(finished)
             }
         };
+        let freed_a_slot = matches!(kind, RunEvent::Finished(_));
         let run_event = RunEventMessage {
             lease: held.lease.clone(),
             seq: held.next_seq,
@@ -561,6 +588,94 @@ impl Agent {
         Self::send_event(connection, &run_event);
         held.unacked.push_back(run_event);
         held.unacked_bytes.push_back(output_bytes);
+        if freed_a_slot {
+            self.start_waiting();
+        }
+    }
+
+    /// Runs of this agent that occupy a slot: started and not ended.
+    fn running(&self) -> usize {
+        self.held.values().filter(|held| !held.finished).count()
+    }
+
+    /// Starts waiting assignments while slots are free, oldest first.
+    fn start_waiting(&mut self) {
+        while self.running() < self.config.slots as usize {
+            let Some(next) = self.waiting.pop_front() else {
+                return;
+            };
+            self.start(next);
+        }
+    }
+
+    /// Takes an assignment in: started at once when a slot is free (or when it has GPUs,
+    /// which the coordinator gives only when they are free), else queued.
+    fn accept(&mut self, assignment: Assignment) {
+        let lease = &assignment.lease;
+        ladder_timeline::mark(
+            ladder_timeline::Stage::LeaseReceived,
+            || ladder_timeline::attempt_key(&lease.run_id, lease.attempt),
+            "",
+        );
+        if self.waiting.iter().any(|w| &w.lease == lease) {
+            return;
+        }
+        if assignment.gpus.is_empty() && self.running() >= self.config.slots as usize {
+            info!(run_id = %lease.run_id, waiting = self.waiting.len() + 1, "run queued until a slot frees");
+            // A newer attempt of a run waiting here replaces the older one.
+            self.waiting.retain(|w| w.lease.run_id != lease.run_id);
+            self.waiting.push_back(assignment);
+            return;
+        }
+        self.start(assignment);
+    }
+
+    /// Ends an attempt that never started (refused, stopped or revoked while queued,
+    /// released by a drain): the attempt is held until the coordinator acknowledges its
+    /// one event, which says why.
+    fn end_unstarted(
+        &mut self,
+        lease: Lease,
+        outcome: FinishOutcome,
+        reason: String,
+        connection: Option<&Connection>,
+    ) {
+        if self.held.contains_key(&lease.run_id) {
+            warn!(run_id = %lease.run_id, "an attempt of this run is held already; ignored");
+            return;
+        }
+        let (control, _) = mpsc::unbounded_channel();
+        let event = RunEventMessage {
+            lease: lease.clone(),
+            seq: 1,
+            event: RunEvent::Finished(Finish {
+                outcome,
+                exit_code: None,
+                signal: None,
+                reason,
+            }),
+        };
+        Self::send_event(connection, &event);
+        self.held.insert(
+            lease.run_id.clone(),
+            HeldAttempt {
+                lease,
+                next_seq: 2,
+                unacked: VecDeque::from([event]),
+                front_sessions: 0,
+                unacked_bytes: VecDeque::from([0]),
+                backlog: Arc::new(runner::Backlog::default()),
+                finished: true,
+                control,
+            },
+        );
+    }
+
+    /// Removes `lease` from the queue; whether it was there.
+    fn unqueue(&mut self, lease: &Lease) -> bool {
+        let before = self.waiting.len();
+        self.waiting.retain(|w| &w.lease != lease);
+        self.waiting.len() != before
     }
 
     /// Handles one message; returns a new heartbeat interval when the coordinator set one.
@@ -606,8 +721,18 @@ impl Agent {
                 self.heartbeat_interval = interval;
                 return Some(interval);
             }
-            ToAgent::Assign(assignment) => self.start(assignment),
+            ToAgent::Assign(assignment) => self.accept(assignment),
             ToAgent::Stop { lease, reason } => {
+                if self.unqueue(&lease) {
+                    info!(run_id = %lease.run_id, %reason, "stopping run before it started");
+                    self.end_unstarted(
+                        lease,
+                        FinishOutcome::Stopped,
+                        format!("stopped before it started: {reason}"),
+                        Some(connection),
+                    );
+                    return None;
+                }
                 if let Some(held) = self.held.get(&lease.run_id) {
                     if held.lease == lease {
                         info!(run_id = %lease.run_id, %reason, "stopping run");
@@ -630,7 +755,22 @@ impl Agent {
                     }
                 }
             }
+            ToAgent::Revoke { lease, reason } => {
+                // One that started already runs on (the revoke crossed its start).
+                if self.unqueue(&lease) {
+                    info!(run_id = %lease.run_id, %reason, "queued run given back");
+                    self.end_unstarted(
+                        lease,
+                        FinishOutcome::Released,
+                        format!("given back before it started: {reason}"),
+                        Some(connection),
+                    );
+                }
+            }
             ToAgent::Reject { lease, reason } => {
+                if self.unqueue(&lease) {
+                    return None;
+                }
                 if let Some(held) = self.held.get(&lease.run_id) {
                     if held.lease == lease {
                         warn!(run_id = %lease.run_id, attempt = lease.attempt, %reason, "lease rejected; killing the attempt");
@@ -652,45 +792,17 @@ impl Agent {
         error: &ladder_protocol::ProtocolError,
         connection: &Connection,
     ) {
-        if self.held.contains_key(&lease.run_id) {
-            warn!(run_id = %lease.run_id, %error, "invalid assignment ignored");
-            return;
-        }
         warn!(run_id = %lease.run_id, attempt = lease.attempt, %error, "cannot take the assignment in; reporting the attempt failed");
-        let (control, _) = mpsc::unbounded_channel();
-        let event = RunEventMessage {
-            lease: lease.clone(),
-            seq: 1,
-            event: RunEvent::Finished(Finish {
-                outcome: FinishOutcome::Failed,
-                exit_code: None,
-                signal: None,
-                reason: format!("the agent cannot take this assignment in: {error}"),
-            }),
-        };
-        Self::send_event(Some(connection), &event);
-        self.held.insert(
-            lease.run_id.clone(),
-            HeldAttempt {
-                lease,
-                next_seq: 2,
-                unacked: VecDeque::from([event]),
-                front_sessions: 0,
-                unacked_bytes: VecDeque::from([0]),
-                backlog: Arc::new(runner::Backlog::default()),
-                finished: true,
-                control,
-            },
+        self.end_unstarted(
+            lease,
+            FinishOutcome::Failed,
+            format!("the agent cannot take this assignment in: {error}"),
+            Some(connection),
         );
     }
 
     fn start(&mut self, assign: Assignment) {
         let lease = assign.lease;
-        ladder_timeline::mark(
-            ladder_timeline::Stage::LeaseReceived,
-            || ladder_timeline::attempt_key(&lease.run_id, lease.attempt),
-            "",
-        );
         if let Some(previous) = self.held.get(&lease.run_id) {
             if previous.lease == lease {
                 return;

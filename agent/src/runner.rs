@@ -708,10 +708,11 @@ pub async fn execute(
         }
         let exit_tx = exit_tx.clone();
         let timeline_key = ladder_timeline::attempt_key(&execution.run_id, execution.attempt);
+        let agent = execution.agent.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             if rank == 0 {
-                ladder_timeline::mark(ladder_timeline::Stage::Exited, || timeline_key, "");
+                ladder_timeline::mark(ladder_timeline::Stage::Exited, || timeline_key, &agent);
             }
             crate::contain::rank_reaped(child_pid);
             let _ = exit_tx.send((rank, status));

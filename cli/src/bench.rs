@@ -648,12 +648,12 @@ async fn dispatch(
     let figures: Vec<(&str, &str, &mut Vec<std::time::Duration>)> = vec![
         (
             "slot_freed_to_process_started",
-            "slot freed -> process started",
+            "process exited -> next started there",
             &mut latencies.slot_to_started,
         ),
         (
             "slot_freed_to_lease_sent",
-            "  placement + group commit",
+            "  dispatched: report, placement, commit",
             &mut latencies.slot_to_lease_sent,
         ),
         (
@@ -686,6 +686,14 @@ async fn dispatch(
             samples.len()
         ));
     }
+    latency_json.insert("started_from_agent_queue".into(), json!(latencies.from_queue));
+    latency_lines.insert(
+        1,
+        format!(
+            "    {} of them started from the agent's queue (no round trip); the others:",
+            latencies.from_queue
+        ),
+    );
     if json_output {
         println!(
             "{}",

@@ -150,6 +150,11 @@ struct AgentArgs {
     /// Runs without GPUs executed at once (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
+    /// Runs without GPUs kept waiting beyond the slots, each started the moment a run
+    /// ends; the coordinator uses the queue only for grid and random sweeps whose runs
+    /// take a few seconds (default: as many as --slots; 0 turns it off).
+    #[arg(long)]
+    queue_depth: Option<u32>,
     /// Runs execute in WORK_DIR/runs/RUN_ID.
     #[arg(long, default_value = "ladder-work")]
     work_dir: PathBuf,
@@ -643,6 +648,15 @@ async fn agent(args: AgentArgs, security: connect::ClientSecurity) -> anyhow::Re
             bail!("--slots must be at least 1");
         }
         config.slots = slots;
+    }
+    if let Some(depth) = args.queue_depth {
+        if depth > ladder_limits::MAX_AGENT_SLOTS {
+            bail!(
+                "--queue-depth {depth} is above the limit of {}",
+                ladder_limits::MAX_AGENT_SLOTS
+            );
+        }
+        config.queue_depth = Some(depth);
     }
     config.labels = parse_labels(&args.labels)?;
     if let Some(code_dir) = args.code_dir {

@@ -177,6 +177,12 @@ struct AgentState {
     forget_on_exit: bool,
     /// End times (ms) of the consecutive fast failures of runs on this agent.
     fast_failures: Vec<i64>,
+    /// Assignments without GPUs the agent keeps waiting beyond its slots (from its
+    /// registration; 0 for an agent that takes runs only into free slots).
+    queue_depth: u32,
+    /// Runs placed on the agent beyond its free slots, not reported started yet: they
+    /// wait in its queue (or their start is on its way).
+    queued: HashSet<String>,
 }
 
 /// Runs failing within this long of their start count as fast failures.
@@ -206,6 +212,8 @@ impl AgentState {
             draining: false,
             forget_on_exit: false,
             fast_failures: Vec::new(),
+            queue_depth: 0,
+            queued: HashSet::new(),
         }
     }
 
@@ -238,6 +246,12 @@ impl AgentState {
         self.record.slots.saturating_sub(self.runs.len() as u32)
     }
 
+    /// Room in the agent's queue: runs it holds beyond its slots, up to its depth.
+    fn queue_room(&self) -> u32 {
+        (self.record.slots + self.queue_depth).saturating_sub(self.runs.len() as u32)
+            - self.free_slots()
+    }
+
     fn free_gpus(&self) -> Vec<u32> {
         let used: HashSet<u32> = self.runs.values().flatten().copied().collect();
         self.record
@@ -257,7 +271,17 @@ struct SweepState {
     observations: Vec<Observation>,
     /// The early-termination rule's state, when the sweep has one.
     stopper: Option<EarlyStopper>,
+    /// How long the sweep's latest completed attempts ran (ms), newest last, at most
+    /// [`RECENT_DURATIONS`].
+    recent_durations: VecDeque<i64>,
 }
+
+/// Completed attempts whose durations decide whether a sweep's runs are short.
+const RECENT_DURATIONS: usize = 16;
+/// A sweep whose recent attempts ran this long or less (median) gets runs queued on
+/// agents ahead of their slots: the dispatch round trip would be a noticeable part of
+/// such a run, and a queued run waits at most about this long behind another.
+const SHORT_RUN_MS: i64 = 5_000;
 
 impl SweepState {
     fn new(record: SweepRecord) -> Self {
@@ -267,7 +291,31 @@ impl SweepState {
             active: 0,
             observations: Vec::new(),
             stopper,
+            recent_durations: VecDeque::new(),
         }
+    }
+
+    /// Notes how long a completed attempt ran.
+    fn ran_for(&mut self, duration_ms: i64) {
+        if self.recent_durations.len() == RECENT_DURATIONS {
+            self.recent_durations.pop_front();
+        }
+        self.recent_durations.push_back(duration_ms.max(0));
+    }
+
+    /// Whether the sweep's runs may wait in agents' queues: its trials do not depend on
+    /// results (grid, random), need no GPU, and its recent runs were short.
+    fn queues_on_agents(&self) -> bool {
+        let spec = &self.record.spec;
+        if spec.method == ladder_spec::Method::Bayes
+            || spec.resources.gpus > 0
+            || self.recent_durations.len() < 4
+        {
+            return false;
+        }
+        let mut sorted: Vec<i64> = self.recent_durations.iter().copied().collect();
+        sorted.sort_unstable();
+        sorted[sorted.len() / 2] <= SHORT_RUN_MS
     }
 
     /// The value a finished run contributes to the search: its summary of the sweep
@@ -397,6 +445,8 @@ impl Scheduler {
                     draining: false,
                     forget_on_exit: false,
                     fast_failures: Vec::new(),
+                    queue_depth: 0,
+                    queued: HashSet::new(),
                 },
             );
         }

@@ -236,6 +236,70 @@ command:
     );
 }
 
+/// Notes the run's start and end on one line each (one `write` of less than a pipe
+/// buffer in append mode, so lines of concurrent runs never mix) around a short nap.
+const SPAN: &str = r#"
+import os, sys, time
+path = sys.argv[1]
+def note(what):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, ("%s %d\n" % (what, time.monotonic_ns())).encode())
+    os.close(fd)
+note("start")
+time.sleep(0.05)
+note("end")
+"#;
+
+/// A sweep of short runs gets runs waiting in the agent's queue (started by the agent
+/// the moment a run ends), yet the agent never runs more than its slots at once: every
+/// run notes when it started and ended, and at no instant were more than two running.
+#[test]
+fn runs_queued_on_an_agent_never_exceed_its_slots() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let mut cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("solo", 2)
+        .start();
+    let spans = dir.join("spans.txt");
+    write_script(dir, "span.py", SPAN);
+    let sweep_file = write_file(
+        dir,
+        "short.yaml",
+        &format!(
+            "name: short-e2e\nmethod: grid\nparallel: 2\nparameters:\n  i: {{distribution: int_uniform, min: 1, max: 40}}\ncommand: [python3, \"{{{{ladder.code_dir}}}}/span.py\", \"{}\"]\n",
+            spans.display()
+        ),
+    );
+    let sweep_id = cluster.coordinator.submit(&sweep_file);
+    let done = cluster.coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    assert_eq!(done["counts"]["completed"], 40, "{done}");
+    let text = std::fs::read_to_string(&spans).unwrap();
+    let mut events: Vec<(u64, i32)> = text
+        .lines()
+        .map(|line| {
+            let (what, at) = line.split_once(' ').expect("what and when");
+            let delta = if what == "start" { 1 } else { -1 };
+            (at.parse().expect("nanoseconds"), delta)
+        })
+        .collect();
+    assert_eq!(events.len(), 80, "{text}");
+    // Ends before starts at the same instant.
+    events.sort();
+    let mut running = 0;
+    let mut most = 0;
+    for (_, delta) in events {
+        running += delta;
+        most = most.max(running);
+    }
+    assert!(most <= 2, "{most} runs at once on an agent of 2 slots");
+    let log = std::fs::read_to_string(cluster.agent("solo").log()).unwrap();
+    assert!(
+        log.contains("run queued until a slot frees"),
+        "no run waited in the agent's queue:\n{log}"
+    );
+}
+
 #[test]
 fn paused_sweep_proposes_nothing_until_resumed() {
     let tmp = TestDir::new();

@@ -60,14 +60,14 @@ fn every_field_and_count_of_a_registration_is_bounded() {
     }];
     refused(r, "register.gpus.name");
     let mut r = valid_register("a");
-    r.held = (0..2_000)
+    r.held = (0..3_000)
         .map(|i| pb::Lease {
             run_id: format!("r{i}"),
             attempt: 1,
             epoch: 1,
         })
         .collect();
-    refused(r, "register.held has 2000 entries");
+    refused(r, "register.held has 3000 entries");
 }
 
 fn valid_lease(lease: &Option<pb::Lease>) -> bool {
@@ -356,6 +356,7 @@ fn register() -> impl Strategy<Value = pb::Register> {
         text(),
     )
         .prop_map(|(name, labels, slots, held, hostname)| pb::Register {
+            queue_depth: 0,
             name,
             labels: labels.into_iter().collect(),
             slots,

@@ -143,6 +143,9 @@ impl Scheduler {
         }
         agent.record.labels = registration.labels;
         agent.record.slots = registration.slots;
+        agent.queue_depth = registration.queue_depth;
+        // What waits in its queue is known again from the runs it reports started.
+        agent.queued.clear();
         agent.record.gpus = registration.gpus;
         agent.record.hostname = registration.hostname;
         agent.record.version = registration.version;

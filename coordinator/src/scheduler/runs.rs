@@ -55,6 +55,14 @@ impl Scheduler {
         match event {
             RunEvent::Started { pid, work_dir } => {
                 debug!(run_id = %lease.run_id, pid, work_dir, "run started");
+                // A run that waited in the agent's queue starts now, not when placed.
+                if let Some(holder) = self.agents.get_mut(agent) {
+                    if holder.queued.remove(&lease.run_id) {
+                        if let Some(attempt) = run.current_attempt_mut() {
+                            attempt.started_ms = now_ms();
+                        }
+                    }
+                }
             }
             RunEvent::Output {
                 mut metrics,
@@ -154,11 +162,12 @@ impl Scheduler {
         finish: Finish,
     ) -> Result<(), CoordinatorError> {
         if finish.outcome == FinishOutcome::Released {
-            return self.requeue(
-                run_id,
-                AttemptOutcome::Released,
-                "handed back by a draining agent",
-            );
+            let reason = if finish.reason.is_empty() {
+                "handed back by a draining agent"
+            } else {
+                &finish.reason
+            };
+            return self.requeue(run_id, AttemptOutcome::Released, reason);
         }
         let mut run = self.runs.remove(run_id).expect("run present");
         let cancelled = self
@@ -190,8 +199,14 @@ impl Scheduler {
         let agent_name = attempt.agent.clone();
         let duration_ms = now - attempt.started_ms;
         let reason = attempt.reason.clone();
+        if status == RunStatus::Completed {
+            if let Some(sweep) = self.sweeps.get_mut(&run.sweep_id) {
+                sweep.ran_for(duration_ms);
+            }
+        }
         if let Some(agent) = self.agents.get_mut(&agent_name) {
             agent.runs.remove(run_id);
+            agent.queued.remove(run_id);
             let was_quarantined = agent.record.quarantined;
             agent.track_outcome(status, duration_ms, run_id, &reason);
             if agent.record.quarantined != was_quarantined {
@@ -238,6 +253,7 @@ impl Scheduler {
             attempt.ended_ms = Some(now);
             if let Some(agent) = self.agents.get_mut(&attempt.agent) {
                 agent.runs.remove(run_id);
+                agent.queued.remove(run_id);
             }
         }
         warn!(

@@ -121,7 +121,42 @@ impl Scheduler {
             info!(sweep_id, "sweep cancelled");
             self.cancel_runs(sweep_id)?;
         }
+        if action == SweepAction::Pause {
+            self.revoke_queued(sweep_id);
+        }
         Ok(record)
+    }
+
+    /// Asks agents to give back the runs of a paused sweep that wait in their queues;
+    /// those that started meanwhile run on, like the sweep's other running runs.
+    fn revoke_queued(&mut self, sweep_id: &str) {
+        for agent in self.agents.values() {
+            let Some(session) = &agent.session else {
+                continue;
+            };
+            for run_id in &agent.queued {
+                let Some(run) = self.runs.get(run_id) else {
+                    continue;
+                };
+                let Some(attempt) = run.current_attempt() else {
+                    continue;
+                };
+                if run.sweep_id != sweep_id {
+                    continue;
+                }
+                self.deferred.push(Deferred::Send(
+                    session.outbox.clone(),
+                    ToAgent::Revoke {
+                        lease: Lease {
+                            run_id: run_id.clone(),
+                            attempt: attempt.number,
+                            epoch: attempt.epoch,
+                        },
+                        reason: format!("sweep {sweep_id} paused"),
+                    },
+                ));
+            }
+        }
     }
 
     pub(super) fn cancel_runs(&mut self, sweep_id: &str) -> Result<(), CoordinatorError> {

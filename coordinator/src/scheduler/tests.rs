@@ -89,8 +89,22 @@ fn register(
     held: Vec<Lease>,
     secret: Option<AgentSecret>,
 ) -> (Result<(), CoordinatorError>, VirtualAgent) {
+    register_queueing(s, session, name, slots, 0, held, secret)
+}
+
+/// Registers `name`, which keeps up to `queue_depth` runs waiting beyond its slots.
+fn register_queueing(
+    s: &mut Scheduler,
+    session: u64,
+    name: &str,
+    slots: u32,
+    queue_depth: u32,
+    held: Vec<Lease>,
+    secret: Option<AgentSecret>,
+) -> (Result<(), CoordinatorError>, VirtualAgent) {
     let (outbox, inbox) = mpsc::unbounded_channel();
     let registration = Registration {
+        queue_depth,
         name: name.into(),
         labels: BTreeMap::new(),
         slots,
@@ -1131,4 +1145,156 @@ fn forcing_forget_ends_the_session_and_the_agent_re_enrolls_with_its_runs() {
     let run = s.store.get_run(&lease.run_id).unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Completed);
     assert_eq!(run.attempts.len(), 1, "re-adopted, not restarted");
+}
+
+/// Runs an attempt of `assignment` to completion on `agent`: started, then completed.
+fn complete(s: &mut Scheduler, agent: &VirtualAgent, assignment: &Assignment) {
+    let started = RunEvent::Started {
+        pid: 1,
+        work_dir: String::new(),
+    };
+    report(s, agent, &assignment.lease, 1, started);
+    report(
+        s,
+        agent,
+        &assignment.lease,
+        2,
+        finish(FinishOutcome::Completed, 0),
+    );
+}
+
+/// A sweep of short runs gets runs waiting in the queue of an agent that keeps one, once
+/// a few completed runs showed they are short: never more than `parallel` waiting
+/// beyond the `parallel` that run, and a waiting run's attempt starts when the agent
+/// reports it started. Pausing the sweep asks the agent to give the waiting ones back.
+#[test]
+fn short_runs_wait_in_agent_queues_and_a_pause_revokes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path(), Duration::from_secs(60));
+    let (result, mut agent) = register_queueing(&mut s, 1, "a", 2, 2, vec![], None);
+    result.unwrap();
+    let values: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let yaml = format!(
+        "name: q\nmethod: grid\nparallel: 2\nparameters:\n  i: {{values: [{}]}}\ncommand: [\"true\"]\n",
+        values.join(", ")
+    );
+    let sweep_id = submit(&mut s, &yaml);
+    // Until four runs completed, nothing is known about their length: slots only.
+    for _ in 0..2 {
+        let placed = agent.assignments();
+        assert_eq!(placed.len(), 2, "{placed:?}");
+        for assignment in &placed {
+            complete(&mut s, &agent, assignment);
+        }
+    }
+    // Now two fill the slots and two wait in the queue.
+    let placed = agent.assignments();
+    assert_eq!(placed.len(), 4, "{placed:?}");
+    assert_eq!(s.agents["a"].queued.len(), 2);
+    let running: Vec<&Assignment> = placed
+        .iter()
+        .filter(|a| !s.agents["a"].queued.contains(&a.lease.run_id))
+        .collect();
+    assert_eq!(running.len(), 2);
+    // One run ends; the agent starts a waiting one in its slot, and one more is queued
+    // (two waiting again), none beyond the agent's slots and queue.
+    complete(&mut s, &agent, running[0]);
+    let next = placed
+        .iter()
+        .find(|a| s.agents["a"].queued.contains(&a.lease.run_id))
+        .expect("a waiting run");
+    // Placed long ago, as far as the record says: the start time is the report's.
+    s.runs.get_mut(&next.lease.run_id).unwrap().attempts[0].started_ms = 0;
+    report(
+        &mut s,
+        &agent,
+        &next.lease,
+        1,
+        RunEvent::Started {
+            pid: 2,
+            work_dir: String::new(),
+        },
+    );
+    assert!(s.runs[&next.lease.run_id].attempts[0].started_ms > 0);
+    let more = agent.assignments();
+    assert_eq!(more.len(), 1, "{more:?}");
+    assert_eq!(s.agents["a"].runs.len(), 4);
+    assert_eq!(s.agents["a"].queued.len(), 2);
+    assert!(s.agents["a"].queued.contains(&more[0].lease.run_id));
+
+    // A pause gives back exactly the runs still waiting.
+    let (reply, mut answer) = oneshot::channel();
+    s.handle(Event::SweepAction {
+        sweep_id: sweep_id.clone(),
+        action: SweepAction::Pause,
+        reply,
+    });
+    s.step(Instant::now());
+    answer.try_recv().unwrap().unwrap();
+    let mut revoked: Vec<String> = agent
+        .drain()
+        .into_iter()
+        .filter_map(|m| match m {
+            ToAgent::Revoke { lease, .. } => Some(lease.run_id),
+            _ => None,
+        })
+        .collect();
+    revoked.sort();
+    let mut expected: Vec<String> = s.agents["a"].queued.iter().cloned().collect();
+    expected.sort();
+    assert_eq!(revoked, expected);
+    // The agent hands one back: it is queued again as a new attempt, not ended.
+    let lease = s.runs[&revoked[0]].current_attempt().map(|a| Lease {
+        run_id: revoked[0].clone(),
+        attempt: a.number,
+        epoch: a.epoch,
+    });
+    let lease = lease.expect("attempt");
+    report(
+        &mut s,
+        &agent,
+        &lease,
+        1,
+        RunEvent::Finished(Finish {
+            outcome: FinishOutcome::Released,
+            exit_code: None,
+            signal: None,
+            reason: "given back before it started: sweep paused".into(),
+        }),
+    );
+    let run = &s.runs[&revoked[0]];
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.attempts[0].outcome, AttemptOutcome::Released);
+    assert!(!s.agents["a"].queued.contains(&revoked[0]));
+}
+
+/// Runs of a `bayes` sweep, or of an agent without a queue, go only into free slots:
+/// proposals wait for results, and such an agent would start them at once.
+#[test]
+fn only_sweeps_of_short_runs_that_need_no_results_queue_on_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path(), Duration::from_secs(60));
+    let (result, mut queueing) = register_queueing(&mut s, 1, "q", 1, 4, vec![], None);
+    result.unwrap();
+    let yaml = "name: b\nmethod: bayes\nmax_runs: 20\nparallel: 1\nmetric: {name: loss, goal: minimize}\nparameters:\n  x: {distribution: uniform, min: 0, max: 1}\ncommand: [\"true\"]\n";
+    submit(&mut s, yaml);
+    for _ in 0..8 {
+        let placed = queueing.assignments();
+        assert_eq!(placed.len(), 1, "{placed:?}");
+        complete(&mut s, &queueing, &placed[0]);
+    }
+    assert!(s.agents["q"].queued.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path(), Duration::from_secs(60));
+    let mut plain = connect(&mut s, 1, "p", 1, vec![]);
+    submit(
+        &mut s,
+        &GRID3.replace("[1, 2, 3]", "[1, 2, 3, 4, 5, 6, 7, 8, 9]"),
+    );
+    for _ in 0..8 {
+        let placed = plain.assignments();
+        assert_eq!(placed.len(), 1, "{placed:?}");
+        complete(&mut s, &plain, &placed[0]);
+    }
 }

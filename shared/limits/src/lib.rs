@@ -57,8 +57,9 @@ pub const MAX_GPU_TEXT_BYTES: usize = 256;
 /// CPU slots one agent may report.
 pub const MAX_AGENT_SLOTS: u32 = 1_024;
 
-/// Leases an agent may claim to hold when it registers (at most one per slot and GPU).
-pub const MAX_HELD_LEASES: usize = MAX_AGENT_SLOTS as usize + MAX_GPUS_PER_AGENT;
+/// Leases an agent may claim to hold when it registers (at most one per slot, queued
+/// run and GPU).
+pub const MAX_HELD_LEASES: usize = 2 * MAX_AGENT_SLOTS as usize + MAX_GPUS_PER_AGENT;
 
 // --- sweeps ----------------------------------------------------------------------------
 

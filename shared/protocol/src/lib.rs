@@ -105,6 +105,10 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     /// Runs without GPUs the agent executes at once.
     pub slots: u32,
+    /// Assignments without GPUs the agent keeps waiting beyond `slots`, each started
+    /// the moment one of its runs ends; 0 for an agent that takes runs only into free
+    /// slots.
+    pub queue_depth: u32,
     pub gpus: Vec<Gpu>,
     /// Attempts the agent still holds.
     pub held: Vec<Lease>,
@@ -207,6 +211,12 @@ pub enum ToAgent {
         seq: u64,
     },
     Reject {
+        lease: Lease,
+        reason: String,
+    },
+    /// Give back an attempt still waiting in the agent's queue (reported released,
+    /// never started); one that has started is left running.
+    Revoke {
         lease: Lease,
         reason: String,
     },

@@ -151,6 +151,10 @@ fn coordinator_messages_round_trip() {
             lease: lease(),
             reason: "stale".into(),
         },
+        ToAgent::Revoke {
+            lease: lease(),
+            reason: "sweep paused".into(),
+        },
     ];
     for sent in messages {
         let wire: pb::CoordinatorMessage = sent.clone().into();
@@ -176,6 +180,7 @@ fn a_registration_round_trips_and_its_gpus_convert_once() {
         name: "node-1".into(),
         labels: BTreeMap::from([("pool".into(), "a100".into())]),
         slots: 4,
+        queue_depth: 4,
         gpus: vec![Gpu {
             index: 1,
             uuid: "GPU-1".into(),
@@ -196,6 +201,7 @@ fn a_registration_round_trips_and_its_gpus_convert_once() {
     assert_eq!(back.held, registration.held);
     assert_eq!(back.secret, registration.secret);
     assert_eq!(back.labels, registration.labels);
+    assert_eq!(back.queue_depth, 4);
 }
 
 #[test]

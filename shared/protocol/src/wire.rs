@@ -212,6 +212,13 @@ impl TryFrom<pb::Register> for Registration {
                 ladder_limits::MAX_LABEL_VALUE_BYTES,
             )?;
         }
+        if register.queue_depth > ladder_limits::MAX_AGENT_SLOTS {
+            return Err(ProtocolError(format!(
+                "register.queue_depth is {}; the limit is {}",
+                register.queue_depth,
+                ladder_limits::MAX_AGENT_SLOTS
+            )));
+        }
         if register.slots > ladder_limits::MAX_AGENT_SLOTS {
             return Err(ProtocolError(format!(
                 "register.slots is {}; the limit is {}",
@@ -257,6 +264,7 @@ impl TryFrom<pb::Register> for Registration {
             name: register.name,
             labels: register.labels.into_iter().collect(),
             slots: register.slots,
+            queue_depth: register.queue_depth,
             gpus: register.gpus.into_iter().map(gpu_from_pb).collect(),
             held,
             hostname: register.hostname,
@@ -272,6 +280,7 @@ impl From<Registration> for pb::Register {
             name: registration.name,
             labels: registration.labels.into_iter().collect(),
             slots: registration.slots,
+            queue_depth: registration.queue_depth,
             gpus: registration.gpus.iter().map(gpu_to_pb).collect(),
             held: registration.held.into_iter().map(lease_to_pb).collect(),
             hostname: registration.hostname,
@@ -431,6 +440,10 @@ impl From<ToAgent> for pb::CoordinatorMessage {
                 lease: Some(lease_to_pb(lease)),
                 reason,
             }),
+            ToAgent::Revoke { lease, reason } => Kind::Revoke(pb::RevokeRun {
+                lease: Some(lease_to_pb(lease)),
+                reason,
+            }),
         };
         pb::CoordinatorMessage { kind: Some(kind) }
     }
@@ -493,6 +506,10 @@ impl TryFrom<pb::CoordinatorMessage> for ToAgent {
             Some(Kind::Reject(reject)) => Ok(ToAgent::Reject {
                 lease: lease_from_pb("reject", reject.lease)?,
                 reason: reject.reason,
+            }),
+            Some(Kind::Revoke(revoke)) => Ok(ToAgent::Revoke {
+                lease: lease_from_pb("revoke", revoke.lease)?,
+                reason: revoke.reason,
             }),
             None => Err(ProtocolError("empty coordinator message".into())),
         }

@@ -86,12 +86,15 @@ pub fn take() -> Vec<Mark> {
 /// The benchmark's latency figures, each a list of samples.
 #[derive(Debug, Default)]
 pub struct Latencies {
-    /// A slot freed (completion taken in) → the process of the run that took the slot
-    /// started on that agent.
+    /// A run's process exited on an agent → the process of the next run started on
+    /// that agent (the slot it freed taken again).
     pub slot_to_started: Vec<std::time::Duration>,
-    /// Its parts: slot freed → the new lease durable and sent (placement and a group
-    /// commit); sent → received by the agent; received → process started (run
-    /// directory, log file, cgroup, spawn).
+    /// Of those, the starts of runs that waited in the agent's queue: started by the
+    /// agent itself, without a round trip to the coordinator.
+    pub from_queue: usize,
+    /// The parts of the other starts: slot freed → the new lease durable and sent
+    /// (the completion's report, placement and a group commit); sent → received by the
+    /// agent; received → process started (run directory, log file, cgroup, spawn).
     pub slot_to_lease_sent: Vec<std::time::Duration>,
     pub lease_sent_to_received: Vec<std::time::Duration>,
     pub received_to_started: Vec<std::time::Duration>,
@@ -99,9 +102,10 @@ pub struct Latencies {
     pub exited_to_durable: Vec<std::time::Duration>,
 }
 
-/// Pairs the marks of a benchmark (sorted by time, as [`take`] returns them). Each slot
-/// freed on an agent goes to the next run started on that agent whose lease was sent
-/// after it; runs started on slots that were free from the start have no pair.
+/// Pairs the marks of a benchmark (sorted by time, as [`take`] returns them). Each
+/// process exit on an agent frees a slot there, which goes to the next run started on
+/// that agent; runs started on slots that were free from the start have no pair. A run
+/// whose lease reached the agent before the slot freed waited in its queue.
 pub fn latencies(marks: &[Mark]) -> Latencies {
     use std::collections::{HashMap, VecDeque};
     let mut sent: HashMap<&str, Instant> = HashMap::new();
@@ -114,13 +118,17 @@ pub fn latencies(marks: &[Mark]) -> Latencies {
         match mark.stage {
             Stage::Exited => {
                 exited.insert(key, mark.at);
+                freed
+                    .entry(mark.agent.as_str())
+                    .or_default()
+                    .push_back(mark.at);
             }
             Stage::CompletionDurable => {
                 if let Some(exit) = exited.remove(key) {
                     result.exited_to_durable.push(mark.at - exit);
                 }
             }
-            Stage::SlotFreed => freed.entry(key).or_default().push_back(mark.at),
+            Stage::SlotFreed => {}
             Stage::LeaseSent => {
                 sent.insert(key, mark.at);
             }
@@ -132,15 +140,20 @@ pub fn latencies(marks: &[Mark]) -> Latencies {
                 else {
                     continue;
                 };
-                let Some(queue) = freed.get_mut(mark.agent.as_str()) else {
+                let Some(slot) = freed
+                    .get_mut(mark.agent.as_str())
+                    .and_then(VecDeque::pop_front)
+                else {
                     continue;
                 };
-                if queue.front().is_none_or(|&slot| slot > lease_sent) {
+                result.slot_to_started.push(mark.at - slot);
+                if lease_received <= slot {
+                    result.from_queue += 1;
                     continue;
                 }
-                let slot = queue.pop_front().expect("a freed slot");
-                result.slot_to_started.push(mark.at - slot);
-                result.slot_to_lease_sent.push(lease_sent - slot);
+                result
+                    .slot_to_lease_sent
+                    .push(lease_sent.saturating_duration_since(slot));
                 result
                     .lease_sent_to_received
                     .push(lease_received - lease_sent);
@@ -166,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn a_freed_slot_pairs_with_the_next_run_leased_after_it_on_that_agent() {
+    fn a_freed_slot_pairs_with_the_next_run_started_on_that_agent() {
         let t = Instant::now();
         let marks = vec![
             // r1 and r2 fill a and b's slots from the start.
@@ -176,18 +189,24 @@ mod tests {
             at(t, 1, Stage::LeaseReceived, "r2/1", ""),
             at(t, 2, Stage::Started, "r1/1", "a"),
             // r1 ends before r2 has started: r2 must not take r1's slot.
-            at(t, 3, Stage::Exited, "r1/1", ""),
+            at(t, 3, Stage::Exited, "r1/1", "a"),
             at(t, 4, Stage::SlotFreed, "a", ""),
             at(t, 5, Stage::Started, "r2/1", "b"),
             at(t, 6, Stage::CompletionDurable, "r1/1", ""),
             at(t, 6, Stage::LeaseSent, "r3/1", ""),
+            // r4 is leased while a is busy: it waits in a's queue.
+            at(t, 7, Stage::LeaseSent, "r4/1", ""),
             at(t, 8, Stage::LeaseReceived, "r3/1", ""),
+            at(t, 9, Stage::LeaseReceived, "r4/1", ""),
             at(t, 11, Stage::Started, "r3/1", "a"),
+            at(t, 12, Stage::Exited, "r3/1", "a"),
+            at(t, 13, Stage::Started, "r4/1", "a"),
         ];
         let figures = latencies(&marks);
         let ms = |list: &[Duration]| list.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
-        assert_eq!(ms(&figures.slot_to_started), [7]);
-        assert_eq!(ms(&figures.slot_to_lease_sent), [2]);
+        assert_eq!(ms(&figures.slot_to_started), [8, 1]);
+        assert_eq!(figures.from_queue, 1);
+        assert_eq!(ms(&figures.slot_to_lease_sent), [3]);
         assert_eq!(ms(&figures.lease_sent_to_received), [2]);
         assert_eq!(ms(&figures.received_to_started), [3]);
         assert_eq!(ms(&figures.exited_to_durable), [3]);
