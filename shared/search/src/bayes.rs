@@ -235,11 +235,20 @@ fn bayes_trial(spec: &SweepSpec, index: u64, history: &[Observation]) -> Params 
         .iter()
         .map(|observation| {
             let mut values = vec![None; space.len()];
-            let mut wanted = by_name.iter().peekable();
+            let mut wanted = by_name.iter();
+            let mut next = wanted.next();
             for (name, value) in &observation.params {
-                while wanted.next_if(|(w, _, _)| *w < name.as_str()).is_some() {}
-                if let Some((_, i, dim)) = wanted.next_if(|(w, _, _)| *w == name.as_str()) {
-                    values[*dim] = to_dim_value(&axes[*i], value);
+                // Skip the modelled names sorting before this one (absent from the trial).
+                while let Some(&(w, i, dim)) = next {
+                    match w.cmp(name.as_str()) {
+                        std::cmp::Ordering::Less => next = wanted.next(),
+                        std::cmp::Ordering::Equal => {
+                            values[dim] = to_dim_value(&axes[i], value);
+                            next = wanted.next();
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
                 }
             }
             let loss = observation

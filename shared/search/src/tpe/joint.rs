@@ -19,7 +19,9 @@
 
 use rand::Rng;
 
-use super::{cumulative, log_gauss_mass, sample_index, Numeric, TpeConfig, LN_SQRT_2PI};
+use super::{
+    cumulative, log_gauss_mass, log_norm_cdf, sample_index, Numeric, TpeConfig, LN_SQRT_2PI,
+};
 use ladder_spec::space::standard_normal;
 
 /// Partitions `dims` (ascending dimension indices) into groups of dimensions that were
@@ -267,12 +269,16 @@ fn kernels(num: &Numeric, observed: &[f64], config: &TpeConfig) -> (Vec<f64>, Ve
     let (a, b) = (num.a, num.b);
     let range = b - a;
     let n = observed.len();
-    // Sorted by value, ties by age: (value, observation index).
-    let mut order: Vec<(f64, usize)> = observed.iter().copied().zip(0..).collect();
-    order.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    // Sorted by value, ties by age: (order key of the value, observation index).
+    let mut order: Vec<(u64, usize)> = observed
+        .iter()
+        .map(|&x| total_order_key(x))
+        .zip(0..)
+        .collect();
+    order.sort_unstable();
     let mut sorted = Vec::with_capacity(n + 2);
     sorted.push(a);
-    sorted.extend(order.iter().map(|&(x, _)| x));
+    sorted.extend(order.iter().map(|&(_, i)| observed[i]));
     sorted.push(b);
     let mut sorted_sigmas: Vec<f64> = (0..n)
         .map(|i| (sorted[i + 1] - sorted[i]).max(sorted[i + 2] - sorted[i + 1]))
@@ -292,6 +298,17 @@ fn kernels(num: &Numeric, observed: &[f64], config: &TpeConfig) -> (Vec<f64>, Ve
     let mut mus = observed.to_vec();
     mus.push(0.5 * (a + b));
     (mus, sigmas)
+}
+
+/// An integer that sorts like `x` under [`f64::total_cmp`] (sign bit flipped for positive
+/// numbers, all bits for negative ones), so that sorting needs no float comparisons.
+fn total_order_key(x: f64) -> u64 {
+    let bits = x.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }
 
 /// Kernel rows of a categorical dimension (Optuna 5's `_calculate_categorical_distributions`
@@ -314,14 +331,18 @@ fn categorical_kernels(prior: &[f64], observed: &[usize], prior_weight: f64) -> 
     rows
 }
 
-/// `ln P(lo <= Z <= hi)` for a standard normal `Z`: exactly 0 in double precision when
-/// both ends are more than 9 standard deviations out (the mass outside is below 1e-18),
-/// which is most kernels of a large estimator, and [`log_gauss_mass`] otherwise.
+/// `ln P(lo <= Z <= hi)` for a standard normal `Z`, `lo <= hi`. A tail beyond 8.3 standard
+/// deviations holds less than half an ulp of 1 (5e-17), so it is dropped: the mass is
+/// exactly 1 when both ends are that far out (most kernels of a large estimator), one tail
+/// when one end is, and [`log_gauss_mass`] otherwise.
 fn log_mass_inside(lo: f64, hi: f64) -> f64 {
-    if lo < -9.0 && hi > 9.0 {
-        return 0.0;
+    const FAR: f64 = 8.3;
+    match (lo < -FAR, hi > FAR) {
+        (true, true) => 0.0,
+        (true, false) => log_norm_cdf(hi),
+        (false, true) => log_norm_cdf(-lo),
+        (false, false) => log_gauss_mass(lo, hi),
     }
-    log_gauss_mass(lo, hi)
 }
 
 /// A draw from `N(mu, sigma)` truncated to `[a, b]`, by rejection (`mu` lies in `[a, b]`
@@ -516,6 +537,28 @@ mod tests {
         let on = estimator.log_pdf(&[Coord::Real(0.3), Coord::Real(0.3)]);
         let off = estimator.log_pdf(&[Coord::Real(0.3), Coord::Real(0.8)]);
         assert!(on > off + 1.0, "on {on}, off {off}");
+    }
+
+    #[test]
+    fn order_keys_sort_like_total_cmp() {
+        let mut values = vec![
+            3.5,
+            -0.0,
+            0.0,
+            -2.0,
+            1e-300,
+            -1e300,
+            f64::INFINITY,
+            7.0,
+            -7.0,
+        ];
+        let mut by_key = values.clone();
+        by_key.sort_by_key(|&x| total_order_key(x));
+        values.sort_by(f64::total_cmp);
+        assert_eq!(
+            by_key.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
