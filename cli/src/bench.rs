@@ -6,10 +6,12 @@
 //! run's durable completion, every run going through placement, assignment, process
 //! start, exit and the acknowledged `finished` report.
 //!
-//! `search` measures search quality: random search and TPE on four standard test
-//! functions (Branin, Hartmann6, Rosenbrock-4, Ackley-5), `--seeds` runs of `--trials`
-//! sequential trials each, reporting the median simple regret (best value so far minus the
-//! global minimum) with its interquartile range. Pure computation, no coordinator.
+//! `search` measures search quality: random search and TPE (multivariate, univariate,
+//! and multivariate with 8 trials in flight) on four standard test functions (Branin,
+//! Hartmann6, Rosenbrock-4, Ackley-5), `--seeds` runs of `--trials` trials each,
+//! reporting the median simple regret (best value so far minus the global minimum) with
+//! its interquartile range, and the proposal rate of `method: bayes` with 1,000 finished
+//! trials in 6 dimensions. Pure computation, no coordinator.
 
 use std::time::Instant;
 
@@ -131,7 +133,8 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Median simple regret of random search and TPE on standard test functions.
+    /// Median simple regret of random search and TPE on standard test functions, and
+    /// TPE's proposal rate with a long history.
     Search {
         /// Runs per function and method (seeds 0..N, the same for both methods).
         #[arg(long, default_value_t = 20)]
@@ -139,6 +142,9 @@ pub enum BenchCommand {
         /// Sequential trials per run.
         #[arg(long, default_value_t = 100)]
         trials: usize,
+        /// The first seed; runs use seeds first..first+seeds.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
         #[arg(long)]
         json: bool,
     },
@@ -181,8 +187,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Search {
             seeds,
             trials,
+            first_seed,
             json,
-        } => search(seeds, trials, json),
+        } => search(first_seed..first_seed + seeds, trials, json),
         BenchCommand::Ingest {
             runs,
             points,
@@ -377,9 +384,14 @@ fn fresh_dir_in(base: &std::path::Path, prefix: &str) -> anyhow::Result<std::pat
     anyhow::bail!("cannot find a free directory name in {}", base.display())
 }
 
-fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
-    use testfns::{benchmark, Method, TestFunction};
+fn search(
+    seed_range: std::ops::Range<u64>,
+    trials: usize,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    use testfns::{benchmark, proposal_rate, Method, TestFunction};
 
+    let seeds = seed_range.end - seed_range.start;
     anyhow::ensure!(
         seeds >= 1 && trials >= 1,
         "--seeds and --trials must be at least 1"
@@ -391,9 +403,14 @@ fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
     let mut wins = 0;
     for function in TestFunction::ALL {
         let mut final_medians = Vec::new();
-        for method in [Method::Random, Method::Tpe] {
+        for method in [
+            Method::Random,
+            Method::Tpe,
+            Method::TpeUnivariate,
+            Method::TpeParallel8,
+        ] {
             let began = Instant::now();
-            let curves = benchmark(function, method, seeds, trials);
+            let curves = benchmark(function, method, seed_range.clone(), trials);
             let seconds = began.elapsed().as_secs_f64();
             let at: Vec<_> = checkpoints
                 .iter()
@@ -414,6 +431,10 @@ fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // Proposal cost with a long history: 1,000 completed trials in 6 dimensions.
+    let (speed_dims, speed_observed, speed_calls) = (6, 1000, 300);
+    let multivariate_rate = proposal_rate(speed_dims, speed_observed, false, speed_calls);
+    let univariate_rate = proposal_rate(speed_dims, speed_observed, true, speed_calls);
     if json_output {
         let rows: Vec<_> = rows
             .iter()
@@ -431,20 +452,24 @@ fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
             .collect();
         println!(
             "{}",
-            json!({"seeds": seeds, "trials": trials, "seconds": elapsed, "tpe_wins": wins, "functions": TestFunction::ALL.len(), "results": rows})
+            json!({"seeds": seeds, "first_seed": seed_range.start, "trials": trials, "seconds": elapsed,
+                "proposals_per_second": {"dims": speed_dims, "observed": speed_observed,
+                    "tpe": multivariate_rate, "tpe_univariate": univariate_rate}, "tpe_wins": wins, "functions": TestFunction::ALL.len(), "results": rows})
         );
         return Ok(());
     }
     println!(
-        "search: median simple regret (best so far - global minimum) [interquartile range] over {seeds} seeds"
+        "search: median simple regret (best so far - global minimum) [interquartile range] over seeds {}..{}",
+        seed_range.start,
+        seed_range.end - 1
     );
-    let mut header = format!("{:<12} {:<7}", "function", "method");
+    let mut header = format!("{:<12} {:<15}", "function", "method");
     for t in &checkpoints {
         header.push_str(&format!(" {:>28}", format!("@{t}")));
     }
     println!("{header}  seconds");
     for (function, method, at, seconds) in &rows {
-        let mut line = format!("{:<12} {:<7}", function.name(), method.name());
+        let mut line = format!("{:<12} {:<15}", function.name(), method.name());
         for (_, median, q1, q3) in at {
             line.push_str(&format!(
                 " {:>28}",
@@ -456,6 +481,9 @@ fn search(seeds: u64, trials: usize, json_output: bool) -> anyhow::Result<()> {
     println!(
         "tpe beats random at {trials} trials (median) on {wins}/{} functions; {elapsed:.2}s in all",
         TestFunction::ALL.len()
+    );
+    println!(
+        "proposals/s with {speed_observed} completed trials in {speed_dims} dims (method: bayes, through propose): tpe {multivariate_rate:.0}, tpe-univariate {univariate_rate:.0}"
     );
     Ok(())
 }

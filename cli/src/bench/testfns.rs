@@ -152,8 +152,14 @@ pub fn ackley(x: &[f64]) -> f64 {
 pub enum Method {
     /// Independent draws from the prior of the space (uniform here).
     Random,
-    /// [`Tpe`] with [`TpeConfig::default`] (Optuna's defaults, 10 startup trials).
+    /// [`Tpe`] with [`TpeConfig::default`]: multivariate, Optuna 5's defaults, 10 startup
+    /// trials; what `method: bayes` runs.
     Tpe,
+    /// [`Tpe`] modelling each dimension on its own (`bayes: {multivariate: false}`).
+    TpeUnivariate,
+    /// [`Method::Tpe`] with 8 trials in flight (`parallel: 8`): each proposal sees the
+    /// other 7 as pending (constant liars), and trials finish oldest first.
+    TpeParallel8,
 }
 
 impl Method {
@@ -161,6 +167,16 @@ impl Method {
         match self {
             Method::Random => "random",
             Method::Tpe => "tpe",
+            Method::TpeUnivariate => "tpe-univariate",
+            Method::TpeParallel8 => "tpe-parallel8",
+        }
+    }
+
+    /// Trials in flight at once.
+    pub fn parallel(&self) -> usize {
+        match self {
+            Method::TpeParallel8 => 8,
+            _ => 1,
         }
     }
 }
@@ -194,22 +210,38 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
 }
 
-/// One run: `trials` sequential suggestions (the history grows by one completed trial
-/// each time) with the generator seeded from `seed`; returns the regret curve. Both
-/// methods draw from the same generator, so TPE's startup trials equal random's first
-/// trials.
+/// One run: `trials` suggestions with the generator seeded from `seed`; returns the
+/// regret curve in the order trials finish. Up to [`Method::parallel`] trials are in
+/// flight (pending in the history) and the oldest finishes first, so with one at a time
+/// the history grows by one completed trial per suggestion. Every method draws from the
+/// same generator, so TPE's startup trials equal random's first trials.
 pub fn run_once(function: TestFunction, method: Method, seed: u64, trials: usize) -> Vec<f64> {
-    let tpe = Tpe::new(function.space(), TpeConfig::default()).expect("valid test space");
+    let config = TpeConfig {
+        multivariate: method != Method::TpeUnivariate,
+        ..TpeConfig::default()
+    };
+    let tpe = Tpe::new(function.space(), config).expect("valid test space");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut history: Vec<Trial> = Vec::with_capacity(trials);
+    let mut in_flight = std::collections::VecDeque::new();
     let mut best = f64::INFINITY;
     let mut curve = Vec::with_capacity(trials);
-    for _ in 0..trials {
-        let point = match method {
-            Method::Random => tpe.sample_prior(&mut rng),
-            Method::Tpe => tpe.suggest(&history, &mut rng),
-        };
-        let x: Vec<f64> = point
+    while curve.len() < trials {
+        while in_flight.len() < method.parallel() && history.len() < trials {
+            let point = match method {
+                Method::Random => tpe.sample_prior(&mut rng),
+                _ => tpe.suggest(&history, &mut rng),
+            };
+            in_flight.push_back(history.len());
+            history.push(Trial {
+                values: point,
+                loss: None,
+                pending: true,
+            });
+        }
+        let finished = in_flight.pop_front().expect("a trial is in flight");
+        let x: Vec<f64> = history[finished]
+            .values
             .iter()
             .map(|v| match v {
                 Some(DimValue::Float(x)) => *x,
@@ -219,29 +251,72 @@ pub fn run_once(function: TestFunction, method: Method, seed: u64, trials: usize
         let y = function.eval(&x);
         best = best.min(y);
         curve.push(best - function.global_min());
-        history.push(Trial {
-            values: point,
-            loss: Some(y),
-            pending: false,
-        });
+        history[finished].loss = Some(y);
+        history[finished].pending = false;
     }
     curve
 }
 
-/// `seeds` runs (seeds `0..seeds`) of `trials` trials each.
+/// One run per seed in `seeds` of `trials` trials each.
 pub fn benchmark(
     function: TestFunction,
     method: Method,
-    seeds: u64,
+    seeds: std::ops::Range<u64>,
     trials: usize,
 ) -> RegretCurves {
     RegretCurves {
         function,
         method,
-        curves: (0..seeds)
+        curves: seeds
             .map(|seed| run_once(function, method, seed, trials))
             .collect(),
     }
+}
+
+/// Proposals per second of `method: bayes` (multivariate unless `univariate`) with
+/// `observed` completed trials of a `dims`-dimensional uniform space in the history, each
+/// proposal going through [`ladder_search::propose`] as the coordinator calls it: `calls`
+/// proposals, timed together.
+pub fn proposal_rate(dims: usize, observed: usize, univariate: bool, calls: u64) -> f64 {
+    use ladder_search::Observation;
+    use ladder_spec::{space::Params, ParamValue};
+
+    let mut yaml = format!(
+        "name: speed\nmethod: bayes\nmetric: {{name: loss, goal: minimize}}\nmax_runs: {}\ncommand: [t]\n",
+        observed as u64 + calls
+    );
+    if univariate {
+        yaml.push_str("bayes: {multivariate: false}\n");
+    }
+    yaml.push_str("parameters:\n");
+    for d in 0..dims {
+        yaml.push_str(&format!(
+            "  x{d}: {{distribution: uniform, min: 0, max: 1}}\n"
+        ));
+    }
+    let spec = ladder_spec::parse_sweep("speed.yaml", &yaml).expect("valid benchmark sweep");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let history: Vec<Observation> = (0..observed)
+        .map(|_| {
+            let x: Vec<f64> = (0..dims).map(|_| rand::Rng::random(&mut rng)).collect();
+            let params: Params = x
+                .iter()
+                .enumerate()
+                .map(|(d, v)| (format!("x{d}"), ParamValue::Float(*v)))
+                .collect();
+            Observation {
+                params,
+                value: Some(x.iter().map(|v| (v - 0.3) * (v - 0.3)).sum()),
+                pending: false,
+            }
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    for call in 0..calls {
+        let proposal = ladder_search::propose(&spec, observed as u64 + call, &history);
+        std::hint::black_box(proposal);
+    }
+    calls as f64 / began.elapsed().as_secs_f64()
 }
 
 #[cfg(test)]
@@ -288,10 +363,10 @@ mod tests {
 
     #[test]
     fn benchmark_curves_are_monotone_and_reproducible() {
-        let a = benchmark(TestFunction::Branin, Method::Tpe, 2, 30);
-        let b = benchmark(TestFunction::Branin, Method::Tpe, 2, 30);
+        let a = benchmark(TestFunction::Branin, Method::Tpe, 0..2, 30);
+        let b = benchmark(TestFunction::Branin, Method::Tpe, 0..2, 30);
         assert_eq!(a, b);
-        let r = benchmark(TestFunction::Branin, Method::Random, 2, 30);
+        let r = benchmark(TestFunction::Branin, Method::Random, 0..2, 30);
         for curve in a.curves.iter().chain(&r.curves) {
             assert_eq!(curve.len(), 30);
             assert!(curve.windows(2).all(|w| w[1] <= w[0]));
@@ -301,6 +376,14 @@ mod tests {
         for (t, r) in a.curves.iter().zip(&r.curves) {
             assert_eq!(t[..10], r[..10]);
         }
+        let univariate = benchmark(TestFunction::Branin, Method::TpeUnivariate, 0..2, 30);
+        let parallel = benchmark(TestFunction::Branin, Method::TpeParallel8, 0..2, 30);
+        for curve in univariate.curves.iter().chain(&parallel.curves) {
+            assert_eq!(curve.len(), 30);
+            assert!(curve.windows(2).all(|w| w[1] <= w[0]));
+        }
+        assert_ne!(univariate, a, "the univariate model proposes other points");
+        assert_ne!(parallel, a, "trials in flight change the proposals");
         assert!((a.quantile_at(30, 0.0) - a.curves[0][29].min(a.curves[1][29])).abs() < 1e-15);
     }
 
