@@ -113,21 +113,44 @@ fn report_provenance(config: &ladder_trainer::config::TrainConfig, base: &Path) 
     }
 }
 
-/// A one-line progress bar on stderr (plain lines when stderr is not a terminal).
+/// Training progress on stderr: an indicatif bar redrawn in place on a terminal (eval
+/// scores and notes printed above it); in a pipe, a plain line at the first step, every
+/// 50 steps and at the end, so that a job's log shows progress without a redraw per
+/// step.
 struct ProgressBar {
     started: Instant,
-    terminal: bool,
+    bar: Option<indicatif::ProgressBar>,
     last_draw: Option<Instant>,
     latest: Vec<(String, f64)>,
 }
 
 impl ProgressBar {
     fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
+                    .expect("a valid template")
+                    .progress_chars("#>-"),
+            );
+            bar
+        });
         ProgressBar {
             started: Instant::now(),
-            terminal: std::io::stderr().is_terminal(),
+            bar,
             last_draw: None,
             latest: Vec::new(),
+        }
+    }
+
+    /// Prints a line above the bar (or as is, without one).
+    fn println(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
         }
     }
 }
@@ -140,10 +163,7 @@ impl Reporter for ProgressBar {
             .map(|(name, value)| format!("{name} {value:.4}"))
             .collect();
         if !eval.is_empty() {
-            if self.terminal {
-                eprint!("\r\x1b[2K");
-            }
-            eprintln!("step {step}: {}", eval.join("  "));
+            self.println(&format!("step {step}: {}", eval.join("  ")));
         }
         for (name, value) in values {
             match self.latest.iter_mut().find(|(n, _)| n == name) {
@@ -169,33 +189,47 @@ impl Reporter for ProgressBar {
             0.0
         };
         let lookup = |name: &str| self.latest.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-        let line = progress_line(
-            step,
-            total,
-            loss,
-            lookup("train/lr"),
-            lookup("train/tokens_per_s"),
-            eta,
-        );
-        if self.terminal {
-            eprint!("\r\x1b[2K{line}");
-            if step == total {
-                eprintln!();
+        let (lr, tokens_per_s) = (lookup("train/lr"), lookup("train/tokens_per_s"));
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(step);
+                bar.set_message(progress_message(loss, lr, tokens_per_s, eta));
+                if step == total {
+                    bar.finish();
+                }
             }
-        } else if step.is_multiple_of(50) || step == total || step == 1 {
-            eprintln!("{line}");
+            None if step.is_multiple_of(50) || step == total || step == 1 => {
+                eprintln!(
+                    "{}",
+                    progress_line(step, total, loss, lr, tokens_per_s, eta)
+                );
+            }
+            None => {}
         }
     }
 
     fn note(&mut self, text: &str) {
-        if self.terminal {
-            eprint!("\r\x1b[2K");
-        }
-        eprintln!("{text}");
+        self.println(text);
     }
 }
 
-/// One progress-bar line. The learning rate and throughput appear once a metrics report
+/// What follows the bar: `loss 2.5000 lr 3.00e-4 1234 tok/s eta 10s`, the learning rate
+/// and throughput once a metrics report has given them.
+fn progress_message(loss: f64, lr: Option<f64>, tokens_per_s: Option<f64>, eta_s: f64) -> String {
+    let mut message = format!("loss {loss:.4}");
+    if let Some(lr) = lr.filter(|v| v.is_finite()) {
+        message.push_str(&format!(" lr {lr:.2e}"));
+    }
+    if let Some(rate) = tokens_per_s.filter(|v| v.is_finite()) {
+        message.push_str(&format!(" {rate:.0} tok/s"));
+    }
+    message.push_str(&format!(" eta {eta_s:.0}s"));
+    message
+}
+
+/// One plain progress line, for a log: the bar drawn in text, then
+/// [`progress_message`]. The learning rate and throughput appear once a metrics report
 /// has given them (the first comes after `log_every` steps); until then they are left
 /// out rather than shown as NaN.
 fn progress_line(
@@ -209,19 +243,12 @@ fn progress_line(
     let width = 30;
     let fraction = step as f64 / total.max(1) as f64;
     let filled = ((fraction * width as f64).round() as usize).min(width);
-    let mut line = format!(
-        "[{}{}] {step}/{total} loss {loss:.4}",
+    format!(
+        "[{}{}] {step}/{total} {}",
         "#".repeat(filled),
-        "-".repeat(width - filled)
-    );
-    if let Some(lr) = lr.filter(|v| v.is_finite()) {
-        line.push_str(&format!(" lr {lr:.2e}"));
-    }
-    if let Some(rate) = tokens_per_s.filter(|v| v.is_finite()) {
-        line.push_str(&format!(" {rate:.0} tok/s"));
-    }
-    line.push_str(&format!(" eta {eta_s:.0}s"));
-    line
+        "-".repeat(width - filled),
+        progress_message(loss, lr, tokens_per_s, eta_s)
+    )
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
