@@ -1,5 +1,7 @@
-//! Conversions between the `ladder.v1` messages and domain types. The only place that
-//! touches generated types besides the thin gRPC adapters.
+//! Conversions between the `ladder.v1` messages of the client services and domain types,
+//! and the checks of what a request asks for (ids, page sizes, cursors, queries): the
+//! gRPC adapters in `service` only call these and the scheduler or the reads. The agent
+//! protocol's conversion is `ladder_protocol::wire`.
 
 use ladder_metrics::summary::MetricSummary;
 use ladder_proto::v1 as pb;
@@ -7,8 +9,12 @@ use ladder_spec::{Goal, ParamValue};
 use ladder_types::{RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
-use crate::model::{AttemptRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
+use crate::model::{now_ms, AttemptRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
+use crate::reads::{
+    Leaderboard, LeaderboardQuery, Per, RunQuery, DEFAULT_LEADERBOARD_ROWS, MAX_LEADERBOARD_ROWS,
+};
 use crate::scheduler::AgentView;
+use ladder_query::{self as query, parse_where};
 
 pub fn run_status_to_pb(status: RunStatus) -> pb::RunStatus {
     match status {
@@ -312,6 +318,181 @@ pub fn check_len(field: &str, text: &str, max: usize) -> Result<(), CoordinatorE
 /// Refuses a count of a request above `max`, naming the field.
 pub fn check_count(field: &str, count: usize, max: usize) -> Result<(), CoordinatorError> {
     Ok(ladder_protocol::wire::check_count(field, count, max)?)
+}
+
+// ----- request checks -----
+
+/// The owner a client declared (`SubmitSweepRequest.owner`), used without `--auth`.
+pub fn declared_owner(owner: &str) -> Result<String, CoordinatorError> {
+    let owner = owner.trim();
+    if owner.len() > 128 || owner.chars().any(|c| c.is_control()) {
+        return Err(CoordinatorError::InvalidArgument(
+            "owner must be at most 128 printable characters".into(),
+        ));
+    }
+    Ok(owner.to_string())
+}
+
+/// The page size a list request asks for: `default` for 0; above `max` is refused.
+pub fn page_size(requested: u32, default: usize, max: usize) -> Result<usize, CoordinatorError> {
+    match requested as usize {
+        0 => Ok(default),
+        n if n > max => Err(CoordinatorError::InvalidArgument(format!(
+            "page_size {n} is above the limit of {max}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+pub fn check_cursor(cursor: &str) -> Result<(), CoordinatorError> {
+    if cursor.len() > ladder_limits::MAX_CURSOR_BYTES {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "cursor is {} bytes; the limit is {}",
+            cursor.len(),
+            ladder_limits::MAX_CURSOR_BYTES
+        )));
+    }
+    Ok(())
+}
+
+pub fn require_id(id: &str, what: &str) -> Result<(), CoordinatorError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(CoordinatorError::InvalidArgument(format!(
+            "{what} must be a non-empty id"
+        )));
+    }
+    Ok(())
+}
+
+// ----- run queries and the leaderboard -----
+
+impl RunQuery {
+    /// Parses the query parts of a request; errors are positioned (`--where:1:12: ...`).
+    pub fn parse(request: &pb::ListRunsRequest) -> Result<RunQuery, CoordinatorError> {
+        let invalid = |e: query::QueryError| CoordinatorError::InvalidArgument(e.to_string());
+        let mut statuses = Vec::new();
+        for raw in &request.statuses {
+            let status = pb::RunStatus::try_from(*raw).map_err(|_| {
+                CoordinatorError::InvalidArgument(format!("unknown run status {raw}"))
+            })?;
+            statuses.push(crate::RunStatusFilter::try_from(status)?.0);
+        }
+        let filter = if request.r#where.trim().is_empty() {
+            None
+        } else {
+            Some(parse_where("--where", &request.r#where, now_ms()).map_err(invalid)?)
+        };
+        let sort = query::parse_sort_keys(&request.sort).map_err(invalid)?;
+        let after = if request.cursor.is_empty() {
+            None
+        } else {
+            let cursor = query::parse_cursor(&request.cursor).map_err(invalid)?;
+            if cursor.sort != request.sort {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "--cursor: this cursor belongs to a listing sorted by [{}], not [{}]",
+                    cursor.sort.join(", "),
+                    request.sort.join(", ")
+                )));
+            }
+            Some(cursor.last)
+        };
+        Ok(RunQuery {
+            sweep_id: request.sweep_id.clone(),
+            project: request.project.clone(),
+            statuses,
+            filter,
+            sort,
+            sort_text: request.sort.clone(),
+            after,
+            limit: request.limit as usize,
+        })
+    }
+}
+
+impl TryFrom<pb::LeaderboardRequest> for LeaderboardQuery {
+    type Error = CoordinatorError;
+    fn try_from(request: pb::LeaderboardRequest) -> Result<Self, Self::Error> {
+        let invalid = |m: String| CoordinatorError::InvalidArgument(m);
+        let goal = match request.goal.as_str() {
+            "" => None,
+            "maximize" | "max" => Some(Goal::Maximize),
+            "minimize" | "min" => Some(Goal::Minimize),
+            other => {
+                return Err(invalid(format!(
+                    "--goal: unknown goal {other:?} (expected maximize or minimize)"
+                )))
+            }
+        };
+        let tasks_average = match request.tasks.as_str() {
+            "" => false,
+            "avg" => true,
+            other => {
+                return Err(invalid(format!(
+                    "--tasks: unknown mode {other:?} (expected avg)"
+                )))
+            }
+        };
+        let per = match request.per.as_str() {
+            "" | "run" => Per::Run,
+            "sweep" => Per::Sweep,
+            "model" => Per::Model,
+            other => {
+                return Err(invalid(format!(
+                    "--per: unknown grouping {other:?} (expected run, sweep or model)"
+                )))
+            }
+        };
+        let mut statuses = Vec::new();
+        for raw in &request.statuses {
+            let status = pb::RunStatus::try_from(*raw)
+                .map_err(|_| invalid(format!("unknown run status {raw}")))?;
+            statuses.push(crate::RunStatusFilter::try_from(status)?.0);
+        }
+        if statuses.is_empty() {
+            statuses = vec![RunStatus::Completed, RunStatus::Stopped];
+        }
+        let limit = match request.limit as usize {
+            0 => DEFAULT_LEADERBOARD_ROWS,
+            n => n.min(MAX_LEADERBOARD_ROWS),
+        };
+        Ok(LeaderboardQuery {
+            project: (!request.project.is_empty()).then_some(request.project),
+            metric: request.metric,
+            goal,
+            tasks_average,
+            per,
+            limit,
+            statuses,
+        })
+    }
+}
+
+/// Leaderboard rows as protocol messages.
+pub fn leaderboard_to_pb(board: Leaderboard) -> pb::LeaderboardResponse {
+    let mut tasks: Vec<String> = board
+        .rows
+        .iter()
+        .flat_map(|row| row.tasks.keys().cloned())
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    pb::LeaderboardResponse {
+        metric: board.metric,
+        goal: board.goal.as_str().to_string(),
+        tasks,
+        rows: board
+            .rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| pb::LeaderboardRow {
+                rank: i as u32 + 1,
+                run: Some(run_to_pb(&row.run)),
+                sweep_name: row.sweep_name,
+                value: row.value,
+                tasks: row.tasks.into_iter().collect(),
+            })
+            .collect(),
+    }
 }
 
 /// Property-based fuzzing of what the coordinator decodes from the network: arbitrary

@@ -6,9 +6,12 @@
 //!   agent reports, lease expiry), places runs with [`placement`], group-commits the
 //!   [`store`] and only then acknowledges.
 //! - [`store`]: the durable truth behind the [`store::Store`] trait (sled).
-//! - [`queries`]: read-only views over the store for listing and showing;
-//!   [`history`]: run queries, the leaderboard, cards, export and watch.
-//! - [`convert`]: the only mapping between `ladder.v1` messages and domain types.
+//! - [`reads`]: every read-only query over the store (sweeps, run cards, metric points,
+//!   run queries and the leaderboard); [`watch`]: the server streams (watch a sweep or
+//!   a run, export), each waiting for changes in one helper.
+//! - [`convert`]: the mapping between the client services' messages and domain types,
+//!   and the checks of what a request asks for; the agent protocol's is
+//!   [`protocol`] (`ladder_protocol::wire`).
 //! - [`auth`]: who may call what (`--auth FILE`), checked first by every service method;
 //!   [`identity`]: an agent's name is bound to the secret issued when it enrolled;
 //!   [`local_token`]: the admin token of a coordinator started without `--auth`, in
@@ -24,18 +27,18 @@ pub mod auth;
 pub mod convert;
 pub mod downsample;
 pub mod error;
-pub mod history;
 pub mod identity;
 pub mod listener;
 pub mod local_token;
 pub mod model;
 pub mod placement;
 pub mod protocol;
-pub mod queries;
+pub mod reads;
 pub mod scheduler;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -53,7 +56,7 @@ use tracing::info;
 pub use error::CoordinatorError;
 pub use scheduler::LeaseConfig;
 
-use crate::queries::Queries;
+use crate::reads::Queries;
 use crate::scheduler::{Event, Scheduler};
 use crate::service::{AgentServiceImpl, RunServiceImpl, Shared, SweepServiceImpl};
 use crate::store::{SledStore, Store};

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use ladder_proto::v1 as pb;
@@ -21,11 +20,11 @@ use tracing::{debug, info, warn};
 use crate::auth::{Action, AuthError, Authorizer, Principal};
 use crate::convert;
 use crate::error::CoordinatorError;
-use crate::history;
 use crate::model::{GitState, RunUpdate};
 use crate::protocol::{FromAgent, Registration, ToAgent};
-use crate::queries::Queries;
+use crate::reads::{LeaderboardQuery, Queries, RunQuery};
 use crate::scheduler::{Event, SweepAction};
+use crate::watch;
 
 pub use ladder_limits::MAX_SWEEP_FILE_BYTES;
 
@@ -40,7 +39,7 @@ pub struct Shared {
     /// Open watch streams per principal name ("" without access control).
     pub watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// One reader per watched run, whose deltas every watcher of the run receives.
-    pub(crate) feeds: crate::history::Feeds,
+    pub(crate) feeds: crate::watch::Feeds,
     /// Reads of a whole metric series at once (a run card: `GetRun`, the first
     /// `WatchRun` message), at most [`ladder_limits::MAX_CONCURRENT_CARD_READS`] at a time: each
     /// holds the attempt's points in memory while it downsamples them.
@@ -159,48 +158,6 @@ pub struct AgentServiceImpl(pub Arc<Shared>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The owner a client declared (`SubmitSweepRequest.owner`), used without `--auth`.
-fn declared_owner(owner: &str) -> Result<String, CoordinatorError> {
-    let owner = owner.trim();
-    if owner.len() > 128 || owner.chars().any(|c| c.is_control()) {
-        return Err(CoordinatorError::InvalidArgument(
-            "owner must be at most 128 printable characters".into(),
-        ));
-    }
-    Ok(owner.to_string())
-}
-
-/// The page size a list request asks for: `default` for 0; above `max` is refused.
-fn page_size(requested: u32, default: usize, max: usize) -> Result<usize, CoordinatorError> {
-    match requested as usize {
-        0 => Ok(default),
-        n if n > max => Err(CoordinatorError::InvalidArgument(format!(
-            "page_size {n} is above the limit of {max}"
-        ))),
-        n => Ok(n),
-    }
-}
-
-fn check_cursor(cursor: &str) -> Result<(), CoordinatorError> {
-    if cursor.len() > ladder_limits::MAX_CURSOR_BYTES {
-        return Err(CoordinatorError::InvalidArgument(format!(
-            "cursor is {} bytes; the limit is {}",
-            cursor.len(),
-            ladder_limits::MAX_CURSOR_BYTES
-        )));
-    }
-    Ok(())
-}
-
-fn require_id(id: &str, what: &str) -> Result<(), CoordinatorError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(CoordinatorError::InvalidArgument(format!(
-            "{what} must be a non-empty id"
-        )));
-    }
-    Ok(())
-}
-
 impl SweepServiceImpl {
     async fn action(
         &self,
@@ -208,7 +165,7 @@ impl SweepServiceImpl {
         sweep_id: String,
         action: SweepAction,
     ) -> Result<pb::Sweep, Status> {
-        require_id(&sweep_id, "sweep_id")?;
+        convert::require_id(&sweep_id, "sweep_id")?;
         self.0.authorize_control(metadata, &sweep_id).await?;
         let record = self
             .0
@@ -236,7 +193,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         let local_token = self.0.auth.as_ref().is_some_and(|auth| auth.is_local());
         let owner = match principal {
             Some(principal) if local_token => {
-                let declared = declared_owner(&request.owner)?;
+                let declared = convert::declared_owner(&request.owner)?;
                 if declared.is_empty() {
                     principal.name().to_string()
                 } else {
@@ -244,7 +201,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
                 }
             }
             Some(principal) => principal.name().to_string(),
-            None => declared_owner(&request.owner)?,
+            None => convert::declared_owner(&request.owner)?,
         };
         if request.yaml.len() > MAX_SWEEP_FILE_BYTES {
             return Err(CoordinatorError::InvalidSweep(format!(
@@ -289,12 +246,12 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
-        let size = page_size(
+        let size = convert::page_size(
             request.page_size,
             ladder_limits::DEFAULT_PAGE_SIZE,
             ladder_limits::MAX_PAGE_SIZE,
         )?;
-        check_cursor(&request.cursor)?;
+        convert::check_cursor(&request.cursor)?;
         convert::check_len("project", &request.project, ladder_limits::MAX_ID_BYTES)?;
         let (sweeps, next_cursor) = self
             .0
@@ -312,7 +269,7 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
     ) -> Result<Response<pb::GetSweepResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
         let sweep_id = request.into_inner().sweep_id;
-        require_id(&sweep_id, "sweep_id")?;
+        convert::require_id(&sweep_id, "sweep_id")?;
         let sweep = self.0.read(move |q| q.sweep(&sweep_id)).await?;
         Ok(Response::new(pb::GetSweepResponse { sweep: Some(sweep) }))
     }
@@ -325,50 +282,13 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
     ) -> Result<Response<Self::WatchSweepStream>, Status> {
         let principal = self.0.authorize(request.metadata(), Action::Read)?;
         let sweep_id = request.into_inner().sweep_id;
-        require_id(&sweep_id, "sweep_id")?;
+        convert::require_id(&sweep_id, "sweep_id")?;
         let slot = watch_slot(&self.0, principal.as_ref())?;
-        let mut changes = self.0.changes.subscribe();
+        let changes = self.0.changes.subscribe();
         let id = sweep_id.clone();
         let first = self.0.read(move |q| q.sweep(&id)).await?;
         let (tx, rx) = mpsc::channel(4);
-        let shared = self.0.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut snapshot = first;
-            loop {
-                let ended = snapshot.status == pb::SweepStatus::Completed as i32
-                    || snapshot.status == pb::SweepStatus::Cancelled as i32;
-                if tx
-                    .send(Ok(pb::WatchSweepResponse {
-                        sweep: Some(snapshot),
-                    }))
-                    .await
-                    .is_err()
-                    || ended
-                {
-                    return;
-                }
-                // Wait for a change of this sweep (or the client to go away, which frees
-                // its watch slot), then let a burst of changes settle.
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    changed = crate::history::next_change(&mut changes, &sweep_id) => {
-                        if !changed {
-                            return;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let id = sweep_id.clone();
-                snapshot = match shared.read(move |q| q.sweep(&id)).await {
-                    Ok(snapshot) => snapshot,
-                    Err(error) => {
-                        let _ = tx.send(Err(error.into())).await;
-                        return;
-                    }
-                };
-            }
-        });
+        watch::spawn_sweep_watch(self.0.clone(), sweep_id, first, changes, tx, slot);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -417,7 +337,7 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
-        let query = history::RunQuery::parse(request.get_ref())?;
+        let query = RunQuery::parse(request.get_ref())?;
         let page = self.0.read(move |q| q.query_runs(&query)).await?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: page.runs.iter().map(convert::run_to_pb).collect(),
@@ -431,7 +351,7 @@ impl pb::run_service_server::RunService for RunServiceImpl {
     ) -> Result<Response<pb::GetRunResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
-        require_id(&request.run_id, "run_id")?;
+        convert::require_id(&request.run_id, "run_id")?;
         let run_id = request.run_id;
         let tail = request.log_tail as usize;
         let _permit = self.0.card_reads.acquire().await.expect("never closed");
@@ -444,9 +364,9 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         request: Request<pb::LeaderboardRequest>,
     ) -> Result<Response<pb::LeaderboardResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
-        let query = history::LeaderboardQuery::try_from(request.into_inner())?;
+        let query = LeaderboardQuery::try_from(request.into_inner())?;
         let board = self.0.read(move |q| q.leaderboard(&query)).await?;
-        Ok(Response::new(history::leaderboard_to_pb(board)))
+        Ok(Response::new(convert::leaderboard_to_pb(board)))
     }
 
     async fn update_run(
@@ -482,10 +402,10 @@ impl pb::run_service_server::RunService for RunServiceImpl {
     ) -> Result<Response<Self::WatchRunStream>, Status> {
         let principal = self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
-        require_id(&request.run_id, "run_id")?;
+        convert::require_id(&request.run_id, "run_id")?;
         let slot = watch_slot(&self.0, principal.as_ref())?;
         let (tx, rx) = mpsc::channel(ladder_limits::WATCH_STREAM_MESSAGES);
-        history::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx, slot);
+        watch::spawn_watch(self.0.clone(), request.run_id, request.only_new, tx, slot);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -495,9 +415,9 @@ impl pb::run_service_server::RunService for RunServiceImpl {
     ) -> Result<Response<pb::ListMetricPointsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
-        require_id(&request.run_id, "run_id")?;
-        check_cursor(&request.cursor)?;
-        let size = page_size(
+        convert::require_id(&request.run_id, "run_id")?;
+        convert::check_cursor(&request.cursor)?;
+        let size = convert::page_size(
             request.page_size,
             ladder_limits::MAX_POINTS_PAGE_SIZE,
             ladder_limits::MAX_POINTS_PAGE_SIZE,
@@ -516,9 +436,9 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<Self::ExportRunsStream>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
-        let query = history::RunQuery::parse(request.get_ref())?;
+        let query = RunQuery::parse(request.get_ref())?;
         let (tx, rx) = mpsc::channel(256);
-        history::spawn_export(self.0.clone(), query, tx);
+        watch::spawn_export(self.0.clone(), query, tx);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -590,7 +510,7 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
     ) -> Result<Response<pb::EnableAgentResponse>, Status> {
         self.0.authorize(request.metadata(), Action::EnableAgent)?;
         let name = request.into_inner().name;
-        require_id(&name, "name")?;
+        convert::require_id(&name, "name")?;
         let view = self
             .0
             .ask(|reply| Event::EnableAgent { name, reply })
@@ -606,7 +526,7 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
     ) -> Result<Response<pb::ForgetAgentResponse>, Status> {
         self.0.authorize(request.metadata(), Action::ForgetAgent)?;
         let pb::ForgetAgentRequest { name, force } = request.into_inner();
-        require_id(&name, "name")?;
+        convert::require_id(&name, "name")?;
         let view = self
             .0
             .ask(|reply| Event::ForgetAgent { name, force, reply })
@@ -622,12 +542,12 @@ impl pb::agent_service_server::AgentService for AgentServiceImpl {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.0.authorize(request.metadata(), Action::Read)?;
         let request = request.into_inner();
-        let limit = page_size(
+        let limit = convert::page_size(
             request.page_size,
             ladder_limits::DEFAULT_PAGE_SIZE,
             ladder_limits::MAX_PAGE_SIZE,
         )?;
-        check_cursor(&request.cursor)?;
+        convert::check_cursor(&request.cursor)?;
         let after = request.cursor;
         let (views, more) = self
             .0

@@ -227,7 +227,7 @@ fn check_register(register: pb::Register) -> Result<(), TestCaseError> {
 }
 
 fn check_list_runs(request: pb::ListRunsRequest) -> Result<(), TestCaseError> {
-    match crate::history::RunQuery::parse(&request) {
+    match crate::reads::RunQuery::parse(&request) {
         Ok(query) => {
             prop_assert_eq!(query.statuses.len(), request.statuses.len());
             for raw in &request.statuses {
@@ -547,7 +547,7 @@ fn fuzz_client_requests() {
                 }
             }
             if let Ok(request) = pb::LeaderboardRequest::decode(bytes) {
-                let _ = crate::history::LeaderboardQuery::try_from(request);
+                let _ = crate::reads::LeaderboardQuery::try_from(request);
             }
             Ok(())
         },
@@ -585,7 +585,7 @@ fn unknown_enum_values_are_rejected_by_value() {
         statuses: vec![1, 42],
         ..Default::default()
     };
-    let error = crate::history::RunQuery::parse(&request)
+    let error = crate::reads::RunQuery::parse(&request)
         .err()
         .expect("rejected")
         .to_string();
@@ -594,7 +594,7 @@ fn unknown_enum_values_are_rejected_by_value() {
         statuses: vec![0],
         ..Default::default()
     };
-    let error = crate::history::RunQuery::parse(&request)
+    let error = crate::reads::RunQuery::parse(&request)
         .err()
         .expect("rejected")
         .to_string();

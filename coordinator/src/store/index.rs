@@ -52,7 +52,7 @@ pub(super) fn index_keys(run: &RunRecord) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (per_project, across)
 }
 
-/// The value a query sees for a parameter (see `history::Facts`): integers and floats
+/// The value a query sees for a parameter (see `reads::runs::Facts`): integers and floats
 /// are numbers.
 pub fn param_query_value(value: &ParamValue) -> Value {
     match value {

@@ -1,5 +1,8 @@
-//! Read-only queries over the store. Called from gRPC handlers on blocking threads; they
-//! never go through the scheduler, so reads do not slow dispatch down.
+//! The read path: every read-only query over the store, called from the gRPC adapters
+//! on blocking threads; reads never go through the scheduler, so they do not slow
+//! dispatch down. This file holds [`Queries`] and the reads of one sweep, one run (its
+//! card) and its metric points; `runs` the run queries (`runs ls`, export) and the
+//! leaderboard, by the store's indexes where one serves.
 
 use std::sync::Arc;
 
@@ -284,3 +287,10 @@ impl Queries {
         Ok(response)
     }
 }
+
+pub mod runs;
+
+pub use runs::{
+    Leaderboard, LeaderboardQuery, LeaderboardRow, Per, RunPage, RunQuery,
+    DEFAULT_LEADERBOARD_ROWS, MAX_LEADERBOARD_ROWS,
+};

@@ -1,82 +1,12 @@
-//! Tests of `coordinator/src/history.rs`.
+//! Tests of `coordinator/src/reads/runs.rs`.
 
 use super::*;
+use std::sync::Arc;
+
+use crate::convert;
 use crate::store::{SledStore, Store};
 use ladder_spec::ParamValue;
 use ladder_types::SweepStatus;
-
-fn key(seq: u64) -> Option<PointKey> {
-    Some(PointKey { seq, index: 0 })
-}
-
-fn delta(attempt: u32, from: u64, to: u64, lines_to: u64, lines: &[&str]) -> FeedDelta {
-    FeedDelta {
-        attempt,
-        from: (from > 0).then(|| key(from)).flatten(),
-        to: key(to),
-        points: pb::encode_points(
-            &(from + 1..=to)
-                .map(|step| pb::MetricPoint {
-                    step: Some(step as i64),
-                    values: Default::default(),
-                    time_ms: 0,
-                })
-                .collect::<Vec<_>>(),
-        ),
-        point_count: to - from,
-        lines_to,
-        lines: lines
-            .iter()
-            .map(|text| pb::LogLine {
-                time_ms: 0,
-                stream: "stdout".into(),
-                text: text.to_string(),
-            })
-            .collect(),
-        status: RunStatus::Running,
-    }
-}
-
-#[test]
-fn a_watcher_takes_a_feed_delta_only_where_it_continues_what_it_saw() {
-    // As the watcher's client decodes the message.
-    let steps = |message: &pb::WatchRunResponse| -> Vec<i64> {
-        use prost::Message;
-        let decoded =
-            pb::WatchRunResponse::decode(message.encode_to_vec().as_slice()).expect("decodes");
-        decoded.points.iter().filter_map(|p| p.step).collect()
-    };
-    // In step: the delta continues from the watcher's last point.
-    let mut seen = WatchState {
-        attempt: 1,
-        after: key(2),
-        points: 2,
-        lines: 1,
-        status: Some(RunStatus::Running),
-        ..WatchState::default()
-    };
-    let message = apply_delta(&mut seen, &delta(1, 2, 4, 3, &["b", "c"]))
-        .expect("continues")
-        .expect("news");
-    assert_eq!(steps(&message), vec![3, 4]);
-    assert_eq!(message.lines.len(), 2);
-    assert_eq!((seen.after, seen.points, seen.lines), (key(4), 4, 3));
-    // Already read by the watcher itself: nothing is sent twice.
-    assert!(apply_delta(&mut seen, &delta(1, 1, 4, 3, &["b", "c"]))
-        .expect("no gap")
-        .is_none());
-    // A gap (the watcher saw up to 4, the delta starts after 6) or another attempt:
-    // the watcher reads the store itself.
-    assert!(apply_delta(&mut seen, &delta(1, 6, 8, 5, &[])).is_none());
-    assert!(apply_delta(&mut seen, &delta(2, 0, 1, 1, &[])).is_none());
-    assert_eq!((seen.after, seen.points), (key(4), 4));
-    // Only the lines past the watcher's count are sent.
-    let message = apply_delta(&mut seen, &delta(1, 4, 5, 5, &["c", "d", "e"]))
-        .expect("continues")
-        .expect("news");
-    let texts: Vec<&str> = message.lines.iter().map(|l| l.text.as_str()).collect();
-    assert_eq!(texts, vec!["d", "e"]);
-}
 
 fn sweep(store: &SledStore, id: &str, created_ms: i64, runs: u64) {
     let yaml = format!(
