@@ -587,4 +587,43 @@ mod tests {
         assert!((gaps[1] - 0.4).abs() < 1e-12, "{gaps:?}");
         assert!((gaps[2] - 0.1).abs() < 1e-12, "{gaps:?}");
     }
+
+    proptest::proptest! {
+        /// The groups partition the dimensions seen active, and every trial's active set
+        /// holds each group whole or not at all (so a group's trials are exactly those in
+        /// which one of its dimensions was active).
+        #[test]
+        fn groups_partition_and_never_straddle_a_trial(
+            sets in proptest::collection::vec(
+                proptest::collection::btree_set(0usize..8, 0..8),
+                0..12,
+            )
+        ) {
+            let sets: Vec<Vec<usize>> = sets.into_iter().map(|s| s.into_iter().collect()).collect();
+            let found = groups(sets.iter().map(Vec::as_slice));
+            let mut members: Vec<usize> = found.iter().flatten().copied().collect();
+            members.sort_unstable();
+            let mut seen: Vec<usize> = sets.iter().flatten().copied().collect();
+            seen.sort_unstable();
+            seen.dedup();
+            proptest::prop_assert_eq!(members, seen, "each seen dimension in exactly one group");
+            for group in &found {
+                proptest::prop_assert!(!group.is_empty());
+                for set in &sets {
+                    let inside = group.iter().filter(|d| set.contains(d)).count();
+                    proptest::prop_assert!(
+                        inside == 0 || inside == group.len(),
+                        "group {:?} straddles {:?}", group, set
+                    );
+                }
+            }
+            // Maximal: two dimensions in different groups are split by some trial.
+            for (i, a) in found.iter().enumerate() {
+                for b in &found[i + 1..] {
+                    let split = sets.iter().any(|set| set.contains(&a[0]) != set.contains(&b[0]));
+                    proptest::prop_assert!(split, "{:?} and {:?} could be one group", a, b);
+                }
+            }
+        }
+    }
 }
