@@ -30,6 +30,7 @@ const VALID_SWEEP: &str = r#"name: lr-width
 project: demo
 description: free text
 method: bayes
+bayes: {multivariate: false}
 metric: {name: eval/loss, goal: minimize}
 parallel: 4
 max_runs: 30
