@@ -58,7 +58,7 @@ pub use scheduler::LeaseConfig;
 
 use crate::reads::Queries;
 use crate::scheduler::{Event, Scheduler};
-use crate::service::{AgentServiceImpl, RunServiceImpl, Shared, SweepServiceImpl};
+use crate::service::{AgentServiceImpl, RunServiceImpl, ServiceHandle, SweepServiceImpl};
 use crate::store::{SledStore, Store};
 
 /// How many connections to keep open at once: [`ladder_limits::MAX_CONNECTIONS`],
@@ -120,7 +120,7 @@ pub struct CoordinatorConfig {
 
 /// A coordinator with its store open and its scheduler running, ready to serve.
 pub struct Coordinator {
-    shared: Arc<Shared>,
+    shared: Arc<ServiceHandle>,
     tls: Option<tls::TlsIdentity>,
     scheduler: Option<std::thread::JoinHandle<Option<String>>>,
     /// Completes when the scheduler thread ends, with why when the store failed.
@@ -147,7 +147,7 @@ impl Coordinator {
                 source,
             })?;
         Ok(Coordinator {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ServiceHandle {
                 events,
                 queries: Queries::new(store),
                 changes,

@@ -1,6 +1,6 @@
 //! The gRPC adapters: each method converts its request, calls the scheduler (writes) or
 //! [`Queries`] (reads), and maps errors through `From<CoordinatorError> for Status`.
-//! Each method first asks `Shared::authorize` (see [`crate::auth`]) whether the caller
+//! Each method first asks `ServiceHandle::authorize` (see [`crate::auth`]) whether the caller
 //! may do what it asks.
 
 use std::pin::Pin;
@@ -28,8 +28,10 @@ use crate::watch;
 
 pub use ladder_limits::MAX_SWEEP_FILE_BYTES;
 
-/// State shared by every service.
-pub struct Shared {
+/// What every service (and every stream it spawns) holds of the coordinator: the
+/// scheduler's event channel (writes), the reads, the feed of changed sweeps, access
+/// control and the bookkeeping of open watches. One per coordinator, behind an `Arc`.
+pub struct ServiceHandle {
     pub events: std_mpsc::Sender<Event>,
     pub queries: Queries,
     pub changes: broadcast::Sender<String>,
@@ -49,7 +51,7 @@ pub struct Shared {
 /// One open watch stream, counted against its principal's
 /// [`ladder_limits::MAX_WATCHES_PER_PRINCIPAL`] until dropped.
 pub(crate) struct WatchSlot {
-    shared: Arc<Shared>,
+    shared: Arc<ServiceHandle>,
     key: String,
 }
 
@@ -67,7 +69,7 @@ impl Drop for WatchSlot {
 
 /// Takes a watch slot for `principal`, or refuses when it holds the most already.
 pub(crate) fn watch_slot(
-    shared: &Arc<Shared>,
+    shared: &Arc<ServiceHandle>,
     principal: Option<&Principal>,
 ) -> Result<WatchSlot, Status> {
     let key = principal.map(|p| p.name().to_string()).unwrap_or_default();
@@ -86,7 +88,7 @@ pub(crate) fn watch_slot(
     })
 }
 
-impl Shared {
+impl ServiceHandle {
     /// Checks that the request's token may do `action`, and returns who sent it; `None`
     /// (and no check) when the coordinator runs with `--no-auth`.
     fn authorize(
@@ -150,11 +152,11 @@ impl Shared {
 }
 
 #[derive(Clone)]
-pub struct SweepServiceImpl(pub Arc<Shared>);
+pub struct SweepServiceImpl(pub Arc<ServiceHandle>);
 #[derive(Clone)]
-pub struct RunServiceImpl(pub Arc<Shared>);
+pub struct RunServiceImpl(pub Arc<ServiceHandle>);
 #[derive(Clone)]
-pub struct AgentServiceImpl(pub Arc<Shared>);
+pub struct AgentServiceImpl(pub Arc<ServiceHandle>);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 

@@ -16,7 +16,7 @@ use ladder_types::RunStatus;
 use crate::convert;
 use crate::error::CoordinatorError;
 use crate::reads::RunQuery;
-use crate::service::{Shared, WatchSlot};
+use crate::service::{ServiceHandle, WatchSlot};
 use crate::store::PointKey;
 
 /// Runs per internal page of `ExportRuns`.
@@ -31,7 +31,7 @@ const WATCH_BYTES_PER_MESSAGE: usize = ladder_limits::MAX_WATCH_MESSAGE_BYTES;
 /// Feeds a `WatchSweep` stream: the sweep now, then again after each change of it (a
 /// burst of changes let settle for 100 ms), until it ends or the client goes away.
 pub(crate) fn spawn_sweep_watch(
-    shared: Arc<Shared>,
+    shared: Arc<ServiceHandle>,
     sweep_id: String,
     first: pb::Sweep,
     mut changes: broadcast::Receiver<String>,
@@ -130,7 +130,7 @@ const FEED_CAPACITY: usize = 64;
 
 /// A receiver of `run_id`'s feed, starting the feed's reader if the run has none.
 fn subscribe(
-    shared: &Arc<Shared>,
+    shared: &Arc<ServiceHandle>,
     run_id: &str,
     sweep_id: &str,
 ) -> broadcast::Receiver<Arc<FeedDelta>> {
@@ -151,7 +151,10 @@ fn subscribe(
 }
 
 /// A watch state that has seen everything stored of the run's current attempt.
-async fn everything_seen(shared: &Shared, run_id: &str) -> Result<WatchState, CoordinatorError> {
+async fn everything_seen(
+    shared: &ServiceHandle,
+    run_id: &str,
+) -> Result<WatchState, CoordinatorError> {
     let id = run_id.to_string();
     shared
         .read(move |q| {
@@ -164,7 +167,11 @@ async fn everything_seen(shared: &Shared, run_id: &str) -> Result<WatchState, Co
 
 /// Ends `run_id`'s feed if no watcher listens to `sender` (checked under the lock a new
 /// watcher subscribes under). True when it ended.
-fn unwatched(shared: &Shared, run_id: &str, sender: &broadcast::Sender<Arc<FeedDelta>>) -> bool {
+fn unwatched(
+    shared: &ServiceHandle,
+    run_id: &str,
+    sender: &broadcast::Sender<Arc<FeedDelta>>,
+) -> bool {
     let mut feeds = shared.feeds.lock().expect("feeds");
     if sender.receiver_count() > 0 {
         return false;
@@ -201,7 +208,7 @@ pub(crate) async fn wait_for_change(
 /// the run stored since its previous delta and publishes it, until the run ends or no
 /// one watches it any more.
 async fn run_feed(
-    shared: Arc<Shared>,
+    shared: Arc<ServiceHandle>,
     run_id: String,
     sweep_id: String,
     sender: broadcast::Sender<Arc<FeedDelta>>,
@@ -267,7 +274,7 @@ async fn run_feed(
 /// feed (shared by every watcher of the run), reading from the store itself only what
 /// it missed (it joined between two deltas, or fell behind), until the run ends.
 pub(crate) fn spawn_watch(
-    shared: Arc<Shared>,
+    shared: Arc<ServiceHandle>,
     run_id: String,
     only_new: bool,
     tx: Sender<pb::WatchRunResponse>,
@@ -420,7 +427,7 @@ fn apply_delta(seen: &mut WatchState, delta: &FeedDelta) -> Option<Option<pb::Wa
 }
 
 /// Feeds an `ExportRuns` stream page by page.
-pub(crate) fn spawn_export(shared: Arc<Shared>, mut query: RunQuery, tx: Sender<pb::Run>) {
+pub(crate) fn spawn_export(shared: Arc<ServiceHandle>, mut query: RunQuery, tx: Sender<pb::Run>) {
     tokio::spawn(async move {
         let mut remaining = query.limit;
         loop {
