@@ -74,7 +74,8 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Assignments without GPUs kept waiting beyond `slots`, each started the moment a
     /// run ends (the coordinator queues runs here only for sweeps of short runs); `None`:
-    /// as many as `slots`.
+    /// twice `slots` (a queue shorter than the runs the agent ends during one dispatch
+    /// round trip runs dry on short runs).
     pub queue_depth: Option<u32>,
     pub labels: BTreeMap<String, String>,
     pub gpus: Vec<Gpu>,
@@ -470,7 +471,10 @@ impl Agent {
             name: self.config.name.clone(),
             labels: self.config.labels.clone(),
             slots: self.config.slots,
-            queue_depth: self.config.queue_depth.unwrap_or(self.config.slots),
+            queue_depth: self
+                .config
+                .queue_depth
+                .unwrap_or((2 * self.config.slots).min(ladder_limits::MAX_AGENT_SLOTS)),
             gpus: self.config.gpus.clone(),
             held: self
                 .held

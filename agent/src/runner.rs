@@ -626,21 +626,38 @@ pub async fn execute(
             reason,
         })
     };
-    if let Err(error) = tokio::fs::create_dir_all(&execution.run_dir).await {
-        emit(finish_failed(format!(
-            "cannot create run directory {}: {error}",
-            execution.run_dir.display()
-        )));
-        return;
-    }
     let log_path = execution
         .run_dir
         .join(format!("attempt-{}.log", execution.attempt));
-    let log_file = match tokio::fs::File::create(&log_path).await {
-        Ok(file) => Some(tokio::io::BufWriter::new(file)),
-        Err(error) => {
+    // The run directory and its log file in one trip to the blocking pool: a queued run
+    // starts the moment a slot frees, and each trip is a thread hand-off.
+    let prepared = {
+        let (run_dir, log_path) = (execution.run_dir.clone(), log_path.clone());
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&run_dir)?;
+            Ok::<_, std::io::Error>(std::fs::File::create(&log_path))
+        })
+        .await
+    };
+    let log_file = match prepared {
+        Ok(Ok(Ok(file))) => Some(tokio::io::BufWriter::new(tokio::fs::File::from_std(file))),
+        Ok(Ok(Err(error))) => {
             warn!(path = %log_path.display(), %error, "cannot write the run's log file");
             None
+        }
+        Ok(Err(error)) => {
+            emit(finish_failed(format!(
+                "cannot create run directory {}: {error}",
+                execution.run_dir.display()
+            )));
+            return;
+        }
+        Err(error) => {
+            emit(finish_failed(format!(
+                "cannot create run directory {}: {error}",
+                execution.run_dir.display()
+            )));
+            return;
         }
     };
     let Some(program) = execution.argv.first() else {

@@ -35,7 +35,7 @@ impl Embedded {
     /// Starts a coordinator on `data` and one agent per entry of `agents` (name, slots).
     pub async fn start(data: &Path, agents: &[(String, u32)]) -> anyhow::Result<Embedded> {
         let work = data.join("work");
-        Embedded::start_with_gpus(data, &work, agents, &[], Some(Isolation::Auto)).await
+        Embedded::start_with_gpus(data, &work, agents, &[], Some(Isolation::Auto), None).await
     }
 
     /// Like [`Embedded::start`], the first agent offering `gpus`; each agent's work
@@ -46,6 +46,7 @@ impl Embedded {
         agents: &[(String, u32)],
         gpus: &[ladder_types::Gpu],
         isolation: Option<Isolation>,
+        queue_depth: Option<u32>,
     ) -> anyhow::Result<Embedded> {
         let token = local_token::load_or_create(data)
             .with_context(|| format!("cannot keep the admin token in {}", data.display()))?;
@@ -82,6 +83,7 @@ impl Embedded {
         for (number, (name, slots)) in agents.iter().enumerate() {
             let mut config = AgentConfig::new(url.clone(), name.clone(), work.join(name));
             config.slots = *slots;
+            config.queue_depth = queue_depth;
             config.token = Some(token.clone());
             config.containment = containment.clone();
             if number == 0 {
@@ -143,6 +145,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &[("local".to_string(), slots)],
         &gpus,
         Some(Isolation::Auto),
+        None,
     )
     .await?;
     let sweep = client::submit(&embedded.url, &args.file).await?;

@@ -77,6 +77,10 @@ pub enum BenchCommand {
         /// measures ladder rather than the filesystem.
         #[arg(long)]
         work_dir: Option<std::path::PathBuf>,
+        /// Runs each agent keeps waiting beyond its slots (`ladder agent --queue-depth`;
+        /// default: twice its slots; 0: none, every run waits for a round trip).
+        #[arg(long)]
+        queue_depth: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -174,6 +178,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             command,
             isolation,
             work_dir,
+            queue_depth,
             json,
         } => {
             let cluster = BenchCluster {
@@ -181,6 +186,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 slots,
                 isolation: &isolation,
                 work_dir: work_dir.as_deref(),
+                queue_depth,
             };
             dispatch(runs, &cluster, &command, json).await
         }
@@ -204,6 +210,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 slots,
                 isolation: &isolation,
                 work_dir: work_dir.as_deref(),
+                queue_depth: None,
             };
             ingest(runs, points, &cluster, json).await
         }
@@ -515,6 +522,8 @@ struct BenchCluster<'a> {
     isolation: &'a str,
     /// `--work-dir`: where the agents' run directories go instead of beside the store.
     work_dir: Option<&'a std::path::Path>,
+    /// `--queue-depth` of every agent (`None`: the agent's default).
+    queue_depth: Option<u32>,
 }
 
 /// A coordinator with its store in a fresh temporary directory (returned, with the
@@ -543,8 +552,15 @@ async fn bench_cluster(
     let names: Vec<(String, u32)> = (0..agents)
         .map(|i| (format!("bench-agent-{i}"), slots))
         .collect();
-    let embedded =
-        Embedded::start_with_gpus(&dir.join("data"), &work, &names, &[], isolation).await?;
+    let embedded = Embedded::start_with_gpus(
+        &dir.join("data"),
+        &work,
+        &names,
+        &[],
+        isolation,
+        cluster.queue_depth,
+    )
+    .await?;
     let started = Instant::now();
     loop {
         let channel = client::channel(&embedded.url).await?;
@@ -718,7 +734,10 @@ async fn dispatch(
             samples.len()
         ));
     }
-    latency_json.insert("started_from_agent_queue".into(), json!(latencies.from_queue));
+    latency_json.insert(
+        "started_from_agent_queue".into(),
+        json!(latencies.from_queue),
+    );
     latency_lines.insert(
         1,
         format!(

@@ -152,7 +152,7 @@ struct AgentArgs {
     slots: Option<u32>,
     /// Runs without GPUs kept waiting beyond the slots, each started the moment a run
     /// ends; the coordinator uses the queue only for grid and random sweeps whose runs
-    /// take a few seconds (default: as many as --slots; 0 turns it off).
+    /// take a few seconds (default: twice --slots; 0 turns it off).
     #[arg(long)]
     queue_depth: Option<u32>,
     /// Runs execute in WORK_DIR/runs/RUN_ID.

@@ -116,8 +116,9 @@ impl Scheduler {
 
     /// Places runs of sweeps of short runs (see [`SweepState::queues_on_agents`]) in the
     /// queues of agents whose slots are all busy, so that each starts the moment a run
-    /// ends there instead of a dispatch round trip later. At most `parallel` runs of a
-    /// sweep wait so, beyond the `parallel` that run.
+    /// ends there instead of a dispatch round trip later. At most twice `parallel` runs
+    /// of a sweep wait so, beyond the `parallel` that run: a queue shorter than the runs
+    /// an agent ends during one dispatch round trip runs dry.
     fn queue_on_agents(&mut self) -> Result<(), CoordinatorError> {
         let capacities: Vec<Capacity> = self
             .agents
@@ -165,7 +166,7 @@ impl Scheduler {
             if budget == 0 {
                 break;
             }
-            let room = (2 * u64::from(sweep.record.spec.parallel)).saturating_sub(sweep.active);
+            let room = (3 * u64::from(sweep.record.spec.parallel)).saturating_sub(sweep.active);
             let remaining = sweep
                 .record
                 .planned_runs
