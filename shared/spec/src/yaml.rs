@@ -33,6 +33,22 @@ impl Pos {
             column: mark.col() + 1,
         }
     }
+
+    /// This position moved back inside `text`: onto its last line, and at most one
+    /// column past the end of that line. The parser can report a syntax error past the
+    /// end of a line (after a character it skipped), which no editor can show.
+    fn within(self, text: &str) -> Pos {
+        let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+        let lines: Vec<&str> = normalized.split('\n').collect();
+        let line = self.line.clamp(1, lines.len().max(1));
+        let width = lines.get(line - 1).map_or(0, |l| l.chars().count());
+        let column = if line == self.line {
+            self.column.clamp(1, width + 1)
+        } else {
+            width + 1
+        };
+        Pos { line, column }
+    }
 }
 
 /// The resolved value of a scalar node.
@@ -206,7 +222,7 @@ pub fn parse(text: &str) -> Result<Document, Diagnostic> {
     let mut depth = 0usize;
     loop {
         let (event, mark) = parser.next_token().map_err(|error| {
-            let at = Pos::from_marker(*error.marker());
+            let at = Pos::from_marker(*error.marker()).within(text);
             match unclosed_bracket(text, at) {
                 Some((opened, bracket)) => Diagnostic {
                     pos: opened,
@@ -721,6 +737,17 @@ mod tests {
         let error = parse("a: 1\n  b: 2\n").unwrap_err();
         assert!(error.message.starts_with("YAML syntax error"));
         assert_eq!(error.pos.line, 2);
+    }
+
+    /// Found by `fuzz_sweep_yaml_punctuation_never_panics`: the parser put this error at
+    /// column 6 of a line of 4 characters.
+    #[test]
+    fn a_syntax_error_past_the_end_of_its_line_is_shown_at_the_line_end() {
+        let text = "a{<<: #---\n|\n  :\u{a1}";
+        let error = parse(text).unwrap_err();
+        assert!(error.message.starts_with("YAML syntax error"), "{error:?}");
+        assert_eq!(error.pos.line, 3, "{error:?}");
+        assert!(error.pos.column <= 5, "{error:?}");
     }
 
     #[test]
