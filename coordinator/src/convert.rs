@@ -9,9 +9,10 @@ use ladder_spec::{Goal, ParamValue};
 use ladder_types::{RunStatus, SweepStatus};
 
 use crate::error::CoordinatorError;
-use crate::model::{now_ms, AttemptRecord, RunRecord, StoredLogLine, StoredPoint, SweepRecord};
+use crate::model::{now_ms, AttemptRecord, RunRecord, StoredLogLine, StoredPoint};
 use crate::reads::{
-    Leaderboard, LeaderboardQuery, Per, RunQuery, DEFAULT_LEADERBOARD_ROWS, MAX_LEADERBOARD_ROWS,
+    Leaderboard, LeaderboardQuery, Per, PointsPage, RunCard, RunQuery, SweepView,
+    DEFAULT_LEADERBOARD_ROWS, MAX_LEADERBOARD_ROWS,
 };
 use crate::scheduler::AgentView;
 use ladder_query::{self as query, parse_where};
@@ -66,8 +67,11 @@ pub fn param_to_pb(value: &ParamValue) -> pb::ParamValue {
     pb::ParamValue { kind: Some(kind) }
 }
 
-/// A sweep with its run counts.
-pub fn sweep_to_pb(record: &SweepRecord, counts: pb::RunCounts) -> pb::Sweep {
+/// A sweep with its run counts; `with_yaml`: with its sweep file (listed sweeps carry
+/// none).
+pub fn sweep_to_pb(view: &SweepView, with_yaml: bool) -> pb::Sweep {
+    let record = &view.record;
+    let counts = &view.counts;
     let spec = &record.spec;
     pb::Sweep {
         id: record.id.clone(),
@@ -91,28 +95,61 @@ pub fn sweep_to_pb(record: &SweepRecord, counts: pb::RunCounts) -> pb::Sweep {
         parallel: spec.parallel,
         planned_runs: record.planned_runs,
         created_runs: record.created_runs,
-        counts: Some(counts),
+        counts: Some(pb::RunCounts {
+            queued: counts.queued,
+            running: counts.running,
+            completed: counts.completed,
+            failed: counts.failed,
+            stopped: counts.stopped,
+            cancelled: counts.cancelled,
+        }),
         created_ms: record.created_ms,
         ended_ms: record.ended_ms.unwrap_or(0),
-        spec_yaml: record.yaml.clone(),
+        spec_yaml: if with_yaml {
+            record.yaml.clone()
+        } else {
+            String::new()
+        },
         file_name: record.file_name.clone(),
         owner: record.owner.clone(),
     }
 }
 
-pub fn count_runs(runs: &[RunRecord]) -> pb::RunCounts {
-    let mut counts = pb::RunCounts::default();
-    for run in runs {
-        match run.status {
-            RunStatus::Queued => counts.queued += 1,
-            RunStatus::Running => counts.running += 1,
-            RunStatus::Completed => counts.completed += 1,
-            RunStatus::Failed => counts.failed += 1,
-            RunStatus::Stopped => counts.stopped += 1,
-            RunStatus::Cancelled => counts.cancelled += 1,
-        }
+/// A page of an attempt's metric points.
+pub fn points_page_to_pb(page: PointsPage) -> pb::ListMetricPointsResponse {
+    pb::ListMetricPointsResponse {
+        attempt: page.attempt,
+        points: page.points.iter().map(point_to_pb).collect(),
+        next_cursor: page.next_cursor.unwrap_or_default(),
     }
-    counts
+}
+
+/// A run's card as `GetRun` answers it.
+pub fn run_card_to_pb(card: RunCard) -> pb::GetRunResponse {
+    pb::GetRunResponse {
+        run: Some(run_to_pb(&card.run)),
+        metrics: card
+            .series
+            .iter()
+            .map(|series| pb::AttemptMetrics {
+                attempt: series.attempt,
+                points: series.points.iter().map(point_to_pb).collect(),
+                total_points: series.total_points,
+                downsampled: series.downsampled,
+            })
+            .collect(),
+        log_tail: card.log_tail.iter().map(log_to_pb).collect(),
+        log_lines: card.log_lines,
+        sweep_name: card.sweep_name,
+        owner: card.owner,
+        git_commit: card.git_commit,
+        git_dirty: card.git_dirty,
+        sweep_metric: card.sweep_metric,
+        sweep_goal: card.sweep_goal,
+        best_value: card.best_value,
+        min_metrics: card.min_metrics,
+        max_metrics: card.max_metrics,
+    }
 }
 
 fn attempt_to_pb(attempt: &AttemptRecord) -> pb::Attempt {

@@ -4,15 +4,125 @@
 //! card) and its metric points; `runs` the run queries (`runs ls`, export) and the
 //! leaderboard, by the store's indexes where one serves.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use ladder_proto::v1 as pb;
+use ladder_types::RunStatus;
 
-use crate::convert;
 use crate::downsample;
 use crate::error::CoordinatorError;
-use crate::model::{RunRecord, SweepRecord};
+use crate::model::{RunRecord, StoredLogLine, StoredPoint, SweepRecord};
 use crate::store::{PointKey, Store};
+
+/// How many of a sweep's runs are in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub stopped: u64,
+    pub cancelled: u64,
+}
+
+impl RunCounts {
+    /// Counts `runs` by status.
+    pub fn of(runs: &[RunRecord]) -> RunCounts {
+        let mut counts = RunCounts::default();
+        for run in runs {
+            match run.status {
+                RunStatus::Queued => counts.queued += 1,
+                RunStatus::Running => counts.running += 1,
+                RunStatus::Completed => counts.completed += 1,
+                RunStatus::Failed => counts.failed += 1,
+                RunStatus::Stopped => counts.stopped += 1,
+                RunStatus::Cancelled => counts.cancelled += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// A sweep as it is read: its record and its runs counted by status.
+#[derive(Debug, Clone)]
+pub struct SweepView {
+    pub record: SweepRecord,
+    pub counts: RunCounts,
+}
+
+impl RunCard {
+    /// The card of `run` with nothing else filled in.
+    pub fn new(run: RunRecord) -> RunCard {
+        RunCard {
+            run,
+            series: Vec::new(),
+            log_tail: Vec::new(),
+            log_lines: 0,
+            sweep_name: String::new(),
+            owner: String::new(),
+            git_commit: String::new(),
+            git_dirty: false,
+            sweep_metric: String::new(),
+            sweep_goal: String::new(),
+            best_value: None,
+            min_metrics: HashMap::new(),
+            max_metrics: HashMap::new(),
+        }
+    }
+}
+
+impl SweepView {
+    /// Whether the sweep has ended (completed or cancelled).
+    pub fn ended(&self) -> bool {
+        matches!(
+            self.record.status,
+            ladder_types::SweepStatus::Completed | ladder_types::SweepStatus::Cancelled
+        )
+    }
+}
+
+/// One page of an attempt's metric points.
+#[derive(Debug, Clone)]
+pub struct PointsPage {
+    pub attempt: u32,
+    pub points: Vec<StoredPoint>,
+    /// Cursor of the next page; `None` after the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// The card's view of one attempt's metric series.
+#[derive(Debug, Clone)]
+pub struct AttemptSeries {
+    pub attempt: u32,
+    pub points: Vec<StoredPoint>,
+    /// Points stored for the attempt.
+    pub total_points: u64,
+    /// Whether a series was cut (the card is not every point).
+    pub downsampled: bool,
+}
+
+/// What the run card shows: the run, its series and log tail, and what its sweep
+/// says about it.
+#[derive(Debug, Clone)]
+pub struct RunCard {
+    pub run: RunRecord,
+    pub series: Vec<AttemptSeries>,
+    pub log_tail: Vec<StoredLogLine>,
+    /// Log lines stored for the current attempt.
+    pub log_lines: u64,
+    pub sweep_name: String,
+    pub owner: String,
+    pub git_commit: String,
+    pub git_dirty: bool,
+    /// The sweep's objective and goal (empty without one).
+    pub sweep_metric: String,
+    pub sweep_goal: String,
+    /// The best value of the objective the run reached.
+    pub best_value: Option<f64>,
+    /// Least and greatest value of every metric.
+    pub min_metrics: HashMap<String, f64>,
+    pub max_metrics: HashMap<String, f64>,
+}
 
 /// What [`Queries::card_series`] returns.
 pub(crate) struct CardSeries {
@@ -139,25 +249,30 @@ impl Queries {
         self.sweep_owner(&run.sweep_id)
     }
 
-    pub fn sweep(&self, sweep_id: &str) -> Result<pb::Sweep, CoordinatorError> {
+    /// The sweep `sweep_id` with its run counts.
+    pub fn sweep(&self, sweep_id: &str) -> Result<SweepView, CoordinatorError> {
         let record = self.sweep_record(sweep_id)?;
-        self.sweep_with_counts(&record)
+        self.sweep_with_counts(record)
     }
 
-    pub fn sweep_with_counts(&self, record: &SweepRecord) -> Result<pb::Sweep, CoordinatorError> {
+    /// `record` with its run counts.
+    pub fn sweep_with_counts(&self, record: SweepRecord) -> Result<SweepView, CoordinatorError> {
         let runs = self.store.list_runs(Some(&record.id))?;
-        Ok(convert::sweep_to_pb(record, convert::count_runs(&runs)))
+        Ok(SweepView {
+            counts: RunCounts::of(&runs),
+            record,
+        })
     }
 
     /// One page of sweeps (of `project`, or of all when empty), oldest first, starting
     /// after `cursor` (a `next_cursor` of an earlier page; empty: from the first).
-    /// Listed sweeps carry no YAML. Returns the page and the cursor of the next one.
+    /// Returns the page and the cursor of the next one.
     pub fn sweeps_page(
         &self,
         project: &str,
         cursor: &str,
         page_size: usize,
-    ) -> Result<(Vec<pb::Sweep>, Option<String>), CoordinatorError> {
+    ) -> Result<(Vec<SweepView>, Option<String>), CoordinatorError> {
         let after = if cursor.is_empty() {
             None
         } else {
@@ -175,14 +290,12 @@ impl Queries {
                 }
             }
             if sweeps.len() == page_size {
-                next_cursor = sweeps
-                    .last()
-                    .map(|last: &pb::Sweep| format!("{}.{}", last.created_ms, last.id));
+                next_cursor = sweeps.last().map(|last: &SweepView| {
+                    format!("{}.{}", last.record.created_ms, last.record.id)
+                });
                 break;
             }
-            let mut sweep = self.sweep_with_counts(&record)?;
-            sweep.spec_yaml.clear();
-            sweeps.push(sweep);
+            sweeps.push(self.sweep_with_counts(record)?);
         }
         Ok((sweeps, next_cursor))
     }
@@ -194,7 +307,7 @@ impl Queries {
         attempt: u32,
         cursor: &str,
         page_size: usize,
-    ) -> Result<pb::ListMetricPointsResponse, CoordinatorError> {
+    ) -> Result<PointsPage, CoordinatorError> {
         let run = self.run_record(run_id)?;
         let attempt = if attempt == 0 {
             run.current_attempt().map_or(1, |a| a.number)
@@ -230,38 +343,29 @@ impl Queries {
                     .is_empty());
         points.truncate(page_size);
         let next_cursor = if more {
-            points
-                .last()
-                .map(|(key, _)| key.to_cursor())
-                .unwrap_or_default()
+            points.last().map(|(key, _)| key.to_cursor())
         } else {
-            String::new()
+            None
         };
-        Ok(pb::ListMetricPointsResponse {
+        Ok(PointsPage {
             attempt,
-            points: points
-                .iter()
-                .map(|(_, point)| convert::point_to_pb(point))
-                .collect(),
+            points: points.into_iter().map(|(_, point)| point).collect(),
             next_cursor,
         })
     }
 
-    pub fn run(
-        &self,
-        run_id: &str,
-        log_tail: usize,
-    ) -> Result<pb::GetRunResponse, CoordinatorError> {
+    /// The card of the run `run_id`, with the last `log_tail` lines of its log (0: the
+    /// default number).
+    pub fn run(&self, run_id: &str, log_tail: usize) -> Result<RunCard, CoordinatorError> {
         let run = self.run_record(run_id)?;
-        let mut metrics = Vec::new();
+        let mut series = Vec::new();
         for attempt in &run.attempts {
             let card = self.card_series(&run.id, attempt.number)?;
-            let (points, downsampled, total_points) = (card.points, card.downsampled, card.total);
-            metrics.push(pb::AttemptMetrics {
+            series.push(AttemptSeries {
                 attempt: attempt.number,
-                points: points.iter().map(convert::point_to_pb).collect(),
-                total_points,
-                downsampled,
+                points: card.points,
+                total_points: card.total,
+                downsampled: card.downsampled,
             });
         }
         let tail = if log_tail == 0 {
@@ -276,15 +380,12 @@ impl Queries {
             ),
             None => (Vec::new(), 0),
         };
-        let mut response = pb::GetRunResponse {
-            run: Some(convert::run_to_pb(&run)),
-            metrics,
-            log_tail: log_tail.iter().map(convert::log_to_pb).collect(),
-            log_lines,
-            ..Default::default()
-        };
-        self.fill_card(&run, &mut response)?;
-        Ok(response)
+        let mut card = RunCard::new(run);
+        card.series = series;
+        card.log_tail = log_tail;
+        card.log_lines = log_lines;
+        self.fill_card(&mut card)?;
+        Ok(card)
     }
 }
 

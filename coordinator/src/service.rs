@@ -177,7 +177,8 @@ impl SweepServiceImpl {
                 reply,
             })
             .await?;
-        Ok(self.0.read(move |q| q.sweep_with_counts(&record)).await?)
+        let view = self.0.read(move |q| q.sweep_with_counts(record)).await?;
+        Ok(convert::sweep_to_pb(&view, true))
     }
 }
 
@@ -236,9 +237,9 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
                 reply,
             })
             .await?;
-        let sweep = self.0.read(move |q| q.sweep_with_counts(&record)).await?;
+        let view = self.0.read(move |q| q.sweep_with_counts(record)).await?;
         Ok(Response::new(pb::SubmitSweepResponse {
-            sweep: Some(sweep),
+            sweep: Some(convert::sweep_to_pb(&view, true)),
         }))
     }
 
@@ -260,7 +261,10 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
             .read(move |q| q.sweeps_page(&request.project, &request.cursor, size))
             .await?;
         Ok(Response::new(pb::ListSweepsResponse {
-            sweeps,
+            sweeps: sweeps
+                .iter()
+                .map(|view| convert::sweep_to_pb(view, false))
+                .collect(),
             next_cursor: next_cursor.unwrap_or_default(),
         }))
     }
@@ -272,8 +276,10 @@ impl pb::sweep_service_server::SweepService for SweepServiceImpl {
         self.0.authorize(request.metadata(), Action::Read)?;
         let sweep_id = request.into_inner().sweep_id;
         convert::require_id(&sweep_id, "sweep_id")?;
-        let sweep = self.0.read(move |q| q.sweep(&sweep_id)).await?;
-        Ok(Response::new(pb::GetSweepResponse { sweep: Some(sweep) }))
+        let view = self.0.read(move |q| q.sweep(&sweep_id)).await?;
+        Ok(Response::new(pb::GetSweepResponse {
+            sweep: Some(convert::sweep_to_pb(&view, true)),
+        }))
     }
 
     type WatchSweepStream = BoxStream<pb::WatchSweepResponse>;
@@ -357,8 +363,8 @@ impl pb::run_service_server::RunService for RunServiceImpl {
         let run_id = request.run_id;
         let tail = request.log_tail as usize;
         let _permit = self.0.card_reads.acquire().await.expect("never closed");
-        let response = self.0.read(move |q| q.run(&run_id, tail)).await?;
-        Ok(Response::new(response))
+        let card = self.0.read(move |q| q.run(&run_id, tail)).await?;
+        Ok(Response::new(convert::run_card_to_pb(card)))
     }
 
     async fn leaderboard(
@@ -428,7 +434,7 @@ impl pb::run_service_server::RunService for RunServiceImpl {
             .0
             .read(move |q| q.metric_points(&request.run_id, request.attempt, &request.cursor, size))
             .await?;
-        Ok(Response::new(page))
+        Ok(Response::new(convert::points_page_to_pb(page)))
     }
 
     type ExportRunsStream = BoxStream<pb::Run>;

@@ -15,7 +15,7 @@ use ladder_types::RunStatus;
 
 use crate::convert;
 use crate::error::CoordinatorError;
-use crate::reads::RunQuery;
+use crate::reads::{RunQuery, SweepView};
 use crate::service::{ServiceHandle, WatchSlot};
 use crate::store::PointKey;
 
@@ -33,7 +33,7 @@ const WATCH_BYTES_PER_MESSAGE: usize = ladder_limits::MAX_WATCH_MESSAGE_BYTES;
 pub(crate) fn spawn_sweep_watch(
     shared: Arc<ServiceHandle>,
     sweep_id: String,
-    first: pb::Sweep,
+    first: SweepView,
     mut changes: broadcast::Receiver<String>,
     tx: Sender<pb::WatchSweepResponse>,
     slot: WatchSlot,
@@ -42,11 +42,10 @@ pub(crate) fn spawn_sweep_watch(
         let _slot = slot;
         let mut snapshot = first;
         loop {
-            let ended = snapshot.status == pb::SweepStatus::Completed as i32
-                || snapshot.status == pb::SweepStatus::Cancelled as i32;
+            let ended = snapshot.ended();
             if tx
                 .send(Ok(pb::WatchSweepResponse {
-                    sweep: Some(snapshot),
+                    sweep: Some(convert::sweep_to_pb(&snapshot, true)),
                 }))
                 .await
                 .is_err()

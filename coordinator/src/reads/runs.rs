@@ -26,7 +26,6 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
-use ladder_proto::v1 as pb;
 use ladder_query::{
     self as query, compare_rows, row_key, Cursor, Expr, Field, Position, RowKey, RunFacts, SortKey,
     Value,
@@ -34,7 +33,7 @@ use ladder_query::{
 use ladder_spec::Goal;
 use ladder_types::RunStatus;
 
-use super::Queries;
+use super::{Queries, RunCard};
 use crate::error::CoordinatorError;
 use crate::model::{RunRecord, SweepRecord};
 use crate::store::{param_query_value, IndexWalk, TASKS_AVG_METRIC};
@@ -543,12 +542,9 @@ impl Queries {
 
     /// Adds the card fields to a `GetRun` answer: the sweep's name, owner, objective and
     /// git state, the best value of the objective and min/max of every metric (from the
-    /// run's stored summaries; from the points in `response` for metrics without one).
-    pub fn fill_card(
-        &self,
-        run: &RunRecord,
-        response: &mut pb::GetRunResponse,
-    ) -> Result<(), CoordinatorError> {
+    /// run's stored summaries; from the card's points for metrics without one).
+    pub fn fill_card(&self, card: &mut RunCard) -> Result<(), CoordinatorError> {
+        let run = &card.run;
         let sweep = self.store.get_sweep(&run.sweep_id)?;
         let mut minimum: HashMap<String, f64> = HashMap::new();
         let mut maximum: HashMap<String, f64> = HashMap::new();
@@ -556,7 +552,7 @@ impl Queries {
             minimum.insert(name.clone(), summary.min);
             maximum.insert(name.clone(), summary.max);
         }
-        for attempt in &response.metrics {
+        for attempt in &card.series {
             for point in &attempt.points {
                 for (name, value) in &point.values {
                     if run.summaries.contains_key(name) {
@@ -570,21 +566,21 @@ impl Queries {
             }
         }
         if let Some(sweep) = sweep {
-            response.sweep_name = sweep.spec.name.clone();
-            response.owner = sweep.owner.clone();
-            response.git_commit = sweep.git_commit.clone();
-            response.git_dirty = sweep.git_dirty;
+            card.sweep_name = sweep.spec.name.clone();
+            card.owner = sweep.owner.clone();
+            card.git_commit = sweep.git_commit.clone();
+            card.git_dirty = sweep.git_dirty;
             if let Some(metric) = &sweep.spec.metric {
-                response.sweep_metric = metric.name.clone();
-                response.sweep_goal = metric.goal.as_str().to_string();
-                response.best_value = match metric.goal {
+                card.sweep_metric = metric.name.clone();
+                card.sweep_goal = metric.goal.as_str().to_string();
+                card.best_value = match metric.goal {
                     Goal::Maximize => maximum.get(&metric.name).copied(),
                     Goal::Minimize => minimum.get(&metric.name).copied(),
                 };
             }
         }
-        response.min_metrics = minimum;
-        response.max_metrics = maximum;
+        card.min_metrics = minimum;
+        card.max_metrics = maximum;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of `coordinator/src/reads/runs.rs`.
 
 use super::*;
+use ladder_proto::v1 as pb;
 use std::sync::Arc;
 
 use crate::convert;
@@ -170,8 +171,8 @@ fn the_chosen_summary_ranks_and_the_board_spans_projects() {
     assert_eq!(ids, ["s-000000"]);
     // The card's min and max come from the stored summaries.
     let run = store.get_run("s-000000").unwrap().unwrap();
-    let mut card = pb::GetRunResponse::default();
-    queries.fill_card(&run, &mut card).unwrap();
+    let mut card = crate::reads::RunCard::new(run.clone());
+    queries.fill_card(&mut card).unwrap();
     assert_eq!(card.min_metrics["m"], 1.0);
     assert_eq!(card.max_metrics["m"], 9.0);
     assert_eq!(card.best_value, Some(1.0));
