@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// What a placement pass fills.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Agents' free slots (and GPUs): runs start at once.
+    FreeSlots,
+    /// The queues of agents whose slots are busy, for sweeps of short runs (see
+    /// [`SweepState::queues_on_agents`]): each starts the moment a run ends there
+    /// instead of a dispatch round trip later. At most twice `parallel` runs of a sweep
+    /// wait so, beyond the `parallel` that run: a queue shorter than the runs an agent
+    /// ends during one dispatch round trip runs dry.
+    AgentQueues,
+}
+
 impl Scheduler {
     // ----- placement -----
 
@@ -14,21 +27,31 @@ impl Scheduler {
     }
 
     pub(super) fn try_schedule(&mut self) -> Result<(), CoordinatorError> {
-        self.fill_free_slots()?;
-        self.queue_on_agents()
+        self.place_runs(Pass::FreeSlots)?;
+        self.place_runs(Pass::AgentQueues)
     }
 
-    /// Places queued runs and new trials on agents' free slots (and GPUs).
-    fn fill_free_slots(&mut self) -> Result<(), CoordinatorError> {
+    /// One placement pass (see [`Pass`]): queued runs first, then new trials of the
+    /// running sweeps, oldest sweep first, placed by [`placement::place`] on what the
+    /// pass fills.
+    fn place_runs(&mut self, pass: Pass) -> Result<(), CoordinatorError> {
         let capacities: Vec<Capacity> = self
             .agents
             .values()
             .filter(|agent| agent.session.is_some() && !agent.draining && !agent.record.quarantined)
-            .map(|agent| Capacity {
-                agent: agent.record.name.clone(),
-                free_slots: agent.free_slots(),
-                free_gpus: agent.free_gpus(),
-                labels: agent.record.labels.clone(),
+            .map(|agent| match pass {
+                Pass::FreeSlots => Capacity {
+                    agent: agent.record.name.clone(),
+                    free_slots: agent.free_slots(),
+                    free_gpus: agent.free_gpus(),
+                    labels: agent.record.labels.clone(),
+                },
+                Pass::AgentQueues => Capacity {
+                    agent: agent.record.name.clone(),
+                    free_slots: agent.queue_room(),
+                    free_gpus: Vec::new(),
+                    labels: agent.record.labels.clone(),
+                },
             })
             .filter(|capacity| capacity.free_slots > 0)
             .collect();
@@ -36,6 +59,10 @@ impl Scheduler {
         if total_free == 0 {
             return Ok(());
         }
+        let eligible = |sweep: &SweepState| {
+            sweep.record.status == SweepStatus::Running
+                && (pass == Pass::FreeSlots || sweep.queues_on_agents())
+        };
 
         enum Entry {
             Queued(String),
@@ -48,125 +75,44 @@ impl Scheduler {
             let Some(sweep) = self.sweeps.get(&run.sweep_id) else {
                 continue;
             };
-            if sweep.record.status != SweepStatus::Running {
+            if !eligible(sweep) {
                 continue;
             }
             entries.push(Entry::Queued(run_id.clone()));
             demands.push(demand_of(&sweep.record.spec));
         }
-        let mut sweeps: Vec<&SweepState> = self
-            .sweeps
-            .values()
-            .filter(|s| s.record.status == SweepStatus::Running)
-            .collect();
+        let mut sweeps: Vec<&SweepState> = self.sweeps.values().filter(|s| eligible(s)).collect();
         sweeps.sort_by(|a, b| {
             (a.record.created_ms, &a.record.id).cmp(&(b.record.created_ms, &b.record.id))
         });
-        // New trials offered in this step, over every sweep: at most one per free slot,
-        // so the work here follows the free slots, whatever the sweeps' `parallel`.
         // Runs waiting in agents' queues count against a sweep's `parallel` only once
         // they start.
         let mut waiting: HashMap<&str, u64> = HashMap::new();
-        for agent in self.agents.values() {
-            for run_id in &agent.queued {
-                if let Some(run) = self.runs.get(run_id) {
-                    *waiting.entry(run.sweep_id.as_str()).or_default() += 1;
+        if pass == Pass::FreeSlots {
+            for agent in self.agents.values() {
+                for run_id in &agent.queued {
+                    if let Some(run) = self.runs.get(run_id) {
+                        *waiting.entry(run.sweep_id.as_str()).or_default() += 1;
+                    }
                 }
             }
         }
+        // New trials offered in this pass, over every sweep: at most one per free place,
+        // so the work here follows the free places, whatever the sweeps' `parallel`.
         let mut budget = total_free;
         for sweep in sweeps {
             if budget == 0 {
                 break;
             }
-            let running = sweep
-                .active
-                .saturating_sub(waiting.get(sweep.record.id.as_str()).copied().unwrap_or(0));
-            let room = u64::from(sweep.record.spec.parallel).saturating_sub(running);
-            let remaining = sweep
-                .record
-                .planned_runs
-                .saturating_sub(sweep.record.created_runs);
-            let count = room.min(remaining).min(budget);
-            budget -= count;
-            for _ in 0..count {
-                entries.push(Entry::NewTrial(sweep.record.id.clone()));
-                demands.push(demand_of(&sweep.record.spec));
-            }
-        }
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let placements = placement::place(&capacities, &demands);
-        for placed in placements {
-            let run_id = match &entries[placed.demand] {
-                Entry::Queued(run_id) => {
-                    self.queue.retain(|id| id != run_id);
-                    run_id.clone()
+            let parallel = u64::from(sweep.record.spec.parallel);
+            let room = match pass {
+                Pass::FreeSlots => {
+                    let waiting = waiting.get(sweep.record.id.as_str()).copied();
+                    let running = sweep.active.saturating_sub(waiting.unwrap_or(0));
+                    parallel.saturating_sub(running)
                 }
-                Entry::NewTrial(sweep_id) => match self.create_run(sweep_id)? {
-                    Some(run_id) => run_id,
-                    None => continue,
-                },
+                Pass::AgentQueues => (3 * parallel).saturating_sub(sweep.active),
             };
-            self.start_attempt(&run_id, &placed.agent, placed.gpus)?;
-        }
-        Ok(())
-    }
-
-    /// Places runs of sweeps of short runs (see [`SweepState::queues_on_agents`]) in the
-    /// queues of agents whose slots are all busy, so that each starts the moment a run
-    /// ends there instead of a dispatch round trip later. At most twice `parallel` runs
-    /// of a sweep wait so, beyond the `parallel` that run: a queue shorter than the runs
-    /// an agent ends during one dispatch round trip runs dry.
-    fn queue_on_agents(&mut self) -> Result<(), CoordinatorError> {
-        let capacities: Vec<Capacity> = self
-            .agents
-            .values()
-            .filter(|agent| agent.session.is_some() && !agent.draining && !agent.record.quarantined)
-            .map(|agent| Capacity {
-                agent: agent.record.name.clone(),
-                free_slots: agent.queue_room(),
-                free_gpus: Vec::new(),
-                labels: agent.record.labels.clone(),
-            })
-            .filter(|capacity| capacity.free_slots > 0)
-            .collect();
-        let total: u64 = capacities.iter().map(|c| u64::from(c.free_slots)).sum();
-        if total == 0 {
-            return Ok(());
-        }
-        enum Entry {
-            Queued(String),
-            NewTrial(String),
-        }
-        let mut entries = Vec::new();
-        let mut demands = Vec::new();
-        for run_id in &self.queue {
-            let run = &self.runs[run_id];
-            let Some(sweep) = self.sweeps.get(&run.sweep_id) else {
-                continue;
-            };
-            if sweep.record.status != SweepStatus::Running || !sweep.queues_on_agents() {
-                continue;
-            }
-            entries.push(Entry::Queued(run_id.clone()));
-            demands.push(demand_of(&sweep.record.spec));
-        }
-        let mut sweeps: Vec<&SweepState> = self
-            .sweeps
-            .values()
-            .filter(|s| s.record.status == SweepStatus::Running && s.queues_on_agents())
-            .collect();
-        sweeps.sort_by(|a, b| {
-            (a.record.created_ms, &a.record.id).cmp(&(b.record.created_ms, &b.record.id))
-        });
-        let mut budget = total;
-        for sweep in sweeps {
-            if budget == 0 {
-                break;
-            }
-            let room = (3 * u64::from(sweep.record.spec.parallel)).saturating_sub(sweep.active);
             let remaining = sweep
                 .record
                 .planned_runs
@@ -192,11 +138,13 @@ impl Scheduler {
                     None => continue,
                 },
             };
-            self.agents
-                .get_mut(&placed.agent)
-                .expect("agent present")
-                .queued
-                .insert(run_id.clone());
+            if pass == Pass::AgentQueues {
+                self.agents
+                    .get_mut(&placed.agent)
+                    .expect("agent present")
+                    .queued
+                    .insert(run_id.clone());
+            }
             self.start_attempt(&run_id, &placed.agent, placed.gpus)?;
         }
         Ok(())
