@@ -9,7 +9,11 @@
 //!   panics the tail of every log is printed, so a failure comes with the system's side
 //!   of the story.
 //! - [`Cluster`] starts the setup most tests share: a coordinator with its store in
-//!   `DIR/data` and agents working in `DIR/NAME`, and waits until they are connected.
+//!   `DIR/data` and agents working in `DIR/NAME`, and waits until they are connected;
+//!   a test starts processes by hand only where it needs what the builder cannot say
+//!   (an agent that joins later, over TLS or from Slurm, a store on a small disk).
+//! - [`Coordinator::run_sweep`] writes a sweep file, submits it and watches the sweep to
+//!   its end.
 //! - [`ladder`] / [`ladder_json`] run one client verb with a timeout.
 //! - [`wait_until`] polls a condition; polling is how the *test* observes, it is not part
 //!   of the system under test.
@@ -636,6 +640,16 @@ impl Coordinator {
         parse_json_output(&args, &output)
     }
 
+    /// Writes `yaml` to `DIR/FILE_NAME`, submits it and watches the sweep to its end
+    /// (within [`WATCH_TIMEOUT`]): the sweep's id and its final state, as `sweep watch
+    /// --json` prints it. Whether the sweep completed is the caller's to assert.
+    pub fn run_sweep(&self, dir: &Path, file_name: &str, yaml: &str) -> (String, Value) {
+        let file = write_file(dir, file_name, yaml);
+        let sweep_id = self.submit(&file);
+        let sweep = self.watch(&sweep_id, WATCH_TIMEOUT);
+        (sweep_id, sweep)
+    }
+
     /// The runs of a sweep (`runs ls --sweep ID --json`), in the order listed.
     pub fn runs(&self, sweep_id: &str) -> Vec<Value> {
         let listed = self.json(&["runs", "ls", "--sweep", sweep_id]);
@@ -652,7 +666,17 @@ impl Coordinator {
 
     /// Names of the agents `agents ls` reports as connected.
     pub fn connected_agents(&self) -> BTreeSet<String> {
-        let agents = self.json(&["agents", "ls"]);
+        self.connected_agents_as(None)
+    }
+
+    /// [`Coordinator::connected_agents`], asked with `--token TOKEN` when given (a
+    /// coordinator started with `--auth`).
+    fn connected_agents_as(&self, token: Option<&str>) -> BTreeSet<String> {
+        let mut args = vec!["agents", "ls"];
+        if let Some(token) = token {
+            args.extend(["--token", token]);
+        }
+        let agents = self.json(&args);
         agents["agents"]
             .as_array()
             .unwrap_or_else(|| panic!("no agents array in {agents}"))
@@ -690,12 +714,17 @@ impl Coordinator {
 
     /// Waits until every named agent is connected.
     pub fn wait_for_agents(&self, names: &[&str], timeout: Duration) {
+        self.wait_for_agents_as(names, None, timeout)
+    }
+
+    /// [`Coordinator::wait_for_agents`], listing the agents with `--token TOKEN` when given.
+    fn wait_for_agents_as(&self, names: &[&str], token: Option<&str>, timeout: Duration) {
         wait_until(
             timeout,
             Duration::from_millis(200),
             &format!("agents {names:?} to connect"),
             || {
-                let connected = self.connected_agents();
+                let connected = self.connected_agents_as(token);
                 names.iter().all(|n| connected.contains(*n)).then_some(())
             },
         )
@@ -867,9 +896,11 @@ pub fn completion_counts(path: &Path) -> std::collections::BTreeMap<String, usiz
 }
 
 /// A coordinator and its agents on loopback, started by [`Cluster::builder`]: the store
-/// is in `DIR/data`, each agent works in `DIR/NAME` with `DIR` (or
-/// [`ClusterBuilder::code_dir`]) as its code directory, and [`ClusterBuilder::start`]
-/// returns once every agent is connected.
+/// is in `DIR/data`, each agent works in `DIR/NAME` (or [`ClusterBuilder::agent_in`]'s
+/// directory) with `DIR` (or [`ClusterBuilder::code_dir`]) as its code directory, and
+/// [`ClusterBuilder::start`] returns once every agent is connected.
+///
+/// A test that needs the coordinator alone takes it out: `builder.start().coordinator`.
 pub struct Cluster {
     /// Declared first, so dropped (killed) before the coordinator.
     pub agents: Vec<Agent>,
@@ -881,7 +912,17 @@ pub struct ClusterBuilder {
     dir: PathBuf,
     code_dir: PathBuf,
     coordinator_args: Vec<String>,
-    agents: Vec<(String, u32, Vec<String>)>,
+    admin_token: Option<String>,
+    agents: Vec<AgentSpec>,
+}
+
+/// One agent a [`ClusterBuilder`] starts.
+struct AgentSpec {
+    name: String,
+    slots: u32,
+    /// `DIR/NAME` unless set.
+    work_dir: Option<PathBuf>,
+    args: Vec<String>,
 }
 
 impl Cluster {
@@ -890,6 +931,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             code_dir: dir.to_path_buf(),
             coordinator_args: Vec::new(),
+            admin_token: None,
             agents: Vec::new(),
         }
     }
@@ -904,6 +946,18 @@ impl Cluster {
             .iter_mut()
             .find(|agent| agent.name() == name)
             .unwrap_or_else(|| panic!("the cluster has no agent {name}"))
+    }
+
+    /// Takes the agent named `name` out of the cluster, for a test that drives it
+    /// (signals, kills, waits for its exit) while it talks to the coordinator. Bind it
+    /// after the cluster, so that it is still dropped before the coordinator.
+    pub fn take_agent(&mut self, name: &str) -> Agent {
+        let index = self
+            .agents
+            .iter()
+            .position(|agent| agent.name() == name)
+            .unwrap_or_else(|| panic!("the cluster has no agent {name}"));
+        self.agents.remove(index)
     }
 }
 
@@ -925,6 +979,15 @@ impl ClusterBuilder {
         ])
     }
 
+    /// For a coordinator started with `--auth FILE` (see
+    /// [`ClusterBuilder::coordinator_args`]): the admin token with which [`Self::start`]
+    /// lists the agents it waits for. The agents need a token of their own, passed as
+    /// `--token` to [`ClusterBuilder::agent_with`].
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_string());
+        self
+    }
+
     /// Where the agents find the sweeps' code (`DIR` unless set).
     pub fn code_dir(mut self, code_dir: &Path) -> Self {
         self.code_dir = code_dir.to_path_buf();
@@ -938,11 +1001,23 @@ impl ClusterBuilder {
 
     /// Like [`ClusterBuilder::agent`], with extra arguments of `ladder agent`.
     pub fn agent_with(mut self, name: &str, slots: u32, args: &[&str]) -> Self {
-        self.agents.push((
-            name.to_string(),
+        self.agents.push(AgentSpec {
+            name: name.to_string(),
             slots,
-            args.iter().map(|arg| arg.to_string()).collect(),
-        ));
+            work_dir: None,
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Like [`ClusterBuilder::agent`], working in `work_dir` instead of `DIR/NAME`.
+    pub fn agent_in(mut self, name: &str, slots: u32, work_dir: &Path) -> Self {
+        self.agents.push(AgentSpec {
+            name: name.to_string(),
+            slots,
+            work_dir: Some(work_dir.to_path_buf()),
+            args: Vec::new(),
+        });
         self
     }
 
@@ -954,20 +1029,28 @@ impl ClusterBuilder {
         let agents: Vec<Agent> = self
             .agents
             .iter()
-            .map(|(name, slots, extra)| {
-                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            .map(|spec| {
+                let work_dir = spec
+                    .work_dir
+                    .clone()
+                    .unwrap_or_else(|| self.dir.join(&spec.name));
+                let extra: Vec<&str> = spec.args.iter().map(String::as_str).collect();
                 Agent::start_with(
                     &url,
-                    name,
-                    *slots,
-                    &self.dir.join(name),
+                    &spec.name,
+                    spec.slots,
+                    &work_dir,
                     &self.code_dir,
                     &extra,
                 )
             })
             .collect();
         let names: Vec<&str> = agents.iter().map(Agent::name).collect();
-        coordinator.wait_for_agents(&names, Duration::from_secs(60));
+        coordinator.wait_for_agents_as(
+            &names,
+            self.admin_token.as_deref(),
+            Duration::from_secs(60),
+        );
         Cluster {
             agents,
             coordinator,

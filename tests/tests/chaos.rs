@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ladder_e2e::{
     as_str, completion_counts, describe, ladder, wait_until, write_file, write_script, Agent,
-    Coordinator, TestDir, Value,
+    Cluster, Coordinator, TestDir, Value,
 };
 
 const POLL: Duration = Duration::from_millis(100);
@@ -297,17 +297,13 @@ fn dead_agent_orphans_never_complete() {
 fn dead_agent_scenario(daemon_only: bool) {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "3", "--heartbeat-interval", "0.3"],
-    );
-    let url = coordinator.url();
     let names = ["a1", "a2", "a3"];
-    let mut agents: BTreeMap<&str, Agent> = names
-        .iter()
-        .map(|n| (*n, Agent::start(&url, n, 2, &dir.join(n), dir)))
-        .collect();
-    coordinator.wait_for_agents(&names, CONNECT_TIMEOUT);
+    let mut cluster = Cluster::builder(dir)
+        .leases("3", "0.3")
+        .agent("a1", 2)
+        .agent("a2", 2)
+        .agent("a3", 2)
+        .start();
 
     write_script(dir, "job.py", JOB);
     let completions = dir.join("completions.txt");
@@ -318,14 +314,14 @@ fn dead_agent_scenario(daemon_only: bool) {
         "sweep.yaml",
         &sweep_yaml("dead-agent", 20, 6, &completions, "2", 4, mode, ""),
     );
-    let sweep_id = coordinator.submit(&sweep_file);
+    let sweep_id = cluster.coordinator.submit(&sweep_file);
 
     let (victim, on_victim) = wait_until(
         Duration::from_secs(120),
         POLL,
         "4 runs completed and one running somewhere",
         || {
-            let runs = coordinator.runs(&sweep_id);
+            let runs = cluster.coordinator.runs(&sweep_id);
             if count_status(&runs, "completed") < 4 {
                 return None;
             }
@@ -341,7 +337,8 @@ fn dead_agent_scenario(daemon_only: bool) {
             (!on.is_empty()).then(|| (victim.to_string(), on))
         },
     );
-    let mut agent = agents.remove(victim.as_str()).expect("the victim agent");
+    let mut agent = cluster.take_agent(&victim);
+    let coordinator = &cluster.coordinator;
     let orphans = agent.run_pids();
     if daemon_only {
         agent.kill9();
@@ -399,7 +396,7 @@ fn dead_agent_scenario(daemon_only: bool) {
     let mut lost_runs = BTreeSet::new();
     for run in &runs {
         let run_id = id(run);
-        let detail = check_completed_once(&coordinator, &run_id, 4, &["lost"]);
+        let detail = check_completed_once(coordinator, &run_id, 4, &["lost"]);
         let history = attempts(&detail);
         for (i, attempt) in history.iter().enumerate() {
             if attempt["outcome"] != "lost" {
@@ -450,17 +447,14 @@ fn coordinator_killed_five_times_during_100_runs() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let data = dir.join("data");
-    let mut coordinator = Coordinator::start(
-        &data,
-        &["--lease-timeout", "5", "--heartbeat-interval", "0.3"],
-    );
-    let url = coordinator.url();
-    let names = ["c1", "c2", "c3"];
-    let _agents: Vec<Agent> = names
-        .iter()
-        .map(|n| Agent::start(&url, n, 2, &dir.join(n), dir))
-        .collect();
-    coordinator.wait_for_agents(&names, CONNECT_TIMEOUT);
+    let mut cluster = Cluster::builder(dir)
+        .leases("5", "0.3")
+        .agent("c1", 2)
+        .agent("c2", 2)
+        .agent("c3", 2)
+        .start();
+    let url = cluster.url();
+    let coordinator = &mut cluster.coordinator;
 
     write_script(dir, "job.py", JOB);
     let completions = dir.join("completions.txt");
@@ -540,7 +534,7 @@ fn coordinator_killed_five_times_during_100_runs() {
         }
         // A run may have an earlier, lost attempt (re-adoption failed and the run was
         // started again), but only one completed attempt.
-        check_completed_once(&coordinator, &run_id, 3, &["lost"]);
+        check_completed_once(coordinator, &run_id, 3, &["lost"]);
     }
     let retried: Vec<String> = runs
         .iter()
@@ -555,7 +549,6 @@ fn coordinator_killed_five_times_during_100_runs() {
     assert_eq!(sweeps.len(), 1, "{sweeps:#?}");
     assert_eq!(sweeps[0]["id"], sweep_id.as_str());
 
-    let mut coordinator = coordinator;
     coordinator.kill9();
     assert_store_ok(&data, 1, 100, 300);
 }
@@ -567,14 +560,13 @@ fn coordinator_killed_five_times_during_100_runs() {
 fn partitioned_agent_is_fenced() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "2", "--heartbeat-interval", "0.3"],
-    );
-    let url = coordinator.url();
-    let agent_a = Agent::start(&url, "agent-a", 1, &dir.join("agent-a"), dir);
-    let _agent_b = Agent::start(&url, "agent-b", 2, &dir.join("agent-b"), dir);
-    coordinator.wait_for_agents(&["agent-a", "agent-b"], CONNECT_TIMEOUT);
+    let mut cluster = Cluster::builder(dir)
+        .leases("2", "0.3")
+        .agent("agent-a", 1)
+        .agent("agent-b", 2)
+        .start();
+    let agent_a = cluster.take_agent("agent-a");
+    let coordinator = &cluster.coordinator;
 
     write_script(dir, "job.py", JOB);
     let completions = dir.join("completions.txt");
@@ -646,7 +638,7 @@ fn partitioned_agent_is_fenced() {
     let sweep = coordinator.watch(&sweep_id, SWEEP_TIMEOUT);
     assert_eq!(sweep["status"], "completed", "{sweep}");
     assert_eq!(sweep["counts"]["completed"], 2, "{sweep}");
-    let detail = check_completed_once(&coordinator, &on_a, 4, &["lost"]);
+    let detail = check_completed_once(coordinator, &on_a, 4, &["lost"]);
     let history = attempts(&detail);
     assert_eq!(history.len(), 2, "{detail}");
     assert_eq!(history[0]["agent"], "agent-a", "{detail}");
@@ -688,6 +680,8 @@ fn failing_agent_is_quarantined() {
     );
     // One slot each: when bad's third failure is recorded nothing else is in flight on
     // bad, so exactly 3 runs may fail there (no race with an in-flight placement).
+    // Started by hand: each agent has its own code directory (a broken job.py on bad),
+    // which the cluster builder, with one code directory for all, cannot say.
     let _good = Agent::start(&url, "good", 1, &dir.join("good"), &good_code);
     let _bad = Agent::start(&url, "bad", 1, &dir.join("bad"), &bad_code);
     coordinator.wait_for_agents(&["good", "bad"], CONNECT_TIMEOUT);
@@ -751,21 +745,13 @@ fn failing_agent_is_quarantined() {
 fn drained_agent_hands_its_runs_back() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "5", "--heartbeat-interval", "0.3"],
-    );
-    let url = coordinator.url();
-    let mut agent_a = Agent::start_with(
-        &url,
-        "agent-a",
-        1,
-        &dir.join("agent-a"),
-        dir,
-        &["--stop-grace", "5"],
-    );
-    let _agent_b = Agent::start(&url, "agent-b", 1, &dir.join("agent-b"), dir);
-    coordinator.wait_for_agents(&["agent-a", "agent-b"], CONNECT_TIMEOUT);
+    let mut cluster = Cluster::builder(dir)
+        .leases("5", "0.3")
+        .agent_with("agent-a", 1, &["--stop-grace", "5"])
+        .agent("agent-b", 1)
+        .start();
+    let mut agent_a = cluster.take_agent("agent-a");
+    let coordinator = &cluster.coordinator;
 
     write_script(dir, "job.py", JOB);
     let completions = dir.join("completions.txt");
@@ -827,7 +813,7 @@ fn drained_agent_hands_its_runs_back() {
     let sweep = coordinator.watch(&sweep_id, SWEEP_TIMEOUT);
     assert_eq!(sweep["status"], "completed", "{sweep}");
     assert_eq!(sweep["counts"]["completed"], 2, "{sweep}");
-    let detail = check_completed_once(&coordinator, &on_a, 5, &["released"]);
+    let detail = check_completed_once(coordinator, &on_a, 5, &["released"]);
     let history = attempts(&detail);
     assert_eq!(history.len(), 2, "{detail}");
     assert_eq!(history[0]["number"], 1, "{detail}");
@@ -840,9 +826,9 @@ fn drained_agent_hands_its_runs_back() {
     let runs = coordinator.runs(&sweep_id);
     let ids: BTreeSet<String> = runs.iter().map(id).collect();
     assert_completed_once_each(&completions, &ids);
-    let a = agent_entry(&coordinator, "agent-a");
+    let a = agent_entry(coordinator, "agent-a");
     assert_eq!(a["connected"], false, "{a}");
-    let b = agent_entry(&coordinator, "agent-b");
+    let b = agent_entry(coordinator, "agent-b");
     assert_eq!(b["draining"], false, "{b}");
 }
 
@@ -854,17 +840,13 @@ fn store_survives_kill_during_writes() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let data = dir.join("data");
-    let mut coordinator = Coordinator::start(
-        &data,
-        &["--lease-timeout", "5", "--heartbeat-interval", "0.3"],
-    );
-    let url = coordinator.url();
-    let names = ["w1", "w2", "w3"];
-    let _agents: Vec<Agent> = names
-        .iter()
-        .map(|n| Agent::start(&url, n, 2, &dir.join(n), dir))
-        .collect();
-    coordinator.wait_for_agents(&names, CONNECT_TIMEOUT);
+    let mut cluster = Cluster::builder(dir)
+        .leases("5", "0.3")
+        .agent("w1", 2)
+        .agent("w2", 2)
+        .agent("w3", 2)
+        .start();
+    let coordinator = &mut cluster.coordinator;
 
     write_script(dir, "job.py", JOB);
     let completions = dir.join("completions.txt");
@@ -903,12 +885,11 @@ fn store_survives_kill_during_writes() {
             "{run}"
         );
         // steps 1..=200, each once, in the completed attempt.
-        check_completed_once(&coordinator, &id(run), 200, &["lost"]);
+        check_completed_once(coordinator, &id(run), 200, &["lost"]);
     }
     let ids: BTreeSet<String> = runs.iter().map(id).collect();
     assert_completed_once_each(&completions, &ids);
 
-    let mut coordinator = coordinator;
     coordinator.kill9();
     assert_store_ok(&data, 1, 40, 40 * 200);
 }

@@ -3,9 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ladder_e2e::{
-    as_str, wait_until, write_file, write_script, Agent, Cluster, Coordinator, TestDir, Value,
-};
+use ladder_e2e::{as_str, wait_until, write_file, write_script, Cluster, TestDir, Value};
 
 const POLL: Duration = Duration::from_millis(200);
 
@@ -189,14 +187,13 @@ print("@ladder {\"step\": 1, \"alive\": 2}", flush=True)
 fn lost_agent_runs_are_requeued() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "2", "--heartbeat-interval", "0.3"],
-    );
-    let url = coordinator.url();
-    let mut agent_a = Agent::start(&url, "agent-a", 1, &dir.join("agent-a"), dir);
-    let _agent_b = Agent::start(&url, "agent-b", 1, &dir.join("agent-b"), dir);
-    coordinator.wait_for_agents(&["agent-a", "agent-b"], Duration::from_secs(60));
+    let mut cluster = Cluster::builder(dir)
+        .leases("2", "0.3")
+        .agent("agent-a", 1)
+        .agent("agent-b", 1)
+        .start();
+    let mut agent_a = cluster.take_agent("agent-a");
+    let coordinator = &cluster.coordinator;
 
     write_script(dir, "sleeper.py", SLEEPER);
     let sweep_file = write_file(
