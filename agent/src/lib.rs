@@ -44,7 +44,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tracing::{debug, info, warn};
 
-use crate::runner::{Control, Execution, RunnerEvent, RunnerEventKind};
+use crate::runner::{Control, Execution, RunnerEvent};
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -560,28 +560,12 @@ impl Agent {
         if held.lease.attempt != event.attempt {
             return;
         }
-        let mut output_bytes = 0;
-        let kind = match event.kind {
-            RunnerEventKind::Started { pid, work_dir } => RunEvent::Started { pid, work_dir },
-            RunnerEventKind::Output {
-                metrics,
-                logs,
-                info,
-                bytes,
-            } => {
-                output_bytes = bytes;
-                RunEvent::Output {
-                    metrics,
-                    logs,
-                    info,
-                }
-            }
-            RunnerEventKind::Finished(finished) => {
-                held.finished = true;
-                info!(run_id = %event.run_id, reason = %finished.reason, "run finished");
-                RunEvent::Finished(finished)
-            }
-        };
+        let output_bytes = event.bytes;
+        let kind = event.event;
+        if let RunEvent::Finished(finished) = &kind {
+            held.finished = true;
+            info!(run_id = %event.run_id, reason = %finished.reason, "run finished");
+        }
         let freed_a_slot = matches!(kind, RunEvent::Finished(_));
         let run_event = RunEventMessage {
             lease: held.lease.clone(),

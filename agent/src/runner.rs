@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use ladder_metrics::line::{parse_info_line, parse_metric_line_detailed};
 use ladder_protocol::wire::{log_line_encoded_len, point_encoded_len};
-use ladder_protocol::{Finish, FinishOutcome, LogLine, MetricPoint};
+use ladder_protocol::{Finish, FinishOutcome, LogLine, MetricPoint, RunEvent};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -79,29 +79,14 @@ pub struct Execution {
     pub containment: Option<std::sync::Arc<crate::contain::Containment>>,
 }
 
-#[derive(Debug)]
-pub enum RunnerEventKind {
-    Started {
-        pid: u32,
-        work_dir: String,
-    },
-    Output {
-        metrics: Vec<MetricPoint>,
-        logs: Vec<LogLine>,
-        /// `@ladder.info` entries read since the previous batch, later lines merged over
-        /// earlier ones.
-        info: BTreeMap<String, String>,
-        /// Encoded size of the entries, at most [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`].
-        bytes: usize,
-    },
-    Finished(Finish),
-}
-
+/// What an attempt reports to its agent: the protocol's event, and for output the
+/// encoded size of its entries (at most [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`]).
 #[derive(Debug)]
 pub struct RunnerEvent {
     pub run_id: String,
     pub attempt: u32,
-    pub kind: RunnerEventKind,
+    pub event: RunEvent,
+    pub bytes: usize,
 }
 
 use ladder_types::now_ms;
@@ -270,11 +255,12 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn emit(&self, kind: RunnerEventKind) {
+    fn emit(&self, event: RunEvent, bytes: usize) {
         let _ = self.events.send(RunnerEvent {
             run_id: self.run_id.clone(),
             attempt: self.attempt,
-            kind,
+            event,
+            bytes,
         });
     }
 }
@@ -369,12 +355,14 @@ impl OutputBuffer {
         }
         let bytes = std::mem::take(&mut self.pending_bytes);
         self.emitter.backlog.add(bytes);
-        self.emitter.emit(RunnerEventKind::Output {
-            metrics: std::mem::take(&mut self.metrics),
-            logs: std::mem::take(&mut self.logs),
-            info: std::mem::take(&mut self.info),
+        self.emitter.emit(
+            RunEvent::Output {
+                metrics: std::mem::take(&mut self.metrics),
+                logs: std::mem::take(&mut self.logs),
+                info: std::mem::take(&mut self.info),
+            },
             bytes,
-        });
+        );
     }
 
     /// Makes room for an entry of `size` encoded bytes, sending the batch if it would
@@ -611,15 +599,16 @@ pub async fn execute(
     events: mpsc::UnboundedSender<RunnerEvent>,
     mut control: mpsc::UnboundedReceiver<Control>,
 ) {
-    let emit = |kind: RunnerEventKind| {
+    let emit = |event: RunEvent| {
         let _ = events.send(RunnerEvent {
             run_id: execution.run_id.clone(),
             attempt: execution.attempt,
-            kind,
+            event,
+            bytes: 0,
         });
     };
     let finish_failed = |reason: String| {
-        RunnerEventKind::Finished(Finish {
+        RunEvent::Finished(Finish {
             outcome: FinishOutcome::Failed,
             exit_code: None,
             signal: None,
@@ -738,7 +727,7 @@ pub async fn execute(
     drop(line_tx);
     drop(exit_tx);
     let pid = pids[0];
-    emit(RunnerEventKind::Started {
+    emit(RunEvent::Started {
         pid,
         work_dir: execution.run_dir.display().to_string(),
     });
@@ -900,7 +889,7 @@ pub async fn execute(
         release_requested,
         rank_count > 1,
     );
-    emit(RunnerEventKind::Finished(finished));
+    emit(RunEvent::Finished(finished));
 }
 
 /// Notes a request that arrived after every rank had ended: it decides the outcome.
@@ -1154,7 +1143,8 @@ mod tests {
             }
             output.flush();
             while let Ok(event) = received.try_recv() {
-                let RunnerEventKind::Output { metrics, logs, info, bytes } = event.kind else {
+                let bytes = event.bytes;
+                let RunEvent::Output { metrics, logs, info } = event.event else {
                     panic!("not output");
                 };
                 let encoded = pb::RunOutput {
