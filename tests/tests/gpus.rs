@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ladder_e2e::{
-    as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir, Value, WATCH_TIMEOUT,
+    as_str, wait_until, write_file, write_script, Agent, Cluster, ClusterBuilder, Coordinator,
+    TestDir, Value, WATCH_TIMEOUT,
 };
 
 /// Writes what the process sees into `probes/RUN_ID-rank-RANK.json` under the code dir,
@@ -47,10 +48,17 @@ with open(os.path.join(sys.argv[1], "rank0.pid"), "w") as f:
 time.sleep(600)
 "#;
 
-fn start_gpu_agent(coordinator: &Coordinator, dir: &Path, name: &str, extra: &[&str]) -> Agent {
-    let mut args = vec!["--gpus", "fake:8"];
+/// The arguments of an agent on a node with eight fake GPUs.
+const EIGHT_GPUS: [&str; 2] = ["--gpus", "fake:8"];
+
+/// A coordinator with a 10 s lease timeout and the agent `gpu-node` with eight fake GPUs
+/// and eight slots, and `extra` arguments.
+fn gpu_node(dir: &Path, extra: &[&str]) -> ClusterBuilder {
+    let mut args = EIGHT_GPUS.to_vec();
     args.extend_from_slice(extra);
-    Agent::start_with(&coordinator.url(), name, 8, &dir.join(name), dir, &args)
+    Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent_with("gpu-node", 8, &args)
 }
 
 /// The probes the runs wrote, by run id then rank.
@@ -84,12 +92,8 @@ fn gpu_list(text: &str) -> Vec<u32> {
 fn command_runs_see_their_gpus_and_torchrun_variables() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = start_gpu_agent(&coordinator, dir, "gpu-node", &[]);
-    coordinator.wait_for_agents(&["gpu-node"], Duration::from_secs(60));
+    let cluster = gpu_node(dir, &[]).start();
+    let coordinator = &cluster.coordinator;
     let agents = coordinator.json(&["agents", "ls"]);
     let gpus = agents["agents"][0]["gpus"].as_array().expect("gpus");
     assert_eq!(gpus.len(), 8, "{agents}");
@@ -245,6 +249,7 @@ command: [python3, "{{ladder.code_dir}}/probe.py", "{{ladder.code_dir}}", "{{i}}
 fn a_sweep_no_agent_could_ever_fit_is_refused_at_submit() {
     let tmp = TestDir::new();
     let dir = tmp.path();
+    // Started by hand: the agent joins after the first submission.
     let coordinator = Coordinator::start(&dir.join("data"), &[]);
     let too_big = write_file(
         dir,
@@ -253,7 +258,14 @@ fn a_sweep_no_agent_could_ever_fit_is_refused_at_submit() {
     );
     // No agent known yet: accepted, since a big enough one may still join.
     coordinator.submit(&too_big);
-    let _agent = start_gpu_agent(&coordinator, dir, "gpu-node", &[]);
+    let _agent = Agent::start_with(
+        &coordinator.url(),
+        "gpu-node",
+        8,
+        &dir.join("gpu-node"),
+        dir,
+        &EIGHT_GPUS,
+    );
     coordinator.wait_for_agents(&["gpu-node"], Duration::from_secs(60));
     let file = too_big.to_str().expect("utf-8");
     let output = coordinator.ladder(&["sweep", "submit", file]);
@@ -269,12 +281,8 @@ fn a_sweep_no_agent_could_ever_fit_is_refused_at_submit() {
 fn per_gpu_run_fails_when_a_rank_fails_and_stops_the_others() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = start_gpu_agent(&coordinator, dir, "gpu-node", &["--stop-grace", "2"]);
-    coordinator.wait_for_agents(&["gpu-node"], Duration::from_secs(60));
+    let cluster = gpu_node(dir, &["--stop-grace", "2"]).start();
+    let coordinator = &cluster.coordinator;
     write_script(dir, "failing_rank.py", FAILING_RANK);
     let sweep_file = write_file(
         dir,
@@ -339,19 +347,11 @@ command: [python3, "{{ladder.code_dir}}/failing_rank.py", "{{ladder.code_dir}}"]
 fn trainer_runs_one_rank_per_gpu_and_equals_in_process_data_parallelism() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    );
-    let _agent = Agent::start_with(
-        &coordinator.url(),
-        "gpu-node",
-        2,
-        &dir.join("gpu-node"),
-        dir,
-        &["--gpus", "fake:2"],
-    );
-    coordinator.wait_for_agents(&["gpu-node"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent_with("gpu-node", 2, &["--gpus", "fake:2"])
+        .start();
+    let coordinator = &cluster.coordinator;
     // (Each line indented by two spaces: the block goes under `train:`.)
     let body = "  model: {init: random, arch: {d_model: 32, layers: 2, heads: 4}}
   data: {task: synthetic-kv, examples: 400, validation_sequences: 4}

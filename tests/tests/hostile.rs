@@ -9,15 +9,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ladder_e2e::{
-    as_str, describe, ladder_command, wait_until, write_file, write_script, Agent, Coordinator,
-    TestDir, Value, WATCH_TIMEOUT,
+    as_str, describe, ladder_command, wait_until, write_file, write_script, Agent, Cluster,
+    ClusterBuilder, Coordinator, TestDir, Value, WATCH_TIMEOUT,
 };
 
-fn start(dir: &Path) -> Coordinator {
-    Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    )
+/// The setup of these tests: a coordinator with a 10 s lease timeout, to which a test
+/// adds its agents.
+fn cluster_builder(dir: &Path) -> ClusterBuilder {
+    Cluster::builder(dir).leases("10", "0.5")
 }
 
 fn sweeps(coordinator: &Coordinator) -> Vec<Value> {
@@ -32,22 +31,16 @@ fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A one-run grid sweep of `command` (a YAML flow list).
-fn one_run_sweep(dir: &Path, name: &str, command: &str) -> std::path::PathBuf {
-    write_file(
-        dir,
-        &format!("{name}.yaml"),
-        &format!(
-            "name: {name}\nmethod: grid\nparameters:\n  x: {{value: 1}}\ncommand: {command}\n"
-        ),
-    )
+/// The sweep file of a one-run grid sweep of `command` (a YAML flow list).
+fn one_run_sweep(name: &str, command: &str) -> String {
+    format!("name: {name}\nmethod: grid\nparameters:\n  x: {{value: 1}}\ncommand: {command}\n")
 }
 
 #[test]
 fn oversized_sweep_files_are_refused() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let coordinator = cluster_builder(dir).start().coordinator;
     let base = "name: big\nmethod: grid\nparameters:\n  x: {values: [1, 2]}\ncommand: [\"true\", \"{{x}}\"]\n";
     // Valid YAML padded with comments: 1.5 MiB (over the 1 MiB sweep file limit) and
     // 5 MiB (also over gRPC's default 4 MiB message limit).
@@ -84,7 +77,7 @@ fn oversized_sweep_files_are_refused() {
 fn unknown_ids_are_named_and_harmless() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let coordinator = cluster_builder(dir).start().coordinator;
     for args in [
         vec!["runs", "show", "nope"],
         vec!["sweep", "show", "nope"],
@@ -120,7 +113,7 @@ fn unknown_ids_are_named_and_harmless() {
 fn deep_and_long_queries_are_refused_and_the_coordinator_keeps_answering() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let coordinator = cluster_builder(dir).start().coordinator;
     let parens = format!("{}status = failed{}", "(".repeat(5_000), ")".repeat(5_000));
     let nots = format!("{}status = failed", "not ".repeat(20_000));
     let sorts: Vec<&str> = ["--sort", "-metrics.loss"].repeat(17);
@@ -187,17 +180,17 @@ out.flush()
 fn hostile_metric_lines_are_logged_not_stored() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
-    let _agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let cluster = cluster_builder(dir).agent("a1", 1).start();
+    let coordinator = &cluster.coordinator;
     write_script(dir, "hostile.py", HOSTILE_PRINTER);
-    let file = one_run_sweep(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
-        "hostile",
-        "[python3, \"{{ladder.code_dir}}/hostile.py\", \"{{x}}\"]",
+        "hostile.yaml",
+        &one_run_sweep(
+            "hostile",
+            "[python3, \"{{ladder.code_dir}}/hostile.py\", \"{{x}}\"]",
+        ),
     );
-    let sweep_id = coordinator.submit(&file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
 
     let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
@@ -305,10 +298,13 @@ fn a_log_flood_completes_and_the_coordinator_stays_responsive() {
     const LINES: u64 = 300_000;
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
-    let _agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
-    let file = one_run_sweep(dir, "flood", &format!("[seq, \"{{{{x}}}}\", \"{LINES}\"]"));
+    let cluster = cluster_builder(dir).agent("a1", 1).start();
+    let coordinator = &cluster.coordinator;
+    let file = write_file(
+        dir,
+        "flood.yaml",
+        &one_run_sweep("flood", &format!("[seq, \"{{{{x}}}}\", \"{LINES}\"]")),
+    );
     let sweep_id = coordinator.submit(&file);
     // While the run floods, client calls still answer.
     let started = Instant::now();
@@ -358,12 +354,13 @@ fn a_log_flood_completes_and_the_coordinator_stays_responsive() {
 fn a_missing_program_fails_with_its_name() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
-    let _agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
-    let file = one_run_sweep(dir, "missing", "[/nonexistent/prog, \"{{x}}\"]");
-    let sweep_id = coordinator.submit(&file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
+    let cluster = cluster_builder(dir).agent("a1", 1).start();
+    let coordinator = &cluster.coordinator;
+    let (sweep_id, sweep) = coordinator.run_sweep(
+        dir,
+        "missing.yaml",
+        &one_run_sweep("missing", "[/nonexistent/prog, \"{{x}}\"]"),
+    );
     assert_eq!(sweep["counts"]["failed"], 1, "{sweep}");
     let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
     let detail = coordinator.run_detail(&run_id);
@@ -375,7 +372,7 @@ fn a_missing_program_fails_with_its_name() {
 fn an_agent_refuses_a_work_dir_under_a_file() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let coordinator = cluster_builder(dir).start().coordinator;
     fs::write(dir.join("afile"), "not a directory").unwrap();
     let work_dir = dir.join("afile").join("work");
     let log = dir.join("bad-agent.log");
@@ -425,10 +422,9 @@ fn an_agent_refuses_a_work_dir_under_a_file() {
 fn a_run_directory_that_cannot_be_created_fails_the_run_not_the_sweep() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let cluster = cluster_builder(dir).agent("a1", 1).start();
+    let coordinator = &cluster.coordinator;
     let work_dir = dir.join("a1");
-    let _agent = Agent::start(&coordinator.url(), "a1", 1, &work_dir, dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
     // `runs` becomes a file after the agent started.
     let _ = fs::remove_dir_all(work_dir.join("runs"));
     fs::write(work_dir.join("runs"), "in the way").unwrap();
@@ -484,10 +480,10 @@ fn a_full_disk_does_not_lose_the_run() {
         }
     }
     let _unmount = Unmount(&mount_point);
-    let coordinator = start(dir);
-    let work_dir = mount_point.join("work");
-    let _agent = Agent::start(&coordinator.url(), "a1", 1, &work_dir, dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let cluster = cluster_builder(dir)
+        .agent_in("a1", 1, &mount_point.join("work"))
+        .start();
+    let coordinator = &cluster.coordinator;
     // 1.2 MiB of output into a 1 MiB file system: the attempt's log file cannot hold it
     // (small enough that the note, written when the disk fills, is in the last 10,000
     // lines `runs show` returns).
@@ -496,13 +492,14 @@ fn a_full_disk_does_not_lose_the_run() {
         "fill.py",
         "import sys\nfor i in range(12000):\n    print('%06d ' % i + 'f' * 100)\nprint('@ladder {\"done\": 1}')\n",
     );
-    let file = one_run_sweep(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
-        "full",
-        "[python3, \"{{ladder.code_dir}}/fill.py\", \"{{x}}\"]",
+        "full.yaml",
+        &one_run_sweep(
+            "full",
+            "[python3, \"{{ladder.code_dir}}/fill.py\", \"{{x}}\"]",
+        ),
     );
-    let sweep_id = coordinator.submit(&file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
     let run_id = as_str(&coordinator.runs(&sweep_id)[0]["id"], "run id").to_string();
     let detail = coordinator.run_detail(&run_id);
@@ -533,17 +530,11 @@ fn a_full_disk_does_not_lose_the_run() {
 fn huge_logs_rotate_the_local_file_and_reach_the_coordinator() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let cluster = cluster_builder(dir)
+        .agent_with("rot", 1, &["--log-file-max-bytes", "100000"])
+        .start();
+    let coordinator = &cluster.coordinator;
     let work_dir = dir.join("rot");
-    let _agent = ladder_e2e::Agent::start_with(
-        &coordinator.url(),
-        "rot",
-        1,
-        &work_dir,
-        dir,
-        &["--log-file-max-bytes", "100000"],
-    );
-    coordinator.wait_for_agents(&["rot"], Duration::from_secs(60));
     // 50,000 lines of 7 bytes ("NNNNNN\n") = ~350 KB: three rotations at 100 KB.
     let sweep = write_file(
         dir,
@@ -598,10 +589,9 @@ fn huge_logs_rotate_the_local_file_and_reach_the_coordinator() {
 fn without_auth_a_second_agent_cannot_take_a_live_agent_s_name() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let cluster = cluster_builder(dir).agent("a1", 1).start();
+    let coordinator = &cluster.coordinator;
     let work_dir = dir.join("a1");
-    let real = Agent::start(&coordinator.url(), "a1", 1, &work_dir, dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
     let secret_file = work_dir.join("secrets").join("a1");
     let enrolled = fs::read_to_string(&secret_file).expect("the enrolled secret is kept");
 
@@ -634,7 +624,6 @@ fn without_auth_a_second_agent_cannot_take_a_live_agent_s_name() {
         },
     );
     coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
-    drop(real);
 }
 
 /// Idle sockets opened before any TLS or token (a slowloris) neither exhaust the
@@ -646,6 +635,7 @@ fn without_auth_a_second_agent_cannot_take_a_live_agent_s_name() {
 fn idle_connections_neither_exhaust_descriptors_nor_lock_clients_out() {
     use std::io::Read;
     let tmp = TestDir::new();
+    // Started by hand: the coordinator runs under a limit of 300 descriptors.
     let coordinator = Coordinator::start_with_nofile(&tmp.path().join("data"), &[], Some(300));
     let idle: Vec<std::net::TcpStream> = (0..120)
         .map(|i| {
@@ -716,9 +706,14 @@ fn watch_streams_per_token_are_capped_and_closing_them_frees_room() {
     use ladder_proto::v1 as pb;
     const LIMIT: usize = 256;
     let dir = TestDir::new();
-    let coordinator = start(dir.path());
+    let coordinator = cluster_builder(dir.path()).start().coordinator;
     // A sweep no agent runs: its watchers stay open until dropped.
-    let sweep_id = coordinator.submit(&one_run_sweep(dir.path(), "held", "[\"true\"]"));
+    let held = write_file(
+        dir.path(),
+        "held.yaml",
+        &one_run_sweep("held", "[\"true\"]"),
+    );
+    let sweep_id = coordinator.submit(&held);
     let token = fs::read_to_string(coordinator.data_dir().join("admin-token"))
         .expect("admin token")
         .trim()

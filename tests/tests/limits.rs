@@ -7,17 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use ladder_e2e::{
-    describe, ladder_with_timeout, parse_json_output, write_file, Agent, Coordinator, TestDir,
-    Value,
+    describe, ladder_with_timeout, parse_json_output, write_file, Cluster, ClusterBuilder,
+    Coordinator, TestDir, Value,
 };
 
 const SLOW: Duration = Duration::from_secs(600);
 
-fn start(dir: &Path) -> Coordinator {
-    Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "30", "--heartbeat-interval", "0.5"],
-    )
+/// The setup of these tests: a coordinator with a 30 s lease timeout, to which a test
+/// adds its agents.
+fn cluster_builder(dir: &Path) -> ClusterBuilder {
+    Cluster::builder(dir).leases("30", "0.5")
 }
 
 /// `ladder ARGS --coordinator URL --json` with a long timeout; panics on failure.
@@ -33,7 +32,7 @@ fn json_slow(coordinator: &Coordinator, args: &[&str]) -> Value {
 fn five_thousand_sweeps_are_listed_completely_through_pages() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
+    let coordinator = cluster_builder(dir).start().coordinator;
     // Quickstart-sized files (about 1.3 KB each): listing them all in one message would
     // pass gRPC's 4 MiB limit near 3,000 sweeps.
     let comment = format!("# {}\n", "c".repeat(1200));
@@ -94,11 +93,13 @@ fn five_thousand_sweeps_are_listed_completely_through_pages() {
 fn a_hundred_thousand_step_run_is_shown_watched_and_exported() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
     let code = dir.join("code");
     fs::create_dir_all(&code).unwrap();
-    let _agent = Agent::start(&coordinator.url(), "big", 1, &dir.join("work"), &code);
-    coordinator.wait_for_agents(&["big"], Duration::from_secs(60));
+    let cluster = cluster_builder(dir)
+        .code_dir(&code)
+        .agent_in("big", 1, &dir.join("work"))
+        .start();
+    let coordinator = &cluster.coordinator;
     let program = "import sys\nw = sys.stdout.write\nfor i in range(1, 100001):\n    w('@ladder {\"step\": %d, \"loss\": %r, \"acc\": %r, \"lr\": 0.1}\\n' % (i, 1.0 / i + (5.0 if i == 54321 else 0.0), i / 100000.0))\n";
     write_file(&code, "steps.py", program);
     let sweep = write_file(
