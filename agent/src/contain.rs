@@ -7,7 +7,10 @@
 //! - **cgroup v2** (preferred): each attempt gets its own cgroup under the agent's, the
 //!   rank processes enter it before `exec`, and every descendant inherits it whatever it
 //!   does to its session or process group. At the attempt's end `cgroup.kill` ends the
-//!   whole tree at once. Used when a cgroup2 hierarchy is mounted (found through
+//!   whole tree at once. An attempt's cgroup that ends empty (no process, no child
+//!   cgroup) is kept for a later attempt of the same agent rather than removed and
+//!   created again: creating and removing a cgroup costs the kernel more than the rest
+//!   of starting a short run. Used when a cgroup2 hierarchy is mounted (found through
 //!   `/proc/self/mountinfo`, wherever it is mounted), the agent's own cgroup is writable
 //!   and the kernel has `cgroup.kill` (Linux 5.14).
 //! - **child subreaper** (the fallback): the agent marks itself with
@@ -25,6 +28,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +61,8 @@ impl Isolation {
 /// Longest wait for the processes of an attempt to be gone after they were killed.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 const KILL_POLL: Duration = Duration::from_millis(20);
+/// Most empty attempt cgroups an agent keeps for reuse.
+const MAX_SPARE_CGROUPS: usize = 64;
 
 /// How this agent process keeps track of its attempts' processes (one per process: the
 /// agents of `ladder run` share it).
@@ -65,6 +71,10 @@ pub enum Containment {
     /// Attempt cgroups are created in `dir` (`<agent's cgroup>/ladder-<pid>`).
     Cgroup {
         dir: PathBuf,
+        /// Attempt cgroups that ended empty, ready for the next attempts.
+        spare: Mutex<Vec<PathBuf>>,
+        /// Attempt cgroups created so far (names `attempt-N`).
+        created: AtomicU64,
     },
     Subreaper,
 }
@@ -82,7 +92,11 @@ impl Containment {
             match cgroup_dir() {
                 Ok(dir) => {
                     info!(cgroup = %dir.display(), "each run gets its own cgroup");
-                    return Ok(Arc::new(Containment::Cgroup { dir }));
+                    return Ok(Arc::new(Containment::Cgroup {
+                        dir,
+                        spare: Mutex::new(Vec::new()),
+                        created: AtomicU64::new(0),
+                    }));
                 }
                 Err(reason) if isolation == Isolation::Cgroup => {
                     return Err(format!("--isolation cgroup: {reason}"))
@@ -110,42 +124,50 @@ impl Containment {
     /// The mechanism in words, for `ladder agent`'s log.
     pub fn describe(&self) -> String {
         match self {
-            Containment::Cgroup { dir } => format!("cgroup v2 under {}", dir.display()),
+            Containment::Cgroup { dir, .. } => format!("cgroup v2 under {}", dir.display()),
             Containment::Subreaper => "child subreaper".to_string(),
         }
     }
 
-    /// The scope of one attempt, before its first process starts.
-    pub fn attempt(&self, run_id: &str, attempt: u32) -> io::Result<Scope> {
-        match self {
-            Containment::Cgroup { dir } => {
-                let name: String = run_id
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                            c
-                        } else {
-                            '_'
+    /// The scope of one attempt, before its first process starts: a spare cgroup of
+    /// this agent, or a new one.
+    pub fn attempt(self: &Arc<Self>, run_id: &str, attempt: u32) -> io::Result<Scope> {
+        match &**self {
+            Containment::Cgroup {
+                dir,
+                spare,
+                created,
+            } => {
+                let reused = spare.lock().expect("spare cgroups").pop();
+                let path = match reused {
+                    Some(path) => path,
+                    None => {
+                        let n = created.fetch_add(1, Ordering::Relaxed);
+                        let path = dir.join(format!("attempt-{n}"));
+                        if let Err(error) = fs::create_dir(&path) {
+                            if error.kind() != io::ErrorKind::AlreadyExists {
+                                return Err(annotate(error, &path));
+                            }
+                            // Left by something else: end it first.
+                            kill_cgroup_tree(&path);
+                            fs::create_dir(&path).map_err(|e| annotate(e, &path))?;
                         }
-                    })
-                    .collect();
-                let path = dir.join(format!("run-{name}-{attempt}"));
-                if let Err(error) = fs::create_dir(&path) {
-                    if error.kind() != io::ErrorKind::AlreadyExists {
-                        return Err(annotate(error, &path));
+                        path
                     }
-                    // A scope of the same attempt that was not removed: end it first.
-                    kill_cgroup_tree(&path);
-                    fs::create_dir(&path).map_err(|e| annotate(e, &path))?;
-                }
+                };
                 let procs = path.join("cgroup.procs");
-                let file = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&procs)
-                    .map_err(|e| annotate(e, &procs))?;
+                let file = match fs::OpenOptions::new().write(true).open(&procs) {
+                    Ok(file) => file,
+                    Err(error) => {
+                        let _ = fs::remove_dir(&path);
+                        return Err(annotate(error, &procs));
+                    }
+                };
                 Ok(Scope::Cgroup {
                     path,
                     procs: OwnedFd::from(file),
+                    containment: self.clone(),
+                    kept: Arc::new(AtomicBool::new(false)),
                 })
             }
             Containment::Subreaper => Ok(Scope::Tree {
@@ -154,12 +176,28 @@ impl Containment {
             }),
         }
     }
+
+    /// Keeps the empty attempt cgroup `path` for a later attempt, marking its scope
+    /// `kept` first (so that dropping the scope leaves it alone); false when enough are
+    /// kept already.
+    fn keep_spare(&self, path: &Path, kept: &AtomicBool) -> bool {
+        let Containment::Cgroup { spare, .. } = self else {
+            return false;
+        };
+        let mut spare = spare.lock().expect("spare cgroups");
+        if spare.len() >= MAX_SPARE_CGROUPS {
+            return false;
+        }
+        kept.store(true, Ordering::SeqCst);
+        spare.push(path.to_path_buf());
+        true
+    }
 }
 
 impl Drop for Containment {
     /// An agent that stops removes its cgroup, with whatever is still in it.
     fn drop(&mut self) {
-        if let Containment::Cgroup { dir } = self {
+        if let Containment::Cgroup { dir, .. } = self {
             kill_cgroup_tree(dir);
         }
     }
@@ -173,6 +211,9 @@ pub enum Scope {
         /// The cgroup's `cgroup.procs`, opened by the agent; a rank writes `0` to it
         /// between fork and exec.
         procs: OwnedFd,
+        containment: Arc<Containment>,
+        /// Kept empty for a later attempt: not to be removed.
+        kept: Arc<AtomicBool>,
     },
     Tree {
         run_id: String,
@@ -184,8 +225,8 @@ impl Drop for Scope {
     /// A scope left without [`Scope::kill_all`] (its rank failed to start) still ends
     /// what it holds.
     fn drop(&mut self) {
-        if let Scope::Cgroup { path, .. } = self {
-            if path.exists() {
+        if let Scope::Cgroup { path, kept, .. } = self {
+            if !kept.load(Ordering::SeqCst) && path.exists() {
                 let _ = fs::write(path.join("cgroup.kill"), "1");
                 let _ = fs::remove_dir(&*path);
             }
@@ -207,14 +248,25 @@ impl Scope {
     /// ranks.
     pub async fn kill_all(&self, ranks: &[u32]) -> usize {
         match self {
-            Scope::Cgroup { path, .. } => {
+            Scope::Cgroup {
+                path,
+                containment,
+                kept,
+                ..
+            } => {
                 let path = path.clone();
+                let containment = containment.clone();
+                let kept = kept.clone();
                 let ranks: HashSet<u32> = ranks.iter().copied().collect();
                 tokio::task::spawn_blocking(move || {
                     let pids = read_pids(&path.join("cgroup.procs"));
-                    // The common end: nothing left, no child cgroup; the kernel refuses
-                    // the removal otherwise (EBUSY), and the whole tree is killed.
-                    if pids.is_empty() && fs::remove_dir(&path).is_ok() {
+                    // The common end: nothing left, no child cgroup. The cgroup is kept
+                    // for a later attempt, or removed (the kernel refuses the removal of
+                    // a cgroup that is not empty: EBUSY).
+                    if pids.is_empty()
+                        && subdirectories(&path).is_empty()
+                        && (containment.keep_spare(&path, &kept) || fs::remove_dir(&path).is_ok())
+                    {
                         return 0;
                     }
                     let others = pids.iter().filter(|pid| !ranks.contains(pid)).count();
@@ -563,6 +615,48 @@ async fn reap_orphans() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Runs where tests run (as root, with cgroup v2 mounted: `.ci/run` runs as root on
+    /// such a machine); fails, never skips, where no cgroup can be made.
+    #[tokio::test]
+    async fn an_attempt_cgroup_left_empty_is_reused_and_one_left_busy_is_not() {
+        let containment = Containment::set_up(Isolation::Cgroup).expect("a writable cgroup v2");
+        let first = containment.attempt("r", 1).unwrap();
+        let Scope::Cgroup { path: first_path, .. } = &first else {
+            panic!("not a cgroup scope");
+        };
+        let first_path = first_path.clone();
+        assert!(first_path.is_dir());
+        assert_eq!(first.kill_all(&[]).await, 0);
+        drop(first);
+        // Dropping the ended scope left its cgroup for the next attempt.
+        assert!(first_path.is_dir());
+        let second = containment.attempt("r", 2).unwrap();
+        let Scope::Cgroup { path, .. } = &second else {
+            panic!("not a cgroup scope");
+        };
+        assert_eq!(path, &first_path);
+
+        // A process still in the cgroup at the end: killed, and the cgroup removed
+        // rather than kept.
+        let mut sleeper = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        fs::write(path.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        assert_eq!(second.kill_all(&[]).await, 1);
+        let status = sleeper.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!first_path.exists());
+        drop(second);
+        let third = containment.attempt("r", 3).unwrap();
+        let Scope::Cgroup { path, .. } = &third else {
+            panic!("not a cgroup scope");
+        };
+        assert_ne!(path, &first_path);
+        // A scope dropped without ending (its rank failed to start) removes its cgroup.
+        let third_path = path.clone();
+        drop(third);
+        assert!(!third_path.exists());
+    }
 
     #[test]
     fn the_cgroup2_mount_is_found_wherever_it_is() {
