@@ -940,10 +940,10 @@ impl Cluster {
         self.coordinator.url()
     }
 
-    /// The agent named `name`.
-    pub fn agent(&mut self, name: &str) -> &mut Agent {
+    /// The agent named `name` (see [`Cluster::take_agent`] to drive one).
+    pub fn agent(&self, name: &str) -> &Agent {
         self.agents
-            .iter_mut()
+            .iter()
             .find(|agent| agent.name() == name)
             .unwrap_or_else(|| panic!("the cluster has no agent {name}"))
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use ladder_e2e::{
     as_str, describe, ladder_command, ladder_with_timeout, parse_json_output, wait_until,
-    write_file, write_script, Agent, Coordinator, TestDir, Value, CLIENT_TIMEOUT, WATCH_TIMEOUT,
+    write_file, write_script, Agent, Cluster, ClusterBuilder, Coordinator, TestDir, Value,
+    CLIENT_TIMEOUT, WATCH_TIMEOUT,
 };
 
 /// The tokens of one auth file.
@@ -66,12 +67,13 @@ fn write_auth_file(dir: &Path) -> Tokens {
     }
 }
 
-fn start_with_auth(dir: &Path, tokens: &Tokens) -> Coordinator {
+/// A coordinator started with `--auth` and the tokens' file, to which a test adds its
+/// agents (with `--token` and the agent token); the builder lists them as the admin.
+fn with_auth(dir: &Path, tokens: &Tokens) -> ClusterBuilder {
     let auth = tokens.file.to_str().expect("utf-8 path");
-    Coordinator::start(
-        &dir.join("data"),
-        &["--auth", auth, "--heartbeat-interval", "0.5"],
-    )
+    Cluster::builder(dir)
+        .coordinator_args(&["--auth", auth, "--heartbeat-interval", "0.5"])
+        .admin_token(&tokens.admin)
 }
 
 /// `ladder ARGS --coordinator URL --token TOKEN` (any exit code).
@@ -125,28 +127,11 @@ fn a_member_sweep_runs_on_an_agent_with_an_agent_token_and_viewers_only_read() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let tokens = write_auth_file(dir);
-    let coordinator = start_with_auth(dir, &tokens);
-    let _agent = Agent::start_with(
-        &coordinator.url(),
-        "gpu-01",
-        2,
-        &dir.join("gpu-01"),
-        dir,
-        &["--token", &tokens.agent],
-    );
-    wait_until(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        "agent gpu-01 to connect with the agent token",
-        || {
-            let agents = json_as(&coordinator, &tokens.admin, &["agents", "ls"]);
-            let connected = agents["agents"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|a| a["name"] == "gpu-01" && a["connected"] == true)
-            });
-            connected.then_some(())
-        },
-    );
+    // The agent connects with the agent token.
+    let cluster = with_auth(dir, &tokens)
+        .agent_with("gpu-01", 2, &["--token", &tokens.agent])
+        .start();
+    let coordinator = &cluster.coordinator;
 
     write_script(
         dir,
@@ -158,7 +143,7 @@ fn a_member_sweep_runs_on_an_agent_with_an_agent_token_and_viewers_only_read() {
         "grid.yaml",
         "name: owned\nmethod: grid\nmetric: {name: score}\nparallel: 2\nparameters:\n  a: {values: [1, 2, 3]}\ncommand: [sh, \"{{ladder.code_dir}}/objective.sh\", \"{{a}}\"]\n",
     );
-    let sweep = submit_as(&coordinator, &tokens.alice, &sweep_file);
+    let sweep = submit_as(coordinator, &tokens.alice, &sweep_file);
     assert_eq!(
         sweep["owner"], "alice",
         "the token's user owns the sweep: {sweep}"
@@ -187,24 +172,24 @@ fn a_member_sweep_runs_on_an_agent_with_an_agent_token_and_viewers_only_read() {
     assert_eq!(finished["owner"], "alice", "{finished}");
 
     // Victor (viewer) reads everything but may not submit.
-    let listed = json_as(&coordinator, &tokens.victor, &["sweep", "ls"]);
+    let listed = json_as(coordinator, &tokens.victor, &["sweep", "ls"]);
     assert_eq!(listed["sweeps"][0]["id"], sweep_id.as_str(), "{listed}");
     assert_eq!(listed["sweeps"][0]["owner"], "alice", "{listed}");
     let runs = json_as(
-        &coordinator,
+        coordinator,
         &tokens.victor,
         &["runs", "ls", "--sweep", &sweep_id],
     );
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(3), "{runs}");
-    json_as(&coordinator, &tokens.victor, &["agents", "ls"]);
+    json_as(coordinator, &tokens.victor, &["agents", "ls"]);
     let args = ["sweep", "submit", sweep_file.to_str().expect("utf-8")];
-    let output = as_user(&coordinator, &tokens.victor, &args);
+    let output = as_user(coordinator, &tokens.victor, &args);
     assert_refused(&args, &output, "user victor (viewer) may not submit sweeps");
     // Only admins lift quarantines.
     let args = ["agents", "enable", "gpu-01"];
-    let output = as_user(&coordinator, &tokens.alice, &args);
+    let output = as_user(coordinator, &tokens.alice, &args);
     assert_refused(&args, &output, "user alice (member) may not enable agents");
-    json_as(&coordinator, &tokens.admin, &["agents", "enable", "gpu-01"]);
+    json_as(coordinator, &tokens.admin, &["agents", "enable", "gpu-01"]);
 }
 
 /// Runs `command` to completion, killing it and panicking after `timeout`.
@@ -236,7 +221,7 @@ fn members_control_only_their_own_sweeps_and_admins_any() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let tokens = write_auth_file(dir);
-    let coordinator = start_with_auth(dir, &tokens);
+    let coordinator = with_auth(dir, &tokens).start().coordinator;
     // No agent: the runs stay queued, and the sweeps running, until cancelled.
     let alices = submit_as(&coordinator, &tokens.alice, &slow_sweep(dir, "alices"));
     let alices = as_str(&alices["id"], "id").to_string();
@@ -278,7 +263,7 @@ fn requests_without_a_valid_user_token_are_refused() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let tokens = write_auth_file(dir);
-    let coordinator = start_with_auth(dir, &tokens);
+    let coordinator = with_auth(dir, &tokens).start().coordinator;
 
     let args = ["sweep", "ls"];
     let output = coordinator.ladder(&args);
@@ -357,6 +342,8 @@ fn tls_clients_and_agents_trust_the_right_ca_only() {
     let tokens = write_auth_file(dir);
     let pki = make_pki(dir, "good");
     let other = make_pki(dir, "other");
+    // Started by hand: the coordinator serves TLS, so only a client given its CA can
+    // list its agents, and the agent joins after the clients' checks.
     let coordinator = Coordinator::start(
         &dir.join("data"),
         &[
@@ -581,11 +568,14 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let tokens = write_auth_file(dir);
-    let coordinator = start_with_auth(dir, &tokens);
-    let url = coordinator.url();
     let fleet = ["--token", tokens.agent.as_str()];
+    let mut cluster = with_auth(dir, &tokens)
+        .agent_with("gpu-01", 1, &fleet)
+        .start();
+    let mut real = cluster.take_agent("gpu-01");
+    let coordinator = &cluster.coordinator;
+    let url = coordinator.url();
     let real_dir = dir.join("gpu-01");
-    let mut real = Agent::start_with(&url, "gpu-01", 1, &real_dir, dir, &fleet);
     wait_until(
         Duration::from_secs(60),
         Duration::from_millis(200),
@@ -593,7 +583,7 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
         || {
             // The coordinator lists the agent once the registration is durable; the agent
             // writes the secret when the answer reaches it, a moment later.
-            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+            agent_entry(coordinator, &tokens.admin, "gpu-01")
                 .filter(|a| a["connected"] == true)
                 .filter(|_| real_dir.join("secrets").join("gpu-01").exists())
                 .map(|_| ())
@@ -618,7 +608,7 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
             release.display()
         ),
     );
-    let sweep = submit_as(&coordinator, &tokens.alice, &sweep_file);
+    let sweep = submit_as(coordinator, &tokens.alice, &sweep_file);
     let sweep_id = as_str(&sweep["id"], "sweep id").to_string();
     let run_id = format!("{sweep_id}-000000");
     wait_until(
@@ -626,7 +616,7 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
         Duration::from_millis(200),
         "the run to start on gpu-01",
         || {
-            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+            agent_entry(coordinator, &tokens.admin, "gpu-01")
                 .filter(|a| a["runs"].as_array().is_some_and(|r| r.len() == 1))
                 .map(|_| ())
         },
@@ -644,7 +634,7 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
             && log.contains("ladder agents forget gpu-01"),
         "{log}"
     );
-    let live = agent_entry(&coordinator, &tokens.admin, "gpu-01").expect("gpu-01 listed");
+    let live = agent_entry(coordinator, &tokens.admin, "gpu-01").expect("gpu-01 listed");
     assert_eq!(live["connected"], true, "{live}");
     assert_eq!(
         live["slots"], 1,
@@ -659,9 +649,9 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
     // The real run goes on and completes on gpu-01, in its first attempt.
     std::fs::write(&release, "go").unwrap();
     let watch_args = ["sweep", "watch", sweep_id.as_str()];
-    let finished = json_as(&coordinator, &tokens.alice, &watch_args);
+    let finished = json_as(coordinator, &tokens.alice, &watch_args);
     assert_eq!(finished["counts"]["completed"], 1, "{finished}");
-    let detail = json_as(&coordinator, &tokens.alice, &["runs", "show", &run_id]);
+    let detail = json_as(coordinator, &tokens.alice, &["runs", "show", &run_id]);
     let attempts = detail["attempt_history"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 1, "never lost nor restarted: {detail}");
     assert_eq!(attempts[0]["agent"], "gpu-01", "{detail}");
@@ -691,9 +681,9 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
 
     // Only admins forget agents, and a connected one only with --force.
     let args = ["agents", "forget", "gpu-01"];
-    let output = as_user(&coordinator, &tokens.alice, &args);
+    let output = as_user(coordinator, &tokens.alice, &args);
     assert_refused(&args, &output, "user alice (member) may not forget agents");
-    let output = as_user(&coordinator, &tokens.admin, &args);
+    let output = as_user(coordinator, &tokens.admin, &args);
     assert_refused(&args, &output, "--force");
     real.kill9();
     wait_until(
@@ -701,12 +691,12 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
         Duration::from_millis(200),
         "gpu-01 to disconnect",
         || {
-            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+            agent_entry(coordinator, &tokens.admin, "gpu-01")
                 .filter(|a| a["connected"] == false)
                 .map(|_| ())
         },
     );
-    json_as(&coordinator, &tokens.admin, &args);
+    json_as(coordinator, &tokens.admin, &args);
 
     // Now a new agent (a new work directory) enrolls the name, with a new secret.
     let new_dir = dir.join("replacement");
@@ -716,7 +706,7 @@ fn an_agent_token_cannot_take_a_live_agent_s_name_until_an_admin_forgets_it() {
         Duration::from_millis(200),
         "the replacement to enroll gpu-01 and keep its secret",
         || {
-            agent_entry(&coordinator, &tokens.admin, "gpu-01")
+            agent_entry(coordinator, &tokens.admin, "gpu-01")
                 .filter(|a| a["connected"] == true)
                 .filter(|_| new_dir.join("secrets").join("gpu-01").exists())
                 .map(|_| ())

@@ -312,7 +312,7 @@ fn a_log_flood_completes_and_the_coordinator_stays_responsive() {
     let mut calls = 0;
     loop {
         let call = Instant::now();
-        let listed = sweeps(&coordinator);
+        let listed = sweeps(coordinator);
         slowest = slowest.max(call.elapsed());
         calls += 1;
         assert_eq!(listed.len(), 1);

@@ -108,13 +108,13 @@ fn a_hundred_thousand_step_run_is_shown_watched_and_exported() {
         "name: long\nmethod: grid\nparameters:\n  x: {value: 1}\ncommand: [python3, \"{{ladder.code_dir}}/steps.py\"]\n",
     );
     let sweep_id = coordinator.submit(&sweep);
-    let done = json_slow(&coordinator, &["sweep", "watch", &sweep_id]);
+    let done = json_slow(coordinator, &["sweep", "watch", &sweep_id]);
     assert_eq!(done["counts"]["completed"], 1, "{done}");
     let runs = coordinator.runs(&sweep_id);
     let run_id = runs[0]["id"].as_str().expect("run id").to_string();
 
     // Shown: the card carries a bounded history with the peak and the last point.
-    let card = json_slow(&coordinator, &["runs", "show", &run_id]);
+    let card = json_slow(coordinator, &["runs", "show", &run_id]);
     let history = &card["metric_history"][0];
     assert_eq!(
         history["total_points"], 100_000,

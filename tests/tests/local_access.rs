@@ -86,6 +86,8 @@ fn a_coordinator_without_auth_serves_only_the_holder_of_its_private_admin_token(
     let tmp = TestDir::new();
     let dir = tmp.path();
     let data = dir.join("data");
+    // Started by hand, not with the cluster builder: the agent joins only after the
+    // token checks, to show that it finds the token from the URL alone.
     let mut coordinator = Coordinator::start(&data, &["--heartbeat-interval", "0.5"]);
     let url = coordinator.url();
 

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use ladder_e2e::{wait_until, write_file, write_script, Agent, Coordinator, TestDir};
+use ladder_e2e::{wait_until, write_file, write_script, Cluster, TestDir};
 
 const POLL: Duration = Duration::from_millis(50);
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,16 +50,14 @@ fn orphans_end_with_their_run(isolation: &str) {
     let dir = tmp.path();
     let pids = dir.join("pids");
     fs::create_dir(&pids).expect("pids dir");
-    let coordinator = Coordinator::start(&dir.join("data"), &[]);
-    let agent = Agent::start_with(
-        &coordinator.url(),
-        "agent-a",
-        2,
-        &dir.join("agent-a"),
-        dir,
-        &["--isolation", isolation, "--stop-grace", "5"],
-    );
-    coordinator.wait_for_agents(&["agent-a"], Duration::from_secs(60));
+    let cluster = Cluster::builder(dir)
+        .agent_with(
+            "agent-a",
+            2,
+            &["--isolation", isolation, "--stop-grace", "5"],
+        )
+        .start();
+    let coordinator = &cluster.coordinator;
     write_script(dir, "orphan.sh", SCRIPT);
     let sweep_file = write_file(
         dir,
@@ -119,7 +117,7 @@ command: [sh, "{{{{ladder.code_dir}}}}/orphan.sh", "{{{{mode}}}}", "{}"]
         !orphan_alive(stayed),
         "the orphan {stayed} of a cancelled run is still running ({isolation})"
     );
-    let log = fs::read_to_string(agent.log()).unwrap_or_default();
+    let log = fs::read_to_string(cluster.agent("agent-a").log()).unwrap_or_default();
     let expected = if isolation == "cgroup" {
         "cgroup v2 under"
     } else {

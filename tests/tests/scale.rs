@@ -2,29 +2,25 @@
 //! beyond a run's budget, a run stopped while its agent drains, and processes that try to
 //! outlive their run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use ladder_e2e::{
-    as_str, wait_until, write_file, write_script, Agent, Coordinator, TestDir, WATCH_TIMEOUT,
-};
+use ladder_e2e::{as_str, wait_until, write_file, write_script, Agent, Cluster, TestDir};
 
-fn start(dir: &Path) -> Coordinator {
-    Coordinator::start(
-        &dir.join("data"),
-        &["--lease-timeout", "10", "--heartbeat-interval", "0.5"],
-    )
+/// A coordinator with a 10 s lease timeout and one agent, `a1`, of one slot started with
+/// `agent_args`.
+fn one_agent_cluster(dir: &Path, agent_args: &[&str]) -> Cluster {
+    Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent_with("a1", 1, agent_args)
+        .start()
 }
 
-/// A grid sweep named `name` whose runs execute `command` (a YAML flow list), one run per
-/// value of `x`.
-fn grid_sweep(dir: &Path, name: &str, xs: &str, command: &str) -> PathBuf {
-    write_file(
-        dir,
-        &format!("{name}.yaml"),
-        &format!(
-            "name: {name}\nmethod: grid\nparallel: 1\nmax_restarts: 0\nparameters:\n  x: {{values: [{xs}]}}\ncommand: {command}\n"
-        ),
+/// The sweep file of a grid sweep named `name` whose runs execute `command` (a YAML flow
+/// list), one run per value of `x`.
+fn grid_sweep(name: &str, xs: &str, command: &str) -> String {
+    format!(
+        "name: {name}\nmethod: grid\nparallel: 1\nmax_restarts: 0\nparameters:\n  x: {{values: [{xs}]}}\ncommand: {command}\n"
     )
 }
 
@@ -53,18 +49,18 @@ sys.stdout.flush()
 fn long_output_lines_are_delivered_in_bounded_batches() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
-    let agent = Agent::start(&coordinator.url(), "a1", 1, &dir.join("a1"), dir);
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let cluster = one_agent_cluster(dir, &[]);
+    let coordinator = &cluster.coordinator;
     write_script(dir, "long_lines.py", LONG_LINES);
-    let sweep_file = grid_sweep(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
-        "long-lines",
-        "1, 2",
-        r#"[python3, "{{ladder.code_dir}}/long_lines.py"]"#,
+        "long-lines.yaml",
+        &grid_sweep(
+            "long-lines",
+            "1, 2",
+            r#"[python3, "{{ladder.code_dir}}/long_lines.py"]"#,
+        ),
     );
-    let sweep_id = coordinator.submit(&sweep_file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["status"], "completed", "{sweep}");
 
     // Both runs (the second one placed on the same agent after the first) completed,
@@ -89,7 +85,7 @@ fn long_output_lines_are_delivered_in_bounded_batches() {
         }
     }
     // One session did it all: no message was refused and resent.
-    assert_eq!(connections(&agent), 1, "the agent reconnected");
+    assert_eq!(connections(cluster.agent("a1")), 1, "the agent reconnected");
     assert!(
         coordinator.connected_agents().contains("a1"),
         "the agent is not connected"
@@ -117,22 +113,18 @@ fn signal_group(pgid: u32, signal: i32) {
 fn a_run_terminated_with_its_draining_agent_is_released_not_failed() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let coordinator = start(dir);
-    let mut agent = Agent::start_with(
-        &coordinator.url(),
-        "a1",
-        1,
-        &dir.join("a1"),
-        dir,
-        &["--stop-grace", "5"],
-    );
-    coordinator.wait_for_agents(&["a1"], Duration::from_secs(60));
+    let mut cluster = one_agent_cluster(dir, &["--stop-grace", "5"]);
+    let mut agent = cluster.take_agent("a1");
+    let coordinator = &cluster.coordinator;
     write_script(dir, "sleeper.py", SLEEPER);
-    let sweep_file = grid_sweep(
+    let sweep_file = write_file(
         dir,
-        "terminated",
-        "1",
-        r#"[python3, "{{ladder.code_dir}}/sleeper.py"]"#,
+        "terminated.yaml",
+        &grid_sweep(
+            "terminated",
+            "1",
+            r#"[python3, "{{ladder.code_dir}}/sleeper.py"]"#,
+        ),
     );
     let sweep_id = coordinator.submit(&sweep_file);
     let run_pid = wait_until(

@@ -306,6 +306,7 @@ fn sbatch_script_drains_on_scancel_and_leaves_nothing_behind() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     let mut cluster = SlurmCluster::start(dir);
+    // The coordinator alone: its agents are started by Slurm, from the sbatch script.
     let coordinator = Coordinator::start(&dir.join("data"), &["--heartbeat-interval", "0.5"]);
     let token = fs::read_to_string(dir.join("data").join("admin-token")).expect("admin token");
 

@@ -257,7 +257,7 @@ note("end")
 fn runs_queued_on_an_agent_never_exceed_its_slots() {
     let tmp = TestDir::new();
     let dir = tmp.path();
-    let mut cluster = Cluster::builder(dir)
+    let cluster = Cluster::builder(dir)
         .leases("10", "0.5")
         .agent("solo", 2)
         .start();
