@@ -760,7 +760,12 @@ fn what_a_run_reports_with_ladder_info_is_on_its_card() {
     let tmp = TestDir::new();
     let dir = tmp.path();
     write_script(dir, "provenance.py", PROVENANCE);
-    let file = write_file(
+    let mut cluster = Cluster::builder(dir)
+        .coordinator_args(&["--heartbeat-interval", "0.5"])
+        .agent("alpha", 1)
+        .start();
+    let coordinator = &mut cluster.coordinator;
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
         "provenance.yaml",
         r#"name: provenance
@@ -771,13 +776,6 @@ parameters:
 command: [python3, "{{ladder.code_dir}}/provenance.py"]
 "#,
     );
-    let mut cluster = Cluster::builder(dir)
-        .coordinator_args(&["--heartbeat-interval", "0.5"])
-        .agent("alpha", 1)
-        .start();
-    let coordinator = &mut cluster.coordinator;
-    let sweep_id = coordinator.submit(&file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["counts"]["completed"], 1, "{sweep}");
     let run_id = format!("{sweep_id}-000000");
     // Strings as printed, numbers and booleans in their JSON form; the later line's

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use ladder_e2e::{
-    as_f64, as_str, write_file, write_script, Cluster, TestDir, Value, WATCH_TIMEOUT,
-};
+use ladder_e2e::{as_f64, as_str, write_script, Cluster, TestDir, Value};
 
 /// A training curve: the loss decays from 2.1 toward a floor set by `x` through a
 /// permutation (so good and bad runs arrive in mixed order), printing one point per step.
@@ -32,7 +30,7 @@ fn asha_stops_poor_runs_at_their_rung() {
     let coordinator = &cluster.coordinator;
     write_script(dir, "curve.py", CURVE);
     let max_step = 27;
-    let sweep_file = write_file(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
         "asha.yaml",
         r#"name: asha-e2e
@@ -45,8 +43,6 @@ early_terminate: {type: asha, min_step: 1, max_step: 27, reduction_factor: 3}
 command: [python3, "{{ladder.code_dir}}/curve.py", "{{x}}", "27"]
 "#,
     );
-    let sweep_id = coordinator.submit(&sweep_file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["status"], "completed", "{sweep}");
     let runs = coordinator.runs(&sweep_id);
     assert_eq!(runs.len(), 27);
@@ -114,7 +110,7 @@ fn bayes_with_parallel_trials_converges_without_duplicates() {
         .start();
     let coordinator = &cluster.coordinator;
     write_script(dir, "bowl.py", BOWL);
-    let sweep_file = write_file(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
         "bayes.yaml",
         r#"name: bayes-e2e
@@ -130,8 +126,6 @@ parameters:
 command: [python3, "{{ladder.code_dir}}/bowl.py", "{{lr}}", "{{x}}", "{{opt}}"]
 "#,
     );
-    let sweep_id = coordinator.submit(&sweep_file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["status"], "completed", "{sweep}");
     let runs = coordinator.runs(&sweep_id);
     assert_eq!(runs.len(), 40);

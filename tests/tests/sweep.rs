@@ -49,7 +49,7 @@ fn grid_sweep_runs_everywhere_once() {
     let coordinator = &cluster.coordinator;
 
     write_script(dir, "objective.py", OBJECTIVE);
-    let sweep_file = write_file(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
         "grid.yaml",
         r#"name: grid-e2e
@@ -63,9 +63,6 @@ parameters:
 command: [python3, "{{ladder.code_dir}}/objective.py", "{{a}}", "{{b}}"]
 "#,
     );
-    let sweep_id = coordinator.submit(&sweep_file);
-
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["id"], sweep_id.as_str(), "{sweep}");
     assert_eq!(sweep["status"], "completed", "{sweep}");
     assert_eq!(sweep["planned_runs"], 12, "{sweep}");
@@ -164,7 +161,7 @@ fn failing_command_is_failed_with_exit_code() {
     let coordinator = &cluster.coordinator;
 
     // The argv is executed directly, so a shell is `sh -c SCRIPT sh ARGS...`.
-    let sweep_file = write_file(
+    let (sweep_id, sweep) = coordinator.run_sweep(
         dir,
         "fail.yaml",
         r#"name: fail-e2e
@@ -186,8 +183,6 @@ command:
   - "{{code}}"
 "#,
     );
-    let sweep_id = coordinator.submit(&sweep_file);
-    let sweep = coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(sweep["status"], "completed", "{sweep}");
     assert_eq!(sweep["counts"]["completed"], 3, "{sweep}");
     assert_eq!(sweep["counts"]["failed"], 1, "{sweep}");
@@ -263,7 +258,7 @@ fn runs_queued_on_an_agent_never_exceed_its_slots() {
         .start();
     let spans = dir.join("spans.txt");
     write_script(dir, "span.py", SPAN);
-    let sweep_file = write_file(
+    let (_, done) = cluster.coordinator.run_sweep(
         dir,
         "short.yaml",
         &format!(
@@ -271,8 +266,6 @@ fn runs_queued_on_an_agent_never_exceed_its_slots() {
             spans.display()
         ),
     );
-    let sweep_id = cluster.coordinator.submit(&sweep_file);
-    let done = cluster.coordinator.watch(&sweep_id, WATCH_TIMEOUT);
     assert_eq!(done["counts"]["completed"], 40, "{done}");
     let text = std::fs::read_to_string(&spans).unwrap();
     let mut events: Vec<(u64, i32)> = text
