@@ -1,9 +1,12 @@
 //! The LLaMA-architecture decoder ladder trains: a [`Model`] built from a [`LlamaConfig`],
 //! either fresh ([`Model::random`]) or from a Hugging Face checkpoint directory
-//! ([`Model::load`]), optionally carrying LoRA adapters ([`Model::add_lora`]).
+//! ([`Model::load`]), optionally carrying LoRA adapters ([`Model::add_lora`]). The config's
+//! [`ModelFamily`] (LLaMA, Mistral, Qwen2, Qwen3) decides the few places the families
+//! differ: projection biases, per-head q/k norms, a sliding attention window.
 //!
 //! - `config` holds [`LlamaConfig`] (`config.json`) and [`LoraConfig`] (PEFT's
 //!   `adapter_config.json`).
+//! - `rope` holds the RoPE scaling types ([`RopeScaling`]) and their inverse frequencies.
 //! - `decoder` holds the blocks (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU),
 //!   written only with differentiable candle ops so every weight receives its gradient.
 //! - `checkpoint` reads and writes checkpoints with transformers' and PEFT's exact tensor
@@ -17,6 +20,7 @@
 mod checkpoint;
 mod config;
 mod decoder;
+mod rope;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +30,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use config::{LlamaConfig, LoraConfig, LORA_TARGETS};
+pub use config::{LlamaConfig, LoraConfig, ModelFamily, RopeScaling, YarnScaling, LORA_TARGETS};
 use decoder::{Adapter, DecoderLayer, ForwardContext, Param, Projection};
 
 use crate::{Result, TrainerError};
@@ -56,7 +60,8 @@ pub struct Model {
 
 impl Model {
     /// A fresh model: projections and embeddings drawn from normal(0, 0.02), norm weights 1,
-    /// all from a `ChaCha8Rng` seeded with `seed`, so the same seed gives bit-identical weights.
+    /// biases 0 (transformers' init), all from a `ChaCha8Rng` seeded with `seed`, so the same
+    /// seed gives bit-identical weights.
     pub fn random(config: LlamaConfig, seed: u64, device: &Device) -> Result<Model> {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -77,6 +82,8 @@ impl Model {
         for name in weight_names(&config) {
             let tensor = if name.ends_with("norm.weight") {
                 ones(&name)?
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(expected_shape(&config, &name), DType::F32, device)?
             } else {
                 weight(&name)?
             };
@@ -93,20 +100,42 @@ impl Model {
         device: &Device,
     ) -> Result<Model> {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
         for i in 0..config.num_hidden_layers {
-            let mut projection = |suffix: &str| -> Result<Projection> {
+            let mut projection = |suffix: &str, biased: bool| -> Result<Projection> {
+                let prefix = format!("model.layers.{i}.{suffix}");
+                let bias = if biased {
+                    Some(take(&mut tensors, &format!("{prefix}.bias"))?)
+                } else {
+                    None
+                };
                 Ok(Projection {
-                    weight: take(&mut tensors, &format!("model.layers.{i}.{suffix}.weight"))?,
+                    weight: take(&mut tensors, &format!("{prefix}.weight"))?,
+                    bias,
                     adapter: None,
                 })
             };
-            let q_proj = projection("self_attn.q_proj")?;
-            let k_proj = projection("self_attn.k_proj")?;
-            let v_proj = projection("self_attn.v_proj")?;
-            let o_proj = projection("self_attn.o_proj")?;
-            let gate_proj = projection("mlp.gate_proj")?;
-            let up_proj = projection("mlp.up_proj")?;
-            let down_proj = projection("mlp.down_proj")?;
+            let q_proj = projection("self_attn.q_proj", qkv_bias)?;
+            let k_proj = projection("self_attn.k_proj", qkv_bias)?;
+            let v_proj = projection("self_attn.v_proj", qkv_bias)?;
+            let o_proj = projection("self_attn.o_proj", o_bias)?;
+            let gate_proj = projection("mlp.gate_proj", mlp_bias)?;
+            let up_proj = projection("mlp.up_proj", mlp_bias)?;
+            let down_proj = projection("mlp.down_proj", mlp_bias)?;
+            let (q_norm, k_norm) = if config.qk_norm() {
+                (
+                    Some(take(
+                        &mut tensors,
+                        &format!("model.layers.{i}.self_attn.q_norm.weight"),
+                    )?),
+                    Some(take(
+                        &mut tensors,
+                        &format!("model.layers.{i}.self_attn.k_norm.weight"),
+                    )?),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(DecoderLayer {
                 q_proj,
                 k_proj,
@@ -123,6 +152,8 @@ impl Model {
                     &mut tensors,
                     &format!("model.layers.{i}.post_attention_layernorm.weight"),
                 )?,
+                q_norm,
+                k_norm,
             });
         }
         let embed_tokens = take(&mut tensors, "model.embed_tokens.weight")?;
@@ -189,10 +220,8 @@ impl Model {
         self.norm = self.norm.freeze();
         self.lm_head = self.lm_head.as_ref().map(Param::freeze);
         for layer in &mut self.layers {
-            layer.input_layernorm = layer.input_layernorm.freeze();
-            layer.post_attention_layernorm = layer.post_attention_layernorm.freeze();
-            for (_, projection) in layer.projections_mut() {
-                projection.weight = projection.weight.freeze();
+            for param in layer.base_params_mut() {
+                *param = param.freeze();
             }
         }
     }
@@ -283,10 +312,10 @@ impl Model {
         model.norm = convert(&self.norm)?;
         model.lm_head = self.lm_head.as_ref().map(convert).transpose()?;
         for layer in &mut model.layers {
-            layer.input_layernorm = convert(&layer.input_layernorm)?;
-            layer.post_attention_layernorm = convert(&layer.post_attention_layernorm)?;
+            for param in layer.base_params_mut() {
+                *param = convert(param)?;
+            }
             for (_, projection) in layer.projections_mut() {
-                projection.weight = convert(&projection.weight)?;
                 if let Some(adapter) = &mut projection.adapter {
                     adapter.a = Var::from_tensor(&adapter.a.as_tensor().to_dtype(dtype)?)?;
                     adapter.b = Var::from_tensor(&adapter.b.as_tensor().to_dtype(dtype)?)?;
@@ -309,19 +338,10 @@ impl Model {
             params.push(("lm_head.weight".to_string(), head.clone()));
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            params.push((
-                format!("model.layers.{i}.input_layernorm.weight"),
-                layer.input_layernorm.clone(),
-            ));
-            params.push((
-                format!("model.layers.{i}.post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.clone(),
-            ));
+            for (name, param) in layer.base_params() {
+                params.push((format!("model.layers.{i}.{name}"), param.clone()));
+            }
             for (path, _, projection) in layer.projections() {
-                params.push((
-                    format!("model.layers.{i}.{path}.weight"),
-                    projection.weight.clone(),
-                ));
                 if let Some(adapter) = &projection.adapter {
                     let (a_name, b_name) = adapter_names(i, path);
                     params.push((a_name, Param::Trainable(adapter.a.clone())));
@@ -355,18 +375,28 @@ fn adapter_names(layer: usize, path: &str) -> (String, String) {
 /// [`Model::random`] draws them in).
 fn weight_names(config: &LlamaConfig) -> Vec<String> {
     let mut names = vec!["model.embed_tokens.weight".to_string()];
+    let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
     for i in 0..config.num_hidden_layers {
-        for path in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-            "input_layernorm",
-            "post_attention_layernorm",
-        ] {
+        let projections = [
+            ("self_attn.q_proj", qkv_bias),
+            ("self_attn.k_proj", qkv_bias),
+            ("self_attn.v_proj", qkv_bias),
+            ("self_attn.o_proj", o_bias),
+            ("mlp.gate_proj", mlp_bias),
+            ("mlp.up_proj", mlp_bias),
+            ("mlp.down_proj", mlp_bias),
+        ];
+        for (path, biased) in projections {
+            names.push(format!("model.layers.{i}.{path}.weight"));
+            if biased {
+                names.push(format!("model.layers.{i}.{path}.bias"));
+            }
+        }
+        if config.qk_norm() {
+            names.push(format!("model.layers.{i}.self_attn.q_norm.weight"));
+            names.push(format!("model.layers.{i}.self_attn.k_norm.weight"));
+        }
+        for path in ["input_layernorm", "post_attention_layernorm"] {
             names.push(format!("model.layers.{i}.{path}.weight"));
         }
     }
@@ -383,15 +413,23 @@ fn expected_shape(config: &LlamaConfig, name: &str) -> Vec<usize> {
     let q_width = config.num_attention_heads * config.head_dim();
     let kv_width = config.num_key_value_heads * config.head_dim();
     let inter = config.intermediate_size;
-    let suffix = name.rsplit('.').nth(1).unwrap_or_default();
-    match suffix {
-        "embed_tokens" | "lm_head" => vec![config.vocab_size, d],
-        "q_proj" => vec![q_width, d],
-        "k_proj" | "v_proj" => vec![kv_width, d],
-        "o_proj" => vec![d, q_width],
-        "gate_proj" | "up_proj" => vec![inter, d],
-        "down_proj" => vec![d, inter],
-        _ => vec![d],
+    let mut parts = name.rsplit('.');
+    let kind = parts.next().unwrap_or_default();
+    let module = parts.next().unwrap_or_default();
+    let (out_dim, in_dim) = match module {
+        "embed_tokens" | "lm_head" => (config.vocab_size, d),
+        "q_proj" => (q_width, d),
+        "k_proj" | "v_proj" => (kv_width, d),
+        "o_proj" => (d, q_width),
+        "gate_proj" | "up_proj" => (inter, d),
+        "down_proj" => (d, inter),
+        "q_norm" | "k_norm" => return vec![config.head_dim()],
+        _ => return vec![d],
+    };
+    if kind == "bias" {
+        vec![out_dim]
+    } else {
+        vec![out_dim, in_dim]
     }
 }
 

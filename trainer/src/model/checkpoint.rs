@@ -107,39 +107,25 @@ impl Model {
         std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
         let mut base = BTreeMap::new();
         let mut adapters = BTreeMap::new();
-        base.insert(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.tensor().clone(),
-        );
-        base.insert("model.norm.weight".to_string(), self.norm.tensor().clone());
-        if let Some(head) = &self.lm_head {
-            base.insert("lm_head.weight".to_string(), head.tensor().clone());
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let norms = [
-                ("input_layernorm", &layer.input_layernorm),
-                ("post_attention_layernorm", &layer.post_attention_layernorm),
-            ];
-            for (path, param) in norms {
-                base.insert(
-                    format!("model.layers.{i}.{path}.weight"),
-                    param.tensor().clone(),
-                );
-            }
-            for (path, _, projection) in layer.projections() {
-                let name = format!("model.layers.{i}.{path}.weight");
-                let Some(adapter) = &projection.adapter else {
-                    base.insert(name, projection.weight.tensor().clone());
-                    continue;
-                };
-                if merge {
-                    base.insert(name, projection.merged_weight()?);
-                    continue;
+        for (name, param) in self.params() {
+            if name.contains(".lora_") {
+                if !merge {
+                    adapters.insert(name, param.tensor().clone());
                 }
-                base.insert(name, projection.weight.tensor().clone());
-                let (a_name, b_name) = adapter_names(i, path);
-                adapters.insert(a_name, adapter.a.as_tensor().clone());
-                adapters.insert(b_name, adapter.b.as_tensor().clone());
+                continue;
+            }
+            base.insert(name, param.tensor().clone());
+        }
+        if merge {
+            for (i, layer) in self.layers.iter().enumerate() {
+                for (path, _, projection) in layer.projections() {
+                    if projection.adapter.is_some() {
+                        base.insert(
+                            format!("model.layers.{i}.{path}.weight"),
+                            projection.merged_weight()?,
+                        );
+                    }
+                }
             }
         }
 

@@ -5,32 +5,116 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::rope::{read_rope_block, RopeBlock};
+pub use super::rope::{RopeScaling, YarnScaling};
 use crate::{Result, TrainerError};
 
 /// The projections a LoRA adapter may wrap, in the order they appear in a decoder layer
 /// (the list the sweep's `train:` block is checked against).
 pub use ladder_spec::train_config::LORA_TARGETS;
 
-/// The architecture of a LLaMA model, field for field the Hugging Face `config.json` of a
-/// `LlamaForCausalLM`.
+/// The decoder families ladder implements, by their `config.json` `model_type`. All share
+/// LLaMA's pre-norm block (RMSNorm, rotary attention with grouped-query heads, SwiGLU MLP)
+/// and differ in a few places:
+///
+/// - `llama`: optional biases on all four attention projections (`attention_bias`) and on
+///   the MLP (`mlp_bias`).
+/// - `mistral`: attention limited to the last `sliding_window` positions (4096 when the key
+///   is absent, none when it is null).
+/// - `qwen2` (Qwen2, Qwen2.5): biases on the q, k and v projections, always.
+/// - `qwen3`: an RMSNorm over each head of q and of k before RoPE (`q_norm`, `k_norm`),
+///   `head_dim` 128 unless given, optional biases on all four attention projections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelFamily {
+    #[default]
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl ModelFamily {
+    const ALL: [ModelFamily; 4] = [
+        ModelFamily::Llama,
+        ModelFamily::Mistral,
+        ModelFamily::Qwen2,
+        ModelFamily::Qwen3,
+    ];
+
+    /// The `model_type` of `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            ModelFamily::Llama => "llama",
+            ModelFamily::Mistral => "mistral",
+            ModelFamily::Qwen2 => "qwen2",
+            ModelFamily::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The transformers class that loads a saved directory (`architectures[0]`).
+    pub fn architecture(self) -> &'static str {
+        match self {
+            ModelFamily::Llama => "LlamaForCausalLM",
+            ModelFamily::Mistral => "MistralForCausalLM",
+            ModelFamily::Qwen2 => "Qwen2ForCausalLM",
+            ModelFamily::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    fn from_model_type(model_type: &str) -> Result<ModelFamily> {
+        ModelFamily::ALL
+            .into_iter()
+            .find(|family| family.model_type() == model_type)
+            .ok_or_else(|| {
+                let known: Vec<String> = ModelFamily::ALL
+                    .iter()
+                    .map(|f| format!("{:?}", f.model_type()))
+                    .collect();
+                config_error(
+                    "model_type",
+                    format!(
+                        "{model_type:?} is not supported (expected one of: {})",
+                        known.join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// transformers' default `max_position_embeddings` for the family's config class.
+    fn default_max_position_embeddings(self) -> usize {
+        match self {
+            ModelFamily::Llama => 2048,
+            ModelFamily::Mistral => 4096 * 32,
+            ModelFamily::Qwen2 | ModelFamily::Qwen3 => 32768,
+        }
+    }
+}
+
+/// The architecture of a decoder of one of the [`ModelFamily`]s, field for field the
+/// Hugging Face `config.json` of a `LlamaForCausalLM`, `MistralForCausalLM`,
+/// `Qwen2ForCausalLM` or `Qwen3ForCausalLM`.
 ///
 /// [`LlamaConfig::from_file`] reads both layouts transformers writes: version 4's
 /// top-level `rope_theta` / `rope_scaling` and version 5's `rope_parameters` block. It
 /// refuses, naming the key, every key that would change the computation in a way ladder
-/// does not implement (a RoPE scaling type, sliding-window attention, quantization, an
-/// unknown key) and ignores only keys known not to matter (`transformers_version`,
-/// `use_cache`, `initializer_range`, ...).
+/// does not implement (an unknown RoPE type or RoPE parameter, sliding-window layers of
+/// Qwen, quantization, an unknown key) and ignores only keys known not to matter
+/// (`transformers_version`, `use_cache`, `initializer_range`, ...).
 ///
 /// Reading resolves the defaults transformers applies (`num_key_value_heads` =
-/// `num_attention_heads`, `rms_norm_eps` 1e-6, `rope_theta` 10000, ...); writing adds
-/// `model_type: "llama"`, `architectures: ["LlamaForCausalLM"]` and `torch_dtype: "float32"`
-/// so that `transformers` loads the directory as is. A config is only usable once
-/// [`LlamaConfig::validate`] accepts it; [`LlamaConfig::from_file`] and every model
-/// constructor call it.
+/// `num_attention_heads`, `rms_norm_eps` 1e-6, `rope_theta` 10000, Mistral's window 4096,
+/// Qwen3's `head_dim` 128, ...); writing adds `model_type`, `architectures` and
+/// `torch_dtype: "float32"` so that `transformers` loads the directory as is, and writes
+/// RoPE scaling in the version 4 layout (`rope_scaling`), which both versions read. A
+/// config is only usable once [`LlamaConfig::validate`] accepts it;
+/// [`LlamaConfig::from_file`] and every model constructor call it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(from = "ConfigFile", into = "ConfigFile")]
+#[serde(try_from = "ConfigFile", into = "ConfigFile")]
 pub struct LlamaConfig {
+    /// Which decoder family the weights belong to (`model_type`).
+    pub model_type: ModelFamily,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -46,22 +130,28 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
-    /// Width of one attention head; `hidden_size / num_attention_heads` when absent.
+    /// Width of one attention head; when absent `hidden_size / num_attention_heads`, or
+    /// 128 for `qwen3` (transformers' `Qwen3Config` default).
     pub head_dim: Option<usize>,
     /// The MLP activation; only `"silu"` (SwiGLU) is supported.
     pub hidden_act: String,
-    /// Must be false: ladder's LLaMA has no attention biases.
+    /// Biases on the q, k, v and o projections (`llama` and `qwen3` only; `qwen2` has q/k/v
+    /// biases regardless).
     pub attention_bias: bool,
-    /// Must be false: ladder's LLaMA has no MLP biases.
+    /// Biases on the gate, up and down projections (`llama` only).
     pub mlp_bias: bool,
-    /// Must be absent or null: only plain RoPE is supported.
-    pub rope_scaling: Option<serde_json::Value>,
+    /// The RoPE scaling; `None` is plain RoPE.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Each query attends to itself and the `sliding_window - 1` positions before it;
+    /// `None` attends to every earlier position. Only `mistral` has a window.
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for LlamaConfig {
     /// transformers' `LlamaConfig()` defaults (LLaMA-7B sized).
     fn default() -> Self {
         LlamaConfig {
+            model_type: ModelFamily::Llama,
             vocab_size: 32000,
             hidden_size: 4096,
             intermediate_size: 11008,
@@ -79,6 +169,7 @@ impl Default for LlamaConfig {
             attention_bias: false,
             mlp_bias: false,
             rope_scaling: None,
+            sliding_window: None,
         }
     }
 }
@@ -88,7 +179,7 @@ impl LlamaConfig {
     /// type's documentation for the keys it refuses.
     pub fn from_file(path: &Path) -> Result<LlamaConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        let mut value: Value = serde_json::from_str(&text).map_err(|e| {
             TrainerError::invalid(
                 format!("{}:{}:{}", path.display(), e.line(), e.column()),
                 e.to_string(),
@@ -101,8 +192,9 @@ impl LlamaConfig {
             ));
         };
         check_file_keys(fields)?;
-        let config: LlamaConfig = serde_json::from_value(value)
+        let file: ConfigFile = serde_json::from_value(value)
             .map_err(|e| TrainerError::invalid(path.display(), e.to_string()))?;
+        let config = LlamaConfig::try_from(file)?;
         config.validate()?;
         Ok(config)
     }
@@ -115,8 +207,30 @@ impl LlamaConfig {
 
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        match (self.head_dim, self.model_type) {
+            (Some(width), _) => width,
+            (None, ModelFamily::Qwen3) => 128,
+            (None, _) => self.hidden_size / self.num_attention_heads.max(1),
+        }
+    }
+
+    /// Whether the q, k and v projections carry biases.
+    pub fn qkv_bias(&self) -> bool {
+        match self.model_type {
+            ModelFamily::Qwen2 => true,
+            ModelFamily::Llama | ModelFamily::Qwen3 => self.attention_bias,
+            ModelFamily::Mistral => false,
+        }
+    }
+
+    /// Whether the o projection carries a bias.
+    pub fn o_bias(&self) -> bool {
+        matches!(self.model_type, ModelFamily::Llama | ModelFamily::Qwen3) && self.attention_bias
+    }
+
+    /// Whether q and k are RMS-normalised per head before RoPE (`q_norm`, `k_norm`).
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == ModelFamily::Qwen3
     }
 
     /// Checks that the sizes are consistent and that the config asks for nothing ladder does
@@ -150,8 +264,9 @@ impl LlamaConfig {
         }
         match self.head_dim {
             Some(0) => return Err(config_error("head_dim", "must be greater than 0")),
-            Some(_) => {}
-            None if !self.hidden_size.is_multiple_of(self.num_attention_heads) => {
+            None if self.model_type != ModelFamily::Qwen3
+                && !self.hidden_size.is_multiple_of(self.num_attention_heads) =>
+            {
                 return Err(config_error(
                     "num_attention_heads",
                     format!(
@@ -160,7 +275,7 @@ impl LlamaConfig {
                     ),
                 ));
             }
-            None => {}
+            _ => {}
         }
         if !self.head_dim().is_multiple_of(2) {
             return Err(config_error(
@@ -186,32 +301,41 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.attention_bias {
+        let family = self.model_type.model_type();
+        if self.attention_bias
+            && !matches!(self.model_type, ModelFamily::Llama | ModelFamily::Qwen3)
+        {
             return Err(config_error(
                 "attention_bias",
-                "attention biases are not supported (expected false)",
+                format!("model_type {family:?} has no attention_bias setting (expected false)"),
             ));
         }
-        if self.mlp_bias {
+        if self.mlp_bias && self.model_type != ModelFamily::Llama {
             return Err(config_error(
                 "mlp_bias",
-                "MLP biases are not supported (expected false)",
+                format!("model_type {family:?} has no MLP biases (expected false)"),
             ));
         }
-        if let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(|t| t.as_str());
-            if kind != Some("default") {
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.validate("rope_scaling")?;
+            if matches!(scaling, RopeScaling::Dynamic { .. }) && self.head_dim() <= 2 {
                 return Err(config_error(
-                    "rope_scaling",
+                    "rope_scaling.rope_type",
+                    "dynamic RoPE needs head_dim > 2 (its exponent is head_dim / (head_dim - 2))",
+                ));
+            }
+        }
+        match self.sliding_window {
+            Some(0) => return Err(config_error("sliding_window", "must be greater than 0")),
+            Some(window) if self.model_type != ModelFamily::Mistral => {
+                return Err(config_error(
+                    "sliding_window",
                     format!(
-                        "RoPE scaling {} is not supported (expected null or rope_type \"default\")",
-                        kind.map_or_else(|| scaling.to_string(), |k| format!("{k:?}"))
+                        "{window}: sliding-window attention is implemented for model_type \"mistral\" only (expected null)"
                     ),
                 ));
             }
+            _ => {}
         }
         Ok(())
     }
@@ -219,10 +343,23 @@ impl LlamaConfig {
     /// Number of scalar weights, counting `lm_head` only when it is not tied.
     pub fn parameter_count(&self) -> usize {
         let d = self.hidden_size;
+        let inter = self.intermediate_size;
         let q_width = self.num_attention_heads * self.head_dim();
         let kv_width = self.num_key_value_heads * self.head_dim();
-        let attention = d * q_width + 2 * d * kv_width + q_width * d;
-        let mlp = 3 * d * self.intermediate_size;
+        let mut attention = d * q_width + 2 * d * kv_width + q_width * d;
+        if self.qkv_bias() {
+            attention += q_width + 2 * kv_width;
+        }
+        if self.o_bias() {
+            attention += d;
+        }
+        if self.qk_norm() {
+            attention += 2 * self.head_dim();
+        }
+        let mut mlp = 3 * d * inter;
+        if self.mlp_bias {
+            mlp += 2 * inter + d;
+        }
         let norms = 2 * d;
         let per_layer = attention + mlp + norms;
         let embedding = self.vocab_size * d;
@@ -258,13 +395,17 @@ const READ_KEYS: &[&str] = &[
     "attention_bias",
     "mlp_bias",
     "rope_scaling",
+    "rope_parameters",
+    "sliding_window",
+    "use_sliding_window",
     "model_type",
     "architectures",
     "torch_dtype",
 ];
 
-/// `config.json` keys that transformers writes for a LLaMA model and that do not change
-/// its forward pass (bookkeeping, generation defaults, token ids used elsewhere).
+/// `config.json` keys that transformers writes for a model of one of the families and that
+/// do not change its forward pass (bookkeeping, generation defaults, token ids used
+/// elsewhere; `max_window_layers` only matters with `use_sliding_window`, which is refused).
 const INERT_KEYS: &[&str] = &[
     "_name_or_path",
     "transformers_version",
@@ -316,20 +457,13 @@ const INERT_KEYS: &[&str] = &[
     "diversity_penalty",
 ];
 
-/// Checks every top-level key of a `config.json` and rewrites transformers 5's
-/// `rope_parameters` into the top-level `rope_theta` / `rope_scaling` [`ConfigFile`]
-/// reads. Errors name the key at fault.
-fn check_file_keys(fields: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
-    use serde_json::Value;
-    for (key, value) in fields.iter() {
+/// Checks every top-level key of a `config.json`: known, inert, or with a value ladder
+/// implements. Family-dependent keys (`model_type`, RoPE blocks, sliding windows) are
+/// checked when the [`ConfigFile`] becomes a [`LlamaConfig`]. Errors name the key at fault.
+fn check_file_keys(fields: &serde_json::Map<String, Value>) -> Result<()> {
+    for (key, value) in fields {
         let inert = INERT_KEYS.contains(&key.as_str());
         match key.as_str() {
-            "model_type" if !matches!(value.as_str(), Some("llama" | "mistral")) => {
-                return Err(config_error(
-                    key,
-                    format!("{value} is not supported (expected \"llama\" or \"mistral\")"),
-                ));
-            }
             "attention_dropout" if value.as_f64() != Some(0.0) => {
                 return Err(config_error(
                     key,
@@ -339,28 +473,6 @@ fn check_file_keys(fields: &mut serde_json::Map<String, serde_json::Value>) -> R
                 ));
             }
             "attention_dropout" => {}
-            "sliding_window" => {
-                let window = value.as_u64();
-                let max_positions = fields
-                    .get("max_position_embeddings")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(2048);
-                if !value.is_null() && window.is_none_or(|w| w < max_positions) {
-                    return Err(config_error(
-                        key,
-                        format!(
-                            "{value} is not supported (ladder has no sliding-window attention; expected null)"
-                        ),
-                    ));
-                }
-            }
-            "use_sliding_window" if value.as_bool() == Some(true) => {
-                return Err(config_error(
-                    key,
-                    "sliding-window attention is not supported (expected false)",
-                ));
-            }
-            "use_sliding_window" => {}
             "layer_types" => {
                 let all_full = value.as_array().is_some_and(|types| {
                     types.iter().all(|t| t.as_str() == Some("full_attention"))
@@ -372,7 +484,6 @@ fn check_file_keys(fields: &mut serde_json::Map<String, serde_json::Value>) -> R
                     ));
                 }
             }
-            "rope_parameters" => {}
             _ if READ_KEYS.contains(&key.as_str()) || inert => {}
             _ => {
                 return Err(config_error(
@@ -383,55 +494,16 @@ fn check_file_keys(fields: &mut serde_json::Map<String, serde_json::Value>) -> R
             }
         }
     }
-    let Some(parameters) = fields.remove("rope_parameters") else {
-        return Ok(());
-    };
-    let Value::Object(parameters) = parameters else {
-        return Err(config_error(
-            "rope_parameters",
-            format!("expected an object, found {parameters}"),
-        ));
-    };
-    // The RoPE type is checked first: it is what a scaling block's other keys belong to.
-    for key in ["rope_type", "type"] {
-        match parameters.get(key) {
-            Some(value) if value.as_str() != Some("default") => {
-                return Err(config_error(
-                    &format!("rope_parameters.{key}"),
-                    format!("RoPE scaling {value} is not supported (expected \"default\")"),
-                ));
-            }
-            _ => {}
-        }
-    }
-    for (key, value) in &parameters {
-        let field = format!("rope_parameters.{key}");
-        match key.as_str() {
-            "rope_type" | "type" => {}
-            "rope_theta" => {
-                if let Some(top) = fields.get("rope_theta").filter(|top| *top != value) {
-                    return Err(config_error(
-                        "rope_theta",
-                        format!("{top} disagrees with rope_parameters.rope_theta {value}"),
-                    ));
-                }
-                fields.insert("rope_theta".to_string(), value.clone());
-            }
-            _ => {
-                return Err(config_error(
-                    &field,
-                    "is not supported (ladder implements plain RoPE with rope_theta only)",
-                ));
-            }
-        }
-    }
     Ok(())
 }
 
-/// `config.json` as written on disk: optional keys carry transformers' defaults, and the
-/// keys transformers needs to pick the model class are added on write.
+/// `config.json` as written on disk: optional keys carry transformers' defaults (some of
+/// them per family, resolved on conversion), and the keys transformers needs to pick the
+/// model class are added on write.
 #[derive(Clone, Serialize, Deserialize)]
 struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
     intermediate_size: usize,
@@ -441,10 +513,10 @@ struct ConfigFile {
     num_key_value_heads: Option<usize>,
     #[serde(default = "default_rms_norm_eps")]
     rms_norm_eps: f64,
-    #[serde(default = "default_rope_theta")]
-    rope_theta: f64,
-    #[serde(default = "default_max_position_embeddings")]
-    max_position_embeddings: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_position_embeddings: Option<usize>,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default, deserialize_with = "token_id")]
@@ -456,14 +528,26 @@ struct ConfigFile {
     head_dim: Option<usize>,
     #[serde(default = "default_hidden_act")]
     hidden_act: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attention_bias: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mlp_bias: Option<bool>,
+    /// transformers 4's RoPE block (written by ladder; null for plain RoPE).
     #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    mlp_bias: bool,
-    #[serde(default)]
-    rope_scaling: Option<serde_json::Value>,
-    #[serde(default = "default_model_type")]
-    model_type: String,
+    rope_scaling: Option<Value>,
+    /// transformers 5's RoPE block (read only).
+    #[serde(default, skip_serializing)]
+    rope_parameters: Option<Value>,
+    /// Absent and null differ for Mistral (default 4096 against no window), hence the
+    /// raw value: `None` when absent, `Some(Value::Null)` when null.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    sliding_window: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    use_sliding_window: Option<bool>,
     #[serde(default = "default_architectures")]
     architectures: Vec<String>,
     #[serde(default = "default_torch_dtype")]
@@ -473,20 +557,11 @@ struct ConfigFile {
 fn default_rms_norm_eps() -> f64 {
     1e-6
 }
-fn default_rope_theta() -> f64 {
-    10000.0
-}
-fn default_max_position_embeddings() -> usize {
-    2048
-}
 fn default_hidden_act() -> String {
     "silu".to_string()
 }
-fn default_model_type() -> String {
-    "llama".to_string()
-}
 fn default_architectures() -> Vec<String> {
-    vec!["LlamaForCausalLM".to_string()]
+    vec![ModelFamily::Llama.architecture().to_string()]
 }
 fn default_torch_dtype() -> String {
     "float32".to_string()
@@ -508,9 +583,97 @@ fn token_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<
     })
 }
 
-impl From<ConfigFile> for LlamaConfig {
-    fn from(file: ConfigFile) -> Self {
-        LlamaConfig {
+/// Keeps a present key's value as is, null included (absent keys take `None` by default).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// One of the RoPE blocks, read when present and not null.
+fn rope_block(value: Option<&Value>, field: &str) -> Result<Option<RopeBlock>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(block)) => read_rope_block(block, field).map(Some),
+        Some(other) => Err(config_error(
+            field,
+            format!("expected an object, found {other}"),
+        )),
+    }
+}
+
+impl TryFrom<ConfigFile> for LlamaConfig {
+    type Error = TrainerError;
+
+    /// Resolves the family's defaults and the RoPE settings of either layout. The RoPE
+    /// blocks and `rope_theta` may each be given in several places only if they agree.
+    fn try_from(file: ConfigFile) -> Result<Self> {
+        let model_type =
+            ModelFamily::from_model_type(file.model_type.as_deref().unwrap_or("llama"))?;
+        let max_position_embeddings = file
+            .max_position_embeddings
+            .unwrap_or(model_type.default_max_position_embeddings());
+
+        let v4 = rope_block(file.rope_scaling.as_ref(), "rope_scaling")?;
+        let v5 = rope_block(file.rope_parameters.as_ref(), "rope_parameters")?;
+        let block = match (v4, v5) {
+            (Some(v4), Some(v5)) if v4.scaling != v5.scaling => {
+                return Err(config_error(
+                    "rope_scaling",
+                    "disagrees with rope_parameters; give the RoPE settings once",
+                ));
+            }
+            (Some(v4), Some(v5)) => Some(RopeBlock {
+                theta: v5.theta.or(v4.theta),
+                scaling: v4.scaling,
+            }),
+            (v4, v5) => v4.or(v5),
+        };
+        let (block_theta, rope_scaling) = match block {
+            Some(RopeBlock { theta, scaling }) => (theta, scaling),
+            None => (None, None),
+        };
+        let rope_theta = match (file.rope_theta, block_theta) {
+            (Some(top), Some(inner)) if top != inner => {
+                return Err(config_error(
+                    "rope_theta",
+                    format!("{top} disagrees with the RoPE block's rope_theta {inner}"),
+                ));
+            }
+            (top, inner) => top.or(inner).unwrap_or(10000.0),
+        };
+
+        let family = model_type.model_type();
+        if file.use_sliding_window == Some(true) {
+            return Err(config_error(
+                "use_sliding_window",
+                format!(
+                    "sliding-window layers of model_type {family:?} are not supported (expected false)"
+                ),
+            ));
+        }
+        let window = match &file.sliding_window {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(value) => match value.as_u64() {
+                Some(w) => Some(Some(w as usize)),
+                None => {
+                    return Err(config_error(
+                        "sliding_window",
+                        format!("expected a whole number or null, found {value}"),
+                    ));
+                }
+            },
+        };
+        let sliding_window = match model_type {
+            // MistralConfig's default window.
+            ModelFamily::Mistral => window.unwrap_or(Some(4096)),
+            // transformers ignores the window when use_sliding_window is false.
+            ModelFamily::Qwen2 | ModelFamily::Qwen3 => None,
+            // A window no shorter than the longest sequence is no window.
+            ModelFamily::Llama => window.flatten().filter(|w| *w < max_position_embeddings),
+        };
+
+        Ok(LlamaConfig {
+            model_type,
             vocab_size: file.vocab_size,
             hidden_size: file.hidden_size,
             intermediate_size: file.intermediate_size,
@@ -518,23 +681,29 @@ impl From<ConfigFile> for LlamaConfig {
             num_attention_heads: file.num_attention_heads,
             num_key_value_heads: file.num_key_value_heads.unwrap_or(file.num_attention_heads),
             rms_norm_eps: file.rms_norm_eps,
-            rope_theta: file.rope_theta,
-            max_position_embeddings: file.max_position_embeddings,
+            rope_theta,
+            max_position_embeddings,
             tie_word_embeddings: file.tie_word_embeddings,
             bos_token_id: file.bos_token_id,
             eos_token_id: file.eos_token_id,
             head_dim: file.head_dim,
             hidden_act: file.hidden_act,
-            attention_bias: file.attention_bias,
-            mlp_bias: file.mlp_bias,
-            rope_scaling: file.rope_scaling,
-        }
+            attention_bias: file.attention_bias.unwrap_or(false),
+            mlp_bias: file.mlp_bias.unwrap_or(false),
+            rope_scaling,
+            sliding_window,
+        })
     }
 }
 
 impl From<LlamaConfig> for ConfigFile {
+    /// Writes only the keys the family's transformers config class has, so that the
+    /// directory reads back identically in ladder and in transformers.
     fn from(config: LlamaConfig) -> Self {
+        let family = config.model_type;
+        let has_attention_bias = matches!(family, ModelFamily::Llama | ModelFamily::Qwen3);
         ConfigFile {
+            model_type: Some(family.model_type().to_string()),
             vocab_size: config.vocab_size,
             hidden_size: config.hidden_size,
             intermediate_size: config.intermediate_size,
@@ -542,18 +711,21 @@ impl From<LlamaConfig> for ConfigFile {
             num_attention_heads: config.num_attention_heads,
             num_key_value_heads: Some(config.num_key_value_heads),
             rms_norm_eps: config.rms_norm_eps,
-            rope_theta: config.rope_theta,
-            max_position_embeddings: config.max_position_embeddings,
+            rope_theta: Some(config.rope_theta),
+            max_position_embeddings: Some(config.max_position_embeddings),
             tie_word_embeddings: config.tie_word_embeddings,
             bos_token_id: config.bos_token_id,
             eos_token_id: config.eos_token_id,
             head_dim: config.head_dim,
             hidden_act: config.hidden_act,
-            attention_bias: config.attention_bias,
-            mlp_bias: config.mlp_bias,
-            rope_scaling: config.rope_scaling,
-            model_type: default_model_type(),
-            architectures: default_architectures(),
+            attention_bias: has_attention_bias.then_some(config.attention_bias),
+            mlp_bias: (family == ModelFamily::Llama).then_some(config.mlp_bias),
+            rope_scaling: config.rope_scaling.as_ref().map(RopeScaling::to_json),
+            rope_parameters: None,
+            sliding_window: (family == ModelFamily::Mistral)
+                .then(|| config.sliding_window.map_or(Value::Null, Value::from)),
+            use_sliding_window: None,
+            architectures: vec![family.architecture().to_string()],
             torch_dtype: default_torch_dtype(),
         }
     }

@@ -1,7 +1,8 @@
 //! The decoder's building blocks, written only with differentiable candle ops (candle's fused
 //! `rms_norm`, `softmax_last_dim` and `rope` kernels have no backward pass and would silently
-//! drop gradients). Each block follows transformers' `modeling_llama.py` operation for
-//! operation, so logits match `LlamaForCausalLM` to float rounding.
+//! drop gradients). Each block follows transformers' `modeling_llama.py` (and the Mistral,
+//! Qwen2 and Qwen3 variants: projection biases, per-head q/k norms, a sliding attention
+//! window) operation for operation, so logits match transformers to float rounding.
 //!
 //! Activations flow as 2-D `(batch * seq, width)` tensors between blocks; attention alone
 //! reshapes to `(batch, heads, seq, head_dim)`.
@@ -9,6 +10,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use super::config::LlamaConfig;
+use super::rope::{inverse_frequencies, RopeSettings};
 use crate::Result;
 
 /// One weight tensor: a [`Var`] the optimizer updates, or a frozen tensor that no optimizer
@@ -50,18 +52,24 @@ pub(super) struct Adapter {
     pub(super) scale: f64,
 }
 
-/// A bias-free linear map `y = x W^T` (W is `(out, in)`, the PyTorch layout), optionally with
-/// a LoRA adapter.
+/// A linear map `y = x W^T + b` (W is `(out, in)`, the PyTorch layout; the bias is
+/// optional), optionally with a LoRA adapter on top (PEFT leaves the bias to the base
+/// layer).
 #[derive(Clone)]
 pub(super) struct Projection {
     pub(super) weight: Param,
+    /// `(out,)`.
+    pub(super) bias: Option<Param>,
     pub(super) adapter: Option<Adapter>,
 }
 
 impl Projection {
     /// `x`: `(n, in)` -> `(n, out)`.
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let base = x.matmul(&self.weight.tensor().t()?)?;
+        let mut base = x.matmul(&self.weight.tensor().t()?)?;
+        if let Some(bias) = &self.bias {
+            base = base.broadcast_add(bias.tensor())?;
+        }
         let Some(adapter) = &self.adapter else {
             return Ok(base);
         };
@@ -99,6 +107,10 @@ pub(super) struct DecoderLayer {
     pub(super) down_proj: Projection,
     pub(super) input_layernorm: Param,
     pub(super) post_attention_layernorm: Param,
+    /// Qwen3's RMSNorm over each query head, `(head_dim,)`.
+    pub(super) q_norm: Option<Param>,
+    /// Qwen3's RMSNorm over each key head, `(head_dim,)`.
+    pub(super) k_norm: Option<Param>,
 }
 
 impl DecoderLayer {
@@ -114,6 +126,55 @@ impl DecoderLayer {
             ("mlp.up_proj", "up_proj", &self.up_proj),
             ("mlp.down_proj", "down_proj", &self.down_proj),
         ]
+    }
+
+    /// Every base weight with its HF name relative to the layer (`self_attn.q_proj.bias`),
+    /// in the order [`super::weight_names`] lists them; adapters are not included.
+    pub(super) fn base_params(&self) -> Vec<(String, &Param)> {
+        let mut params = Vec::with_capacity(18);
+        for (path, _, projection) in self.projections() {
+            params.push((format!("{path}.weight"), &projection.weight));
+            if let Some(bias) = &projection.bias {
+                params.push((format!("{path}.bias"), bias));
+            }
+        }
+        if let Some(norm) = &self.q_norm {
+            params.push(("self_attn.q_norm.weight".to_string(), norm));
+        }
+        if let Some(norm) = &self.k_norm {
+            params.push(("self_attn.k_norm.weight".to_string(), norm));
+        }
+        params.push(("input_layernorm.weight".to_string(), &self.input_layernorm));
+        params.push((
+            "post_attention_layernorm.weight".to_string(),
+            &self.post_attention_layernorm,
+        ));
+        params
+    }
+
+    /// The base weights of [`DecoderLayer::base_params`], mutably and in the same order.
+    pub(super) fn base_params_mut(&mut self) -> Vec<&mut Param> {
+        let mut params = Vec::with_capacity(18);
+        let projections = [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ];
+        for projection in projections {
+            params.push(&mut projection.weight);
+            if let Some(bias) = &mut projection.bias {
+                params.push(bias);
+            }
+        }
+        params.extend(self.q_norm.as_mut());
+        params.extend(self.k_norm.as_mut());
+        params.push(&mut self.input_layernorm);
+        params.push(&mut self.post_attention_layernorm);
+        params
     }
 
     pub(super) fn projections_mut(&mut self) -> [(&'static str, &mut Projection); 7] {
@@ -148,14 +209,18 @@ impl DecoderLayer {
         let (batch, seq, heads, kv_heads, head_dim) =
             (ctx.batch, ctx.seq, ctx.heads, ctx.kv_heads, ctx.head_dim);
         let n_rep = heads / kv_heads;
-        let split = |t: Tensor, n_heads: usize| -> Result<Tensor> {
-            // (b*s, n*d) -> (b, n, s, d); the transpose stays a strided view.
-            Ok(t.reshape((batch, seq, n_heads, head_dim))?
-                .transpose(1, 2)?)
+        let split = |t: Tensor, n_heads: usize, norm: Option<&Param>| -> Result<Tensor> {
+            // (b*s, n*d) -> (b, n, s, d); the transpose stays a strided view. A per-head
+            // norm (Qwen3) applies before the transpose, as in transformers.
+            let mut heads = t.reshape((batch, seq, n_heads, head_dim))?;
+            if let Some(norm) = norm {
+                heads = rms_norm(&heads, norm.tensor(), ctx.eps)?;
+            }
+            Ok(heads.transpose(1, 2)?)
         };
-        let q = split(self.q_proj.forward(x)?, heads)?;
-        let k = split(self.k_proj.forward(x)?, kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, kv_heads)?.contiguous()?;
+        let q = split(self.q_proj.forward(x)?, heads, self.q_norm.as_ref())?;
+        let k = split(self.k_proj.forward(x)?, kv_heads, self.k_norm.as_ref())?;
+        let v = split(self.v_proj.forward(x)?, kv_heads, None)?.contiguous()?;
         // Scaling q before the product is cheaper than scaling the (s, s) scores.
         let q = ctx
             .rope
@@ -186,7 +251,8 @@ pub(super) struct ForwardContext {
     pub(super) head_dim: usize,
     pub(super) eps: f64,
     pub(super) rope: RotaryTables,
-    /// `(seq, seq)`: 0 where key position <= query position, -inf elsewhere.
+    /// `(seq, seq)`: 0 where the query may attend to the key (key position <= query
+    /// position, and within the sliding window when there is one), -inf elsewhere.
     pub(super) mask: Tensor,
 }
 
@@ -205,8 +271,8 @@ impl ForwardContext {
             kv_heads: config.num_key_value_heads,
             head_dim: config.head_dim(),
             eps: config.rms_norm_eps,
-            rope: RotaryTables::new(seq, config.head_dim(), config.rope_theta, dtype, device)?,
-            mask: causal_mask(seq, dtype, device)?,
+            rope: RotaryTables::new(seq, config, dtype, device)?,
+            mask: causal_mask(seq, config.sliding_window, dtype, device)?,
         })
     }
 }
@@ -228,11 +294,17 @@ fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(exp.broadcast_div(&sum)?)
 }
 
-fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+/// The causal mask, limited to the last `window` positions (the query's own included) when
+/// there is a window: transformers' `kv_idx > q_idx - sliding_window`.
+fn causal_mask(seq: usize, window: Option<usize>, dtype: DType, device: &Device) -> Result<Tensor> {
     let mut values = vec![0f32; seq * seq];
     for query in 0..seq {
-        for key in query + 1..seq {
-            values[query * seq + key] = f32::NEG_INFINITY;
+        for key in 0..seq {
+            let future = key > query;
+            let outside_window = window.is_some_and(|w| query - key.min(query) >= w);
+            if future || outside_window {
+                values[query * seq + key] = f32::NEG_INFINITY;
+            }
         }
     }
     Ok(Tensor::from_vec(values, (seq, seq), device)?.to_dtype(dtype)?)
@@ -246,26 +318,30 @@ pub(super) struct RotaryTables {
 }
 
 impl RotaryTables {
-    /// Computed in f32 like transformers: `inv_freq[i] = 1 / theta^(2i / head_dim)`,
-    /// `angle = position * inv_freq`.
+    /// Computed in f32 like transformers: the config's inverse frequencies (plain or scaled,
+    /// see [`inverse_frequencies`]), `angle = position * inv_freq`, and cos and sin each
+    /// multiplied by the scaling's attention factor (YaRN's; 1 otherwise).
     pub(super) fn new(
         seq: usize,
-        head_dim: usize,
-        theta: f64,
+        config: &LlamaConfig,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let settings = RopeSettings {
+            theta: config.rope_theta,
+            head_dim: config.head_dim(),
+            max_position_embeddings: config.max_position_embeddings,
+            scaling: config.rope_scaling.as_ref(),
+        };
+        let (inv_freq, attention_factor) = inverse_frequencies(settings, seq);
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
         for position in 0..seq {
             for freq in &inv_freq {
                 let angle = position as f32 * freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() * attention_factor);
+                sin.push(angle.sin() * attention_factor);
             }
         }
         Ok(RotaryTables {

@@ -26,6 +26,44 @@ fn small_config(tied: bool) -> LlamaConfig {
     }
 }
 
+/// A small config of `family` exercising what sets it apart: Mistral's window (shorter than
+/// the test sequences), Qwen2's q/k/v biases (with tied embeddings), Qwen3's q/k norms with
+/// a `head_dim` that is not `hidden_size / heads` and attention biases, and LLaMA's
+/// optional attention and MLP biases.
+fn family_config(family: ModelFamily) -> LlamaConfig {
+    let base = LlamaConfig {
+        model_type: family,
+        ..small_config(false)
+    };
+    match family {
+        ModelFamily::Llama => LlamaConfig {
+            attention_bias: true,
+            mlp_bias: true,
+            ..base
+        },
+        ModelFamily::Mistral => LlamaConfig {
+            sliding_window: Some(3),
+            ..base
+        },
+        ModelFamily::Qwen2 => LlamaConfig {
+            tie_word_embeddings: true,
+            ..base
+        },
+        ModelFamily::Qwen3 => LlamaConfig {
+            head_dim: Some(16),
+            attention_bias: true,
+            ..base
+        },
+    }
+}
+
+const FAMILIES: [ModelFamily; 4] = [
+    ModelFamily::Llama,
+    ModelFamily::Mistral,
+    ModelFamily::Qwen2,
+    ModelFamily::Qwen3,
+];
+
 fn all_targets() -> LoraConfig {
     LoraConfig {
         rank: 4,
@@ -161,23 +199,42 @@ fn config_validation_names_the_field() {
         (
             LlamaConfig {
                 attention_bias: true,
-                ..small_config(false)
+                ..family_config(ModelFamily::Mistral)
             },
             "config.json: attention_bias",
         ),
         (
             LlamaConfig {
                 mlp_bias: true,
-                ..small_config(false)
+                ..family_config(ModelFamily::Qwen3)
             },
             "config.json: mlp_bias",
         ),
         (
             LlamaConfig {
-                rope_scaling: Some(serde_json::json!({"rope_type": "llama3", "factor": 8.0})),
+                rope_scaling: Some(RopeScaling::Linear { factor: 0.0 }),
                 ..small_config(false)
             },
-            "config.json: rope_scaling",
+            "config.json: rope_scaling.factor",
+        ),
+        (
+            LlamaConfig {
+                rope_scaling: Some(RopeScaling::Llama3 {
+                    factor: 8.0,
+                    low_freq_factor: 2.0,
+                    high_freq_factor: 2.0,
+                    original_max_position_embeddings: None,
+                }),
+                ..small_config(false)
+            },
+            "config.json: rope_scaling.high_freq_factor",
+        ),
+        (
+            LlamaConfig {
+                sliding_window: Some(8),
+                ..small_config(false)
+            },
+            "config.json: sliding_window",
         ),
         (
             LlamaConfig {
@@ -254,6 +311,129 @@ fn transformers5_rope_parameters_are_read() {
     assert_eq!(read_config_file(&written).unwrap(), config);
 }
 
+/// A RoPE block of each scaling type as a `config.json` gives it (the dynamic one with the
+/// older `type` key), with what ladder reads from it.
+fn rope_blocks() -> Vec<(serde_json::Value, RopeScaling)> {
+    vec![
+        (
+            serde_json::json!({"rope_type": "linear", "factor": 2.0}),
+            RopeScaling::Linear { factor: 2.0 },
+        ),
+        (
+            serde_json::json!({"type": "dynamic", "factor": 3.0}),
+            RopeScaling::Dynamic { factor: 3.0 },
+        ),
+        (
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: Some(8192),
+            },
+        ),
+        (
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0,
+                "original_max_position_embeddings": 32, "beta_fast": 16, "mscale": 2.0,
+                "mscale_all_dim": 1.0, "truncate": false}),
+            RopeScaling::Yarn(YarnScaling {
+                factor: Some(4.0),
+                original_max_position_embeddings: Some(32),
+                beta_fast: Some(16.0),
+                mscale: Some(2.0),
+                mscale_all_dim: Some(1.0),
+                truncate: Some(false),
+                ..YarnScaling::default()
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn rope_scaling_types_read_alike_from_both_layouts_and_round_trip() {
+    for (block, expected) in rope_blocks() {
+        let mut v5 = transformers5_config();
+        let mut parameters = block.clone();
+        parameters["rope_theta"] = serde_json::json!(500000.0);
+        v5["rope_parameters"] = parameters;
+        let config = read_config_file(&v5).unwrap();
+        assert_eq!(config.rope_scaling.as_ref(), Some(&expected));
+        assert_eq!(config.rope_theta, 500000.0);
+
+        let mut v4 = transformers5_config();
+        let object = v4.as_object_mut().unwrap();
+        object.remove("rope_parameters");
+        object.insert("rope_theta".into(), serde_json::json!(500000.0));
+        object.insert("rope_scaling".into(), block);
+        assert_eq!(read_config_file(&v4).unwrap(), config, "{expected:?}");
+
+        let written: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
+        assert_eq!(written["rope_scaling"]["rope_type"], expected.rope_type());
+        assert_eq!(read_config_file(&written).unwrap(), config, "{expected:?}");
+    }
+}
+
+#[test]
+fn family_configs_resolve_their_defaults_and_write_their_fields() {
+    let read = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut json = transformers5_config();
+        edit(json.as_object_mut().unwrap());
+        read_config_file(&json).unwrap()
+    };
+    // Mistral: the window is 4096 when absent, none when null.
+    let mistral = |c: &mut serde_json::Map<String, serde_json::Value>| {
+        c.insert("model_type".into(), serde_json::json!("mistral"));
+    };
+    assert_eq!(read(&mistral).sliding_window, Some(4096));
+    let windowed = read(&|c| {
+        mistral(c);
+        c.insert("sliding_window".into(), serde_json::json!(16));
+    });
+    assert_eq!(windowed.model_type, ModelFamily::Mistral);
+    assert_eq!(windowed.sliding_window, Some(16));
+    let unwindowed = read(&|c| {
+        mistral(c);
+        c.insert("sliding_window".into(), serde_json::Value::Null);
+    });
+    assert_eq!(unwindowed.sliding_window, None);
+    // Qwen2.5 ships use_sliding_window false with a window transformers then ignores.
+    let qwen2 = read(&|c| {
+        c.insert("model_type".into(), serde_json::json!("qwen2"));
+        c.insert("use_sliding_window".into(), serde_json::json!(false));
+        c.insert("sliding_window".into(), serde_json::json!(16));
+        c.insert("max_window_layers".into(), serde_json::json!(1));
+        c.remove("attention_bias");
+        c.remove("mlp_bias");
+    });
+    assert_eq!(qwen2.sliding_window, None);
+    assert!(qwen2.qkv_bias() && !qwen2.o_bias());
+    // Qwen3's head width defaults to 128, not hidden_size / heads.
+    let qwen3 = read(&|c| {
+        c.insert("model_type".into(), serde_json::json!("qwen3"));
+        c.remove("head_dim");
+    });
+    assert_eq!(qwen3.head_dim(), 128);
+    assert!(qwen3.qk_norm());
+
+    for family in FAMILIES {
+        let config = family_config(family);
+        config.validate().unwrap();
+        let written: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
+        assert_eq!(written["model_type"], family.model_type());
+        assert_eq!(written["architectures"][0], family.architecture());
+        assert_eq!(
+            written.get("sliding_window").is_some(),
+            family == ModelFamily::Mistral
+        );
+        assert_eq!(
+            written.get("attention_bias").is_some(),
+            matches!(family, ModelFamily::Llama | ModelFamily::Qwen3)
+        );
+        assert_eq!(read_config_file(&written).unwrap(), config, "{family:?}");
+    }
+}
+
 #[test]
 fn config_keys_that_change_the_computation_are_refused_by_name() {
     let with = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
@@ -266,12 +446,31 @@ fn config_keys_that_change_the_computation_are_refused_by_name() {
             with(&|c| {
                 c.insert(
                     "rope_parameters".into(),
-                    serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
-                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                        "original_max_position_embeddings": 8192}),
+                    serde_json::json!({"rope_theta": 500000.0, "rope_type": "longrope",
+                        "short_factor": [1.0], "long_factor": [1.0]}),
                 );
             }),
             "rope_parameters.rope_type",
+        ),
+        (
+            with(&|c| {
+                c.insert(
+                    "rope_parameters".into(),
+                    serde_json::json!({"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
+                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 8192, "beta_fast": 32}),
+                );
+            }),
+            "rope_parameters.beta_fast",
+        ),
+        (
+            with(&|c| {
+                c.insert(
+                    "rope_parameters".into(),
+                    serde_json::json!({"rope_theta": 500000.0, "rope_type": "yarn"}),
+                );
+            }),
+            "rope_parameters.factor",
         ),
         (
             with(&|c| {
@@ -287,7 +486,16 @@ fn config_keys_that_change_the_computation_are_refused_by_name() {
                 c.remove("rope_parameters");
                 c.insert(
                     "rope_scaling".into(),
-                    serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+                    serde_json::json!({"type": "su", "factor": 4.0}),
+                );
+            }),
+            "rope_scaling.type",
+        ),
+        (
+            with(&|c| {
+                c.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "linear", "factor": 4.0}),
                 );
             }),
             "rope_scaling",
@@ -312,9 +520,24 @@ fn config_keys_that_change_the_computation_are_refused_by_name() {
         ),
         (
             with(&|c| {
-                c.insert("model_type".into(), serde_json::json!("qwen2"));
+                c.insert("model_type".into(), serde_json::json!("gemma"));
             }),
             "model_type",
+        ),
+        (
+            with(&|c| {
+                c.insert("model_type".into(), serde_json::json!("qwen2"));
+                c.insert("use_sliding_window".into(), serde_json::json!(true));
+                c.insert("sliding_window".into(), serde_json::json!(16));
+            }),
+            "use_sliding_window",
+        ),
+        (
+            with(&|c| {
+                c.insert("model_type".into(), serde_json::json!("mistral"));
+                c.insert("sliding_window".into(), serde_json::json!("16"));
+            }),
+            "sliding_window",
         ),
         (
             with(&|c| {
@@ -334,8 +557,11 @@ fn config_keys_that_change_the_computation_are_refused_by_name() {
 
 #[test]
 fn parameter_count_matches_the_tensors() {
-    for tied in [false, true] {
-        let model = Model::random(small_config(tied), 0, &Device::Cpu).unwrap();
+    let configs = [small_config(false), small_config(true)]
+        .into_iter()
+        .chain(FAMILIES.map(family_config));
+    for config in configs {
+        let model = Model::random(config, 0, &Device::Cpu).unwrap();
         let counted: usize = model
             .named_tensors()
             .iter()
@@ -424,11 +650,50 @@ fn every_trainable_weight_receives_a_gradient() {
             );
         }
     }
+    // Each family's own weights (biases, q/k norms) are trainable and reached too.
+    for family in FAMILIES {
+        let config = family_config(family);
+        let model = Model::random(config.clone(), 2, &Device::Cpu).unwrap();
+        let ids = token_ids(2, 8, 50, 2);
+        let grads = next_token_loss(&model, &ids).backward().unwrap();
+        let trainable = model.trainable();
+        assert_eq!(trainable.len(), weight_names(&config).len(), "{family:?}");
+        let count = |part: &str| trainable.iter().filter(|(n, _)| n.contains(part)).count();
+        let expected_biases = match family {
+            ModelFamily::Llama => 7 * 2,
+            ModelFamily::Mistral => 0,
+            ModelFamily::Qwen2 => 3 * 2,
+            ModelFamily::Qwen3 => 4 * 2,
+        };
+        assert_eq!(count(".bias"), expected_biases, "{family:?}");
+        let expected_norms = if family == ModelFamily::Qwen3 {
+            2 * 2
+        } else {
+            0
+        };
+        assert_eq!(count(".q_norm.") + count(".k_norm."), expected_norms);
+        for (name, var) in trainable {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name} ({family:?})"));
+            assert!(
+                tensor_values(grad).iter().any(|g| *g != 0.0),
+                "all-zero gradient for {name} ({family:?})"
+            );
+        }
+    }
 }
 
 #[test]
 fn lora_gradients_reach_every_adapter_and_no_base_weight() {
-    let mut model = Model::random(small_config(false), 4, &Device::Cpu).unwrap();
+    let configs = std::iter::once(small_config(false)).chain(FAMILIES.map(family_config));
+    for config in configs {
+        lora_gradients_reach_every_adapter(config);
+    }
+}
+
+fn lora_gradients_reach_every_adapter(config: LlamaConfig) {
+    let mut model = Model::random(config, 4, &Device::Cpu).unwrap();
     model.add_lora(&all_targets(), 5).unwrap();
     randomize_lora_b(&model, 6);
     let ids = token_ids(2, 8, 50, 4);
@@ -520,6 +785,54 @@ fn gradients_match_finite_differences() {
     );
 }
 
+/// The same check on each family's own weights: biases, Qwen3's q/k norms, and a
+/// projection under Mistral's sliding window.
+#[test]
+fn family_gradients_match_finite_differences() {
+    let ids = token_ids(2, 7, 50, 31);
+    let checks: [(ModelFamily, &[(&str, usize)]); 4] = [
+        (
+            ModelFamily::Llama,
+            &[
+                ("model.layers.0.self_attn.q_proj.bias", 7),
+                ("model.layers.1.self_attn.o_proj.bias", 2),
+                ("model.layers.0.mlp.gate_proj.bias", 11),
+                ("model.layers.1.mlp.down_proj.bias", 3),
+            ],
+        ),
+        (
+            ModelFamily::Mistral,
+            &[
+                ("model.layers.0.self_attn.q_proj.weight", 37),
+                ("model.layers.1.self_attn.k_proj.weight", 5),
+            ],
+        ),
+        (
+            ModelFamily::Qwen2,
+            &[
+                ("model.layers.1.self_attn.k_proj.bias", 4),
+                ("model.layers.0.self_attn.v_proj.bias", 9),
+            ],
+        ),
+        (
+            ModelFamily::Qwen3,
+            &[
+                ("model.layers.0.self_attn.q_norm.weight", 5),
+                ("model.layers.1.self_attn.k_norm.weight", 3),
+                ("model.layers.0.self_attn.q_proj.bias", 20),
+                ("model.layers.1.self_attn.o_proj.weight", 40),
+            ],
+        ),
+    ];
+    for (family, family_checks) in checks {
+        let model = Model::random(family_config(family), 32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
+        check_finite_differences(&model, &ids, family_checks);
+    }
+}
+
 fn check_finite_differences(model: &Model, ids: &Tensor, checks: &[(&str, usize)]) {
     let step = 1e-5;
     let trainable: HashMap<String, Var> = model.trainable().into_iter().collect();
@@ -581,6 +894,190 @@ fn logits_at_a_position_ignore_later_tokens() {
     );
     let suffix = |t: &Tensor| t.narrow(1, cut, 10 - cut).unwrap();
     assert!(max_abs_diff(&suffix(&logits), &suffix(&logits_changed)) > 0.0);
+}
+
+/// With a window of 3 and 2 layers a position sees at most 4 positions back, so changing the
+/// first token leaves the logits from position 5 on bit-identical.
+#[test]
+fn sliding_window_hides_positions_older_than_the_window() {
+    let windowed = Model::random(family_config(ModelFamily::Mistral), 14, &Device::Cpu).unwrap();
+    let ids = token_ids(1, 10, 50, 14);
+    let mut changed: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+    changed[0] = (changed[0] + 17) % 50;
+    let changed = Tensor::from_vec(changed, (1, 10), &Device::Cpu).unwrap();
+    let logits = windowed.forward(&ids).unwrap();
+    let logits_changed = windowed.forward(&changed).unwrap();
+    let from = |t: &Tensor, start: usize| t.narrow(1, start, 10 - start).unwrap();
+    assert_eq!(
+        tensor_values(&from(&logits, 5)),
+        tensor_values(&from(&logits_changed, 5))
+    );
+    assert!(max_abs_diff(&from(&logits, 4), &from(&logits_changed, 4)) > 0.0);
+}
+
+/// Runs `clients/python/llama_reference.py` on the checkpoint in `dir` for the token ids
+/// `ids` `(batch, seq)`; its logits as an f32 tensor.
+fn numpy_reference_logits(dir: &Path, ids: &Tensor, vocab: usize) -> Tensor {
+    let rows: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/python/llama_reference.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir)
+        .arg(serde_json::to_string(&rows).unwrap())
+        .output()
+        .expect("python3 runs (install clients/python/requirements.txt)");
+    assert!(
+        output.status.success(),
+        "reference failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference: Vec<Vec<Vec<f64>>> = serde_json::from_slice(&output.stdout).unwrap();
+    let flat: Vec<f64> = reference.into_iter().flatten().flatten().collect();
+    let (batch, seq) = ids.dims2().unwrap();
+    Tensor::from_vec(flat, (batch, seq, vocab), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+}
+
+/// Hand-written `config.json`s, one per family and RoPE scaling type, in both layouts:
+/// each names what it exercises.
+fn family_checkpoint_configs() -> Vec<(&'static str, serde_json::Value)> {
+    let with = |extra: serde_json::Value| {
+        let mut config = serde_json::json!({
+            "vocab_size": 50, "hidden_size": 32, "intermediate_size": 48,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 64, "hidden_act": "silu",
+            "tie_word_embeddings": false,
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            config[key] = value.clone();
+        }
+        config
+    };
+    vec![
+        (
+            "llama, linear scaling, transformers 5 layout",
+            with(serde_json::json!({"model_type": "llama",
+                "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}})),
+        ),
+        (
+            "llama, dynamic scaling on a pass longer than max_position_embeddings, transformers 4 layout",
+            with(serde_json::json!({"model_type": "llama", "max_position_embeddings": 8,
+                "rope_theta": 100.0, "rope_scaling": {"type": "dynamic", "factor": 3.0}})),
+        ),
+        (
+            "llama 3 scaling with low, medium and high frequencies, transformers 5 layout",
+            with(serde_json::json!({"model_type": "llama",
+                "rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                    "low_freq_factor": 1.0, "high_freq_factor": 8.0,
+                    "original_max_position_embeddings": 256}})),
+        ),
+        (
+            "llama, yarn scaling, attention and MLP biases, transformers 4 layout",
+            with(serde_json::json!({"model_type": "llama", "attention_bias": true, "mlp_bias": true,
+                "rope_theta": 10000.0, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                    "original_max_position_embeddings": 16}})),
+        ),
+        (
+            "llama, yarn with mscale ratio, beta_fast 8, untruncated, transformers 5 layout",
+            with(serde_json::json!({"model_type": "llama",
+                "rope_parameters": {"rope_type": "yarn", "rope_theta": 1000.0, "factor": 4.0,
+                    "original_max_position_embeddings": 16, "mscale": 2.0, "mscale_all_dim": 1.0,
+                    "beta_fast": 8, "truncate": false}})),
+        ),
+        (
+            "mistral, sliding window 5, transformers 4 layout",
+            with(serde_json::json!({"model_type": "mistral", "sliding_window": 5,
+                "rope_theta": 1000.0})),
+        ),
+        (
+            "qwen2, q/k/v biases, tied embeddings, transformers 5 layout",
+            with(serde_json::json!({"model_type": "qwen2", "tie_word_embeddings": true,
+                "use_sliding_window": false, "sliding_window": 4, "max_window_layers": 2,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}})),
+        ),
+        (
+            "qwen3, q/k norms, head_dim 16, transformers 4 layout",
+            with(serde_json::json!({"model_type": "qwen3", "head_dim": 16,
+                "attention_bias": false, "rope_theta": 1000000.0, "rope_scaling": null})),
+        ),
+        (
+            "qwen3, attention biases, llama3 scaling, transformers 5 layout",
+            with(serde_json::json!({"model_type": "qwen3", "head_dim": 8, "attention_bias": true,
+                "rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0,
+                    "low_freq_factor": 1.0, "high_freq_factor": 8.0,
+                    "original_max_position_embeddings": 256}})),
+        ),
+    ]
+}
+
+/// Writes `config` as `dir/config.json` and random values for every tensor it calls for as
+/// `dir/model.safetensors`: weights in ±0.15, norm weights in [0.5, 1.5), biases in ±0.2.
+fn write_random_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64) {
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    let parsed = LlamaConfig::from_file(&path).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut tensors = HashMap::new();
+    for name in weight_names(&parsed) {
+        let shape = expected_shape(&parsed, &name);
+        let (low, high) = if name.ends_with("norm.weight") {
+            (0.5, 1.5)
+        } else if name.ends_with(".bias") {
+            (-0.2, 0.2)
+        } else {
+            (-0.15, 0.15)
+        };
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(low..high))
+            .collect();
+        let tensor = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+        tensors.insert(name, tensor);
+    }
+    write_safetensors(&dir.join("model.safetensors"), &tensors);
+}
+
+/// Every case is checked and the failures reported together, so one run shows which
+/// families or scalings disagree.
+#[test]
+fn each_family_and_rope_scaling_matches_the_numpy_reference() {
+    let mut failures = Vec::new();
+    for (index, (label, config)) in family_checkpoint_configs().into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        write_random_checkpoint(dir.path(), &config, 40 + index as u64);
+        let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+        // Longer than the dynamic case's max_position_embeddings and Mistral's window.
+        let ids = token_ids(2, 12, 50, 50 + index as u64);
+        let logits = model.forward(&ids).unwrap();
+        // Logits far from zero, so that agreement within 1e-4 is not vacuous.
+        let spread = max_abs_diff(&logits, &logits.zeros_like().unwrap());
+        assert!(
+            spread > 0.05,
+            "{label}: logits too small to compare ({spread})"
+        );
+        let diff = max_abs_diff(&logits, &numpy_reference_logits(dir.path(), &ids, 50));
+        if diff >= 1e-4 {
+            failures.push(format!("{label}: max abs diff {diff}"));
+        }
+
+        // What ladder saves keeps the family and the scaling: it reloads identically and
+        // the reference reads it the same.
+        let saved = tempfile::tempdir().unwrap();
+        model.save(saved.path(), false).unwrap();
+        let reloaded = Model::load(saved.path(), &Device::Cpu).unwrap();
+        assert_eq!(reloaded.config(), model.config(), "{label}");
+        assert_eq!(
+            tensor_values(&reloaded.forward(&ids).unwrap()),
+            tensor_values(&logits),
+            "{label}"
+        );
+        let diff = max_abs_diff(&logits, &numpy_reference_logits(saved.path(), &ids, 50));
+        if diff >= 1e-4 {
+            failures.push(format!("{label} (saved by ladder): max abs diff {diff}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
