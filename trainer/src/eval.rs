@@ -551,7 +551,7 @@ pub fn average(scores: &[TaskScores]) -> f64 {
     mean(&primaries)
 }
 
-/// The trainer's LLaMA model scores through its causal forward pass.
+/// The trainer's LLaMA-family model scores through its causal forward pass.
 impl LanguageModel for crate::model::Model {
     fn logits(&self, ids: &Tensor) -> Result<Tensor> {
         self.forward(ids)

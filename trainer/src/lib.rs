@@ -1,5 +1,5 @@
-//! ladder's built-in trainer: candle fine-tuning (full and LoRA) of LLaMA-architecture
-//! models and lm-evaluation-harness-style multiple-choice scoring, run by
+//! ladder's built-in trainer: candle fine-tuning (full and LoRA) of LLaMA-family models
+//! (LLaMA, Mistral, Qwen2, Qwen3) and lm-evaluation-harness-style multiple-choice scoring, run by
 //! `ladder train` (standalone, or as a sweep's run) and `ladder eval`.
 //!
 //! How data moves through it:
