@@ -434,6 +434,80 @@ fn family_configs_resolve_their_defaults_and_write_their_fields() {
     }
 }
 
+/// `config.json`s as published for one model of each family (sizes as released) read with
+/// the settings that matter.
+#[test]
+fn published_configs_of_each_family_are_read() {
+    let llama_3_2 = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+        "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+        "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+        "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256
+    });
+    let config = read_config_file(&llama_3_2).unwrap();
+    assert_eq!(
+        config.rope_scaling,
+        Some(RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: Some(8192),
+        })
+    );
+
+    let mistral_7b = serde_json::json!({
+        "architectures": ["MistralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1,
+        "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+        "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral",
+        "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 4096,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+        "transformers_version": "4.34.0.dev0", "use_cache": true, "vocab_size": 32000
+    });
+    let config = read_config_file(&mistral_7b).unwrap();
+    assert_eq!(
+        (config.model_type, config.sliding_window),
+        (ModelFamily::Mistral, Some(4096))
+    );
+
+    let qwen2_5 = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+        "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+        "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.40.1", "use_cache": true, "use_sliding_window": false,
+        "vocab_size": 151936
+    });
+    let config = read_config_file(&qwen2_5).unwrap();
+    assert_eq!(config.sliding_window, None);
+    assert_eq!(config.head_dim(), 64);
+    assert!(config.qkv_bias() && config.tie_word_embeddings);
+
+    let qwen3 = serde_json::json!({
+        "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
+        "hidden_size": 1024, "initializer_range": 0.02, "intermediate_size": 3072,
+        "max_position_embeddings": 40960, "max_window_layers": 28, "model_type": "qwen3",
+        "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000,
+        "sliding_window": null, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0", "use_cache": true, "use_sliding_window": false,
+        "vocab_size": 151936
+    });
+    let config = read_config_file(&qwen3).unwrap();
+    assert_eq!((config.head_dim(), config.rope_theta), (128, 1e6));
+    assert!(config.qk_norm() && !config.qkv_bias());
+}
+
 #[test]
 fn config_keys_that_change_the_computation_are_refused_by_name() {
     let with = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
