@@ -29,9 +29,17 @@
 //!   The multivariate mode does the same per group, with candidates that are whole points
 //!   of the group, and one deliberate departure from Optuna: a lower bandwidth floor
 //!   ([`TpeConfig::max_bandwidth_floor`]).
-//! - Constant liar: pending trials (handed out, not finished) join the bad group, which is
-//!   what giving them the worst observed loss does (only the loss ordering matters to the
-//!   split), so `parallel: 16` does not propose one point 16 times.
+//! - Pending trials (handed out, not finished) are handled by [`TpeConfig::pending`]. The
+//!   default, [`PendingRule::Believer`], gives each one the mean loss of its nearest
+//!   completed trials (a "believer", as kriging believer does with a GP's prediction), so
+//!   a pending trial in the good region joins the good group and the next proposals of a
+//!   batch build on it instead of waiting for it; pending trials also count towards
+//!   [`TpeConfig::n_startup_trials`] (as in Optuna with its constant liar), once at least
+//!   half of those have completed. [`PendingRule::WorstLiar`] is Optuna's constant liar
+//!   (pending trials join the bad group, which is what the worst observed loss does, since
+//!   only the loss ordering matters to the split). With 8 trials in flight the believer's
+//!   simple regret after 100 finished trials is 0.9–2.4× the sequential one on the
+//!   benchmark functions, the constant liar's 1.8–4× (`ladder bench search`).
 //! - Failed trials (`loss: None` or NaN, not pending) are ignored, as Optuna ignores
 //!   `FAIL`ed trials: a crash says nothing reliable about the objective there.
 //!
@@ -165,7 +173,36 @@ impl Weights {
     }
 }
 
-/// Settings of the sampler; [`Default`] is Optuna's defaults with the constant liar on.
+/// What a proposal assumes about a pending trial (handed out, not finished): the rule that
+/// keeps the proposals of a parallel sweep apart and useful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingRule {
+    /// Pending trials are left out: parallel proposals differ only by their random draws.
+    Ignore,
+    /// Optuna's constant liar: pending trials join the bad group.
+    WorstLiar,
+    /// A pending trial is believed to score the mean loss of the `neighbours` completed
+    /// trials nearest to it (each numeric coordinate in estimator space divided by its
+    /// range; a different choice, or a dimension active in one trial only, is distance 1)
+    /// and is ranked with the completed trials; pending trials count towards the start-up
+    /// trials once half of those have completed. Where `pending x completed` exceeds
+    /// [`BELIEVER_BUDGET`] distance computations, [`PendingRule::WorstLiar`] is used
+    /// instead.
+    Believer { neighbours: usize },
+}
+
+impl Default for PendingRule {
+    fn default() -> Self {
+        PendingRule::Believer { neighbours: 3 }
+    }
+}
+
+/// The most `pending x completed` trial pairs [`PendingRule::Believer`] measures in one
+/// proposal (a few milliseconds); beyond it the proposal uses the constant liar.
+pub const BELIEVER_BUDGET: usize = 2_000_000;
+
+/// Settings of the sampler; [`Default`] is Optuna's defaults, multivariate, with the
+/// [`PendingRule::Believer`] for trials in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TpeConfig {
     /// Completed trials before the model is used; until then points come from the prior.
@@ -179,8 +216,8 @@ pub struct TpeConfig {
     /// Let the bandwidth of the lowest/highest observation depend on its distance to the
     /// range end (Optuna's `consider_endpoints`, default off).
     pub consider_endpoints: bool,
-    /// Pending trials join the bad group (see the module docs).
-    pub constant_liar: bool,
+    /// What a proposal assumes about the trials still in flight (see the module docs).
+    pub pending: PendingRule,
     /// Model the dimensions jointly, one estimator per group of dimensions active together
     /// (module `tpe/joint.rs`); `false` models each dimension on its own.
     pub multivariate: bool,
@@ -202,7 +239,7 @@ impl Default for TpeConfig {
             weights: Weights::default(),
             prior_weight: 1.0,
             consider_endpoints: false,
-            constant_liar: true,
+            pending: PendingRule::default(),
             multivariate: true,
             max_bandwidth_floor: 0.04,
         }
@@ -368,28 +405,51 @@ impl Tpe {
         history: &[Trial],
         rng: &mut R,
     ) -> Vec<Option<DimValue>> {
-        let mut completed: Vec<(usize, f64)> = history
+        let completed: Vec<(usize, f64)> = history
             .iter()
             .enumerate()
             .filter(|(_, t)| !t.pending)
             .filter_map(|(i, t)| t.loss.filter(|l| !l.is_nan()).map(|l| (i, l)))
             .collect();
-        if completed.len() < self.config.n_startup_trials {
+        let pending: Vec<usize> = history
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.pending)
+            .map(|(i, _)| i)
+            .collect();
+        let rule = match self.config.pending {
+            PendingRule::Believer { .. }
+                if pending.len().saturating_mul(completed.len()) > BELIEVER_BUDGET =>
+            {
+                PendingRule::WorstLiar
+            }
+            rule => rule,
+        };
+        let started = match rule {
+            PendingRule::Believer { .. } => {
+                let startup = self.config.n_startup_trials;
+                completed.len() + pending.len() >= startup
+                    && completed.len() >= startup.div_ceil(2).max(1)
+            }
+            _ => completed.len() >= self.config.n_startup_trials,
+        };
+        if !started || completed.is_empty() {
             return self.sample_prior(rng);
         }
+        // The good group's size follows the completed trials only: beliefs join the
+        // ranking, not the count.
         let n_below = self.config.gamma.n_below(completed.len());
-        completed.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
-        let mut below: Vec<usize> = completed[..n_below].iter().map(|c| c.0).collect();
-        let mut above: Vec<usize> = completed[n_below..].iter().map(|c| c.0).collect();
-        if self.config.constant_liar {
-            above.extend(
-                history
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.pending)
-                    .map(|(i, _)| i),
-            );
+        let mut ranked = completed.clone();
+        if let PendingRule::Believer { neighbours } = rule {
+            ranked.extend(self.beliefs(history, &completed, &pending, neighbours));
         }
+        ranked.sort_by(|x, y| x.1.total_cmp(&y.1).then(x.0.cmp(&y.0)));
+        let mut below: Vec<usize> = ranked[..n_below].iter().map(|c| c.0).collect();
+        let mut above: Vec<usize> = ranked[n_below..].iter().map(|c| c.0).collect();
+        if rule == PendingRule::WorstLiar {
+            above.extend(&pending);
+        }
+        let completed = ranked;
         below.sort_unstable();
         above.sort_unstable();
         if self.config.multivariate {
@@ -418,6 +478,62 @@ impl Tpe {
             point.push(Some(value));
         }
         point
+    }
+
+    /// The believed loss of each pending trial: the mean loss of its `neighbours` nearest
+    /// completed trials (ties by history order), as `(trial index, loss)`.
+    fn beliefs(
+        &self,
+        history: &[Trial],
+        completed: &[(usize, f64)],
+        pending: &[usize],
+        neighbours: usize,
+    ) -> Vec<(usize, f64)> {
+        let dims = self.space.len();
+        // Each trial's coordinates, numeric ones divided by their range.
+        let scaled = |trial: &Trial| -> Vec<Option<joint::Coord>> {
+            (0..dims)
+                .map(|d| match (self.coord_of(trial, d), &self.numeric[d]) {
+                    (Some(joint::Coord::Real(x)), Some(num)) => Some(joint::Coord::Real(
+                        x / (num.b - num.a).max(f64::MIN_POSITIVE),
+                    )),
+                    (coord, _) => coord,
+                })
+                .collect()
+        };
+        let observed: Vec<(Vec<Option<joint::Coord>>, f64)> = completed
+            .iter()
+            .map(|&(t, loss)| (scaled(&history[t]), loss))
+            .collect();
+        let k = neighbours.clamp(1, completed.len());
+        let mut nearest: Vec<(f64, usize)> = Vec::with_capacity(completed.len());
+        let mut beliefs = Vec::with_capacity(pending.len());
+        for &t in pending {
+            let point = scaled(&history[t]);
+            nearest.clear();
+            for (position, (other, _)) in observed.iter().enumerate() {
+                let mut distance = 0.0;
+                for (a, b) in point.iter().zip(other) {
+                    distance += match (a, b) {
+                        (Some(joint::Coord::Real(x)), Some(joint::Coord::Real(y))) => {
+                            (x - y) * (x - y)
+                        }
+                        (None, None) => 0.0,
+                        (a, b) if a == b => 0.0,
+                        _ => 1.0,
+                    };
+                }
+                nearest.push((distance, position));
+            }
+            nearest.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mean = nearest[..k]
+                .iter()
+                .map(|&(_, p)| observed[p].1)
+                .sum::<f64>()
+                / k as f64;
+            beliefs.push((t, mean));
+        }
+        beliefs
     }
 
     /// Whether `point` could have come from this space: one entry per dimension, present

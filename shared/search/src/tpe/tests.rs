@@ -263,8 +263,10 @@ fn categorical_zero_weight_choices_are_never_proposed() {
 
 /// A large space (two integers in `[0, 1000]`): 16 suggestions, each made with every
 /// earlier one pending and the coordinator's per-trial generators, are all distinct.
-/// With one generator shared by all 16 calls only the constant liar can make them
-/// differ: without it all 16 are the same point, with it (nearly) all differ.
+/// With one generator shared by all 16 calls only the pending rule can make them
+/// differ: ignoring pending trials all 16 are the same point; with the constant liar
+/// (nearly) all differ, and with the believer several do (the beliefs change the good
+/// group only when a pending trial ranks among the best).
 #[test]
 fn pending_trials_are_not_proposed_again() {
     let int = |name: &str| DimSpec {
@@ -285,9 +287,9 @@ fn pending_trials_are_not_proposed_again() {
         let loss = (as_f64(p[0]) - 300.0).abs() + (as_f64(p[1]) - 700.0).abs();
         history.push(done(p, loss));
     }
-    let distinct = |liar: bool, same_generator: bool, multivariate: bool| {
+    let distinct = |pending: PendingRule, same_generator: bool, multivariate: bool| {
         let config = TpeConfig {
-            constant_liar: liar,
+            pending,
             multivariate,
             ..TpeConfig::default()
         };
@@ -308,12 +310,20 @@ fn pending_trials_are_not_proposed_again() {
         proposals.len()
     };
     for multivariate in [true, false] {
-        assert_eq!(distinct(true, false, multivariate), 16);
-        assert_eq!(distinct(false, true, multivariate), 1);
-        let liar_alone = distinct(true, true, multivariate);
+        let believer = PendingRule::default();
+        for rule in [PendingRule::WorstLiar, believer, PendingRule::Ignore] {
+            assert_eq!(distinct(rule, false, multivariate), 16, "{rule:?}");
+        }
+        assert_eq!(distinct(PendingRule::Ignore, true, multivariate), 1);
+        let liar_alone = distinct(PendingRule::WorstLiar, true, multivariate);
         assert!(
             liar_alone >= 12,
             "multivariate {multivariate}: {liar_alone}"
+        );
+        let believer_alone = distinct(believer, true, multivariate);
+        assert!(
+            believer_alone >= 2,
+            "multivariate {multivariate}: {believer_alone}"
         );
     }
 }
@@ -331,7 +341,11 @@ fn constant_liar_spreads_parallel_proposals() {
     }
     let spread = |liar: bool| {
         let config = TpeConfig {
-            constant_liar: liar,
+            pending: if liar {
+                PendingRule::WorstLiar
+            } else {
+                PendingRule::Ignore
+            },
             ..TpeConfig::default()
         };
         let mut h = history.clone();
@@ -555,10 +569,15 @@ proptest! {
         space in space_strategy(),
         seed in any::<u64>(),
         n in 0usize..40,
-        liar in any::<bool>(),
+        liar in 0u8..5,
         multivariate in any::<bool>(),
     ) {
-        let config = TpeConfig { constant_liar: liar, multivariate, ..TpeConfig::default() };
+        let pending = match liar {
+            0 => PendingRule::Ignore,
+            1 => PendingRule::WorstLiar,
+            _ => PendingRule::Believer { neighbours: liar as usize - 1 },
+        };
+        let config = TpeConfig { pending, multivariate, ..TpeConfig::default() };
         let tpe = Tpe::new(space, config).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut history = Vec::new();
@@ -580,4 +599,76 @@ proptest! {
             history.push(Trial { values: p, loss, pending });
         }
     }
+}
+
+/// The believer ranks a pending trial by its nearest completed trials: one next to the
+/// best trial joins the good group (so a batch builds on it), one in a poor region the
+/// bad group; and pending trials count towards the start-up once half of it completed.
+#[test]
+fn believed_pending_trials_join_the_group_of_their_neighbours() {
+    let space = vec![float("x", 0.0, 1.0), float("y", 0.0, 1.0)];
+    let tpe = Tpe::new(space, TpeConfig::default()).unwrap();
+    let point = |x: f64, y: f64| vec![Some(DimValue::Float(x)), Some(DimValue::Float(y))];
+    let loss = |x: f64, y: f64| (x - 0.2).powi(2) + (y - 0.7).powi(2);
+    let mut history: Vec<Trial> = (0..30)
+        .map(|i| {
+            let (x, y) = ((i as f64 * 0.37) % 1.0, (i as f64 * 0.61) % 1.0);
+            done(point(x, y), loss(x, y))
+        })
+        .collect();
+    let completed: Vec<(usize, f64)> = history
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, t.loss.unwrap()))
+        .collect();
+    history.push(Trial {
+        values: point(0.2, 0.7),
+        loss: None,
+        pending: true,
+    });
+    history.push(Trial {
+        values: point(0.95, 0.05),
+        loss: None,
+        pending: true,
+    });
+    let beliefs = tpe.beliefs(&history, &completed, &[30, 31], 3);
+    let mut losses: Vec<f64> = completed.iter().map(|c| c.1).collect();
+    losses.sort_by(f64::total_cmp);
+    let n_below = TpeConfig::default().gamma.n_below(losses.len());
+    assert_eq!(
+        beliefs.iter().map(|b| b.0).collect::<Vec<_>>(),
+        vec![30, 31]
+    );
+    assert!(
+        beliefs[0].1 < losses[n_below - 1],
+        "near the best: {beliefs:?}"
+    );
+    assert!(
+        beliefs[1].1 > losses[losses.len() / 2],
+        "a poor region: {beliefs:?}"
+    );
+    // Each belief is the mean of three completed losses.
+    for (_, belief) in &beliefs {
+        assert!(*belief >= losses[0] && *belief <= losses[losses.len() - 1]);
+    }
+
+    // Start-up: 4 completed and 12 pending stay on the prior (fewer than half of the 10
+    // start-up trials completed); 5 completed and 5 pending use the model.
+    let startup = |completed: usize, pending: usize| {
+        let history: Vec<Trial> = (0..completed + pending)
+            .map(|i| {
+                let (x, y) = ((i as f64 * 0.37) % 1.0, (i as f64 * 0.61) % 1.0);
+                Trial {
+                    values: point(x, y),
+                    loss: (i < completed).then(|| loss(x, y)),
+                    pending: i >= completed,
+                }
+            })
+            .collect();
+        let prior = tpe.sample_prior(&mut trial_rng(3, 0));
+        tpe.suggest(&history, &mut trial_rng(3, 0)) == prior
+    };
+    assert!(startup(4, 12), "4 completed: start-up");
+    assert!(!startup(5, 5), "5 completed and 5 pending: the model");
+    assert!(startup(9, 0), "9 completed, none pending: start-up");
 }
