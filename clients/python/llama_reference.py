@@ -48,7 +48,8 @@ def inv_freq_and_attention(config, theta, rope, head_dim, seq):
     """modeling_rope_utils.py's ROPE_INIT_FUNCTIONS, in float32 as torch computes them."""
     kind = rope["rope_type"]
     dim = head_dim
-    max_pos = config["max_position_embeddings"]
+    default_max_pos = {"llama": 2048, "mistral": 4096 * 32}.get(config.get("model_type"), 32768)
+    max_pos = config.get("max_position_embeddings") or default_max_pos
     if kind == "default":
         return default_inv_freq(theta, dim), 1.0
     if kind == "linear":
