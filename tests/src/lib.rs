@@ -11,7 +11,8 @@
 //! - [`Cluster`] starts the setup most tests share: a coordinator with its store in
 //!   `DIR/data` and agents working in `DIR/NAME`, and waits until they are connected;
 //!   a test starts processes by hand only where it needs what the builder cannot say
-//!   (an agent that joins later, over TLS or from Slurm, a store on a small disk).
+//!   (an agent that joins later, over TLS or from Slurm, agents with different code
+//!   directories, a descriptor limit), or where the agent is what the test is about.
 //! - [`Coordinator::run_sweep`] writes a sweep file, submits it and watches the sweep to
 //!   its end.
 //! - [`ladder`] / [`ladder_json`] run one client verb with a timeout.
