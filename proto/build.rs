@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "ladder/v1/sweeps.proto",
     "ladder/v1/runs.proto",
     "ladder/v1/agents.proto",
+    "ladder/v1/artifacts.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

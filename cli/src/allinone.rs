@@ -56,6 +56,7 @@ impl Embedded {
             // Loopback, and only for the holder of the token: this user.
             auth: Some(Authorizer::local(&crate::connect::declared_user(), &token)),
             tls: None,
+            artifacts: None,
         })
         .with_context(|| format!("failed to open the store in {}", data.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -134,6 +134,10 @@ struct CoordinatorArgs {
     /// Seconds between agent heartbeats.
     #[arg(long, default_value_t = 3.0)]
     heartbeat_interval: f64,
+    /// Where run artifacts are kept: file:///PATH (a directory, e.g. on a shared
+    /// filesystem). Default: DATA/artifacts.
+    #[arg(long, value_name = "URL")]
+    artifacts: Option<String>,
     #[command(flatten)]
     access: access::CoordinatorAccessArgs,
 }
@@ -549,6 +553,11 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     if lease.heartbeat_interval >= lease.lease_timeout {
         bail!("--heartbeat-interval must be shorter than --lease-timeout");
     }
+    let artifacts = args
+        .artifacts
+        .as_deref()
+        .map(ladder_coordinator::artifacts::ArtifactLocation::parse)
+        .transpose()?;
     let access = args.access.load(args.listen, &args.data)?;
     let https = access.tls.is_some();
     let coordinator = Coordinator::open(CoordinatorConfig {
@@ -556,6 +565,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         lease,
         auth: access.auth,
         tls: access.tls,
+        artifacts,
     })
     .with_context(|| {
         format!(

@@ -128,6 +128,9 @@ pub enum Action<'a> {
     ForgetAgent,
     /// Open `AgentService/Session`: be an agent.
     AgentSession,
+    /// Upload a file of an attempt the agent holds (`ArtifactService/UploadArtifact`);
+    /// whoever may be an agent may try, and the lease and the agent's secret decide.
+    UploadArtifact,
 }
 
 impl Action<'_> {
@@ -147,6 +150,7 @@ impl Action<'_> {
             Action::EnableAgent => "enable agents".into(),
             Action::ForgetAgent => "forget agents".into(),
             Action::AgentSession => "open an agent session".into(),
+            Action::UploadArtifact => "upload artifacts".into(),
         }
     }
 }
@@ -366,13 +370,15 @@ impl Authorizer {
         };
         match principal {
             Principal::Agent { .. } => match action {
-                Action::AgentSession => Ok(()),
+                Action::AgentSession | Action::UploadArtifact => Ok(()),
                 _ => Err(denied("agent tokens only open agent sessions")),
             },
             Principal::User { name, role } => match action {
                 Action::Read => Ok(()),
                 Action::AgentSession if self.local && *role == Role::Admin => Ok(()),
                 Action::AgentSession => Err(denied("agents need an agent token")),
+                Action::UploadArtifact if self.local && *role == Role::Admin => Ok(()),
+                Action::UploadArtifact => Err(denied("only agents upload artifacts")),
                 Action::Submit if *role >= Role::Member => Ok(()),
                 Action::Submit => Err(denied("viewers only read")),
                 Action::ControlSweep { .. } if *role == Role::Admin => Ok(()),
@@ -800,6 +806,7 @@ mod tests {
             (&viewer, Action::EnableAgent, false),
             (&viewer, Action::ForgetAgent, false),
             (&viewer, Action::AgentSession, false),
+            (&viewer, Action::UploadArtifact, false),
             (&alice, Action::Read, true),
             (&alice, Action::Submit, true),
             (&alice, own, true),
@@ -808,6 +815,7 @@ mod tests {
             (&alice, Action::EnableAgent, false),
             (&alice, Action::ForgetAgent, false),
             (&alice, Action::AgentSession, false),
+            (&alice, Action::UploadArtifact, false),
             (&admin, Action::Read, true),
             (&admin, Action::Submit, true),
             (&admin, own, true),
@@ -816,12 +824,14 @@ mod tests {
             (&admin, Action::EnableAgent, true),
             (&admin, Action::ForgetAgent, true),
             (&admin, Action::AgentSession, false),
+            (&admin, Action::UploadArtifact, false),
             (&agent, Action::Read, false),
             (&agent, Action::Submit, false),
             (&agent, own, false),
             (&agent, Action::EnableAgent, false),
             (&agent, Action::ForgetAgent, false),
             (&agent, Action::AgentSession, true),
+            (&agent, Action::UploadArtifact, true),
         ];
         for (principal, action, allowed) in cases {
             let result = auth.authorize(principal, action);
@@ -847,6 +857,7 @@ mod tests {
             Action::ControlSweep { owner: "bob" },
             Action::EnableAgent,
             Action::AgentSession,
+            Action::UploadArtifact,
         ] {
             assert_eq!(auth.authorize(&carol, action), Ok(()), "{action:?}");
         }

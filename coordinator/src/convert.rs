@@ -149,6 +149,12 @@ pub fn run_card_to_pb(card: RunCard) -> pb::GetRunResponse {
         best_value: card.best_value,
         min_metrics: card.min_metrics,
         max_metrics: card.max_metrics,
+        artifacts: card
+            .run
+            .artifacts
+            .iter()
+            .map(crate::artifact_service::artifact_to_pb)
+            .collect(),
     }
 }
 

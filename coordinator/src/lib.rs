@@ -12,6 +12,10 @@
 //! - [`convert`]: the mapping between the client services' messages and domain types,
 //!   and the checks of what a request asks for; the agent protocol's is
 //!   [`protocol`] (`ladder_protocol::wire`).
+//! - [`artifacts`]: the content-addressed artifact store (`--artifacts`, by default the
+//!   data directory's `artifacts/`) behind a backend trait; [`artifact_service`]: the
+//!   `ArtifactService` adapter (uploads from agents under their leases, listings and
+//!   downloads for readers).
 //! - [`auth`]: who may call what (`--auth FILE`), checked first by every service method;
 //!   [`identity`]: an agent's name is bound to the secret issued when it enrolled;
 //!   [`local_token`]: the admin token of a coordinator started without `--auth`, in
@@ -23,6 +27,8 @@
 //! assignments with leases, and report events that are stored before they are
 //! acknowledged. On start the scheduler rebuilds its view from the store.
 
+pub mod artifact_service;
+pub mod artifacts;
 pub mod auth;
 pub mod convert;
 pub mod downsample;
@@ -56,6 +62,7 @@ use tracing::info;
 pub use error::CoordinatorError;
 pub use scheduler::LeaseConfig;
 
+use crate::artifact_service::ArtifactServiceImpl;
 use crate::reads::Queries;
 use crate::scheduler::{Event, Scheduler};
 use crate::service::{AgentServiceImpl, RunServiceImpl, ServiceHandle, SweepServiceImpl};
@@ -101,6 +108,10 @@ async fn set_services_not_serving(reporter: &tonic_health::server::HealthReporte
     reporter
         .set_not_serving::<pb::agent_service_server::AgentServiceServer<AgentServiceImpl>>()
         .await;
+    reporter
+        .set_not_serving::<pb::artifact_service_server::ArtifactServiceServer<ArtifactServiceImpl>>(
+        )
+        .await;
 }
 
 /// A run status used as a query filter.
@@ -116,11 +127,14 @@ pub struct CoordinatorConfig {
     pub auth: Option<auth::Authorizer>,
     /// Serve TLS with this certificate; `None` serves plain HTTP/2.
     pub tls: Option<tls::TlsIdentity>,
+    /// Where run artifacts are kept (`--artifacts`); `None`: `artifacts/` in `data_dir`.
+    pub artifacts: Option<artifacts::ArtifactLocation>,
 }
 
 /// A coordinator with its store open and its scheduler running, ready to serve.
 pub struct Coordinator {
     shared: Arc<ServiceHandle>,
+    artifacts: artifacts::ArtifactStore,
     tls: Option<tls::TlsIdentity>,
     scheduler: Option<std::thread::JoinHandle<Option<String>>>,
     /// Completes when the scheduler thread ends, with why when the store failed.
@@ -131,6 +145,12 @@ impl Coordinator {
     /// Opens the store, rebuilds state from it and starts the scheduler thread.
     pub fn open(config: CoordinatorConfig) -> Result<Self, CoordinatorError> {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir)?);
+        let artifact_location = config
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| artifacts::ArtifactLocation::in_data_dir(&config.data_dir));
+        let artifacts = artifacts::ArtifactStore::open(&artifact_location)?;
+        info!(location = ?artifact_location, "artifact store open");
         let (changes, _) = broadcast::channel(1024);
         let scheduler = Scheduler::recover(store.clone(), config.lease, changes.clone())?;
         let (events, receiver) = std::sync::mpsc::channel();
@@ -157,6 +177,7 @@ impl Coordinator {
                 card_reads: tokio::sync::Semaphore::new(ladder_limits::MAX_CONCURRENT_CARD_READS),
                 auth: config.auth.map(Arc::new),
             }),
+            artifacts,
             tls: config.tls,
             scheduler: Some(handle),
             scheduler_stopped: Some(scheduler_stopped),
@@ -218,6 +239,10 @@ impl Coordinator {
         health_reporter
             .set_serving::<pb::agent_service_server::AgentServiceServer<AgentServiceImpl>>()
             .await;
+        health_reporter
+            .set_serving::<pb::artifact_service_server::ArtifactServiceServer<ArtifactServiceImpl>>(
+            )
+            .await;
         let mut builder = tonic::transport::Server::builder();
         if let Some(identity) = &self.tls {
             builder = builder.tls_config(identity.server_config()).map_err(|e| {
@@ -251,6 +276,14 @@ impl Coordinator {
                 pb::agent_service_server::AgentServiceServer::new(AgentServiceImpl(
                     self.shared.clone(),
                 ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                pb::artifact_service_server::ArtifactServiceServer::new(ArtifactServiceImpl {
+                    shared: self.shared.clone(),
+                    store: self.artifacts.clone(),
+                })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )

@@ -144,6 +144,12 @@ pub struct RunRecord {
     /// The id the next note gets (ids start at 1 and are never reused).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_note_id: u64,
+    /// Files its attempts uploaded to the artifact store, sorted by name (a later upload
+    /// of a name replaces the earlier one); at most [`ladder_limits::MAX_ARTIFACTS_PER_RUN`]
+    /// and [`ladder_limits::MAX_RUN_ARTIFACT_BYTES`] together. Recorded only once the
+    /// object is stored whole. Empty in records stored before artifacts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<crate::artifacts::ArtifactRecord>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -544,6 +550,7 @@ mod tests {
             info: BTreeMap::new(),
             metrics_dropped: 0,
             next_note_id: 0,
+            artifacts: Vec::new(),
             ..run.clone()
         })
         .unwrap();
@@ -574,6 +581,7 @@ mod tests {
             info: BTreeMap::new(),
             metrics_dropped: 0,
             next_note_id: 0,
+            artifacts: Vec::new(),
         }
     }
 

@@ -27,6 +27,7 @@ use ladder_types::{RunStatus, SweepStatus};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::artifacts::ArtifactRecord;
 use crate::error::CoordinatorError;
 use crate::identity::{self, Admission, AgentSecret, SecretExt};
 use crate::model::{
@@ -59,6 +60,8 @@ impl Default for LeaseConfig {
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, CoordinatorError>>;
+
+pub use artifacts::ArtifactUpload;
 
 /// What a sweep action asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +141,15 @@ pub enum Event {
         update: RunUpdate,
         reply: Reply<RunRecord>,
     },
+    /// An agent asks to store a file of its attempt (`check_only`: before sending its
+    /// bytes) or to record it (after the artifact store committed it). Answered with the
+    /// record once durable, or refused: the lease is not the run's current attempt held
+    /// by `upload.agent`, the agent did not prove its name, or the run's artifact limits.
+    RecordArtifact {
+        upload: ArtifactUpload,
+        check_only: bool,
+        reply: Reply<ArtifactRecord>,
+    },
     /// Close every agent session (the server is stopping).
     CloseSessions,
     /// Commit and stop the loop.
@@ -154,6 +166,10 @@ enum Deferred {
     Agent(Reply<AgentView>, Box<Result<AgentView, CoordinatorError>>),
     Run(Reply<RunRecord>, Box<Result<RunRecord, CoordinatorError>>),
     Registration(Reply<()>, Box<Result<(), CoordinatorError>>),
+    Artifact(
+        Reply<ArtifactRecord>,
+        Box<Result<ArtifactRecord, CoordinatorError>>,
+    ),
     Send(mpsc::UnboundedSender<ToAgent>, ToAgent),
     /// A run reached a stage once this batch is durable (`ladder bench dispatch`).
     Timeline(ladder_timeline::Stage, String),
@@ -631,6 +647,12 @@ impl Scheduler {
                         Box::new(Err(CoordinatorError::ShuttingDown)),
                     ));
                 }
+                Event::RecordArtifact { reply, .. } => {
+                    self.deferred.push(Deferred::Artifact(
+                        reply,
+                        Box::new(Err(CoordinatorError::ShuttingDown)),
+                    ));
+                }
                 _ => {}
             }
             return;
@@ -703,6 +725,16 @@ impl Scheduler {
                 self.check(&result);
                 self.deferred.push(Deferred::Run(reply, Box::new(result)));
             }
+            Event::RecordArtifact {
+                upload,
+                check_only,
+                reply,
+            } => {
+                let result = self.record_artifact(upload, check_only);
+                self.check(&result);
+                self.deferred
+                    .push(Deferred::Artifact(reply, Box::new(result)));
+            }
             Event::CloseSessions => {
                 for agent in self.agents.values_mut() {
                     agent.session = None;
@@ -769,6 +801,13 @@ impl Scheduler {
                     };
                     let _ = reply.send(result);
                 }
+                Deferred::Artifact(reply, result) => {
+                    let result = match &committed {
+                        Ok(()) => *result,
+                        Err(error) => Err(CoordinatorError::Store(error.to_string())),
+                    };
+                    let _ = reply.send(result);
+                }
                 Deferred::Send(outbox, message) => {
                     if committed.is_ok() {
                         if let ToAgent::Assign(assignment) = &message {
@@ -818,6 +857,7 @@ fn new_sweep_id() -> String {
 }
 
 mod agents;
+mod artifacts;
 mod dispatch;
 mod runs;
 mod sweeps;

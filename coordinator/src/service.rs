@@ -91,7 +91,7 @@ pub(crate) fn watch_slot(
 impl ServiceHandle {
     /// Checks that the request's token may do `action`, and returns who sent it; `None`
     /// (and no check) when the coordinator runs with `--no-auth`.
-    fn authorize(
+    pub(crate) fn authorize(
         &self,
         metadata: &MetadataMap,
         action: Action<'_>,

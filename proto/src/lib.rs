@@ -6,6 +6,8 @@
 //! - `AgentService` (agents.proto): the long-lived bidirectional stream agents open to the
 //!   coordinator, the agent listing, and lifting an agent's quarantine or forgetting the
 //!   secret its name is bound to.
+//! - `ArtifactService` (artifacts.proto): agents upload the files runs produce, under
+//!   their attempt's lease; readers list and download them.
 //!
 //! Code is generated at build time by `protox` (a pure-Rust protobuf compiler) and
 //! `tonic-prost-build`, so building needs no system `protoc`.

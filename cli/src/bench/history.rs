@@ -211,6 +211,7 @@ pub fn fill(data: &Path, runs: u64, sweeps: u64) -> anyhow::Result<()> {
                 info: Default::default(),
                 metrics_dropped: 0,
                 next_note_id: 0,
+                artifacts: Vec::new(),
             });
             written += 1;
             if batch.len() as u64 == BATCH {

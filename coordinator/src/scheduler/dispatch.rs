@@ -182,6 +182,7 @@ impl Scheduler {
             info: BTreeMap::new(),
             metrics_dropped: 0,
             next_note_id: 0,
+            artifacts: Vec::new(),
         };
         state.record.created_runs += 1;
         self.dirty_sweeps.insert(sweep_id.to_string());
@@ -251,6 +252,7 @@ impl Scheduler {
                 sweep.record.spec.project.clone(),
             )]),
             launch: sweep.record.spec.resources.launch,
+            artifacts: sweep.record.spec.artifacts.clone(),
         };
         let agent = self.agents.get_mut(agent_name).expect("agent present");
         agent.runs.insert(run_id.to_string(), gpus);

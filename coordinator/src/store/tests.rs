@@ -34,6 +34,7 @@ fn old_run(spec: &SweepSpec) -> RunRecord {
         info: Default::default(),
         metrics_dropped: 0,
         next_note_id: 0,
+        artifacts: Vec::new(),
     }
 }
 

@@ -175,3 +175,28 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// when a ping is not answered within [`KEEPALIVE_TIMEOUT`].
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
 pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+// --- artifacts ----------------------------------------------------------------------------
+
+/// Bytes of file content in one message of an artifact upload or download: a sixteenth
+/// of [`MAX_MESSAGE_BYTES`] (1 MiB), well under tonic's 4 MiB default too, so a peer
+/// configured with the default still accepts every chunk.
+pub const ARTIFACT_CHUNK_BYTES: usize = MAX_MESSAGE_BYTES / 16;
+
+/// Largest single artifact file. An upload that declares more is refused before any byte
+/// is sent; one that sends more than it declared is refused and leaves nothing.
+pub const MAX_ARTIFACT_FILE_BYTES: u64 = 64 << 30;
+
+/// Bytes of artifacts one run may record, all attempts together (each file counted once
+/// per name, however many runs share its content). An upload past it is refused and the
+/// refusal is noted in the run's log.
+pub const MAX_RUN_ARTIFACT_BYTES: u64 = 256 << 30;
+
+/// Artifact files one run may record (a directory counts each file in it).
+pub const MAX_ARTIFACTS_PER_RUN: usize = 1_000;
+
+/// An artifact's name: its path relative to the run directory, `/`-separated.
+pub const MAX_ARTIFACT_NAME_BYTES: usize = 1_024;
+
+/// Paths in a sweep's `artifacts:` list.
+pub const MAX_DECLARED_ARTIFACTS: usize = 64;

@@ -2,7 +2,8 @@
 //!
 //! - [`line`](mod@line): the agent scans a run's output with [`line::parse_metric_line`] and
 //!   [`line::parse_info_line`]: `@ladder {json}` lines become metric points and
-//!   `@ladder.info {json}` lines the run's info (provenance).
+//!   `@ladder.info {json}` lines the run's info (provenance); [`line::parse_artifact_line`]
+//!   reads `@ladder.artifact {"path": ...}` lines, files to upload to the artifact store.
 //! - [`Goal`]: which direction of a metric is better.
 //! - [`summary`]: which value of a metric's history stands for a run (last, min, max or
 //!   best) and the running [`summary::MetricSummary`] the coordinator keeps per run and

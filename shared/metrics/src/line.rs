@@ -32,7 +32,13 @@
 //! with no valid entry at all is an error. A run's info is the union of all its info
 //! lines, over every attempt: a later line overrides the keys it repeats.
 //!
-//! A malformed line of either kind (bad JSON, not an object, nothing valid in it) is
+//! Artifact lines: `@ladder.artifact {"path": "model/"}` at column 0 names a file or a
+//! directory (trailing `/` optional) in the run directory to upload to the artifact
+//! store when the command ends, beside the sweep's `artifacts:`. The path is relative to
+//! the run directory and `/`-separated, with no empty, `.` or `..` component (see
+//! [`check_artifact_path`]); other keys are an error.
+//!
+//! A malformed line of any kind (bad JSON, not an object, nothing valid in it) is
 //! kept in the run's log after a warning (`ignored metric line: ...`, `ignored info
 //! line: ...`); the agent notes each reason for a skipped entry once per attempt
 //! (`skipped in info line (noted once): ...`). Neither fails the run.
@@ -46,6 +52,9 @@ pub const PREFIX: &str = "@ladder";
 
 /// The line prefix that marks an info line.
 pub const INFO_PREFIX: &str = "@ladder.info";
+
+/// The line prefix that marks an artifact line.
+pub const ARTIFACT_PREFIX: &str = "@ladder.artifact";
 
 /// Longest accepted string value of an info entry.
 pub const MAX_INFO_VALUE_BYTES: usize = 4 * 1024;
@@ -239,6 +248,74 @@ fn parse_info_payload(payload: &str) -> Result<InfoLine, String> {
     Ok(InfoLine { values, skipped })
 }
 
+/// `Some(Ok(path))` for a valid `@ladder.artifact` line (the path as written, checked
+/// with [`check_artifact_path`]), `Some(Err(message))` for a malformed one, `None` for
+/// any other line.
+pub fn parse_artifact_line(line: &str) -> Option<Result<String, String>> {
+    payload_after(line, ARTIFACT_PREFIX).map(parse_artifact_payload)
+}
+
+fn parse_artifact_payload(payload: &str) -> Result<String, String> {
+    let example = r#"{"path": "model/"}"#;
+    let object = json_object(payload, ARTIFACT_PREFIX, example)?;
+    if let Some(key) = object.keys().find(|key| key.as_str() != "path") {
+        return Err(format!(
+            "{ARTIFACT_PREFIX} line has an unknown key {key:?} (expected {example})"
+        ));
+    }
+    match object.get("path") {
+        Some(serde_json::Value::String(path)) => {
+            check_artifact_path(path)?;
+            Ok(path.clone())
+        }
+        Some(other) => Err(format!(
+            "{ARTIFACT_PREFIX} path must be a string, not {}",
+            json_type(other)
+        )),
+        None => Err(format!(
+            "{ARTIFACT_PREFIX} line has no \"path\" (expected {example})"
+        )),
+    }
+}
+
+/// Whether `path` may name an artifact: relative to the run directory, `/`-separated,
+/// at most [`ladder_limits::MAX_ARTIFACT_NAME_BYTES`] bytes, with no empty, `.` or `..`
+/// component and no NUL; one trailing `/` (a directory) is allowed. The agent checks the
+/// paths it uploads and the coordinator the names it records with the same rule.
+pub fn check_artifact_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("an artifact path must not be empty".into());
+    }
+    if path.len() > ladder_limits::MAX_ARTIFACT_NAME_BYTES {
+        return Err(format!(
+            "artifact path is {} bytes; the limit is {}",
+            path.len(),
+            ladder_limits::MAX_ARTIFACT_NAME_BYTES
+        ));
+    }
+    if path.starts_with('/') {
+        return Err(format!(
+            "artifact path {path:?} is absolute; name it relative to the run directory"
+        ));
+    }
+    if path.contains('\0') {
+        return Err("an artifact path must not contain NUL".into());
+    }
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    for component in trimmed.split('/') {
+        match component {
+            "" => return Err(format!("artifact path {path:?} has an empty component")),
+            "." | ".." => {
+                return Err(format!(
+                    "artifact path {path:?} has a {component:?} component; name a path inside the run directory"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether `key` = `value` is a valid info entry (the name and length rules of
 /// `@ladder.info` lines), or why not. The coordinator applies the same check to what
 /// agents send.
@@ -389,6 +466,69 @@ mod tests {
             .iter()
             .any(|reason| reason.contains("longer than 256 bytes")));
         assert_eq!(parse_metric_line(&line).unwrap().unwrap(), parsed.point);
+    }
+
+    #[test]
+    fn artifact_lines_name_paths_inside_the_run_directory() {
+        let path = |line: &str| parse_artifact_line(line).expect("an artifact line");
+        assert_eq!(
+            path("@ladder.artifact {\"path\": \"model/\"}").unwrap(),
+            "model/"
+        );
+        assert_eq!(
+            path("@ladder.artifact{\"path\":\"a/b.json\"}\r\n").unwrap(),
+            "a/b.json"
+        );
+        for other in [
+            "@ladder {\"path\": 1}",
+            "@ladder.info {\"path\": \"x\"}",
+            " @ladder.artifact {\"path\": \"x\"}",
+            "@ladder.artifacts {\"path\": \"x\"}",
+        ] {
+            assert_eq!(parse_artifact_line(other), None, "{other}");
+        }
+        assert_eq!(
+            parse_metric_line("@ladder.artifact {\"path\": \"x\"}"),
+            None
+        );
+        assert!(path("@ladder.artifact")
+            .unwrap_err()
+            .contains("no JSON object"));
+        assert!(path("@ladder.artifact {}")
+            .unwrap_err()
+            .contains("no \"path\""));
+        assert!(path("@ladder.artifact {\"path\": 3}")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(path("@ladder.artifact {\"path\": \"x\", \"size\": 1}")
+            .unwrap_err()
+            .contains("unknown key \"size\""));
+        assert!(path("@ladder.artifact {\"path\": \"/etc/passwd\"}")
+            .unwrap_err()
+            .contains("absolute"));
+        assert!(path("@ladder.artifact {\"path\": \"../x\"}")
+            .unwrap_err()
+            .contains("\"..\""));
+    }
+
+    #[test]
+    fn artifact_paths_stay_inside_the_run_directory() {
+        for good in [
+            "a",
+            "model/",
+            "model/weights.bin",
+            "a.b/c..d",
+            "x/./y".replace("/./", "/z/").as_str(),
+        ] {
+            assert_eq!(check_artifact_path(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "", "/a", "a//b", "./a", "a/..", "a/../b", "a/.", "//", "a\0b",
+        ] {
+            assert!(check_artifact_path(bad).is_err(), "{bad:?}");
+        }
+        let long = "a".repeat(ladder_limits::MAX_ARTIFACT_NAME_BYTES + 1);
+        assert!(check_artifact_path(&long).unwrap_err().contains("limit"));
     }
 
     fn info(line: &str) -> InfoLine {

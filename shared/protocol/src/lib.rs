@@ -189,6 +189,9 @@ pub struct Assignment {
     pub env: BTreeMap<String, String>,
     /// How the agent starts the command on the run's GPUs (`resources.launch`).
     pub launch: ladder_spec::Launch,
+    /// Paths in the run directory the sweep declares as artifacts (`artifacts:`),
+    /// uploaded when the command ends; a trailing `/` marks a directory.
+    pub artifacts: Vec<String>,
 }
 
 /// Messages the coordinator pushes to an agent.

@@ -138,6 +138,7 @@ fn coordinator_messages_round_trip() {
             gpus: vec![0, 3],
             env: BTreeMap::from([("LADDER_PROJECT".into(), "p".into())]),
             launch: ladder_spec::Launch::PerGpu,
+            artifacts: vec!["model/".into(), "results.json".into()],
         }),
         ToAgent::Stop {
             lease: lease(),

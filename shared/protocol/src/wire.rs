@@ -36,7 +36,8 @@ pub fn check_count(field: &str, count: usize, max: usize) -> Result<(), Protocol
 
 // ----- parts -----
 
-fn lease_from_pb(field: &str, lease: Option<pb::Lease>) -> Result<Lease, ProtocolError> {
+/// A lease from its message; `field` names the message in the error.
+pub fn lease_from_pb(field: &str, lease: Option<pb::Lease>) -> Result<Lease, ProtocolError> {
     let lease = lease.ok_or_else(|| ProtocolError(format!("{field} has no lease")))?;
     if lease.run_id.is_empty() || lease.attempt == 0 {
         return Err(ProtocolError(format!(
@@ -419,6 +420,7 @@ impl From<ToAgent> for pb::CoordinatorMessage {
                 gpus,
                 env,
                 launch,
+                artifacts,
             }) => Kind::Assign(pb::Assign {
                 lease: Some(lease_to_pb(lease)),
                 sweep_id,
@@ -427,6 +429,7 @@ impl From<ToAgent> for pb::CoordinatorMessage {
                 gpus,
                 env: env.into_iter().collect(),
                 launch: launch.as_str().to_string(),
+                artifacts,
             }),
             ToAgent::Stop { lease, reason } => Kind::Stop(pb::StopRun {
                 lease: Some(lease_to_pb(lease)),
@@ -493,6 +496,11 @@ impl TryFrom<pb::CoordinatorMessage> for ToAgent {
                     gpus: assign.gpus,
                     env: assign.env.into_iter().collect::<BTreeMap<_, _>>(),
                     launch,
+                    artifacts: assign
+                        .artifacts
+                        .into_iter()
+                        .take(ladder_limits::MAX_DECLARED_ARTIFACTS)
+                        .collect(),
                 }))
             }
             Some(Kind::Stop(stop)) => Ok(ToAgent::Stop {

@@ -65,8 +65,13 @@ pub(crate) const SWEEP_KEYS: &[&str] = &[
     "early_terminate",
     "summaries",
     "bayes",
+    "warm_start",
+    "artifacts",
 ];
 pub(crate) const BAYES_KEYS: &[&str] = &["multivariate"];
+pub(crate) const WARM_START_KEYS: &[&str] = &["sweep"];
+/// Longest `warm_start.sweep` accepted (sweep IDs are 8 characters).
+const WARM_START_ID_MAX: usize = 64;
 pub(crate) const METRIC_KEYS: &[&str] = &["name", "goal", "summary"];
 pub(crate) const RESOURCE_KEYS: &[&str] = &["gpus", "labels", "launch"];
 pub(crate) const METHOD_NAMES: &[&str] = &["grid", "random", "bayes"];
@@ -244,6 +249,18 @@ impl Checker<'_> {
             Some(node) if !node.is_null() => self.bayes(node, method),
             _ => Some(BayesOptions::default()),
         };
+        let warm_start = match field(entries, "warm_start") {
+            Some(node) if !node.is_null() => {
+                let has_metric = matches!(metric, Some(Some(_)));
+                self.warm_start(node, method, has_metric).map(Some)
+            }
+            _ => Some(None),
+        };
+
+        let artifacts = match field(entries, "artifacts") {
+            Some(node) if !node.is_null() => self.artifacts(node),
+            _ => Some(Vec::new()),
+        };
 
         let train = train_node.map(yaml_to_json);
         let spec = SweepSpec {
@@ -261,8 +278,10 @@ impl Checker<'_> {
             description: description?,
             early_terminate: early_terminate?,
             bayes: bayes?,
+            warm_start: warm_start?,
             summaries: summaries?,
             train,
+            artifacts: artifacts?,
         };
         if let Some(train) = train_node {
             self.check_train(&spec, train);
@@ -504,6 +523,58 @@ impl Checker<'_> {
         Some(options)
     }
 
+    /// `warm_start: {sweep: ID}`, only with `method: bayes` and a `metric:` (the earlier
+    /// sweep's objective must be the same; the coordinator checks that at submit).
+    pub(crate) fn warm_start(
+        &mut self,
+        node: &Node,
+        method: Option<(Method, Pos)>,
+        has_metric: bool,
+    ) -> Option<WarmStart> {
+        let entries = self.mapping(node, "warm_start", "e.g. warm_start: {sweep: k3x9abcd}")?;
+        self.check_keys(entries, "warm_start", WARM_START_KEYS);
+        let sweep = self
+            .required(
+                node,
+                entries,
+                "sweep",
+                "warm_start",
+                "the ID of an earlier sweep, e.g. sweep: k3x9abcd",
+            )
+            .and_then(|value| self.non_empty_text(value, "warm_start.sweep"));
+        if let Some(id) = &sweep {
+            let valid = id.len() <= WARM_START_ID_MAX
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                let at = field(entries, "sweep").map_or(node.pos, |value| value.pos);
+                self.error(
+                    at,
+                    format!(
+                        "warm_start.sweep must be a sweep ID (letters, digits, - and _, at most {WARM_START_ID_MAX} characters) as `ladder sweep ls` shows it"
+                    ),
+                );
+                return None;
+            }
+        }
+        if let Some((other @ (Method::Grid | Method::Random), _)) = method {
+            self.error(
+                node.pos,
+                format!("warm_start applies to method: bayes, not {other} (only bayes learns from earlier trials); remove warm_start: or use method: bayes"),
+            );
+            return None;
+        }
+        if !has_metric {
+            self.error(
+                node.pos,
+                "warm_start needs a metric: the earlier sweep's results are read as values of it; add e.g. metric: {name: loss, goal: minimize}",
+            );
+            return None;
+        }
+        Some(WarmStart { sweep: sweep? })
+    }
+
     /// `true` or `false`.
     pub(crate) fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
         match &node.kind {
@@ -618,6 +689,65 @@ impl Checker<'_> {
             }
         }
         command
+    }
+
+    /// `artifacts:`: a list of paths in the run directory (strings; a trailing `/` for a
+    /// directory), each inside it, at most [`ladder_limits::MAX_DECLARED_ARTIFACTS`].
+    pub(crate) fn artifacts(&mut self, node: &Node) -> Option<Vec<String>> {
+        const EXAMPLE: &str = "[model/, results.json]";
+        let NodeKind::Seq(items) = &node.kind else {
+            self.error(
+                node.pos,
+                format!(
+                    "artifacts is a list of paths in the run directory like {EXAMPLE}, not {}",
+                    node.type_name()
+                ),
+            );
+            return None;
+        };
+        if items.len() > ladder_limits::MAX_DECLARED_ARTIFACTS {
+            self.error(
+                node.pos,
+                format!(
+                    "artifacts lists {} paths; the limit is {} (name a directory to upload every file in it)",
+                    items.len(),
+                    ladder_limits::MAX_DECLARED_ARTIFACTS
+                ),
+            );
+            return None;
+        }
+        let mut paths = Some(Vec::with_capacity(items.len()));
+        for item in items {
+            let path = match &item.kind {
+                // A file may be named like a number (`2024`); text is what was written.
+                NodeKind::Scalar { value, text }
+                    if !matches!(value, Scalar::Null | Scalar::Bool(_)) =>
+                {
+                    match ladder_metrics::line::check_artifact_path(text) {
+                        Ok(()) => Some(text.clone()),
+                        Err(problem) => {
+                            self.error(item.pos, format!("artifacts: {problem}"));
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    self.error(
+                        item.pos,
+                        format!(
+                            "artifacts entries are paths (strings), not {} (a list like {EXAMPLE})",
+                            item.type_name()
+                        ),
+                    );
+                    None
+                }
+            };
+            match (path, paths.as_mut()) {
+                (Some(path), Some(list)) => list.push(path),
+                _ => paths = None,
+            }
+        }
+        paths
     }
 
     pub(crate) fn command_element(

@@ -90,6 +90,10 @@ pub struct SweepSpec {
     /// the defaults only when the method is `bayes`.
     #[serde(default, skip_serializing_if = "BayesOptions::is_default")]
     pub bayes: BayesOptions,
+    /// The earlier sweep whose completed trials seed `method: bayes`'s model, from
+    /// `warm_start:`. Invariant: set only for `method: bayes` with a `metric:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_start: Option<WarmStart>,
     /// The summary chosen for metrics other than the objective, from `summaries:` (the
     /// objective's is [`MetricSpec::summary`]). Invariant: never names the objective, and
     /// `best` only for a metric whose goal is known (the `early_terminate` metric); see
@@ -100,6 +104,11 @@ pub struct SweepSpec {
     /// and all); `command` is then [`TRAIN_COMMAND`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<serde_json::Value>,
+    /// Paths in each run's directory uploaded to the artifact store when its command
+    /// ends, from `artifacts:`: relative, `/`-separated, without `.` or `..`; a trailing
+    /// `/` marks a directory (each file in it is uploaded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
 }
 
 impl SweepSpec {
@@ -194,6 +203,18 @@ impl BayesOptions {
     fn is_default(&self) -> bool {
         *self == BayesOptions::default()
     }
+}
+
+/// `warm_start: {sweep: ID}`: start `method: bayes` from the results of an earlier sweep.
+/// Its completed trials join the model (not the new sweep's run count): parameters of the
+/// same name and a compatible type are used, a trial with a value outside the new bounds
+/// or choices is dropped, and a parameter it lacks is inactive in it. The coordinator
+/// refuses the sweep at submit unless the earlier one exists with the same objective
+/// (metric name, goal and summary).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmStart {
+    /// The earlier sweep's ID.
+    pub sweep: String,
 }
 
 /// The metric a sweep optimises.

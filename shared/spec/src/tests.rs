@@ -159,8 +159,10 @@ resources:
         description: Some("learning rate and width".into()),
         early_terminate: None,
         bayes: BayesOptions::default(),
+        warm_start: None,
         train: None,
         summaries: BTreeMap::new(),
+        artifacts: Vec::new(),
     };
     assert_eq!(spec, expected);
     let json = serde_json::to_string(&spec).unwrap();
@@ -206,6 +208,45 @@ fn errors_display_with_file_line_column() {
         );
     let boxed: Box<dyn std::error::Error> = Box::new(error);
     assert!(boxed.to_string().starts_with("conf/sweep.yaml:2:9:"));
+}
+
+#[test]
+fn artifacts_are_paths_inside_the_run_directory() {
+    let base = "name: s\nmethod: grid\ncommand: [a]\n";
+    let spec = parse_sweep(
+        "s.yaml",
+        &format!("{base}artifacts: [model/, results.json, 2024, out/a.bin]\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        spec.artifacts,
+        ["model/", "results.json", "2024", "out/a.bin"]
+    );
+    assert!(parse_sweep("s.yaml", base).unwrap().artifacts.is_empty());
+    assert_error(
+        &format!("{base}artifacts: model/\n"),
+        4,
+        12,
+        &["a list of paths", "not a string"],
+    );
+    let text =
+        format!("{base}artifacts:\n  - ok.json\n  - ../up.txt\n  - /etc/passwd\n  - {{a: 1}}\n");
+    assert_error_at(&text, "../up.txt", &["artifacts:", "\"..\""]);
+    assert_error_at(
+        &text,
+        "/etc/passwd",
+        &["absolute", "relative to the run directory"],
+    );
+    assert_error_at(&text, "{a: 1}", &["paths (strings)", "not a mapping"]);
+    let many: Vec<String> = (0..=ladder_limits::MAX_DECLARED_ARTIFACTS)
+        .map(|i| format!("f{i}"))
+        .collect();
+    assert_error(
+        &format!("{base}artifacts: [{}]\n", many.join(", ")),
+        4,
+        12,
+        &["the limit is 64"],
+    );
 }
 
 #[test]
@@ -820,4 +861,57 @@ fn bayes_options_survive_a_json_round_trip_and_default_when_absent() {
     old.as_object_mut().unwrap().remove("bayes");
     let read: SweepSpec = serde_json::from_value(old).unwrap();
     assert_eq!(read.bayes, BayesOptions::default());
+}
+
+#[test]
+fn warm_start_parses_with_positioned_errors() {
+    let bayes = "name: s\nmethod: bayes\nmax_runs: 20\ncommand: [a]\nmetric: {name: loss, goal: minimize}\n";
+    assert_eq!(parse_sweep("s.yaml", bayes).unwrap().warm_start, None);
+    let warm = parse_sweep(
+        "s.yaml",
+        &format!("{bayes}warm_start: {{sweep: k3x9abcd}}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        warm.warm_start,
+        Some(WarmStart {
+            sweep: "k3x9abcd".into()
+        })
+    );
+    let block = parse_sweep(
+        "s.yaml",
+        &format!("{bayes}warm_start:\n  sweep: k3x9abcd\n"),
+    )
+    .unwrap();
+    assert_eq!(block.warm_start, warm.warm_start);
+
+    let text = format!("{bayes}warm_start: {{swep: k3x9abcd}}\n");
+    assert_error_at(
+        &text,
+        "swep",
+        &["unknown key \"swep\" in warm_start", "sweep"],
+    );
+    let text = format!("{bayes}warm_start: k3x9abcd\n");
+    assert_error_at(&text, "k3x9abcd", &["warm_start must be a mapping"]);
+    let text = format!("{bayes}warm_start: {{sweep: \"a b/c\"}}\n");
+    assert_error_at(&text, "\"a b/c\"", &["warm_start.sweep must be a sweep ID"]);
+    let text = format!("{bayes}warm_start: {{sweep: \"\"}}\n");
+    assert_error_at(&text, "\"\"", &["warm_start.sweep must not be empty"]);
+    let text = format!("{bayes}warm_start: {{}}\n");
+    assert_error_at(
+        &text,
+        "{}",
+        &["missing required key \"sweep\" in warm_start"],
+    );
+
+    let random = bayes.replace("method: bayes", "method: random");
+    let text = format!("{random}warm_start: {{sweep: k3x9abcd}}\n");
+    assert_error_at(
+        &text,
+        "{sweep: k3x9abcd}",
+        &["warm_start applies to method: bayes, not random"],
+    );
+    let no_metric = bayes.replace("metric: {name: loss, goal: minimize}\n", "");
+    let text = format!("{no_metric}warm_start: {{sweep: k3x9abcd}}\n");
+    assert_error_at(&text, "{sweep: k3x9abcd}", &["warm_start needs a metric"]);
 }

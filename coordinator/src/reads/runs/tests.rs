@@ -54,6 +54,7 @@ fn run(sweep: &str, index: u64, metric: Option<f64>) -> RunRecord {
         info: Default::default(),
         metrics_dropped: 0,
         next_note_id: 0,
+        artifacts: Vec::new(),
     }
 }
 

@@ -55,8 +55,10 @@ fn spec(method: Method, parameters: Vec<(&str, ParamSpec)>, max_runs: Option<u64
         description: None,
         early_terminate: None,
         bayes: crate::BayesOptions::default(),
+        warm_start: None,
         summaries: Default::default(),
         train: None,
+        artifacts: Vec::new(),
     }
 }
 
