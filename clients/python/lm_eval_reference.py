@@ -8,10 +8,12 @@ characters) and TruthfulQA's mc2. Logits come from ``llama_reference.forward`` (
 torch). ladder's end-to-end tests compare ``ladder eval`` against this script.
 
 Usage:
-  python3 lm_eval_reference.py make MODEL_DIR
-      writes a tiny random LLaMA (config.json in the transformers 5 layout,
+  python3 lm_eval_reference.py make MODEL_DIR [FAMILY]
+      writes a tiny random model (config.json in the transformers 5 layout,
       model.safetensors) with a BOS-adding word-level tokenizer (tokenizer.json,
-      tokenizer_config.json) into MODEL_DIR
+      tokenizer_config.json) into MODEL_DIR; FAMILY is llama (the default), mistral
+      (sliding window 3, yarn RoPE), qwen2 (q/k/v biases, tied embeddings, linear RoPE) or
+      qwen3 (q/k norms, head_dim 16, attention biases, llama3 RoPE)
   python3 lm_eval_reference.py score MODEL_DIR TASK.jsonl
       prints, as JSON, each item's per-choice log-likelihoods and greedy flags and the
       task's acc, acc_norm and mc2 (items: {"context", "choices", "answer"} or
@@ -35,7 +37,31 @@ WORDS = (
 ).split()
 
 
-def make(directory):
+# What each family's tiny model adds to the LLaMA one: config keys, and whether it has q/k/v
+# biases (qwen2), attention biases on all four projections and per-head q/k norms (qwen3).
+FAMILIES = {
+    "llama": {},
+    "mistral": {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": 3,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                            "original_max_position_embeddings": 16},
+    },
+    "qwen2": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": True,
+        "use_sliding_window": False, "sliding_window": None,
+        "rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+    },
+    "qwen3": {
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 16,
+        "attention_bias": True,
+        "rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                            "low_freq_factor": 1.0, "high_freq_factor": 8.0,
+                            "original_max_position_embeddings": 256},
+    },
+}
+
+
+def make(directory, family="llama"):
     directory.mkdir(parents=True, exist_ok=True)
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for word in WORDS:
@@ -70,7 +96,7 @@ def make(directory):
         "eos_token": "</s>", "unk_token": "<unk>",
     }))
     hidden, layers, heads, kv_heads, ff, vocab_size = 32, 2, 4, 2, 64, len(vocab)
-    head_dim = hidden // heads
+    head_dim = FAMILIES[family].get("head_dim", hidden // heads)
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "float32",
         "vocab_size": vocab_size, "hidden_size": hidden, "intermediate_size": ff,
@@ -82,6 +108,10 @@ def make(directory):
         "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
         "transformers_version": "5.0.0",
     }
+    config.update(FAMILIES[family])
+    if family in ("mistral", "qwen2"):
+        # Their config classes have neither key.
+        del config["attention_bias"], config["mlp_bias"]
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     rng = np.random.default_rng(7)
 
@@ -104,6 +134,19 @@ def make(directory):
         weights[p + "mlp.gate_proj.weight"] = normal(ff, hidden)
         weights[p + "mlp.up_proj.weight"] = normal(ff, hidden)
         weights[p + "mlp.down_proj.weight"] = normal(hidden, ff)
+    # Family extras are drawn after the LLaMA weights, so the LLaMA model stays as it was.
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        if family in ("qwen2", "qwen3"):
+            weights[p + "self_attn.q_proj.bias"] = normal(heads * head_dim, std=0.2)
+            weights[p + "self_attn.k_proj.bias"] = normal(kv_heads * head_dim, std=0.2)
+            weights[p + "self_attn.v_proj.bias"] = normal(kv_heads * head_dim, std=0.2)
+        if family == "qwen3":
+            weights[p + "self_attn.o_proj.bias"] = normal(hidden, std=0.2)
+            weights[p + "self_attn.q_norm.weight"] = 1 + normal(head_dim, std=0.2)
+            weights[p + "self_attn.k_norm.weight"] = 1 + normal(head_dim, std=0.2)
+    if config["tie_word_embeddings"]:
+        del weights["lm_head.weight"]
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -203,8 +246,8 @@ def score(directory, task_path):
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "make":
-        make(Path(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "make":
+        make(Path(sys.argv[2]), *sys.argv[3:])
     elif len(sys.argv) == 4 and sys.argv[1] == "score":
         score(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
