@@ -253,21 +253,18 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &RunRecord) -> Result<()> {
-        let previous = self
-            .runs
-            .insert(run.id.as_bytes(), encode(run)?)
-            .map_err(sled_err)?;
-        let old: Option<RunRecord> = match previous {
-            Some(bytes) => Some(decode("runs", run.id.as_bytes(), &bytes)?),
-            None => None,
-        };
+        // Key by key, in an order that keeps every record findable through the indexes
+        // after any crash (sled recovers a prefix of its log): the new keys go in before
+        // the record, the old ones come out after it, so an index may hold a stale key
+        // (readers check keys against the record) but never lacks one. No sled batch:
+        // each batch seals and writes sled's log buffer on its own, several writes and
+        // `sync_file_range`s per run instead of one write per group commit.
+        let old = self.get_run(&run.id)?;
         let (old_project_keys, old_all_keys) = match &old {
             Some(old) => index_keys(old),
             None => (Vec::new(), Vec::new()),
         };
         let (project_keys, all_keys) = index_keys(run);
-        update_index(&self.idx_metric, &old_project_keys, project_keys)?;
-        update_index(&self.idx_metric_all, &old_all_keys, all_keys)?;
         // A run's parameters and position never change: only a new run (or a record
         // rewritten with other ones) touches the parameter index.
         let same_params = old.as_ref().is_some_and(|old| {
@@ -276,18 +273,30 @@ impl Store for SledStore {
                 && old.sweep_id == run.sweep_id
                 && old.index == run.index
         });
-        if !same_params {
+        let (old_param_keys, param_keys) = if same_params {
+            (Vec::new(), Vec::new())
+        } else {
             let mut created = CreatedCache::new();
             let old_param_keys = match &old {
                 Some(old) => param_keys(old, self.sweep_created_ms(&old.sweep_id, &mut created)?),
                 None => Vec::new(),
             };
             let sweep_created_ms = self.sweep_created_ms(&run.sweep_id, &mut created)?;
-            update_index(
-                &self.idx_param,
-                &old_param_keys,
-                param_keys(run, sweep_created_ms),
-            )?;
+            (old_param_keys, param_keys(run, sweep_created_ms))
+        };
+        let indexes = [
+            (&self.idx_metric, &old_project_keys, &project_keys),
+            (&self.idx_metric_all, &old_all_keys, &all_keys),
+            (&self.idx_param, &old_param_keys, &param_keys),
+        ];
+        for (tree, old, new) in indexes {
+            add_index_keys(tree, old, new)?;
+        }
+        self.runs
+            .insert(run.id.as_bytes(), encode(run)?)
+            .map_err(sled_err)?;
+        for (tree, old, new) in indexes {
+            remove_index_keys(tree, old, new)?;
         }
         Ok(())
     }
@@ -333,16 +342,19 @@ impl Store for SledStore {
         metrics: &[StoredPoint],
         logs: &[StoredLogLine],
     ) -> Result<()> {
-        let mut metric_batch = sled::Batch::default();
+        // Record by record, not in sled batches (each seals and writes sled's log buffer
+        // on its own): an event is acknowledged only after the group commit, and one
+        // cut short by a crash is sent again with the same keys.
         for (first, chunk) in encode_point_chunks(metrics)? {
-            metric_batch.insert(event_key(run_id, attempt, seq, first), chunk);
+            self.metrics
+                .insert(event_key(run_id, attempt, seq, first), chunk)
+                .map_err(sled_err)?;
         }
-        let mut log_batch = sled::Batch::default();
         for (i, line) in logs.iter().enumerate() {
-            log_batch.insert(event_key(run_id, attempt, seq, i as u32), encode(line)?);
+            self.logs
+                .insert(event_key(run_id, attempt, seq, i as u32), encode(line)?)
+                .map_err(sled_err)?;
         }
-        self.metrics.apply_batch(metric_batch).map_err(sled_err)?;
-        self.logs.apply_batch(log_batch).map_err(sled_err)?;
         Ok(())
     }
 

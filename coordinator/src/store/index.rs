@@ -204,28 +204,89 @@ pub(super) fn insert_keys(tree: &sled::Tree, mut keys: Vec<Vec<u8>>) -> Result<(
 /// Most keys [`insert_keys`] writes in one sled batch.
 pub(super) const INDEX_BATCH_KEYS: usize = 1_000;
 
-/// Replaces `old` keys by `new` ones in an index tree, touching only the difference.
-/// Linear in the number of keys (a run may carry up to
-/// [`ladder_limits::MAX_METRICS_PER_RUN`] metrics, each with index keys).
-pub(super) fn update_index(tree: &sled::Tree, old: &[Vec<u8>], new: Vec<Vec<u8>>) -> Result<()> {
+/// Inserts the keys of `new` that `old` lacks into an index tree, one by one (see
+/// [`remove_index_keys`] for the other half of an update). Linear in the number of keys
+/// (a run may carry up to [`ladder_limits::MAX_METRICS_PER_RUN`] metrics, each with
+/// index keys).
+pub(super) fn add_index_keys(tree: &sled::Tree, old: &[Vec<u8>], new: &[Vec<u8>]) -> Result<()> {
     let old_keys: HashSet<&[u8]> = old.iter().map(Vec::as_slice).collect();
+    for key in new {
+        if !old_keys.contains(key.as_slice()) {
+            tree.insert(key.as_slice(), &[]).map_err(sled_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the keys of `old` that `new` lacks from an index tree, one by one.
+pub(super) fn remove_index_keys(tree: &sled::Tree, old: &[Vec<u8>], new: &[Vec<u8>]) -> Result<()> {
     let new_keys: HashSet<&[u8]> = new.iter().map(Vec::as_slice).collect();
-    let mut batch = sled::Batch::default();
-    let mut changed = false;
     for key in old {
         if !new_keys.contains(key.as_slice()) {
-            batch.remove(key.as_slice());
-            changed = true;
+            tree.remove(key.as_slice()).map_err(sled_err)?;
         }
     }
-    for key in &new {
-        if !old_keys.contains(key.as_slice()) {
-            batch.insert(key.as_slice(), &[]);
-            changed = true;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::RunRecord;
+    use crate::store::{SledStore, Store};
+
+    /// Write system calls of this process so far (every thread's, sled's I/O pool
+    /// included), from `/proc/self/io`.
+    fn write_calls() -> u64 {
+        let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+        io.lines()
+            .find_map(|line| line.strip_prefix("syscw: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("syscw in /proc/self/io")
+    }
+
+    /// Updating runs and their index keys between two commits must not write to the
+    /// disk on its own: sled writes its log buffer once per commit (or when the buffer
+    /// fills), unless each update is a sled batch, which seals and writes the buffer
+    /// itself (several writes and `sync_file_range`s per run: what made dispatch slow).
+    #[test]
+    fn run_updates_between_commits_do_not_write_the_log_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let runs: Vec<RunRecord> = (0..200)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "id": format!("s-{i:06}"), "sweep_id": "s", "project": "p", "index": i,
+                    "params": {"lr": 0.1}, "argv": ["true"], "status": "running",
+                    "attempts": [], "last_metrics": {"loss": i as f64}, "last_step": 1,
+                    "created_ms": i, "ended_ms": null
+                }))
+                .unwrap()
+            })
+            .collect();
+        store.commit().unwrap();
+        let before = write_calls();
+        for run in &runs {
+            store.put_run(run).unwrap();
         }
+        for run in &runs {
+            let mut changed = run.clone();
+            changed.last_metrics.insert("loss".into(), -1.0);
+            changed.last_metrics.insert("acc".into(), 0.5);
+            store.put_run(&changed).unwrap();
+            store.put_output(&run.id, 1, 1, &[], &[]).unwrap();
+        }
+        let written = write_calls() - before;
+        // 400 run writes with index changes: a batch per index update wrote more than a
+        // thousand times. Without batches only sled's 500 ms background flush writes.
+        assert!(written < 40, "{written} write calls for 400 run updates");
+        // The indexes hold the new keys and not the old ones.
+        let walk: Vec<_> = store
+            .metric_index(Some("p"), "loss", false, None)
+            .expect("a metric index")
+            .map(|entry| entry.unwrap())
+            .collect();
+        assert_eq!(walk.len(), 200);
+        assert!(walk.iter().all(|(value, _)| *value == -1.0));
+        store.commit().unwrap();
     }
-    if !changed {
-        return Ok(());
-    }
-    tree.apply_batch(batch).map_err(sled_err)
 }
