@@ -301,7 +301,7 @@ fn causal_mask(seq: usize, window: Option<usize>, dtype: DType, device: &Device)
     for query in 0..seq {
         for key in 0..seq {
             let future = key > query;
-            let outside_window = window.is_some_and(|w| query - key.min(query) >= w);
+            let outside_window = window.is_some_and(|w| key + w <= query);
             if future || outside_window {
                 values[query * seq + key] = f32::NEG_INFINITY;
             }
