@@ -2,7 +2,8 @@
 //! random trials are pure functions of the trial index ([`ladder_spec::space::trial`]);
 //! `method: bayes` fits the Tree-structured Parzen Estimator of [`tpe`] to the
 //! [`Observation`]s of the trials so far (`bayes` maps the sweep's parameters onto
-//! its dimensions).
+//! its dimensions), and with `warm_start:` also to an earlier sweep's trials
+//! ([`propose_with_warm_start`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +12,7 @@ use ladder_spec::space::Params;
 mod bayes;
 pub mod tpe;
 
-pub use bayes::propose;
+pub use bayes::{propose, propose_with_warm_start};
 
 /// A trial as a search method sees it: finished, failed, or still in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
