@@ -3,7 +3,7 @@
 Follows transformers' ``LlamaForCausalLM`` (``modeling_llama.py``) step by step: RMSNorm in
 float32, rotate_half rotary embeddings, grouped-query attention through ``repeat_kv``, causal
 softmax and the SwiGLU MLP; with the family differences of ``modeling_mistral.py`` (sliding
-window mask), ``modeling_qwen2.py`` (q/k/v biases) and ``modeling_qwen3.py`` (per-head q/k
+window mask), ``modeling_qwen2.py`` (q/k/v biases, sliding-window layers) and ``modeling_qwen3.py`` (per-head q/k
 RMSNorm before RoPE), and the RoPE types of ``modeling_rope_utils.py`` (default, linear,
 dynamic, llama3, yarn) read from either config layout (transformers 4's ``rope_scaling``,
 transformers 5's ``rope_parameters``). ladder's trainer tests compare their logits against
@@ -162,22 +162,38 @@ def forward(config, weights, ids):
     qkv_bias = family == "qwen2" or attention_bias
     o_bias = attention_bias
     mlp_bias = family == "llama" and config.get("mlp_bias", False)
-    window = config.get("sliding_window", 4096) if family == "mistral" else None
+    # Mistral windows every layer (4096 when the key is absent); Qwen only with
+    # use_sliding_window, the layers layer_types marks (by default from max_window_layers on).
+    layers = config["num_hidden_layers"]
+    window = None
+    sliding = [True] * layers
+    if family == "mistral":
+        window = config.get("sliding_window", 4096)
+    elif family in ("qwen2", "qwen3") and config.get("use_sliding_window", False):
+        window = config.get("sliding_window", 4096)
+        first = config.get("max_window_layers", 28)
+        types = config.get("layer_types") or [
+            "sliding_attention" if i >= first else "full_attention" for i in range(layers)
+        ]
+        sliding = [t == "sliding_attention" for t in types]
 
     def linear(x, name, biased):
         y = x @ weights[name + ".weight"].T
         return y + weights[name + ".bias"] if biased else y
 
     cos, sin = rotary_tables(config, theta, rope, head_dim, seq)
-    mask = np.triu(np.full((seq, seq), -np.inf, dtype=np.float32), k=1)
+    full_mask = np.triu(np.full((seq, seq), -np.inf, dtype=np.float32), k=1)
+    window_mask = full_mask
     if window is not None:
         # masking_utils.sliding_window_overlay: key allowed when kv_idx > q_idx - window.
         q_idx, kv_idx = np.arange(seq)[:, None], np.arange(seq)[None, :]
-        mask = np.where(kv_idx > q_idx - window, mask, np.float32(-np.inf)).astype(np.float32)
+        window_mask = np.where(kv_idx > q_idx - window, full_mask, np.float32(-np.inf))
+        window_mask = window_mask.astype(np.float32)
 
     x = weights["model.embed_tokens.weight"][ids]
-    for i in range(config["num_hidden_layers"]):
+    for i in range(layers):
         p = f"model.layers.{i}."
+        mask = window_mask if sliding[i] else full_mask
         h = rms_norm(x, weights[p + "input_layernorm.weight"], eps)
         q = linear(h, p + "self_attn.q_proj", qkv_bias)
         k = linear(h, p + "self_attn.k_proj", qkv_bias)

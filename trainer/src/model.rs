@@ -30,7 +30,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use config::{LlamaConfig, LoraConfig, ModelFamily, RopeScaling, YarnScaling, LORA_TARGETS};
+pub use config::{
+    AttentionType, LlamaConfig, LoraConfig, ModelFamily, RopeScaling, YarnScaling, LORA_TARGETS,
+};
 use decoder::{Adapter, DecoderLayer, ForwardContext, Param, Projection};
 
 use crate::{Result, TrainerError};
@@ -239,8 +241,8 @@ impl Model {
         let ctx = ForwardContext::new(&self.config, batch, seq, self.dtype(), &self.device)?;
         let flat_ids = ids.flatten_all()?;
         let mut hidden = self.embed_tokens.tensor().index_select(&flat_ids, 0)?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &ctx)?;
+        for (layer, mask) in self.layers.iter().zip(&ctx.masks) {
+            hidden = layer.forward(&hidden, &ctx, mask)?;
         }
         let normed = decoder::rms_norm(&hidden, self.norm.tensor(), self.config.rms_norm_eps)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tensor();

@@ -26,6 +26,10 @@ pub use ladder_spec::train_config::LORA_TARGETS;
 /// - `qwen2` (Qwen2, Qwen2.5): biases on the q, k and v projections, always.
 /// - `qwen3`: an RMSNorm over each head of q and of k before RoPE (`q_norm`, `k_norm`),
 ///   `head_dim` 128 unless given, optional biases on all four attention projections.
+///
+/// Qwen2 and Qwen3 may limit some layers to a sliding window: with `use_sliding_window`,
+/// the layers `layer_types` marks `"sliding_attention"` (by default those from
+/// `max_window_layers` on).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ModelFamily {
     #[default]
@@ -99,13 +103,13 @@ impl ModelFamily {
 /// [`LlamaConfig::from_file`] reads both layouts transformers writes: version 4's
 /// top-level `rope_theta` / `rope_scaling` and version 5's `rope_parameters` block. It
 /// refuses, naming the key, every key that would change the computation in a way ladder
-/// does not implement (an unknown RoPE type or RoPE parameter, sliding-window layers of
-/// Qwen, quantization, an unknown key) and ignores only keys known not to matter
+/// does not implement (an unknown RoPE type or RoPE parameter, an unknown attention
+/// layer type, quantization, an unknown key) and ignores only keys known not to matter
 /// (`transformers_version`, `use_cache`, `initializer_range`, ...).
 ///
 /// Reading resolves the defaults transformers applies (`num_key_value_heads` =
 /// `num_attention_heads`, `rms_norm_eps` 1e-6, `rope_theta` 10000, Mistral's window 4096,
-/// Qwen3's `head_dim` 128, ...); writing adds `model_type`, `architectures` and
+/// Qwen3's `head_dim` 128, Qwen's window layers from `max_window_layers`, ...); writing adds `model_type`, `architectures` and
 /// `torch_dtype: "float32"` so that `transformers` loads the directory as is, and writes
 /// RoPE scaling in the version 4 layout (`rope_scaling`), which both versions read. A
 /// config is only usable once [`LlamaConfig::validate`] accepts it;
@@ -142,9 +146,31 @@ pub struct LlamaConfig {
     pub mlp_bias: bool,
     /// The RoPE scaling; `None` is plain RoPE.
     pub rope_scaling: Option<RopeScaling>,
-    /// Each query attends to itself and the `sliding_window - 1` positions before it;
-    /// `None` attends to every earlier position. Only `mistral` has a window.
+    /// In a windowed layer each query attends to itself and the `sliding_window - 1`
+    /// positions before it; `None` attends to every earlier position. Only `mistral` (every
+    /// layer) and `qwen2` / `qwen3` (the layers of [`LlamaConfig::layer_types`]) have one.
     pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window (transformers' `layer_types`), one entry per
+    /// layer; `None` means every layer when there is a window. Only Qwen sets it.
+    pub layer_types: Option<Vec<AttentionType>>,
+}
+
+/// The attention of one decoder layer, as transformers' `layer_types` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionType {
+    /// `"full_attention"`: every earlier position.
+    Full,
+    /// `"sliding_attention"`: the last `sliding_window` positions.
+    Sliding,
+}
+
+impl AttentionType {
+    fn name(self) -> &'static str {
+        match self {
+            AttentionType::Full => "full_attention",
+            AttentionType::Sliding => "sliding_attention",
+        }
+    }
 }
 
 impl Default for LlamaConfig {
@@ -170,6 +196,7 @@ impl Default for LlamaConfig {
             mlp_bias: false,
             rope_scaling: None,
             sliding_window: None,
+            layer_types: None,
         }
     }
 }
@@ -226,6 +253,14 @@ impl LlamaConfig {
     /// Whether the o projection carries a bias.
     pub fn o_bias(&self) -> bool {
         matches!(self.model_type, ModelFamily::Llama | ModelFamily::Qwen3) && self.attention_bias
+    }
+
+    /// The attention window of layer `layer` (0-based), `None` for full attention.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match &self.layer_types {
+            Some(types) if types.get(layer) != Some(&AttentionType::Sliding) => None,
+            _ => self.sliding_window,
+        }
     }
 
     /// Whether q and k are RMS-normalised per head before RoPE (`q_norm`, `k_norm`).
@@ -325,17 +360,36 @@ impl LlamaConfig {
                 ));
             }
         }
+        let qwen = matches!(self.model_type, ModelFamily::Qwen2 | ModelFamily::Qwen3);
         match self.sliding_window {
             Some(0) => return Err(config_error("sliding_window", "must be greater than 0")),
-            Some(window) if self.model_type != ModelFamily::Mistral => {
+            Some(window) if !qwen && self.model_type != ModelFamily::Mistral => {
                 return Err(config_error(
                     "sliding_window",
                     format!(
-                        "{window}: sliding-window attention is implemented for model_type \"mistral\" only (expected null)"
+                        "{window}: sliding-window attention is implemented for model_type \"mistral\", \"qwen2\" and \"qwen3\" only (expected null)"
                     ),
                 ));
             }
             _ => {}
+        }
+        if let Some(types) = &self.layer_types {
+            if !qwen {
+                return Err(config_error(
+                    "layer_types",
+                    format!("model_type {family:?} has no per-layer attention types"),
+                ));
+            }
+            if types.len() != self.num_hidden_layers {
+                return Err(config_error(
+                    "layer_types",
+                    format!(
+                        "{} entries for {} layers (num_hidden_layers)",
+                        types.len(),
+                        self.num_hidden_layers
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -398,6 +452,8 @@ const READ_KEYS: &[&str] = &[
     "rope_parameters",
     "sliding_window",
     "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
     "model_type",
     "architectures",
     "torch_dtype",
@@ -405,7 +461,7 @@ const READ_KEYS: &[&str] = &[
 
 /// `config.json` keys that transformers writes for a model of one of the families and that
 /// do not change its forward pass (bookkeeping, generation defaults, token ids used
-/// elsewhere; `max_window_layers` only matters with `use_sliding_window`, which is refused).
+/// elsewhere).
 const INERT_KEYS: &[&str] = &[
     "_name_or_path",
     "transformers_version",
@@ -433,7 +489,6 @@ const INERT_KEYS: &[&str] = &[
     "add_cross_attention",
     "tie_encoder_decoder",
     "chunk_size_feed_forward",
-    "max_window_layers",
     "max_length",
     "min_length",
     "do_sample",
@@ -473,17 +528,6 @@ fn check_file_keys(fields: &serde_json::Map<String, Value>) -> Result<()> {
                 ));
             }
             "attention_dropout" => {}
-            "layer_types" => {
-                let all_full = value.as_array().is_some_and(|types| {
-                    types.iter().all(|t| t.as_str() == Some("full_attention"))
-                });
-                if !all_full {
-                    return Err(config_error(
-                        key,
-                        "only \"full_attention\" layers are supported",
-                    ));
-                }
-            }
             _ if READ_KEYS.contains(&key.as_str()) || inert => {}
             _ => {
                 return Err(config_error(
@@ -548,6 +592,11 @@ struct ConfigFile {
     sliding_window: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     use_sliding_window: Option<bool>,
+    /// Qwen: the first layer of the default sliding-window layers (28 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_window_layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer_types: Option<Vec<String>>,
     #[serde(default = "default_architectures")]
     architectures: Vec<String>,
     #[serde(default = "default_torch_dtype")]
@@ -642,13 +691,27 @@ impl TryFrom<ConfigFile> for LlamaConfig {
         };
 
         let family = model_type.model_type();
-        if file.use_sliding_window == Some(true) {
+        let qwen = matches!(model_type, ModelFamily::Qwen2 | ModelFamily::Qwen3);
+        if file.use_sliding_window == Some(true) && !qwen {
             return Err(config_error(
                 "use_sliding_window",
-                format!(
-                    "sliding-window layers of model_type {family:?} are not supported (expected false)"
-                ),
+                format!("model_type {family:?} has no sliding-window layers (expected false)"),
             ));
+        }
+        let mut layer_types = Vec::new();
+        for (index, name) in file.layer_types.iter().flatten().enumerate() {
+            layer_types.push(match name.as_str() {
+                "full_attention" => AttentionType::Full,
+                "sliding_attention" => AttentionType::Sliding,
+                other => {
+                    return Err(config_error(
+                        &format!("layer_types[{index}]"),
+                        format!(
+                            "{other:?} is not supported (expected \"full_attention\" or \"sliding_attention\")"
+                        ),
+                    ));
+                }
+            });
         }
         let window = match &file.sliding_window {
             None => None,
@@ -666,10 +729,48 @@ impl TryFrom<ConfigFile> for LlamaConfig {
         let sliding_window = match model_type {
             // MistralConfig's default window.
             ModelFamily::Mistral => window.unwrap_or(Some(4096)),
-            // transformers ignores the window when use_sliding_window is false.
+            // Qwen configs drop the window unless use_sliding_window (default 4096).
+            ModelFamily::Qwen2 | ModelFamily::Qwen3 if file.use_sliding_window == Some(true) => {
+                match window.unwrap_or(Some(4096)) {
+                    Some(window) => Some(window),
+                    None => {
+                        return Err(config_error(
+                            "sliding_window",
+                            "null, but use_sliding_window is true (expected a window length)",
+                        ));
+                    }
+                }
+            }
             ModelFamily::Qwen2 | ModelFamily::Qwen3 => None,
             // A window no shorter than the longest sequence is no window.
             ModelFamily::Llama => window.flatten().filter(|w| *w < max_position_embeddings),
+        };
+        // Layer types matter only where there is a window: Qwen's, by default from
+        // max_window_layers on. Elsewhere every layer must be a full-attention one.
+        let layer_types = match (qwen, sliding_window) {
+            (true, Some(_)) if layer_types.is_empty() => {
+                let first_sliding = file.max_window_layers.unwrap_or(28);
+                let types = (0..file.num_hidden_layers)
+                    .map(|layer| {
+                        if layer >= first_sliding {
+                            AttentionType::Sliding
+                        } else {
+                            AttentionType::Full
+                        }
+                    })
+                    .collect();
+                Some(types)
+            }
+            (true, Some(_)) => Some(layer_types),
+            _ if layer_types.contains(&AttentionType::Sliding) => {
+                return Err(config_error(
+                    "layer_types",
+                    format!(
+                        "\"sliding_attention\" layers without a window are not supported for model_type {family:?}"
+                    ),
+                ));
+            }
+            _ => None,
         };
 
         Ok(LlamaConfig {
@@ -692,6 +793,7 @@ impl TryFrom<ConfigFile> for LlamaConfig {
             mlp_bias: file.mlp_bias.unwrap_or(false),
             rope_scaling,
             sliding_window,
+            layer_types,
         })
     }
 }
@@ -702,6 +804,8 @@ impl From<LlamaConfig> for ConfigFile {
     fn from(config: LlamaConfig) -> Self {
         let family = config.model_type;
         let has_attention_bias = matches!(family, ModelFamily::Llama | ModelFamily::Qwen3);
+        let qwen = matches!(family, ModelFamily::Qwen2 | ModelFamily::Qwen3);
+        let layer_types = config.layer_types.clone().filter(|_| qwen);
         ConfigFile {
             model_type: Some(family.model_type().to_string()),
             vocab_size: config.vocab_size,
@@ -722,9 +826,23 @@ impl From<LlamaConfig> for ConfigFile {
             mlp_bias: (family == ModelFamily::Llama).then_some(config.mlp_bias),
             rope_scaling: config.rope_scaling.as_ref().map(RopeScaling::to_json),
             rope_parameters: None,
-            sliding_window: (family == ModelFamily::Mistral)
-                .then(|| config.sliding_window.map_or(Value::Null, Value::from)),
-            use_sliding_window: None,
+            sliding_window: match family {
+                ModelFamily::Mistral => {
+                    Some(config.sliding_window.map_or(Value::Null, Value::from))
+                }
+                _ => config.sliding_window.map(Value::from),
+            },
+            use_sliding_window: qwen.then_some(config.sliding_window.is_some()),
+            // Older transformers read max_window_layers, newer ones layer_types: both are
+            // written, the first as the first sliding layer.
+            max_window_layers: layer_types.as_ref().map(|types| {
+                types
+                    .iter()
+                    .position(|t| *t == AttentionType::Sliding)
+                    .unwrap_or(types.len())
+            }),
+            layer_types: layer_types
+                .map(|types| types.iter().map(|t| t.name().to_string()).collect()),
             architectures: vec![family.architecture().to_string()],
             torch_dtype: default_torch_dtype(),
         }

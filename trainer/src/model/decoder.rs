@@ -189,10 +189,16 @@ impl DecoderLayer {
         ]
     }
 
-    /// `hidden`: `(batch * seq, hidden_size)` -> same shape.
-    pub(super) fn forward(&self, hidden: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+    /// `hidden`: `(batch * seq, hidden_size)` -> same shape; `mask` is this layer's
+    /// attention mask from [`ForwardContext::masks`].
+    pub(super) fn forward(
+        &self,
+        hidden: &Tensor,
+        ctx: &ForwardContext,
+        mask: &Tensor,
+    ) -> Result<Tensor> {
         let normed = rms_norm(hidden, self.input_layernorm.tensor(), ctx.eps)?;
-        let attended = self.attention(&normed, ctx)?;
+        let attended = self.attention(&normed, ctx, mask)?;
         let hidden = (hidden + attended)?;
         let normed = rms_norm(&hidden, self.post_attention_layernorm.tensor(), ctx.eps)?;
         let gate = self.gate_proj.forward(&normed)?.silu()?;
@@ -205,7 +211,7 @@ impl DecoderLayer {
     /// `h / n_rep` (transformers' `repeat_kv`); instead of materialising the repeated keys,
     /// the `n_rep` query heads of a group are stacked along the sequence axis and multiplied
     /// with their shared key/value head in one batched matmul.
-    fn attention(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, ctx: &ForwardContext, mask: &Tensor) -> Result<Tensor> {
         let (batch, seq, heads, kv_heads, head_dim) =
             (ctx.batch, ctx.seq, ctx.heads, ctx.kv_heads, ctx.head_dim);
         let n_rep = heads / kv_heads;
@@ -231,7 +237,7 @@ impl DecoderLayer {
         let scores = q_grouped
             .matmul(&k.t()?)?
             .reshape((batch, heads, seq, seq))?
-            .broadcast_add(&ctx.mask)?;
+            .broadcast_add(mask)?;
         let probs = softmax_last_dim(&scores)?.reshape((batch, kv_heads, n_rep * seq, seq))?;
         let context = probs.matmul(&v)?.reshape((batch, heads, seq, head_dim))?;
         let context = context
@@ -241,8 +247,8 @@ impl DecoderLayer {
     }
 }
 
-/// What every layer of one forward pass shares: shapes, the rotary tables and the causal mask
-/// (both built once per call).
+/// What every layer of one forward pass shares: shapes, the rotary tables and the attention
+/// masks (built once per call).
 pub(super) struct ForwardContext {
     pub(super) batch: usize,
     pub(super) seq: usize,
@@ -251,9 +257,10 @@ pub(super) struct ForwardContext {
     pub(super) head_dim: usize,
     pub(super) eps: f64,
     pub(super) rope: RotaryTables,
-    /// `(seq, seq)`: 0 where the query may attend to the key (key position <= query
-    /// position, and within the sliding window when there is one), -inf elsewhere.
-    pub(super) mask: Tensor,
+    /// One `(seq, seq)` mask per layer: 0 where the query may attend to the key (key
+    /// position <= query position, and within the layer's sliding window when it has
+    /// one), -inf elsewhere. Layers with the same window share one tensor.
+    pub(super) masks: Vec<Tensor>,
 }
 
 impl ForwardContext {
@@ -264,6 +271,17 @@ impl ForwardContext {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let full = causal_mask(seq, None, dtype, device)?;
+        let windowed = match config.sliding_window {
+            Some(window) => Some(causal_mask(seq, Some(window), dtype, device)?),
+            None => None,
+        };
+        let masks = (0..config.num_hidden_layers)
+            .map(|layer| match (config.layer_window(layer), &windowed) {
+                (Some(_), Some(windowed)) => windowed.clone(),
+                _ => full.clone(),
+            })
+            .collect();
         Ok(ForwardContext {
             batch,
             seq,
@@ -272,7 +290,7 @@ impl ForwardContext {
             head_dim: config.head_dim(),
             eps: config.rms_norm_eps,
             rope: RotaryTables::new(seq, config, dtype, device)?,
-            mask: causal_mask(seq, config.sliding_window, dtype, device)?,
+            masks,
         })
     }
 }

@@ -27,7 +27,8 @@ fn small_config(tied: bool) -> LlamaConfig {
 }
 
 /// A small config of `family` exercising what sets it apart: Mistral's window (shorter than
-/// the test sequences), Qwen2's q/k/v biases (with tied embeddings), Qwen3's q/k norms with
+/// the test sequences), Qwen2's q/k/v biases (with tied embeddings and a windowed second
+/// layer), Qwen3's q/k norms with
 /// a `head_dim` that is not `hidden_size / heads` and attention biases, and LLaMA's
 /// optional attention and MLP biases.
 fn family_config(family: ModelFamily) -> LlamaConfig {
@@ -47,6 +48,8 @@ fn family_config(family: ModelFamily) -> LlamaConfig {
         },
         ModelFamily::Qwen2 => LlamaConfig {
             tie_word_embeddings: true,
+            sliding_window: Some(3),
+            layer_types: Some(vec![AttentionType::Full, AttentionType::Sliding]),
             ..base
         },
         ModelFamily::Qwen3 => LlamaConfig {
@@ -408,6 +411,32 @@ fn family_configs_resolve_their_defaults_and_write_their_fields() {
     });
     assert_eq!(qwen2.sliding_window, None);
     assert!(qwen2.qkv_bias() && !qwen2.o_bias());
+    // With use_sliding_window the layers from max_window_layers on are windowed (unless
+    // layer_types says otherwise).
+    let qwen2_windowed = |c: &mut serde_json::Map<String, serde_json::Value>| {
+        c.insert("model_type".into(), serde_json::json!("qwen2"));
+        c.insert("use_sliding_window".into(), serde_json::json!(true));
+        c.insert("sliding_window".into(), serde_json::json!(16));
+        c.insert("max_window_layers".into(), serde_json::json!(1));
+        c.remove("attention_bias");
+        c.remove("mlp_bias");
+    };
+    let windowed = read(&qwen2_windowed);
+    assert_eq!(
+        (windowed.layer_window(0), windowed.layer_window(1)),
+        (None, Some(16))
+    );
+    let by_type = read(&|c| {
+        qwen2_windowed(c);
+        c.insert(
+            "layer_types".into(),
+            serde_json::json!(["sliding_attention", "full_attention"]),
+        );
+    });
+    assert_eq!(
+        (by_type.layer_window(0), by_type.layer_window(1)),
+        (Some(16), None)
+    );
     // Qwen3's head width defaults to 128, not hidden_size / heads.
     let qwen3 = read(&|c| {
         c.insert("model_type".into(), serde_json::json!("qwen3"));
@@ -424,8 +453,16 @@ fn family_configs_resolve_their_defaults_and_write_their_fields() {
         assert_eq!(written["architectures"][0], family.architecture());
         assert_eq!(
             written.get("sliding_window").is_some(),
-            family == ModelFamily::Mistral
+            matches!(family, ModelFamily::Mistral | ModelFamily::Qwen2)
         );
+        if family == ModelFamily::Qwen2 {
+            assert_eq!(written["use_sliding_window"], true);
+            assert_eq!(written["max_window_layers"], 1);
+            assert_eq!(
+                written["layer_types"],
+                serde_json::json!(["full_attention", "sliding_attention"])
+            );
+        }
         assert_eq!(
             written.get("attention_bias").is_some(),
             matches!(family, ModelFamily::Llama | ModelFamily::Qwen3)
@@ -600,11 +637,46 @@ fn config_keys_that_change_the_computation_are_refused_by_name() {
         ),
         (
             with(&|c| {
-                c.insert("model_type".into(), serde_json::json!("qwen2"));
                 c.insert("use_sliding_window".into(), serde_json::json!(true));
                 c.insert("sliding_window".into(), serde_json::json!(16));
             }),
             "use_sliding_window",
+        ),
+        (
+            with(&|c| {
+                c.insert("model_type".into(), serde_json::json!("qwen2"));
+                c.insert("use_sliding_window".into(), serde_json::json!(true));
+                c.insert("sliding_window".into(), serde_json::Value::Null);
+            }),
+            "sliding_window",
+        ),
+        (
+            with(&|c| {
+                c.insert("model_type".into(), serde_json::json!("qwen3"));
+                c.insert("use_sliding_window".into(), serde_json::json!(true));
+                c.insert(
+                    "layer_types".into(),
+                    serde_json::json!(["full_attention", "chunked_attention"]),
+                );
+            }),
+            "layer_types[1]",
+        ),
+        (
+            with(&|c| {
+                c.insert("model_type".into(), serde_json::json!("qwen3"));
+                c.insert("use_sliding_window".into(), serde_json::json!(true));
+                c.insert("layer_types".into(), serde_json::json!(["full_attention"]));
+            }),
+            "layer_types",
+        ),
+        (
+            with(&|c| {
+                c.insert(
+                    "layer_types".into(),
+                    serde_json::json!(["full_attention", "sliding_attention"]),
+                );
+            }),
+            "layer_types",
         ),
         (
             with(&|c| {
@@ -1070,6 +1142,18 @@ fn family_checkpoint_configs() -> Vec<(&'static str, serde_json::Value)> {
             with(serde_json::json!({"model_type": "qwen2", "tie_word_embeddings": true,
                 "use_sliding_window": false, "sliding_window": 4, "max_window_layers": 2,
                 "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}})),
+        ),
+        (
+            "qwen2, sliding window 4 from max_window_layers 1 on, transformers 4 layout",
+            with(serde_json::json!({"model_type": "qwen2", "use_sliding_window": true,
+                "sliding_window": 4, "max_window_layers": 1, "rope_theta": 10000.0})),
+        ),
+        (
+            "qwen3, sliding window 3 on the first layer by layer_types, transformers 5 layout",
+            with(serde_json::json!({"model_type": "qwen3", "head_dim": 8,
+                "use_sliding_window": true, "sliding_window": 3, "max_window_layers": 2,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})),
         ),
         (
             "qwen3, q/k norms, head_dim 16, transformers 4 layout",

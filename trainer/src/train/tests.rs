@@ -1,7 +1,7 @@
 //! Tests of `trainer/src/train.rs`.
 
 use super::*;
-use crate::model::{ModelFamily, RopeScaling, YarnScaling};
+use crate::model::{AttentionType, ModelFamily, RopeScaling, YarnScaling};
 use serde_json::json;
 
 fn config(value: serde_json::Value) -> TrainConfig {
@@ -231,7 +231,8 @@ fn fine_tuning_a_saved_model_lowers_loss_and_raises_accuracy() {
 
 /// A small base model of each family, with what sets the family apart and a RoPE scaling:
 /// LLaMA with attention and MLP biases and Llama 3 scaling, Mistral with a window shorter
-/// than the training sequences, Qwen2 (q/k/v biases, tied embeddings) with YaRN, Qwen3 (q/k
+/// than the training sequences, Qwen2 (q/k/v biases, tied embeddings, a windowed second
+/// layer) with YaRN, Qwen3 (q/k
 /// norms, `head_dim` 16, attention biases) with linear scaling.
 fn family_base(family: ModelFamily) -> LlamaConfig {
     let base = LlamaConfig {
@@ -263,6 +264,8 @@ fn family_base(family: ModelFamily) -> LlamaConfig {
         },
         ModelFamily::Qwen2 => LlamaConfig {
             tie_word_embeddings: true,
+            sliding_window: Some(6),
+            layer_types: Some(vec![AttentionType::Full, AttentionType::Sliding]),
             rope_scaling: Some(RopeScaling::Yarn(YarnScaling {
                 factor: Some(2.0),
                 original_max_position_embeddings: Some(32),
