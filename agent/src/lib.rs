@@ -8,6 +8,8 @@
 //! - [`gpus`] discovers the node's GPUs (`--gpus auto|none|0,1|fake:N`).
 //! - [`contain`] keeps every process a run starts (setsid and daemons included) inside
 //!   the run, in a cgroup or as a child subreaper, and kills them all when it ends.
+//! - [`artifacts`] uploads the files a run declares or reports to the coordinator's
+//!   artifact store when its command ends, before its end is reported.
 //! - [`identity`] keeps the secret the agent's name is bound to, issued by the
 //!   coordinator when the name enrolled and presented on every registration.
 //!
@@ -17,6 +19,7 @@
 //! coordinator re-adopts them, and resends everything unacknowledged. An attempt whose
 //! lease the coordinator rejects is killed and forgotten.
 
+pub mod artifacts;
 pub mod contain;
 pub mod gpus;
 pub mod identity;
@@ -229,6 +232,9 @@ pub struct Agent {
     /// Assignments waiting for a slot, oldest first: each starts the moment one of the
     /// agent's runs ends (at most [`AgentConfig::queue_depth`] of them).
     waiting: VecDeque<Assignment>,
+    /// How attempts reach the artifact service; set once a session proved the agent's
+    /// name (so its secret is known).
+    uploader: Option<Arc<artifacts::Uploader>>,
 }
 
 impl Agent {
@@ -242,6 +248,7 @@ impl Agent {
             heartbeat_interval: Duration::from_secs(3),
             draining: false,
             waiting: VecDeque::new(),
+            uploader: None,
         }
     }
 
@@ -318,6 +325,14 @@ impl Agent {
                     }
                     Ok(Ok(opened)) => {
                         info!(coordinator = %self.config.coordinator, "connected");
+                        self.uploader = identity.secret().map(|secret| {
+                            Arc::new(artifacts::Uploader {
+                                endpoint: endpoint.clone(),
+                                authorization: authorization.clone(),
+                                agent: self.config.name.clone(),
+                                secret: secret.clone(),
+                            })
+                        });
                         heartbeat = tokio::time::interval(self.heartbeat_interval);
                         connection = Some(opened);
                         backoff = Duration::from_millis(200);
@@ -861,6 +876,14 @@ impl Agent {
             release_grace: self.config.release_grace(),
             log_file_max_bytes: self.config.log_file_max_bytes,
             containment: self.config.containment.clone(),
+            artifacts: self
+                .uploader
+                .clone()
+                .map(|uploader| artifacts::AttemptArtifacts {
+                    uploader,
+                    lease: lease.clone(),
+                    declared: assign.artifacts.clone(),
+                }),
         };
         info!(run_id = %lease.run_id, attempt = lease.attempt, "run assigned");
         let lease_run_id = lease.run_id.clone();

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use ladder_metrics::line::{parse_info_line, parse_metric_line_detailed};
+use ladder_metrics::line::{parse_artifact_line, parse_info_line, parse_metric_line_detailed};
 use ladder_protocol::wire::{log_line_encoded_len, point_encoded_len};
 use ladder_protocol::{Finish, FinishOutcome, LogLine, MetricPoint, RunEvent};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -77,6 +77,9 @@ pub struct Execution {
     pub log_file_max_bytes: u64,
     /// Tracks every process of the attempt (None: its process groups only).
     pub containment: Option<std::sync::Arc<crate::contain::Containment>>,
+    /// Where and what to upload when the command ends (None: no artifact upload, e.g.
+    /// the agent has no secret yet).
+    pub artifacts: Option<crate::artifacts::AttemptArtifacts>,
 }
 
 /// What an attempt reports to its agent: the protocol's event, and for output the
@@ -293,6 +296,9 @@ fn fit_log_line(line: &mut LogLine, max_bytes: usize) -> bool {
 /// [`ladder_limits::MAX_OUTPUT_BATCH_BYTES`] encoded, sent when full.
 struct OutputBuffer {
     emitter: Emitter,
+    /// Paths the run reported with `@ladder.artifact` lines, each once, at most
+    /// [`ladder_limits::MAX_ARTIFACTS_PER_RUN`].
+    artifacts: Vec<String>,
     metrics: Vec<MetricPoint>,
     logs: Vec<LogLine>,
     info: BTreeMap<String, String>,
@@ -328,6 +334,7 @@ impl OutputBuffer {
             emitter,
             metrics: Vec::new(),
             logs: Vec::new(),
+            artifacts: Vec::new(),
             info: BTreeMap::new(),
             pending_bytes: 0,
             max_batch_bytes: ladder_limits::MAX_OUTPUT_BATCH_BYTES,
@@ -518,6 +525,18 @@ impl OutputBuffer {
         let mut rejected = None;
         if stream == "stdout" && rank == 0 {
             let unprefixed = text.strip_prefix(prefix.as_str()).unwrap_or(&text);
+            match parse_artifact_line(unprefixed) {
+                Some(Ok(path)) => {
+                    if self.artifacts.len() < ladder_limits::MAX_ARTIFACTS_PER_RUN
+                        && !self.artifacts.contains(&path)
+                    {
+                        self.artifacts.push(path);
+                    }
+                    return;
+                }
+                Some(Err(error)) => rejected = Some(format!("ignored artifact line: {error}")),
+                None => {}
+            }
             match parse_info_line(unprefixed) {
                 Some(Ok(parsed)) => {
                     self.note_skipped("info", &parsed.skipped, time_ms);
@@ -889,6 +908,19 @@ pub async fn execute(
         release_requested,
         rank_count > 1,
     );
+    // Artifacts go up before the end is reported, so that a completed run has its files
+    // recorded; a run handed back to be requeued uploads nothing.
+    if let Some(artifacts) = &execution.artifacts {
+        if finished.outcome != FinishOutcome::Released {
+            let notes =
+                crate::artifacts::upload_attempt(artifacts, &execution.run_dir, &output.artifacts)
+                    .await;
+            for note in notes {
+                output.note(note);
+            }
+            output.flush();
+        }
+    }
     emit(RunEvent::Finished(finished));
 }
 

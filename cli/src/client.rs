@@ -563,6 +563,13 @@ pub async fn runs_show(args: &ClientArgs, run_id: &str, log_lines: u32) -> anyho
             &output::summary_rows(&run),
         );
     }
+    if !detail.artifacts.is_empty() {
+        println!();
+        print_table(
+            &crate::artifacts::ARTIFACT_HEADERS,
+            &crate::artifacts::artifact_rows(&detail.artifacts),
+        );
+    }
     println!();
     let attempts: Vec<Vec<String>> = run
         .attempts

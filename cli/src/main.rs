@@ -15,6 +15,7 @@
 
 mod access;
 mod allinone;
+mod artifacts;
 mod bench;
 mod client;
 mod connect;
@@ -79,6 +80,9 @@ enum Command {
     /// List agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// List and download the files runs uploaded to the artifact store.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
     /// Rank runs (of one project, or of every project) by an objective, a metric or the average of eval tasks (alias: `leaderboard`).
     #[command(name = "board", alias = "leaderboard")]
     Leaderboard(history::LeaderboardArgs),
@@ -216,6 +220,7 @@ impl Command {
             Command::Sweep(command) => command.client(),
             Command::Runs(command) => Some(command.client()),
             Command::Agents(command) => Some(command.client()),
+            Command::Artifacts(command) => Some(command.client()),
             Command::Leaderboard(args) => Some(&args.client),
             Command::Run(_)
             | Command::Coordinator(_)
@@ -835,6 +840,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             force,
             client,
         }) => client::agents_forget(&client, &name, force).await,
+        Command::Artifacts(command) => artifacts::run(command).await,
         Command::Store(StoreCommand::Check { data, json }) => store_check(&data, json),
         Command::Bench(command) => bench::run(command).await,
         Command::Auth(command) => access::run(command),

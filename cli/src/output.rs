@@ -251,6 +251,16 @@ pub fn run_detail_json(detail: &pb::GetRunResponse) -> Value {
         ),
     );
     object.insert(
+        "artifacts".into(),
+        Value::Array(
+            detail
+                .artifacts
+                .iter()
+                .map(crate::artifacts::artifact_json)
+                .collect(),
+        ),
+    );
+    object.insert(
         "metric_history".into(),
         Value::Array(
             detail
