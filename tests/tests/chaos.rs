@@ -78,7 +78,7 @@ else:
         pause(seconds / steps)
         report(step)
 
-line = "%s %s\n" % (os.environ["LADDER_RUN_ID"], os.environ["LADDER_ATTEMPT"])
+line = "%s %s %.6f\n" % (os.environ["LADDER_RUN_ID"], os.environ["LADDER_ATTEMPT"], time.time())
 fd = os.open(completions, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 os.write(fd, line.encode())
 os.close(fd)
@@ -219,6 +219,57 @@ fn assert_completed_once_each(completions: &Path, ids: &BTreeSet<String>) {
     );
 }
 
+/// Like [`assert_completed_once_each`], for a test that kills an agent: a run whose
+/// process finished on it just before the kill, before the agent's report reached the
+/// coordinator, ran again elsewhere (its attempt there is lost: at-least-once, as it must
+/// be). Such a run may be named twice, the first time before `killed` and by an attempt
+/// recorded lost; a process that finished after the kill (an orphan that outlived its
+/// agent) still fails the test.
+fn assert_completed_once_each_but_unreported(
+    completions: &Path,
+    ids: &BTreeSet<String>,
+    lost_runs: &BTreeSet<String>,
+    killed: std::time::SystemTime,
+) {
+    let text = std::fs::read_to_string(completions).unwrap_or_default();
+    let killed = killed
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut by_run: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [run_id, attempt, at] = fields[..] else {
+            panic!("malformed completion line {line:?}:\n{text}");
+        };
+        let attempt: u64 = attempt.parse().expect("attempt number");
+        let at: f64 = at.parse().expect("completion time");
+        by_run
+            .entry(run_id.to_string())
+            .or_default()
+            .push((attempt, at));
+    }
+    assert_eq!(
+        &by_run.keys().cloned().collect::<BTreeSet<_>>(),
+        ids,
+        "the completions file does not name every run:\n{text}"
+    );
+    for (run_id, done) in &by_run {
+        if done.len() == 1 {
+            continue;
+        }
+        let (earlier, last) = done.split_at(done.len() - 1);
+        let unreported = done.len() == 2
+            && lost_runs.contains(run_id)
+            && earlier[0].1 <= killed
+            && earlier[0].0 < last[0].0;
+        assert!(
+            unreported,
+            "run {run_id} executed to completion more than once, not only just before the kill at {killed:.6}: {done:?}\n{text}"
+        );
+    }
+}
+
 /// A tiny deterministic RNG (xorshift64*), so that "random" fault moments are reproducible.
 struct Rng(u64);
 
@@ -346,6 +397,7 @@ fn dead_agent_scenario(daemon_only: bool) {
         agent.kill9_with_runs();
     }
     let killed_at = Instant::now();
+    let killed_wall = std::time::SystemTime::now();
     eprintln!("killed {victim} (daemon only: {daemon_only}) while it ran {on_victim:?}");
 
     // How long until a run of the dead agent is requeued (a new attempt), and until it
@@ -425,7 +477,7 @@ fn dead_agent_scenario(daemon_only: bool) {
         "no run of {victim} was lost: nothing was tested"
     );
     let ids: BTreeSet<String> = runs.iter().map(id).collect();
-    assert_completed_once_each(&completions, &ids);
+    assert_completed_once_each_but_unreported(&completions, &ids, &lost_runs, killed_wall);
     if daemon_only {
         // The orphans are gone: their processes are not left running.
         for pid in orphans {
@@ -651,7 +703,9 @@ fn partitioned_agent_is_fenced() {
     assert_completed_once_each(&completions, &ids);
     let counts = std::fs::read_to_string(&completions).unwrap_or_default();
     assert!(
-        !counts.contains(&format!("{on_a} 1\n")),
+        !counts
+            .lines()
+            .any(|line| line.starts_with(&format!("{on_a} 1 "))),
         "the fenced attempt 1 of {on_a} completed:\n{counts}"
     );
     assert!(coordinator.connected_agents().contains("agent-a"));
