@@ -285,6 +285,9 @@ struct SweepState {
     active: u64,
     /// Every trial created so far, by trial index, as the search method sees it.
     observations: Vec<Observation>,
+    /// The finished trials of the sweep named by `warm_start:` (those ended before this
+    /// sweep was submitted), by trial index; empty without `warm_start:`.
+    warm: Vec<Observation>,
     /// The early-termination rule's state, when the sweep has one.
     stopper: Option<EarlyStopper>,
     /// How long the sweep's latest completed attempts ran (ms), newest last, at most
@@ -306,6 +309,7 @@ impl SweepState {
             record,
             active: 0,
             observations: Vec::new(),
+            warm: Vec::new(),
             stopper,
             recent_durations: VecDeque::new(),
         }
@@ -472,6 +476,14 @@ impl Scheduler {
                 continue;
             }
             let mut state = SweepState::new(sweep.clone());
+            if sweep.spec.warm_start.is_some() {
+                state.warm = scheduler
+                    .warm_start(&sweep.spec, sweep.created_ms)
+                    .unwrap_or_else(|error| {
+                        warn!(sweep_id = %sweep.id, %error, "warm start unavailable; the sweep continues without it");
+                        Vec::new()
+                    });
+            }
             for run in scheduler.store.list_runs(Some(&sweep.id))? {
                 state.observe(&run);
                 if state.stopper.is_some() {

@@ -157,8 +157,12 @@ impl Scheduler {
     ) -> Result<Option<String>, CoordinatorError> {
         let state = self.sweeps.get_mut(sweep_id).expect("sweep present");
         let index = state.record.created_runs;
-        let Some(params) = ladder_search::propose(&state.record.spec, index, &state.observations)
-        else {
+        let Some(params) = ladder_search::propose_with_warm_start(
+            &state.record.spec,
+            index,
+            &state.observations,
+            &state.warm,
+        ) else {
             state.record.planned_runs = index;
             return Ok(None);
         };

@@ -66,13 +66,18 @@ impl Scheduler {
             id = new_sweep_id();
         }
         let planned_runs = space::trial_count(&spec);
+        let created_ms = now_ms();
+        let warm = match spec.warm_start {
+            Some(_) => self.warm_start(&spec, created_ms)?,
+            None => Vec::new(),
+        };
         let record = SweepRecord {
             id: id.clone(),
             spec,
             file_name,
             yaml,
             status: SweepStatus::Running,
-            created_ms: now_ms(),
+            created_ms,
             ended_ms: None,
             planned_runs,
             created_runs: 0,
@@ -82,11 +87,74 @@ impl Scheduler {
         };
         self.dirty_sweeps.insert(id.clone());
         info!(sweep_id = %id, name = %record.spec.name, planned_runs, "sweep submitted");
-        self.sweeps
-            .insert(id.clone(), SweepState::new(record.clone()));
+        let mut state = SweepState::new(record.clone());
+        state.warm = warm;
+        self.sweeps.insert(id.clone(), state);
         self.changed.insert(id.clone());
         self.maybe_finish_sweep(&id)?;
         Ok(record)
+    }
+
+    /// The trials that `warm_start: {sweep: ID}` seeds `spec`'s search with: the earlier
+    /// sweep's runs that completed or were stopped, ended by `before_ms`, with a value of
+    /// the objective, by trial index. Refused unless the earlier sweep exists and has the
+    /// same objective (metric name, goal and summary).
+    pub(super) fn warm_start(
+        &self,
+        spec: &SweepSpec,
+        before_ms: i64,
+    ) -> Result<Vec<Observation>, CoordinatorError> {
+        let Some(warm_start) = &spec.warm_start else {
+            return Ok(Vec::new());
+        };
+        let refuse = |reason: String| {
+            CoordinatorError::FailedPrecondition(format!(
+                "warm_start: sweep {:?} {reason}",
+                warm_start.sweep
+            ))
+        };
+        let earlier = self
+            .sweep_record(&warm_start.sweep)?
+            .ok_or_else(|| refuse("does not exist (`ladder sweep ls` lists the sweeps)".into()))?;
+        let describe = |metric: Option<&ladder_spec::MetricSpec>| match metric {
+            None => "no metric".to_string(),
+            Some(metric) => format!(
+                "{} ({}, summary {})",
+                metric.name,
+                metric.goal,
+                metric.summary.map_or("last", |summary| summary.as_str())
+            ),
+        };
+        let metric = match (&spec.metric, &earlier.spec.metric) {
+            (Some(metric), Some(earlier_metric)) if metric == earlier_metric => metric,
+            (metric, earlier_metric) => {
+                return Err(refuse(format!(
+                    "optimises {}, this sweep {}; warm start needs the same objective",
+                    describe(earlier_metric.as_ref()),
+                    describe(metric.as_ref())
+                )))
+            }
+        };
+        let mut runs = self.store.list_runs(Some(&earlier.id))?;
+        for run in &mut runs {
+            if let Some(newer) = self.retired.get(&run.id) {
+                *run = newer.clone();
+            }
+        }
+        runs.sort_by_key(|run| run.index);
+        Ok(runs
+            .into_iter()
+            .filter(|run| matches!(run.status, RunStatus::Completed | RunStatus::Stopped))
+            .filter(|run| run.ended_ms.is_some_and(|ended| ended <= before_ms))
+            .filter_map(|run| {
+                let value = run.metric_value(&metric.name).filter(|v| v.is_finite())?;
+                Some(Observation {
+                    params: run.params,
+                    value: Some(value),
+                    pending: false,
+                })
+            })
+            .collect())
     }
 
     pub(super) fn sweep_action(
