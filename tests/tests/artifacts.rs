@@ -598,3 +598,63 @@ fn uploads_that_break_off_mid_file_or_lack_the_lease_record_nothing() {
     );
     assert!(std::fs::read(out.join("copy.bin")).unwrap() == content);
 }
+
+#[test]
+fn an_agent_killed_while_uploading_a_big_file_records_nothing() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let tokens = write_auth_file(dir);
+    let mut cluster = cluster(dir, &tokens);
+    let mut agent = cluster.take_agent("gpu-01");
+    let coordinator = &cluster.coordinator;
+    // A sparse 512 MiB file: no disk on the agent's side, and far more than the
+    // coordinator receives between the first megabyte and the kill.
+    write_script(
+        dir,
+        "big.sh",
+        "#!/bin/sh\nset -e\nmkdir -p model\ntruncate -s 512M model/big.bin\nprintf small > model/small.txt\n",
+    );
+    let sweep_file = write_file(
+        dir,
+        "big.yaml",
+        "name: big\nmethod: grid\nartifacts: [model/]\ncommand: [sh, \"{{ladder.code_dir}}/big.sh\"]\n",
+    );
+    let sweep = json_as(
+        coordinator,
+        &tokens.alice,
+        &["sweep", "submit", sweep_file.to_str().expect("utf-8")],
+    );
+    let sweep_id = as_str(&sweep["id"], "sweep id").to_string();
+    let store = dir.join("data").join("artifacts");
+    // The agent uploads model/big.bin first (by name); once part of it is on the
+    // coordinator's disk, the agent dies.
+    wait_until(
+        WATCH_TIMEOUT,
+        Duration::from_millis(10),
+        "the big file's upload to begin",
+        || {
+            std::fs::read_dir(store.join("tmp"))
+                .ok()?
+                .flatten()
+                .any(|entry| entry.metadata().is_ok_and(|m| m.len() >= 1_000_000))
+                .then_some(())
+        },
+    );
+    agent.kill9();
+    wait_until(
+        WATCH_TIMEOUT,
+        Duration::from_millis(20),
+        "the partial upload to be removed",
+        || files_under(&store.join("tmp")).is_empty().then_some(()),
+    );
+    let runs = json_as(
+        coordinator,
+        &tokens.victor,
+        &["runs", "ls", "--sweep", &sweep_id],
+    );
+    let run_id = as_str(&runs["runs"][0]["id"], "run id").to_string();
+    let detail = json_as(coordinator, &tokens.victor, &["runs", "show", &run_id]);
+    assert_eq!(detail["artifacts"], serde_json::json!([]), "{detail}");
+    assert_ne!(detail["status"], "completed", "{detail}");
+    assert!(files_under(&store.join("objects")).is_empty());
+}
