@@ -257,3 +257,80 @@ impl pb::artifact_service_server::ArtifactService for ArtifactServiceImpl {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn start(name: &str, size: u64, sha256: &str, secret: &str) -> pb::UploadArtifactStart {
+        pb::UploadArtifactStart {
+            lease: Some(pb::Lease {
+                run_id: "s-000000".into(),
+                attempt: 1,
+                epoch: 7,
+            }),
+            agent: "gpu-01".into(),
+            agent_secret: secret.into(),
+            name: name.into(),
+            size,
+            sha256: sha256.into(),
+        }
+    }
+
+    #[test]
+    fn an_upload_start_names_a_file_in_the_run_directory_within_the_limit() {
+        let secret = "ab".repeat(32);
+        let sha = "cd".repeat(32);
+        let upload = upload_from_pb(start("model/w.bin", 10, &sha, &secret)).unwrap();
+        assert_eq!((upload.name.as_str(), upload.size), ("model/w.bin", 10));
+        let refused = [
+            (start("model/", 1, &sha, &secret), "names a directory"),
+            (start("../x", 1, &sha, &secret), "\"..\""),
+            (start("/etc/passwd", 1, &sha, &secret), "absolute"),
+            (
+                start(
+                    "x",
+                    ladder_limits::MAX_ARTIFACT_FILE_BYTES + 1,
+                    &sha,
+                    &secret,
+                ),
+                "limit per artifact file",
+            ),
+            (start("x", 1, "ABC", &secret), "64 lowercase hex"),
+            (start("x", 1, &sha, ""), "must carry the agent's secret"),
+            (start("x", 1, &sha, "nope"), "agent_secret"),
+            (
+                pb::UploadArtifactStart {
+                    lease: None,
+                    ..start("x", 1, &sha, &secret)
+                },
+                "no lease",
+            ),
+        ];
+        for (start, why) in refused {
+            let error = upload_from_pb(start).expect_err(why).to_string();
+            assert!(error.contains(why), "{why}: {error}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+        /// Whatever bytes arrive as an upload's first message, decoding never panics and
+        /// what converts is a safe name, a size within the limit and a well-formed hash.
+        #[test]
+        fn arbitrary_upload_starts_convert_only_when_safe(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(request) = pb::UploadArtifactRequest::decode(bytes.as_slice()) {
+                if let Some(pb::upload_artifact_request::Kind::Start(start)) = request.kind {
+                    if let Ok(upload) = upload_from_pb(start) {
+                        prop_assert!(ladder_metrics::line::check_artifact_path(&upload.name).is_ok());
+                        prop_assert!(!upload.name.ends_with('/'));
+                        prop_assert!(upload.size <= ladder_limits::MAX_ARTIFACT_FILE_BYTES);
+                        prop_assert!(Digest::parse(&upload.sha256).is_ok());
+                    }
+                }
+            }
+        }
+    }
+}
