@@ -181,7 +181,7 @@ def main():
 
     last = args.first_seed + args.seeds - 1
     print(f"median simple regret [interquartile range] over {args.seeds} seeds ({args.first_seed}..{last})")
-    header = f"{'function':<12} {'tool':<22}" + "".join(f" {'@' + str(t):>28}" for t in checkpoints)
+    header = f"{'function':<12} {'tool':<26}" + "".join(f" {'@' + str(t):>28}" for t in checkpoints)
     print(header)
     for name in FUNCTIONS:
         tools = [tool for (fn, tool) in rows if fn == name]
@@ -189,13 +189,13 @@ def main():
             cells = "".join(
                 f" {sig(m) + ' [' + sig(a) + ', ' + sig(b) + ']':>28}" for m, a, b in rows[(name, tool)]
             )
-            print(f"{name:<12} {tool:<22}{cells}")
+            print(f"{name:<12} {tool:<26}{cells}")
         if (name, "ladder-tpe") in rows:
             ratios = "".join(
                 f" {'x' + format(l[0] / o[0], '.2f'):>28}"
                 for l, o in zip(rows[(name, "ladder-tpe")], rows[(name, "optuna-tpe")])
             )
-            print(f"{name:<12} {'ladder-tpe / optuna':<22}{ratios}")
+            print(f"{name:<12} {'ladder-tpe / optuna':<26}{ratios}")
 
 
 if __name__ == "__main__":

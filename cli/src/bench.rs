@@ -149,6 +149,10 @@ pub enum BenchCommand {
         /// The first seed; runs use seeds first..first+seeds.
         #[arg(long, default_value_t = 0)]
         first_seed: u64,
+        /// Trials in flight for the parallel variants (`parallel: N`), which propose with
+        /// the others pending and count regret over finished trials.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
         #[arg(long)]
         json: bool,
     },
@@ -194,8 +198,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             seeds,
             trials,
             first_seed,
+            parallel,
             json,
-        } => search(first_seed..first_seed + seeds, trials, json),
+        } => search(first_seed..first_seed + seeds, trials, parallel, json),
         BenchCommand::Ingest {
             runs,
             points,
@@ -394,14 +399,15 @@ fn fresh_dir_in(base: &std::path::Path, prefix: &str) -> anyhow::Result<std::pat
 fn search(
     seed_range: std::ops::Range<u64>,
     trials: usize,
+    parallel: usize,
     json_output: bool,
 ) -> anyhow::Result<()> {
     use testfns::{benchmark, proposal_rate, Method, TestFunction};
 
     let seeds = seed_range.end - seed_range.start;
     anyhow::ensure!(
-        seeds >= 1 && trials >= 1,
-        "--seeds and --trials must be at least 1"
+        seeds >= 1 && trials >= 1 && parallel >= 1,
+        "--seeds, --trials and --parallel must be at least 1"
     );
     let mut checkpoints: Vec<usize> = [25, 50, 100].into_iter().filter(|&t| t < trials).collect();
     checkpoints.push(trials);
@@ -414,7 +420,12 @@ fn search(
             Method::Random,
             Method::Tpe,
             Method::TpeUnivariate,
-            Method::TpeParallel8,
+            Method::TpeParallel {
+                in_flight: parallel,
+            },
+            Method::TpeParallelLiar {
+                in_flight: parallel,
+            },
         ] {
             let began = Instant::now();
             let curves = benchmark(function, method, seed_range.clone(), trials);
@@ -461,7 +472,7 @@ fn search(
             .collect();
         println!(
             "{}",
-            json!({"seeds": seeds, "first_seed": seed_range.start, "trials": trials, "seconds": elapsed,
+            json!({"seeds": seeds, "first_seed": seed_range.start, "trials": trials, "parallel": parallel, "seconds": elapsed,
                 "proposals_per_second": {"dims": speed_dims, "observed": speed_observed,
                     "rounds": speed_rounds, "calls_per_round": speed_calls,
                     "tpe": multivariate_rate, "tpe_fastest_round": multivariate_best,
@@ -474,13 +485,13 @@ fn search(
         seed_range.start,
         seed_range.end - 1
     );
-    let mut header = format!("{:<12} {:<15}", "function", "method");
+    let mut header = format!("{:<12} {:<22}", "function", "method");
     for t in &checkpoints {
         header.push_str(&format!(" {:>28}", format!("@{t}")));
     }
     println!("{header}  seconds");
     for (function, method, at, seconds) in &rows {
-        let mut line = format!("{:<12} {:<15}", function.name(), method.name());
+        let mut line = format!("{:<12} {:<22}", function.name(), method.name());
         for (_, median, q1, q3) in at {
             line.push_str(&format!(
                 " {:>28}",
@@ -488,6 +499,32 @@ fn search(
             ));
         }
         println!("{line}  {seconds:>7.2}");
+        if matches!(method, Method::TpeParallelLiar { .. }) {
+            // Parallel against sequential: the ratios of the medians.
+            let median_of = |wanted: Method| {
+                rows.iter()
+                    .find(|row| row.0 == *function && row.1 == wanted)
+                    .map(|row| row.2.iter().map(|a| a.1).collect::<Vec<f64>>())
+            };
+            let sequential = median_of(Method::Tpe).unwrap_or_default();
+            for wanted in [
+                Method::TpeParallel {
+                    in_flight: parallel,
+                },
+                *method,
+            ] {
+                let batch = median_of(wanted).unwrap_or_default();
+                let mut line = format!(
+                    "{:<12} {:<22}",
+                    function.name(),
+                    format!("{} / tpe", wanted.name())
+                );
+                for (b, q) in batch.iter().zip(&sequential) {
+                    line.push_str(&format!(" {:>28}", format!("x{:.2}", b / q)));
+                }
+                println!("{line}");
+            }
+        }
     }
     println!(
         "tpe beats random at {trials} trials (median) on {wins}/{} functions; {elapsed:.2}s in all",

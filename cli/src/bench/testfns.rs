@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use ladder_search::tpe::{Dim, DimSpec, DimValue, Tpe, TpeConfig, Trial};
+use ladder_search::tpe::{Dim, DimSpec, DimValue, PendingRule, Tpe, TpeConfig, Trial};
 
 /// A test function with a known global minimum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,25 +157,32 @@ pub enum Method {
     Tpe,
     /// [`Tpe`] modelling each dimension on its own (`bayes: {multivariate: false}`).
     TpeUnivariate,
-    /// [`Method::Tpe`] with 8 trials in flight (`parallel: 8`): each proposal sees the
-    /// other 7 as pending (constant liars), and trials finish oldest first.
-    TpeParallel8,
+    /// [`Method::Tpe`] with `in_flight` trials in flight (`parallel: N`): each proposal
+    /// sees the others as pending, handled by the default [`PendingRule`] (the believer),
+    /// and trials finish oldest first.
+    TpeParallel { in_flight: usize },
+    /// [`Method::TpeParallel`] with Optuna's constant liar ([`PendingRule::WorstLiar`]) for
+    /// the pending trials, for comparison.
+    TpeParallelLiar { in_flight: usize },
 }
 
 impl Method {
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Method::Random => "random",
-            Method::Tpe => "tpe",
-            Method::TpeUnivariate => "tpe-univariate",
-            Method::TpeParallel8 => "tpe-parallel8",
+            Method::Random => "random".into(),
+            Method::Tpe => "tpe".into(),
+            Method::TpeUnivariate => "tpe-univariate".into(),
+            Method::TpeParallel { in_flight } => format!("tpe-parallel{in_flight}"),
+            Method::TpeParallelLiar { in_flight } => format!("tpe-parallel{in_flight}-liar"),
         }
     }
 
     /// Trials in flight at once.
     pub fn parallel(&self) -> usize {
         match self {
-            Method::TpeParallel8 => 8,
+            Method::TpeParallel { in_flight } | Method::TpeParallelLiar { in_flight } => {
+                (*in_flight).max(1)
+            }
             _ => 1,
         }
     }
@@ -218,6 +225,10 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
 pub fn run_once(function: TestFunction, method: Method, seed: u64, trials: usize) -> Vec<f64> {
     let config = TpeConfig {
         multivariate: method != Method::TpeUnivariate,
+        pending: match method {
+            Method::TpeParallelLiar { .. } => PendingRule::WorstLiar,
+            _ => PendingRule::default(),
+        },
         ..TpeConfig::default()
     };
     let tpe = Tpe::new(function.space(), config).expect("valid test space");
@@ -389,7 +400,12 @@ mod tests {
             assert_eq!(t[..10], r[..10]);
         }
         let univariate = benchmark(TestFunction::Branin, Method::TpeUnivariate, 0..2, 30);
-        let parallel = benchmark(TestFunction::Branin, Method::TpeParallel8, 0..2, 30);
+        let parallel = benchmark(
+            TestFunction::Branin,
+            Method::TpeParallel { in_flight: 8 },
+            0..2,
+            30,
+        );
         for curve in univariate.curves.iter().chain(&parallel.curves) {
             assert_eq!(curve.len(), 30);
             assert!(curve.windows(2).all(|w| w[1] <= w[0]));
