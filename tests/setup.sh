@@ -2,7 +2,8 @@
 # Installs what the end-to-end tests need beyond Rust: Debian packages (slurm-wlm and
 # munge for tests/tests/slurm.rs; systemd for systemd-analyze and kubernetes-client for
 # `kubectl kustomize` in tests/tests/deploy.rs)
-# when their commands are missing, and the Python packages of clients/python.
+# when their commands are missing, the Python packages of clients/python, and
+# lm-evaluation-harness 0.4.13 for clients/python/test_export_tasks.py (tests/tests/tasks.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +27,6 @@ if ((${#missing[@]})); then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -r clients/python/requirements.txt
+# lm-eval's task YAML and utils.py, without its dependencies (torch, datasets): the export
+# check needs only its prompt-building code, whose imports requirements.txt covers.
+python3 -m pip install --quiet --disable-pip-version-check --no-deps lm-eval==0.4.13
