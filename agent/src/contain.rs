@@ -623,7 +623,10 @@ mod tests {
     async fn an_attempt_cgroup_left_empty_is_reused_and_one_left_busy_is_not() {
         let containment = Containment::set_up(Isolation::Cgroup).expect("a writable cgroup v2");
         let first = containment.attempt("r", 1).unwrap();
-        let Scope::Cgroup { path: first_path, .. } = &first else {
+        let Scope::Cgroup {
+            path: first_path, ..
+        } = &first
+        else {
             panic!("not a cgroup scope");
         };
         let first_path = first_path.clone();
@@ -640,7 +643,10 @@ mod tests {
 
         // A process still in the cgroup at the end: killed, and the cgroup removed
         // rather than kept.
-        let mut sleeper = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
         fs::write(path.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
         assert_eq!(second.kill_all(&[]).await, 1);
         let status = sleeper.wait().unwrap();
