@@ -27,8 +27,18 @@ pub enum Goal {
 
 impl Goal {
     pub const ALL: [Goal; 2] = [Goal::Minimize, Goal::Maximize];
+    /// The names the sweep file accepts, in the order of [`Goal::ALL`].
+    pub const NAMES: [&'static str; Goal::ALL.len()] = {
+        let mut names = [""; Goal::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Goal::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Goal::Minimize => "minimize",
             Goal::Maximize => "maximize",

@@ -74,8 +74,8 @@ pub(crate) const WARM_START_KEYS: &[&str] = &["sweep"];
 const WARM_START_ID_MAX: usize = 64;
 pub(crate) const METRIC_KEYS: &[&str] = &["name", "goal", "summary"];
 pub(crate) const RESOURCE_KEYS: &[&str] = &["gpus", "labels", "launch"];
-pub(crate) const METHOD_NAMES: &[&str] = &["grid", "random", "bayes"];
-pub(crate) const GOAL_NAMES: &[&str] = &["minimize", "maximize"];
+pub(crate) const METHOD_NAMES: &[&str] = &Method::NAMES;
+pub(crate) const GOAL_NAMES: &[&str] = &Goal::NAMES;
 pub(crate) const COMMAND_EXAMPLE: &str = "[python, train.py, --lr, \"{{lr}}\"]";
 
 /// Walks the spanned tree, collecting errors. Methods return `None` after reporting why.

@@ -162,8 +162,18 @@ pub enum Method {
 
 impl Method {
     pub const ALL: [Method; 3] = [Method::Grid, Method::Random, Method::Bayes];
+    /// The names the sweep file accepts, in the order of [`Method::ALL`].
+    pub const NAMES: [&'static str; Method::ALL.len()] = {
+        let mut names = [""; Method::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Method::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Method::Grid => "grid",
             Method::Random => "random",
