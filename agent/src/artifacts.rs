@@ -73,6 +73,10 @@ pub async fn upload_attempt(
             wanted.push(path);
         }
     }
+    // Most runs keep nothing: no trip to the blocking pool for them.
+    if wanted.is_empty() {
+        return notes;
+    }
     let run_dir_owned = run_dir.to_path_buf();
     let wanted_owned: Vec<String> = wanted.into_iter().cloned().collect();
     let collected =
