@@ -74,10 +74,7 @@ impl RunCard {
 impl SweepView {
     /// Whether the sweep has ended (completed or cancelled).
     pub fn ended(&self) -> bool {
-        matches!(
-            self.record.status,
-            ladder_types::SweepStatus::Completed | ladder_types::SweepStatus::Cancelled
-        )
+        self.record.status.is_terminal()
     }
 }
 
