@@ -15,7 +15,9 @@
 //! Data flow: token ids `(batch, seq)` -> embedding -> decoder layers -> final norm ->
 //! output head -> logits `(batch, seq, vocab)` for every position. The optimizer sees the
 //! [`Var`]s of [`Model::trainable`]: every weight in full fine-tuning, only the adapters with
-//! LoRA, where base weights are frozen tensors outside any optimizer's reach.
+//! LoRA, where base weights are frozen tensors outside any optimizer's reach. A model loaded
+//! for scoring ([`Model::load`]) keeps its frozen weights in the checkpoint's dtype (bf16,
+//! f16) and computes in f32.
 
 mod checkpoint;
 mod config;
@@ -30,6 +32,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use checkpoint::write_random_checkpoint;
 pub use config::{
     AttentionType, LlamaConfig, LoraConfig, ModelFamily, RopeScaling, YarnScaling, LORA_TARGETS,
 };
@@ -40,16 +43,21 @@ use crate::{Result, TrainerError};
 /// Standard deviation of fresh weights, transformers' `initializer_range` default.
 const INIT_STD: f64 = 0.02;
 
-/// A LLaMA decoder with its weights, in full-training or LoRA mode.
+/// A LLaMA decoder with its weights, in full-training, LoRA or scoring mode.
 ///
-/// Invariants: without LoRA every weight is a trainable [`Var`]; with LoRA every base weight is
-/// frozen and only the adapters are `Var`s. Weights are f32 unless converted with
-/// [`Model::to_dtype`].
+/// Invariants: in full training every weight is a trainable [`Var`]; with LoRA every base
+/// weight is frozen and only the adapters are `Var`s; loaded for scoring ([`Model::load`])
+/// every base weight is frozen. Trainable weights and adapters are in the model's compute
+/// dtype ([`Model::dtype`], f32 unless converted with [`Model::to_dtype`]); frozen base
+/// weights may be stored narrower (a bf16 checkpoint's bf16) and are widened to the compute
+/// dtype where the forward pass uses them.
 #[derive(Clone)]
 pub struct Model {
     config: LlamaConfig,
     lora: Option<LoraConfig>,
     device: Device,
+    /// The dtype the forward pass computes in (and of the logits and the adapters).
+    dtype: DType,
     embed_tokens: Param,
     layers: Vec<DecoderLayer>,
     norm: Param,
@@ -91,28 +99,30 @@ impl Model {
             };
             tensors.insert(name, tensor);
         }
-        Model::from_tensors(config, tensors, device)
+        Model::from_tensors(config, tensors, device, WeightMode::Trainable)
     }
 
-    /// Builds a full-training model (every weight a fresh `Var`) from tensors keyed by HF
-    /// name; shapes must already have been checked.
+    /// Builds a model from tensors keyed by HF name, every weight a fresh `Var` or frozen as
+    /// `mode` says; shapes must already have been checked. It computes in f32.
     fn from_tensors(
         config: LlamaConfig,
         mut tensors: HashMap<String, Tensor>,
         device: &Device,
+        mode: WeightMode,
     ) -> Result<Model> {
+        let mut take_weight = |name: &str| take(&mut tensors, name, mode);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         let (qkv_bias, o_bias, mlp_bias) = (config.qkv_bias(), config.o_bias(), config.mlp_bias);
         for i in 0..config.num_hidden_layers {
             let mut projection = |suffix: &str, biased: bool| -> Result<Projection> {
                 let prefix = format!("model.layers.{i}.{suffix}");
                 let bias = if biased {
-                    Some(take(&mut tensors, &format!("{prefix}.bias"))?)
+                    Some(take_weight(&format!("{prefix}.bias"))?)
                 } else {
                     None
                 };
                 Ok(Projection {
-                    weight: take(&mut tensors, &format!("{prefix}.weight"))?,
+                    weight: take_weight(&format!("{prefix}.weight"))?,
                     bias,
                     adapter: None,
                 })
@@ -126,14 +136,12 @@ impl Model {
             let down_proj = projection("mlp.down_proj", mlp_bias)?;
             let (q_norm, k_norm) = if config.qk_norm() {
                 (
-                    Some(take(
-                        &mut tensors,
-                        &format!("model.layers.{i}.self_attn.q_norm.weight"),
-                    )?),
-                    Some(take(
-                        &mut tensors,
-                        &format!("model.layers.{i}.self_attn.k_norm.weight"),
-                    )?),
+                    Some(take_weight(&format!(
+                        "model.layers.{i}.self_attn.q_norm.weight"
+                    ))?),
+                    Some(take_weight(&format!(
+                        "model.layers.{i}.self_attn.k_norm.weight"
+                    ))?),
                 )
             } else {
                 (None, None)
@@ -146,24 +154,20 @@ impl Model {
                 gate_proj,
                 up_proj,
                 down_proj,
-                input_layernorm: take(
-                    &mut tensors,
-                    &format!("model.layers.{i}.input_layernorm.weight"),
-                )?,
-                post_attention_layernorm: take(
-                    &mut tensors,
-                    &format!("model.layers.{i}.post_attention_layernorm.weight"),
-                )?,
+                input_layernorm: take_weight(&format!("model.layers.{i}.input_layernorm.weight"))?,
+                post_attention_layernorm: take_weight(&format!(
+                    "model.layers.{i}.post_attention_layernorm.weight"
+                ))?,
                 q_norm,
                 k_norm,
             });
         }
-        let embed_tokens = take(&mut tensors, "model.embed_tokens.weight")?;
-        let norm = take(&mut tensors, "model.norm.weight")?;
+        let embed_tokens = take_weight("model.embed_tokens.weight")?;
+        let norm = take_weight("model.norm.weight")?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(take(&mut tensors, "lm_head.weight")?)
+            Some(take_weight("lm_head.weight")?)
         };
         Ok(Model {
             config,
@@ -174,6 +178,7 @@ impl Model {
             norm,
             lm_head,
             source: None,
+            dtype: DType::F32,
         })
     }
 
@@ -229,7 +234,9 @@ impl Model {
     }
 
     /// Logits for every position: `ids` `(batch, seq)` of u32 token ids -> `(batch, seq,
-    /// vocab)` in the model's dtype (f32), with causal attention over positions `0..seq`.
+    /// vocab)` in the model's compute dtype ([`Model::dtype`]), with causal attention over
+    /// positions `0..seq`. Weights stored narrower are widened one at a time where they are
+    /// used, so at most one layer's widened copies exist at once.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         if seq == 0 || batch == 0 {
@@ -238,14 +245,24 @@ impl Model {
                 format!("empty batch of token ids, shape ({batch}, {seq})"),
             ));
         }
-        let ctx = ForwardContext::new(&self.config, batch, seq, self.dtype(), &self.device)?;
+        let ctx = ForwardContext::new(&self.config, batch, seq, self.dtype, &self.device)?;
         let flat_ids = ids.flatten_all()?;
-        let mut hidden = self.embed_tokens.tensor().index_select(&flat_ids, 0)?;
+        // Rows are picked before widening: only the batch's embeddings are converted.
+        let mut hidden = self
+            .embed_tokens
+            .tensor()
+            .index_select(&flat_ids, 0)?
+            .to_dtype(self.dtype)?;
         for (layer, mask) in self.layers.iter().zip(&ctx.masks) {
             hidden = layer.forward(&hidden, &ctx, mask)?;
         }
-        let normed = decoder::rms_norm(&hidden, self.norm.tensor(), self.config.rms_norm_eps)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tensor();
+        let norm = self.norm.value_as(self.dtype)?;
+        let normed = decoder::rms_norm(&hidden, &norm, self.config.rms_norm_eps)?;
+        let head = self
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .value_as(self.dtype)?;
         let logits = normed.matmul(&head.t()?)?;
         Ok(logits.reshape((batch, seq, self.config.vocab_size))?)
     }
@@ -263,9 +280,11 @@ impl Model {
         &self.device
     }
 
-    /// The dtype of every weight and of the logits.
+    /// The dtype the forward pass computes in: that of the logits, of the adapters and of
+    /// every trainable weight. Frozen base weights may be stored narrower (see
+    /// [`Model::load`]); [`Model::named_tensors`] shows them as stored.
     pub fn dtype(&self) -> DType {
-        self.embed_tokens.tensor().dtype()
+        self.dtype
     }
 
     /// The tensors the optimizer updates, sorted by name: every weight (HF names) in full
@@ -294,7 +313,8 @@ impl Model {
     }
 
     /// A copy of the model with every weight (and so the computation and the logits) in
-    /// `dtype`, f32 or f64; f64 serves gradient checks. Trainable weights stay trainable.
+    /// `dtype`, f32 or f64; f64 serves gradient checks. Trainable weights stay trainable;
+    /// frozen weights stored narrower are widened.
     pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
         if !matches!(dtype, DType::F32 | DType::F64) {
             return Err(TrainerError::config(
@@ -310,6 +330,7 @@ impl Model {
             })
         };
         let mut model = self.clone();
+        model.dtype = dtype;
         model.embed_tokens = convert(&self.embed_tokens)?;
         model.norm = convert(&self.norm)?;
         model.lm_head = self.lm_head.as_ref().map(convert).transpose()?;
@@ -355,12 +376,24 @@ impl Model {
     }
 }
 
-/// Removes tensor `name` from `tensors` as a fresh trainable `Var`.
-fn take(tensors: &mut HashMap<String, Tensor>, name: &str) -> Result<Param> {
+/// Whether the weights a model is built from become trainable variables or frozen tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WeightMode {
+    /// Every weight a fresh [`Var`] (full fine-tuning).
+    Trainable,
+    /// Every weight a frozen tensor, kept in its dtype (scoring).
+    Frozen,
+}
+
+/// Removes tensor `name` from `tensors` as a fresh trainable `Var` or a frozen tensor.
+fn take(tensors: &mut HashMap<String, Tensor>, name: &str, mode: WeightMode) -> Result<Param> {
     let tensor = tensors
         .remove(name)
         .ok_or_else(|| TrainerError::invalid("model", format!("missing tensor {name}")))?;
-    Ok(Param::Trainable(Var::from_tensor(&tensor)?))
+    Ok(match mode {
+        WeightMode::Trainable => Param::Trainable(Var::from_tensor(&tensor)?),
+        WeightMode::Frozen => Param::Frozen(tensor),
+    })
 }
 
 /// PEFT's names for the `lora_A` and `lora_B` weights of projection `path`

@@ -2,21 +2,25 @@
 //! in `model.safetensors.index.json`), plus PEFT's `adapter_config.json` and
 //! `adapter_model.safetensors` when the model carries LoRA adapters.
 //!
-//! Loading casts f16/bf16/f64 weights to f32 and checks every name and shape against the
-//! config. Saving writes f32 under the same names; each file is written to a temporary name,
-//! synced and renamed, so a crash never leaves a half-written file under a real name.
+//! Loading memory-maps each tensor's bytes in turn ([`TensorStore`]) and checks every name
+//! and shape against the config. [`Model::load`], for scoring, keeps each weight in the
+//! dtype it is stored in (bf16 stays bf16: half the memory of f32) and the forward pass
+//! widens it to f32 where it is used; [`Model::load_trainable`], for training, casts every
+//! weight to an f32 variable up front. Saving writes f32 under the same names; each file is
+//! written to a temporary name, synced and renamed, so a crash never leaves a half-written
+//! file under a real name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor, Var};
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use super::config::AdapterConfigFile;
 use super::decoder::Adapter;
-use super::{adapter_names, expected_shape, weight_names, LlamaConfig, Model};
+use super::{adapter_names, expected_shape, weight_names, LlamaConfig, Model, WeightMode};
 use crate::{Result, TrainerError};
 
 const CONFIG_FILE: &str = "config.json";
@@ -28,20 +32,40 @@ const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 impl Model {
     /// Loads `dir/config.json` with `dir/model.safetensors`, or the shards named by
     /// `dir/model.safetensors.index.json` (the single file wins when both exist, as in
-    /// transformers). Weights are cast to f32. With `tie_word_embeddings` a stored
-    /// `lm_head.weight` is ignored (transformers ties it to the embedding).
+    /// transformers), for scoring: every base weight is frozen and kept in the dtype the
+    /// file stores it in (f32, f16, bf16 or f64), and [`Model::forward`] computes in f32,
+    /// widening each weight where it is used. Widening f16 and bf16 to f32 is exact, so the
+    /// logits are bit for bit those of [`Model::load_trainable`] while a bf16 checkpoint
+    /// takes about its file size in memory instead of twice that. With
+    /// `tie_word_embeddings` a stored `lm_head.weight` is ignored (transformers ties it to
+    /// the embedding).
     ///
     /// When the directory also holds a PEFT adapter (`adapter_config.json` +
-    /// `adapter_model.safetensors`) it is applied unmerged, with the base weights frozen.
+    /// `adapter_model.safetensors`) it is applied unmerged, its weights f32 variables.
     pub fn load(dir: &Path, device: &Device) -> Result<Model> {
+        Model::load_as(dir, device, WeightMode::Frozen)
+    }
+
+    /// [`Model::load`] for training: every base weight is cast to f32 and, without an
+    /// adapter in the directory, becomes a trainable variable; with one, the base weights
+    /// are frozen f32 tensors.
+    pub fn load_trainable(dir: &Path, device: &Device) -> Result<Model> {
+        Model::load_as(dir, device, WeightMode::Trainable)
+    }
+
+    fn load_as(dir: &Path, device: &Device, mode: WeightMode) -> Result<Model> {
         let config = LlamaConfig::from_file(&dir.join(CONFIG_FILE))?;
         let store = TensorStore::open(dir)?;
         let mut tensors = HashMap::new();
         for name in weight_names(&config) {
-            let tensor = store.load(&name, &expected_shape(&config, &name), device)?;
+            let stored = store.load(&name, &expected_shape(&config, &name), device)?;
+            let tensor = match mode {
+                WeightMode::Trainable => stored.to_dtype(DType::F32)?,
+                WeightMode::Frozen => stored,
+            };
             tensors.insert(name, tensor);
         }
-        let mut model = Model::from_tensors(config, tensors, device)?;
+        let mut model = Model::from_tensors(config, tensors, device, mode)?;
         model.source = Some(dir.canonicalize().map_err(|e| TrainerError::io(dir, e))?);
         let adapter_config = dir.join(ADAPTER_CONFIG_FILE);
         if adapter_config.exists() {
@@ -167,6 +191,105 @@ impl Model {
     }
 }
 
+/// Writes a randomly initialised checkpoint of `config` into `dir` (`config.json` and one
+/// `model.safetensors` with every weight in `dtype`), generating each tensor only while it
+/// is written, so a model far larger than memory in f32 can be written: the largest single
+/// tensor is the most held at once. Weights are drawn as [`Model::random`] draws them
+/// (normal(0, 0.02), norm weights 1, biases 0), each tensor from its own generator seeded
+/// with `seed` and its position, so the file does not depend on the write order. Returns
+/// the size of `model.safetensors` in bytes. For benchmarks and tests of large models.
+pub fn write_random_checkpoint(
+    dir: &Path,
+    config: &LlamaConfig,
+    dtype: DType,
+    seed: u64,
+) -> Result<u64> {
+    config.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    let config_path = dir.join(CONFIG_FILE);
+    std::fs::write(&config_path, config.to_json())
+        .map_err(|e| TrainerError::io(&config_path, e))?;
+    let tensors: Vec<(String, RandomTensor)> = weight_names(config)
+        .into_iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let fill = if name.ends_with("norm.weight") {
+                Fill::Ones
+            } else if name.ends_with(".bias") {
+                Fill::Zeros
+            } else {
+                Fill::Normal(seed.wrapping_add(index as u64))
+            };
+            let shape = expected_shape(config, &name);
+            let bytes = shape.iter().product::<usize>() * dtype.size_in_bytes();
+            let tensor = RandomTensor {
+                shape,
+                dtype,
+                bytes,
+                fill,
+            };
+            (name, tensor)
+        })
+        .collect();
+    let path = dir.join(WEIGHTS_FILE);
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(metadata), &path)
+        .map_err(|e| TrainerError::invalid(path.display(), e.to_string()))?;
+    let size = std::fs::metadata(&path).map_err(|e| TrainerError::io(&path, e))?;
+    Ok(size.len())
+}
+
+/// How [`RandomTensor`] fills its values.
+#[derive(Clone, Copy)]
+enum Fill {
+    Ones,
+    Zeros,
+    /// normal(0, 0.02) from a `ChaCha8Rng` with this seed.
+    Normal(u64),
+}
+
+/// A tensor whose bytes are generated when the safetensors writer asks for them.
+struct RandomTensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    bytes: usize,
+    fill: Fill,
+}
+
+impl safetensors::View for RandomTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype.into()
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        use rand::SeedableRng;
+        let count = self.shape.iter().product();
+        let values = match self.fill {
+            Fill::Ones => vec![1f32; count],
+            Fill::Zeros => vec![0f32; count],
+            Fill::Normal(seed) => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                super::normal_values(&mut rng, count, super::INIT_STD)
+            }
+        };
+        // The writer's `View` cannot fail; a tensor of the shape it declared always converts.
+        let tensor = Tensor::from_vec(values, self.shape.as_slice(), &Device::Cpu)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .expect("a CPU tensor converts to a float dtype");
+        let bytes = safetensors::View::data(&tensor).into_owned();
+        debug_assert_eq!(bytes.len(), self.bytes);
+        std::borrow::Cow::Owned(bytes)
+    }
+
+    fn data_len(&self) -> usize {
+        self.bytes
+    }
+}
+
 /// safetensors bytes of `tensors` cast to f32, with the `{"format": "pt"}` metadata
 /// transformers expects.
 fn serialize_f32(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
@@ -194,15 +317,29 @@ fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(temporary)
 }
 
-/// The safetensors files of one checkpoint read into memory, with the file each tensor
-/// lives in.
+/// The safetensors files of one checkpoint, memory-mapped one tensor at a time, with the
+/// file each tensor lives in.
+///
+/// Opening a file maps it only to read and check its header; [`TensorStore::load`] then
+/// maps just the bytes of the tensor it copies out and unmaps them right after, so the
+/// file's pages never stay in the process's resident set. (Mapping the whole file for the
+/// whole load, as candle's `MmapedSafetensors` does, would keep every page read resident
+/// next to its copy: peak RSS twice the file.)
 struct TensorStore {
-    /// `(path, bytes)` per file.
-    files: Vec<(PathBuf, Vec<u8>)>,
+    files: Vec<MappedFile>,
     /// Tensor name -> index into `files`.
     routing: HashMap<String, usize>,
     /// Where a tensor missing from `routing` is reported: the single file or the index.
     listing: PathBuf,
+}
+
+/// One safetensors file whose header has been read and checked.
+struct MappedFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Byte offset of the data section: the 8-byte header length plus the header.
+    data_start: usize,
+    metadata: Metadata,
 }
 
 impl TensorStore {
@@ -236,9 +373,7 @@ impl TensorStore {
         shard_names.dedup();
         let mut files = Vec::with_capacity(shard_names.len());
         for shard in &shard_names {
-            let path = dir.join(shard);
-            let bytes = std::fs::read(&path).map_err(|e| TrainerError::io(&path, e))?;
-            files.push((path, bytes));
+            files.push(MappedFile::open(&dir.join(shard))?);
         }
         let routing = index
             .weight_map
@@ -256,16 +391,15 @@ impl TensorStore {
     }
 
     fn single(path: &Path) -> Result<TensorStore> {
-        let bytes = std::fs::read(path).map_err(|e| TrainerError::io(path, e))?;
-        let names: Vec<String> = SafeTensors::deserialize(&bytes)
-            .map_err(|e| TrainerError::invalid(path.display(), e.to_string()))?
-            .names()
-            .into_iter()
-            .map(str::to_string)
+        let file = MappedFile::open(path)?;
+        let routing = file
+            .metadata
+            .tensors()
+            .into_keys()
+            .map(|name| (name, 0))
             .collect();
-        let routing = names.into_iter().map(|name| (name, 0)).collect();
         Ok(TensorStore {
-            files: vec![(path.to_path_buf(), bytes)],
+            files: vec![file],
             routing,
             listing: path.to_path_buf(),
         })
@@ -275,7 +409,8 @@ impl TensorStore {
         self.routing.keys()
     }
 
-    /// Tensor `name` as f32, after checking it has `shape` and a float dtype.
+    /// Tensor `name` in the dtype it is stored in, after checking it has `shape` and a
+    /// float dtype (f32, f16, bf16 or f64).
     fn load(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
         let Some(&file) = self.routing.get(name) else {
             return Err(TrainerError::invalid(
@@ -283,27 +418,132 @@ impl TensorStore {
                 format!("missing tensor {name}"),
             ));
         };
-        let (path, bytes) = &self.files[file];
-        let invalid = |message: String| TrainerError::invalid(path.display(), message);
-        let safetensors = SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
-        let view = safetensors
-            .tensor(name)
-            .map_err(|_| invalid(format!("missing tensor {name}")))?;
-        if view.shape() != shape {
+        self.files[file].load(name, shape, device)
+    }
+}
+
+impl MappedFile {
+    /// Maps `path` to read its header, checks that the header is well formed and that the
+    /// file holds every byte the header promises, and unmaps it again. A truncated file is
+    /// reported with the first tensor whose bytes are missing.
+    fn open(path: &Path) -> Result<MappedFile> {
+        let file = std::fs::File::open(path).map_err(|e| TrainerError::io(path, e))?;
+        // SAFETY: the mapping is read-only and only read here. Another process truncating
+        // or rewriting the file while it is mapped could make these reads see changed
+        // bytes or fault; every memory-mapped checkpoint loader (transformers, candle)
+        // accepts that caveat, and checkpoints are not rewritten in place.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| TrainerError::io(path, e))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|error| {
+            let message = match error {
+                safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                    truncation_message(&map).unwrap_or_else(|| error.to_string())
+                }
+                safetensors::SafeTensorError::TensorInvalidInfo => invalid_info_message(&map)
+                    .unwrap_or_else(|| format!("{error} (corrupt header)")),
+                _ => format!("not a valid safetensors file: {error}"),
+            };
+            TrainerError::invalid(path.display(), message)
+        })?;
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            file,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+
+    /// Maps the bytes of tensor `name`, copies them into a tensor of the stored dtype on
+    /// `device` and unmaps them.
+    fn load(&self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let invalid = |message: String| TrainerError::invalid(self.path.display(), message);
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| invalid(format!("missing tensor {name}")))?;
+        if info.shape != shape {
             return Err(invalid(format!(
                 "tensor {name} has shape {:?}, expected {shape:?}",
-                view.shape()
+                info.shape
             )));
         }
         if !matches!(
-            view.dtype(),
+            info.dtype,
             Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
         ) {
             return Err(invalid(format!(
                 "tensor {name} has dtype {:?}, expected a float type (f32, f16, bf16, f64)",
-                view.dtype()
+                info.dtype
             )));
         }
-        Ok(view.load(device)?.to_dtype(DType::F32)?)
+        let dtype = DType::try_from(info.dtype)?;
+        let (start, end) = info.data_offsets;
+        if start == end {
+            return Ok(Tensor::from_raw_buffer(&[], dtype, shape, device)?);
+        }
+        // SAFETY: as in `MappedFile::open`; `open` checked that the data section holds
+        // `start..end`, and the mapping is dropped before this function returns.
+        let bytes = unsafe {
+            memmap2::MmapOptions::new()
+                .offset((self.data_start + start) as u64)
+                .len(end - start)
+                .map(&self.file)
+        }
+        .map_err(|e| TrainerError::io(&self.path, e))?;
+        Tensor::from_raw_buffer(&bytes, dtype, shape, device)
+            .map_err(|e| invalid(format!("tensor {name}: {e}")))
     }
+}
+
+/// The raw header entries of a safetensors buffer (`name -> {dtype, shape,
+/// data_offsets}`) and the length of its data section, when the header itself parses; used
+/// only to explain why `SafeTensors::read_metadata` refused a file.
+fn raw_header(buffer: &[u8]) -> Option<(Vec<(String, serde_json::Value)>, usize)> {
+    let header_len = usize::try_from(u64::from_le_bytes(buffer.get(..8)?.try_into().ok()?)).ok()?;
+    let header = buffer.get(8..8usize.checked_add(header_len)?)?;
+    let entries: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).ok()?;
+    let mut tensors: Vec<(String, serde_json::Value)> = entries
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .collect();
+    let offset =
+        |entry: &serde_json::Value, i: usize| entry["data_offsets"][i].as_u64().unwrap_or(u64::MAX);
+    tensors.sort_by_key(|(_, entry)| offset(entry, 0));
+    Some((tensors, buffer.len() - 8 - header_len))
+}
+
+/// Names the first tensor whose bytes lie past the end of a truncated file.
+fn truncation_message(buffer: &[u8]) -> Option<String> {
+    let (tensors, data_len) = raw_header(buffer)?;
+    let (name, entry) = tensors.iter().find(|(_, entry)| {
+        entry["data_offsets"][1]
+            .as_u64()
+            .is_some_and(|end| end > data_len as u64)
+    })?;
+    let offsets = &entry["data_offsets"];
+    Some(format!(
+        "truncated: tensor {name} needs bytes {}..{} of the data section but the file holds \
+         only {data_len} (an interrupted download or copy; fetch or save the file again)",
+        offsets[0], offsets[1]
+    ))
+}
+
+/// Names the first tensor whose byte span does not match its shape and dtype.
+fn invalid_info_message(buffer: &[u8]) -> Option<String> {
+    let (tensors, _) = raw_header(buffer)?;
+    tensors.iter().find_map(|(name, entry)| {
+        let dtype: Dtype = serde_json::from_value(entry["dtype"].clone()).ok()?;
+        let shape: Vec<usize> = serde_json::from_value(entry["shape"].clone()).ok()?;
+        let start = entry["data_offsets"][0].as_u64()?;
+        let end = entry["data_offsets"][1].as_u64()?;
+        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))?;
+        let needed = elements.checked_mul(dtype.bitsize())? / 8;
+        (end.checked_sub(start) != Some(needed as u64)).then(|| {
+            format!(
+                "corrupt header: tensor {name} of dtype {dtype:?} and shape {shape:?} needs \
+                 {needed} bytes but its offsets {start}..{end} span {}",
+                end.wrapping_sub(start)
+            )
+        })
+    })
 }

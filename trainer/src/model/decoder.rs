@@ -29,6 +29,13 @@ impl Param {
         }
     }
 
+    /// The weight in `dtype`: the tensor itself when it already is (so gradients reach a
+    /// trainable weight), else a widened (or narrowed) copy. bf16 and f16 widen to f32
+    /// exactly.
+    pub(super) fn value_as(&self, dtype: DType) -> Result<Tensor> {
+        Ok(self.tensor().to_dtype(dtype)?)
+    }
+
     /// A frozen view of the same storage (no copy).
     pub(super) fn freeze(&self) -> Param {
         Param::Frozen(self.tensor().detach())
@@ -64,11 +71,13 @@ pub(super) struct Projection {
 }
 
 impl Projection {
-    /// `x`: `(n, in)` -> `(n, out)`.
+    /// `x`: `(n, in)` -> `(n, out)`, computed in `x`'s dtype (the weight is widened to it
+    /// when stored narrower).
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut base = x.matmul(&self.weight.tensor().t()?)?;
+        let dtype = x.dtype();
+        let mut base = x.matmul(&self.weight.value_as(dtype)?.t()?)?;
         if let Some(bias) = &self.bias {
-            base = base.broadcast_add(bias.tensor())?;
+            base = base.broadcast_add(&bias.value_as(dtype)?)?;
         }
         let Some(adapter) = &self.adapter else {
             return Ok(base);
@@ -82,10 +91,10 @@ impl Projection {
 
     /// `W + scale * B A`, the weight with the adapter folded in.
     pub(super) fn merged_weight(&self) -> Result<Tensor> {
-        let weight = self.weight.tensor();
         let Some(adapter) = &self.adapter else {
-            return Ok(weight.clone());
+            return Ok(self.weight.tensor().clone());
         };
+        let weight = self.weight.value_as(adapter.a.dtype())?;
         let delta = adapter
             .b
             .as_tensor()
@@ -197,10 +206,13 @@ impl DecoderLayer {
         ctx: &ForwardContext,
         mask: &Tensor,
     ) -> Result<Tensor> {
-        let normed = rms_norm(hidden, self.input_layernorm.tensor(), ctx.eps)?;
+        let dtype = hidden.dtype();
+        let input_norm = self.input_layernorm.value_as(dtype)?;
+        let normed = rms_norm(hidden, &input_norm, ctx.eps)?;
         let attended = self.attention(&normed, ctx, mask)?;
         let hidden = (hidden + attended)?;
-        let normed = rms_norm(&hidden, self.post_attention_layernorm.tensor(), ctx.eps)?;
+        let post_norm = self.post_attention_layernorm.value_as(dtype)?;
+        let normed = rms_norm(&hidden, &post_norm, ctx.eps)?;
         let gate = self.gate_proj.forward(&normed)?.silu()?;
         let up = self.up_proj.forward(&normed)?;
         let mlp = self.down_proj.forward(&(gate * up)?)?;
@@ -220,7 +232,7 @@ impl DecoderLayer {
             // norm (Qwen3) applies before the transpose, as in transformers.
             let mut heads = t.reshape((batch, seq, n_heads, head_dim))?;
             if let Some(norm) = norm {
-                heads = rms_norm(&heads, norm.tensor(), ctx.eps)?;
+                heads = rms_norm(&heads, &norm.value_as(heads.dtype())?, ctx.eps)?;
             }
             Ok(heads.transpose(1, 2)?)
         };

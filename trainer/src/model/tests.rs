@@ -1,5 +1,6 @@
 //! Tests of the model: gradients reach every trainable weight and match finite differences,
-//! checkpoints round-trip (single file, shards, bf16, LoRA merged and unmerged), attention is
+//! checkpoints round-trip (single file, shards, bf16 and f16 kept in their dtype for
+//! scoring, LoRA merged and unmerged), broken files are named with the tensor at fault, attention is
 //! causal, and logits agree with an independent numpy implementation of transformers' LLaMA.
 
 use std::collections::HashMap;
@@ -1391,30 +1392,203 @@ fn sharded_checkpoint_loads() {
     );
 }
 
+/// Rewrites the checkpoint in `dir` with every tensor in `dtype`; returns the stored values
+/// widened to f32, by name.
+fn store_checkpoint_as(dir: &Path, dtype: DType) -> HashMap<String, Vec<f32>> {
+    let path = dir.join("model.safetensors");
+    let narrowed: HashMap<String, Tensor> = read_safetensors(&path)
+        .into_iter()
+        .map(|(name, t)| (name, t.to_dtype(dtype).unwrap()))
+        .collect();
+    write_safetensors(&path, &narrowed);
+    narrowed
+        .into_iter()
+        .map(|(name, t)| (name, tensor_values(&t.to_dtype(DType::F32).unwrap())))
+        .collect()
+}
+
 #[test]
-fn bf16_checkpoint_is_cast_to_f32_on_load() {
-    let model = Model::random(small_config(false), 22, &Device::Cpu).unwrap();
+fn bf16_and_f16_checkpoints_load_for_scoring_in_their_dtype() {
+    for dtype in [DType::BF16, DType::F16] {
+        let model = Model::random(small_config(false), 22, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path(), false).unwrap();
+        let stored = store_checkpoint_as(dir.path(), dtype);
+
+        // Scoring keeps every weight as stored (a regression to widening every weight at
+        // load time doubles the memory of a bf16 model and fails here) and computes in f32.
+        let scoring = Model::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(scoring.dtype(), DType::F32, "{dtype:?}");
+        assert!(scoring.trainable().is_empty(), "{dtype:?}");
+        for (name, tensor) in scoring.named_tensors() {
+            assert_eq!(tensor.dtype(), dtype, "{name}");
+        }
+        // Training widens every weight to an f32 variable, exactly.
+        let training = Model::load_trainable(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(training.trainable().len(), stored.len());
+        for (name, tensor) in training.named_tensors() {
+            assert_eq!(tensor.dtype(), DType::F32, "{name}");
+            assert_eq!(tensor_values(&tensor), stored[&name], "{name}");
+        }
+
+        // Widening bf16/f16 to f32 is exact and the f32 computation is the same, so the
+        // logits and every score agree bit for bit with the eagerly widened model.
+        let ids = token_ids(2, 7, 50, 22);
+        let logits = scoring.forward(&ids).unwrap();
+        assert_eq!(logits.dtype(), DType::F32);
+        assert_eq!(
+            tensor_values(&logits),
+            tensor_values(&training.forward(&ids).unwrap()),
+            "{dtype:?}"
+        );
+        // Against the f32 original only the rounding of the weights separates them.
+        let diff = max_abs_diff(&model.forward(&ids).unwrap(), &logits);
+        assert!(diff < 0.05, "{dtype:?} rounding moved logits by {diff}");
+    }
+}
+
+#[test]
+fn a_bf16_model_scores_items_exactly_as_its_f32_widening() {
+    use crate::eval::{loglikelihoods, SpecialTokens};
+    use crate::tokenizer::Tokenizer;
+    let config = LlamaConfig {
+        vocab_size: Tokenizer::byte().vocab_size(),
+        ..small_config(true)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    Model::random(config, 29, &Device::Cpu)
+        .unwrap()
+        .save(dir.path(), false)
+        .unwrap();
+    store_checkpoint_as(dir.path(), DType::BF16);
+    let scoring = Model::load(dir.path(), &Device::Cpu).unwrap();
+    let widened = Model::load_trainable(dir.path(), &Device::Cpu).unwrap();
+    let requests: Vec<(String, String)> = [
+        ("The capital of France is", " Paris"),
+        ("The capital of France is", " Rome"),
+        ("2 + 2 =", " 4"),
+        ("2 + 2 =", " five"),
+    ]
+    .iter()
+    .map(|(c, x)| (c.to_string(), x.to_string()))
+    .collect();
+    let tokenizer = Tokenizer::byte();
+    let score = |model: &Model| loglikelihoods(model, &tokenizer, SpecialTokens::None, &requests);
+    assert_eq!(score(&scoring).unwrap(), score(&widened).unwrap());
+}
+
+#[test]
+fn a_sharded_bf16_checkpoint_loads_in_its_dtype() {
+    let model = Model::random(small_config(false), 30, &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     model.save(dir.path(), false).unwrap();
-    let path = dir.path().join("model.safetensors");
-    let bf16: HashMap<String, Tensor> = read_safetensors(&path)
-        .into_iter()
-        .map(|(name, t)| (name, t.to_dtype(DType::BF16).unwrap()))
-        .collect();
-    write_safetensors(&path, &bf16);
-    let loaded = Model::load(dir.path(), &Device::Cpu).unwrap();
-    assert_eq!(loaded.dtype(), DType::F32);
-    for (name, tensor) in loaded.named_tensors() {
-        assert_eq!(tensor.dtype(), DType::F32, "{name}");
-        let expected = bf16[&name].to_dtype(DType::F32).unwrap();
-        assert_eq!(tensor_values(&tensor), tensor_values(&expected), "{name}");
+    let single = dir.path().join("model.safetensors");
+    let mut shards = [HashMap::new(), HashMap::new()];
+    let mut weight_map = serde_json::Map::new();
+    for (name, tensor) in read_safetensors(&single) {
+        let shard = usize::from(name.contains("layers.1") || name.starts_with("lm_head"));
+        let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        weight_map.insert(name.clone(), serde_json::json!(file));
+        shards[shard].insert(name, tensor.to_dtype(DType::BF16).unwrap());
     }
-    let ids = token_ids(1, 4, 50, 22);
-    let diff = max_abs_diff(
-        &model.forward(&ids).unwrap(),
-        &loaded.forward(&ids).unwrap(),
+    std::fs::remove_file(&single).unwrap();
+    for (shard, tensors) in shards.iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        write_safetensors(&dir.path().join(file), tensors);
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let scoring = Model::load(dir.path(), &Device::Cpu).unwrap();
+    for (name, tensor) in scoring.named_tensors() {
+        assert_eq!(tensor.dtype(), DType::BF16, "{name}");
+    }
+    let widened = Model::load_trainable(dir.path(), &Device::Cpu).unwrap();
+    let ids = token_ids(2, 5, 50, 30);
+    assert_eq!(
+        tensor_values(&scoring.forward(&ids).unwrap()),
+        tensor_values(&widened.forward(&ids).unwrap())
     );
-    assert!(diff < 0.05, "bf16 rounding moved logits by {diff}");
+}
+
+/// The header of a safetensors file: its JSON and the offset of the data section.
+fn safetensors_header(bytes: &[u8]) -> (serde_json::Map<String, serde_json::Value>, usize) {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    (header, 8 + header_len)
+}
+
+#[test]
+fn a_truncated_or_corrupt_file_is_reported_with_the_file_and_the_tensor() {
+    let model = Model::random(small_config(false), 31, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path(), false).unwrap();
+    store_checkpoint_as(dir.path(), DType::BF16);
+    let path = dir.path().join("model.safetensors");
+    let original = std::fs::read(&path).unwrap();
+    let (header, data_start) = safetensors_header(&original);
+    let offsets = |name: &str| -> (usize, usize) {
+        let entry = &header[name]["data_offsets"];
+        (
+            entry[0].as_u64().unwrap() as usize,
+            entry[1].as_u64().unwrap() as usize,
+        )
+    };
+
+    // Cut inside the data of the tensor that is stored last: it is the one named.
+    let last = header
+        .keys()
+        .filter(|name| *name != "__metadata__")
+        .max_by_key(|name| offsets(name).1)
+        .unwrap()
+        .clone();
+    let (start, end) = offsets(&last);
+    std::fs::write(&path, &original[..data_start + (start + end) / 2]).unwrap();
+    for load in [Model::load, Model::load_trainable] {
+        let error = load(dir.path(), &Device::Cpu).err().unwrap().to_string();
+        assert!(
+            error.contains(&path.display().to_string())
+                && error.contains("truncated")
+                && error.contains(&last),
+            "{error}"
+        );
+    }
+
+    // A header whose shape disagrees with the tensor's byte span.
+    let victim = "model.layers.0.self_attn.k_proj.weight";
+    let mut corrupt = header.clone();
+    corrupt[victim]["shape"] = serde_json::json!([16, 31]);
+    let text = serde_json::to_string(&corrupt).unwrap();
+    let padding = (data_start - 8)
+        .checked_sub(text.len())
+        .expect("the edited header is no longer than the original");
+    let mut bytes = original[..8].to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend(std::iter::repeat_n(b' ', padding));
+    bytes.extend_from_slice(&original[data_start..]);
+    std::fs::write(&path, &bytes).unwrap();
+    let error = Model::load(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&path.display().to_string()) && error.contains(victim),
+        "{error}"
+    );
+
+    // A file that is not safetensors at all names the file.
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    let error = Model::load(dir.path(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&path.display().to_string()) && error.contains("safetensors"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -1567,4 +1741,46 @@ fn frozen_weights_stay_bit_identical_through_an_update() {
         .filter(|((name, old), (_, new))| name.contains(".lora_B.") && old != new)
         .count();
     assert_eq!(changed, 14);
+}
+
+#[test]
+fn a_random_checkpoint_is_written_in_its_dtype_and_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(false);
+    let size = super::write_random_checkpoint(dir.path(), &config, DType::BF16, 32).unwrap();
+    assert_eq!(
+        size,
+        std::fs::metadata(dir.path().join("model.safetensors"))
+            .unwrap()
+            .len()
+    );
+    // Two bytes a parameter plus the header.
+    let parameters = config.parameter_count() as u64;
+    assert!(
+        size >= 2 * parameters && size < 2 * parameters + 16_384,
+        "{size}"
+    );
+    let model = Model::load(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(model.config(), &config);
+    for (name, tensor) in model.named_tensors() {
+        assert_eq!(tensor.dtype(), DType::BF16, "{name}");
+        let values = tensor_values(&tensor.to_dtype(DType::F32).unwrap());
+        if name.ends_with("norm.weight") {
+            assert!(values.iter().all(|&v| v == 1.0), "{name}");
+        } else {
+            let spread = values.iter().map(|v| v * v).sum::<f32>() / values.len() as f32;
+            assert!(
+                (spread.sqrt() - 0.02).abs() < 0.005,
+                "{name}: std {}",
+                spread.sqrt()
+            );
+        }
+    }
+    // The same seed writes the same file.
+    let again = tempfile::tempdir().unwrap();
+    super::write_random_checkpoint(again.path(), &config, DType::BF16, 32).unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("model.safetensors")).unwrap(),
+        std::fs::read(again.path().join("model.safetensors")).unwrap()
+    );
 }

@@ -55,7 +55,7 @@ pub fn setup(config: &TrainConfig, base_dir: &Path, device: &Device) -> Result<S
             let llama = llama_config(arch, &tokenizer, config.seq_len)?;
             Model::random(llama, config.seed, device)?
         }
-        (_, Some(dir), _) => Model::load(dir, device)?,
+        (_, Some(dir), _) => Model::load_trainable(dir, device)?,
         _ => {
             return Err(TrainerError::config(
                 "model",
