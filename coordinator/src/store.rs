@@ -8,8 +8,9 @@
 //! [`SledStore`] is the real implementation. Trees:
 //!
 //! - `sweeps`: sweep id -> [`SweepRecord`] (JSON)
-//! - `runs`: run id -> [`RunRecord`] (JSON); run ids start with their sweep id, so the
-//!   runs of a sweep are one prefix scan
+//! - `runs`: run id -> [`RunRecord`] (JSON, zstd-compressed against a fixed dictionary:
+//!   see `codec::encode_compressed`; records of earlier versions are plain JSON); run
+//!   ids start with their sweep id, so the runs of a sweep are one prefix scan
 //! - `metrics`: `run id / attempt / seq / index` -> a chunk of the points of one output
 //!   event, starting at the point at `index` within that event (a JSON array of at most
 //!   [`POINT_CHUNK_BYTES`], so that sled's pages stay inline in its log; stores written
@@ -293,7 +294,7 @@ impl Store for SledStore {
             add_index_keys(tree, old, new)?;
         }
         self.runs
-            .insert(run.id.as_bytes(), encode(run)?)
+            .insert(run.id.as_bytes(), encode_compressed(run)?)
             .map_err(sled_err)?;
         for (tree, old, new) in indexes {
             remove_index_keys(tree, old, new)?;

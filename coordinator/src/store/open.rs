@@ -192,7 +192,7 @@ impl SledStore {
                     run.summaries.insert(name.clone(), summary);
                 }
             }
-            upgraded.insert(key, encode(&run)?);
+            upgraded.insert(key, encode_compressed(&run)?);
         }
         self.runs.apply_batch(upgraded).map_err(sled_err)
     }
@@ -235,7 +235,7 @@ impl SledStore {
         for chunk in runs.chunks(INDEX_BATCH_KEYS) {
             let mut records = sled::Batch::default();
             for run in chunk {
-                records.insert(run.id.as_bytes(), encode(run)?);
+                records.insert(run.id.as_bytes(), encode_compressed(run)?);
             }
             self.runs.apply_batch(records).map_err(sled_err)?;
         }
