@@ -23,6 +23,8 @@ use crate::{client, ExitError, RunArgs};
 /// A coordinator and agents running inside this process, on a loopback port.
 pub struct Embedded {
     pub url: String,
+    /// The web pages' sign-in link, carrying the admin token (see `ladder run`).
+    pub signin_url: String,
     stops: Vec<oneshot::Sender<()>>,
     agents: Vec<tokio::task::JoinHandle<Result<(), ladder_agent::AgentError>>>,
     server: tokio::task::JoinHandle<Result<(), ladder_coordinator::CoordinatorError>>,
@@ -96,8 +98,10 @@ impl Embedded {
                 let _ = stopped.await;
             })));
         }
+        let signin_url = format!("{url}/signin?token={token}");
         Ok(Embedded {
             url,
+            signin_url,
             stops,
             agents: handles,
             server,
@@ -162,6 +166,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.data.display(),
         embedded.url
     );
+    // A browser follows the sweep live from here (the link signs it in with the token).
+    eprintln!("web ui: {}&next=/sweeps/{}", embedded.signin_url, sweep.id);
     let finished = tokio::select! {
         result = client::watch(&embedded.url, &sweep.id, false) => result?,
         _ = crate::shutdown_signal() => {

@@ -591,6 +591,8 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         }
     };
     println!("ladder coordinator listening on {address}");
+    // The pages and their JSON API share the listener (sign in with a token there).
+    println!("ladder web ui at {}/", local_url(address, https));
     use std::io::Write;
     std::io::stdout().flush()?;
     coordinator.serve(listener, shutdown_signal()).await?;

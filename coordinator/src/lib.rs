@@ -21,6 +21,8 @@
 //!   [`local_token`]: the admin token of a coordinator started without `--auth`, in
 //!   private files its user's clients find from the URL alone;
 //!   [`tls`]: the certificate and key served with `--tls-cert/--tls-key`.
+//! - [`web`]: the web pages and their JSON API (`/api/v1`), served on the same listener
+//!   over HTTP/1.1 beside gRPC, with the same TLS and tokens.
 //!
 //! Data flow: a submitted sweep is validated, stored, and its trials are created lazily
 //! as agent slots free up; agents connect over a bidirectional stream, receive
@@ -45,6 +47,7 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod watch;
+pub mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -253,40 +256,48 @@ impl Coordinator {
         // and whether the services are up.
         let max_connections = connection_budget();
         info!(max_connections, "accepting connections");
+        // gRPC services are routed by name; every other request (HTTP/1.1 or HTTP/2) goes
+        // to the web pages and their JSON API.
+        let routes =
+            tonic::service::Routes::from(web::router(self.shared.clone(), self.tls.is_some()))
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(reflection_alpha)
+                .add_service(
+                    pb::sweep_service_server::SweepServiceServer::new(SweepServiceImpl(
+                        self.shared.clone(),
+                    ))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .add_service(
+                    pb::run_service_server::RunServiceServer::new(RunServiceImpl(
+                        self.shared.clone(),
+                    ))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .add_service(
+                    pb::agent_service_server::AgentServiceServer::new(AgentServiceImpl(
+                        self.shared.clone(),
+                    ))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+                .add_service(
+                    pb::artifact_service_server::ArtifactServiceServer::new(ArtifactServiceImpl {
+                        shared: self.shared.clone(),
+                        store: self.artifacts.clone(),
+                    })
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                );
         let server = builder
+            .accept_http1(true)
             .http2_keepalive_interval(Some(ladder_limits::KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(ladder_limits::KEEPALIVE_TIMEOUT))
             .tcp_keepalive(Some(Duration::from_secs(60)))
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
-            .add_service(
-                pb::sweep_service_server::SweepServiceServer::new(SweepServiceImpl(
-                    self.shared.clone(),
-                ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                pb::run_service_server::RunServiceServer::new(RunServiceImpl(self.shared.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                pb::agent_service_server::AgentServiceServer::new(AgentServiceImpl(
-                    self.shared.clone(),
-                ))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                pb::artifact_service_server::ArtifactServiceServer::new(ArtifactServiceImpl {
-                    shared: self.shared.clone(),
-                    store: self.artifacts.clone(),
-                })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
+            .add_routes(routes)
             .serve_with_incoming_shutdown(
                 listener::guarded(listener, max_connections, ladder_limits::HANDSHAKE_TIMEOUT),
                 shutdown,

@@ -147,6 +147,13 @@ pub const MAX_SORT_KEYS: usize = 16;
 /// Concurrent watch streams (`WatchRun`, `WatchSweep`) one principal may hold open.
 pub const MAX_WATCHES_PER_PRINCIPAL: usize = 256;
 
+/// Longest query string of a web API request (`/api/v1/...`): room for the longest
+/// `where` percent-encoded.
+pub const MAX_HTTP_QUERY_BYTES: usize = 64 * 1024;
+
+/// Longest body of the web sign-in form (`POST /signin`).
+pub const MAX_SIGNIN_FORM_BYTES: usize = 4 * 1024;
+
 /// Bytes of the store's page cache held in the coordinator's memory (sled's
 /// `cache_capacity`, whose default is 1 GiB). Reads beyond it go to the file and the
 /// operating system's page cache.
