@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need beyond Rust: Debian packages (slurm-wlm and
 # munge for tests/tests/slurm.rs; systemd for systemd-analyze and kubernetes-client for
-# `kubectl kustomize` in tests/tests/deploy.rs)
+# `kubectl kustomize` in tests/tests/deploy.rs, chromium for the browser tests of the web
+# pages in tests/tests/web.rs)
 # when their commands are missing, the Python packages of clients/python, and
 # lm-evaluation-harness 0.4.13 for clients/python/test_export_tasks.py (tests/tests/tasks.rs).
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v slurmctld >/dev/null || missing+=(slurm-wlm)
 command -v munged >/dev/null || missing+=(munge)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+command -v chromium >/dev/null || missing+=(chromium)
 
 if ((${#missing[@]})); then
   sudo=()
