@@ -22,6 +22,7 @@ use crate::allinone::Embedded;
 use crate::client;
 
 mod history;
+mod memory;
 mod soak;
 mod testfns;
 
@@ -137,6 +138,10 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Peak memory of loading and scoring a ~1.5 B-parameter bf16 checkpoint, memory-mapped
+    /// (`ladder eval`'s loader) against widened to f32 at load (training's, and the loader
+    /// before memory-mapping).
+    Memory(memory::MemoryArgs),
     /// Median simple regret of random search and TPE on standard test functions, and
     /// TPE's proposal rate with a long history.
     Search {
@@ -236,6 +241,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 json,
             })
             .await
+        }
+        BenchCommand::Memory(args) => {
+            tokio::task::spawn_blocking(move || memory::run(args)).await?
         }
         BenchCommand::Train { shape, json } => {
             tokio::task::spawn_blocking(move || train(shape, json)).await?
