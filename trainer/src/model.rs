@@ -236,7 +236,7 @@ impl Model {
     /// Logits for every position: `ids` `(batch, seq)` of u32 token ids -> `(batch, seq,
     /// vocab)` in the model's compute dtype ([`Model::dtype`]), with causal attention over
     /// positions `0..seq`. Weights stored narrower are widened one at a time where they are
-    /// used, so at most one layer's widened copies exist at once.
+    /// used and dropped right after, so at most one widened weight exists at a time.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = ids.dims2()?;
         if seq == 0 || batch == 0 {
