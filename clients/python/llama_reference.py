@@ -5,7 +5,7 @@ float32, rotate_half rotary embeddings, grouped-query attention through ``repeat
 softmax and the SwiGLU MLP; with the family differences of ``modeling_mistral.py`` (sliding
 window mask), ``modeling_qwen2.py`` (q/k/v biases, sliding-window layers) and ``modeling_qwen3.py`` (per-head q/k
 RMSNorm before RoPE), and the RoPE types of ``modeling_rope_utils.py`` (default, linear,
-dynamic, llama3, yarn) read from either config layout (transformers 4's ``rope_scaling``,
+dynamic, llama3, yarn, longrope) read from either config layout (transformers 4's ``rope_scaling``,
 transformers 5's ``rope_parameters``). ladder's trainer tests compare their logits against
 this script.
 
@@ -111,6 +111,19 @@ def inv_freq_and_attention(config, theta, rope, head_dim, seq):
         extrapolation_factor = np.float32(1) - ramp
         inv_freq = interpolation * (np.float32(1) - extrapolation_factor) + extrapolation * extrapolation_factor
         return inv_freq.astype(np.float32), attention
+    if kind == "longrope":
+        # _compute_longrope_parameters with longrope_frequency_update: the long factors for a
+        # pass longer than original_max_position_embeddings, else the short ones.
+        original = rope.get("original_max_position_embeddings") or max_pos
+        factor = rope.get("factor")
+        if factor is None:
+            factor = max_pos / original
+        attention = rope.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        ext = np.array(rope["long_factor"] if seq > original else rope["short_factor"], dtype=np.float32)
+        exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+        return (np.float32(1.0) / (ext * np.float32(theta) ** exponents)).astype(np.float32), attention
     raise ValueError(f"rope_type {kind!r} is not implemented here")
 
 

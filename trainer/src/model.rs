@@ -34,7 +34,8 @@ use rand_chacha::ChaCha8Rng;
 
 pub use checkpoint::write_random_checkpoint;
 pub use config::{
-    AttentionType, LlamaConfig, LoraConfig, ModelFamily, RopeScaling, YarnScaling, LORA_TARGETS,
+    AttentionType, LlamaConfig, LongRopeScaling, LoraConfig, ModelFamily, RopeScaling, YarnScaling,
+    LORA_TARGETS,
 };
 use decoder::{Adapter, DecoderLayer, ForwardContext, Param, Projection};
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::rope::{read_rope_block, RopeBlock};
-pub use super::rope::{RopeScaling, YarnScaling};
+pub use super::rope::{LongRopeScaling, RopeScaling, YarnScaling};
 use crate::{Result, TrainerError};
 
 /// The projections a LoRA adapter may wrap, in the order they appear in a decoder layer
@@ -353,6 +353,23 @@ impl LlamaConfig {
         }
         if let Some(scaling) = &self.rope_scaling {
             scaling.validate("rope_scaling")?;
+            if let RopeScaling::LongRope(long) = scaling {
+                let half = self.head_dim() / 2;
+                for (key, factors) in [
+                    ("short_factor", &long.short_factor),
+                    ("long_factor", &long.long_factor),
+                ] {
+                    if factors.len() != half {
+                        return Err(config_error(
+                            &format!("rope_scaling.{key}"),
+                            format!(
+                                "has {} factors, expected head_dim / 2 = {half}",
+                                factors.len()
+                            ),
+                        ));
+                    }
+                }
+            }
             if matches!(scaling, RopeScaling::Dynamic { .. }) && self.head_dim() <= 2 {
                 return Err(config_error(
                     "rope_scaling.rope_type",

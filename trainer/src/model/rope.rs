@@ -31,6 +31,28 @@ pub enum RopeScaling {
     },
     /// YaRN: frequency-dependent interpolation plus an attention factor on cos/sin.
     Yarn(YarnScaling),
+    /// LongRoPE (Phi-3's): a rescale factor per frequency, one list for passes up to
+    /// `original_max_position_embeddings` and one for longer passes, plus an attention
+    /// factor on cos/sin.
+    LongRope(LongRopeScaling),
+}
+
+/// The parameters of LongRoPE scaling; absent ones take transformers' defaults when used.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LongRopeScaling {
+    /// One factor per frequency (`head_dim / 2`), used while a pass is no longer than
+    /// `original_max_position_embeddings`.
+    pub short_factor: Vec<f64>,
+    /// One factor per frequency, used for longer passes.
+    pub long_factor: Vec<f64>,
+    /// `max_position_embeddings / original_max_position_embeddings` when absent; only the
+    /// default attention factor depends on it.
+    pub factor: Option<f64>,
+    /// `sqrt(1 + ln(factor) / ln(original_max_position_embeddings))` when absent (1 for a
+    /// factor of at most 1).
+    pub attention_factor: Option<f64>,
+    /// `max_position_embeddings` when absent (transformers' standardisation).
+    pub original_max_position_embeddings: Option<usize>,
 }
 
 /// The parameters of YaRN scaling; absent ones take transformers' defaults when used.
@@ -53,7 +75,7 @@ pub struct YarnScaling {
 }
 
 /// The RoPE types a `config.json` may name, for error messages.
-const ROPE_TYPES: &str = "default, linear, dynamic, llama3, yarn";
+const ROPE_TYPES: &str = "default, linear, dynamic, llama3, yarn, longrope";
 
 impl RopeScaling {
     /// transformers' `rope_type` name.
@@ -63,6 +85,7 @@ impl RopeScaling {
             RopeScaling::Dynamic { .. } => "dynamic",
             RopeScaling::Llama3 { .. } => "llama3",
             RopeScaling::Yarn(_) => "yarn",
+            RopeScaling::LongRope(_) => "longrope",
         }
     }
 
@@ -106,6 +129,16 @@ impl RopeScaling {
                 put("mscale", yarn.mscale.map(Value::from));
                 put("mscale_all_dim", yarn.mscale_all_dim.map(Value::from));
                 put("truncate", yarn.truncate.map(Value::from));
+            }
+            RopeScaling::LongRope(long) => {
+                put("short_factor", Some(long.short_factor.clone().into()));
+                put("long_factor", Some(long.long_factor.clone().into()));
+                put("factor", long.factor.map(Value::from));
+                put("attention_factor", long.attention_factor.map(Value::from));
+                put(
+                    "original_max_position_embeddings",
+                    long.original_max_position_embeddings.map(Value::from),
+                );
             }
         }
         Value::Object(block)
@@ -174,6 +207,22 @@ impl RopeScaling {
                 }
                 Ok(())
             }
+            RopeScaling::LongRope(long) => {
+                for (key, factors) in [
+                    ("short_factor", &long.short_factor),
+                    ("long_factor", &long.long_factor),
+                ] {
+                    for value in factors {
+                        positive(key, Some(*value))?;
+                    }
+                }
+                positive("factor", long.factor)?;
+                positive("attention_factor", long.attention_factor)?;
+                nonzero(
+                    "original_max_position_embeddings",
+                    long.original_max_position_embeddings,
+                )
+            }
         }
     }
 }
@@ -237,6 +286,13 @@ pub(super) fn read_rope_block(block: &Map<String, Value>, field: &str) -> Result
             "mscale",
             "mscale_all_dim",
             "truncate",
+        ],
+        "longrope" => &[
+            "short_factor",
+            "long_factor",
+            "factor",
+            "attention_factor",
+            "original_max_position_embeddings",
         ],
         other => {
             return Err(rope_error(
@@ -341,6 +397,38 @@ pub(super) fn read_rope_block(block: &Map<String, Value>, field: &str) -> Result
             }
             Some(RopeScaling::Yarn(yarn))
         }
+        "longrope" => {
+            let factors = |key: &str| -> Result<Vec<f64>> {
+                let Some(value) = block.get(key).filter(|v| !v.is_null()) else {
+                    return Err(rope_error(
+                        field,
+                        key,
+                        "missing; RoPE type \"longrope\" requires it",
+                    ));
+                };
+                let numbers = value.as_array().map(|items| {
+                    items
+                        .iter()
+                        .map(Value::as_f64)
+                        .collect::<Option<Vec<f64>>>()
+                });
+                match numbers {
+                    Some(Some(numbers)) if !numbers.is_empty() => Ok(numbers),
+                    _ => Err(rope_error(
+                        field,
+                        key,
+                        format!("expected a non-empty list of numbers, found {value}"),
+                    )),
+                }
+            };
+            Some(RopeScaling::LongRope(LongRopeScaling {
+                short_factor: factors("short_factor")?,
+                long_factor: factors("long_factor")?,
+                factor: number("factor")?,
+                attention_factor: number("attention_factor")?,
+                original_max_position_embeddings: length("original_max_position_embeddings")?,
+            }))
+        }
         _ => None,
     };
     if let Some(scaling) = &scaling {
@@ -415,7 +503,43 @@ pub(super) fn inverse_frequencies(settings: RopeSettings<'_>, seq: usize) -> (Ve
             (frequencies, 1.0)
         }
         Some(RopeScaling::Yarn(yarn)) => yarn_frequencies(settings, yarn),
+        Some(RopeScaling::LongRope(long)) => longrope_frequencies(settings, long, seq),
     }
+}
+
+/// transformers' `_compute_longrope_parameters` with its `longrope_frequency_update`: the
+/// long factors for a pass longer than `original_max_position_embeddings`, else the short
+/// ones; `1 / (factor_i * theta^(2i / dim))` in f32.
+fn longrope_frequencies(
+    settings: RopeSettings<'_>,
+    long: &LongRopeScaling,
+    seq: usize,
+) -> (Vec<f32>, f32) {
+    let dim = settings.head_dim;
+    let original = long
+        .original_max_position_embeddings
+        .unwrap_or(settings.max_position_embeddings);
+    let factor = long
+        .factor
+        .unwrap_or(settings.max_position_embeddings as f64 / original as f64);
+    let attention_factor = match long.attention_factor {
+        Some(given) => given,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    let factors = if seq > original {
+        &long.long_factor
+    } else {
+        &long.short_factor
+    };
+    let base = settings.theta as f32;
+    let frequencies = (0..dim / 2)
+        .map(|i| {
+            let ext = factors[i] as f32;
+            1.0 / (ext * base.powf((2 * i) as f32 / dim as f32))
+        })
+        .collect();
+    (frequencies, attention_factor as f32)
 }
 
 /// `1 / theta^(2i / dim)` in f32, as `torch.arange(0, dim, 2).float() / dim` and a Python
@@ -502,6 +626,34 @@ mod tests {
     }
 
     #[test]
+    fn longrope_switches_to_the_long_factors_past_the_original_length() {
+        let long = RopeScaling::LongRope(LongRopeScaling {
+            short_factor: vec![1.0, 2.0, 4.0, 8.0],
+            long_factor: vec![1.0, 3.0, 9.0, 27.0],
+            original_max_position_embeddings: Some(4),
+            ..LongRopeScaling::default()
+        });
+        let (short, attention) = inverse_frequencies(settings(Some(&long)), 4);
+        let (longer, same_attention) = inverse_frequencies(settings(Some(&long)), 5);
+        for i in 0..4 {
+            let (s, l) = ([1.0f32, 2.0, 4.0, 8.0][i], [1.0f32, 3.0, 9.0, 27.0][i]);
+            let power = 10000f32.powf((2 * i) as f32 / 8.0);
+            assert_eq!(short[i], 1.0 / (s * power), "{i}");
+            assert_eq!(longer[i], 1.0 / (l * power), "{i}");
+        }
+        // factor = 16 / 4 by default: sqrt(1 + ln 4 / ln 4).
+        assert_eq!(attention, 2f32.sqrt());
+        assert_eq!(attention, same_attention);
+        let given = RopeScaling::LongRope(LongRopeScaling {
+            short_factor: vec![1.0; 4],
+            long_factor: vec![1.0; 4],
+            factor: Some(0.5),
+            ..LongRopeScaling::default()
+        });
+        assert_eq!(inverse_frequencies(settings(Some(&given)), 4).1, 1.0);
+    }
+
+    #[test]
     fn linear_divides_every_frequency_by_the_factor() {
         let (plain, _) = inverse_frequencies(settings(None), 4);
         let linear = RopeScaling::Linear { factor: 4.0 };
@@ -567,9 +719,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let error = read(serde_json::json!({"rope_type": "longrope", "factor": 2.0}));
+        let error = read(serde_json::json!({"rope_type": "mrope", "factor": 2.0}));
         assert!(
             error.starts_with("config.json: rope_parameters.rope_type:"),
+            "{error}"
+        );
+        let error = read(serde_json::json!({"rope_type": "longrope", "factor": 2.0,
+            "long_factor": [1.0]}));
+        assert!(
+            error.starts_with("config.json: rope_parameters.short_factor: missing"),
+            "{error}"
+        );
+        let error = read(serde_json::json!({"rope_type": "longrope",
+            "short_factor": [1.0, "x"], "long_factor": [1.0]}));
+        assert!(
+            error.starts_with(
+                "config.json: rope_parameters.short_factor: expected a non-empty list"
+            ),
             "{error}"
         );
         let error = read(serde_json::json!({"type": "su"}));

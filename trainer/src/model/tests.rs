@@ -558,11 +558,21 @@ fn config_keys_that_change_the_computation_are_refused_by_name() {
             with(&|c| {
                 c.insert(
                     "rope_parameters".into(),
+                    serde_json::json!({"rope_theta": 500000.0, "rope_type": "mrope",
+                        "mrope_section": [1, 1]}),
+                );
+            }),
+            "rope_parameters.rope_type",
+        ),
+        (
+            with(&|c| {
+                c.insert(
+                    "rope_parameters".into(),
                     serde_json::json!({"rope_theta": 500000.0, "rope_type": "longrope",
                         "short_factor": [1.0], "long_factor": [1.0]}),
                 );
             }),
-            "rope_parameters.rope_type",
+            "rope_scaling.short_factor",
         ),
         (
             with(&|c| {
@@ -1132,6 +1142,19 @@ fn family_checkpoint_configs() -> Vec<(&'static str, serde_json::Value)> {
                 "rope_parameters": {"rope_type": "yarn", "rope_theta": 1000.0, "factor": 4.0,
                     "original_max_position_embeddings": 16, "mscale": 2.0, "mscale_all_dim": 1.0,
                     "beta_fast": 8, "truncate": false}})),
+        ),
+        (
+            "llama, longrope on a pass longer than the original length (long factors), transformers 4 layout",
+            with(serde_json::json!({"model_type": "llama", "rope_theta": 10000.0,
+                "rope_scaling": {"type": "longrope", "original_max_position_embeddings": 8,
+                    "short_factor": [1.0, 1.5, 2.0, 4.0], "long_factor": [1.0, 3.0, 9.0, 27.0]}})),
+        ),
+        (
+            "llama, longrope within the original length (short factors), given factor, transformers 5 layout",
+            with(serde_json::json!({"model_type": "llama",
+                "rope_parameters": {"rope_type": "longrope", "rope_theta": 1000.0, "factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                    "short_factor": [1.0, 1.5, 2.0, 4.0], "long_factor": [1.0, 3.0, 9.0, 27.0]}})),
         ),
         (
             "mistral, sliding window 5, transformers 4 layout",
