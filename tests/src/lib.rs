@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
 
+pub mod browser;
+
 /// How long a plain client verb may take before the harness gives up on it.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a coordinator may take to print its listening line.
