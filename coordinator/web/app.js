@@ -22,6 +22,12 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Replaces el's children, skipping null, undefined and false (sections not shown).
+function replace(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+}
+
 function append(el, children) {
   for (const child of children.flat()) {
     if (child === undefined || child === null || child === false) continue;
@@ -431,7 +437,7 @@ async function runPage(main, id) {
     if (names.size === 0) charts.append(h("p", { class: "muted" }, "No metrics reported yet."));
   }
   const metricNames = Object.keys(run.metrics).sort();
-  main.replaceChildren(
+  replace(main,
     h("h1", {}, "Run ", h("span", { id: "run-id" }, run.id), " ", status, " ", live),
     h("dl", { class: "facts" },
       h("dt", {}, "sweep"), h("dd", {}, sweepLink(run.sweep_id, card.sweep_name || run.sweep_id), ` (trial ${run.index})`),
