@@ -4,7 +4,8 @@
 # `kubectl kustomize` in tests/tests/deploy.rs, chromium for the browser tests of the web
 # pages in tests/tests/web.rs)
 # when their commands are missing, the Python packages of clients/python, and
-# lm-evaluation-harness 0.4.13 for clients/python/test_export_tasks.py (tests/tests/tasks.rs).
+# lm-evaluation-harness 0.4.13 for clients/python/test_export_tasks.py (tests/tests/tasks.rs),
+# and moto's S3 server for the S3 artifact tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,5 @@ python3 -m pip install --quiet --disable-pip-version-check -r clients/python/req
 # lm-eval's task YAML and utils.py, without its dependencies (torch, datasets): the export
 # check needs only its prompt-building code, whose imports requirements.txt covers.
 python3 -m pip install --quiet --disable-pip-version-check --no-deps lm-eval==0.4.13
+# moto's S3 server, for the S3 artifact backend's tests (tests/s3_server.py).
+python3 -m pip install --quiet --disable-pip-version-check "moto[server]==5.2.1"

@@ -139,7 +139,8 @@ struct CoordinatorArgs {
     #[arg(long, default_value_t = 3.0)]
     heartbeat_interval: f64,
     /// Where run artifacts are kept: file:///PATH (a directory, e.g. on a shared
-    /// filesystem). Default: DATA/artifacts.
+    /// filesystem) or s3://BUCKET/PREFIX (settings from the AWS_* environment
+    /// variables). Default: DATA/artifacts.
     #[arg(long, value_name = "URL")]
     artifacts: Option<String>,
     #[command(flatten)]

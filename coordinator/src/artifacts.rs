@@ -1,11 +1,11 @@
 //! The artifact store: the files runs produce (models, adapters, results), kept by
 //! content and recorded on their runs.
 //!
-//! - [`ObjectBackend`]: where object bytes live, behind a small async trait. The one
-//!   backend today is [`FileBackend`], a directory (the coordinator's
-//!   `<data>/artifacts`, or a shared filesystem with `--artifacts file:///mnt/team`);
-//!   an object-store backend (S3 through the `object_store` crate, a multipart upload
-//!   completed only once verified) implements the same trait.
+//! - [`ObjectBackend`]: where object bytes live, behind a small async trait:
+//!   [`FileBackend`], a directory (the coordinator's `<data>/artifacts`, or a shared
+//!   filesystem with `--artifacts file:///mnt/team`), or [`S3Backend`], a bucket
+//!   (`--artifacts s3://BUCKET/PREFIX`, through the `object_store` crate: a multipart
+//!   upload completed only once verified).
 //! - [`ArtifactStore`]: names objects by their SHA-256 ([`Digest`]) and receives an
 //!   upload as a stream of chunks, hashing as it writes; the object becomes visible
 //!   under its name only when every declared byte arrived and the hash matched. Anything
@@ -33,6 +33,9 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::error::CoordinatorError;
+
+mod s3;
+pub use s3::{S3Backend, S3Location};
 
 /// A file recorded on a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +99,9 @@ impl fmt::Display for Digest {
 pub enum ArtifactLocation {
     /// A directory: the data directory's `artifacts/` by default, or `file:///PATH`.
     Directory(PathBuf),
+    /// `s3://BUCKET/PREFIX`: an S3 bucket, or any store speaking S3
+    /// (`AWS_ENDPOINT_URL`), configured from the AWS environment variables.
+    S3(S3Location),
 }
 
 impl ArtifactLocation {
@@ -104,7 +110,7 @@ impl ArtifactLocation {
         ArtifactLocation::Directory(data_dir.join("artifacts"))
     }
 
-    /// Parses `--artifacts`: `file:///absolute/path`. `s3://` is named as not built yet.
+    /// Parses `--artifacts`: `file:///absolute/path` or `s3://BUCKET/PREFIX`.
     pub fn parse(url: &str) -> Result<ArtifactLocation, CoordinatorError> {
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
@@ -114,13 +120,11 @@ impl ArtifactLocation {
             }
             return Ok(ArtifactLocation::Directory(PathBuf::from(path)));
         }
-        if url.starts_with("s3://") {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "--artifacts {url:?}: the S3 backend is not built yet; use a shared directory (file:///PATH) or leave --artifacts out (the data directory)"
-            )));
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return Ok(ArtifactLocation::S3(S3Location::parse(url, rest)?));
         }
         Err(CoordinatorError::InvalidArgument(format!(
-            "--artifacts {url:?}: expected file:///PATH (a directory, e.g. on a shared filesystem)"
+            "--artifacts {url:?}: expected file:///PATH (a directory, e.g. on a shared filesystem) or s3://BUCKET/PREFIX"
         )))
     }
 }
@@ -286,6 +290,9 @@ impl ArtifactStore {
             ArtifactLocation::Directory(root) => {
                 Ok(ArtifactStore::new(Arc::new(FileBackend::open(root)?)))
             }
+            ArtifactLocation::S3(location) => {
+                Ok(ArtifactStore::new(Arc::new(S3Backend::open(location)?)))
+            }
         }
     }
 
@@ -431,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn locations_are_file_urls_or_the_data_directory() {
+    fn locations_are_file_or_s3_urls_or_the_data_directory() {
         assert_eq!(
             ArtifactLocation::parse("file:///mnt/team/ladder").unwrap(),
             ArtifactLocation::Directory("/mnt/team/ladder".into())
@@ -444,10 +451,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(relative.contains("absolute path"), "{relative}");
-        let s3 = ArtifactLocation::parse("s3://bucket/prefix")
-            .unwrap_err()
-            .to_string();
-        assert!(s3.contains("not built yet"), "{s3}");
+        assert!(matches!(
+            ArtifactLocation::parse("s3://bucket/prefix"),
+            Ok(ArtifactLocation::S3(_))
+        ));
         let other = ArtifactLocation::parse("/mnt/team")
             .unwrap_err()
             .to_string();

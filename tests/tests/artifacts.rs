@@ -283,6 +283,143 @@ fn declared_and_reported_files_are_uploaded_and_a_viewer_downloads_them_verified
     );
 }
 
+/// moto's S3 server (`tests/s3_server.py`, installed by `tests/setup.sh`) with one
+/// bucket, stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> S3Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/s3_server.py"))
+            .arg(bucket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs tests/s3_server.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reads the endpoint");
+        let endpoint = line.trim().to_string();
+        assert!(
+            endpoint.starts_with("http://127.0.0.1:"),
+            "tests/s3_server.py did not start (moto is installed by tests/setup.sh): {line:?}"
+        );
+        S3Server { child, endpoint }
+    }
+
+    /// The keys under `prefix`, listed by boto3: a client other than ladder's.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let script = "import sys, boto3\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+            pages = s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[2], Prefix=sys.argv[3])\n\
+            print('\\n'.join(o['Key'] for p in pages for o in p.get('Contents', [])))\n";
+        let output = std::process::Command::new("python3")
+            .args(["-c", script, &self.endpoint, bucket, prefix])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut keys: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn artifacts_kept_in_an_s3_bucket_are_uploaded_and_downloaded_verified() {
+    let s3 = S3Server::start("team-models");
+    // The coordinator reads its S3 settings from the environment, as AWS tools do; the
+    // agents and clients started here inherit them but never use them.
+    for (name, value) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", s3.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ] {
+        std::env::set_var(name, value);
+    }
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let tokens = write_auth_file(dir);
+    let auth = tokens.file.to_str().expect("utf-8 path");
+    let cluster = Cluster::builder(dir)
+        .coordinator_args(&[
+            "--auth",
+            auth,
+            "--heartbeat-interval",
+            "0.5",
+            "--artifacts",
+            "s3://team-models/ladder/prod",
+        ])
+        .admin_token(&tokens.admin)
+        .agent_with("gpu-01", 2, &["--token", &tokens.agent])
+        .start();
+    let coordinator = &cluster.coordinator;
+    write_script(dir, "make_files.sh", MAKE_FILES);
+    let sweep_file = write_file(
+        dir,
+        "artifacts.yaml",
+        "name: artifacts\nmethod: grid\nmetric: {name: acc}\nartifacts: [model/, results.json]\ncommand: [sh, \"{{ladder.code_dir}}/make_files.sh\"]\n",
+    );
+    let run_id = run_one(coordinator, &tokens, &sweep_file);
+    let produced = run_dir(dir, &run_id);
+
+    // Each content is one object in the bucket, under the prefix, named by its hash.
+    let keys = s3.keys("team-models", "ladder/prod/");
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    let weights = sha256_of(&produced.join("model/weights.bin"));
+    assert!(
+        keys.contains(&format!("ladder/prod/objects/{}/{weights}", &weights[..2])),
+        "{keys:?}"
+    );
+    assert!(
+        !dir.join("data").join("artifacts").join("objects").exists(),
+        "objects written to the data directory too"
+    );
+
+    // A viewer downloads them through the coordinator, verified, byte for byte.
+    let out = dir.join("download");
+    let written = json_as(
+        coordinator,
+        &tokens.victor,
+        &[
+            "artifacts",
+            "get",
+            &run_id,
+            "--out",
+            out.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(written.as_array().map(Vec::len), Some(5), "{written}");
+    for name in ["model/weights.bin", "model/config.json", "results.json"] {
+        assert!(
+            std::fs::read(out.join(name)).unwrap() == std::fs::read(produced.join(name)).unwrap(),
+            "{name} differs from what the run wrote"
+        );
+    }
+}
+
 /// A gRPC client of the test's own, to upload as the agent would, with its lease and
 /// secret, and break off mid-file.
 struct RawAgent {
