@@ -6,9 +6,10 @@
 //! run's durable completion, every run going through placement, assignment, process
 //! start, exit and the acknowledged `finished` report.
 //!
-//! `search` measures search quality: random search and TPE (multivariate, univariate,
-//! and multivariate with 8 trials in flight) on four standard test functions (Branin,
-//! Hartmann6, Rosenbrock-4, Ackley-5), `--seeds` runs of `--trials` trials each,
+//! `search` measures search quality: random search, TPE (multivariate, univariate, and
+//! multivariate with 8 trials in flight) and the GP method (sequential and with 8 trials
+//! in flight) on four standard test functions (Branin, Hartmann6, Rosenbrock-4,
+//! Ackley-5), `--seeds` runs of `--trials` trials each,
 //! reporting the median simple regret (best value so far minus the global minimum) with
 //! its interquartile range, and the proposal rate of `method: bayes` with 1,000 finished
 //! trials in 6 dimensions. Pure computation, no coordinator.
@@ -142,8 +143,8 @@ pub enum BenchCommand {
     /// (`ladder eval`'s loader) against widened to f32 at load (training's, and the loader
     /// before memory-mapping).
     Memory(memory::MemoryArgs),
-    /// Median simple regret of random search and TPE on standard test functions, and
-    /// TPE's proposal rate with a long history.
+    /// Median simple regret of random search, TPE and the GP method on standard test
+    /// functions, and TPE's proposal rate with a long history.
     Search {
         /// Runs per function and method (seeds 0..N, the same for both methods).
         #[arg(long, default_value_t = 20)]
@@ -158,6 +159,22 @@ pub enum BenchCommand {
         /// the others pending and count regret over finished trials.
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+        /// The methods to run, comma-separated: random, tpe, tpe-univariate, gp, and the
+        /// parallel variants tpe-parallelN, tpe-parallelN-liar and gp-parallelN (N is
+        /// `--parallel`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "random,tpe,tpe-univariate,tpe-parallel8,tpe-parallel8-liar,gp,gp-parallel8"
+        )]
+        methods: Vec<String>,
+        /// The functions to run, comma-separated: branin, hartmann6, rosenbrock4, ackley5.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "branin,hartmann6,rosenbrock4,ackley5"
+        )]
+        functions: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -204,8 +221,17 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             trials,
             first_seed,
             parallel,
+            methods,
+            functions,
             json,
-        } => search(first_seed..first_seed + seeds, trials, parallel, json),
+        } => search(
+            first_seed..first_seed + seeds,
+            trials,
+            parallel,
+            &methods,
+            &functions,
+            json,
+        ),
         BenchCommand::Ingest {
             runs,
             points,
@@ -408,6 +434,8 @@ fn search(
     seed_range: std::ops::Range<u64>,
     trials: usize,
     parallel: usize,
+    method_names: &[String],
+    function_names: &[String],
     json_output: bool,
 ) -> anyhow::Result<()> {
     use testfns::{benchmark, proposal_rate, Method, TestFunction};
@@ -417,24 +445,34 @@ fn search(
         seeds >= 1 && trials >= 1 && parallel >= 1,
         "--seeds, --trials and --parallel must be at least 1"
     );
-    let mut checkpoints: Vec<usize> = [25, 50, 100].into_iter().filter(|&t| t < trials).collect();
+    // The default names say 8; with another --parallel they mean that one.
+    let mut methods = Vec::new();
+    for name in method_names {
+        let name = name.replace("parallel8", &format!("parallel{parallel}"));
+        let method = Method::from_name(&name, parallel).ok_or_else(|| {
+            anyhow::anyhow!("--methods: unknown method {name:?} (expected random, tpe, tpe-univariate, gp, tpe-parallel{parallel}, tpe-parallel{parallel}-liar or gp-parallel{parallel})")
+        })?;
+        methods.push(method);
+    }
+    let mut functions = Vec::new();
+    for name in function_names {
+        let function = TestFunction::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| anyhow::anyhow!("--functions: unknown function {name:?} (expected branin, hartmann6, rosenbrock4 or ackley5)"))?;
+        functions.push(function);
+    }
+    let mut checkpoints: Vec<usize> = [25, 40, 50, 100]
+        .into_iter()
+        .filter(|&t| t < trials)
+        .collect();
     checkpoints.push(trials);
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut wins = 0;
-    for function in TestFunction::ALL {
+    for &function in &functions {
         let mut final_medians = Vec::new();
-        for method in [
-            Method::Random,
-            Method::Tpe,
-            Method::TpeUnivariate,
-            Method::TpeParallel {
-                in_flight: parallel,
-            },
-            Method::TpeParallelLiar {
-                in_flight: parallel,
-            },
-        ] {
+        for &method in &methods {
             let began = Instant::now();
             let curves = benchmark(function, method, seed_range.clone(), trials);
             let seconds = began.elapsed().as_secs_f64();
@@ -449,11 +487,19 @@ fn search(
                     )
                 })
                 .collect();
-            final_medians.push(curves.median_at(trials));
+            final_medians.push((method, curves.median_at(trials)));
             rows.push((function, method, at, seconds));
         }
-        if final_medians[1] < final_medians[0] {
-            wins += 1;
+        let final_of = |wanted: Method| {
+            final_medians
+                .iter()
+                .find(|(method, _)| *method == wanted)
+                .map(|(_, median)| *median)
+        };
+        if let (Some(random), Some(tpe)) = (final_of(Method::Random), final_of(Method::Tpe)) {
+            if tpe < random {
+                wins += 1;
+            }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -484,7 +530,7 @@ fn search(
                 "proposals_per_second": {"dims": speed_dims, "observed": speed_observed,
                     "rounds": speed_rounds, "calls_per_round": speed_calls,
                     "tpe": multivariate_rate, "tpe_fastest_round": multivariate_best,
-                    "tpe_univariate": univariate_rate, "tpe_univariate_fastest_round": univariate_best}, "tpe_wins": wins, "functions": TestFunction::ALL.len(), "results": rows})
+                    "tpe_univariate": univariate_rate, "tpe_univariate_fastest_round": univariate_best}, "tpe_wins": wins, "functions": functions.len(), "results": rows})
         );
         return Ok(());
     }
@@ -507,27 +553,21 @@ fn search(
             ));
         }
         println!("{line}  {seconds:>7.2}");
-        if matches!(method, Method::TpeParallelLiar { .. }) {
+        if let Some(sequential) = method.sequential() {
             // Parallel against sequential: the ratios of the medians.
             let median_of = |wanted: Method| {
                 rows.iter()
                     .find(|row| row.0 == *function && row.1 == wanted)
                     .map(|row| row.2.iter().map(|a| a.1).collect::<Vec<f64>>())
             };
-            let sequential = median_of(Method::Tpe).unwrap_or_default();
-            for wanted in [
-                Method::TpeParallel {
-                    in_flight: parallel,
-                },
-                *method,
-            ] {
-                let batch = median_of(wanted).unwrap_or_default();
+            if let Some(sequential_medians) = median_of(sequential) {
+                let batch = median_of(*method).unwrap_or_default();
                 let mut line = format!(
                     "{:<12} {:<22}",
                     function.name(),
-                    format!("{} / tpe", wanted.name())
+                    format!("{} / {}", method.name(), sequential.name())
                 );
-                for (b, q) in batch.iter().zip(&sequential) {
+                for (b, q) in batch.iter().zip(&sequential_medians) {
                     line.push_str(&format!(" {:>28}", format!("x{:.2}", b / q)));
                 }
                 println!("{line}");
@@ -536,7 +576,7 @@ fn search(
     }
     println!(
         "tpe beats random at {trials} trials (median) on {wins}/{} functions; {elapsed:.2}s in all",
-        TestFunction::ALL.len()
+        functions.len()
     );
     println!(
         "proposals/s with {speed_observed} completed trials in {speed_dims} dims (method: bayes, through propose; median [fastest] of {speed_rounds} rounds of {speed_calls}): tpe {multivariate_rate:.0} [{multivariate_best:.0}], tpe-univariate {univariate_rate:.0} [{univariate_best:.0}]"

@@ -327,10 +327,7 @@ impl SweepState {
     /// results (grid, random), need no GPU, and its recent runs were short.
     fn queues_on_agents(&self) -> bool {
         let spec = &self.record.spec;
-        if spec.method == ladder_spec::Method::Bayes
-            || spec.resources.gpus > 0
-            || self.recent_durations.len() < 4
-        {
+        if spec.method.learns() || spec.resources.gpus > 0 || self.recent_durations.len() < 4 {
             return false;
         }
         let mut sorted: Vec<i64> = self.recent_durations.iter().copied().collect();

@@ -1,12 +1,14 @@
 //! Standard optimisation test functions (minimisation, known global minima) and the
 //! search benchmark behind `ladder bench search`: random search versus TPE
-//! ([`ladder_search::tpe`]) on the same spaces with the same seeds, scored by simple regret
+//! ([`ladder_search::tpe`]) and the GP method ([`ladder_search::gp`]) on the same spaces
+//! with the same seeds, scored by simple regret
 //! (best value found so far minus the global minimum).
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use ladder_search::gp::{self, GpConfig};
 use ladder_search::tpe::{Dim, DimSpec, DimValue, PendingRule, Tpe, TpeConfig, Trial};
 
 /// A test function with a known global minimum.
@@ -164,6 +166,11 @@ pub enum Method {
     /// [`Method::TpeParallel`] with Optuna's constant liar ([`PendingRule::WorstLiar`]) for
     /// the pending trials, for comparison.
     TpeParallelLiar { in_flight: usize },
+    /// The Gaussian-process sampler ([`ladder_search::gp`]) with [`GpConfig::default`]:
+    /// what `method: gp` runs.
+    Gp,
+    /// [`Method::Gp`] with `in_flight` trials in flight, believed at the GP's posterior mean.
+    GpParallel { in_flight: usize },
 }
 
 impl Method {
@@ -174,15 +181,47 @@ impl Method {
             Method::TpeUnivariate => "tpe-univariate".into(),
             Method::TpeParallel { in_flight } => format!("tpe-parallel{in_flight}"),
             Method::TpeParallelLiar { in_flight } => format!("tpe-parallel{in_flight}-liar"),
+            Method::Gp => "gp".into(),
+            Method::GpParallel { in_flight } => format!("gp-parallel{in_flight}"),
+        }
+    }
+
+    /// The method a `--methods` name stands for (`N` is `parallel`).
+    pub fn from_name(name: &str, parallel: usize) -> Option<Method> {
+        let all = [
+            Method::Random,
+            Method::Tpe,
+            Method::TpeUnivariate,
+            Method::TpeParallel {
+                in_flight: parallel,
+            },
+            Method::TpeParallelLiar {
+                in_flight: parallel,
+            },
+            Method::Gp,
+            Method::GpParallel {
+                in_flight: parallel,
+            },
+        ];
+        all.into_iter().find(|method| method.name() == name)
+    }
+
+    /// The sequential method a parallel variant is compared with; `None` for sequential
+    /// methods.
+    pub fn sequential(&self) -> Option<Method> {
+        match self {
+            Method::TpeParallel { .. } | Method::TpeParallelLiar { .. } => Some(Method::Tpe),
+            Method::GpParallel { .. } => Some(Method::Gp),
+            _ => None,
         }
     }
 
     /// Trials in flight at once.
     pub fn parallel(&self) -> usize {
         match self {
-            Method::TpeParallel { in_flight } | Method::TpeParallelLiar { in_flight } => {
-                (*in_flight).max(1)
-            }
+            Method::TpeParallel { in_flight }
+            | Method::TpeParallelLiar { in_flight }
+            | Method::GpParallel { in_flight } => (*in_flight).max(1),
             _ => 1,
         }
     }
@@ -232,6 +271,7 @@ pub fn run_once(function: TestFunction, method: Method, seed: u64, trials: usize
         ..TpeConfig::default()
     };
     let tpe = Tpe::new(function.space(), config).expect("valid test space");
+    let gp_config = GpConfig::default();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut history: Vec<Trial> = Vec::with_capacity(trials);
     let mut in_flight = std::collections::VecDeque::new();
@@ -241,6 +281,10 @@ pub fn run_once(function: TestFunction, method: Method, seed: u64, trials: usize
         while in_flight.len() < method.parallel() && history.len() < trials {
             let point = match method {
                 Method::Random => tpe.sample_prior(&mut rng),
+                Method::Gp | Method::GpParallel { .. } => {
+                    gp::suggest(tpe.space(), &gp_config, &history, &mut rng)
+                        .expect("valid test space")
+                }
                 _ => tpe.suggest(&history, &mut rng),
             };
             in_flight.push_back(history.len());

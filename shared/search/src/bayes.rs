@@ -1,5 +1,7 @@
-//! `method: bayes`: the sweep's parameters as a [`crate::tpe`] search space, and
-//! proposals that learn from every trial so far.
+//! `method: bayes` and `method: gp`: the sweep's parameters as a [`crate::tpe`] search
+//! space, and proposals that learn from every trial so far, from TPE or, for `gp`, from
+//! the Gaussian process of [`crate::gp`] (over the same space; the spec refuses `when:`
+//! for it, and it leaves out trials that lack a parameter).
 //!
 //! Each non-constant parameter is one TPE dimension: `values` a categorical (its
 //! `probabilities` the prior), `uniform`/`log_uniform` floats, `int_uniform` integers,
@@ -19,6 +21,7 @@
 //! ([`propose_with_warm_start`]): they are mapped onto the new space (see
 //! [`warm_trial`]) and put before the sweep's own trials, as its oldest history.
 
+use crate::gp::{self, GpConfig};
 use crate::tpe::{self, Dim, DimSpec, DimValue, TpeConfig, Trial};
 use crate::Observation;
 use ladder_spec::space::{self as search, condition_holds, q_round, Params};
@@ -46,7 +49,7 @@ pub fn propose_with_warm_start(
     }
     match spec.method {
         Method::Grid | Method::Random => search::trial(spec, index),
-        Method::Bayes => Some(bayes_trial(spec, index, history, warm)),
+        Method::Bayes | Method::Gp => Some(bayes_trial(spec, index, history, warm)),
     }
 }
 
@@ -311,7 +314,8 @@ fn warm_trial(
     })
 }
 
-/// A TPE proposal for trial `index`, reproducible from `(seed, index, history, warm)`.
+/// A TPE proposal (a GP one for `method: gp`) for trial `index`, reproducible from
+/// `(seed, index, history, warm)`.
 fn bayes_trial(
     spec: &SweepSpec,
     index: u64,
@@ -380,14 +384,21 @@ fn bayes_trial(
             pending: observation.pending,
         }
     }));
-    let config = TpeConfig {
-        multivariate: spec.bayes.multivariate,
-        ..TpeConfig::default()
+    let point = if spec.method == Method::Gp {
+        gp::suggest_with_seed(&space, &GpConfig::default(), &trials, spec.seed, index)
+            .map_err(|_| ())
+    } else {
+        let config = TpeConfig {
+            multivariate: spec.bayes.multivariate,
+            ..TpeConfig::default()
+        };
+        tpe::suggest_with_seed(&space, &config, &trials, spec.seed, index).map_err(|_| ())
     };
-    let point = match tpe::suggest_with_seed(&space, &config, &trials, spec.seed, index) {
+    let point = match point {
         Ok(point) => point,
-        // A space TPE cannot model (validation should prevent it): sample at random.
-        Err(_) => return search::trial(spec, index).unwrap_or_default(),
+        // A space the model cannot work with (validation should prevent it): sample at
+        // random.
+        Err(()) => return search::trial(spec, index).unwrap_or_default(),
     };
     let mut params = Params::new();
     for position in search::topological_order(&spec.parameters) {

@@ -3,13 +3,15 @@
 //! `method: bayes` fits the Tree-structured Parzen Estimator of [`tpe`] to the
 //! [`Observation`]s of the trials so far (`bayes` maps the sweep's parameters onto
 //! its dimensions), and with `warm_start:` also to an earlier sweep's trials
-//! ([`propose_with_warm_start`]).
+//! ([`propose_with_warm_start`]); `method: gp` fits the Gaussian process of [`gp`] to the
+//! same dimensions instead.
 
 use serde::{Deserialize, Serialize};
 
 use ladder_spec::space::Params;
 
 mod bayes;
+pub mod gp;
 pub mod tpe;
 
 pub use bayes::{propose, propose_with_warm_start};

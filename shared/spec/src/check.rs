@@ -234,8 +234,10 @@ impl Checker<'_> {
             (_, resources) => resources,
         };
 
-        if let (Some((method @ (Method::Random | Method::Bayes), method_pos)), Some(None)) =
-            (method, max_runs)
+        if let (
+            Some((method @ (Method::Random | Method::Bayes | Method::Gp), method_pos)),
+            Some(None),
+        ) = (method, max_runs)
         {
             self.error(
                 method_pos,
@@ -508,7 +510,7 @@ impl Checker<'_> {
         method: Option<(Method, Pos)>,
     ) -> Option<BayesOptions> {
         let entries = self.mapping(node, "bayes", "e.g. bayes: {multivariate: false}")?;
-        if let Some((other @ (Method::Grid | Method::Random), _)) = method {
+        if let Some((other @ (Method::Grid | Method::Random | Method::Gp), _)) = method {
             self.error(
                 node.pos,
                 format!("bayes: options apply to method: bayes, not {other}; remove bayes: or use method: bayes"),
@@ -561,7 +563,7 @@ impl Checker<'_> {
         if let Some((other @ (Method::Grid | Method::Random), _)) = method {
             self.error(
                 node.pos,
-                format!("warm_start applies to method: bayes, not {other} (only bayes learns from earlier trials); remove warm_start: or use method: bayes"),
+                format!("warm_start applies to method: bayes, not {other} (only bayes and gp learn from earlier trials); remove warm_start: or use method: bayes"),
             );
             return None;
         }

@@ -158,10 +158,14 @@ pub enum Method {
     /// validated like `random` (any distribution allowed, `max_runs` required), and
     /// [`crate::space::trial`] falls back to random sampling for it.
     Bayes,
+    /// Gaussian-process Bayesian optimisation learning from finished runs, `max_runs` of
+    /// them; validated like `bayes`, except that no parameter may have a `when:`
+    /// condition (the GP models spaces whose parameters are always present).
+    Gp,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::Grid, Method::Random, Method::Bayes];
+    pub const ALL: [Method; 4] = [Method::Grid, Method::Random, Method::Bayes, Method::Gp];
     /// The names the sweep file accepts, in the order of [`Method::ALL`].
     pub const NAMES: [&'static str; Method::ALL.len()] = {
         let mut names = [""; Method::ALL.len()];
@@ -178,7 +182,14 @@ impl Method {
             Method::Grid => "grid",
             Method::Random => "random",
             Method::Bayes => "bayes",
+            Method::Gp => "gp",
         }
+    }
+
+    /// Whether the method's proposals depend on the results so far (`bayes`, `gp`): its
+    /// trials are created one at a time as slots free up, never queued ahead.
+    pub const fn learns(self) -> bool {
+        matches!(self, Method::Bayes | Method::Gp)
     }
 
     fn from_name(name: &str) -> Option<Method> {

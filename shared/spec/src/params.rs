@@ -198,6 +198,9 @@ impl Checker<'_> {
         ok &= self.check_full_names(&leaves);
         let resolved = self.resolve_conditions(&leaves);
         ok &= resolved.is_some();
+        if method == Some(Method::Gp) {
+            ok &= self.check_unconditional(&leaves);
+        }
         if let (Some(conditions), true) = (&resolved, ok) {
             ok &= self.check_cycles(&leaves, conditions);
             if ok && method == Some(Method::Grid) {
@@ -643,6 +646,25 @@ impl Checker<'_> {
             ),
         );
         false
+    }
+
+    /// `method: gp` models only spaces whose parameters are always present: each leaf
+    /// with a `when:` (its own or its group's) is reported by name.
+    fn check_unconditional(&mut self, leaves: &[Leaf]) -> bool {
+        let mut ok = true;
+        for leaf in leaves {
+            if let Some(raw) = leaf.when.first() {
+                self.error(
+                    raw.pos,
+                    format!(
+                        "parameter \"{}\" has a when: condition, but method: gp models only parameters that every trial has; remove the condition or use method: bayes",
+                        leaf.name
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok
     }
 
     /// One leaf parameter's form. `when` is read by [`Checker::collect`].

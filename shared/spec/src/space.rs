@@ -551,7 +551,7 @@ pub fn trial_count(spec: &SweepSpec) -> u64 {
             let limit = spec.max_runs.unwrap_or(u64::MAX);
             u64::try_from(grid_size(spec)).map_or(limit, |size| size.min(limit))
         }
-        Method::Random | Method::Bayes => spec.max_runs.unwrap_or(0),
+        Method::Random | Method::Bayes | Method::Gp => spec.max_runs.unwrap_or(0),
     }
 }
 
@@ -578,7 +578,7 @@ pub fn trial(spec: &SweepSpec, index: u64) -> Option<Params> {
     }
     match spec.method {
         Method::Grid => grid_trial(spec, index),
-        Method::Random | Method::Bayes => Some(random_trial(spec, index)),
+        Method::Random | Method::Bayes | Method::Gp => Some(random_trial(spec, index)),
     }
 }
 

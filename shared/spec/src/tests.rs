@@ -204,7 +204,7 @@ fn errors_display_with_file_line_column() {
     assert_eq!(error.0.len(), 1);
     assert_eq!(
             error.to_string(),
-            "conf/sweep.yaml:2:9: unknown method \"grd\" (expected one of: grid, random, bayes); did you mean \"grid\"?"
+            "conf/sweep.yaml:2:9: unknown method \"grd\" (expected one of: grid, random, bayes, gp); did you mean \"grid\"?"
         );
     let boxed: Box<dyn std::error::Error> = Box::new(error);
     assert!(boxed.to_string().starts_with("conf/sweep.yaml:2:9:"));

@@ -261,6 +261,34 @@ fn grid_rules() {
 }
 
 #[test]
+fn gp_is_validated_like_bayes_without_conditions() {
+    let spec = parse("name: s\nmethod: gp\nmax_runs: 4\ncommand: [a]\nparameters:\n  x: {distribution: log_uniform, min: 1.0e-4, max: 1}\n  o: {values: [a, b]}\n");
+    assert_eq!(spec.method, Method::Gp);
+    assert!(spec.method.learns() && Method::Bayes.learns() && !Method::Random.learns());
+    assert_eq!(trial_count(&spec), 4);
+    assert_error(
+        "name: s\nmethod: gp\ncommand: [a]\n",
+        2,
+        9,
+        &["gp search needs max_runs"],
+    );
+    let conditional = "name: s\nmethod: gp\nmax_runs: 4\ncommand: [a]\nparameters:\n  o: {values: [sgd, adam]}\n  momentum: {distribution: uniform, min: 0, max: 1, when: {o: sgd}}\n";
+    assert_error_at(
+        conditional,
+        "o: sgd",
+        &[
+            "parameter \"momentum\" has a when: condition, but method: gp",
+            "use method: bayes",
+        ],
+    );
+    assert_error_at(
+        "name: s\nmethod: gp\nmax_runs: 4\ncommand: [a]\nbayes: {multivariate: false}\nparameters:\n  x: {value: 1}\n",
+        "{multivariate: false}",
+        &["bayes: options apply to method: bayes, not gp"],
+    );
+}
+
+#[test]
 fn bayes_is_validated_like_random() {
     let spec = parse("name: s\nmethod: bayes\nmax_runs: 4\ncommand: [a]\nparameters:\n  x: {distribution: normal}\n");
     assert_eq!(spec.method, Method::Bayes);
