@@ -15,6 +15,10 @@ enum Pass {
     AgentQueues,
 }
 
+/// New `method: gp` trials created in one placement pass, over every sweep (see
+/// `place_runs`); documented in `docs/reference/limits.md`.
+pub(super) const MAX_GP_PROPOSALS_PER_PASS: u64 = 4;
+
 impl Scheduler {
     // ----- placement -----
 
@@ -100,6 +104,10 @@ impl Scheduler {
         // New trials offered in this pass, over every sweep: at most one per free place,
         // so the work here follows the free places, whatever the sweeps' `parallel`.
         let mut budget = total_free;
+        // Gaussian-process proposals take up to about a third of a second each (at the
+        // bound on what `method: gp` models) and run on this thread: a few per pass keep
+        // leases and heartbeats served, and the rest wait for the next pass.
+        let mut gp_budget = MAX_GP_PROPOSALS_PER_PASS;
         for sweep in sweeps {
             if budget == 0 {
                 break;
@@ -117,7 +125,11 @@ impl Scheduler {
                 .record
                 .planned_runs
                 .saturating_sub(sweep.record.created_runs);
-            let count = room.min(remaining).min(budget);
+            let mut count = room.min(remaining).min(budget);
+            if sweep.record.spec.method == ladder_spec::Method::Gp {
+                count = count.min(gp_budget);
+                gp_budget -= count;
+            }
             budget -= count;
             for _ in 0..count {
                 entries.push(Entry::NewTrial(sweep.record.id.clone()));

@@ -1443,3 +1443,44 @@ fn a_warm_start_needs_an_existing_sweep_with_the_same_objective() {
         ),
     );
 }
+
+/// A Gaussian-process proposal can take a third of a second and runs on the scheduler's
+/// thread: one pass creates at most `MAX_GP_PROPOSALS_PER_PASS` of them, so twenty
+/// free slots of `gp` sweeps cannot hold leases and heartbeats up for seconds; the next
+/// passes fill the rest.
+#[test]
+fn gaussian_process_proposals_are_spread_over_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = scheduler(dir.path(), Duration::from_secs(60));
+    let mut agent = connect(&mut s, 1, "a", 20, vec![]);
+    let gp = |name: &str| {
+        format!(
+            "name: {name}\nmethod: gp\nmax_runs: 10\nparallel: 10\nseed: 3\nmetric: {{name: loss, goal: minimize}}\nparameters:\n  x: {{distribution: uniform, min: 0, max: 10}}\ncommand: [t, \"{{{{x}}}}\"]\n"
+        )
+    };
+    submit(&mut s, &gp("one"));
+    submit(&mut s, &gp("two"));
+    let mut started = agent.assignments().len() as u64;
+    assert_eq!(started, 2 * super::dispatch::MAX_GP_PROPOSALS_PER_PASS);
+    let mut passes = 1;
+    while started < 20 {
+        s.step(Instant::now());
+        let new = agent.assignments().len() as u64;
+        assert!(
+            new <= super::dispatch::MAX_GP_PROPOSALS_PER_PASS,
+            "{new} in one pass"
+        );
+        assert!(new > 0, "the sweeps stalled at {started} runs");
+        started += new;
+        passes += 1;
+    }
+    assert_eq!(started, 20);
+    assert_eq!(passes, 4, "passes");
+    // Random sweeps are not limited: ten trials in one pass.
+    let mut other = connect(&mut s, 2, "b", 10, vec![]);
+    submit(
+        &mut s,
+        "name: r\nmethod: random\nmax_runs: 10\nparallel: 10\nparameters:\n  x: {distribution: uniform, min: 0, max: 10}\ncommand: [t, \"{{x}}\"]\n",
+    );
+    assert_eq!(other.assignments().len(), 10);
+}
