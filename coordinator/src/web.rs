@@ -68,7 +68,26 @@ pub fn router(shared: Arc<ServiceHandle>, tls: bool) -> Router {
         .route("/api/v1/leaderboard", get(api::leaderboard))
         .route("/api/v1/agents", get(api::agents))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            web.clone(),
+            guard_host,
+        ))
         .with_state(web)
+}
+
+/// Without access control, every request must be addressed to a loopback name (see
+/// [`session::check_loopback_host`]).
+async fn guard_host(
+    axum::extract::State(web): axum::extract::State<Arc<Web>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if web.shared.auth.is_none() {
+        if let Err(error) = session::check_loopback_host(request.headers()) {
+            return error.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Unknown paths: gRPC's UNIMPLEMENTED for gRPC requests (as tonic answers without a

@@ -281,6 +281,40 @@ pub async fn signout(State(web): State<Arc<Web>>, method: Method, headers: Heade
     response
 }
 
+/// Refuses a request to a coordinator without access control whose `Host` is not a
+/// loopback name: such a coordinator listens on loopback only, and a page of another
+/// site whose name was made to resolve to 127.0.0.1 (DNS rebinding) would otherwise be
+/// "same-origin" with it, headers and all, and could read runs and cancel sweeps.
+pub fn check_loopback_host(headers: &HeaderMap) -> Result<(), ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or("", |(name, _)| name)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "host_not_allowed",
+        format!(
+            "this coordinator runs without access control and answers only requests addressed \
+             to localhost, 127.0.0.1 or [::1], not Host {host:?}"
+        ),
+    ))
+}
+
 /// The redirect a page request gets when it is not signed in.
 pub fn to_signin(path_and_query: &str) -> Response {
     redirect(&format!("/signin?next={}", params::encode(path_and_query)))
@@ -297,6 +331,37 @@ mod tests {
         assert_eq!(local_path("https://evil.example/"), "/");
         assert_eq!(local_path("/\\evil"), "/");
         assert_eq!(local_path(""), "/");
+    }
+
+    #[test]
+    fn without_access_control_only_loopback_hosts_are_answered() {
+        let with_host = |host: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static(host));
+            headers
+        };
+        for good in [
+            "127.0.0.1:50051",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:50051",
+            "127.0.0.2",
+        ] {
+            assert!(check_loopback_host(&with_host(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "evil.example:50051",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:1",
+            "10.0.0.1:50051",
+            "[::2]:1",
+            "",
+        ] {
+            let error = check_loopback_host(&with_host(bad)).unwrap_err();
+            assert_eq!(error.status, StatusCode::FORBIDDEN, "{bad}");
+            assert!(error.message.contains("without access control"), "{bad}");
+        }
+        assert!(check_loopback_host(&HeaderMap::new()).is_err());
     }
 
     #[test]
