@@ -1,4 +1,4 @@
-//! Search that learns and stops bad runs early, on real processes: ASHA and bayes (TPE).
+//! Search that learns and stops bad runs early, on real processes: ASHA, bayes (TPE) and gp.
 
 use std::collections::BTreeSet;
 
@@ -156,5 +156,55 @@ command: [python3, "{{ladder.code_dir}}/bowl.py", "{{lr}}", "{{x}}", "{{opt}}"]
         best_late < first_ten[0],
         "the model-guided trials found nothing better than the random start-up ({best_late} vs {})",
         first_ten[0]
+    );
+}
+
+/// `method: gp` through a real coordinator and agents: trials in flight on four slots,
+/// a categorical parameter among numeric ones, no duplicate trials, and the guided
+/// trials after the 10 random start-up ones find a better point than any of those.
+#[test]
+fn gaussian_process_sweep_runs_in_parallel_and_improves_on_its_start_up() {
+    let tmp = TestDir::new();
+    let dir = tmp.path();
+    let cluster = Cluster::builder(dir)
+        .leases("10", "0.5")
+        .agent("a", 2)
+        .agent("b", 2)
+        .start();
+    let coordinator = &cluster.coordinator;
+    write_script(dir, "bowl.py", BOWL);
+    let (sweep_id, sweep) = coordinator.run_sweep(
+        dir,
+        "gp.yaml",
+        r#"name: gp-e2e
+method: gp
+metric: {name: loss, goal: minimize}
+max_runs: 22
+parallel: 4
+seed: 5
+parameters:
+  lr: {distribution: log_uniform, min: 1.0e-5, max: 1.0}
+  x: {distribution: uniform, min: -2, max: 2}
+  opt: {values: [adamw, sgd]}
+command: [python3, "{{ladder.code_dir}}/bowl.py", "{{lr}}", "{{x}}", "{{opt}}"]
+"#,
+    );
+    assert_eq!(sweep["status"], "completed", "{sweep}");
+    let runs = coordinator.runs(&sweep_id);
+    assert_eq!(runs.len(), 22);
+    assert!(runs.iter().all(|r| r["status"] == "completed"), "{runs:#?}");
+    let params: BTreeSet<String> = runs.iter().map(|r| r["params"].to_string()).collect();
+    assert_eq!(params.len(), 22, "two trials got identical parameters");
+    let best_of = |early: bool| {
+        runs.iter()
+            .filter(|r| (r["index"].as_u64().unwrap() < 10) == early)
+            .map(loss_of)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (start_up, guided) = (best_of(true), best_of(false));
+    eprintln!("gp: best of the 10 start-up trials {start_up:.4}, of the 12 guided {guided:.4}");
+    assert!(
+        guided < start_up,
+        "the guided trials found nothing better than the start-up ({guided} vs {start_up})"
     );
 }
