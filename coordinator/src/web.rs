@@ -4,7 +4,7 @@
 //! not for a gRPC service to [`router`]: the pages ([`assets`]: one HTML shell and its
 //! script and style sheet, embedded in the binary), the JSON API under `/api/v1`
 //! ([`api`]: the same reads as the gRPC adapters, the same checks and limits, answered
-//! as JSON by [`json`]), its live feeds as server-sent events ([`events`], fed by
+//! as JSON by [`mod@json`]), its live feeds as server-sent events ([`events`], fed by
 //! [`crate::watch`]) and the sign-in ([`session`]).
 //!
 //! Access follows gRPC: with tokens (an auth file, or the admin token of a coordinator

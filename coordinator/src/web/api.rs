@@ -1,7 +1,7 @@
 //! The JSON API (`/api/v1/...`): each endpoint parses its query string, checks it as
 //! the gRPC method of the same read does (the same page sizes, cursors and limits),
 //! calls the same [`crate::reads::Queries`] read or scheduler event, and answers the
-//! domain view as JSON ([`super::json`]).
+//! domain view as JSON ([`mod@super::json`]).
 
 use std::sync::Arc;
 
