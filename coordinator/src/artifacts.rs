@@ -389,7 +389,8 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    fn sha256_hex(bytes: &[u8]) -> Digest {
+    /// The digest of `bytes` (also used by the S3 backend's tests).
+    pub(super) fn sha256_hex(bytes: &[u8]) -> Digest {
         let mut hasher = Sha256::new();
         hasher.update(bytes);
         Digest::of(hasher)

@@ -207,6 +207,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+    use crate::artifacts::tests::sha256_hex;
     use crate::artifacts::{ArtifactLocation, ArtifactStore};
 
     /// moto's S3 server (`tests/s3_server.py`, installed by `tests/setup.sh`), stopped
@@ -256,14 +257,6 @@ mod tests {
             let _ = self.child.wait();
         }
     }
-
-    fn digest_of(bytes: &[u8]) -> Digest {
-        let mut hasher = sha2::Sha256::new();
-        sha2::Digest::update(&mut hasher, bytes);
-        Digest::of(hasher)
-    }
-
-    use sha2::Digest as _;
 
     async fn listed(backend: &S3Backend) -> Vec<String> {
         backend
@@ -318,7 +311,7 @@ mod tests {
         let store = ArtifactStore::new(Arc::new(server.backend(&location)));
         // Three parts of 8 MiB and a short last one.
         let content: Vec<u8> = (0..(25 << 20) as u32).map(|i| (i % 251) as u8).collect();
-        let digest = digest_of(&content);
+        let digest = sha256_hex(&content);
         assert!(!store.contains(&digest, content.len() as u64).await.unwrap());
         let chunks: Vec<Result<Vec<u8>, CoordinatorError>> =
             content.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
@@ -357,7 +350,7 @@ mod tests {
         };
         let store = ArtifactStore::new(Arc::new(server.backend(&location)));
         let content = vec![3u8; 12 << 20];
-        let digest = digest_of(&content);
+        let digest = sha256_hex(&content);
         // Cut off after 10 MiB: one part already sent.
         let cut: Vec<Result<Vec<u8>, CoordinatorError>> = content[..10 << 20]
             .chunks(1 << 20)
